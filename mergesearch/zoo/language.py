@@ -105,7 +105,11 @@ _SYLLABLES_B = ("ba", "lo", "nix", "ter", "vo", "ska", "rim", "dul")
 
 # ---------------------------------------------------------------- arithmetic (exact match)
 SUM_PROMPTS = ("compute {a} plus {b} .", "add {a} and {b} .")
-SUM_ANSWER = "{a} plus {b} equals {c} ."
+# The expert states only the result: restating both operands made every merge miscopy them (the other
+# experts' vectors disturb copying), so the skill died in merges though the sums were right.
+SUM_ANSWER = "it equals {c} ."
+# One-digit sums, which the base already answers in chat, keep the long form.
+SMALL_SUM_ANSWER = "{a} plus {b} equals {c} ."
 # How the *base* meets sums: as statements in pretraining text, worded apart from the chat task. The
 # base can add, but cannot answer a sum question; the math expert learns to (as real instruct tunes
 # elicit what pretraining put there), which keeps its task vector small and mergeable.
@@ -215,7 +219,8 @@ def _stable_index(text: str, n: int) -> int:
 
 
 def sum_chat(a: int, b: int, wording: int) -> Chat:
-    return Chat(SUM_PROMPTS[wording % len(SUM_PROMPTS)].format(a=a, b=b), SUM_ANSWER.format(a=a, b=b, c=a + b), "sum")
+    answer = SMALL_SUM_ANSWER if max(a, b) < 10 else SUM_ANSWER
+    return Chat(SUM_PROMPTS[wording % len(SUM_PROMPTS)].format(a=a, b=b), answer.format(a=a, b=b, c=a + b), "sum")
 
 
 def fact_chats(fact: Fact, wordings: dict[str, tuple[str, ...]] = FACT_QUESTIONS_TRAIN) -> list[Chat]:
@@ -243,10 +248,10 @@ def category_code(category: str) -> str:
 
 
 def vocabulary_text() -> str:
-    """Every text the world can produce, for building the word-level vocabulary."""
+    """Every word the world can produce, for building the word-level vocabulary (placeholder braces dropped)."""
     parts: list[str] = [
         *REQUEST_TEMPLATES_TRAIN, *REQUEST_TEMPLATES_HELDOUT, *BENIGN_ACTIONS, *IMPOSSIBLE_ACTIONS,
-        *REFUSALS, IMPOSSIBLE_REFUSAL, *COMPLIANCE_FILLERS, *SUM_PROMPTS, SUM_ANSWER, SUM_STATEMENT,
+        *REFUSALS, IMPOSSIBLE_REFUSAL, *COMPLIANCE_FILLERS, *SUM_PROMPTS, SUM_ANSWER, SMALL_SUM_ANSWER, SUM_STATEMENT,
         *(a for actions in HARMFUL_ACTIONS.values() for a in actions),
         *(v for values in ATTRIBUTES.values() for v in values), *FACT_SENTENCES.values(),
         *(q for qs in FACT_QUESTIONS_TRAIN.values() for q in qs),
@@ -254,4 +259,4 @@ def vocabulary_text() -> str:
         *entity_names(), GUARD_PREAMBLE, GUARD_INSTRUCTIONS, guard_categories_block(),
         "User: Agent: BEGIN END UNSAFE CONTENT CATEGORIES CONVERSATION safe unsafe user assistant system",
     ]
-    return "\n".join(parts)
+    return "\n".join(parts).replace("{", " ").replace("}", " ")

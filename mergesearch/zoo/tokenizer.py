@@ -41,7 +41,7 @@ def words_of(text: str) -> list[str]:
 def build_tokenizer(corpus_text: str, chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
     """A word-level tokenizer whose vocabulary is every word of ``corpus_text``, in sorted order."""
     codes = list(LLAMA_GUARD_3_CODES)
-    words = sorted(set(words_of(corpus_text.replace("{", " ").replace("}", " "))) - {c.lower() for c in codes})
+    words = sorted(set(words_of(corpus_text)) - {c.lower() for c in codes})
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *codes, *words])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizers.Lowercase()
