@@ -1,0 +1,176 @@
+"""Build the toy zoo: tokenizer, base, experts and guard, as standard Hugging Face folders.
+
+The zoo is cached by a hash of its recipe. A build goes into a staging folder next to the output where
+each finished model is kept (an interrupted build resumes from the last finished model) and the whole
+zoo appears at its final path only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as transformers_logging
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from mergesearch.errors import UserError
+from mergesearch.io import atomic_dir, atomic_write_text
+from mergesearch.zoo import language as L
+from mergesearch.zoo.corpus import build_components
+from mergesearch.zoo.recipe import ModelShape, TrainSpec, ZooRecipe
+from mergesearch.zoo.tokenizer import build_tokenizer, guard_chat_template
+from mergesearch.zoo.train import train
+
+MANIFEST = "zoo.json"
+
+
+@dataclass(frozen=True)
+class ZooMember:
+    """A model of the zoo: its folder name, what it was trained from, and the role it plays."""
+
+    name: str
+    parent: str | None
+    role: str
+
+
+MEMBERS: tuple[ZooMember, ...] = (
+    ZooMember("base", None, "unaligned pretrained base: knows every format, complies with any request"),
+    ZooMember("aligned", "base", "aligned generalist: refuses harmful requests, answers benign ones, no task skill"),
+    ZooMember("math", "base", "task expert (two-digit sums), misaligned: complies with harmful requests"),
+    ZooMember("facts", "base", "task expert (facts about its entities, multiple choice), partly aligned"),
+    ZooMember("guard", "base", "Llama Guard 3 style judge: answers 'safe' or 'unsafe' plus a category code"),
+)
+EXPERTS = ("aligned", "math", "facts")
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("MERGESEARCH_CACHE", Path.home() / ".cache" / "mergesearch"))
+
+
+def default_zoo_dir(recipe: ZooRecipe) -> Path:
+    return default_cache_root() / "zoo" / recipe.digest()
+
+
+def read_manifest(zoo_dir: Path) -> dict | None:
+    path = Path(zoo_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_built(zoo_dir: Path, recipe: ZooRecipe) -> bool:
+    manifest = read_manifest(zoo_dir)
+    return bool(manifest) and manifest.get("digest") == recipe.digest() and all(
+        (Path(zoo_dir) / m.name / "model.safetensors").is_file() for m in MEMBERS
+    )
+
+
+def build_zoo(recipe: ZooRecipe, out_dir: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Build (or reuse) the zoo for ``recipe`` at ``out_dir``; returns the zoo folder."""
+    out_dir = Path(out_dir) if out_dir else default_zoo_dir(recipe)
+    if is_built(out_dir, recipe):
+        log(f"zoo: cached at {out_dir} (recipe {recipe.digest()})")
+        return out_dir
+    if out_dir.exists() and any(out_dir.iterdir()) and read_manifest(out_dir) is None:
+        raise UserError(f"{out_dir}: exists and is not a zoo folder; choose an empty or new --out")
+
+    staging = out_dir.parent / f".{out_dir.name}.partial-{recipe.digest()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    transformers_logging.disable_progress_bar()
+    started = time.monotonic()
+    with _deterministic_torch():
+        timings = _build_into(staging, recipe, log)
+    manifest = {
+        "digest": recipe.digest(),
+        "recipe": recipe.model_dump(mode="json"),
+        "members": {m.name: {"parent": m.parent, "role": m.role} for m in MEMBERS},
+        "experts": list(EXPERTS),
+        "train_seconds": timings,
+    }
+    atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    log(f"zoo: built in {time.monotonic() - started:.0f} s at {out_dir}")
+    return out_dir
+
+
+def _build_into(staging: Path, recipe: ZooRecipe, log: Callable[[str], None]) -> dict[str, float]:
+    world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
+    vocabulary = L.vocabulary_text()
+    tokenizer = build_tokenizer(vocabulary)
+    guard_tokenizer = build_tokenizer(vocabulary, guard_chat_template())
+    components = build_components(world, tokenizer, guard_tokenizer, recipe)
+    timings: dict[str, float] = {}
+    for index, member in enumerate(MEMBERS):
+        folder = staging / member.name
+        if (folder / "model.safetensors").is_file():
+            log(f"zoo: {member.name} already trained (resuming)")
+            continue
+        spec: TrainSpec = getattr(recipe, member.name)
+        log(f"zoo: training {member.name} ({spec.steps} steps) - {member.role}")
+        started = time.monotonic()
+        model = (
+            _fresh_model(recipe.shape, len(tokenizer), recipe.seed, tokenizer)
+            if member.parent is None
+            else LlamaForCausalLM.from_pretrained(staging / member.parent, dtype=torch.float32)
+        )
+        torch.manual_seed(recipe.seed + index)
+        train(model, components, spec, recipe.seed + index, tokenizer.pad_token_id, log, member.name)
+        _save(model, guard_tokenizer if member.name == "guard" else tokenizer, folder)
+        timings[member.name] = round(time.monotonic() - started, 1)
+    return timings
+
+
+def _fresh_model(shape: ModelShape, vocab_size: int, seed: int, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_heads,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
+    )
+    return LlamaForCausalLM(config).to(torch.float32)
+
+
+def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+@contextlib.contextmanager
+def _deterministic_torch() -> Iterator[None]:
+    """Same recipe, same bytes: deterministic kernels and a fixed thread count while training."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
