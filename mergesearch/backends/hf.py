@@ -1,0 +1,138 @@
+"""The transformers backend: batched greedy chat generation and batched log-likelihood scoring.
+
+Prompts are rendered with the model's own chat template. Generation is left-padded so every row's
+continuation starts at the same column; scoring is right-padded and reads each continuation's token
+log-probabilities, as lm-eval's ``loglikelihood`` does (context and continuation tokenized apart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mergesearch.errors import UserError
+
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class HFBackend:
+    """A resident transformers model: load once, then generate, score, and take new weights in place."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 64,
+        max_new_tokens: int = 32,
+        name: str = "model",
+    ) -> None:
+        if not tokenizer.chat_template:
+            raise UserError(f"{name}: the tokenizer has no chat template; set one or pick an instruct model")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.name = name
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32, **kwargs) -> HFBackend:
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(resolve_device(device))
+        return cls(model, tokenizer, name=kwargs.pop("name", path.name), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, prompt: Prompt) -> str:
+        """The chat-templated text that precedes the assistant's reply."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy replies to each prompt, in order; batches are formed from similar lengths."""
+        encoded = [self._encode(self.render(p)) for p in prompts]
+        replies: list[str] = [""] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        for rows in self._length_batches(encoded):
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[r, width - len(encoded[i]) :] = 1
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+            texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            for r, i in enumerate(rows):
+                replies[i] = texts[r].strip()
+        return replies
+
+    @torch.inference_mode()
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """Sum of log p(continuation | context) and whether it is the greedy continuation (lm-eval's contract)."""
+        pairs = [(self._encode(ctx), self._encode(cont)) for ctx, cont in requests]
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        pad = self.tokenizer.pad_token_id
+        for rows in self._length_batches([c + t for c, t in pairs]):
+            seqs = [pairs[i][0] + pairs[i][1] for i in rows]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            logprobs = torch.log_softmax(self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float(), dim=-1)
+            for r, i in enumerate(rows):
+                ctx, cont = pairs[i]
+                positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logprobs.device)
+                target = torch.tensor(cont, device=logprobs.device)
+                step_logprobs = logprobs[r, positions]
+                total = step_logprobs.gather(1, target[:, None]).sum().item()
+                greedy = bool((step_logprobs.argmax(-1) == target).all().item())
+                results[i] = (total, greedy)
+        return results
+
+    def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
+        """Log-likelihood of each choice as the assistant's reply to ``prompt``."""
+        context = self.render(prompt)
+        return [ll for ll, _ in self.loglikelihood([(context, c) for c in choices])]
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]]) -> None:
+        """Copy tensors into the model's own parameters, by name, without reallocating them."""
+        params = dict(self.model.named_parameters())
+        items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
+        for name, tensor in items:
+            if name not in params:
+                raise UserError(f"{self.name}: no parameter named {name!r} in the model")
+            params[name].copy_(tensor)
+
+    def _length_batches(self, sequences: Sequence[Sequence[int]]) -> Iterator[list[int]]:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
