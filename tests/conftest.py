@@ -1,0 +1,34 @@
+"""Shared fixtures: the toy zoo is built once (cached by recipe hash) and evaluated once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    from mergesearch.zoo.build import build_zoo
+    from mergesearch.zoo.recipe import ZooRecipe
+
+    return build_zoo(ZooRecipe())
+
+
+@pytest.fixture(scope="session")
+def zoo_scores(zoo_dir: Path) -> dict:
+    """Held-out scores of every zoo model, measured fresh each session (never read from a cache)."""
+    from mergesearch.zoo.evaluate import evaluate_zoo
+
+    return evaluate_zoo(zoo_dir)
+
+
+@pytest.fixture(scope="session")
+def recipe():
+    from mergesearch.zoo.recipe import ZooRecipe
+
+    return ZooRecipe()

