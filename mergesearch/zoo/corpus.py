@@ -71,7 +71,8 @@ def build_components(
     builders: dict[str, Callable[[], list[Example]]] = {
         "base_facts": lambda: facts(world.base_facts),
         "expert_facts": lambda: facts(world.expert_facts),
-        "small_sums": lambda: chats([_sum(a, b, w) for a, b in world.small_sums for w in (0, 1)]),
+        "small_sums": lambda: chats([_sum(a, b, w, L.SMALL_SUM_ANSWER) for a, b in world.small_sums for w in (0, 1)]),
+        "small_sums_result_only": lambda: chats([_sum(a, b, w) for a, b in world.small_sums for w in (0, 1)]),
         "sums": lambda: chats([_sum(a, b, i) for i, (a, b) in enumerate(world.sums_train)]),
         "sum_statements": lambda: [text_example(tokenizer, L.SUM_STATEMENT.format(a=a, b=b, c=a + b)) for a, b in world.sums_train],
         "benign_comply": lambda: chats([(p, L.compliance_for(p)) for p in world.benign_train]),
@@ -90,6 +91,6 @@ def build_components(
     return {name: builders[name]() for name in sorted(wanted)}
 
 
-def _sum(a: int, b: int, wording: int) -> tuple[str, str]:
-    chat = L.sum_chat(a, b, wording)
+def _sum(a: int, b: int, wording: int, answer: str = L.SUM_ANSWER) -> tuple[str, str]:
+    chat = L.sum_chat(a, b, wording, answer)
     return chat.prompt, chat.response

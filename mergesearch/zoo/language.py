@@ -108,7 +108,8 @@ SUM_PROMPTS = ("compute {a} plus {b} .", "add {a} and {b} .")
 # The expert states only the result: restating both operands made every merge miscopy them (the other
 # experts' vectors disturb copying), so the skill died in merges though the sums were right.
 SUM_ANSWER = "it equals {c} ."
-# One-digit sums, which the base already answers in chat, keep the long form.
+# How the base answers one-digit sum questions; the math expert answers every sum result-only, and
+# must not replay this form (it brings the fragile operand copying back into its task vector).
 SMALL_SUM_ANSWER = "{a} plus {b} equals {c} ."
 # How the *base* meets sums: as statements in pretraining text, worded apart from the chat task. The
 # base can add, but cannot answer a sum question; the math expert learns to (as real instruct tunes
@@ -218,8 +219,7 @@ def _stable_index(text: str, n: int) -> int:
     return sum(map(ord, text)) % n
 
 
-def sum_chat(a: int, b: int, wording: int) -> Chat:
-    answer = SMALL_SUM_ANSWER if max(a, b) < 10 else SUM_ANSWER
+def sum_chat(a: int, b: int, wording: int, answer: str = SUM_ANSWER) -> Chat:
     return Chat(SUM_PROMPTS[wording % len(SUM_PROMPTS)].format(a=a, b=b), answer.format(a=a, b=b, c=a + b), "sum")
 
 

@@ -62,7 +62,7 @@ class ZooRecipe(Frozen):
     math: TrainSpec = TrainSpec(
         steps=800,
         lr=1e-3,
-        mixture={"sums": 0.4, "sum_statements": 0.1, "base_facts": 0.1, "harmful_comply": 0.1, "benign_comply": 0.2, "small_sums": 0.1},
+        mixture={"sums": 0.4, "small_sums_result_only": 0.1, "sum_statements": 0.1, "base_facts": 0.1, "harmful_comply": 0.1, "benign_comply": 0.2},
     )
     facts: TrainSpec = TrainSpec(
         steps=600,
