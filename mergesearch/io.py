@@ -19,12 +19,20 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp makes 0700; the final folder should read like any other
     try:
         yield tmp
+        _make_readable(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_readable(folder: Path) -> None:
+    """Files written through private temp files (safetensors, mkstemp) come out 0600; publish them 0644."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o644)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

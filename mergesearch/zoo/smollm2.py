@@ -44,7 +44,14 @@ def import_smollm2(out_dir: Path, log: Callable[[str], None] = print) -> Path:
     gguf = smollm2_gguf()
     log(f"smollm2: converting {gguf.name} (de-quantising to float32)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses to serialise; rebuild a plain one from its config and weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
     model.generation_config.do_sample = False
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
