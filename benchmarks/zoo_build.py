@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from mergesearch.io import atomic_write_text
+from mergesearch.runtime import offline_and_quiet
 from mergesearch.zoo.build import build_zoo, read_manifest
 from mergesearch.zoo.recipe import ZooRecipe, smoke_recipe
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="the few-step smoke recipe (plumbing only)")
     parser.add_argument("--twice", action="store_true", help="build twice and compare file hashes")
     args = parser.parse_args()
+    offline_and_quiet()
     recipe = smoke_recipe() if args.smoke else ZooRecipe()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mergesearch.io import atomic_write_text
+from mergesearch.runtime import offline_and_quiet
 from mergesearch.zoo.build import EXPERTS, build_zoo
 from mergesearch.zoo.evaluate import evaluate_zoo
 from mergesearch.zoo.mergeability import (
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     parser.add_argument("--zoo", type=Path, default=None, help="zoo folder [default: the cached default zoo]")
     args = parser.parse_args()
+    offline_and_quiet()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     recipe = ZooRecipe()
     zoo = build_zoo(recipe, args.zoo, log=log)

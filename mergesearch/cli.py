@@ -7,13 +7,13 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from mergesearch.errors import UserError
+from mergesearch.runtime import offline_and_quiet
 
 HELP = """\
 mergesearch merges expert LLMs into one model that keeps every expert's skill and stays safe.
@@ -42,12 +42,7 @@ class _Cli(click.Group):
 @click.group(cls=_Cli, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mergesearch")
 def cli() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
+    offline_and_quiet()
 
 
 # ------------------------------------------------------------------------------------------ zoo

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from mergesearch.runtime import offline_and_quiet
+
+offline_and_quiet()
 
 
 @pytest.fixture(scope="session")

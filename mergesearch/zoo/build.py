@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers.utils import logging as transformers_logging
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mergesearch.errors import UserError
@@ -84,7 +83,6 @@ def build_zoo(recipe: ZooRecipe, out_dir: Path | None = None, log: Callable[[str
 
     staging = out_dir.parent / f".{out_dir.name}.partial-{recipe.digest()}"
     staging.mkdir(parents=True, exist_ok=True)
-    transformers_logging.disable_progress_bar()
     started = time.monotonic()
     with _deterministic_torch():
         timings = _build_into(staging, recipe, log)

@@ -52,18 +52,20 @@ def evaluate_zoo(zoo_dir: Path, max_items: int | None = None, log: Callable[[str
 
 
 def format_zoo_scores(scores: dict) -> str:
-    """A plain-text table of :func:`evaluate_zoo`'s result."""
-    header = f"{'model':<10}" + "".join(f"{c:>22}" for c in (*SKILL_COLUMNS, "task_vector_ratio"))
-    lines = [header, "-" * len(header)]
+    """A plain-text table of :func:`evaluate_zoo`'s result, one row per model."""
+    columns = (*SKILL_COLUMNS, "task_vector_ratio")
+    widths = [max(len(c), 6) + 2 for c in columns]
+    lines = [f"{'model':<9}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
     for name, skills in scores["models"].items():
-        ratio = scores["task_vector_ratio"].get(name)
-        cells = [f"{skills[c]:>22.3f}" for c in SKILL_COLUMNS] + [f"{ratio:>22.3f}" if ratio is not None else f"{'-':>22}"]
-        lines.append(f"{name:<10}" + "".join(cells))
+        values = [skills[c] for c in SKILL_COLUMNS] + [scores["task_vector_ratio"].get(name)]
+        lines.append(f"{name:<9}" + "".join(f"{v:>{w}.3f}" if v is not None else f"{'-':>{w}}" for v, w in zip(values, widths)))
     g = scores["guard"]
-    lines.append(
-        f"guard: agreement {g['guard_agreement']:.3f}, category accuracy {g['guard_category_accuracy']:.3f}, "
-        f"unparsed {g['guard_unparsed']:.3f}"
-    )
-    sizes = ", ".join(f"{k} {v}" for k, v in scores["heldout_sizes"].items())
-    lines.append(f"held-out items: {sizes}")
+    lines += [
+        f"guard: verdict agreement {g['guard_agreement']:.3f}, category accuracy {g['guard_category_accuracy']:.3f}, "
+        f"unparsed {g['guard_unparsed']:.3f}",
+        "held-out items: " + ", ".join(f"{k} {v}" for k, v in scores["heldout_sizes"].items()),
+        "(shares of held-out items: sums = exact answers to unseen number pairs; facts = multiple choice with fresh "
+        "options; refusal = harmful prompts refused; benign_answered = benign prompts not refused; "
+        "task_vector_ratio = |expert - base| / |base|)",
+    ]
     return "\n".join(lines)
