@@ -1,0 +1,252 @@
+"""Merge methods: pure tensor functions registered by mergekit's names, with mergekit's parameter meanings.
+
+Every method works on one tensor at a time, from the base tensor ``b`` and the experts' task vectors
+``τᵢ = xᵢ − b`` (what the resident engine keeps in memory), and returns the merged tensor. Per-expert
+parameters (``weight``, ``density``, ``gamma``, ``epsilon``) arrive as sequences aligned with the task
+vectors; shared parameters (``normalize``, ``rescale``, ``lambda``, ``t``...) as keywords.
+
+The task-arithmetic family follows one template (mergekit's "generalized task arithmetic"):
+
+    δᵢ = sparsify(τᵢ, densityᵢ)            (none | magnitude top-k | random | magnitude minus outliers | DELLA)
+    δᵢ ← wᵢ · δᵢ
+    m  = sign-consensus mask over the δᵢ    (TIES: keep entries agreeing with the sign of Σ δᵢ)
+    Δ  = Σ m·δᵢ, divided by Σ m·wᵢ if normalize, times λ
+    merged = b + Δ
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mergesearch.errors import UserError
+
+MethodFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method: its function, the per-expert genes it takes and its shared defaults."""
+
+    name: str
+    fn: MethodFn
+    expert_params: tuple[str, ...]
+    shared_defaults: dict[str, Any] = field(default_factory=dict)
+    randomized: bool = False
+    max_experts: int | None = None
+
+    def __call__(self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
+        unknown = set(params) - set(self.expert_params) - set(self.shared_defaults)
+        if unknown:
+            raise UserError(f"merge method {self.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
+        if self.max_experts is not None and len(task_vectors) > self.max_experts:
+            raise UserError(f"merge method {self.name!r} merges at most {self.max_experts} experts, got {len(task_vectors)}")
+        kwargs = {**self.shared_defaults, **params}
+        if self.randomized:
+            kwargs["generator"] = generator
+        return self.fn(base, task_vectors, **kwargs)
+
+
+REGISTRY: dict[str, MergeMethod] = {}
+
+
+def register(method: MergeMethod) -> MergeMethod:
+    REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> MergeMethod:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown merge method {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+# ------------------------------------------------------------------------------------ sparsifiers
+def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
+    """Apply ``mask``; with ``rescale``, restore the L1 norm the mask removed (DARE's 1/p, in expectation)."""
+    kept = delta * mask
+    if not rescale:
+        return kept
+    before, after = delta.abs().sum(), kept.abs().sum()
+    if before < eps or after < eps:
+        return kept
+    return kept * (before / after)
+
+
+def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool = False, **_: Any) -> torch.Tensor:
+    """Keep the ``density`` share of entries with the largest magnitude (TIES' trim step)."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    mask[torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]] = 1
+    return _rescaled(delta, mask.reshape_as(delta), rescale)
+
+
+def random_keep(delta: torch.Tensor, density: float, rescale: bool = True, generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
+    """DARE: keep each entry with probability ``density`` (then rescale so the expected sum is kept)."""
+    if density >= 1:
+        return delta
+    work = delta.float() if delta.device.type == "cpu" and delta.dtype != torch.bfloat16 else delta
+    mask = torch.bernoulli(torch.full_like(work, density), generator=generator)
+    return _rescaled(work, mask, rescale).to(delta.dtype)
+
+
+def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, **_: Any) -> torch.Tensor:
+    """Model Breadcrumbs: drop the ``gamma`` share of largest entries (outliers), then the smallest, keeping ``density``."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    keep, top = int(density * n), int(gamma * n)
+    bottom = max(0, n - keep - top)
+    order = torch.sort(delta.abs().reshape(-1).float(), descending=False).indices
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    mask[order[bottom : bottom + keep]] = 1
+    return _rescaled(delta, mask.reshape_as(delta), rescale)
+
+
+def della_magprune(
+    delta: torch.Tensor, density: float, epsilon: float = 0.15, rescale: bool = True, generator: torch.Generator | None = None, **_: Any
+) -> torch.Tensor:
+    """DELLA: keep-probabilities rise with each entry's magnitude rank within its row, from
+    ``density − ε`` (smallest) to ``density + ε`` (largest); kept entries are rescaled."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    if not (0 < density - epsilon and density + epsilon < 1):
+        raise UserError(f"della: epsilon {epsilon} must keep density ± epsilon inside (0, 1) for density {density}")
+    shape = delta.shape
+    work = delta.float() if delta.device.type == "cpu" and delta.dtype != torch.bfloat16 else delta
+    rows = work if work.dim() >= 2 else work.unsqueeze(0)
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(work.dtype) + 1
+    low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    rank_share = ((ranks - low) / (high - low)).clamp(0, 1)
+    mask = torch.bernoulli((density - epsilon) + rank_share * 2 * epsilon, generator=generator)
+    return _rescaled(rows, mask, rescale).to(delta.dtype).reshape(shape)
+
+
+SPARSIFIERS: dict[str | None, Callable[..., torch.Tensor] | None] = {
+    None: None,
+    "magnitude": magnitude_topk,
+    "random": random_keep,
+    "magnitude_outliers": magnitude_outliers,
+    "della_magprune": della_magprune,
+}
+
+
+def sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
+    """TIES' elect step: an entry is kept where its sign matches the sign of the summed deltas."""
+    majority = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+    return deltas.sign() == majority
+
+
+# ------------------------------------------------------------------------------------ the family
+def generalized_task_arithmetic(
+    base: torch.Tensor,
+    task_vectors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    density: Sequence[float] | None = None,
+    gamma: Sequence[float] | None = None,
+    epsilon: Sequence[float] | None = None,
+    sparsify: str | None,
+    consensus: bool,
+    normalize: bool,
+    rescale: bool,
+    generator: torch.Generator | None = None,
+    **shared: Any,
+) -> torch.Tensor:
+    """merged = b + λ · Σ mᵢ·wᵢ·sparsify(τᵢ) [/ Σ mᵢ·wᵢ if normalize] (see the module docstring)."""
+    if not task_vectors:
+        return base
+    sparsifier = SPARSIFIERS[sparsify]
+    deltas = base.new_empty((len(task_vectors), *base.shape))
+    for i, tau in enumerate(task_vectors):
+        if sparsifier is None:
+            deltas[i] = tau
+        else:
+            extra = {k: v[i] for k, v in (("gamma", gamma), ("epsilon", epsilon)) if v is not None}
+            deltas[i] = sparsifier(tau, density=1.0 if density is None else density[i], rescale=rescale, generator=generator, **extra)
+    weights = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(-1, *([1] * base.dim()))
+    deltas.mul_(weights)
+    if consensus:
+        mask = sign_consensus(deltas).to(deltas.dtype)
+        mixed = (deltas * mask).sum(dim=0)
+        divisor = (weights * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed /= divisor
+    scale = shared.get("lambda", 1.0)
+    if scale != 1:
+        mixed *= scale
+    return (base + mixed).to(base.dtype)
+
+
+def _family(name: str, sparsify: str | None, consensus: bool, normalize: bool, rescale: bool, extra: tuple[str, ...] = ()) -> MergeMethod:
+    def fn(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], **params: Any) -> torch.Tensor:
+        return generalized_task_arithmetic(base, task_vectors, sparsify=sparsify, consensus=consensus, **params)
+
+    fn.__doc__ = f"{name}: {generalized_task_arithmetic.__doc__}"
+    density = ("density",) if sparsify else ()
+    return register(
+        MergeMethod(
+            name,
+            fn,
+            expert_params=("weight", *density, *extra),
+            shared_defaults={"normalize": normalize, "rescale": rescale, "lambda": 1.0},
+            randomized=sparsify in ("random", "della_magprune"),
+        )
+    )
+
+
+# Defaults as mergekit 0.1.5 registers them (normalize, rescale).
+_family("task_arithmetic", None, consensus=False, normalize=False, rescale=False)
+_family("ties", "magnitude", consensus=True, normalize=True, rescale=False)
+_family("dare_ties", "random", consensus=True, normalize=False, rescale=True)
+_family("dare_linear", "random", consensus=False, normalize=False, rescale=True)
+_family("breadcrumbs", "magnitude_outliers", consensus=False, normalize=False, rescale=False, extra=("gamma",))
+_family("breadcrumbs_ties", "magnitude_outliers", consensus=True, normalize=False, rescale=False, extra=("gamma",))
+_family("della", "della_magprune", consensus=True, normalize=True, rescale=True, extra=("epsilon",))
+_family("della_linear", "della_magprune", consensus=False, normalize=False, rescale=True, extra=("epsilon",))
+
+
+def linear(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True) -> torch.Tensor:
+    """Weighted average of the experts: Σ wᵢ·xᵢ / Σ wᵢ = b + Σ wᵢ·τᵢ / Σ wᵢ (without normalize: Σ wᵢ·xᵢ)."""
+    w = torch.tensor(list(weight), dtype=torch.float32)
+    total = float(w.sum()) if normalize else 1.0
+    merged = base.float() * (float(w.sum()) / total)
+    for wi, tau in zip(w.tolist(), task_vectors):
+        merged += (wi / total) * tau.float()
+    return merged.to(base.dtype)
+
+
+register(MergeMethod("linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}))
+
+
+def slerp(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
+    """Spherical interpolation from expert A (t=0) to expert B (t=1) over the whole flattened tensor:
+    sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b, θ the angle between them; linear when nearly collinear."""
+    a = (base + task_vectors[0]).double().reshape(-1)
+    b = (base + task_vectors[1]).double().reshape(-1)
+    na, nb = a.norm(), b.norm()
+    dot = torch.dot(a / (na if na > eps else 1), b / (nb if nb > eps else 1)).clamp(-1, 1)
+    if dot.abs() > dot_threshold:
+        merged = (1 - t) * a + t * b
+    else:
+        theta = torch.acos(dot)
+        merged = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
+    return merged.reshape(base.shape).to(base.dtype)
+
+
+register(MergeMethod("slerp", slerp, expert_params=(), shared_defaults={"t": 0.5, "dot_threshold": 0.9995}, max_experts=2))

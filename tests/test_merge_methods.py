@@ -1,0 +1,142 @@
+"""Merge methods: same names and parameter meanings as mergekit, and the same tensors (parity tested
+against the real ``mergekit-yaml`` on toy-zoo experts); randomised sparsifiers checked statistically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mergesearch.errors import UserError
+from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
+from mergesearch.merge.methods import REGISTRY, della_magprune, get_method, magnitude_topk, random_keep
+
+EXPERTS = ("aligned", "math", "facts")
+WEIGHTS = (0.7, 1.1, 0.45)  # distinct, so a mix-up of experts cannot pass
+
+
+@pytest.fixture(scope="module")
+def tensors(zoo_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: load_file(str(zoo_dir / name / "model.safetensors")) for name in ("base", *EXPERTS)}
+
+
+def ours(tensors, method: str, experts=EXPERTS, **params) -> dict[str, torch.Tensor]:
+    base = tensors["base"]
+    return {k: get_method(method)(b, [tensors[e][k] - b for e in experts], **params) for k, b in base.items()}
+
+
+def max_relative_difference(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
+    assert set(mine) == set(theirs)
+    return max(float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in mine)
+
+
+CASES = {
+    "task_arithmetic": ({}, {}),
+    "linear": ({}, {}),
+    "ties": ({"density": 0.4}, {}),
+    "ties_unnormalized": ({"density": 0.6}, {"normalize": False}),
+    "breadcrumbs": ({"density": 0.5, "gamma": 0.02}, {}),
+    "breadcrumbs_ties": ({"density": 0.5, "gamma": 0.02}, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_tensors_as_mergekit_for_three_experts(case: str, tensors, zoo_dir: Path, tmp_path: Path) -> None:
+    method = case.removesuffix("_unnormalized")
+    per_expert, shared = CASES[case]
+    config = mergekit_config(
+        method,
+        zoo_dir / "base",
+        {zoo_dir / e: {"weight": w, **per_expert} for e, w in zip(EXPERTS, WEIGHTS)},
+        extra={"parameters": shared} if shared else None,
+    )
+    if method == "linear":
+        del config["base_model"]  # linear averages the listed models only
+    theirs = load_file(str(run_mergekit_yaml(config, tmp_path / "mk") / "model.safetensors"))
+    params = {"weight": WEIGHTS, **{k: [v] * len(EXPERTS) for k, v in per_expert.items()}, **shared}
+    assert max_relative_difference(ours(tensors, method, **params), theirs) <= 1e-5
+
+
+def test_slerp_matches_mergekit_between_two_experts(tensors, zoo_dir: Path, tmp_path: Path) -> None:
+    config = {
+        "merge_method": "slerp",
+        "base_model": str(zoo_dir / "math"),
+        "models": [{"model": str(zoo_dir / "math")}, {"model": str(zoo_dir / "facts")}],
+        "parameters": {"t": 0.3},
+        "dtype": "float32",
+    }
+    theirs = load_file(str(run_mergekit_yaml(config, tmp_path / "mk") / "model.safetensors"))
+    assert max_relative_difference(ours(tensors, "slerp", experts=("math", "facts"), t=0.3), theirs) <= 1e-5
+
+
+def test_unknown_method_lists_the_known_ones() -> None:
+    with pytest.raises(UserError) as err:
+        get_method("frankenmerge")
+    assert "unknown merge method 'frankenmerge'; known:" in str(err.value)
+    for name in ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della", "slerp"):
+        assert name in REGISTRY and name in str(err.value)
+
+
+def test_task_arithmetic_is_base_plus_weighted_task_vectors() -> None:
+    base, t1, t2 = torch.randn(3, 5, 7).unbind(0)
+    merged = get_method("task_arithmetic")(base, [t1, t2], weight=[0.5, 2.0])
+    torch.testing.assert_close(merged, base + 0.5 * t1 + 2.0 * t2)
+
+
+def test_ties_keeps_only_entries_that_agree_with_the_elected_sign() -> None:
+    base = torch.zeros(4)
+    t1, t2 = torch.tensor([1.0, -2.0, 3.0, 0.5]), torch.tensor([-3.0, 1.0, 1.0, 0.5])
+    merged = get_method("ties")(base, [t1, t2], weight=[1.0, 1.0], density=[1.0, 1.0])
+    # sums: [-2, -1, 4, 1] -> signs [-, -, +, +]; kept: [t2, t1, both, both]; normalised by kept weight
+    torch.testing.assert_close(merged, torch.tensor([-3.0, -2.0, 2.0, 0.5]))
+
+
+def test_magnitude_trim_keeps_the_largest_share() -> None:
+    delta = torch.tensor([0.1, -5.0, 0.3, 2.0, -0.2, 0.05, 4.0, -1.0, 0.0, 0.01])
+    kept = magnitude_topk(delta, density=0.3)
+    assert set(torch.nonzero(kept).flatten().tolist()) == {1, 3, 6}
+
+
+def test_dare_keeps_the_density_share_and_preserves_the_l1_norm() -> None:
+    delta = torch.randn(200, 300)
+    generator = torch.Generator().manual_seed(0)
+    kept = random_keep(delta, density=0.3, rescale=True, generator=generator)
+    share = float((kept != 0).float().mean())
+    assert abs(share - 0.3) < 0.01
+    torch.testing.assert_close(kept.abs().sum(), delta.abs().sum(), rtol=1e-4, atol=0)
+    # each kept entry is the original entry scaled by one common factor close to 1/p
+    ratio = kept[kept != 0] / delta[kept != 0]
+    assert float(ratio.std()) < 1e-4 and abs(float(ratio.mean()) - 1 / 0.3) < 0.1
+
+
+def test_dare_is_unbiased_over_many_draws() -> None:
+    delta = torch.randn(50, 40)
+    generator = torch.Generator().manual_seed(1)
+    mean = torch.stack([random_keep(delta, 0.5, rescale=True, generator=generator) for _ in range(400)]).mean(0)
+    # each entry's estimate has standard error |δ|·sqrt((1-p)/p)/sqrt(400) = 0.05·|δ|; allow twice its mean
+    assert float((mean - delta).abs().mean()) < 0.08 * float(delta.abs().mean())
+
+
+def test_same_generator_seed_gives_the_same_dare_merge() -> None:
+    base, t1, t2 = torch.randn(3, 30, 20).unbind(0)
+    method = get_method("dare_ties")
+    first = method(base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(7))
+    again = method(base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(7))
+    other = method(base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_della_keeps_large_entries_more_often_than_small_ones() -> None:
+    delta = torch.linspace(0.01, 1.0, 1000).repeat(200, 1)
+    kept = della_magprune(delta, density=0.5, epsilon=0.4, rescale=False, generator=torch.Generator().manual_seed(0))
+    kept_share = (kept != 0).float().mean(0)
+    assert float(kept_share[:100].mean()) < 0.2 and float(kept_share[-100:].mean()) > 0.8
+    assert abs(float((kept != 0).float().mean()) - 0.5) < 0.01
+
+
+def test_della_rejects_an_epsilon_that_leaves_the_unit_interval() -> None:
+    with pytest.raises(UserError, match="epsilon"):
+        della_magprune(torch.randn(4, 4), density=0.9, epsilon=0.2)
