@@ -57,7 +57,9 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         }
         if args.twice:
+            started = time.monotonic()
             again = build_zoo(recipe, Path(tmp) / "again", log=log)
+            result["rebuild_wall_seconds"] = round(time.monotonic() - started, 1)
             result["identical_rebuild"] = file_hashes(again) == file_hashes(zoo)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
