@@ -140,3 +140,57 @@ def test_della_keeps_large_entries_more_often_than_small_ones() -> None:
 def test_della_rejects_an_epsilon_that_leaves_the_unit_interval() -> None:
     with pytest.raises(UserError, match="epsilon"):
         della_magprune(torch.randn(4, 4), density=0.9, epsilon=0.2)
+
+
+@pytest.mark.parametrize(("method", "shared"), [("task_arithmetic", {}), ("task_arithmetic", {"normalize": True, "lambda": 0.5}), ("linear", {})])
+def test_in_place_kernel_gives_the_same_tensor_as_the_function(method: str, shared: dict) -> None:
+    base, t1, t2, t3 = torch.randn(4, 16, 9).unbind(0)
+    spec = get_method(method)
+    out = torch.empty_like(base)
+    spec.merge_into(out, base, [t1, t2, t3], weight=[0.3, 1.2, -0.4], **shared)
+    torch.testing.assert_close(out, spec(base, [t1, t2, t3], weight=[0.3, 1.2, -0.4], **shared), rtol=1e-6, atol=1e-6)
+
+
+def _orthogonal_tasks(rank: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Two task matrices with orthogonal row and column spaces, each of rank ``rank``."""
+    q_left, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    q_right, _ = torch.linalg.qr(torch.randn(10, 10, dtype=torch.float64))
+    taus = []
+    for i in range(2):
+        cols = slice(i * rank, (i + 1) * rank)
+        taus.append((q_left[:, cols] * torch.tensor([3.0, 1.5][:rank], dtype=torch.float64)) @ q_right[:, cols].T)
+    return torch.randn(12, 10, dtype=torch.float64), taus
+
+
+def test_tsvm_on_orthogonal_tasks_is_task_arithmetic() -> None:
+    base, taus = _orthogonal_tasks()
+    merged = get_method("tsvm")(base, taus, weight=[0.7, 1.3], rank_share=0.2)
+    torch.testing.assert_close(merged, base + 0.7 * taus[0] + 1.3 * taus[1])
+    # R-TSVM too, once its outlier clipping is off (its ranks come from the spectrum: 2 each here)
+    no_clipping = get_method("rtsvm")(base, taus, weight=[0.7, 1.3], outlier_z=float("inf"))
+    torch.testing.assert_close(no_clipping, base + 0.7 * taus[0] + 1.3 * taus[1])
+
+
+def test_tsvm_keeps_each_task_to_its_share_of_the_rank() -> None:
+    base = torch.zeros(8, 8, dtype=torch.float64)
+    taus = [torch.randn(8, 8, dtype=torch.float64) for _ in range(2)]
+    merged = get_method("tsvm")(base, taus, weight=[1.0, 1.0])  # default share 1/2: 4 triplets each
+    assert torch.linalg.matrix_rank(merged) <= 8
+    # the merged singular vectors are orthonormal, so its singular values are the kept task ones
+    kept = torch.cat([torch.linalg.svdvals(t)[:4] for t in taus]).sort(descending=True).values
+    torch.testing.assert_close(torch.linalg.svdvals(merged), kept)
+
+
+def test_tsvm_merges_vectors_by_the_weighted_mean() -> None:
+    base, t1, t2 = torch.randn(3, 6).unbind(0)
+    torch.testing.assert_close(get_method("tsvm")(base, [t1, t2], weight=[1.0, 0.5]), base + (t1 + 0.5 * t2) / 2)
+
+
+def test_rtsvm_clips_outliers_and_picks_rank_from_the_spectrum() -> None:
+    base = torch.zeros(20, 20, dtype=torch.float64)
+    low_rank = torch.randn(20, 1, dtype=torch.float64) @ torch.randn(1, 20, dtype=torch.float64)
+    spiky = low_rank.clone()
+    spiky[3, 4] += 1e4  # one outlier entry
+    merged = get_method("rtsvm")(base, [spiky], weight=[1.0], energy=0.95)
+    assert float(merged.abs().max()) < 0.1 * 1e4  # the outlier no longer dominates
+    assert int(torch.linalg.matrix_rank(get_method("rtsvm")(base, [low_rank], weight=[1.0]))) == 1

@@ -16,6 +16,7 @@ The task-arithmetic family follows one template (mergekit's "generalized task ar
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ class MergeMethod:
     shared_defaults: dict[str, Any] = field(default_factory=dict)
     randomized: bool = False
     max_experts: int | None = None
+    # Optional allocation-free kernel writing the merge straight into ``out`` (same result as ``fn``).
+    into: Callable[..., None] | None = None
 
     def __call__(self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
         unknown = set(params) - set(self.expert_params) - set(self.shared_defaults)
@@ -48,6 +51,13 @@ class MergeMethod:
         if self.randomized:
             kwargs["generator"] = generator
         return self.fn(base, task_vectors, **kwargs)
+
+    def merge_into(self, out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], **params: Any) -> None:
+        """Write the merge into ``out`` (a model's parameter): in place when the method has a kernel."""
+        if self.into is not None and not self.randomized:
+            self.into(out, base, task_vectors, **{**self.shared_defaults, **params})
+        else:
+            out.copy_(self(base, task_vectors, **params))
 
 
 REGISTRY: dict[str, MergeMethod] = {}
@@ -210,8 +220,20 @@ def _family(name: str, sparsify: str | None, consensus: bool, normalize: bool, r
     )
 
 
+def _weighted_sum_into(
+    out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool, **shared: Any
+) -> None:
+    """out = b + λ·Σ wᵢ·τᵢ [/ Σ wᵢ]: one read of each input, no temporaries (task arithmetic and linear)."""
+    total = float(sum(weight))
+    scale = shared.get("lambda", 1.0) / (total if normalize and abs(total) >= 1e-8 else 1.0)
+    out.copy_(base)
+    for w, tau in zip(weight, task_vectors):
+        out.add_(tau, alpha=float(w) * scale)
+
+
 # Defaults as mergekit 0.1.5 registers them (normalize, rescale).
 _family("task_arithmetic", None, consensus=False, normalize=False, rescale=False)
+REGISTRY["task_arithmetic"] = dataclasses.replace(REGISTRY["task_arithmetic"], into=_weighted_sum_into)
 _family("ties", "magnitude", consensus=True, normalize=True, rescale=False)
 _family("dare_ties", "random", consensus=True, normalize=False, rescale=True)
 _family("dare_linear", "random", consensus=False, normalize=False, rescale=True)
@@ -231,7 +253,7 @@ def linear(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: 
     return merged.to(base.dtype)
 
 
-register(MergeMethod("linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}))
+register(MergeMethod("linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}, into=_weighted_sum_into))
 
 
 def slerp(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
@@ -250,3 +272,76 @@ def slerp(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, t: float,
 
 
 register(MergeMethod("slerp", slerp, expert_params=(), shared_defaults={"t": 0.5, "dot_threshold": 0.9995}, max_experts=2))
+
+
+# ------------------------------------------------------------------------------------ task singular vectors
+def _orthogonalize(m: torch.Tensor) -> torch.Tensor:
+    """The closest matrix with orthonormal columns (polar factor): P Qᵀ from m = P S Qᵀ."""
+    p, _, qh = torch.linalg.svd(m, full_matrices=False)
+    return p @ qh
+
+
+def _tsv_combine(
+    taus: Sequence[torch.Tensor], weight: Sequence[float], ranks: Sequence[int]
+) -> torch.Tensor:
+    """Σ-weighted recombination of each task's top singular triplets with orthogonalised bases."""
+    us, ss, vs = [], [], []
+    for tau, w, k in zip(taus, weight, ranks):
+        u, s, vh = torch.linalg.svd(tau.double(), full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(float(w) * s[:k])
+        vs.append(vh[:k, :].T)
+    u_all, s_all, v_all = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vs, dim=1)
+    return (_orthogonalize(u_all) * s_all) @ _orthogonalize(v_all).T
+
+
+def tsvm(
+    base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], rank_share: float | None = None, alpha: float = 1.0
+) -> torch.Tensor:
+    """Task Singular Vector merging (TSV-M). Per 2-D tensor: truncated SVD of each task matrix τᵢ = UᵢΣᵢVᵢᵀ
+    keeping k = ⌊share·min(m, n)⌋ triplets (share = 1/T by default), concatenation U = [U₁..U_T],
+    Σ = diag(w₁Σ₁..w_TΣ_T), V = [V₁..V_T], orthogonalisation of U and V (polar factor), and
+    merged = b + α·U⊥ΣV⊥ᵀ. Other tensors take b + α·mean(wᵢτᵢ). Orthogonal tasks reduce to task arithmetic."""
+    n = len(task_vectors)
+    if base.dim() != 2:
+        return (base + alpha * sum(float(w) * t for w, t in zip(weight, task_vectors)) / n).to(base.dtype)
+    k = max(1, int((rank_share if rank_share is not None else 1 / n) * min(base.shape)))
+    delta = _tsv_combine(task_vectors, weight, [k] * n)
+    return (base.double() + alpha * delta).to(base.dtype)
+
+
+def rtsvm(
+    base: torch.Tensor,
+    task_vectors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    energy: float = 0.9,
+    outlier_z: float = 6.0,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Our reading of R-TSVM (robust TSV-M). Two changes to TSV-M per 2-D tensor: (1) outlier-aware
+    reweighting: entries of τᵢ beyond ``outlier_z`` robust standard deviations (1.4826·MAD, which the
+    outliers themselves cannot inflate) are clipped to that bound, so a few huge entries cannot dominate
+    the spectrum; (2) per-task rank from the spectrum: the smallest kᵢ
+    whose singular values hold ``energy`` of Σσ², with Σkᵢ capped at min(m, n) (largest first)."""
+    n = len(task_vectors)
+    if base.dim() != 2:
+        return (base + alpha * sum(float(w) * t for w, t in zip(weight, task_vectors)) / n).to(base.dtype)
+    cleaned, ranks = [], []
+    for tau in task_vectors:
+        t = tau.double()
+        bound = outlier_z * 1.4826 * (t - t.median()).abs().median()
+        t = t.clamp(-bound, bound) if bound > 0 else t  # an all-sparse τ (MAD 0) is left as it is
+        s = torch.linalg.svdvals(t)
+        share = torch.cumsum(s**2, 0) / (s**2).sum().clamp_min(1e-30)
+        cleaned.append(t)
+        ranks.append(int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1)
+    budget = min(base.shape)
+    while sum(ranks) > budget:
+        ranks[ranks.index(max(ranks))] -= 1
+    delta = _tsv_combine(cleaned, weight, ranks)
+    return (base.double() + alpha * delta).to(base.dtype)
+
+
+register(MergeMethod("tsvm", tsvm, expert_params=("weight",), shared_defaults={"rank_share": None, "alpha": 1.0}))
+register(MergeMethod("rtsvm", rtsvm, expert_params=("weight",), shared_defaults={"energy": 0.9, "outlier_z": 6.0, "alpha": 1.0}))

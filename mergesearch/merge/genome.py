@@ -1,0 +1,106 @@
+"""GenomeSpace: the searcher's view of a merge, as a flat dict of named, bounded genes.
+
+Gene names are stable and readable: ``w.math.g0`` is expert ``math``'s weight in layer group 0,
+``d.math.g0`` its density, ``t.g2`` slerp's interpolation in group 2. ``decode`` turns a genome into a
+MergeRecipe; ``encode`` does the reverse, so known merges (uniform, one expert alone) seed a search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from mergesearch.errors import UserError
+from mergesearch.merge.methods import get_method
+from mergesearch.merge.recipe import MergeRecipe
+
+GENE_PREFIX = {"weight": "w", "density": "d", "gamma": "gamma", "epsilon": "eps", "t": "t"}
+DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 0.1), "epsilon": (0.01, 0.2), "t": (0.0, 1.0)}
+GROUP_PARAMS = ("t",)
+
+Genome = dict[str, float]
+
+
+def layer_groups(num_layers: int, granularity: Literal["global", "groups", "layer"], group_size: int = 1) -> tuple[tuple[int, ...], ...]:
+    size = {"global": num_layers, "layer": 1}.get(granularity, group_size)
+    return tuple(tuple(range(start, min(start + size, num_layers))) for start in range(0, num_layers, size))
+
+
+class GenomeSpace:
+    """Genes per expert and layer group for each of a method's parameters, with their bounds."""
+
+    def __init__(
+        self,
+        method: str,
+        experts: Sequence[str],
+        num_layers: int,
+        granularity: Literal["global", "groups", "layer"] = "global",
+        group_size: int = 1,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        shared: Mapping[str, Any] | None = None,
+    ) -> None:
+        spec = get_method(method)
+        self.method = method
+        self.experts = tuple(experts)
+        self.groups = layer_groups(num_layers, granularity, group_size)
+        self.expert_params = tuple(p for p in spec.expert_params)
+        self.group_params = tuple(p for p in GROUP_PARAMS if p in spec.shared_defaults)
+        self.bounds = {p: tuple((bounds or {}).get(p, DEFAULT_BOUNDS[p])) for p in (*self.expert_params, *self.group_params)}
+        self.shared = dict(shared or {})
+
+    def gene_names(self) -> list[str]:
+        names = [self._gene(p, e, g) for p in self.expert_params for e in self.experts for g in range(len(self.groups))]
+        return names + [self._gene(p, None, g) for p in self.group_params for g in range(len(self.groups))]
+
+    def gene_bounds(self) -> dict[str, tuple[float, float]]:
+        return {name: self.bounds[self._param_of(name)] for name in self.gene_names()}
+
+    def decode(self, genome: Mapping[str, float]) -> MergeRecipe:
+        expected = set(self.gene_names())
+        missing, unknown = sorted(expected - set(genome)), sorted(set(genome) - expected)
+        if missing or unknown:
+            raise UserError(f"genome does not fit the space: missing {missing[:3]}, unknown {unknown[:3]}")
+        n = len(self.groups)
+        return MergeRecipe(
+            method=self.method,
+            experts=self.experts,
+            groups=self.groups,
+            expert_params={
+                p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in range(n)) for p in self.expert_params
+            },
+            group_params={p: tuple(float(genome[self._gene(p, None, g)]) for g in range(n)) for p in self.group_params},
+            shared=self.shared,
+        )
+
+    def encode(self, recipe: MergeRecipe) -> Genome:
+        if recipe.groups != self.groups or recipe.experts != self.experts or recipe.method != self.method:
+            raise UserError("recipe was not made in this genome space (method, experts or layer groups differ)")
+        genome = {self._gene(p, e, g): v[g][i] for p, v in recipe.expert_params.items() for g in range(len(self.groups)) for i, e in enumerate(self.experts)}
+        return genome | {self._gene(p, None, g): v[g] for p, v in recipe.group_params.items() for g in range(len(self.groups))}
+
+    def uniform(self) -> Genome:
+        """Every expert at weight 1/n (clipped to the bounds), other genes at their upper bound (keep all)."""
+        return {name: self._clip(name, 1 / len(self.experts) if name.startswith("w.") else self.bounds[self._param_of(name)][1]) for name in self.gene_names()}
+
+    def expert_alone(self, expert: str) -> Genome:
+        """Only ``expert`` merged (weight 1), others at weight 0."""
+        if expert not in self.experts:
+            raise UserError(f"unknown expert {expert!r}; experts: {', '.join(self.experts)}")
+        genome = self.uniform()
+        for g in range(len(self.groups)):
+            if "t" in self.group_params:  # slerp: t runs from the first expert (0) to the second (1)
+                genome[self._gene("t", None, g)] = self._clip(self._gene("t", None, g), float(self.experts.index(expert)))
+            for e in self.experts if "weight" in self.expert_params else ():
+                genome[self._gene("weight", e, g)] = self._clip(self._gene("weight", e, g), 1.0 if e == expert else 0.0)
+        return genome
+
+    def _gene(self, param: str, expert: str | None, group: int) -> str:
+        return f"{GENE_PREFIX[param]}.{expert}.g{group}" if expert else f"{GENE_PREFIX[param]}.g{group}"
+
+    def _param_of(self, gene: str) -> str:
+        prefix = gene.split(".", 1)[0]
+        return next(p for p, pre in GENE_PREFIX.items() if pre == prefix)
+
+    def _clip(self, gene: str, value: float) -> float:
+        low, high = self.bounds[self._param_of(gene)]
+        return min(max(value, low), high)

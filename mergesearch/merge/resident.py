@@ -1,0 +1,179 @@
+"""ResidentMerger: base weights and every expert's task vector loaded once, merged per genome in place.
+
+mergekit re-reads every tensor and re-plans for each merge; a search makes hundreds. Here the base and
+the task vectors stay in memory (on the GPU when there is one) for the whole search, and a recipe is
+written straight into a live model's own parameters, one tensor at a time: the only extra memory per
+merge is one tensor's worth of work buffers, never a second model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from mergesearch.errors import UserError
+from mergesearch.merge.methods import get_method
+from mergesearch.merge.recipe import MergeRecipe
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder (sharded or not); a missing shard is named."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise UserError(f"{folder}: missing shard {missing[0]} (listed in model.safetensors.index.json)")
+        return [folder / s for s in shards]
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        raise UserError(f"{folder}: no model.safetensors (or index) found")
+    return [single]
+
+
+def read_tensors(folder: Path, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for file in weight_files(folder):
+        with safe_open(str(file), "pt", device="cpu") as fh:
+            for key in fh.keys():
+                tensors[key] = fh.get_tensor(key).to(device=device, dtype=dtype)
+    return tensors
+
+
+def _config(folder: Path) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    return json.loads(path.read_text())
+
+
+def _tokenizer_vocab(folder: Path) -> dict | None:
+    path = Path(folder) / "tokenizer.json"
+    return json.loads(path.read_text()).get("model", {}).get("vocab") if path.is_file() else None
+
+
+def check_compatible(base: Path, experts: Mapping[str, Path]) -> None:
+    """Experts must share the base's architecture, shapes, vocabulary size and tokenizer."""
+    base_config, base_vocab = _config(base), _tokenizer_vocab(base)
+    for name, folder in experts.items():
+        config = _config(folder)
+        for key in ("architectures", "hidden_size", "num_hidden_layers", "vocab_size"):
+            if config.get(key) != base_config.get(key):
+                raise UserError(f"expert {name!r} ({folder}): {key} is {config.get(key)!r}, the base has {base_config.get(key)!r}")
+        vocab = _tokenizer_vocab(folder)
+        if base_vocab is not None and vocab is not None and vocab != base_vocab:
+            raise UserError(f"expert {name!r} ({folder}): its tokenizer differs from the base's (token ids would not line up)")
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+class ResidentMerger:
+    """Holds the base and one task vector per expert; merges recipes into models or streams them out."""
+
+    def __init__(
+        self,
+        base: str | Path,
+        experts: Mapping[str, str | Path],
+        dtype: str = "float32",
+        device: str | torch.device = "cpu",
+        log: Callable[[str], None] = print,
+        memory_limit_bytes: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.expert_names = tuple(experts)
+        base, expert_dirs = Path(base), {n: Path(p) for n, p in experts.items()}
+        check_compatible(base, expert_dirs)
+        self.estimate_bytes = self._estimate(base, len(expert_dirs))
+        limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(self.device)
+        log(f"resident merger: base + {len(expert_dirs)} task vectors need about {self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)")
+        if self.estimate_bytes > limit:
+            raise UserError(
+                f"the pool does not fit: base + {len(expert_dirs)} task vectors need {self.estimate_bytes / 2**30:.2f} GiB "
+                f"in {dtype} on {self.device}, {limit / 2**30:.2f} GiB available; use fewer experts, bfloat16, or a bigger device"
+            )
+        self.base = read_tensors(base, self.dtype, self.device)
+        self._check_finite("base", self.base)
+        self.task_vectors: dict[str, dict[str, torch.Tensor]] = {}
+        for name, folder in expert_dirs.items():
+            weights = read_tensors(folder, torch.float32, self.device)  # subtract in fp32, store in dtype
+            self._check_finite(name, weights)
+            if set(weights) != set(self.base):
+                extra = sorted(set(weights) ^ set(self.base))[0]
+                raise UserError(f"expert {name!r} ({folder}): tensor {extra!r} is in only one of the expert and the base")
+            for key, tensor in weights.items():
+                if tensor.shape != self.base[key].shape:
+                    raise UserError(f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, the base {tuple(self.base[key].shape)}")
+                weights[key] = tensor.sub_(self.base[key].float()).to(self.dtype)  # the expert becomes its task vector
+            self.task_vectors[name] = weights
+
+    def _estimate(self, base: Path, n_experts: int) -> int:
+        element = torch.empty((), dtype=self.dtype).element_size()
+        numel = 0
+        for file in weight_files(base):
+            with safe_open(str(file), "pt", device="cpu") as fh:
+                numel += sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
+        return numel * element * (1 + n_experts)
+
+    @staticmethod
+    def _check_finite(name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"{name}: tensor {key!r} contains NaN or Inf values")
+
+    def merged_tensors(self, recipe: MergeRecipe, seed: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Each merged tensor in turn, by name (for export, or for a model to copy from)."""
+        self._check_experts(recipe)
+        method = get_method(recipe.method)
+        extra = {"generator": self._generator(method, seed)} if method.randomized else {}
+        for key, base in self.base.items():
+            taus = [self.task_vectors[name][key] for name in self.expert_names]
+            yield key, method(base, taus, **recipe.params_for(key), **extra)
+
+    def _check_experts(self, recipe: MergeRecipe) -> None:
+        if recipe.experts != self.expert_names:
+            raise UserError(f"recipe experts {recipe.experts} differ from the resident pool {self.expert_names}")
+
+    def _generator(self, method, seed: int | None) -> torch.Generator | None:
+        return torch.Generator(device=self.device).manual_seed(seed) if method.randomized and seed is not None else None
+
+    @torch.no_grad()
+    def merge_into(self, model: torch.nn.Module, recipe: MergeRecipe, seed: int | None = None) -> None:
+        """Write the merge of ``recipe`` into ``model``'s own parameters, tensor by tensor."""
+        params = dict(model.named_parameters())
+        method = get_method(recipe.method)
+        self._check_experts(recipe)
+        generator = self._generator(method, seed)
+        for key, base in self.base.items():
+            target = params.get(key)
+            if target is None:
+                if key == "lm_head.weight" and "model.embed_tokens.weight" in params:
+                    continue  # tied to the embeddings, which are merged under their own name
+                raise UserError(f"model has no parameter {key!r} to merge into")
+            taus = [self.task_vectors[name][key] for name in self.expert_names]
+            extra = {"generator": generator} if method.randomized else {}
+            method.merge_into(target, base, taus, **recipe.params_for(key), **extra)
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count

@@ -1,0 +1,187 @@
+"""Genome space, recipes, the resident merger and the mergekit export, on the toy zoo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from mergesearch.errors import UserError
+from mergesearch.merge.export import recipe_to_mergekit, run_mergekit_yaml
+from mergesearch.merge.genome import GenomeSpace, layer_groups
+from mergesearch.merge.recipe import MergeRecipe
+from mergesearch.merge.resident import ResidentMerger
+
+EXPERTS = ("aligned", "math", "facts")
+
+
+@pytest.fixture(scope="module")
+def expert_dirs(zoo_dir: Path) -> dict[str, Path]:
+    return {name: zoo_dir / name for name in EXPERTS}
+
+
+@pytest.fixture(scope="module")
+def merger(zoo_dir: Path, expert_dirs) -> ResidentMerger:
+    return ResidentMerger(zoo_dir / "base", expert_dirs, log=lambda _: None)
+
+
+def per_layer_ties(num_layers: int = 4) -> tuple[GenomeSpace, dict[str, float]]:
+    space = GenomeSpace("ties", EXPERTS, num_layers, granularity="layer", bounds={"weight": (0.0, 1.5)})
+    genome = {name: 0.2 + (i * 0.137) % 1.0 for i, name in enumerate(space.gene_names())}
+    return space, genome
+
+
+def test_gene_names_are_stable_and_readable() -> None:
+    space = GenomeSpace("dare_ties", ["math", "facts"], num_layers=4, granularity="groups", group_size=2)
+    assert space.gene_names() == [
+        "w.math.g0", "w.math.g1", "w.facts.g0", "w.facts.g1",
+        "d.math.g0", "d.math.g1", "d.facts.g0", "d.facts.g1",
+    ]
+    assert GenomeSpace("slerp", ["a", "b"], 4, "layer").gene_names() == ["t.g0", "t.g1", "t.g2", "t.g3"]
+    assert layer_groups(5, "groups", 2) == ((0, 1), (2, 3), (4,))
+    assert layer_groups(3, "global") == ((0, 1, 2),)
+
+
+def test_decode_then_encode_gives_the_genome_back() -> None:
+    space, genome = per_layer_ties()
+    recipe = space.decode(genome)
+    assert recipe.expert_params["weight"][2][1] == genome["w.math.g2"]
+    assert space.encode(recipe) == genome
+
+
+def test_warm_starts_uniform_and_single_expert() -> None:
+    space = GenomeSpace("ties", EXPERTS, 4, "global")
+    assert space.uniform() == {**{f"w.{e}.g0": pytest.approx(1 / 3) for e in EXPERTS}, **{f"d.{e}.g0": 1.0 for e in EXPERTS}}
+    alone = space.expert_alone("math")
+    assert [alone[f"w.{e}.g0"] for e in EXPERTS] == [0.0, 1.0, 0.0]
+    assert GenomeSpace("slerp", ["a", "b"], 2, "global").expert_alone("b") == {"t.g0": 1.0}
+
+
+def test_a_genome_that_does_not_fit_is_one_clear_error() -> None:
+    space, genome = per_layer_ties()
+    genome.pop("w.math.g1")
+    with pytest.raises(UserError, match=r"missing \['w.math.g1'\]"):
+        space.decode(genome)
+
+
+def test_tensors_outside_the_layers_follow_the_group_at_their_end() -> None:
+    recipe = GenomeSpace("task_arithmetic", EXPERTS, 4, "groups", 2).decode(
+        {f"w.{e}.g{g}": float(g) for e in EXPERTS for g in range(2)}
+    )
+    assert recipe.group_of("model.embed_tokens.weight") == 0
+    assert recipe.group_of("model.layers.3.mlp.up_proj.weight") == 1
+    assert recipe.group_of("model.norm.weight") == 1 and recipe.group_of("lm_head.weight") == 1
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "breadcrumbs_ties"])
+def test_per_layer_merge_matches_mergekit_on_the_exported_recipe(method, merger, zoo_dir, expert_dirs, tmp_path) -> None:
+    space = GenomeSpace(method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5), "density": (0.3, 0.9)})
+    genome = {name: 0.3 + (i * 0.113) % 0.6 for i, name in enumerate(space.gene_names())}
+    recipe = space.decode(genome)
+    config = recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs)
+    theirs = load_file(str(run_mergekit_yaml(config, tmp_path / "mk") / "model.safetensors"))
+    mine = dict(merger.merged_tensors(recipe))
+    worst = max(float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in theirs)
+    assert worst <= 1e-5
+
+
+def test_merging_genome_after_genome_in_place_leaks_no_state(merger, zoo_dir) -> None:
+    space, genome = per_layer_ties()
+    first, second = space.decode(genome), space.decode(space.uniform())
+    live = AutoModelForCausalLM.from_pretrained(zoo_dir / "base")
+    storage = {k: p.data_ptr() for k, p in live.named_parameters()}
+    merger.merge_into(live, first)
+    merger.merge_into(live, second)
+    fresh = AutoModelForCausalLM.from_pretrained(zoo_dir / "base")
+    merger.merge_into(fresh, second)
+    for (name, p), (_, q) in zip(live.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(p, q), name
+    assert storage == {k: p.data_ptr() for k, p in live.named_parameters()}  # written in place, not reallocated
+
+
+def test_expert_alone_reproduces_that_expert(merger, zoo_dir) -> None:
+    space = GenomeSpace("task_arithmetic", EXPERTS, 4, "global")
+    merged = dict(merger.merged_tensors(space.decode(space.expert_alone("math"))))
+    math = load_file(str(zoo_dir / "math" / "model.safetensors"))
+    for key in math:
+        torch.testing.assert_close(merged[key], math[key], rtol=1e-6, atol=1e-6)
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_an_expert_with_nan_weights_is_named(zoo_dir, tmp_path) -> None:
+    bad = _copy_model(zoo_dir / "math", tmp_path / "math")
+    weights = load_file(str(bad / "model.safetensors"))
+    weights["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(weights, str(bad / "model.safetensors"))
+    with pytest.raises(UserError, match=r"math: tensor 'model.layers.1.mlp.up_proj.weight' contains NaN or Inf"):
+        ResidentMerger(zoo_dir / "base", {"math": bad}, log=lambda _: None)
+
+
+def test_an_expert_of_another_architecture_is_named(zoo_dir, tmp_path) -> None:
+    bad = _copy_model(zoo_dir / "facts", tmp_path / "facts")
+    config = json.loads((bad / "config.json").read_text())
+    config["num_hidden_layers"] = 6
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"expert 'facts' .*num_hidden_layers is 6, the base has 4"):
+        ResidentMerger(zoo_dir / "base", {"facts": bad}, log=lambda _: None)
+
+
+def test_an_expert_with_another_tokenizer_is_named(zoo_dir, tmp_path) -> None:
+    bad = _copy_model(zoo_dir / "facts", tmp_path / "facts")
+    tok = json.loads((bad / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = "paris", "rome"
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (bad / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(UserError, match="tokenizer differs from the base"):
+        ResidentMerger(zoo_dir / "base", {"facts": bad}, log=lambda _: None)
+
+
+def test_a_missing_shard_is_named(zoo_dir, tmp_path) -> None:
+    bad = _copy_model(zoo_dir / "facts", tmp_path / "facts")
+    (bad / "model.safetensors").rename(bad / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors", "model.norm.weight": "model-00001-of-00002.safetensors"}}
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match="missing shard model-00002-of-00002.safetensors"):
+        ResidentMerger(zoo_dir / "base", {"facts": bad}, log=lambda _: None)
+
+
+def test_a_pool_that_does_not_fit_is_refused_up_front(zoo_dir, expert_dirs) -> None:
+    messages: list[str] = []
+    with pytest.raises(UserError, match="the pool does not fit"):
+        ResidentMerger(zoo_dir / "base", expert_dirs, log=messages.append, memory_limit_bytes=1024)
+    assert "need about" in messages[0]
+
+
+def test_recipe_rejects_parameters_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match="one value per group and expert"):
+        MergeRecipe(method="ties", experts=("a", "b"), groups=((0, 1),), expert_params={"weight": ((1.0,),)})
+
+
+def test_materialised_recipe_is_a_model_folder_with_mergekits_tensors(merger, zoo_dir, expert_dirs, tmp_path) -> None:
+    from mergesearch.merge.export import materialize
+
+    space = GenomeSpace("task_arithmetic", EXPERTS, 4, granularity="groups", group_size=2, bounds={"weight": (0.0, 1.2)})
+    recipe = space.decode({name: 0.25 + 0.1 * i for i, name in enumerate(space.gene_names())})
+    ours = materialize(merger, recipe, zoo_dir / "base", tmp_path / "ours")
+    theirs = run_mergekit_yaml(recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs), tmp_path / "theirs")
+    model = AutoModelForCausalLM.from_pretrained(ours)
+    reference = AutoModelForCausalLM.from_pretrained(theirs)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert MergeRecipe.model_validate_json((ours / "mergesearch_recipe.json").read_text()) == recipe
+
+
+def test_methods_mergekit_lacks_are_refused_at_export(zoo_dir, expert_dirs) -> None:
+    recipe = GenomeSpace("tsvm", EXPERTS, 4).decode({f"w.{e}.g0": 1.0 for e in EXPERTS})
+    with pytest.raises(UserError, match="mergekit has no 'tsvm' merge method"):
+        recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs)
