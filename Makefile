@@ -35,6 +35,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/zoo_build.py --out benchmarks/results/zoo_build.json
 	$(BIN)/python benchmarks/zoo_mergeability.py --out benchmarks/results/zoo_mergeability.json
+	$(BIN)/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,210 @@
+"""Benchmark: per-genome merge latency of the resident engine vs mergekit, same recipes (JSON).
+
+    .venv/bin/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json [--models toy,smollm2]
+
+For each model set and method, three ways to turn a genome into merged weights, measured in one run:
+  resident   ResidentMerger.merge_into a live model (base and task vectors loaded once, before timing)
+  run_merge  mergekit's run_merge on the exported recipe, written to disk (what mergekit-evolve's default does)
+  in_memory  mergekit's planner + executor copying into a live model (mergekit-evolve's in-memory path)
+plus a large tensor copy for the machine's memory bandwidth, the effective bandwidth of resident
+task arithmetic (bytes it must read and write / time), and peak memory per phase.
+
+Targets: resident ties >= 20x faster than run_merge per genome; resident task_arithmetic >= 50% of the
+copy bandwidth. SmolLM2 "experts" are the imported model plus seeded random task vectors (latency does
+not depend on the values); the toy zoo's experts are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from mergesearch.io import atomic_dir, atomic_write_text
+from mergesearch.merge.export import recipe_to_mergekit
+from mergesearch.merge.genome import GenomeSpace
+from mergesearch.merge.resident import ResidentMerger
+from mergesearch.runtime import offline_and_quiet
+from mergesearch.zoo.build import EXPERTS, build_zoo, default_cache_root
+from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch.zoo.smollm2 import import_smollm2
+
+METHODS = ("linear", "task_arithmetic", "ties", "dare_ties")
+
+
+def peak_rss_reset() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) so each phase's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def copy_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
+    """Read+write bytes per second of a plain tensor copy (the machine's practical bandwidth)."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    return 2 * nbytes * repeats / (time.perf_counter() - started) / 1e9
+
+
+def smollm2_pool(n_experts: int = 2, seed: int = 0) -> tuple[Path, dict[str, Path]]:
+    root = default_cache_root() / "bench" / f"smollm2_pool_{n_experts}_{seed}"
+    base = import_smollm2(default_cache_root() / "SmolLM2-135M-Instruct", log=lambda m: print(m, file=sys.stderr))
+    experts = {f"e{i}": root / f"e{i}" for i in range(n_experts)}
+    generator = torch.Generator().manual_seed(seed)
+    weights = None
+    for i, folder in enumerate(experts.values()):
+        if (folder / "model.safetensors").is_file():
+            continue
+        weights = weights or load_file(str(base / "model.safetensors"))
+        noisy = {k: v + 0.02 * v.std() * torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+        with atomic_dir(folder) as tmp:
+            save_file(noisy, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+                if (base / name).is_file():
+                    (tmp / name).write_bytes((base / name).read_bytes())
+    return base, experts
+
+
+def random_genomes(space: GenomeSpace, count: int, seed: int) -> list[dict[str, float]]:
+    rng = random.Random(seed)
+    return [{name: rng.uniform(*bounds) for name, bounds in space.gene_bounds().items()} for _ in range(count)]
+
+
+def mergekit_run_merge(config: dict, out: Path) -> float:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    started = time.perf_counter()
+    run_merge(MergeConfiguration.model_validate(config), str(out), MergeOptions(quiet=True, random_seed=0))
+    return time.perf_counter() - started
+
+
+def mergekit_in_memory(config: dict, model: torch.nn.Module) -> float:
+    """mergekit-evolve's in-memory evaluation: plan, execute, copy each tensor into a live model."""
+    from mergekit.architecture import arch_info_for_config
+    from mergekit.config import MergeConfiguration
+    from mergekit.graph import Executor
+    from mergekit.merge import _model_out_config
+    from mergekit.options import MergeOptions
+    from mergekit.plan import MergePlanner
+
+    started = time.perf_counter()
+    merge_config = MergeConfiguration.model_validate(config)
+    arch = arch_info_for_config(model.config)
+    options = MergeOptions(quiet=True, random_seed=0)
+    tasks = MergePlanner(merge_config, arch, options, _model_out_config(merge_config, arch)).plan_in_memory()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for task, value in Executor(tasks, math_device="cpu", storage_device="cpu").run(quiet=True):
+            name = task.weight_info.name
+            if name in params:
+                params[name].copy_(value)
+    return time.perf_counter() - started
+
+
+def bench_pool(label: str, base: Path, experts: dict[str, Path], methods: list[str], genomes: int, mergekit_genomes: int) -> dict:
+    peak_rss_reset()
+    started = time.perf_counter()
+    merger = ResidentMerger(base, experts, log=lambda m: print(m, file=sys.stderr))
+    load_seconds = time.perf_counter() - started
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    model_bytes = sum(t.numel() * t.element_size() for t in merger.base.values())
+    resident_peak_after_load = peak_rss_mib()
+    num_layers = model.config.num_hidden_layers
+    result: dict = {"model_mib": round(model_bytes / 2**20, 1), "experts": len(experts), "load_seconds": round(load_seconds, 2),
+                    "rss_after_load_mib": round(resident_peak_after_load, 1), "methods": {}}
+    for method in methods:
+        space = GenomeSpace(method, list(experts), num_layers, "global", bounds={"weight": (0.2, 1.0), "density": (0.3, 0.9)})
+        recipes = [space.decode(g) for g in random_genomes(space, genomes + 1, seed=len(method))]
+        merger.merge_into(model, recipes[0], seed=0)  # warm-up
+        peak_rss_reset()
+        started = time.perf_counter()
+        for recipe in recipes[1:]:
+            merger.merge_into(model, recipe, seed=0)
+        resident = (time.perf_counter() - started) / genomes
+        resident_peak = peak_rss_mib()
+        print(f"{label} {method}: resident {resident * 1000:.1f} ms/genome", file=sys.stderr, flush=True)
+        configs = [recipe_to_mergekit(r, base, experts) for r in recipes[1 : 1 + mergekit_genomes]]
+        with tempfile.TemporaryDirectory() as tmp:
+            peak_rss_reset()
+            run_merge_s = sum(mergekit_run_merge(c, Path(tmp) / f"m{i}") for i, c in enumerate(configs)) / len(configs)
+            run_merge_peak = peak_rss_mib()
+        peak_rss_reset()
+        in_memory_s = sum(mergekit_in_memory(c, model) for c in configs) / len(configs)
+        in_memory_peak = peak_rss_mib()
+        print(f"{label} {method}: run_merge {run_merge_s:.2f} s, in-memory {in_memory_s:.2f} s", file=sys.stderr, flush=True)
+        entry = {
+            "resident_ms": round(resident * 1000, 2),
+            "run_merge_ms": round(run_merge_s * 1000, 1),
+            "in_memory_ms": round(in_memory_s * 1000, 1),
+            "speedup_vs_run_merge": round(run_merge_s / resident, 1),
+            "speedup_vs_in_memory": round(in_memory_s / resident, 1),
+            "peak_rss_mib": {"resident": round(resident_peak, 1), "run_merge": round(run_merge_peak, 1), "in_memory": round(in_memory_peak, 1)},
+        }
+        if method == "task_arithmetic":  # must read base + n task vectors and write the model once
+            entry["effective_gbs"] = round((len(experts) + 2) * model_bytes / resident / 1e9, 2)
+        result["methods"][method] = entry
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", default="toy,smollm2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--genomes", type=int, default=5, help="timed genomes per method for the resident engine")
+    parser.add_argument("--mergekit-genomes", type=int, default=2, help="timed genomes per method for mergekit")
+    args = parser.parse_args()
+    offline_and_quiet()
+    torch.set_num_threads(os.cpu_count() or 1)
+    methods = args.methods.split(",")
+    pools: dict[str, dict] = {}
+    for label in args.models.split(","):
+        if label == "toy":
+            zoo = build_zoo(ZooRecipe(), log=lambda m: print(m, file=sys.stderr))
+            base, experts = zoo / "base", {name: zoo / name for name in EXPERTS}
+        else:
+            base, experts = smollm2_pool()
+        pools[label] = bench_pool(label, base, experts, methods, args.genomes, args.mergekit_genomes)
+        if "task_arithmetic" in pools[label]["methods"]:
+            model_bytes = int(pools[label]["model_mib"] * 2**20)
+            bandwidth = copy_bandwidth_gbs(max(model_bytes, 64 * 2**20))
+            pools[label]["copy_bandwidth_gbs"] = round(bandwidth, 2)
+            ta = pools[label]["methods"]["task_arithmetic"]
+            ta["share_of_copy_bandwidth"] = round(ta["effective_gbs"] / bandwidth, 2)
+    result = {
+        "benchmark": "merge_speed",
+        "device": "cpu",
+        "pools": pools,
+        "targets": {"ties_speedup_vs_run_merge": 20, "task_arithmetic_share_of_copy_bandwidth": 0.5},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
