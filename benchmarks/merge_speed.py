@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json [--models toy,smollm2]
 
 For each model set and method, three ways to turn a genome into merged weights, measured in one run:
-  resident   ResidentMerger.merge_into a live model (base and task vectors loaded once, before timing)
+  resident   ResidentMerger.merge_into a live model (base, task vectors and their sorted magnitudes
+             loaded once, before timing)
   run_merge  mergekit's run_merge on the exported recipe, written to disk (what mergekit-evolve's default does)
   in_memory  mergekit's planner + executor copying into a live model (mergekit-evolve's in-memory path)
 plus a large tensor copy for the machine's memory bandwidth, the effective bandwidth of resident
@@ -103,7 +104,12 @@ def mergekit_run_merge(config: dict, out: Path) -> float:
 
 
 def mergekit_in_memory(config: dict, model: torch.nn.Module) -> float:
-    """mergekit-evolve's in-memory evaluation: plan, execute, copy each tensor into a live model."""
+    """mergekit-evolve's in-memory evaluation: plan, execute, copy each tensor into a live model.
+
+    mergekit 0.1.5's ``MergePlanner.plan_in_memory()`` raises (its ``ReturnTensor`` task is abstract), so
+    mergekit-evolve's in-memory mode is broken in that release; we run what it would: the planner's tensor
+    tasks through mergekit's Executor.
+    """
     from mergekit.architecture import arch_info_for_config
     from mergekit.config import MergeConfiguration
     from mergekit.graph import Executor
@@ -115,11 +121,13 @@ def mergekit_in_memory(config: dict, model: torch.nn.Module) -> float:
     merge_config = MergeConfiguration.model_validate(config)
     arch = arch_info_for_config(model.config)
     options = MergeOptions(quiet=True, random_seed=0)
-    tasks = MergePlanner(merge_config, arch, options, _model_out_config(merge_config, arch)).plan_in_memory()
+    planner = MergePlanner(merge_config, arch, options, _model_out_config(merge_config, arch))
+    planner._plan()
+    name_of = {id(task): weight.name for weight, task in planner._tensors}
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for task, value in Executor(tasks, math_device="cpu", storage_device="cpu").run(quiet=True):
-            name = task.weight_info.name
+        for task, value in Executor([task for _, task in planner._tensors], math_device="cpu", storage_device="cpu").run(quiet=True):
+            name = name_of.get(id(task))
             if name in params:
                 params[name].copy_(value)
     return time.perf_counter() - started
@@ -128,7 +136,7 @@ def mergekit_in_memory(config: dict, model: torch.nn.Module) -> float:
 def bench_pool(label: str, base: Path, experts: dict[str, Path], methods: list[str], genomes: int, mergekit_genomes: int) -> dict:
     peak_rss_reset()
     started = time.perf_counter()
-    merger = ResidentMerger(base, experts, log=lambda m: print(m, file=sys.stderr))
+    merger = ResidentMerger(base, experts, log=lambda m: print(m, file=sys.stderr), sort_magnitudes=True)
     load_seconds = time.perf_counter() - started
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     model_bytes = sum(t.numel() * t.element_size() for t in merger.base.values())

@@ -185,3 +185,12 @@ def test_methods_mergekit_lacks_are_refused_at_export(zoo_dir, expert_dirs) -> N
     recipe = GenomeSpace("tsvm", EXPERTS, 4).decode({f"w.{e}.g0": 1.0 for e in EXPERTS})
     with pytest.raises(UserError, match="mergekit has no 'tsvm' merge method"):
         recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs)
+
+
+def test_sorted_magnitude_cache_gives_the_same_ties_merge(zoo_dir, expert_dirs, merger) -> None:
+    cached = ResidentMerger(zoo_dir / "base", expert_dirs, log=lambda _: None, sort_magnitudes=True)
+    space, genome = per_layer_ties()
+    recipe = space.decode(genome)
+    plain = dict(merger.merged_tensors(recipe))
+    for key, tensor in cached.merged_tensors(recipe):
+        assert torch.equal(tensor, plain[key]), key

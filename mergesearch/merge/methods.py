@@ -38,11 +38,14 @@ class MergeMethod:
     shared_defaults: dict[str, Any] = field(default_factory=dict)
     randomized: bool = False
     max_experts: int | None = None
+    # Takes ``sorted_magnitudes`` (each task vector's |τ| sorted ascending) to skip per-merge sorting.
+    uses_magnitude_order: bool = False
     # Optional allocation-free kernel writing the merge straight into ``out`` (same result as ``fn``).
     into: Callable[..., None] | None = None
 
     def __call__(self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
-        unknown = set(params) - set(self.expert_params) - set(self.shared_defaults)
+        accepted = {*self.expert_params, *self.shared_defaults, *(("sorted_magnitudes",) if self.uses_magnitude_order else ())}
+        unknown = set(params) - accepted
         if unknown:
             raise UserError(f"merge method {self.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
         if self.max_experts is not None and len(task_vectors) > self.max_experts:
@@ -87,16 +90,28 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float
     return kept * (before / after)
 
 
-def magnitude_topk(delta: torch.Tensor, density: float, rescale: bool = False, **_: Any) -> torch.Tensor:
-    """Keep the ``density`` share of entries with the largest magnitude (TIES' trim step)."""
+def magnitude_topk(
+    delta: torch.Tensor, density: float, rescale: bool = False, sorted_abs: torch.Tensor | None = None, **_: Any
+) -> torch.Tensor:
+    """Keep the ``density`` share of entries with the largest magnitude (TIES' trim step).
+
+    The cut is a magnitude threshold: the k-th largest |δ|, found by linear-time selection, or looked up
+    in ``sorted_abs`` (|δ| sorted ascending; the resident engine sorts each task vector once, as the
+    order does not depend on the genome). mergekit argsorts every tensor instead (measured 6x slower
+    on SmolLM2's embedding); the two agree except where several entries tie exactly at the threshold.
+    """
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]] = 1
-    return _rescaled(delta, mask.reshape_as(delta), rescale)
+    n = delta.numel()
+    k = max(1, int(density * n))
+    magnitudes = delta.abs()
+    if sorted_abs is not None:
+        threshold = sorted_abs[n - k]
+    else:
+        threshold = torch.kthvalue(magnitudes.reshape(-1).float(), n - k + 1).values
+    return _rescaled(delta, (magnitudes >= threshold).to(delta.dtype), rescale)
 
 
 def random_keep(delta: torch.Tensor, density: float, rescale: bool = True, generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
@@ -166,6 +181,7 @@ def generalized_task_arithmetic(
     density: Sequence[float] | None = None,
     gamma: Sequence[float] | None = None,
     epsilon: Sequence[float] | None = None,
+    sorted_magnitudes: Sequence[torch.Tensor] | None = None,
     sparsify: str | None,
     consensus: bool,
     normalize: bool,
@@ -182,7 +198,7 @@ def generalized_task_arithmetic(
         if sparsifier is None:
             deltas[i] = tau
         else:
-            extra = {k: v[i] for k, v in (("gamma", gamma), ("epsilon", epsilon)) if v is not None}
+            extra = {k: v[i] for k, v in (("gamma", gamma), ("epsilon", epsilon), ("sorted_abs", sorted_magnitudes)) if v is not None}
             deltas[i] = sparsifier(tau, density=1.0 if density is None else density[i], rescale=rescale, generator=generator, **extra)
     weights = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(-1, *([1] * base.dim()))
     deltas.mul_(weights)
@@ -216,6 +232,7 @@ def _family(name: str, sparsify: str | None, consensus: bool, normalize: bool, r
             expert_params=("weight", *density, *extra),
             shared_defaults={"normalize": normalize, "rescale": rescale, "lambda": 1.0},
             randomized=sparsify in ("random", "della_magprune"),
+            uses_magnitude_order=sparsify == "magnitude",
         )
     )
 

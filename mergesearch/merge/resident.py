@@ -95,13 +95,16 @@ class ResidentMerger:
         device: str | torch.device = "cpu",
         log: Callable[[str], None] = print,
         memory_limit_bytes: int | None = None,
+        sort_magnitudes: bool = False,
     ) -> None:
+        """``sort_magnitudes``: also keep each task vector's |τ| sorted (one more copy per expert), so
+        magnitude-trimming methods (TIES) look their threshold up instead of selecting it per merge."""
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
         self.expert_names = tuple(experts)
         base, expert_dirs = Path(base), {n: Path(p) for n, p in experts.items()}
         check_compatible(base, expert_dirs)
-        self.estimate_bytes = self._estimate(base, len(expert_dirs))
+        self.estimate_bytes = self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
         limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(self.device)
         log(f"resident merger: base + {len(expert_dirs)} task vectors need about {self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)")
         if self.estimate_bytes > limit:
@@ -123,6 +126,10 @@ class ResidentMerger:
                     raise UserError(f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, the base {tuple(self.base[key].shape)}")
                 weights[key] = tensor.sub_(self.base[key].float()).to(self.dtype)  # the expert becomes its task vector
             self.task_vectors[name] = weights
+        self.sorted_magnitudes: dict[str, dict[str, torch.Tensor]] = {
+            name: {k: tau.abs().reshape(-1).float().sort().values.to(self.dtype) for k, tau in taus.items()}
+            for name, taus in self.task_vectors.items()
+        } if sort_magnitudes else {}
 
     def _estimate(self, base: Path, n_experts: int) -> int:
         element = torch.empty((), dtype=self.dtype).element_size()
@@ -144,8 +151,16 @@ class ResidentMerger:
         method = get_method(recipe.method)
         extra = {"generator": self._generator(method, seed)} if method.randomized else {}
         for key, base in self.base.items():
-            taus = [self.task_vectors[name][key] for name in self.expert_names]
-            yield key, method(base, taus, **recipe.params_for(key), **extra)
+            taus, precomputed = self._inputs(method, key)
+            yield key, method(base, taus, **recipe.params_for(key), **extra, **precomputed)
+
+    def _inputs(self, method, key: str) -> tuple[list[torch.Tensor], dict]:
+        """The task vectors of tensor ``key`` and any precomputed extras the method can use."""
+        taus = [self.task_vectors[name][key] for name in self.expert_names]
+        extra = {}
+        if method.uses_magnitude_order and self.sorted_magnitudes:
+            extra["sorted_magnitudes"] = [self.sorted_magnitudes[name][key] for name in self.expert_names]
+        return taus, extra
 
     def _check_experts(self, recipe: MergeRecipe) -> None:
         if recipe.experts != self.expert_names:
@@ -167,9 +182,9 @@ class ResidentMerger:
                 if key == "lm_head.weight" and "model.embed_tokens.weight" in params:
                     continue  # tied to the embeddings, which are merged under their own name
                 raise UserError(f"model has no parameter {key!r} to merge into")
-            taus = [self.task_vectors[name][key] for name in self.expert_names]
+            taus, precomputed = self._inputs(method, key)
             extra = {"generator": generator} if method.randomized else {}
-            method.merge_into(target, base, taus, **recipe.params_for(key), **extra)
+            method.merge_into(target, base, taus, **recipe.params_for(key), **extra, **precomputed)
 
 
 def _numel(shape: list[int]) -> int:
