@@ -194,3 +194,11 @@ def test_sorted_magnitude_cache_gives_the_same_ties_merge(zoo_dir, expert_dirs, 
     plain = dict(merger.merged_tensors(recipe))
     for key, tensor in cached.merged_tensors(recipe):
         assert torch.equal(tensor, plain[key]), key
+
+
+def test_normalised_weights_decode_to_a_mixture() -> None:
+    space = GenomeSpace("task_arithmetic", EXPERTS, 4, "groups", 2, normalize_weights=True)
+    genome = {"w.aligned.g0": 2.0, "w.math.g0": 1.0, "w.facts.g0": 1.0, "w.aligned.g1": 0.0, "w.math.g1": 0.0, "w.facts.g1": 0.0}
+    recipe = space.decode(genome)
+    assert recipe.expert_params["weight"] == ((0.5, 0.25, 0.25), (1 / 3, 1 / 3, 1 / 3))
+    assert space.decode(space.encode(recipe)) == recipe

@@ -38,8 +38,11 @@ class GenomeSpace:
         group_size: int = 1,
         bounds: Mapping[str, tuple[float, float]] | None = None,
         shared: Mapping[str, Any] | None = None,
+        normalize_weights: bool = False,
     ) -> None:
+        """``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures)."""
         spec = get_method(method)
+        self.normalize_weights = normalize_weights
         self.method = method
         self.experts = tuple(experts)
         self.groups = layer_groups(num_layers, granularity, group_size)
@@ -61,18 +64,22 @@ class GenomeSpace:
         if missing or unknown:
             raise UserError(f"genome does not fit the space: missing {missing[:3]}, unknown {unknown[:3]}")
         n = len(self.groups)
+        expert_params = {
+            p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in range(n)) for p in self.expert_params
+        }
+        if self.normalize_weights and "weight" in expert_params:
+            expert_params["weight"] = tuple(_sum_to_one(per_group) for per_group in expert_params["weight"])
         return MergeRecipe(
             method=self.method,
             experts=self.experts,
             groups=self.groups,
-            expert_params={
-                p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in range(n)) for p in self.expert_params
-            },
+            expert_params=expert_params,
             group_params={p: tuple(float(genome[self._gene(p, None, g)]) for g in range(n)) for p in self.group_params},
             shared=self.shared,
         )
 
     def encode(self, recipe: MergeRecipe) -> Genome:
+        """The genome of ``recipe`` (with normalised weights, one of the genomes that decode to it)."""
         if recipe.groups != self.groups or recipe.experts != self.experts or recipe.method != self.method:
             raise UserError("recipe was not made in this genome space (method, experts or layer groups differ)")
         genome = {self._gene(p, e, g): v[g][i] for p, v in recipe.expert_params.items() for g in range(len(self.groups)) for i, e in enumerate(self.experts)}
@@ -104,3 +111,8 @@ class GenomeSpace:
     def _clip(self, gene: str, value: float) -> float:
         low, high = self.bounds[self._param_of(gene)]
         return min(max(value, low), high)
+
+
+def _sum_to_one(weights: tuple[float, ...]) -> tuple[float, ...]:
+    total = sum(weights)
+    return tuple(w / total for w in weights) if total > 1e-12 else tuple(1 / len(weights) for _ in weights)
