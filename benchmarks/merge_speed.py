@@ -8,7 +8,7 @@ For each model set and method, three ways to turn a genome into merged weights, 
   run_merge  mergekit's run_merge on the exported recipe, written to disk (what mergekit-evolve's default does)
   in_memory  mergekit's planner + executor copying into a live model (mergekit-evolve's in-memory path)
 plus a large tensor copy for the machine's memory bandwidth, the effective bandwidth of resident
-task arithmetic (bytes it must read and write / time), and peak memory per phase.
+task arithmetic (bytes it must read and write / time), and resident-set growth per phase.
 
 Targets: resident ties >= 20x faster than run_merge per genome; resident task_arithmetic >= 50% of the
 copy bandwidth. SmolLM2 "experts" are the imported model plus seeded random task vectors (latency does
@@ -24,6 +24,7 @@ import platform
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from mergesearch.io import atomic_dir, atomic_write_text
-from mergesearch.merge.export import recipe_to_mergekit
+from mergesearch.merge.export import NOT_IN_MERGEKIT, recipe_to_mergekit
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.runtime import offline_and_quiet
@@ -40,22 +41,39 @@ from mergesearch.zoo.build import EXPERTS, build_zoo, default_cache_root
 from mergesearch.zoo.recipe import ZooRecipe
 from mergesearch.zoo.smollm2 import import_smollm2
 
-METHODS = ("linear", "task_arithmetic", "ties", "dare_ties")
+METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "tsvm")
 
 
-def peak_rss_reset() -> None:
-    """Reset the kernel's peak-RSS counter (VmHWM) so each phase's peak is its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+class RssGrowth:
+    """Peak resident-set growth over a phase, sampled every millisecond from /proc/self/statm.
 
+    (Resetting the kernel's VmHWM through /proc/self/clear_refs is not honoured everywhere, so the
+    peak is sampled.) A merge that allocated a model-sized buffer would show a growth near the model size.
+    """
 
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    def __enter__(self) -> RssGrowth:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * self.page
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth_mib(self) -> float:
+        return round((self.peak - self.start) / 2**20, 1)
 
 
 def copy_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
@@ -134,47 +152,44 @@ def mergekit_in_memory(config: dict, model: torch.nn.Module) -> float:
 
 
 def bench_pool(label: str, base: Path, experts: dict[str, Path], methods: list[str], genomes: int, mergekit_genomes: int) -> dict:
-    peak_rss_reset()
     started = time.perf_counter()
     merger = ResidentMerger(base, experts, log=lambda m: print(m, file=sys.stderr), sort_magnitudes=True)
     load_seconds = time.perf_counter() - started
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     model_bytes = sum(t.numel() * t.element_size() for t in merger.base.values())
-    resident_peak_after_load = peak_rss_mib()
+    rss_after_load = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     num_layers = model.config.num_hidden_layers
     result: dict = {"model_mib": round(model_bytes / 2**20, 1), "experts": len(experts), "load_seconds": round(load_seconds, 2),
-                    "rss_after_load_mib": round(resident_peak_after_load, 1), "methods": {}}
+                    "rss_after_load_mib": round(rss_after_load, 1), "methods": {}}
     for method in methods:
         space = GenomeSpace(method, list(experts), num_layers, "global", bounds={"weight": (0.2, 1.0), "density": (0.3, 0.9)})
         recipes = [space.decode(g) for g in random_genomes(space, genomes + 1, seed=len(method))]
-        merger.merge_into(model, recipes[0], seed=0)  # warm-up
-        peak_rss_reset()
+        with RssGrowth() as first_merge:  # the first merge of a method, before any buffer reuse
+            merger.merge_into(model, recipes[0], seed=0)
         started = time.perf_counter()
         for recipe in recipes[1:]:
             merger.merge_into(model, recipe, seed=0)
         resident = (time.perf_counter() - started) / genomes
-        resident_peak = peak_rss_mib()
         print(f"{label} {method}: resident {resident * 1000:.1f} ms/genome", file=sys.stderr, flush=True)
+        entry: dict = {"resident_ms": round(resident * 1000, 2), "rss_growth_mib": {"resident_first_merge": first_merge.growth_mib}}
+        result["methods"][method] = entry
+        if method in NOT_IN_MERGEKIT:  # nothing to compare with
+            continue
         configs = [recipe_to_mergekit(r, base, experts) for r in recipes[1 : 1 + mergekit_genomes]]
-        with tempfile.TemporaryDirectory() as tmp:
-            peak_rss_reset()
+        with tempfile.TemporaryDirectory() as tmp, RssGrowth() as run_merge_rss:
             run_merge_s = sum(mergekit_run_merge(c, Path(tmp) / f"m{i}") for i, c in enumerate(configs)) / len(configs)
-            run_merge_peak = peak_rss_mib()
-        peak_rss_reset()
-        in_memory_s = sum(mergekit_in_memory(c, model) for c in configs) / len(configs)
-        in_memory_peak = peak_rss_mib()
+        with RssGrowth() as in_memory_rss:
+            in_memory_s = sum(mergekit_in_memory(c, model) for c in configs) / len(configs)
         print(f"{label} {method}: run_merge {run_merge_s:.2f} s, in-memory {in_memory_s:.2f} s", file=sys.stderr, flush=True)
-        entry = {
-            "resident_ms": round(resident * 1000, 2),
-            "run_merge_ms": round(run_merge_s * 1000, 1),
-            "in_memory_ms": round(in_memory_s * 1000, 1),
-            "speedup_vs_run_merge": round(run_merge_s / resident, 1),
-            "speedup_vs_in_memory": round(in_memory_s / resident, 1),
-            "peak_rss_mib": {"resident": round(resident_peak, 1), "run_merge": round(run_merge_peak, 1), "in_memory": round(in_memory_peak, 1)},
-        }
+        entry.update(
+            run_merge_ms=round(run_merge_s * 1000, 1),
+            in_memory_ms=round(in_memory_s * 1000, 1),
+            speedup_vs_run_merge=round(run_merge_s / resident, 1),
+            speedup_vs_in_memory=round(in_memory_s / resident, 1),
+        )
+        entry["rss_growth_mib"].update(run_merge=run_merge_rss.growth_mib, in_memory=in_memory_rss.growth_mib)
         if method == "task_arithmetic":  # must read base + n task vectors and write the model once
             entry["effective_gbs"] = round((len(experts) + 2) * model_bytes / resident / 1e9, 2)
-        result["methods"][method] = entry
     return result
 
 
