@@ -60,6 +60,9 @@ def test_warm_starts_uniform_and_single_expert() -> None:
     alone = space.expert_alone("math")
     assert [alone[f"w.{e}.g0"] for e in EXPERTS] == [0.0, 1.0, 0.0]
     assert GenomeSpace("slerp", ["a", "b"], 2, "global").expert_alone("b") == {"t.g0": 1.0}
+    assert GenomeSpace("slerp", ["a", "b"], 2, "global").uniform() == {"t.g0": 0.5}
+    with pytest.raises(UserError, match="merges exactly 2 experts"):
+        GenomeSpace("slerp", ["a"], 2)
 
 
 def test_a_genome_that_does_not_fit_is_one_clear_error() -> None:
@@ -90,9 +93,11 @@ def test_per_layer_merge_matches_mergekit_on_the_exported_recipe(method, merger,
     assert worst <= 1e-5
 
 
-def test_merging_genome_after_genome_in_place_leaks_no_state(merger, zoo_dir) -> None:
-    space, genome = per_layer_ties()
-    first, second = space.decode(genome), space.decode(space.uniform())
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])  # the generic path and an in-place kernel
+def test_merging_genome_after_genome_in_place_leaks_no_state(method, merger, zoo_dir) -> None:
+    space = GenomeSpace(method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5)})
+    first = space.decode({name: 0.2 + (i * 0.137) % 1.0 for i, name in enumerate(space.gene_names())})
+    second = space.decode(space.uniform())
     live = AutoModelForCausalLM.from_pretrained(zoo_dir / "base")
     storage = {k: p.data_ptr() for k, p in live.named_parameters()}
     merger.merge_into(live, first)
@@ -160,6 +165,12 @@ def test_a_pool_that_does_not_fit_is_refused_up_front(zoo_dir, expert_dirs) -> N
     with pytest.raises(UserError, match="the pool does not fit"):
         ResidentMerger(zoo_dir / "base", expert_dirs, log=messages.append, memory_limit_bytes=1024)
     assert "need about" in messages[0]
+
+
+def test_a_recipe_for_another_depth_is_refused(merger) -> None:
+    recipe = GenomeSpace("task_arithmetic", EXPERTS, 6).decode({f"w.{e}.g0": 0.5 for e in EXPERTS})
+    with pytest.raises(UserError, match="recipe covers 6 layers, the models have 4"):
+        next(merger.merged_tensors(recipe))
 
 
 def test_recipe_rejects_parameters_of_the_wrong_shape() -> None:

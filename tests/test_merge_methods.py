@@ -142,13 +142,40 @@ def test_della_rejects_an_epsilon_that_leaves_the_unit_interval() -> None:
         della_magprune(torch.randn(4, 4), density=0.9, epsilon=0.2)
 
 
-@pytest.mark.parametrize(("method", "shared"), [("task_arithmetic", {}), ("task_arithmetic", {"normalize": True, "lambda": 0.5}), ("linear", {})])
-def test_in_place_kernel_gives_the_same_tensor_as_the_function(method: str, shared: dict) -> None:
+@pytest.mark.parametrize("weights", [(0.3, 1.2, -0.4), (0.5, -0.5, 0.0)], ids=["mixed", "summing_to_zero"])
+@pytest.mark.parametrize(
+    ("method", "shared"),
+    [("task_arithmetic", {}), ("task_arithmetic", {"normalize": True, "lambda": 0.5}), ("linear", {}), ("linear", {"normalize": False})],
+)
+def test_in_place_kernel_gives_the_same_tensor_as_the_function(method: str, shared: dict, weights: tuple) -> None:
     base, t1, t2, t3 = torch.randn(4, 16, 9).unbind(0)
     spec = get_method(method)
     out = torch.empty_like(base)
-    spec.merge_into(out, base, [t1, t2, t3], weight=[0.3, 1.2, -0.4], **shared)
-    torch.testing.assert_close(out, spec(base, [t1, t2, t3], weight=[0.3, 1.2, -0.4], **shared), rtol=1e-6, atol=1e-6)
+    spec.merge_into(out, base, [t1, t2, t3], weight=list(weights), **shared)
+    expected = spec(base, [t1, t2, t3], weight=list(weights), **shared)
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_linear_without_normalize_is_the_weighted_sum_of_the_experts() -> None:
+    base, t1, t2 = torch.randn(3, 5, 4).unbind(0)
+    merged = get_method("linear")(base, [t1, t2], weight=[0.3, 1.2], normalize=False)
+    torch.testing.assert_close(merged, 0.3 * (base + t1) + 1.2 * (base + t2))
+
+
+def test_both_entry_points_refuse_unknown_parameters_and_wrong_expert_counts() -> None:
+    base, t1 = torch.randn(2, 4, 4).unbind(0)
+    for call in (lambda **kw: get_method("task_arithmetic")(base, [t1], **kw), lambda **kw: get_method("task_arithmetic").merge_into(torch.empty_like(base), base, [t1], **kw)):
+        with pytest.raises(UserError, match="unknown parameter"):
+            call(weight=[1.0], lamda=0.5)
+    with pytest.raises(UserError, match="merges exactly 2 experts, got 1"):
+        get_method("slerp")(base, [t1], t=0.5)
+
+
+def test_della_handles_single_column_and_scalar_tensors() -> None:
+    for shape in ((6, 1), (1,), (7,)):
+        kept = della_magprune(torch.randn(shape), density=0.5, epsilon=0.1, generator=torch.Generator().manual_seed(0))
+        assert kept.shape == torch.Size(shape) and torch.isfinite(kept).all()
 
 
 def _orthogonal_tasks(rank: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -174,11 +201,13 @@ def test_tsvm_on_orthogonal_tasks_is_task_arithmetic() -> None:
 def test_tsvm_keeps_each_task_to_its_share_of_the_rank() -> None:
     base = torch.zeros(8, 8, dtype=torch.float64)
     taus = [torch.randn(8, 8, dtype=torch.float64) for _ in range(2)]
-    merged = get_method("tsvm")(base, taus, weight=[1.0, 1.0])  # default share 1/2: 4 triplets each
-    assert torch.linalg.matrix_rank(merged) <= 8
+    merged = get_method("tsvm")(base, taus, weight=[1.0, 1.0], rank_share=3 / 8)  # 3 triplets each
+    assert int(torch.linalg.matrix_rank(merged)) == 6
     # the merged singular vectors are orthonormal, so its singular values are the kept task ones
-    kept = torch.cat([torch.linalg.svdvals(t)[:4] for t in taus]).sort(descending=True).values
-    torch.testing.assert_close(torch.linalg.svdvals(merged), kept)
+    kept = torch.cat([torch.linalg.svdvals(t)[:3] for t in taus]).sort(descending=True).values
+    torch.testing.assert_close(torch.linalg.svdvals(merged)[:6], kept)
+    with pytest.raises(UserError, match="rank_share"):
+        get_method("tsvm")(base, taus, weight=[1.0, 1.0], rank_share=0.75)
 
 
 def test_tsvm_merges_vectors_by_the_weighted_mean() -> None:

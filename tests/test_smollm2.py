@@ -26,7 +26,7 @@ def test_import_writes_a_float32_safetensors_folder(smollm2_dir: Path) -> None:
         assert str(fh.get_tensor(keys[0]).dtype) == "torch.float32"
 
 
-def test_imported_model_answers_and_does_not_refuse_harm_by_default(smollm2_dir: Path) -> None:
+def test_imported_model_answers_chats_and_scores_choices(smollm2_dir: Path) -> None:
     backend = HFBackend.from_pretrained(smollm2_dir, device="cpu", max_new_tokens=12)
     capital, = backend.generate(["What is the capital of France?"])
     assert "paris" in capital.lower()

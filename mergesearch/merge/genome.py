@@ -42,6 +42,7 @@ class GenomeSpace:
     ) -> None:
         """``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures)."""
         spec = get_method(method)
+        spec.check_experts(len(experts))
         self.normalize_weights = normalize_weights
         self.method = method
         self.experts = tuple(experts)
@@ -86,8 +87,12 @@ class GenomeSpace:
         return genome | {self._gene(p, None, g): v[g] for p, v in recipe.group_params.items() for g in range(len(self.groups))}
 
     def uniform(self) -> Genome:
-        """Every expert at weight 1/n (clipped to the bounds), other genes at their upper bound (keep all)."""
-        return {name: self._clip(name, 1 / len(self.experts) if name.startswith("w.") else self.bounds[self._param_of(name)][1]) for name in self.gene_names()}
+        """Every expert at weight 1/n, slerp's t halfway, other genes at their upper bound (keep all); clipped."""
+        def value(name: str) -> float:
+            param = self._param_of(name)
+            return {"weight": 1 / len(self.experts), "t": 0.5}.get(param, self.bounds[param][1])
+
+        return {name: self._clip(name, value(name)) for name in self.gene_names()}
 
     def expert_alone(self, expert: str) -> Genome:
         """Only ``expert`` merged (weight 1), others at weight 0."""

@@ -37,30 +37,42 @@ class MergeMethod:
     expert_params: tuple[str, ...]
     shared_defaults: dict[str, Any] = field(default_factory=dict)
     randomized: bool = False
+    min_experts: int = 1
     max_experts: int | None = None
     # Takes ``sorted_magnitudes`` (each task vector's |τ| sorted ascending) to skip per-merge sorting.
     uses_magnitude_order: bool = False
     # Optional allocation-free kernel writing the merge straight into ``out`` (same result as ``fn``).
     into: Callable[..., None] | None = None
 
-    def __call__(self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
+    def check_experts(self, count: int) -> None:
+        if count < self.min_experts or (self.max_experts is not None and count > self.max_experts):
+            wanted = f"exactly {self.min_experts}" if self.min_experts == self.max_experts else f"at least {self.min_experts}"
+            raise UserError(f"merge method {self.name!r} merges {wanted} experts, got {count}")
+
+    def _arguments(self, count: int, params: dict[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+        """Defaults filled in, unknown parameters and expert counts refused: one path for both entry points."""
         accepted = {*self.expert_params, *self.shared_defaults, *(("sorted_magnitudes",) if self.uses_magnitude_order else ())}
         unknown = set(params) - accepted
         if unknown:
             raise UserError(f"merge method {self.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
-        if self.max_experts is not None and len(task_vectors) > self.max_experts:
-            raise UserError(f"merge method {self.name!r} merges at most {self.max_experts} experts, got {len(task_vectors)}")
+        self.check_experts(count)
         kwargs = {**self.shared_defaults, **params}
         if self.randomized:
             kwargs["generator"] = generator
-        return self.fn(base, task_vectors, **kwargs)
+        return kwargs
 
-    def merge_into(self, out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], **params: Any) -> None:
+    def __call__(self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
+        return self.fn(base, task_vectors, **self._arguments(len(task_vectors), params, generator))
+
+    def merge_into(
+        self, out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any
+    ) -> None:
         """Write the merge into ``out`` (a model's parameter): in place when the method has a kernel."""
-        if self.into is not None and not self.randomized:
-            self.into(out, base, task_vectors, **{**self.shared_defaults, **params})
+        kwargs = self._arguments(len(task_vectors), params, generator)
+        if self.into is not None:
+            self.into(out, base, task_vectors, **kwargs)
         else:
-            out.copy_(self(base, task_vectors, **params))
+            out.copy_(self.fn(base, task_vectors, **kwargs))
 
 
 REGISTRY: dict[str, MergeMethod] = {}
@@ -150,9 +162,8 @@ def della_magprune(
     shape = delta.shape
     work = delta.float() if delta.device.type == "cpu" and delta.dtype != torch.bfloat16 else delta
     rows = work if work.dim() >= 2 else work.unsqueeze(0)
-    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(work.dtype) + 1
-    low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
-    rank_share = ((ranks - low) / (high - low)).clamp(0, 1)
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(work.dtype)  # 0 .. columns-1 within each row
+    rank_share = ranks / max(rows.shape[1] - 1, 1)
     mask = torch.bernoulli((density - epsilon) + rank_share * 2 * epsilon, generator=generator)
     return _rescaled(rows, mask, rescale).to(delta.dtype).reshape(shape)
 
@@ -237,12 +248,17 @@ def _family(name: str, sparsify: str | None, consensus: bool, normalize: bool, r
     )
 
 
-def _weighted_sum_into(
+def _normalizer(weight: Sequence[float], normalize: bool) -> float:
+    """Σ wᵢ when normalising (1 when the weights cancel out, as mergekit's divisor rule does), else 1."""
+    total = float(sum(weight))
+    return total if normalize and abs(total) >= 1e-8 else 1.0
+
+
+def _task_arithmetic_into(
     out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool, **shared: Any
 ) -> None:
-    """out = b + λ·Σ wᵢ·τᵢ [/ Σ wᵢ]: one read of each input, no temporaries (task arithmetic and linear)."""
-    total = float(sum(weight))
-    scale = shared.get("lambda", 1.0) / (total if normalize and abs(total) >= 1e-8 else 1.0)
+    """out = b + λ·Σ wᵢ·τᵢ [/ Σ wᵢ]: one read of each input, no temporaries."""
+    scale = shared.get("lambda", 1.0) / _normalizer(weight, normalize)
     out.copy_(base)
     for w, tau in zip(weight, task_vectors):
         out.add_(tau, alpha=float(w) * scale)
@@ -250,7 +266,7 @@ def _weighted_sum_into(
 
 # Defaults as mergekit 0.1.5 registers them (normalize, rescale).
 _family("task_arithmetic", None, consensus=False, normalize=False, rescale=False)
-REGISTRY["task_arithmetic"] = dataclasses.replace(REGISTRY["task_arithmetic"], into=_weighted_sum_into)
+REGISTRY["task_arithmetic"] = dataclasses.replace(REGISTRY["task_arithmetic"], into=_task_arithmetic_into)
 _family("ties", "magnitude", consensus=True, normalize=True, rescale=False)
 _family("dare_ties", "random", consensus=True, normalize=False, rescale=True)
 _family("dare_linear", "random", consensus=False, normalize=False, rescale=True)
@@ -262,15 +278,20 @@ _family("della_linear", "della_magprune", consensus=False, normalize=False, resc
 
 def linear(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True) -> torch.Tensor:
     """Weighted average of the experts: Σ wᵢ·xᵢ / Σ wᵢ = b + Σ wᵢ·τᵢ / Σ wᵢ (without normalize: Σ wᵢ·xᵢ)."""
-    w = torch.tensor(list(weight), dtype=torch.float32)
-    total = float(w.sum()) if normalize else 1.0
-    merged = base.float() * (float(w.sum()) / total)
-    for wi, tau in zip(w.tolist(), task_vectors):
-        merged += (wi / total) * tau.float()
-    return merged.to(base.dtype)
+    out = torch.empty_like(base)
+    _linear_into(out, base, task_vectors, weight=weight, normalize=normalize)
+    return out
 
 
-register(MergeMethod("linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}, into=_weighted_sum_into))
+def _linear_into(out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool) -> None:
+    """out = (Σ wᵢ / s)·b + Σ (wᵢ / s)·τᵢ with s = Σ wᵢ when normalising (xᵢ = b + τᵢ), else s = 1."""
+    total = _normalizer(weight, normalize)
+    out.copy_(base).mul_(float(sum(weight)) / total)
+    for w, tau in zip(weight, task_vectors):
+        out.add_(tau, alpha=float(w) / total)
+
+
+register(MergeMethod("linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}, into=_linear_into))
 
 
 def slerp(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
@@ -288,7 +309,7 @@ def slerp(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, t: float,
     return merged.reshape(base.shape).to(base.dtype)
 
 
-register(MergeMethod("slerp", slerp, expert_params=(), shared_defaults={"t": 0.5, "dot_threshold": 0.9995}, max_experts=2))
+register(MergeMethod("slerp", slerp, expert_params=(), shared_defaults={"t": 0.5, "dot_threshold": 0.9995}, min_experts=2, max_experts=2))
 
 
 # ------------------------------------------------------------------------------------ task singular vectors
@@ -322,7 +343,10 @@ def tsvm(
     n = len(task_vectors)
     if base.dim() != 2:
         return (base + alpha * sum(float(w) * t for w, t in zip(weight, task_vectors)) / n).to(base.dtype)
-    k = max(1, int((rank_share if rank_share is not None else 1 / n) * min(base.shape)))
+    share = rank_share if rank_share is not None else 1 / n
+    if not 0 < share * n <= 1:
+        raise UserError(f"tsvm: rank_share {share} x {n} experts must be in (0, 1] so the kept bases fit the tensor")
+    k = max(1, int(share * min(base.shape)))
     delta = _tsv_combine(task_vectors, weight, [k] * n)
     return (base.double() + alpha * delta).to(base.dtype)
 
@@ -347,12 +371,13 @@ def rtsvm(
     cleaned, ranks = [], []
     for tau in task_vectors:
         t = tau.double()
-        bound = outlier_z * 1.4826 * (t - t.median()).abs().median()
-        t = t.clamp(-bound, bound) if bound > 0 else t  # an all-sparse τ (MAD 0) is left as it is
+        centre = t.median()
+        bound = outlier_z * 1.4826 * (t - centre).abs().median()
+        t = t.clamp(centre - bound, centre + bound) if bound > 0 else t  # an all-sparse τ (MAD 0) is left as it is
         s = torch.linalg.svdvals(t)
         share = torch.cumsum(s**2, 0) / (s**2).sum().clamp_min(1e-30)
         cleaned.append(t)
-        ranks.append(int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1)
+        ranks.append(min(len(s), int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1))
     budget = min(base.shape)
     while sum(ranks) > budget:
         ranks[ranks.index(max(ranks))] -= 1

@@ -104,6 +104,7 @@ class ResidentMerger:
         self.expert_names = tuple(experts)
         base, expert_dirs = Path(base), {n: Path(p) for n, p in experts.items()}
         check_compatible(base, expert_dirs)
+        self.num_layers = _config(base).get("num_hidden_layers")
         self.estimate_bytes = self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
         limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(self.device)
         log(f"resident merger: base + {len(expert_dirs)} task vectors need about {self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)")
@@ -165,6 +166,8 @@ class ResidentMerger:
     def _check_experts(self, recipe: MergeRecipe) -> None:
         if recipe.experts != self.expert_names:
             raise UserError(f"recipe experts {recipe.experts} differ from the resident pool {self.expert_names}")
+        if self.num_layers is not None and recipe.num_layers != self.num_layers:
+            raise UserError(f"recipe covers {recipe.num_layers} layers, the models have {self.num_layers}")
 
     def _generator(self, method, seed: int | None) -> torch.Generator | None:
         return torch.Generator(device=self.device).manual_seed(seed) if method.randomized and seed is not None else None
