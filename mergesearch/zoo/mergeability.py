@@ -1,6 +1,6 @@
 """Is the zoo mergeable? Equal-weight merges (the effect we exist for) and a bounded weight scan.
 
-The scan merges task arithmetic in place into one resident model (base + Σ wᵢ·τᵢ), which is cheap;
+The scan merges task arithmetic in place into one live model with the resident engine (base + Σ wᵢ·τᵢ);
 whatever it reports as best is then re-made with the real ``mergekit-yaml`` and re-scored, so the
 figures we quote are those of a merge any user reproduces with mergekit.
 """
@@ -12,11 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
 from mergesearch.backends.hf import HFBackend
 from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
+from mergesearch.merge.genome import GenomeSpace
+from mergesearch.merge.resident import ResidentMerger
 from mergesearch.zoo.build import EXPERTS
 from mergesearch.zoo.skills import SkillSets, chat_skills
 
@@ -47,23 +46,18 @@ def weight_grid(values: Sequence[float], experts: Sequence[str] = EXPERTS) -> li
 
 
 class TaskArithmeticScanner:
-    """Base and task vectors loaded once; each weight set is written into one live model."""
+    """A resident pool (base + task vectors, loaded once); each weight set is merged into one live model."""
 
     def __init__(self, zoo_dir: Path, sets: SkillSets) -> None:
         self.zoo_dir = Path(zoo_dir)
         self.sets = sets
         self.backend = HFBackend.from_pretrained(self.zoo_dir / "base", device="cpu")
-        self.base = load_file(str(self.zoo_dir / "base" / "model.safetensors"))
-        self.task_vectors = {
-            name: {k: v - self.base[k] for k, v in load_file(str(self.zoo_dir / name / "model.safetensors")).items()}
-            for name in EXPERTS
-        }
-
-    def merged(self, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        return {k: base + sum(w * self.task_vectors[n][k] for n, w in weights.items()) for k, base in self.base.items()}
+        self.merger = ResidentMerger(self.zoo_dir / "base", {name: self.zoo_dir / name for name in EXPERTS}, log=lambda _: None)
+        self.space = GenomeSpace("task_arithmetic", EXPERTS, self.merger.num_layers)
 
     def score(self, weights: Mapping[str, float]) -> dict[str, float]:
-        self.backend.load_weights(self.merged(weights))
+        recipe = self.space.decode({f"w.{name}.g0": float(w) for name, w in weights.items()})
+        self.merger.merge_into(self.backend.model, recipe)
         return chat_skills(self.backend, self.sets)
 
     def scan(self, grid: Sequence[Mapping[str, float]], log: Callable[[str], None] = print) -> list[dict]:
