@@ -9,6 +9,7 @@ merge is one tensor's worth of work buffers, never a second model.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from mergesearch.errors import UserError
-from mergesearch.merge.methods import get_method
+from mergesearch.merge.methods import MergeMethod, get_method
 from mergesearch.merge.recipe import MergeRecipe
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -137,7 +138,7 @@ class ResidentMerger:
         numel = 0
         for file in weight_files(base):
             with safe_open(str(file), "pt", device="cpu") as fh:
-                numel += sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
+                numel += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
         return numel * element * (1 + n_experts)
 
     @staticmethod
@@ -146,52 +147,34 @@ class ResidentMerger:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise UserError(f"{name}: tensor {key!r} contains NaN or Inf values")
 
-    def merged_tensors(self, recipe: MergeRecipe, seed: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Each merged tensor in turn, by name (for export, or for a model to copy from)."""
-        self._check_experts(recipe)
-        method = get_method(recipe.method)
-        extra = {"generator": self._generator(method, seed)} if method.randomized else {}
-        for key, base in self.base.items():
-            taus, precomputed = self._inputs(method, key)
-            yield key, method(base, taus, **recipe.params_for(key), **extra, **precomputed)
-
-    def _inputs(self, method, key: str) -> tuple[list[torch.Tensor], dict]:
-        """The task vectors of tensor ``key`` and any precomputed extras the method can use."""
-        taus = [self.task_vectors[name][key] for name in self.expert_names]
-        extra = {}
-        if method.uses_magnitude_order and self.sorted_magnitudes:
-            extra["sorted_magnitudes"] = [self.sorted_magnitudes[name][key] for name in self.expert_names]
-        return taus, extra
-
-    def _check_experts(self, recipe: MergeRecipe) -> None:
+    def _tensor_jobs(self, recipe: MergeRecipe, seed: int | None) -> Iterator[tuple[str, MergeMethod, torch.Tensor, list[torch.Tensor], dict]]:
+        """Per tensor: its name, the method, the base, the task vectors and the method's keyword arguments."""
         if recipe.experts != self.expert_names:
             raise UserError(f"recipe experts {recipe.experts} differ from the resident pool {self.expert_names}")
         if self.num_layers is not None and recipe.num_layers != self.num_layers:
             raise UserError(f"recipe covers {recipe.num_layers} layers, the models have {self.num_layers}")
+        method = get_method(recipe.method)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if method.randomized and seed is not None else None
+        use_sorted = method.uses_magnitude_order and bool(self.sorted_magnitudes)
+        for key, base in self.base.items():
+            kwargs = {**recipe.params_for(key), "generator": generator}
+            if use_sorted:
+                kwargs["sorted_magnitudes"] = [self.sorted_magnitudes[name][key] for name in self.expert_names]
+            yield key, method, base, [self.task_vectors[name][key] for name in self.expert_names], kwargs
 
-    def _generator(self, method, seed: int | None) -> torch.Generator | None:
-        return torch.Generator(device=self.device).manual_seed(seed) if method.randomized and seed is not None else None
+    def merged_tensors(self, recipe: MergeRecipe, seed: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Each merged tensor in turn, by name (for export, or for a model to copy from)."""
+        for key, method, base, taus, kwargs in self._tensor_jobs(recipe, seed):
+            yield key, method(base, taus, **kwargs)
 
     @torch.no_grad()
     def merge_into(self, model: torch.nn.Module, recipe: MergeRecipe, seed: int | None = None) -> None:
         """Write the merge of ``recipe`` into ``model``'s own parameters, tensor by tensor."""
         params = dict(model.named_parameters())
-        method = get_method(recipe.method)
-        self._check_experts(recipe)
-        generator = self._generator(method, seed)
-        for key, base in self.base.items():
+        for key, method, base, taus, kwargs in self._tensor_jobs(recipe, seed):
             target = params.get(key)
             if target is None:
                 if key == "lm_head.weight" and "model.embed_tokens.weight" in params:
                     continue  # tied to the embeddings, which are merged under their own name
                 raise UserError(f"model has no parameter {key!r} to merge into")
-            taus, precomputed = self._inputs(method, key)
-            extra = {"generator": generator} if method.randomized else {}
-            method.merge_into(target, base, taus, **recipe.params_for(key), **extra, **precomputed)
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+            method.merge_into(target, base, taus, **kwargs)
