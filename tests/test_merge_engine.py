@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from mergesearch.errors import UserError
 from mergesearch.merge.export import recipe_to_mergekit, run_mergekit_yaml
 from mergesearch.merge.genome import GenomeSpace, layer_groups
+from mergesearch.merge.methods import get_method
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.resident import ResidentMerger
 
@@ -88,12 +89,15 @@ def test_per_layer_merge_matches_mergekit_on_the_exported_recipe(method, merger,
     recipe = space.decode(genome)
     config = recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs)
     theirs = load_file(str(run_mergekit_yaml(config, tmp_path / "mk") / "model.safetensors"))
-    mine = dict(merger.merged_tensors(recipe))
-    worst = max(float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in theirs)
-    assert worst <= 1e-5
+    live = AutoModelForCausalLM.from_pretrained(zoo_dir / "base")
+    merger.merge_into(live, recipe)  # what a search evaluates: the in-place kernels where a method has one
+    streamed, in_place = dict(merger.merged_tensors(recipe)), live.state_dict()
+    for mine in (streamed, in_place):
+        worst = max(float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in theirs)
+        assert worst <= 1e-5
 
 
-@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])  # the generic path and an in-place kernel
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "dare_ties"])  # two in-place kernels and the generic path
 def test_merging_genome_after_genome_in_place_leaks_no_state(method, merger, zoo_dir) -> None:
     space = GenomeSpace(method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5)})
     first = space.decode({name: 0.2 + (i * 0.137) % 1.0 for i, name in enumerate(space.gene_names())})
@@ -213,3 +217,22 @@ def test_normalised_weights_decode_to_a_mixture() -> None:
     recipe = space.decode(genome)
     assert recipe.expert_params["weight"] == ((0.5, 0.25, 0.25), (1 / 3, 1 / 3, 1 / 3))
     assert space.decode(space.encode(recipe)) == recipe
+
+
+@pytest.mark.parametrize("method", ["tsvm", "rtsvm"])
+def test_tsv_factors_are_computed_once_then_each_genome_is_a_product(method, merger, monkeypatch) -> None:
+    space = GenomeSpace(method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5)})
+    first, second = space.decode(space.uniform()), space.decode({n: 0.2 + (i * 0.137) % 1.0 for i, n in enumerate(space.gene_names())})
+    dict(merger.merged_tensors(first))
+
+    def no_more_svds(*_, **__):
+        raise AssertionError("a later genome recomputed an SVD")
+
+    monkeypatch.setattr(torch.linalg, "svd", no_more_svds)
+    monkeypatch.setattr(torch.linalg, "svdvals", no_more_svds)
+    cached = dict(merger.merged_tensors(second))
+    monkeypatch.undo()
+    for key, tensor in cached.items():
+        taus = [merger.task_vectors[e][key] for e in EXPERTS]
+        from_scratch = get_method(method)(merger.base[key], taus, **second.params_for(key))
+        torch.testing.assert_close(tensor, from_scratch, rtol=1e-5, atol=1e-6)

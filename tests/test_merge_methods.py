@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from mergesearch.errors import UserError
 from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
+from mergesearch.merge import methods
 from mergesearch.merge.methods import REGISTRY, della_magprune, get_method, magnitude_topk, random_keep
 
 EXPERTS = ("aligned", "math", "facts")
@@ -155,6 +156,19 @@ def test_in_place_kernel_gives_the_same_tensor_as_the_function(method: str, shar
     expected = spec(base, [t1, t2, t3], weight=list(weights), **shared)
     assert torch.isfinite(expected).all()
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [{}, {"normalize": False, "lambda": 0.7}], ids=["defaults", "unnormalised"])
+@pytest.mark.parametrize("sorted_cache", [False, True], ids=["selected", "looked_up"])
+def test_fused_ties_kernel_gives_the_same_tensor_as_the_function(shared: dict, sorted_cache: bool) -> None:
+    base, t1, t2, t3 = torch.randn(4, 64, 33).unbind(0)
+    taus, kwargs = [t1, t2, t3], {"weight": [0.8, -0.3, 1.1], "density": [0.4, 1.0, 0.0], **shared}
+    if sorted_cache:
+        kwargs["sorted_magnitudes"] = [t.abs().reshape(-1).sort().values for t in taus]
+    out = torch.empty_like(base)
+    get_method("ties").merge_into(out, base, taus, **kwargs)
+    assert not methods._ties_fused.failed  # the compiled kernel ran, not its eager fallback
+    torch.testing.assert_close(out, get_method("ties")(base, taus, **kwargs), rtol=1e-6, atol=1e-6)
 
 
 def test_linear_without_normalize_is_the_weighted_sum_of_the_experts() -> None:

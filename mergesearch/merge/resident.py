@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -128,6 +129,10 @@ class ResidentMerger:
                     raise UserError(f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, the base {tuple(self.base[key].shape)}")
                 weights[key] = tensor.sub_(self.base[key].float()).to(self.dtype)  # the expert becomes its task vector
             self.task_vectors[name] = weights
+        # Genome-independent factors (TSV-M's SVDs) of the latest method and shared parameters, by tensor:
+        # filled on the first merge, reused by every later genome; one factorisation is kept at a time.
+        self._factors_of: tuple[str, str] | None = None
+        self._factors: dict[str, Any] = {}
         self.sorted_magnitudes: dict[str, dict[str, torch.Tensor]] = {
             name: {k: tau.abs().reshape(-1).float().sort().values.to(self.dtype) for k, tau in taus.items()}
             for name, taus in self.task_vectors.items()
@@ -156,11 +161,19 @@ class ResidentMerger:
         method = get_method(recipe.method)
         generator = torch.Generator(device=self.device).manual_seed(seed) if method.randomized and seed is not None else None
         use_sorted = method.uses_magnitude_order and bool(self.sorted_magnitudes)
+        if method.factorize is not None and self._factors_of != (method.name, repr(sorted(recipe.shared.items()))):
+            self._factors_of, self._factors = (method.name, repr(sorted(recipe.shared.items()))), {}
         for key, base in self.base.items():
             kwargs = {**recipe.params_for(key), "generator": generator}
+            taus = [self.task_vectors[name][key] for name in self.expert_names]
             if use_sorted:
                 kwargs["sorted_magnitudes"] = [self.sorted_magnitudes[name][key] for name in self.expert_names]
-            yield key, method, base, [self.task_vectors[name][key] for name in self.expert_names], kwargs
+            if method.factorize is not None:
+                if key not in self._factors:
+                    factors = method.factors_for(base, taus, kwargs)
+                    self._factors[key] = factors.to(torch.promote_types(self.dtype, torch.float32)) if factors is not None else None
+                kwargs["factors"] = self._factors[key]
+            yield key, method, base, taus, kwargs
 
     def merged_tensors(self, recipe: MergeRecipe, seed: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Each merged tensor in turn, by name (for export, or for a model to copy from)."""
