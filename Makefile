@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/zoo_build.py --out benchmarks/results/zoo_build.json
 	$(BIN)/python benchmarks/zoo_mergeability.py --out benchmarks/results/zoo_mergeability.json
 	$(BIN)/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
+	$(BIN)/python benchmarks/answer_throughput.py --out benchmarks/results/answer_throughput.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

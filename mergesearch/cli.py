@@ -27,6 +27,7 @@ Start here:
   mergesearch zoo build --out DIR  build the toy zoo (cached by a hash of its recipe)
   mergesearch zoo eval --zoo DIR   measure each zoo model's skills on held-out items
   mergesearch config check FILE    validate a search config (search_spaces/*.yaml)
+  mergesearch data generate SPEC --out DIR   alignment + task data (data_specs/*.yaml)
 """
 
 
@@ -103,6 +104,94 @@ def config_check(path: Path) -> None:
 
     cfg = load_config(path)
     click.echo(f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, searcher {cfg.search.name})")
+
+
+# ------------------------------------------------------------------------------------------ data
+@cli.group(help="Alignment and task data: generate, import, answer, inspect (Parquet + a JSON card).")
+def data() -> None:
+    pass
+
+
+def _spec(path: Path):
+    from mergesearch.config import load_config
+    from mergesearch.data.spec import DataSpec
+
+    return load_config(path, DataSpec)
+
+
+_ray_option = click.option("--ray", "use_ray", is_flag=True, help="Run on Ray Data actor pools (RAY_ADDRESS or a local cluster).")
+_actors_option = click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True, help="Actors per pool with --ray.")
+
+
+def _report(card: dict, out: Path) -> None:
+    from mergesearch.data.dataset import format_counts
+
+    click.echo(format_counts(card["counts"]))
+    dropped = {reason: sum(by.values()) for reason, by in card.get("dropped", {}).items()}
+    short = {k: r["shortfall"] for k, r in card.get("generation", {}).get("quotas", {}).items() if r["shortfall"]}
+    click.echo(f"{card['rows']} rows -> {out}" + (f"; dropped {dropped}" if dropped else "") + (f"; shortfall {short}" if short else ""))
+
+
+@data.command("generate", help="Generate prompts from a data spec (data_specs/*.yaml), answer them with its experts, select, split, write DIR.")
+@click.argument("spec_path", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to write (replaced atomically).")
+@click.option("--prompts-only", is_flag=True, help="Stop after generation: write a prompt set for `data answer`.")
+@_ray_option
+@_actors_option
+def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool, actors: int) -> None:
+    from mergesearch.data.pipeline import build_dataset
+
+    _report(build_dataset(_spec(spec_path), out, use_ray, actors, prompts_only, log=_progress), out)
+
+
+@data.command("answer", help="Answer a prompt set (generated or imported) with a spec's experts and judge; write a dataset.")
+@click.argument("prompt_set", type=click.Path(path_type=Path))
+@click.option("--spec", "spec_path", type=click.Path(path_type=Path), required=True, help="Data spec whose `answer` (and `tasks`) section to use.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@_ray_option
+@_actors_option
+def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, actors: int) -> None:
+    from mergesearch.data.pipeline import answer_prompt_set
+
+    _report(answer_prompt_set(_spec(spec_path), prompt_set, out, use_ray, actors, log=_progress), out)
+
+
+@data.command("import", help="Import prompts from a .txt (one per line), .jsonl (`prompt` field) or .csv (`goal`/`prompt` column).")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")
+@click.option("--type", "type_", default="alignment", show_default=True, help="alignment, task or benign.")
+@click.option("--category", default=None, help="One category for every row (a harm category for alignment).")
+@click.option("--category-column", default=None, help="Take each row's category from this column/field.")
+@click.option("--category-map", type=click.Path(path_type=Path), default=None, help="YAML/JSON mapping: file label -> category.")
+@click.option("--field", default=None, help="The prompt column/field, when it is not the default.")
+def data_import(file: Path, out: Path, type_: str, category: str | None, category_column: str | None, category_map: Path | None, field: str | None) -> None:
+    from mergesearch.config import read_yaml
+    from mergesearch.data.dataset import write_rows
+    from mergesearch.data.importers import import_prompts
+
+    mapping = None
+    if category_map is not None:
+        mapping = read_yaml(category_map) or {}
+        if not isinstance(mapping, dict):
+            raise UserError(f"{category_map}: expected a mapping of file labels to categories")
+        mapping = {str(k): str(v) for k, v in mapping.items()}
+    rows, report = import_prompts(file, type_, category, category_column, mapping, field)
+    card = write_rows(out, rows, {"kind": "prompt_set", "name": file.stem, "import": report})
+    _report(card, out)
+
+
+@data.command("stats", help="Counts per type, category and split, recomputed from the rows and checked against the card.")
+@click.argument("path", type=click.Path(path_type=Path))
+def data_stats(path: Path) -> None:
+    from mergesearch.data.dataset import format_counts, read_card, stats
+
+    summary, problems = stats(path)
+    click.echo(format_counts(summary["counts"]))
+    card = read_card(path)
+    dropped = card.get("dropped") or {}
+    click.echo(f"{summary['rows']} rows; config {card.get('config_hash', '-')}; dropped " + (json.dumps(dropped) if dropped else "none"))
+    if problems:
+        raise UserError(f"{path}: rows and card disagree: {'; '.join(problems)}")
 
 
 # ------------------------------------------------------------------------------------------ demo

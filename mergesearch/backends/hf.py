@@ -67,8 +67,14 @@ class HFBackend:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None) -> list[str]:
-        """Greedy replies to each prompt, in order; batches are formed from similar lengths."""
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None
+    ) -> list[str]:
+        """Replies to each prompt, in order; batches are formed from similar lengths. Greedy unless
+        ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible)."""
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+        if temperature > 0 and seed is not None:
+            torch.manual_seed(seed)
         encoded = [self._encode(self.render(p)) for p in prompts]
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
@@ -83,7 +89,7 @@ class HFBackend:
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
-                do_sample=False,
+                **sampling,
                 pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id,
             )

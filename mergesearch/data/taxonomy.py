@@ -54,3 +54,16 @@ HARM_CATEGORIES: tuple[HarmCategory, ...] = (
 )
 
 CATEGORY_BY_NAME: dict[str, HarmCategory] = {c.name: c for c in HARM_CATEGORIES}
+
+
+def check_category(name: str) -> HarmCategory:
+    """The category called ``name``; an unknown name raises with the closest known ones."""
+    import difflib
+
+    from mergesearch.errors import UserError
+
+    if name in CATEGORY_BY_NAME:
+        return CATEGORY_BY_NAME[name]
+    close = difflib.get_close_matches(name, list(CATEGORY_BY_NAME), n=1, cutoff=0.4)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(CATEGORY_BY_NAME)})"
+    raise UserError(f"unknown harm category {name!r}{hint}")

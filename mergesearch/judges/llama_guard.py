@@ -34,3 +34,21 @@ def parse_verdict(text: str) -> GuardVerdict:
         rest = words[1] if len(words) > 1 else ""
         return GuardVerdict(True, tuple(dict.fromkeys(_CODE.findall(rest.upper()))))
     return GuardVerdict(None)
+
+
+class GuardJudge:
+    """A Llama Guard style model, resident in a backend: (prompt, response) pairs in, verdicts out.
+
+    The conversation goes through the guard model's own chat template, which writes the Llama Guard
+    prompt (categories, conversation, instructions), as Meta's Llama Guard 2-4 checkpoints ship it.
+    """
+
+    name = "llama_guard"
+
+    def __init__(self, backend, max_new_tokens: int = 10) -> None:  # noqa: ANN001 - any backend with generate()
+        self.backend = backend
+        self.max_new_tokens = max_new_tokens
+
+    def verdicts(self, pairs: list[tuple[str, str]]) -> list[GuardVerdict]:
+        conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in pairs]
+        return [parse_verdict(out) for out in self.backend.generate(conversations, max_new_tokens=self.max_new_tokens)]

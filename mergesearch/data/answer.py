@@ -1,0 +1,122 @@
+"""Answering and selection: experts answer every prompt in batches; the judge picks what to keep.
+
+* alignment: every expert answers; the first expert (in the configured order) whose response the judge
+  deems a refusal (``refusal``) or safe (``llama_guard``) supplies the kept response. A prompt that no
+  expert refuses is dropped and counted (``no_refusal`` / ``no_safe_response``).
+* task: the domain's expert answers; with ``task_correct_only`` a wrong answer is dropped (``wrong_answer``).
+* benign: the first expert that does not refuse supplies the response (``all_refused`` otherwise).
+
+A dropped row keeps its prompt, with ``response`` empty and the reason in its provenance, so the
+pipeline can count drops per type and category wherever the answering ran.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+
+from mergesearch.backends.hf import HFBackend
+from mergesearch.data.schema import Row, normalize_prompt
+from mergesearch.data.spec import AnswerSpec, TaskSpec
+from mergesearch.errors import UserError
+from mergesearch.judges.llama_guard import GuardJudge
+from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.model_paths import resolve_model
+
+
+def short_answer_correct(response: str, answer: str) -> bool:
+    """The answer appears as a whole word in the response (digits split by a word-level tokenizer rejoined)."""
+    text = re.sub(r"(?<=\d)\s+(?=\d)", "", response.lower())
+    return re.search(rf"(?<!\w){re.escape(answer.lower().strip())}(?!\w)", text) is not None
+
+
+def choice_correct(response: str, answer: str) -> bool:
+    """A generated reply picks the keyed option: it is that option, or opens with it."""
+    reply, key = normalize_prompt(response), normalize_prompt(answer)
+    return bool(key) and (reply == key or reply.startswith(key + " "))
+
+
+class Answerer:
+    """The experts (and a guard model, when the judge is ``llama_guard``), loaded once."""
+
+    def __init__(self, spec: AnswerSpec, tasks: Sequence[TaskSpec], device: str = "cpu", log: Callable[[str], None] = print) -> None:
+        self.spec = spec
+        self.experts = {
+            e.name: HFBackend.from_pretrained(
+                resolve_model(e.path, f"answer.experts.{e.name}", log), device=device, batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens, name=e.name
+            )
+            for e in spec.experts
+        }
+        self.task_experts = {t.domain: t.expert for t in tasks}
+        for domain, expert in self.task_experts.items():
+            if expert not in self.experts:
+                raise UserError(f"tasks: domain {domain!r} names expert {expert!r}, which is not in answer.experts ({', '.join(self.experts)})")
+        self.refusal = RefusalJudge()
+        self.guard = None
+        if spec.judge.kind == "llama_guard":
+            guard_path = resolve_model(spec.judge.model or "", "answer.judge.model", log)
+            self.guard = GuardJudge(HFBackend.from_pretrained(guard_path, device=device, batch_size=spec.batch_size, name="guard"))
+
+    def answer(self, rows: Sequence[Row]) -> list[Row]:
+        """Each row answered (response set) or dropped (response None, reason in provenance), in order."""
+        done: dict[int, Row] = {}
+        by_type: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_type.setdefault(row.type, []).append(i)
+        for i, row in zip(by_type.get("alignment", []), self._alignment([rows[i] for i in by_type.get("alignment", [])])):
+            done[i] = row
+        for i, row in zip(by_type.get("benign", []), self._benign([rows[i] for i in by_type.get("benign", [])])):
+            done[i] = row
+        tasks = by_type.get("task", [])
+        for domain in dict.fromkeys(rows[i].category for i in tasks):
+            members = [i for i in tasks if rows[i].category == domain]
+            for i, row in zip(members, self._task(domain, [rows[i] for i in members])):
+                done[i] = row
+        return [done[i] for i in range(len(rows))]
+
+    def _replies(self, rows: Sequence[Row]) -> dict[str, list[str]]:
+        prompts = [r.prompt for r in rows]
+        return {name: backend.generate(prompts) for name, backend in self.experts.items()} if rows else {}
+
+    def _alignment(self, rows: Sequence[Row]) -> list[Row]:
+        replies = self._replies(rows)
+        if self.guard is None:
+            accepted = {name: self.refusal.refusals(texts) for name, texts in replies.items()}
+            reason, judge = "no_refusal", "refusal"
+        else:
+            accepted = {}
+            for name, texts in replies.items():
+                verdicts = self.guard.verdicts([(r.prompt, t) for r, t in zip(rows, texts)])
+                accepted[name] = [v.unsafe is False for v in verdicts]  # unparsed is never "safe"
+            reason, judge = "no_safe_response", "llama_guard"
+        return [self._pick(row, {n: replies[n][i] for n in replies}, {n: accepted[n][i] for n in accepted}, reason, judge) for i, row in enumerate(rows)]
+
+    def _benign(self, rows: Sequence[Row]) -> list[Row]:
+        replies = self._replies(rows)
+        complied = {name: [not r for r in self.refusal.refusals(texts)] for name, texts in replies.items()}
+        return [self._pick(row, {n: replies[n][i] for n in replies}, {n: complied[n][i] for n in complied}, "all_refused", "refusal") for i, row in enumerate(rows)]
+
+    def _pick(self, row: Row, replies: dict[str, str], accepted: dict[str, bool], reason: str, judge: str) -> Row:
+        chosen = next((name for name in self.experts if accepted[name]), None)
+        record = {**json.loads(row.provenance), "judge": judge, "accepted": accepted}
+        if chosen is None:
+            return row.with_(response=None, provenance=json.dumps({**record, "dropped": reason}, sort_keys=True))
+        return row.with_(response=replies[chosen], provenance=json.dumps({**record, "answered_by": chosen}, sort_keys=True))
+
+    def _task(self, domain: str, rows: Sequence[Row]) -> list[Row]:
+        if domain not in self.task_experts:
+            raise UserError(f"task domain {domain!r} has no answering expert (add it to `tasks` with an `expert`)")
+        expert = self.task_experts[domain]
+        replies = self.experts[expert].generate([r.prompt for r in rows])
+        out = []
+        for row, reply in zip(rows, replies):
+            correct = None
+            if row.answer is not None:
+                correct = choice_correct(reply, row.answer) if row.choices else short_answer_correct(reply, row.answer)
+            record = {**json.loads(row.provenance), "answered_by": expert, "correct": correct}
+            if self.spec.task_correct_only and correct is False:
+                out.append(row.with_(response=None, provenance=json.dumps({**record, "dropped": "wrong_answer"}, sort_keys=True)))
+            else:
+                out.append(row.with_(response=reply, provenance=json.dumps(record, sort_keys=True)))
+        return out

@@ -1,0 +1,100 @@
+"""DataSpec: what a data-generation run makes, validated once at the edge (``data_specs/*.yaml``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, Unit
+from mergesearch.data.taxonomy import CATEGORY_BY_NAME, check_category
+from mergesearch.errors import UserError
+
+QUESTION_FORMATS = ("multiple_choice", "short_answer")
+
+
+class SeedExample(Frozen):
+    """A few-shot example for the LLM generator: a question, and for multiple choice its options and key."""
+
+    question: str = Field(min_length=1)
+    choices: list[str] | None = None
+    answer: str = Field(min_length=1)
+
+
+class GeneratorSpec(Frozen):
+    """Who writes the prompts: ``template`` (the toy zoo's language, offline) or ``llm`` (a chat model)."""
+
+    kind: Literal["template", "llm"] = "template"
+    model: str | None = None  # llm: a model folder, zoo:<member> or smollm2
+    temperature: float = Field(default=0.9, ge=0.0, le=2.0)
+    items_per_request: int = Field(default=8, ge=1, le=50)
+    requests_per_attempt: int = Field(default=4, ge=1)
+    max_attempts: int = Field(default=6, ge=1, description="per quota: the retry budget")
+    max_new_tokens: int = Field(default=512, ge=16)
+
+
+class AlignmentSpec(Frozen):
+    """Harmful requests: how many per harm category (taxonomy names; ``all`` for every category)."""
+
+    categories: list[str] | Literal["all"] = "all"
+    per_category: int = Field(default=10, ge=1)
+
+    @field_validator("categories")
+    @classmethod
+    def _known(cls, categories: list[str] | str) -> list[str] | str:
+        if categories == "all":
+            return categories
+        if not categories:
+            raise ValueError("empty category list (name harm categories, or `all`)")
+        for name in categories:
+            try:
+                check_category(name)
+            except UserError as err:  # pydantic reports ValueErrors with the field's path
+                raise ValueError(str(err)) from None
+        return categories
+
+    def category_names(self) -> list[str]:
+        return list(CATEGORY_BY_NAME) if self.categories == "all" else list(self.categories)
+
+
+class TaskSpec(Frozen):
+    """Questions of one expert's domain, and the expert that answers them."""
+
+    domain: Name
+    format: Literal[QUESTION_FORMATS] = "multiple_choice"  # type: ignore[valid-type]
+    count: int = Field(default=20, ge=1)
+    expert: Name
+    description: str = ""  # llm generator: what the domain covers
+    examples: list[SeedExample] = []  # llm generator: few-shot seeds
+
+
+class AnswerSpec(Frozen):
+    """Experts answer every prompt; the judge decides which alignment answers count as refusals."""
+
+    experts: list[ExpertSpec] = Field(min_length=1)
+    judge: JudgeConfig = JudgeConfig()
+    task_correct_only: bool = True
+    batch_size: int = Field(default=32, ge=1)
+    max_new_tokens: int = Field(default=24, ge=1)
+
+
+class SplitSpec(Frozen):
+    heldout_share: Unit = 0.2
+    near_duplicate_threshold: float = Field(default=0.7, gt=0.0, le=1.0, description="word-bigram Jaccard")
+
+
+class DataSpec(Frozen):
+    name: Name
+    seed: int = 0
+    generator: GeneratorSpec = GeneratorSpec()
+    alignment: AlignmentSpec | None = AlignmentSpec()
+    benign: int = Field(default=0, ge=0, description="harmless requests, for the over-refusal objective")
+    tasks: list[TaskSpec] = []
+    answer: AnswerSpec | None = None
+    split: SplitSpec = SplitSpec()
+
+    def digest(self) -> str:
+        """Content hash of everything that determines the rows: recorded in the dataset card."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
