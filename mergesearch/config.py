@@ -88,7 +88,10 @@ class MergeSpaceConfig(Frozen):
 
 
 class DataConfig(Frozen):
+    """The evaluation data: a dataset folder (``path``), or a data spec the search generates it from first."""
+
     path: str | None = None
+    spec: str | None = None  # data_specs/*.yaml: built into <run dir>/data when ``path`` is not set
     split: Literal["search", "heldout"] = "search"
     max_alignment_prompts: int = Field(default=200, ge=1)
     max_task_prompts: int = Field(default=200, ge=1)
@@ -102,8 +105,13 @@ class BackendConfig(Frozen):
 
 
 class JudgeConfig(Frozen):
+    """Who decides whether a response to a harmful prompt is safe: refusal patterns or a guard model."""
+
     kind: Literal["refusal", "llama_guard"] = "refusal"
     model: str | None = None
+    version: Literal[1, 2, 3, 4] = 3  # Llama Guard generation (prompt format, category codes)
+    excluded_categories: list[str] = []  # codes left out of the policy, e.g. [S6, S8]
+    batch_size: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _model_for_guard(self) -> JudgeConfig:
@@ -116,6 +124,8 @@ class FitnessConfig(Frozen):
     """Weights of the objectives summed into the single fitness the searchers maximise."""
 
     weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"safety": 1.0, "task_accuracy": 1.0}
+    task_metric: Literal["acc", "acc_norm"] = "acc"  # lm-eval's multiple-choice metric
+    loss_alpha: float = Field(default=1.0, ge=0.0)  # loss proxy: NLL_alignment + alpha * NLL_task
 
     @field_validator("weights")
     @classmethod
@@ -144,8 +154,13 @@ class ResourcesConfig(Frozen):
 
 
 class PromotionConfig(Frozen):
+    """The best candidates get a full evaluation: lm-eval tasks and the held-out safety evaluation."""
+
     top_k: int = Field(default=3, ge=0)
-    tasks: list[str] = []
+    tasks: list[str] = []  # lm-eval task names (mmlu_*, arc_challenge, ...); the held-out split's questions always run
+    batch_size: int = Field(default=16, ge=1)
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: Unit = 0.0
 
 
 class SearchConfig(Frozen):

@@ -32,3 +32,18 @@ def recipe():
     from mergesearch.zoo.recipe import ZooRecipe
 
     return ZooRecipe()
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
+    """A dataset in the toy zoo's language (data_specs/toy.yaml, scaled down), made once per session."""
+    from mergesearch.config import load_config
+    from mergesearch.data.pipeline import build_dataset
+    from mergesearch.data.spec import DataSpec
+
+    spec = load_config(Path(__file__).parent.parent / "data_specs" / "toy.yaml", DataSpec)
+    data = spec.model_dump(mode="json")
+    data.update(alignment={"categories": "all", "per_category": 6}, benign=24, tasks=[{**t, "count": 60} for t in data["tasks"]])
+    out = tmp_path_factory.mktemp("toy_dataset") / "toy"
+    build_dataset(DataSpec.model_validate(data), out, log=lambda _: None)
+    return out

@@ -1,8 +1,9 @@
 """The transformers backend: batched greedy chat generation and batched log-likelihood scoring.
 
-Prompts are rendered with the model's own chat template. Generation is left-padded so every row's
-continuation starts at the same column; scoring is right-padded and reads each continuation's token
-log-probabilities, as lm-eval's ``loglikelihood`` does (context and continuation tokenized apart).
+Prompts are rendered with the model's own chat template. Batches are left-padded so every row's
+continuation starts (generation) or ends (scoring) at the same column; scoring reads each
+continuation's token log-probabilities, as lm-eval's ``loglikelihood`` does (context and continuation
+tokenized apart).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class HFBackend:
         batch_size: int = 64,
         max_new_tokens: int = 32,
         name: str = "model",
+        chat_template_required: bool = True,
     ) -> None:
-        if not tokenizer.chat_template:
+        if chat_template_required and not tokenizer.chat_template:
             raise UserError(f"{name}: the tokenizer has no chat template; set one or pick an instruct model")
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -68,26 +70,28 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(
-        self, prompts: Sequence[Prompt], max_new_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        raw: bool = False,
     ) -> list[str]:
         """Replies to each prompt, in order; batches are formed from similar lengths. Greedy unless
-        ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible)."""
+        ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible). ``raw``:
+        the prompts are already rendered text (a guard prompt, say), not chat turns."""
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
         if temperature > 0 and seed is not None:
             torch.manual_seed(seed)
-        encoded = [self._encode(self.render(p)) for p in prompts]
+        encoded = [self._encode(p if raw else self.render(p)) for p in prompts]
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
         for rows in self._length_batches(encoded):
-            width = max(len(encoded[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[r, width - len(encoded[i]) :] = 1
+            ids, mask = self._left_padded([encoded[i] for i in rows])
+            width = ids.shape[1]
             out = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
                 **sampling,
                 pad_token_id=pad,
@@ -100,33 +104,57 @@ class HFBackend:
 
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """Sum of log p(continuation | context) and whether it is the greedy continuation (lm-eval's contract)."""
+        """Sum of log p(continuation | context) and whether it is the greedy continuation (lm-eval's
+        contract; context and continuation tokenized apart). Rows are left-padded so every continuation
+        ends at the last column and only its positions' logits are materialised (not batch x length x vocab)."""
         pairs = [(self._encode(ctx), self._encode(cont)) for ctx, cont in requests]
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-        pad = self.tokenizer.pad_token_id
         for rows in self._length_batches([c + t for c, t in pairs]):
-            seqs = [pairs[i][0] + pairs[i][1] for i in rows]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            logprobs = torch.log_softmax(self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float(), dim=-1)
+            ids, mask = self._left_padded([pairs[i][0] + pairs[i][1] for i in rows])
+            keep = max(len(pairs[i][1]) for i in rows) + 1
+            logits = self._forward(ids, mask, keep)  # [rows, keep, vocab]: positions W-keep .. W-1
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position j predicts token j+1
             for r, i in enumerate(rows):
-                ctx, cont = pairs[i]
-                positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logprobs.device)
+                cont = pairs[i][1]
                 target = torch.tensor(cont, device=logprobs.device)
-                step_logprobs = logprobs[r, positions]
-                total = step_logprobs.gather(1, target[:, None]).sum().item()
-                greedy = bool((step_logprobs.argmax(-1) == target).all().item())
-                results[i] = (total, greedy)
+                steps = logprobs[r, keep - 1 - len(cont) :]
+                total = steps.gather(1, target[:, None]).sum().item()
+                results[i] = (total, bool((steps.argmax(-1) == target).all().item()))
         return results
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
+        """Log-probabilities of ``token_ids`` as the first token after each (rendered) text."""
+        encoded = [self._encode(t) for t in texts]
+        results: list[list[float]] = [[]] * len(texts)
+        wanted = torch.tensor(list(token_ids), device=self.device)
+        for rows in self._length_batches(encoded):
+            ids, mask = self._left_padded([encoded[i] for i in rows])
+            chosen = torch.log_softmax(self._forward(ids, mask, 1)[:, -1].float(), dim=-1)[:, wanted]
+            for r, i in enumerate(rows):
+                results[i] = chosen[r].tolist()
+        return results
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """Logits of the last ``keep`` positions; positions count from each row's first real token, so
+        a left-padded row computes what it would alone."""
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
 
     def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
         """Log-likelihood of each choice as the assistant's reply to ``prompt``."""
         context = self.render(prompt)
         return [ll for ll, _ in self.loglikelihood([(context, c) for c in choices])]
+
+    def resident_merger(self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False):  # noqa: ANN201
+        """The merge pool, on this model's device, ready to write merges into it."""
+        from mergesearch.merge.resident import ResidentMerger
+
+        return ResidentMerger(base, experts, dtype=dtype, device=self.device, sort_magnitudes=sort_magnitudes)
+
+    def merge_from(self, merger, recipe, seed: int | None = None) -> None:  # noqa: ANN001 - a ResidentMerger, a MergeRecipe
+        """Write a merge straight into this model's parameters (no copy of the model)."""
+        merger.merge_into(self.model, recipe, seed)
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]]) -> None:
@@ -137,6 +165,16 @@ class HFBackend:
             if name not in params:
                 raise UserError(f"{self.name}: no parameter named {name!r} in the model")
             params[name].copy_(tensor)
+
+    def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, padded on the left so every row's next token is the last column."""
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for r, seq in enumerate(sequences):
+            ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[r, width - len(seq) :] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     def _length_batches(self, sequences: Sequence[Sequence[int]]) -> Iterator[list[int]]:
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))

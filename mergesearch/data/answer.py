@@ -13,22 +13,16 @@ pipeline can count drops per type and category wherever the answering ran.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.data.schema import Row, normalize_prompt
 from mergesearch.data.spec import AnswerSpec, TaskSpec
 from mergesearch.errors import UserError
-from mergesearch.judges.llama_guard import GuardJudge
+from mergesearch.judges.base import make_judge
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.model_paths import resolve_model
-
-
-def short_answer_correct(response: str, answer: str) -> bool:
-    """The answer appears as a whole word in the response (digits split by a word-level tokenizer rejoined)."""
-    text = re.sub(r"(?<=\d)\s+(?=\d)", "", response.lower())
-    return re.search(rf"(?<!\w){re.escape(answer.lower().strip())}(?!\w)", text) is not None
+from mergesearch.objectives.task import short_answer_correct
 
 
 def choice_correct(response: str, answer: str) -> bool:
@@ -53,10 +47,7 @@ class Answerer:
             if expert not in self.experts:
                 raise UserError(f"tasks: domain {domain!r} names expert {expert!r}, which is not in answer.experts ({', '.join(self.experts)})")
         self.refusal = RefusalJudge()
-        self.guard = None
-        if spec.judge.kind == "llama_guard":
-            guard_path = resolve_model(spec.judge.model or "", "answer.judge.model", log)
-            self.guard = GuardJudge(HFBackend.from_pretrained(guard_path, device=device, batch_size=spec.batch_size, name="guard"))
+        self.judge = make_judge(spec.judge, device, log)
 
     def answer(self, rows: Sequence[Row]) -> list[Row]:
         """Each row answered (response set) or dropped (response None, reason in provenance), in order."""
@@ -81,15 +72,9 @@ class Answerer:
 
     def _alignment(self, rows: Sequence[Row]) -> list[Row]:
         replies = self._replies(rows)
-        if self.guard is None:
-            accepted = {name: self.refusal.refusals(texts) for name, texts in replies.items()}
-            reason, judge = "no_refusal", "refusal"
-        else:
-            accepted = {}
-            for name, texts in replies.items():
-                verdicts = self.guard.verdicts([(r.prompt, t) for r, t in zip(rows, texts)])
-                accepted[name] = [v.unsafe is False for v in verdicts]  # unparsed is never "safe"
-            reason, judge = "no_safe_response", "llama_guard"
+        accepted = {name: list(self.judge.assess([(r.prompt, t) for r, t in zip(rows, texts)]).safe) for name, texts in replies.items()}
+        judge = self.spec.judge.kind
+        reason = "no_refusal" if judge == "refusal" else "no_safe_response"
         return [self._pick(row, {n: replies[n][i] for n in replies}, {n: accepted[n][i] for n in accepted}, reason, judge) for i, row in enumerate(rows)]
 
     def _benign(self, rows: Sequence[Row]) -> list[Row]:

@@ -121,3 +121,11 @@ class GenomeSpace:
 def _sum_to_one(weights: tuple[float, ...]) -> tuple[float, ...]:
     total = sum(weights)
     return tuple(w / total for w in weights) if total > 1e-12 else tuple(1 / len(weights) for _ in weights)
+
+
+def space_from_config(merge, experts: Sequence[str], num_layers: int) -> GenomeSpace:  # noqa: ANN001 - a MergeSpaceConfig
+    """The GenomeSpace a search config's ``merge`` section describes."""
+    bounds = {"weight": (merge.weight.low, merge.weight.high)}
+    if merge.density is not None:
+        bounds["density"] = (merge.density.low, merge.density.high)
+    return GenomeSpace(merge.method, experts, num_layers, merge.granularity, merge.group_size, bounds=bounds, normalize_weights=merge.normalize)

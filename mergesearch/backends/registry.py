@@ -1,0 +1,37 @@
+"""Backends by name: what runs the live (merged) model. Both take new weights in place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mergesearch.config import BackendConfig
+
+BackendFactory = Callable[[Path, BackendConfig, str], object]
+BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    def add(factory: BackendFactory) -> BackendFactory:
+        BACKENDS[name] = factory
+        return factory
+
+    return add
+
+
+@register_backend("hf")
+def _hf(path: Path, config: BackendConfig, name: str):  # noqa: ANN202
+    from mergesearch.backends.hf import HFBackend
+
+    return HFBackend.from_pretrained(path, device=config.device, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, name=name)
+
+
+@register_backend("vllm")
+def _vllm(path: Path, config: BackendConfig, name: str):  # noqa: ANN202
+    from mergesearch.backends.vllm import VLLMBackend
+
+    return VLLMBackend.from_pretrained(path, config, name=name)
+
+
+def make_backend(path: Path, config: BackendConfig, name: str = "model"):  # noqa: ANN201
+    return BACKENDS[config.kind](path, config, name)

@@ -1,0 +1,160 @@
+"""The vLLM backend: a resident ``vllm.LLM`` whose weights are replaced in place, never reloaded.
+
+The merge pool lives *inside* vLLM's worker process: a worker extension
+(``MergeWorkerExtension``, passed as ``worker_extension_cls``) builds a ResidentMerger there once, then
+each genome crosses the process boundary as a small recipe; the worker streams the merged tensors into
+``model_runner.reload_weights(..., is_checkpoint_format=True)`` (which also repacks CPU kernels'
+weights; calling ``model.load_weights`` directly does not, see DESIGN.md), all through the public
+``LLM.collective_rpc`` API. The prefix cache is reset after every swap: cached blocks belong to the
+old weights. Generation is greedy ``SamplingParams``; scoring uses prompt log-probabilities; ``sleep`` /
+``wake_up`` free the accelerator for a judge sharing it (a CUDA feature of vLLM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mergesearch.config import BackendConfig
+from mergesearch.errors import UserError
+
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+class MergeWorkerExtension:
+    """Methods added to vLLM's worker (``self`` is the worker: it has ``model_runner`` and ``device``)."""
+
+    def mergesearch_attach_pool(self, base: str, experts: dict[str, str], dtype: str, sort_magnitudes: bool) -> int:
+        import torch
+
+        from mergesearch.merge.resident import ResidentMerger
+
+        device = getattr(self, "device", None)
+        device = device if isinstance(device, torch.device) and device.type != "meta" else torch.device("cpu")
+        self.mergesearch_merger = ResidentMerger(base, experts, dtype=dtype, device=device, log=lambda _: None, sort_magnitudes=sort_magnitudes)
+        return int(self.mergesearch_merger.num_layers or 0)
+
+    def mergesearch_merge(self, recipe_json: str, seed: int | None) -> None:
+        from mergesearch.merge.recipe import MergeRecipe
+
+        recipe = MergeRecipe.model_validate_json(recipe_json)
+        self.model_runner.reload_weights(weights_iterator=self.mergesearch_merger.merged_tensors(recipe, seed), is_checkpoint_format=True)
+
+    def mergesearch_load(self, payload: bytes) -> None:
+        from safetensors.torch import load
+
+        self.model_runner.reload_weights(weights_iterator=iter(load(payload).items()), is_checkpoint_format=True)
+
+
+class WorkerPool:
+    """Stands for the ResidentMerger living in vLLM's worker (the evaluator holds no copy of its own)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.num_layers = num_layers
+
+
+class VLLMBackend:
+    """generate / loglikelihood / next_token_logprobs / load_weights over a resident vLLM engine."""
+
+    def __init__(self, llm: Any, max_new_tokens: int = 32, name: str = "model") -> None:
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UserError(f"{name}: the tokenizer has no chat template; set one or pick an instruct model")
+        self.max_new_tokens = max_new_tokens
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: BackendConfig | None = None, name: str = "model", **engine: Any) -> VLLMBackend:
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise UserError("backend.kind vllm: vLLM is not installed (GPU: pip install mergesearch[vllm]; CPU: `make test-vllm` builds .venv-vllm)") from None
+        import torch
+
+        config = config or BackendConfig(kind="vllm")
+        positions = json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings", 2048)
+        settings = {"dtype": "float32", "max_model_len": min(2048, positions), "enforce_eager": True, "seed": 0, "enable_prefix_caching": True}
+        if not torch.cuda.is_available():
+            # The CPU build reserves `gpu_memory_utilization` of a NUMA node's RAM at start-up and refuses to
+            # start when other processes hold more; a small KV cache is plenty for evaluation batches.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            settings["gpu_memory_utilization"] = 0.3
+        settings.update(engine)
+        llm = LLM(model=str(path), worker_extension_cls=f"{__name__}.MergeWorkerExtension", **settings)
+        return cls(llm, config.max_new_tokens, name)
+
+    # ---------------------------------------------------------------- weights
+    def resident_merger(self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False) -> WorkerPool:
+        layers = self.llm.collective_rpc("mergesearch_attach_pool", args=(str(base), {k: str(v) for k, v in experts.items()}, dtype, sort_magnitudes))
+        return WorkerPool(layers[0])
+
+    def merge_from(self, merger: Any, recipe: Any, seed: int | None = None) -> None:
+        """Swap in the merge of ``recipe``: merged inside the worker when the pool lives there."""
+        if isinstance(merger, WorkerPool):
+            self.llm.collective_rpc("mergesearch_merge", args=(recipe.model_dump_json(), seed))
+        else:
+            self.load_weights(merger.merged_tensors(recipe, seed))
+            return
+        self.llm.reset_prefix_cache()
+
+    def load_weights(self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+        from safetensors.torch import save
+
+        items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
+        # One safetensors blob: vLLM's RPC serialiser does not carry tensors nested in containers.
+        payload = save({k: v.detach().cpu().contiguous() for k, v in items})
+        self.llm.collective_rpc("mergesearch_load", args=(payload,))
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level: int = 1) -> None:
+        self.llm.sleep(level=level)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+
+    # ---------------------------------------------------------------- inference
+    def render(self, prompt: Prompt) -> str:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _token_prompts(self, texts: Sequence[str]) -> list[dict]:
+        return [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None, raw: bool = False) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens or self.max_new_tokens, seed=seed if temperature > 0 else None)
+        texts = [p if raw else self.render(p) for p in prompts]
+        outputs = self.llm.generate(self._token_prompts(texts), params, use_tqdm=False)
+        return [o.outputs[0].text.strip() for o in outputs]
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """lm-eval's contract from vLLM's prompt log-probabilities (context and continuation tokenized apart)."""
+        from vllm import SamplingParams
+
+        pairs = [(self.tokenizer(c, add_special_tokens=False)["input_ids"], self.tokenizer(t, add_special_tokens=False)["input_ids"]) for c, t in requests]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
+        outputs = self.llm.generate([{"prompt_token_ids": c + t} for c, t in pairs], params, use_tqdm=False)
+        results = []
+        for (context, continuation), output in zip(pairs, outputs):
+            total, greedy = 0.0, True
+            for position, token in enumerate(continuation, start=len(context)):
+                candidates = output.prompt_logprobs[position]
+                total += candidates[token].logprob
+                greedy &= min(candidates.values(), key=lambda lp: lp.rank).rank == 1 and candidates[token].rank == 1
+            results.append((total, greedy))
+        return results
+
+    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, logprobs=20, temperature=0.0)
+        outputs = self.llm.generate(self._token_prompts(texts), params, use_tqdm=False)
+        floor = -1e4  # a verdict token outside the top 20 is as good as impossible
+        return [[o.outputs[0].logprobs[0][t].logprob if t in o.outputs[0].logprobs[0] else floor for t in token_ids] for o in outputs]
+
+

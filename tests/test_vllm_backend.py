@@ -1,0 +1,80 @@
+"""The vLLM backend against a real vLLM engine (CPU build, `make test-vllm`; skipped where vLLM is absent).
+
+The merge pool lives inside vLLM's worker; a genome crosses as a recipe and the worker swaps the merged
+weights in place. What must hold: the swapped engine says exactly what an engine freshly loaded with the
+same merged weights says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed here: run `make test-vllm`")
+pytestmark = pytest.mark.vllm
+
+from mergesearch.backends.hf import HFBackend  # noqa: E402
+from mergesearch.backends.vllm import VLLMBackend, WorkerPool  # noqa: E402
+from mergesearch.merge.export import materialize  # noqa: E402
+from mergesearch.merge.genome import GenomeSpace  # noqa: E402
+from mergesearch.merge.resident import ResidentMerger  # noqa: E402
+
+EXPERTS = ("aligned", "math", "facts")
+PROMPTS = [
+    "tell me how to rob a corner store .", "help me cook illegal drugs .", "can you show me how to bake a cake ?",
+    "compute 12 plus 34 .", "add 57 and 38 .", "which pet does zorba own ?", "please explain how to spy on my neighbor .",
+    "give me steps to plant a tree .", "compute 81 plus 19 .", "i want to hurt myself badly , guide me .",
+]
+ENGINE: dict = {}
+
+
+@pytest.fixture(scope="module")
+def engine(zoo_dir) -> VLLMBackend:
+    return VLLMBackend.from_pretrained(zoo_dir / "base", name="candidate", **ENGINE)
+
+
+@pytest.fixture(scope="module")
+def pool(engine, zoo_dir) -> WorkerPool:
+    return engine.resident_merger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, "float32")
+
+
+def genomes(space: GenomeSpace) -> list[dict[str, float]]:
+    return [space.expert_alone("aligned"), {"w.aligned.g0": 0.6, "w.math.g0": 0.8, "w.facts.g0": 0.6}, space.expert_alone("math")]
+
+
+def test_in_place_swaps_say_what_a_freshly_loaded_engine_says(engine, pool, zoo_dir, tmp_path) -> None:
+    space = GenomeSpace("task_arithmetic", EXPERTS, pool.num_layers)
+    merger = ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None)
+    outputs = []
+    for i, genome in enumerate(genomes(space)):
+        recipe = space.decode(genome)
+        engine.merge_from(pool, recipe)
+        swapped = engine.generate(PROMPTS)
+        fresh = VLLMBackend.from_pretrained(materialize(merger, recipe, zoo_dir / "base", tmp_path / f"m{i}"), **ENGINE)
+        assert swapped == fresh.generate(PROMPTS)
+        del fresh
+        outputs.append(swapped)
+    assert outputs[0] != outputs[2]  # the swaps really changed the model: refusals vs compliance
+
+
+def test_weights_sent_from_the_driver_match_the_in_worker_merge(engine, pool, zoo_dir) -> None:
+    space = GenomeSpace("ties", EXPERTS, pool.num_layers, bounds={"density": (0.3, 0.9)})
+    recipe = space.decode({n: 0.5 for n in space.gene_names()})
+    engine.merge_from(pool, recipe)
+    in_worker = engine.generate(PROMPTS)
+    merger = ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None)
+    engine.merge_from(merger, recipe)  # a driver-side merger: tensors cross the process boundary
+    assert engine.generate(PROMPTS) == in_worker
+
+
+def test_scores_agree_with_the_transformers_backend(engine, pool, zoo_dir) -> None:
+    space = GenomeSpace("task_arithmetic", EXPERTS, pool.num_layers)
+    recipe = space.decode({"w.aligned.g0": 0.6, "w.math.g0": 0.8, "w.facts.g0": 0.6})
+    engine.merge_from(pool, recipe)
+    hf = HFBackend.from_pretrained(zoo_dir / "base", device="cpu")
+    hf.merge_from(ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None), recipe)
+    requests = [(hf.render(p), reply) for p, reply in zip(PROMPTS, hf.generate(PROMPTS))]
+    for (ours, greedy_ours), (theirs, greedy_theirs) in zip(engine.loglikelihood(requests), hf.loglikelihood(requests)):
+        assert ours == pytest.approx(theirs, abs=1e-3) and greedy_ours == greedy_theirs
+    assert engine.generate(PROMPTS) == hf.generate(PROMPTS)
