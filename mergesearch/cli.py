@@ -23,7 +23,8 @@ with Ray Tune, scoring each candidate on refusal of harmful prompts and accuracy
 
 \b
 Start here:
-  mergesearch demo                 build the offline toy zoo and show what each expert can do
+  mergesearch demo                 the offline demo: zoo, data, search, promotion, report
+  mergesearch search CONFIG        search merge recipes (re-run to resume); then promote, report
   mergesearch zoo build --out DIR  build the toy zoo (cached by a hash of its recipe)
   mergesearch zoo eval --zoo DIR   measure each zoo model's skills on held-out items
   mergesearch config check FILE    validate a search config (search_spaces/*.yaml)
@@ -194,15 +195,79 @@ def data_stats(path: Path) -> None:
         raise UserError(f"{path}: rows and card disagree: {'; '.join(problems)}")
 
 
+# ------------------------------------------------------------------------------------------ search
+def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, baseline: bool) -> Path:
+    from mergesearch.config import load_config
+    from mergesearch.report import summary_table, write_report
+    from mergesearch.search.pipeline import prepare_config, run_baselines
+    from mergesearch.search.promote import promote as promote_run
+    from mergesearch.search.tuner import run_search
+
+    config = load_config(config_path)
+    run_dir = Path(run_dir or Path("runs") / config.name)
+    config = prepare_config(config, config_path, run_dir, log=_progress)
+    run_search(config, run_dir, log=_progress)
+    if baseline:
+        run_baselines(run_dir, log=_progress)
+    if promote and config.promotion.top_k:
+        promote_run(run_dir, log=_progress)
+    write_report(run_dir)
+    click.echo(summary_table(run_dir))
+    click.echo(f"report: {run_dir / 'report.md'}")
+    return run_dir
+
+
+@cli.command(help="Search merge recipes for a config (search_spaces/*.yaml); re-running it resumes the run.")
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Run dir [default: runs/<config name>].")
+@click.option("--no-promote", is_flag=True, help="Stop after the search (promote later with `mergesearch promote`).")
+@click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also score the LM-Cocktail baseline.")
+def search(config_path: Path, run_dir: Path | None, no_promote: bool, baseline: bool) -> None:
+    _search_and_promote(config_path, run_dir, not no_promote, baseline)
+
+
+@cli.command(help="Resume an interrupted search from its run dir (the same as re-running its `search`).")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--no-promote", is_flag=True)
+def resume(run_dir: Path, no_promote: bool) -> None:
+    from mergesearch.search.tuner import CONFIG_FILE, load_run_config
+
+    load_run_config(run_dir)
+    _search_and_promote(run_dir / CONFIG_FILE, run_dir, not no_promote, True)
+
+
+@cli.command(help="Promote a run's best trials: materialise, lm-eval, held-out safety, leaderboard, best/.")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--top", "top_k", type=click.IntRange(min=1), default=None, help="How many [default: promotion.top_k].")
+def promote(run_dir: Path, top_k: int | None) -> None:
+    from mergesearch.report import summary_table, write_report
+    from mergesearch.search.promote import promote as promote_run
+
+    promote_run(run_dir, top_k, log=_progress)
+    write_report(run_dir)
+    click.echo(summary_table(run_dir))
+
+
+@cli.command(help="Rebuild a run dir's report.md and pareto.png from its files.")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> None:
+    from mergesearch.report import write_report
+
+    click.echo(str(write_report(run_dir)))
+
+
 # ------------------------------------------------------------------------------------------ demo
-@cli.command(help="The offline demo: build (or reuse) the toy zoo, then print every model's held-out scores.")
-@click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path), default=None, help="Zoo folder [default: the cache].")
-def demo(zoo_dir: Path | None) -> None:
+@cli.command(help="The offline demo: toy zoo -> data -> search -> promotion -> report, on a laptop CPU.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("search_spaces/demo.yaml"), show_default=True)
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Run dir [default: runs/demo].")
+def demo(config_path: Path, run_dir: Path | None) -> None:
     from mergesearch.zoo.build import build_zoo
     from mergesearch.zoo.evaluate import evaluate_zoo, format_zoo_scores
 
-    path = build_zoo(_recipe(False), zoo_dir, log=_progress)
-    click.echo(format_zoo_scores(evaluate_zoo(path, log=_progress)))
+    path = build_zoo(_recipe(False), log=_progress)
+    _progress("demo: the zoo's experts on held-out items (what the merge should keep):")
+    click.echo(format_zoo_scores(evaluate_zoo(path, max_items=200, log=_progress)))
+    _search_and_promote(config_path, run_dir, True, True)
 
 
 def _progress(message: str) -> None:

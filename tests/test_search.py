@@ -1,0 +1,104 @@
+"""The search on Ray Tune, in-process: every searcher, failed trials, promotion, the exported recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mergesearch.config import SearchConfig, load_config
+from mergesearch.search.ledger import PENALTY, genes_of, read_trials
+from mergesearch.search.searchers import SEARCHERS
+
+
+def config_for(toy_dataset: Path, **changes) -> SearchConfig:
+    config = load_config("search_spaces/demo.yaml").model_dump(mode="json")
+    config["data"] = {"path": str(toy_dataset), "max_alignment_prompts": 12, "max_task_prompts": 12}
+    config["search"] = {"name": "cma", "num_trials": 4, "seed": 0, "warm_starts": ["uniform"]}
+    config["promotion"] = {"top_k": 1}
+    for key, value in changes.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return SearchConfig.model_validate(config)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="mergesearch", log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("searcher", sorted(SEARCHERS))
+def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, local_ray, tmp_path) -> None:
+    from mergesearch.search.tuner import run_search
+
+    config = config_for(toy_dataset, search={"name": searcher})
+    run_search(config, tmp_path / "run", log=lambda _: None)
+    rows = read_trials(tmp_path / "run")
+    assert len({r["trial_id"] for r in rows}) == len(rows) == 4
+    assert all(r["status"] == "ok" and 0 <= r["fitness"] <= 1 and 0 <= r["safety"] <= 1 for r in rows)
+    assert len({json.dumps(genes_of(r), sort_keys=True) for r in rows}) == 4  # four different genomes
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["search"]["name"] == searcher
+    if searcher != "grid":  # the grid's points are its own; the others start from the uniform merge
+        uniform = {f"w.{e}.g0": 1 / 3 for e in ("aligned", "math", "facts")}
+        assert any(all(math.isclose(genes_of(r)[k], v, abs_tol=1e-6) for k, v in uniform.items()) for r in rows)
+
+
+def test_a_failing_merge_is_a_recorded_penalty_and_the_search_finishes(toy_dataset, local_ray, tmp_path) -> None:
+    """DELLA refuses densities that epsilon pushes outside (0, 1): a realistic merge failure."""
+    from mergesearch.search.tuner import run_search
+
+    config = config_for(toy_dataset, merge={"method": "della", "density": {"low": 0.02, "high": 0.98}},
+                        search={"name": "random", "num_trials": 8, "warm_starts": []})
+    run_search(config, tmp_path / "run", log=lambda _: None)
+    rows = read_trials(tmp_path / "run")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 8 and failed and len(failed) < 8
+    assert all(r["fitness"] == PENALTY and "epsilon" in r["error"] for r in failed)
+
+
+def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, local_ray, tmp_path) -> None:
+    from mergesearch.backends.hf import HFBackend
+    from mergesearch.judges.base import make_judge
+    from mergesearch.merge.export import run_mergekit_yaml
+    from mergesearch.objectives.data import EvalData
+    from mergesearch.objectives.evaluate import score_model
+    from mergesearch.report import write_report
+    from mergesearch.search.promote import LEADERBOARD, promote
+    from mergesearch.search.tuner import run_search
+
+    config = config_for(toy_dataset, search={"num_trials": 5})
+    run = run_search(config, tmp_path / "run", log=lambda _: None)
+    board = promote(run, log=lambda _: None)
+    write_report(run)
+    for name in ("trials.parquet", "report.md", "pareto.png", "best/recipe.yaml", "best/model/model.safetensors", f"promotion/{LEADERBOARD}", "tune"):
+        assert (run / name).exists(), name
+    best = max(read_trials(run), key=lambda r: r["fitness"])
+    assert board[0]["trial_id"] == best["trial_id"] and "mergesearch_heldout_choice/acc" in board[0]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+    rebuilt = run_mergekit_yaml(yaml.safe_load((run / "best" / "recipe.yaml").read_text()), tmp_path / "mergekit")
+    backend = HFBackend.from_pretrained(rebuilt, device="cpu")
+    heldout = EvalData.from_dataset(toy_dataset, "heldout")
+    scores = score_model(backend, heldout, make_judge(config.judge), config.fitness, config.backend.max_new_tokens)
+    assert scores.fitness == pytest.approx(board[0]["heldout_fitness"], abs=1e-9)
+    assert scores.objectives["safety"] == board[0]["heldout_safety"]
+
+
+def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refused(toy_dataset, local_ray, tmp_path) -> None:
+    from mergesearch.errors import UserError
+    from mergesearch.search.tuner import run_search
+
+    config = config_for(toy_dataset, search={"num_trials": 2})
+    run_search(config, tmp_path / "run", log=lambda _: None)
+    before = read_trials(tmp_path / "run")
+    messages: list[str] = []
+    run_search(config, tmp_path / "run", log=messages.append)
+    assert read_trials(tmp_path / "run") == before and "nothing to run" in messages[-1]
+    with pytest.raises(UserError, match="different config"):
+        run_search(config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run", log=lambda _: None)
