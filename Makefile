@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/zoo_mergeability.py --out benchmarks/results/zoo_mergeability.json
 	$(BIN)/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 	$(BIN)/python benchmarks/answer_throughput.py --out benchmarks/results/answer_throughput.json
+	$(BIN)/python benchmarks/search_efficiency.py --out benchmarks/results/search_efficiency.json
 
 ## Evaluation throughput with the hf and vllm backends side by side (in the vLLM environment).
 bench-vllm: $(STAMP) $(VLLM_STAMP)

@@ -15,14 +15,17 @@ SMOLLM2 = "smollm2"
 def resolve_model(ref: str, field: str = "model", log: Callable[[str], None] = print) -> Path:
     """The folder a config's model reference names; ``field`` names it in the one-line error."""
     if ref.startswith(ZOO_PREFIX):
-        from mergesearch.zoo.build import MEMBERS, build_zoo
+        from mergesearch.zoo.build import MEMBERS, build_zoo, default_zoo_dir, is_built
         from mergesearch.zoo.recipe import ZooRecipe
 
         member = ref[len(ZOO_PREFIX) :]
         known = [m.name for m in MEMBERS]
         if member not in known:
             raise UserError(f"{field}: unknown zoo model {member!r} (known: {', '.join(known)})")
-        return build_zoo(ZooRecipe(), log=log) / member
+        recipe = ZooRecipe()
+        if is_built(default_zoo_dir(recipe), recipe):
+            return default_zoo_dir(recipe) / member
+        return build_zoo(recipe, log=log) / member
     if ref == SMOLLM2:
         from mergesearch.zoo.build import default_cache_root
         from mergesearch.zoo.smollm2 import import_smollm2

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_line_error, run
 
 from mergesearch.config import load_config
 from mergesearch.data.importers import import_prompts
 from mergesearch.data.schema import read_rows
 from mergesearch.data.spec import DataSpec
 from mergesearch.errors import ConfigError, UserError
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mergesearch.cli", *args], capture_output=True, text=True)
-
-
-def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_text_jsonl_and_csv_imports_give_the_same_prompts(tmp_path) -> None:

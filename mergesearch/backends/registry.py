@@ -6,17 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mergesearch.config import BackendConfig
+from mergesearch.registry import Registry
 
 BackendFactory = Callable[[Path, BackendConfig, str], object]
-BACKENDS: dict[str, BackendFactory] = {}
-
-
-def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    def add(factory: BackendFactory) -> BackendFactory:
-        BACKENDS[name] = factory
-        return factory
-
-    return add
+BACKENDS: Registry[BackendFactory] = Registry("backend")
+register_backend = BACKENDS.register
 
 
 @register_backend("hf")
@@ -34,4 +28,4 @@ def _vllm(path: Path, config: BackendConfig, name: str):  # noqa: ANN202
 
 
 def make_backend(path: Path, config: BackendConfig, name: str = "model"):  # noqa: ANN201
-    return BACKENDS[config.kind](path, config, name)
+    return BACKENDS.get(config.kind)(path, config, name)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from mergesearch.data.schema import Row
 from mergesearch.data.spec import DataSpec, TaskSpec
 from mergesearch.errors import UserError
+from mergesearch.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -80,21 +81,14 @@ class Generator(Protocol):
 
 
 GeneratorFactory = Callable[[DataSpec, Callable[[str], None]], Generator]
-GENERATORS: dict[str, GeneratorFactory] = {}
-
-
-def register_generator(name: str) -> Callable[[GeneratorFactory], GeneratorFactory]:
-    def add(factory: GeneratorFactory) -> GeneratorFactory:
-        GENERATORS[name] = factory
-        return factory
-
-    return add
+GENERATORS: Registry[GeneratorFactory] = Registry("generator")
+register_generator = GENERATORS.register
 
 
 def make_generator(spec: DataSpec, log: Callable[[str], None] = print) -> Generator:
     if spec.generator.kind == "llm":
         import mergesearch.data.llm_generator  # noqa: F401 - registers itself
-    return GENERATORS[spec.generator.kind](spec, log)
+    return GENERATORS.get(spec.generator.kind)(spec, log)
 
 
 def provenance(**fields: Any) -> str:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mergesearch.config import JudgeConfig
+from mergesearch.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -18,20 +19,13 @@ class Assessment:
 
 
 JudgeFactory = Callable[[JudgeConfig, str, Callable[[str], None]], object]
-JUDGES: dict[str, JudgeFactory] = {}
-
-
-def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
-    def add(factory: JudgeFactory) -> JudgeFactory:
-        JUDGES[name] = factory
-        return factory
-
-    return add
+JUDGES: Registry[JudgeFactory] = Registry("judge")
+register_judge = JUDGES.register
 
 
 def make_judge(config: JudgeConfig, device: str = "cpu", log: Callable[[str], None] = print):  # noqa: ANN201 - a judge
     import mergesearch.judges.llama_guard  # noqa: F401 - registers
     import mergesearch.judges.refusal  # noqa: F401 - registers
 
-    return JUDGES[config.kind](config, device, log)
+    return JUDGES.get(config.kind)(config, device, log)
 

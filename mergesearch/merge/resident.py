@@ -50,7 +50,8 @@ def read_tensors(folder: Path, dtype: torch.dtype, device: torch.device) -> dict
     return tensors
 
 
-def _config(folder: Path) -> dict:
+def model_config(folder: Path) -> dict:
+    """A model folder's config.json; a folder without one is named in the error."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
@@ -64,9 +65,9 @@ def _tokenizer_vocab(folder: Path) -> dict | None:
 
 def check_compatible(base: Path, experts: Mapping[str, Path]) -> None:
     """Experts must share the base's architecture, shapes, vocabulary size and tokenizer."""
-    base_config, base_vocab = _config(base), _tokenizer_vocab(base)
+    base_config, base_vocab = model_config(base), _tokenizer_vocab(base)
     for name, folder in experts.items():
-        config = _config(folder)
+        config = model_config(folder)
         for key in ("architectures", "hidden_size", "num_hidden_layers", "vocab_size"):
             if config.get(key) != base_config.get(key):
                 raise UserError(f"expert {name!r} ({folder}): {key} is {config.get(key)!r}, the base has {base_config.get(key)!r}")
@@ -106,7 +107,7 @@ class ResidentMerger:
         self.expert_names = tuple(experts)
         base, expert_dirs = Path(base), {n: Path(p) for n, p in experts.items()}
         check_compatible(base, expert_dirs)
-        self.num_layers = _config(base).get("num_hidden_layers")
+        self.num_layers = model_config(base).get("num_hidden_layers")
         self.estimate_bytes = self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
         limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(self.device)
         log(f"resident merger: base + {len(expert_dirs)} task vectors need about {self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)")

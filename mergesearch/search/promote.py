@@ -91,7 +91,7 @@ def promote(run_dir: Path, top_k: int | None = None, log: Callable[[str], None] 
         raise UserError(f"{run_dir}: no successful trial to promote")
     log(f"promote: {len(chosen)} candidate(s): {', '.join(r['trial_id'] for r in chosen)}")
     if not ray.is_initialized():
-        ray.init(namespace=NAMESPACE, include_dashboard=False, configure_logging=False)
+        ray.init(namespace=NAMESPACE, include_dashboard=False, configure_logging=False, log_to_driver=False)
     remote = ray.remote(num_cpus=config.promotion.cpus, num_gpus=config.promotion.gpus)(evaluate_candidate)
     refs = [remote.remote(config, genes_of(r), run_dir / PROMOTION_DIR / r["trial_id"], config.search.seed) for r in chosen]
     board = []
@@ -111,7 +111,7 @@ def publish_best(config: SearchConfig, run_dir: Path, winner: dict[str, Any]) ->
     """``best/model`` (the winner's folder) and ``best/recipe.yaml`` (mergekit's config for it)."""
     from mergesearch.merge.export import NOT_IN_MERGEKIT, recipe_to_mergekit
     from mergesearch.merge.genome import space_from_config
-    from mergesearch.merge.resident import _config as model_config
+    from mergesearch.merge.resident import model_config
     from mergesearch.model_paths import resolve_model
 
     base = resolve_model(config.models.base, "models.base")

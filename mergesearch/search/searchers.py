@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mergesearch.errors import UserError
+from mergesearch.registry import Registry
 
 Bounds = Mapping[str, tuple[float, float]]
 MULTI_OBJECTIVE = ("safety", "task_accuracy")
@@ -31,22 +33,13 @@ class SearchProblem:
 
 
 SearcherFactory = Callable[[SearchProblem], object]
-SEARCHERS: dict[str, SearcherFactory] = {}
+SEARCHERS: Registry[SearcherFactory] = Registry("searcher")
+register_searcher = SEARCHERS.register
 MULTI_OBJECTIVE_SEARCHERS = {"nsga2"}
 
 
-def register_searcher(name: str) -> Callable[[SearcherFactory], SearcherFactory]:
-    def add(factory: SearcherFactory) -> SearcherFactory:
-        SEARCHERS[name] = factory
-        return factory
-
-    return add
-
-
 def make_searcher(name: str, problem: SearchProblem):  # noqa: ANN201 - a ray.tune Searcher
-    if name not in SEARCHERS:
-        raise UserError(f"unknown searcher {name!r}; known: {', '.join(sorted(SEARCHERS))}")
-    return SEARCHERS[name](problem)
+    return SEARCHERS.get(name)(problem)
 
 
 # ------------------------------------------------------------------------------------ nevergrad
@@ -56,6 +49,9 @@ def _nevergrad(optimizer_name: str) -> SearcherFactory:
         import numpy as np
         from ray.tune.search.nevergrad import NevergradSearch
 
+        # Warm starts are injected into CMA's population, which `cma` reports as "orphanated" when they
+        # arrive one `ask` at a time (asynchronous trials): expected here, so not shown.
+        warnings.filterwarnings("ignore", message=".*orphanated injected solution.*")
         space = ng.p.Dict(**{name: ng.p.Scalar(lower=low, upper=high) for name, (low, high) in problem.bounds.items()})
         space.random_state = np.random.RandomState(problem.seed)
         optimizer = getattr(ng.optimizers, optimizer_name)

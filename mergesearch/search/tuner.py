@@ -135,9 +135,10 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), namespace=NAMESPACE, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # Actor output stays in the Ray logs (dashboard, `ray logs`); the driver prints one line per trial.
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, configure_logging=False)
     base = resolve_model(config.models.base, "models.base", log)
-    from mergesearch.merge.resident import _config as model_config
+    from mergesearch.merge.resident import model_config
 
     num_layers = model_config(base).get("num_hidden_layers")
     space = space_from_config(config.merge, [e.name for e in config.models.experts], num_layers)
@@ -175,7 +176,7 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=tune.search.ConcurrencyLimiter(searcher, max_concurrent=2 * concurrency),
-                    num_samples=num_trials, max_concurrent_trials=2 * concurrency, time_budget_s=config.search.time_budget_s, reuse_actors=True,
+                    num_samples=num_trials, time_budget_s=config.search.time_budget_s, reuse_actors=True,
                     **({} if multi else {"metric": "fitness", "mode": "max"}),
                 ),
                 run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), callbacks=[ledger], verbose=0,
