@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 
 TRIALS_FILE = "trials.parquet"
@@ -43,6 +44,13 @@ class TrialLedger(Callback):
         self._writer = None
         self._gauge = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles callbacks into its experiment state: keep the settings, not the open writer."""
+        return {"run_dir": self.run_dir, "total": self.total, "gene_names": self.gene_names}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
     def setup(self, **info: Any) -> None:
         self._rows = {r["trial_id"]: r for r in read_trials(Path(self.run_dir))}
 
@@ -66,8 +74,10 @@ class TrialLedger(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self._rows is None:
             self.setup()
-        if trial.trial_id in self._rows or "fitness" not in result:
+        if trial.trial_id in self._rows or "fitness" not in result or self.full:
             return
+        if result.get("genes_json") in {r["genes_json"] for r in self._rows.values()}:
+            return  # a replay of a ledgered trial that Tune lost with the driver (see Router.finished_result)
         row = {"trial_id": trial.trial_id, "index": len(self._rows), "finished_at": time.time(),
                **{k: float(trial.config[k]) for k in self.gene_names}, **{k: result.get(k) for k in RESULT_KEYS}}
         self._rows[trial.trial_id] = row
@@ -87,6 +97,13 @@ class TrialLedger(Callback):
         shown = " ".join(f"{k}={row[k]:.3f}" for k in ("safety", "task_accuracy", "over_refusal") if isinstance(row.get(k), float))
         print(f"[trial {len(rows)}/{self.total}] fitness={row['fitness']:.4f} {shown} best={best:.4f} ({row['evaluator_s']:.1f}s){status}", flush=True)
 
+    @property
+    def full(self) -> bool:
+        """The trial budget is spent (by the ledger's count, which survives a killed driver)."""
+        if self._rows is None:
+            self.setup()
+        return len(self._rows) >= self.total
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -100,3 +117,17 @@ def finished_results(run_dir: Path) -> dict[str, dict[str, Any]]:
 def genes_of(row: dict[str, Any]) -> dict[str, float]:
     return json.loads(row["genes_json"])
 
+
+
+class BudgetStopper(Stopper):
+    """Ends the experiment once the ledger holds the budget: after a driver crash Tune may have lost a
+    finished trial from its own count; the ledger did not. (Reads only the Parquet footer.)"""
+
+    def __init__(self, run_dir: str, total: int) -> None:
+        self.path, self.total = Path(run_dir) / TRIALS_FILE, total
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.path.is_file() and pq.read_metadata(self.path).num_rows >= self.total

@@ -27,7 +27,7 @@ import yaml
 from mergesearch.config import SearchConfig, load_config
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
-from mergesearch.search.ledger import PENALTY, TrialLedger, finished_results, read_trials
+from mergesearch.search.ledger import PENALTY, BudgetStopper, TrialLedger, finished_results, read_trials
 from mergesearch.search.searchers import MULTI_OBJECTIVE_SEARCHERS, SearchProblem, check_searcher, grid_size, make_searcher
 
 NAMESPACE = "mergesearch"
@@ -43,6 +43,7 @@ class Router:
         for handle in evaluators:
             self.free.put_nowait(handle)
         self.finished = finished
+        self.finished_genomes = {result["genes_json"]: result for result in finished.values()}
         self.busy_s = 0.0
 
     async def acquire(self) -> Any:
@@ -52,8 +53,10 @@ class Router:
         self.busy_s += busy_s
         self.free.put_nowait(handle)
 
-    async def finished_result(self, trial_id: str) -> dict | None:
-        return self.finished.get(trial_id)
+    async def finished_result(self, trial_id: str, genes_json: str) -> dict | None:
+        """A ledgered result for this trial, or for the same genome (a trial that finished after Tune's last
+        state save is proposed again, under a new id, by the restored searcher)."""
+        return self.finished.get(trial_id) or self.finished_genomes.get(genes_json)
 
     async def total_busy_s(self) -> float:
         return self.busy_s
@@ -79,11 +82,11 @@ def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callab
 
         router = ray.get_actor(router_name, namespace=NAMESPACE)
         trial_id = tune.get_context().get_trial_id()
-        done = ray.get(router.finished_result.remote(trial_id))
+        genes = {k: float(config[k]) for k in gene_names}
+        done = ray.get(router.finished_result.remote(trial_id, json.dumps(genes)))
         if done is not None:  # finished before a driver crash; Tune did not record it
             tune.report({**done, "evaluator_s": done.get("evaluator_s") or 0.0})
             return
-        genes = {k: float(config[k]) for k in gene_names}
         evaluator = ray.get(router.acquire.remote())
         started = time.perf_counter()
         try:
@@ -179,7 +182,7 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
                     num_samples=num_trials, time_budget_s=config.search.time_budget_s, reuse_actors=True,
                     **({} if multi else {"metric": "fitness", "mode": "max"}),
                 ),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), callbacks=[ledger], verbose=0,
+                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), callbacks=[ledger], stop=BudgetStopper(str(run_dir), num_trials), verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=2)),
             )
         tuner.fit()
