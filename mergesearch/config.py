@@ -159,6 +159,7 @@ class PromotionConfig(Frozen):
     top_k: int = Field(default=3, ge=0)
     tasks: list[str] = []  # lm-eval task names (mmlu_*, arc_challenge, ...); the held-out split's questions always run
     batch_size: int = Field(default=16, ge=1)
+    backend: Literal["hf", "vllm"] = "hf"  # what runs lm-eval on the promoted models
     cpus: float = Field(default=1.0, gt=0)
     gpus: Unit = 0.0
 

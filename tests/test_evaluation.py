@@ -16,7 +16,7 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
-from mergesearch.objectives.lm_eval_tasks import run_lm_eval, write_choice_task
+from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, write_choice_task
 from mergesearch.objectives.task import choice_accuracy
 
 EXPERTS = ("aligned", "math", "facts")
@@ -45,7 +45,7 @@ def test_task_accuracy_equals_lm_evals_acc_on_the_same_merged_model(merged_backe
     ours = choice_accuracy(merged_backend, items)
     assert 0.1 < ours["acc"] < 0.95  # a real test: neither all right nor all wrong
     task = write_choice_task(items, merged_backend.render, tmp_path, "mergesearch_facts")
-    theirs = run_lm_eval(merged_backend.model, merged_backend.tokenizer, [task], include_path=tmp_path)[task]
+    theirs = run_lm_eval(hf_lm(merged_backend.model, merged_backend.tokenizer), [task], include_path=tmp_path)[task]
     assert theirs["acc"] == pytest.approx(ours["acc"], abs=1e-12)
     assert theirs["acc_norm"] == pytest.approx(ours["acc_norm"], abs=1e-12)
 

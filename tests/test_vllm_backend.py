@@ -78,3 +78,22 @@ def test_scores_agree_with_the_transformers_backend(engine, pool, zoo_dir) -> No
     for (ours, greedy_ours), (theirs, greedy_theirs) in zip(engine.loglikelihood(requests), hf.loglikelihood(requests)):
         assert ours == pytest.approx(theirs, abs=1e-3) and greedy_ours == greedy_theirs
     assert engine.generate(PROMPTS) == hf.generate(PROMPTS)
+
+
+def test_lm_eval_through_the_resident_vllm_engine_gives_our_task_accuracy(engine, pool, zoo_dir, tmp_path) -> None:
+    """Promotion with `promotion.backend: vllm`: lm-eval's simple_evaluate drives our vLLM backend."""
+    pytest.importorskip("lm_eval")
+    from mergesearch.objectives.lm_eval_tasks import backend_lm, run_lm_eval, write_choice_task
+    from mergesearch.objectives.task import ChoiceItem, choice_accuracy
+
+    space = GenomeSpace("task_arithmetic", EXPERTS, pool.num_layers)
+    recipe = space.decode({"w.aligned.g0": 0.5, "w.math.g0": 0.5, "w.facts.g0": 0.5})
+    engine.merge_from(pool, recipe)
+    names = ("zorba", "quilter", "bramlo", "fennix", "tovter", "marvo")
+    items = [ChoiceItem(f"which pet does {n} own ?", ("cat .", "dog .", "horse .", "goat ."), i % 4) for i, n in enumerate(names)]
+    task = write_choice_task(items, engine.render, tmp_path, "vllm_pets")
+    theirs = run_lm_eval(backend_lm(engine), [task], tmp_path)[task]
+    hf = HFBackend.from_pretrained(zoo_dir / "base", device="cpu")
+    hf.merge_from(ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None), recipe)
+    ours = choice_accuracy(hf, items)
+    assert theirs["acc"] == pytest.approx(ours["acc"]) and theirs["acc_norm"] == pytest.approx(ours["acc_norm"])

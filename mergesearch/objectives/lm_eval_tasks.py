@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mergesearch.errors import UserError
 from mergesearch.objectives.task import ChoiceItem
 
 
@@ -42,13 +43,43 @@ def write_choice_task(items: Sequence[ChoiceItem], render: Callable[[str], str],
     return name
 
 
-def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], include_path: Path | None = None, batch_size: int = 16, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """lm-eval's ``simple_evaluate`` on an in-memory model; per task, its metrics (``acc``, ``acc_norm``, ...)."""
-    from lm_eval import simple_evaluate
+def hf_lm(model: Any, tokenizer: Any, batch_size: int = 16, device: str = "cpu") -> Any:
+    """lm-eval's own transformers model around an in-memory model."""
     from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+
+
+def backend_lm(backend: Any) -> Any:
+    """lm-eval's model interface over one of our resident backends (how promotion runs lm-eval on vLLM:
+    the CPU build of vLLM is not found by lm-eval's own ``vllm`` model, and a resident engine is reused)."""
+    from lm_eval.api.model import LM
+
+    class BackendLM(LM):
+        def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
+            return backend.loglikelihood([tuple(r.args) for r in requests])
+
+        def generate_until(self, requests: list) -> list[str]:
+            replies = []
+            for request in requests:
+                context, settings = request.args
+                text = backend.generate([context], max_new_tokens=settings.get("max_gen_toks", 256), raw=True)[0]
+                for stop in settings.get("until", []) or []:
+                    text = text.split(stop)[0]
+                replies.append(text)
+            return replies
+
+        def loglikelihood_rolling(self, requests: list) -> list[float]:
+            raise UserError("promotion: perplexity-style lm-eval tasks need `promotion.backend: hf`")
+
+    return BackendLM()
+
+
+def run_lm_eval(lm: Any, tasks: Sequence[str], include_path: Path | None = None) -> dict[str, dict[str, float]]:
+    """lm-eval's ``simple_evaluate`` with ``lm`` (``hf_lm`` or ``backend_lm``); per task, its metrics."""
+    from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     manager = TaskManager(include_path=str(include_path) if include_path else None)
     results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, log_samples=False, bootstrap_iters=0, verbosity="ERROR")
     return {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.endswith("_stderr,none")}

@@ -54,7 +54,7 @@ def evaluate_candidate(config: SearchConfig, genes: dict[str, float], out: Path,
     from mergesearch.model_paths import resolve_model
     from mergesearch.objectives.data import EvalData
     from mergesearch.objectives.evaluate import score_model
-    from mergesearch.objectives.lm_eval_tasks import run_lm_eval, write_choice_task
+    from mergesearch.objectives.lm_eval_tasks import backend_lm, hf_lm, run_lm_eval, write_choice_task
 
     base = resolve_model(config.models.base, "models.base")
     experts = {e.name: resolve_model(e.path, f"models.experts.{e.name}") for e in config.models.experts}
@@ -70,8 +70,15 @@ def evaluate_candidate(config: SearchConfig, genes: dict[str, float], out: Path,
     tasks = list(config.promotion.tasks)
     if heldout.choice_items:
         tasks.append(write_choice_task(heldout.choice_items, backend.render, tasks_dir, "mergesearch_heldout_choice"))
-    lm_eval = run_lm_eval(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), tasks, tasks_dir,
-                          batch_size=config.promotion.batch_size, device=str(backend.device)) if tasks else {}
+    lm_eval = {}
+    if tasks:
+        if config.promotion.backend == "vllm":
+            from mergesearch.backends.vllm import VLLMBackend
+
+            lm = backend_lm(VLLMBackend.from_pretrained(model_dir, config.backend, name="promotion"))
+        else:
+            lm = hf_lm(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), config.promotion.batch_size, str(backend.device))
+        lm_eval = run_lm_eval(lm, tasks, tasks_dir)
     result = {"genes": genes, "heldout": {"objectives": scores.objectives, "fitness": scores.fitness, "counts": scores.counts}, "lm_eval": lm_eval}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
