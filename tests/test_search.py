@@ -102,3 +102,33 @@ def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refuse
     assert read_trials(tmp_path / "run") == before and "nothing to run" in messages[-1]
     with pytest.raises(UserError, match="different config"):
         run_search(config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run", log=lambda _: None)
+
+
+def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(toy_dataset, local_ray, tmp_path) -> None:
+    import threading
+    import time
+
+    import ray
+
+    from mergesearch.search.tuner import NAMESPACE, run_search
+
+    config = config_for(toy_dataset, search={"num_trials": 6}, data={"max_alignment_prompts": 40, "max_task_prompts": 40})
+    killed: list[str] = []
+
+    def kill_once() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(read_trials(tmp_path / "run") if (tmp_path / "run" / "trials.parquet").is_file() else []) < 2:
+            time.sleep(0.05)
+        for name in ray.util.list_named_actors(all_namespaces=True):
+            if name["name"].startswith("evaluator-") and name["namespace"] == NAMESPACE:
+                ray.kill(ray.get_actor(name["name"], namespace=NAMESPACE), no_restart=False)
+                killed.append(name["name"])
+
+    killer = threading.Thread(target=kill_once)
+    killer.start()
+    run_search(config, tmp_path / "run", log=lambda _: None)
+    killer.join()
+    rows = read_trials(tmp_path / "run")
+    assert killed and len(rows) == 6
+    assert all(r["status"] == "ok" for r in rows)  # the interrupted evaluation ran again on the restarted actor
+    assert sum(r["load_s"] > 0 for r in rows) == 2  # loaded at start and once more after the restart

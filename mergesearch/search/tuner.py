@@ -161,8 +161,9 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
     log(f"search: {config.search.name} over {len(gene_names)} genes ({', '.join(gene_names[:6])}{' ...' if len(gene_names) > 6 else ''}), "
         f"{num_trials} trials, {concurrency} evaluator(s); run dir {run_dir}")
     judge = judge_actor(config).remote(config) if config.judge.kind == "llama_guard" else None
-    evaluators = [evaluator_actor(config).remote(config, judge) for _ in range(concurrency)]
-    router_name = f"router-{run_dir.name}-{os.getpid()}"
+    tag = f"{run_dir.name}-{os.getpid()}"
+    evaluators = [evaluator_actor(config).options(name=f"evaluator-{tag}-{i}", namespace=NAMESPACE).remote(config, judge) for i in range(concurrency)]
+    router_name = f"router-{tag}"
     router = ray.remote(num_cpus=0)(Router).options(name=router_name, namespace=NAMESPACE).remote(evaluators, finished_results(run_dir))
     trainable = tune.with_resources(make_trainable(router_name, gene_names, config.search.seed), {"cpu": 0.001})
     ledger = TrialLedger(str(run_dir), num_trials, gene_names)
