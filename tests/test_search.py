@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,6 @@ def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refuse
 
 def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(toy_dataset, local_ray, tmp_path) -> None:
     import threading
-    import time
 
     import ray
 
@@ -132,3 +132,14 @@ def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(toy_d
     assert killed and len(rows) == 6
     assert all(r["status"] == "ok" for r in rows)  # the interrupted evaluation ran again on the restarted actor
     assert sum(r["load_s"] > 0 for r in rows) == 2  # loaded at start and once more after the restart
+
+
+def test_a_time_budget_ends_the_search_early(toy_dataset, local_ray, tmp_path) -> None:
+    from mergesearch.search.tuner import run_search
+
+    config = config_for(toy_dataset, search={"num_trials": 200, "time_budget_s": 8})
+    started = time.perf_counter()
+    run_search(config, tmp_path / "run", log=lambda _: None)
+    rows = read_trials(tmp_path / "run")
+    assert 1 <= len(rows) < 200 and all(r["status"] == "ok" for r in rows)
+    assert time.perf_counter() - started < 90
