@@ -61,8 +61,8 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float) -> list[int]:
             buckets.setdefault((band, signature[band * rows : (band + 1) * rows].tobytes()), []).append(i)
     checked: set[tuple[int, int]] = set()
     for members in buckets.values():
-        for j in members[1:]:
-            for i in members[: members.index(j)]:
+        for position, j in enumerate(members):
+            for i in members[:position]:
                 if (i, j) in checked:
                     continue
                 checked.add((i, j))

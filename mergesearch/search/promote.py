@@ -44,8 +44,6 @@ def candidates(config: SearchConfig, rows: list[dict[str, Any]], top_k: int) -> 
 
 def evaluate_candidate(config: SearchConfig, genes: dict[str, float], out: Path, seed: int = 0) -> dict[str, Any]:
     """Materialise one genome into ``out/model``; lm-eval and held-out safety results into ``out``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from mergesearch.backends.hf import HFBackend
     from mergesearch.judges.base import make_judge
     from mergesearch.merge.export import materialize
@@ -77,7 +75,7 @@ def evaluate_candidate(config: SearchConfig, genes: dict[str, float], out: Path,
 
             lm = backend_lm(VLLMBackend.from_pretrained(model_dir, config.backend, name="promotion"))
         else:
-            lm = hf_lm(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), config.promotion.batch_size, str(backend.device))
+            lm = hf_lm(backend.model, backend.tokenizer, config.promotion.batch_size, str(backend.device))
         lm_eval = run_lm_eval(lm, tasks, tasks_dir)
     result = {"genes": genes, "heldout": {"objectives": scores.objectives, "fitness": scores.fitness, "counts": scores.counts}, "lm_eval": lm_eval}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
