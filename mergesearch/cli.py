@@ -201,10 +201,11 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
     from mergesearch.report import summary_table, write_report
     from mergesearch.search.pipeline import prepare_config, run_baselines
     from mergesearch.search.promote import promote as promote_run
-    from mergesearch.search.tuner import run_search
+    from mergesearch.search.tuner import check_models, run_search
 
     config = load_config(config_path)
     run_dir = Path(run_dir or Path("runs") / config.name)
+    check_models(config, log=_progress)
     config = prepare_config(config, config_path, run_dir, log=_progress)
     run_search(config, run_dir, log=_progress)
     if baseline:

@@ -116,6 +116,17 @@ def warm_starts(config: SearchConfig, space) -> list[dict[str, float]]:  # noqa:
     return [{k: min(max(v, bounds[k][0]), bounds[k][1]) for k, v in p.items()} for p in points]
 
 
+def check_models(config: SearchConfig, log: Callable[[str], None] = print) -> Path:
+    """Every model of the config resolved and checked against the base before a run dir or an actor
+    exists: a wrong path or a mismatched expert is one line, not a search of failed trials."""
+    from mergesearch.merge.resident import check_compatible
+    from mergesearch.model_paths import resolve_model
+
+    base = resolve_model(config.models.base, "models.base", log)
+    check_compatible(base, {e.name: resolve_model(e.path, f"models.experts.{e.name}", log) for e in config.models.experts})
+    return base
+
+
 def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] = print, ray_address: str | None = None) -> Path:
     """Run (or resume) the search of ``config`` in ``run_dir``; returns the run dir."""
     import ray
@@ -125,6 +136,7 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
     from mergesearch.merge.genome import space_from_config
     from mergesearch.model_paths import resolve_model
 
+    base = check_models(config, log)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / CONFIG_FILE
@@ -140,7 +152,6 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
     if not ray.is_initialized():
         # Actor output stays in the Ray logs (dashboard, `ray logs`); the driver prints one line per trial.
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    base = resolve_model(config.models.base, "models.base", log)
     from mergesearch.merge.resident import model_config
 
     num_layers = model_config(base).get("num_hidden_layers")
