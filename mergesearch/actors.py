@@ -19,7 +19,7 @@ from typing import Any
 
 from mergesearch.config import SearchConfig
 from mergesearch.errors import UserError
-from mergesearch.model_paths import resolve_model
+from mergesearch.model_paths import resolve_pool
 
 NAMESPACE = "mergesearch"
 
@@ -83,8 +83,7 @@ class Evaluator:
         self.config = config
         if not config.data.path:
             raise UserError(f"{config.name}: data.path is not set (a dataset from `mergesearch data generate`)")
-        base = resolve_model(config.models.base, "models.base", log)
-        experts = {e.name: resolve_model(e.path, f"models.experts.{e.name}", log) for e in config.models.experts}
+        base, experts = resolve_pool(config.models, log)
         self.data = EvalData.from_dataset(config.data.path, config.data.split, config.data.max_alignment_prompts, config.data.max_task_prompts)
         self.data.require([k for k, w in config.fitness.weights.items() if w])
         self.backend = make_backend(base, config.backend, name="candidate")

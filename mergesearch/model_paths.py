@@ -35,3 +35,9 @@ def resolve_model(ref: str, field: str = "model", log: Callable[[str], None] = p
     if not (path / "config.json").is_file():
         raise UserError(f"{field}: {ref} is not a Hugging Face model folder (no config.json)")
     return path
+
+
+def resolve_pool(models, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Path]]:  # noqa: ANN001 - a ModelsConfig
+    """The base folder and every expert's folder of a search config's ``models`` section."""
+    base = resolve_model(models.base, "models.base", log)
+    return base, {e.name: resolve_model(e.path, f"models.experts.{e.name}", log) for e in models.experts}

@@ -49,13 +49,12 @@ def evaluate_candidate(config: SearchConfig, genes: dict[str, float], out: Path,
     from mergesearch.merge.export import materialize
     from mergesearch.merge.genome import space_from_config
     from mergesearch.merge.resident import ResidentMerger
-    from mergesearch.model_paths import resolve_model
+    from mergesearch.model_paths import resolve_pool
     from mergesearch.objectives.data import EvalData
     from mergesearch.objectives.evaluate import score_model
     from mergesearch.objectives.lm_eval_tasks import backend_lm, hf_lm, run_lm_eval, write_choice_task
 
-    base = resolve_model(config.models.base, "models.base")
-    experts = {e.name: resolve_model(e.path, f"models.experts.{e.name}") for e in config.models.experts}
+    base, experts = resolve_pool(config.models)
     merger = ResidentMerger(base, experts, dtype=config.models.dtype, log=lambda _: None)
     space = space_from_config(config.merge, list(experts), merger.num_layers)
     recipe = space.decode(genes)
@@ -117,10 +116,9 @@ def publish_best(config: SearchConfig, run_dir: Path, winner: dict[str, Any]) ->
     from mergesearch.merge.export import NOT_IN_MERGEKIT, recipe_to_mergekit
     from mergesearch.merge.genome import space_from_config
     from mergesearch.merge.resident import model_config
-    from mergesearch.model_paths import resolve_model
+    from mergesearch.model_paths import resolve_pool
 
-    base = resolve_model(config.models.base, "models.base")
-    experts = {e.name: resolve_model(e.path, f"models.experts.{e.name}") for e in config.models.experts}
+    base, experts = resolve_pool(config.models)
     space = space_from_config(config.merge, list(experts), model_config(base).get("num_hidden_layers"))
     recipe = space.decode(winner["genes"])
     with atomic_dir(run_dir / "best") as tmp:

@@ -120,10 +120,10 @@ def check_models(config: SearchConfig, log: Callable[[str], None] = print) -> Pa
     """Every model of the config resolved and checked against the base before a run dir or an actor
     exists: a wrong path or a mismatched expert is one line, not a search of failed trials."""
     from mergesearch.merge.resident import check_compatible
-    from mergesearch.model_paths import resolve_model
+    from mergesearch.model_paths import resolve_pool
 
-    base = resolve_model(config.models.base, "models.base", log)
-    check_compatible(base, {e.name: resolve_model(e.path, f"models.experts.{e.name}", log) for e in config.models.experts})
+    base, experts = resolve_pool(config.models, log)
+    check_compatible(base, experts)
     return base
 
 
@@ -134,7 +134,6 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
 
     from mergesearch.actors import evaluator_actor, judge_actor
     from mergesearch.merge.genome import space_from_config
-    from mergesearch.model_paths import resolve_model
 
     base = check_models(config, log)
     run_dir = Path(run_dir).resolve()
