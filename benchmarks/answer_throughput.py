@@ -45,7 +45,11 @@ def measure(model: Path, prompts: list[str], batch_size: int, max_new_tokens: in
             replies[label] = backend.generate(prompts)
             runs.append(time.perf_counter() - started)
         timings[label] = statistics.median(runs)
-        print(f"{model.name}: {label} {len(prompts) / timings[label]:.1f} prompts/s", file=sys.stderr, flush=True)
+        print(
+            f"{model.name}: {label} {len(prompts) / timings[label]:.1f} prompts/s",
+            file=sys.stderr,
+            flush=True,
+        )
     agree = sum(a == b for a, b in zip(replies["batched"], replies["one_by_one"])) / len(prompts)
     return {
         "prompts": len(prompts),
@@ -61,7 +65,9 @@ def measure(model: Path, prompts: list[str], batch_size: int, max_new_tokens: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", default="zoo:aligned,smollm2")
     parser.add_argument("--prompts", type=int, default=128, help="prompts per model")

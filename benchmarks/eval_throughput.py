@@ -58,13 +58,25 @@ def make(kind: str, base: Path, batch_size: int, max_new_tokens: int):  # noqa: 
     if kind == "hf":
         from mergesearch.backends.hf import HFBackend
 
-        return HFBackend.from_pretrained(base, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens, name=kind)
+        return HFBackend.from_pretrained(
+            base, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens, name=kind
+        )
     from mergesearch.backends.vllm import VLLMBackend
 
-    return VLLMBackend.from_pretrained(base, BackendConfig(kind="vllm", max_new_tokens=max_new_tokens), name=kind)
+    return VLLMBackend.from_pretrained(
+        base, BackendConfig(kind="vllm", max_new_tokens=max_new_tokens), name=kind
+    )
 
 
-def bench(kind: str, base: Path, experts: dict[str, Path], data: EvalData, genomes: int, batch_size: int, max_new_tokens: int) -> dict:
+def bench(
+    kind: str,
+    base: Path,
+    experts: dict[str, Path],
+    data: EvalData,
+    genomes: int,
+    batch_size: int,
+    max_new_tokens: int,
+) -> dict:
     started = time.perf_counter()
     backend = make(kind, base, batch_size, max_new_tokens)
     merger = backend.resident_merger(base, experts, "float32")
@@ -80,7 +92,11 @@ def bench(kind: str, base: Path, experts: dict[str, Path], data: EvalData, genom
         merge_s = time.perf_counter() - t
         scores = score_model(backend, data, judge, FITNESS, max_new_tokens)
         runs.append({"merge": merge_s, **scores.timings, "fitness": scores.fitness})
-        print(f"{base.name} {kind}: {json.dumps({k: round(v, 3) for k, v in runs[-1].items()})}", file=sys.stderr, flush=True)
+        print(
+            f"{base.name} {kind}: {json.dumps({k: round(v, 3) for k, v in runs[-1].items()})}",
+            file=sys.stderr,
+            flush=True,
+        )
     steady = runs[1:]
     phases = ("merge", "generate", "judge", "score")
     result = {
@@ -100,46 +116,79 @@ def bench(kind: str, base: Path, experts: dict[str, Path], data: EvalData, genom
         single = backend.generate(prompts)
         single_s = time.perf_counter() - t
         backend.batch_size = batch_size
-        result["generation"] = {"prompts": len(prompts), "batched_s": round(batched_s, 3), "one_by_one_s": round(single_s, 3),
-                                "speedup": round(single_s / batched_s, 2), "same_replies": batched == single}
+        result["generation"] = {
+            "prompts": len(prompts),
+            "batched_s": round(batched_s, 3),
+            "one_by_one_s": round(single_s, 3),
+            "speedup": round(single_s / batched_s, 2),
+            "same_replies": batched == single,
+        }
     del backend
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", default="toy,smollm2")
     parser.add_argument("--backends", default="hf,vllm")
     parser.add_argument("--genomes", type=int, default=3, help="timed genomes after the warm-up one")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--prompts", type=int, default=64, help="harmful prompts and task items per kind (benign: half)")
+    parser.add_argument(
+        "--prompts", type=int, default=64, help="harmful prompts and task items per kind (benign: half)"
+    )
     args = parser.parse_args()
     offline_and_quiet()
     torch.set_num_threads(os.cpu_count() or 1)
     zoo = build_zoo(ZooRecipe(), log=lambda m: print(m, file=sys.stderr))
     full = EvalData.from_dataset(dataset(zoo), "search")
-    data = EvalData(full.harmful[: args.prompts], full.benign[: args.prompts // 2], full.choice_items[: args.prompts], full.short_items[: args.prompts], (), full.source)
-    backends = [b for b in args.backends.split(",") if b == "hf" or importlib.util.find_spec("vllm") is not None]
+    data = EvalData(
+        full.harmful[: args.prompts],
+        full.benign[: args.prompts // 2],
+        full.choice_items[: args.prompts],
+        full.short_items[: args.prompts],
+        (),
+        full.source,
+    )
+    backends = [
+        b for b in args.backends.split(",") if b == "hf" or importlib.util.find_spec("vllm") is not None
+    ]
     skipped = sorted(set(args.backends.split(",")) - set(backends))
     pools = {}
     for label in args.models.split(","):
         base, experts = (zoo / "base", {e: zoo / e for e in EXPERTS}) if label == "toy" else smollm2_pool()
-        pools[label] = {kind: bench(kind, base, experts, data, args.genomes, args.batch_size, args.max_new_tokens) for kind in backends}
+        pools[label] = {
+            kind: bench(kind, base, experts, data, args.genomes, args.batch_size, args.max_new_tokens)
+            for kind in backends
+        }
         if {"hf", "vllm"} <= set(pools[label]):
-            pools[label]["vllm_speedup_over_hf"] = round(pools[label]["hf"]["per_genome_s"]["total"] / pools[label]["vllm"]["per_genome_s"]["total"], 2)
+            pools[label]["vllm_speedup_over_hf"] = round(
+                pools[label]["hf"]["per_genome_s"]["total"] / pools[label]["vllm"]["per_genome_s"]["total"], 2
+            )
     import transformers
 
     result = {
         "benchmark": "eval_throughput",
         "device": "cpu",
-        "data": {"harmful": len(data.harmful), "benign": len(data.benign), "choice_items": len(data.choice_items), "short_items": len(data.short_items)},
+        "data": {
+            "harmful": len(data.harmful),
+            "benign": len(data.benign),
+            "choice_items": len(data.choice_items),
+            "short_items": len(data.short_items),
+        },
         "pools": pools,
         "backends_not_installed": skipped,
         "target": {"hf_batched_generation_speedup": 4.0},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "transformers": transformers.__version__,
-                    "vllm": __import__("vllm").__version__ if "vllm" in backends else None},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vllm": __import__("vllm").__version__ if "vllm" in backends else None,
+        },
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -90,7 +90,9 @@ def copy_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
 
 def smollm2_pool(n_experts: int = 2, seed: int = 0) -> tuple[Path, dict[str, Path]]:
     root = default_cache_root() / "bench" / f"smollm2_pool_{n_experts}_{seed}"
-    base = import_smollm2(default_cache_root() / "SmolLM2-135M-Instruct", log=lambda m: print(m, file=sys.stderr))
+    base = import_smollm2(
+        default_cache_root() / "SmolLM2-135M-Instruct", log=lambda m: print(m, file=sys.stderr)
+    )
     experts = {f"e{i}": root / f"e{i}" for i in range(n_experts)}
     generator = torch.Generator().manual_seed(seed)
     weights = None
@@ -98,7 +100,9 @@ def smollm2_pool(n_experts: int = 2, seed: int = 0) -> tuple[Path, dict[str, Pat
         if (folder / "model.safetensors").is_file():
             continue
         weights = weights or load_file(str(base / "model.safetensors"))
-        noisy = {k: v + 0.02 * v.std() * torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+        noisy = {
+            k: v + 0.02 * v.std() * torch.randn(v.shape, generator=generator) for k, v in weights.items()
+        }
         with atomic_dir(folder) as tmp:
             save_file(noisy, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
@@ -109,7 +113,9 @@ def smollm2_pool(n_experts: int = 2, seed: int = 0) -> tuple[Path, dict[str, Pat
 
 def random_genomes(space: GenomeSpace, count: int, seed: int) -> list[dict[str, float]]:
     rng = random.Random(seed)
-    return [{name: rng.uniform(*bounds) for name, bounds in space.gene_bounds().items()} for _ in range(count)]
+    return [
+        {name: rng.uniform(*bounds) for name, bounds in space.gene_bounds().items()} for _ in range(count)
+    ]
 
 
 def mergekit_run_merge(config: dict, out: Path) -> float:
@@ -145,14 +151,18 @@ def mergekit_in_memory(config: dict, model: torch.nn.Module) -> float:
     name_of = {id(task): weight.name for weight, task in planner._tensors}
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for task, value in Executor([task for _, task in planner._tensors], math_device="cpu", storage_device="cpu").run(quiet=True):
+        for task, value in Executor(
+            [task for _, task in planner._tensors], math_device="cpu", storage_device="cpu"
+        ).run(quiet=True):
             name = name_of.get(id(task))
             if name in params:
                 params[name].copy_(value)
     return time.perf_counter() - started
 
 
-def bench_pool(label: str, base: Path, experts: dict[str, Path], methods: list[str], genomes: int, mergekit_genomes: int) -> dict:
+def bench_pool(
+    label: str, base: Path, experts: dict[str, Path], methods: list[str], genomes: int, mergekit_genomes: int
+) -> dict:
     started = time.perf_counter()
     merger = ResidentMerger(base, experts, log=lambda m: print(m, file=sys.stderr), sort_magnitudes=True)
     load_seconds = time.perf_counter() - started
@@ -160,10 +170,17 @@ def bench_pool(label: str, base: Path, experts: dict[str, Path], methods: list[s
     model_bytes = sum(t.numel() * t.element_size() for t in merger.base.values())
     rss_after_load = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     num_layers = model.config.num_hidden_layers
-    result: dict = {"model_mib": round(model_bytes / 2**20, 1), "experts": len(experts), "load_seconds": round(load_seconds, 2),
-                    "rss_after_load_mib": round(rss_after_load, 1), "methods": {}}
+    result: dict = {
+        "model_mib": round(model_bytes / 2**20, 1),
+        "experts": len(experts),
+        "load_seconds": round(load_seconds, 2),
+        "rss_after_load_mib": round(rss_after_load, 1),
+        "methods": {},
+    }
     for method in methods:
-        space = GenomeSpace(method, list(experts), num_layers, "global", bounds={"weight": (0.2, 1.0), "density": (0.3, 0.9)})
+        space = GenomeSpace(
+            method, list(experts), num_layers, "global", bounds={"weight": (0.2, 1.0), "density": (0.3, 0.9)}
+        )
         recipes = [space.decode(g) for g in random_genomes(space, genomes + 1, seed=len(method))]
         started = time.perf_counter()
         with RssGrowth() as first_merge:  # the first merge of a method: kernel compilation, TSV-M's SVDs
@@ -174,17 +191,26 @@ def bench_pool(label: str, base: Path, experts: dict[str, Path], methods: list[s
             merger.merge_into(model, recipe, seed=0)
         resident = (time.perf_counter() - started) / genomes
         print(f"{label} {method}: resident {resident * 1000:.1f} ms/genome", file=sys.stderr, flush=True)
-        entry: dict = {"resident_ms": round(resident * 1000, 2), "resident_first_merge_ms": round(first_merge_s * 1000, 1),
-                       "rss_growth_mib": {"resident_first_merge": first_merge.growth_mib}}
+        entry: dict = {
+            "resident_ms": round(resident * 1000, 2),
+            "resident_first_merge_ms": round(first_merge_s * 1000, 1),
+            "rss_growth_mib": {"resident_first_merge": first_merge.growth_mib},
+        }
         result["methods"][method] = entry
         if method in NOT_IN_MERGEKIT:  # nothing to compare with
             continue
         configs = [recipe_to_mergekit(r, base, experts) for r in recipes[1 : 1 + mergekit_genomes]]
         with tempfile.TemporaryDirectory() as tmp, RssGrowth() as run_merge_rss:
-            run_merge_s = sum(mergekit_run_merge(c, Path(tmp) / f"m{i}") for i, c in enumerate(configs)) / len(configs)
+            run_merge_s = sum(
+                mergekit_run_merge(c, Path(tmp) / f"m{i}") for i, c in enumerate(configs)
+            ) / len(configs)
         with RssGrowth() as in_memory_rss:
             in_memory_s = sum(mergekit_in_memory(c, model) for c in configs) / len(configs)
-        print(f"{label} {method}: run_merge {run_merge_s:.2f} s, in-memory {in_memory_s:.2f} s", file=sys.stderr, flush=True)
+        print(
+            f"{label} {method}: run_merge {run_merge_s:.2f} s, in-memory {in_memory_s:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         entry.update(
             run_merge_ms=round(run_merge_s * 1000, 1),
             in_memory_ms=round(in_memory_s * 1000, 1),
@@ -198,12 +224,18 @@ def bench_pool(label: str, base: Path, experts: dict[str, Path], methods: list[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", default="toy,smollm2")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--genomes", type=int, default=5, help="timed genomes per method for the resident engine")
-    parser.add_argument("--mergekit-genomes", type=int, default=2, help="timed genomes per method for mergekit")
+    parser.add_argument(
+        "--genomes", type=int, default=5, help="timed genomes per method for the resident engine"
+    )
+    parser.add_argument(
+        "--mergekit-genomes", type=int, default=2, help="timed genomes per method for mergekit"
+    )
     args = parser.parse_args()
     offline_and_quiet()
     torch.set_num_threads(os.cpu_count() or 1)

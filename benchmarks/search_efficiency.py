@@ -43,7 +43,9 @@ def steady_idle_share(rows: list[dict], evaluators: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--searchers", default="cma,random,tpe")
     parser.add_argument("--seeds", type=int, default=3)
@@ -53,36 +55,69 @@ def main() -> None:
     offline_and_quiet()
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="mergesearch", log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        namespace="mergesearch",
+        log_to_driver=False,
+        configure_logging=False,
+    )
     base = load_config(CONFIG)
     base = prepare_config(base, CONFIG, args.work / "shared", log=lambda m: print(m, file=sys.stderr))
     runs: dict[str, list[dict]] = {}
     for name in args.searchers.split(","):
         for seed in range(args.seeds):
-            config = base.model_copy(update={"search": base.search.model_copy(update={"name": name, "seed": seed, "num_trials": args.trials})})
+            config = base.model_copy(
+                update={
+                    "search": base.search.model_copy(
+                        update={"name": name, "seed": seed, "num_trials": args.trials}
+                    )
+                }
+            )
             run_dir = args.work / f"{name}_seed{seed}"
             started = time.perf_counter()
             run_search(config, run_dir, log=lambda m: None)
             wall = time.perf_counter() - started
             rows = sorted(read_trials(run_dir), key=lambda r: r["index"])
             efficiency = json.loads((run_dir / "efficiency.json").read_text())[-1]
-            runs.setdefault(name, []).append({"seed": seed, "fitness": [r["fitness"] for r in rows], "wall_s": wall, **efficiency,
-                                              "steady_idle_share": steady_idle_share(rows, efficiency["evaluators"])})
-            print(f"{name} seed {seed}: best {max(r['fitness'] for r in rows):.4f} in {wall:.0f}s, idle {efficiency['idle_share']:.2%}", file=sys.stderr, flush=True)
+            runs.setdefault(name, []).append(
+                {
+                    "seed": seed,
+                    "fitness": [r["fitness"] for r in rows],
+                    "wall_s": wall,
+                    **efficiency,
+                    "steady_idle_share": steady_idle_share(rows, efficiency["evaluators"]),
+                }
+            )
+            print(
+                f"{name} seed {seed}: best {max(r['fitness'] for r in rows):.4f} in {wall:.0f}s, idle {efficiency['idle_share']:.2%}",
+                file=sys.stderr,
+                flush=True,
+            )
     everything = [f for rs in runs.values() for r in rs for f in r["fitness"]]
     target = float(np.percentile(everything, 95))
     searchers = {}
     for name, rs in runs.items():
-        reach = [next((i + 1 for i, f in enumerate(np.maximum.accumulate(r["fitness"])) if f >= target), args.trials + 1) for r in rs]
+        reach = [
+            next(
+                (i + 1 for i, f in enumerate(np.maximum.accumulate(r["fitness"])) if f >= target),
+                args.trials + 1,
+            )
+            for r in rs
+        ]
         searchers[name] = {
             "best_fitness_mean": round(statistics.mean(max(r["fitness"]) for r in rs), 4),
             "best_fitness_per_seed": [round(max(r["fitness"]), 4) for r in rs],
             "trials_to_target_mean": round(statistics.mean(reach), 2),
             "trials_to_target_per_seed": reach,
-            "genomes_per_hour_per_evaluator": round(statistics.mean(args.trials / (r["wall_s"] / 3600) / r["evaluators"] for r in rs), 1),
+            "genomes_per_hour_per_evaluator": round(
+                statistics.mean(args.trials / (r["wall_s"] / 3600) / r["evaluators"] for r in rs), 1
+            ),
             "idle_share_mean": round(statistics.mean(r["idle_share"] for r in rs), 4),
             "steady_idle_share_mean": round(statistics.mean(r["steady_idle_share"] for r in rs), 4),
-            "evaluator_busy_s_per_trial": round(statistics.mean(r["evaluator_busy_s"] / args.trials for r in rs), 3),
+            "evaluator_busy_s_per_trial": round(
+                statistics.mean(r["evaluator_busy_s"] / args.trials for r in rs), 3
+            ),
         }
     result = {
         "benchmark": "search_efficiency",
@@ -91,7 +126,8 @@ def main() -> None:
         "seeds": args.seeds,
         "target_fitness": round(target, 4),
         "searchers": searchers,
-        "cma_beats_random": searchers.get("cma", {}).get("best_fitness_mean", 0) > searchers.get("random", {}).get("best_fitness_mean", 1),
+        "cma_beats_random": searchers.get("cma", {}).get("best_fitness_mean", 0)
+        > searchers.get("random", {}).get("best_fitness_mean", 1),
         "targets": {"idle_share": 0.10},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }

@@ -28,11 +28,17 @@ TARGET_SECONDS = 15 * 60
 
 
 def file_hashes(zoo: Path) -> dict[str, str]:
-    return {str(p.relative_to(zoo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(zoo.rglob("*")) if p.is_file() and p.name != "zoo.json"}
+    return {
+        str(p.relative_to(zoo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(zoo.rglob("*"))
+        if p.is_file() and p.name != "zoo.json"
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     parser.add_argument("--smoke", action="store_true", help="the few-step smoke recipe (plumbing only)")
     parser.add_argument("--twice", action="store_true", help="build twice and compare file hashes")
@@ -54,7 +60,11 @@ def main() -> None:
             "zoo_size_mib": round(sum(p.stat().st_size for p in zoo.rglob("*") if p.is_file()) / 2**20, 2),
             "target_seconds": TARGET_SECONDS,
             "meets_target": wall <= TARGET_SECONDS,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+            },
         }
         if args.twice:
             started = time.monotonic()

@@ -36,7 +36,9 @@ from mergesearch.zoo.skills import SkillSets
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     parser.add_argument("--zoo", type=Path, default=None, help="zoo folder [default: the cached default zoo]")
     args = parser.parse_args()
@@ -52,7 +54,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         equal_weight = {
-            "task_arithmetic": mergekit_merge_and_score(zoo, "task_arithmetic", equal, Path(tmp) / "ta", full_sets),
+            "task_arithmetic": mergekit_merge_and_score(
+                zoo, "task_arithmetic", equal, Path(tmp) / "ta", full_sets
+            ),
             "ties": mergekit_merge_and_score(zoo, "ties", equal, Path(tmp) / "ties", full_sets, density=0.5),
         }
         started = time.monotonic()
@@ -62,7 +66,9 @@ def main() -> None:
         for row in rows:
             row["margin"] = targets.margin(row["skills"], experts)
         best = max(rows, key=lambda r: r["margin"])
-        confirmed = mergekit_merge_and_score(zoo, "task_arithmetic", best["weights"], Path(tmp) / "best", full_sets)
+        confirmed = mergekit_merge_and_score(
+            zoo, "task_arithmetic", best["weights"], Path(tmp) / "best", full_sets
+        )
 
     aligned_refusal = experts["aligned"]["refusal"]
     result = {
@@ -71,7 +77,9 @@ def main() -> None:
         "experts": experts,
         "task_vector_ratio": zoo_scores["task_vector_ratio"],
         "equal_weight_mergekit": equal_weight,
-        "equal_weight_refusal_drop_points": {m: round(100 * (aligned_refusal - s["refusal"]), 1) for m, s in equal_weight.items()},
+        "equal_weight_refusal_drop_points": {
+            m: round(100 * (aligned_refusal - s["refusal"]), 1) for m, s in equal_weight.items()
+        },
         "scan": {
             "merges": len(rows),
             "grid": list(SCAN_GRID),
@@ -90,7 +98,13 @@ def main() -> None:
         },
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "scan"} | {"scan": {k: v for k, v in result["scan"].items() if k != "rows"}}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k != "scan"}
+            | {"scan": {k: v for k, v in result["scan"].items() if k != "rows"}},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

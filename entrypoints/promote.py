@@ -1,6 +1,6 @@
 """Promote a finished search's best trials as a Ray job (lm-eval + held-out safety, leaderboard, best/):
 
-    ray job submit --working-dir . -- python entrypoints/promote.py /shared/runs/demo --top 3
+ray job submit --working-dir . -- python entrypoints/promote.py /shared/runs/demo --top 3
 """
 
 from __future__ import annotations

@@ -82,15 +82,26 @@ class Evaluator:
         started = time.perf_counter()
         self.config = config
         if not config.data.path:
-            raise UserError(f"{config.name}: data.path is not set (a dataset from `mergesearch data generate`)")
+            raise UserError(
+                f"{config.name}: data.path is not set (a dataset from `mergesearch data generate`)"
+            )
         base, experts = resolve_pool(config.models, log)
-        self.data = EvalData.from_dataset(config.data.path, config.data.split, config.data.max_alignment_prompts, config.data.max_task_prompts)
+        self.data = EvalData.from_dataset(
+            config.data.path,
+            config.data.split,
+            config.data.max_alignment_prompts,
+            config.data.max_task_prompts,
+        )
         self.data.require([k for k, w in config.fitness.weights.items() if w])
         self.backend = make_backend(base, config.backend, name="candidate")
-        self.merger = self.backend.resident_merger(base, experts, config.models.dtype, get_method(config.merge.method).uses_magnitude_order)
+        self.merger = self.backend.resident_merger(
+            base, experts, config.models.dtype, get_method(config.merge.method).uses_magnitude_order
+        )
         self.space = space_from_config(config.merge, list(experts), self.merger.num_layers)
         device = str(resolve_device(config.backend.device))
-        self.judge = RemoteJudge(judge_handle) if judge_handle is not None else make_judge(config.judge, device, log)
+        self.judge = (
+            RemoteJudge(judge_handle) if judge_handle is not None else make_judge(config.judge, device, log)
+        )
         self.load_seconds = time.perf_counter() - started
         self._first = True
 
@@ -102,11 +113,22 @@ class Evaluator:
             recipe = self.space.decode(dict(genome))
             self.backend.merge_from(self.merger, recipe, seed)
             merge_seconds = time.perf_counter() - started
-            scores = score_model(self.backend, self.data, self.judge, self.config.fitness, self.config.backend.max_new_tokens)
-        timings = {"load": self.load_seconds if self._first else 0.0, "merge": merge_seconds, **scores.timings}
+            scores = score_model(
+                self.backend, self.data, self.judge, self.config.fitness, self.config.backend.max_new_tokens
+            )
+        timings = {
+            "load": self.load_seconds if self._first else 0.0,
+            "merge": merge_seconds,
+            **scores.timings,
+        }
         self._first = False
-        return {"objectives": scores.objectives, "fitness": scores.fitness, "counts": scores.counts,
-                "timings": {k: round(v, 4) for k, v in timings.items()}, "files_opened": len(opened)}
+        return {
+            "objectives": scores.objectives,
+            "fitness": scores.fitness,
+            "counts": scores.counts,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "files_opened": len(opened),
+        }
 
 
 class Judge:
@@ -116,7 +138,9 @@ class Judge:
         from mergesearch.backends.hf import resolve_device
         from mergesearch.judges.base import make_judge
 
-        self.judge = make_judge(config.judge, str(resolve_device(device)), lambda message: print(message, flush=True))
+        self.judge = make_judge(
+            config.judge, str(resolve_device(device)), lambda message: print(message, flush=True)
+        )
 
     def assess(self, pairs):  # noqa: ANN001, ANN201
         return self.judge.assess(pairs)
@@ -126,13 +150,20 @@ def evaluator_actor(config: SearchConfig):  # noqa: ANN201
     """The Ray actor class for evaluators, with the config's CPU and (fractional) GPU share."""
     import ray
 
-    return ray.remote(num_cpus=config.resources.cpus_per_evaluator, num_gpus=config.resources.gpus_per_evaluator, max_restarts=2, max_task_retries=1)(Evaluator)
+    return ray.remote(
+        num_cpus=config.resources.cpus_per_evaluator,
+        num_gpus=config.resources.gpus_per_evaluator,
+        max_restarts=2,
+        max_task_retries=1,
+    )(Evaluator)
 
 
 def judge_actor(config: SearchConfig):  # noqa: ANN201
     import ray
 
-    return ray.remote(num_cpus=1, num_gpus=config.resources.gpus_per_judge, max_restarts=2, max_task_retries=1)(Judge)
+    return ray.remote(
+        num_cpus=1, num_gpus=config.resources.gpus_per_judge, max_restarts=2, max_task_retries=1
+    )(Judge)
 
 
 class EvaluatorPool:

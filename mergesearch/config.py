@@ -157,7 +157,9 @@ class PromotionConfig(Frozen):
     """The best candidates get a full evaluation: lm-eval tasks and the held-out safety evaluation."""
 
     top_k: int = Field(default=3, ge=0)
-    tasks: list[str] = []  # lm-eval task names (mmlu_*, arc_challenge, ...); the held-out split's questions always run
+    tasks: list[
+        str
+    ] = []  # lm-eval task names (mmlu_*, arc_challenge, ...); the held-out split's questions always run
     batch_size: int = Field(default=16, ge=1)
     backend: Literal["hf", "vllm"] = "hf"  # what runs lm-eval on the promoted models
     cpus: float = Field(default=1.0, gt=0)
@@ -213,7 +215,9 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
     elif first["type"] == "missing":
         msg = "required key is missing"
     got = first.get("input")
-    shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    shown = (
+        "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    )
     more = len(err.errors()) - 1
     tail = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
     return f"{loc}: {msg}{shown}{tail}".replace("\n", " ")

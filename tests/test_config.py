@@ -38,8 +38,14 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
     [
         ("search: {num_trails: 5}\n", "search.num_trails: unknown key (did you mean 'num_trials'?)"),
         ("resources: {num_evaluators: many}\n", "resources.num_evaluators: Input should be a valid integer"),
-        ("search: {num_trials: 0}\n", "search.num_trials: Input should be greater than or equal to 1 (got 0)"),
-        ("resources: {gpus_per_evaluator: 1.5}\n", "resources.gpus_per_evaluator: Input should be less than or equal to 1"),
+        (
+            "search: {num_trials: 0}\n",
+            "search.num_trials: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "resources: {gpus_per_evaluator: 1.5}\n",
+            "resources.gpus_per_evaluator: Input should be less than or equal to 1",
+        ),
         ("merge: {weight: {low: 1, high: 0}}\n", "merge.weight: low (1.0) must be below high (0.0)"),
         ("merge: {method: frankenmerge}\n", "merge.method: Input should be 'linear'"),
         ("fitness: {weights: {vibes: 1}}\n", "fitness.weights: unknown objective(s) vibes"),
@@ -72,7 +78,11 @@ def test_missing_file_and_broken_yaml_are_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("extra", ["bogus_key: 1\n", "search: {num_trials: -1}\n", "search: {seed: abc}\n"])
 def test_cli_prints_one_error_line_without_traceback_and_exits_nonzero(tmp_path: Path, extra: str) -> None:
     path = write(tmp_path, VALID + extra)
-    done = subprocess.run([sys.executable, "-m", "mergesearch.cli", "config", "check", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mergesearch.cli", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

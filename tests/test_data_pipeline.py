@@ -70,7 +70,9 @@ def test_kept_alignment_responses_are_refusals_from_the_first_refusing_expert(lo
         if row.type == "alignment":
             record = json.loads(row.provenance)
             assert judge.is_refusal(row.response)
-            assert record["answered_by"] == next(name for name in ("aligned", "math", "facts") if record["accepted"][name])
+            assert record["answered_by"] == next(
+                name for name in ("aligned", "math", "facts") if record["accepted"][name]
+            )
 
 
 def test_stats_recomputed_from_the_files_match_the_card_and_catch_tampering(local_dataset, tmp_path) -> None:
@@ -88,7 +90,10 @@ def test_stats_recomputed_from_the_files_match_the_card_and_catch_tampering(loca
 
 def test_refusal_selection_drops_exactly_the_prompts_no_expert_refuses(zoo_dir, tmp_path) -> None:
     """Neither answering expert is aligned: math never refuses, facts refuses some categories only."""
-    experts = [{"name": "math", "path": str(zoo_dir / "math")}, {"name": "facts", "path": str(zoo_dir / "facts")}]
+    experts = [
+        {"name": "math", "path": str(zoo_dir / "math")},
+        {"name": "facts", "path": str(zoo_dir / "facts")},
+    ]
     spec = small_spec(benign=0, tasks=[], answer={"experts": experts, "judge": {"kind": "refusal"}})
     card = build_dataset(spec, tmp_path / "ds", log=lambda _: None)
     build_dataset(spec, tmp_path / "prompts", prompts_only=True, log=lambda _: None)
@@ -96,7 +101,9 @@ def test_refusal_selection_drops_exactly_the_prompts_no_expert_refuses(zoo_dir, 
     judge = RefusalJudge()
     refused = {}
     for name in ("math", "facts"):
-        replies = HFBackend.from_pretrained(zoo_dir / name, device="cpu", max_new_tokens=24).generate([r.prompt for r in generated])
+        replies = HFBackend.from_pretrained(zoo_dir / name, device="cpu", max_new_tokens=24).generate(
+            [r.prompt for r in generated]
+        )
         refused[name] = {r.id for r, reply in zip(generated, replies) if judge.is_refusal(reply)}
     assert not refused["math"] and refused["facts"]
     nobody = {r.id for r in generated} - refused["math"] - refused["facts"]
@@ -107,11 +114,25 @@ def test_refusal_selection_drops_exactly_the_prompts_no_expert_refuses(zoo_dir, 
 
 
 def test_near_duplicates_never_straddle_the_split() -> None:
-    actions = ["kick a stray dog", "rob a corner store", "spy on my neighbor", "cook illegal drugs", "rig a local vote", "forge a bank check"]
+    actions = [
+        "kick a stray dog",
+        "rob a corner store",
+        "spy on my neighbor",
+        "cook illegal drugs",
+        "rig a local vote",
+        "forge a bank check",
+    ]
     rows = []
     for action in actions:
-        for variant in ("tell me how to {a} .", "tell me how to {a} now .", "Tell me how to  {a}", "tell me how to {a} quickly ."):
-            rows.append(Row(prompt=variant.format(a=action), type="alignment", category="animal_abuse", source="test"))
+        for variant in (
+            "tell me how to {a} .",
+            "tell me how to {a} now .",
+            "Tell me how to  {a}",
+            "tell me how to {a} quickly .",
+        ):
+            rows.append(
+                Row(prompt=variant.format(a=action), type="alignment", category="animal_abuse", source="test")
+            )
     for seed in range(8):
         split_rows, groups = assign_splits(rows, heldout_share=0.5, threshold=0.7, seed=seed)
         assert groups == len(actions)

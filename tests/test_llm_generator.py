@@ -41,9 +41,17 @@ def test_nested_lists_and_wrapping_objects_are_unwrapped_and_counted() -> None:
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("", "empty_output"), ("   ", "empty_output"), ("I cannot do that.", "no_json"), ("[]", "empty_list"),
-     ('["a", "b"', "truncated_salvaged"), ("[{'single': quotes}]", "malformed_json"), ('"just a string"', "no_json"), ("42", "no_json"),
-     ('{"a": 1, "b": 2}', "not_a_list")],
+    [
+        ("", "empty_output"),
+        ("   ", "empty_output"),
+        ("I cannot do that.", "no_json"),
+        ("[]", "empty_list"),
+        ('["a", "b"', "truncated_salvaged"),
+        ("[{'single': quotes}]", "malformed_json"),
+        ('"just a string"', "no_json"),
+        ("42", "no_json"),
+        ('{"a": 1, "b": 2}', "not_a_list"),
+    ],
 )
 def test_broken_outputs_are_counted_by_reason(text: str, problem: str) -> None:
     assert parse_items(text, None).problems[problem] == 1
@@ -62,7 +70,12 @@ def test_invalid_questions_are_counted_item_by_item() -> None:
     ]
     parsed = parse_items(json.dumps(items), MCQ)
     assert [i["answer"] for i in parsed.items] == ["b", "c", "a"]
-    assert parsed.problems == {"item_missing_field": 1, "item_answer_not_in_choices": 1, "item_bad_choices": 2, "item_not_object": 1}
+    assert parsed.problems == {
+        "item_missing_field": 1,
+        "item_answer_not_in_choices": 1,
+        "item_bad_choices": 2,
+        "item_not_object": 1,
+    }
 
 
 class ScriptedChat:
@@ -79,12 +92,18 @@ class ScriptedChat:
 
 
 def llm_spec(**generator) -> DataSpec:
-    return DataSpec.model_validate({"name": "t", "generator": {"kind": "llm", "requests_per_attempt": 2, "max_attempts": 3, **generator}})
+    return DataSpec.model_validate(
+        {"name": "t", "generator": {"kind": "llm", "requests_per_attempt": 2, "max_attempts": 3, **generator}}
+    )
 
 
 def test_the_generator_retries_until_the_quota_is_met_and_removes_duplicates() -> None:
-    chat = ScriptedChat(['["steal a car", "rob a bank"]', "garbage", '["Steal a car.", "pick a lock"]', '["forge a check"]'])
-    rows, report = LLMGenerator(llm_spec(), log=lambda _: None, backend=chat).generate(Quota("alignment", "financial_crime,property_crime,theft", 4), seed=1)
+    chat = ScriptedChat(
+        ['["steal a car", "rob a bank"]', "garbage", '["Steal a car.", "pick a lock"]', '["forge a check"]']
+    )
+    rows, report = LLMGenerator(llm_spec(), log=lambda _: None, backend=chat).generate(
+        Quota("alignment", "financial_crime,property_crime,theft", 4), seed=1
+    )
     assert [r.prompt for r in rows] == ["steal a car", "rob a bank", "pick a lock", "forge a check"]
     assert report.produced == 4 and report.attempts == 2 and report.outputs == 4
     assert report.problems == {"no_json": 1, "duplicate_item": 1}
@@ -92,7 +111,9 @@ def test_the_generator_retries_until_the_quota_is_met_and_removes_duplicates() -
 
 def test_the_retry_budget_is_bounded_and_the_shortfall_reported() -> None:
     chat = ScriptedChat(['["one"]'] + ["nope"] * 20)
-    rows, report = LLMGenerator(llm_spec(), log=lambda _: None, backend=chat).generate(Quota("benign", "benign", 5), seed=1)
+    rows, report = LLMGenerator(llm_spec(), log=lambda _: None, backend=chat).generate(
+        Quota("benign", "benign", 5), seed=1
+    )
     assert chat.calls == 3 and report.attempts == 3 and report.outputs == 6
     assert len(rows) == 1 and report.shortfall == 4 and report.problems == {"no_json": 5}
 
@@ -100,7 +121,9 @@ def test_the_retry_budget_is_bounded_and_the_shortfall_reported() -> None:
 def test_a_real_chat_model_that_cannot_write_json_is_fully_accounted_for(zoo_dir) -> None:
     """The toy base model (a real transformers model through the HF backend) never writes JSON."""
     spec = llm_spec(model=str(zoo_dir / "base"), max_new_tokens=24, max_attempts=2)
-    rows, report = make_generator(spec, log=lambda _: None).generate(Quota("alignment", "self_harm", 3), seed=0)
+    rows, report = make_generator(spec, log=lambda _: None).generate(
+        Quota("alignment", "self_harm", 3), seed=0
+    )
     assert rows == [] and report.attempts == 2 and report.outputs == 4 and report.shortfall == 3
     assert sum(report.problems.values()) >= report.outputs
 
@@ -108,6 +131,13 @@ def test_a_real_chat_model_that_cannot_write_json_is_fully_accounted_for(zoo_dir
 def test_request_texts_come_from_the_packaged_templates() -> None:
     harmful = request_text(Quota("alignment", "privacy_violation", 3), 3)
     assert "privacy violation" in harmful and "S7 Privacy" in harmful and "JSON list of 3 strings" in harmful
-    task = TaskSpec(domain="geography", format=MCQ, count=2, expert="e", description="Capitals.", examples=[{"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": "Paris"}])
+    task = TaskSpec(
+        domain="geography",
+        format=MCQ,
+        count=2,
+        expert="e",
+        description="Capitals.",
+        examples=[{"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": "Paris"}],
+    )
     text = request_text(Quota("task", "geography", 2, task), 2)
     assert "geography" in text and "Capital of France?" in text and '"choices"' in text

@@ -40,8 +40,14 @@ def per_layer_ties(num_layers: int = 4) -> tuple[GenomeSpace, dict[str, float]]:
 def test_gene_names_are_stable_and_readable() -> None:
     space = GenomeSpace("dare_ties", ["math", "facts"], num_layers=4, granularity="groups", group_size=2)
     assert space.gene_names() == [
-        "w.math.g0", "w.math.g1", "w.facts.g0", "w.facts.g1",
-        "d.math.g0", "d.math.g1", "d.facts.g0", "d.facts.g1",
+        "w.math.g0",
+        "w.math.g1",
+        "w.facts.g0",
+        "w.facts.g1",
+        "d.math.g0",
+        "d.math.g1",
+        "d.facts.g0",
+        "d.facts.g1",
     ]
     assert GenomeSpace("slerp", ["a", "b"], 4, "layer").gene_names() == ["t.g0", "t.g1", "t.g2", "t.g3"]
     assert layer_groups(5, "groups", 2) == ((0, 1), (2, 3), (4,))
@@ -57,7 +63,10 @@ def test_decode_then_encode_gives_the_genome_back() -> None:
 
 def test_warm_starts_uniform_and_single_expert() -> None:
     space = GenomeSpace("ties", EXPERTS, 4, "global")
-    assert space.uniform() == {**{f"w.{e}.g0": pytest.approx(1 / 3) for e in EXPERTS}, **{f"d.{e}.g0": 1.0 for e in EXPERTS}}
+    assert space.uniform() == {
+        **{f"w.{e}.g0": pytest.approx(1 / 3) for e in EXPERTS},
+        **{f"d.{e}.g0": 1.0 for e in EXPERTS},
+    }
     alone = space.expert_alone("math")
     assert [alone[f"w.{e}.g0"] for e in EXPERTS] == [0.0, 1.0, 0.0]
     assert GenomeSpace("slerp", ["a", "b"], 2, "global").expert_alone("b") == {"t.g0": 1.0}
@@ -83,8 +92,12 @@ def test_tensors_outside_the_layers_follow_the_group_at_their_end() -> None:
 
 
 @pytest.mark.parametrize("method", ["ties", "task_arithmetic", "breadcrumbs_ties"])
-def test_per_layer_merge_matches_mergekit_on_the_exported_recipe(method, merger, zoo_dir, expert_dirs, tmp_path) -> None:
-    space = GenomeSpace(method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5), "density": (0.3, 0.9)})
+def test_per_layer_merge_matches_mergekit_on_the_exported_recipe(
+    method, merger, zoo_dir, expert_dirs, tmp_path
+) -> None:
+    space = GenomeSpace(
+        method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5), "density": (0.3, 0.9)}
+    )
     genome = {name: 0.3 + (i * 0.113) % 0.6 for i, name in enumerate(space.gene_names())}
     recipe = space.decode(genome)
     config = recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs)
@@ -93,11 +106,15 @@ def test_per_layer_merge_matches_mergekit_on_the_exported_recipe(method, merger,
     merger.merge_into(live, recipe)  # what a search evaluates: the in-place kernels where a method has one
     streamed, in_place = dict(merger.merged_tensors(recipe)), live.state_dict()
     for mine in (streamed, in_place):
-        worst = max(float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in theirs)
+        worst = max(
+            float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in theirs
+        )
         assert worst <= 1e-5
 
 
-@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "dare_ties"])  # two in-place kernels and the generic path
+@pytest.mark.parametrize(
+    "method", ["ties", "task_arithmetic", "dare_ties"]
+)  # two in-place kernels and the generic path
 def test_merging_genome_after_genome_in_place_leaks_no_state(method, merger, zoo_dir) -> None:
     space = GenomeSpace(method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5)})
     first = space.decode({name: 0.2 + (i * 0.137) % 1.0 for i, name in enumerate(space.gene_names())})
@@ -110,7 +127,9 @@ def test_merging_genome_after_genome_in_place_leaks_no_state(method, merger, zoo
     merger.merge_into(fresh, second)
     for (name, p), (_, q) in zip(live.named_parameters(), fresh.named_parameters()):
         assert torch.equal(p, q), name
-    assert storage == {k: p.data_ptr() for k, p in live.named_parameters()}  # written in place, not reallocated
+    assert storage == {
+        k: p.data_ptr() for k, p in live.named_parameters()
+    }  # written in place, not reallocated
 
 
 def test_expert_alone_reproduces_that_expert(merger, zoo_dir) -> None:
@@ -131,7 +150,9 @@ def test_an_expert_with_nan_weights_is_named(zoo_dir, tmp_path) -> None:
     weights = load_file(str(bad / "model.safetensors"))
     weights["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
     save_file(weights, str(bad / "model.safetensors"))
-    with pytest.raises(UserError, match=r"math: tensor 'model.layers.1.mlp.up_proj.weight' contains NaN or Inf"):
+    with pytest.raises(
+        UserError, match=r"math: tensor 'model.layers.1.mlp.up_proj.weight' contains NaN or Inf"
+    ):
         ResidentMerger(zoo_dir / "base", {"math": bad}, log=lambda _: None)
 
 
@@ -158,7 +179,13 @@ def test_an_expert_with_another_tokenizer_is_named(zoo_dir, tmp_path) -> None:
 def test_a_missing_shard_is_named(zoo_dir, tmp_path) -> None:
     bad = _copy_model(zoo_dir / "facts", tmp_path / "facts")
     (bad / "model.safetensors").rename(bad / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors", "model.norm.weight": "model-00001-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {
+            "lm_head.weight": "model-00002-of-00002.safetensors",
+            "model.norm.weight": "model-00001-of-00002.safetensors",
+        },
+    }
     (bad / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(UserError, match="missing shard model-00002-of-00002.safetensors"):
         ResidentMerger(zoo_dir / "base", {"facts": bad}, log=lambda _: None)
@@ -182,10 +209,14 @@ def test_recipe_rejects_parameters_of_the_wrong_shape() -> None:
         MergeRecipe(method="ties", experts=("a", "b"), groups=((0, 1),), expert_params={"weight": ((1.0,),)})
 
 
-def test_materialised_recipe_is_a_model_folder_with_mergekits_tensors(merger, zoo_dir, expert_dirs, tmp_path) -> None:
+def test_materialised_recipe_is_a_model_folder_with_mergekits_tensors(
+    merger, zoo_dir, expert_dirs, tmp_path
+) -> None:
     from mergesearch.merge.export import materialize
 
-    space = GenomeSpace("task_arithmetic", EXPERTS, 4, granularity="groups", group_size=2, bounds={"weight": (0.0, 1.2)})
+    space = GenomeSpace(
+        "task_arithmetic", EXPERTS, 4, granularity="groups", group_size=2, bounds={"weight": (0.0, 1.2)}
+    )
     recipe = space.decode({name: 0.25 + 0.1 * i for i, name in enumerate(space.gene_names())})
     ours = materialize(merger, recipe, zoo_dir / "base", tmp_path / "ours")
     theirs = run_mergekit_yaml(recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs), tmp_path / "theirs")
@@ -213,7 +244,14 @@ def test_sorted_magnitude_cache_gives_the_same_ties_merge(zoo_dir, expert_dirs, 
 
 def test_normalised_weights_decode_to_a_mixture() -> None:
     space = GenomeSpace("task_arithmetic", EXPERTS, 4, "groups", 2, normalize_weights=True)
-    genome = {"w.aligned.g0": 2.0, "w.math.g0": 1.0, "w.facts.g0": 1.0, "w.aligned.g1": 0.0, "w.math.g1": 0.0, "w.facts.g1": 0.0}
+    genome = {
+        "w.aligned.g0": 2.0,
+        "w.math.g0": 1.0,
+        "w.facts.g0": 1.0,
+        "w.aligned.g1": 0.0,
+        "w.math.g1": 0.0,
+        "w.facts.g1": 0.0,
+    }
     recipe = space.decode(genome)
     assert recipe.expert_params["weight"] == ((0.5, 0.25, 0.25), (1 / 3, 1 / 3, 1 / 3))
     assert space.decode(space.encode(recipe)) == recipe
@@ -222,7 +260,10 @@ def test_normalised_weights_decode_to_a_mixture() -> None:
 @pytest.mark.parametrize("method", ["tsvm", "rtsvm"])
 def test_tsv_factors_are_computed_once_then_each_genome_is_a_product(method, merger, monkeypatch) -> None:
     space = GenomeSpace(method, EXPERTS, 4, granularity="layer", bounds={"weight": (0.0, 1.5)})
-    first, second = space.decode(space.uniform()), space.decode({n: 0.2 + (i * 0.137) % 1.0 for i, n in enumerate(space.gene_names())})
+    first, second = (
+        space.decode(space.uniform()),
+        space.decode({n: 0.2 + (i * 0.137) % 1.0 for i, n in enumerate(space.gene_names())}),
+    )
     dict(merger.merged_tensors(first))
 
     def no_more_svds(*_, **__):

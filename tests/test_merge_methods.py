@@ -30,7 +30,9 @@ def ours(tensors, method: str, experts=EXPERTS, **params) -> dict[str, torch.Ten
 
 def max_relative_difference(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
     assert set(mine) == set(theirs)
-    return max(float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in mine)
+    return max(
+        float((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max().clamp_min(1e-12)) for k in mine
+    )
 
 
 CASES = {
@@ -44,7 +46,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_same_tensors_as_mergekit_for_three_experts(case: str, tensors, zoo_dir: Path, tmp_path: Path) -> None:
+def test_same_tensors_as_mergekit_for_three_experts(
+    case: str, tensors, zoo_dir: Path, tmp_path: Path
+) -> None:
     method = case.removesuffix("_unnormalized")
     per_expert, shared = CASES[case]
     config = mergekit_config(
@@ -76,7 +80,16 @@ def test_unknown_method_lists_the_known_ones() -> None:
     with pytest.raises(UserError) as err:
         get_method("frankenmerge")
     assert "unknown merge method 'frankenmerge'; known:" in str(err.value)
-    for name in ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della", "slerp"):
+    for name in (
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "della",
+        "slerp",
+    ):
         assert name in REGISTRY and name in str(err.value)
 
 
@@ -115,7 +128,9 @@ def test_dare_keeps_the_density_share_and_preserves_the_l1_norm() -> None:
 def test_dare_is_unbiased_over_many_draws() -> None:
     delta = torch.randn(50, 40)
     generator = torch.Generator().manual_seed(1)
-    mean = torch.stack([random_keep(delta, 0.5, rescale=True, generator=generator) for _ in range(400)]).mean(0)
+    mean = torch.stack([random_keep(delta, 0.5, rescale=True, generator=generator) for _ in range(400)]).mean(
+        0
+    )
     # each entry's estimate has standard error |δ|·sqrt((1-p)/p)/sqrt(400) = 0.05·|δ|; allow twice its mean
     assert float((mean - delta).abs().mean()) < 0.08 * float(delta.abs().mean())
 
@@ -123,16 +138,24 @@ def test_dare_is_unbiased_over_many_draws() -> None:
 def test_same_generator_seed_gives_the_same_dare_merge() -> None:
     base, t1, t2 = torch.randn(3, 30, 20).unbind(0)
     method = get_method("dare_ties")
-    first = method(base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(7))
-    again = method(base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(7))
-    other = method(base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(8))
+    first = method(
+        base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(7)
+    )
+    again = method(
+        base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(7)
+    )
+    other = method(
+        base, [t1, t2], weight=[1, 1], density=[0.5, 0.5], generator=torch.Generator().manual_seed(8)
+    )
     torch.testing.assert_close(first, again)
     assert not torch.equal(first, other)
 
 
 def test_della_keeps_large_entries_more_often_than_small_ones() -> None:
     delta = torch.linspace(0.01, 1.0, 1000).repeat(200, 1)
-    kept = della_magprune(delta, density=0.5, epsilon=0.4, rescale=False, generator=torch.Generator().manual_seed(0))
+    kept = della_magprune(
+        delta, density=0.5, epsilon=0.4, rescale=False, generator=torch.Generator().manual_seed(0)
+    )
     kept_share = (kept != 0).float().mean(0)
     assert float(kept_share[:100].mean()) < 0.2 and float(kept_share[-100:].mean()) > 0.8
     assert abs(float((kept != 0).float().mean()) - 0.5) < 0.01
@@ -146,9 +169,16 @@ def test_della_rejects_an_epsilon_that_leaves_the_unit_interval() -> None:
 @pytest.mark.parametrize("weights", [(0.3, 1.2, -0.4), (0.5, -0.5, 0.0)], ids=["mixed", "summing_to_zero"])
 @pytest.mark.parametrize(
     ("method", "shared"),
-    [("task_arithmetic", {}), ("task_arithmetic", {"normalize": True, "lambda": 0.5}), ("linear", {}), ("linear", {"normalize": False})],
+    [
+        ("task_arithmetic", {}),
+        ("task_arithmetic", {"normalize": True, "lambda": 0.5}),
+        ("linear", {}),
+        ("linear", {"normalize": False}),
+    ],
 )
-def test_in_place_kernel_gives_the_same_tensor_as_the_function(method: str, shared: dict, weights: tuple) -> None:
+def test_in_place_kernel_gives_the_same_tensor_as_the_function(
+    method: str, shared: dict, weights: tuple
+) -> None:
     base, t1, t2, t3 = torch.randn(4, 16, 9).unbind(0)
     spec = get_method(method)
     out = torch.empty_like(base)
@@ -158,7 +188,9 @@ def test_in_place_kernel_gives_the_same_tensor_as_the_function(method: str, shar
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("shared", [{}, {"normalize": False, "lambda": 0.7}], ids=["defaults", "unnormalised"])
+@pytest.mark.parametrize(
+    "shared", [{}, {"normalize": False, "lambda": 0.7}], ids=["defaults", "unnormalised"]
+)
 @pytest.mark.parametrize("sorted_cache", [False, True], ids=["selected", "looked_up"])
 def test_fused_ties_kernel_gives_the_same_tensor_as_the_function(shared: dict, sorted_cache: bool) -> None:
     base, t1, t2, t3 = torch.randn(4, 64, 33).unbind(0)
@@ -179,7 +211,10 @@ def test_linear_without_normalize_is_the_weighted_sum_of_the_experts() -> None:
 
 def test_both_entry_points_refuse_unknown_parameters_and_wrong_expert_counts() -> None:
     base, t1 = torch.randn(2, 4, 4).unbind(0)
-    for call in (lambda **kw: get_method("task_arithmetic")(base, [t1], **kw), lambda **kw: get_method("task_arithmetic").merge_into(torch.empty_like(base), base, [t1], **kw)):
+    for call in (
+        lambda **kw: get_method("task_arithmetic")(base, [t1], **kw),
+        lambda **kw: get_method("task_arithmetic").merge_into(torch.empty_like(base), base, [t1], **kw),
+    ):
         with pytest.raises(UserError, match="unknown parameter"):
             call(weight=[1.0], lamda=0.5)
     with pytest.raises(UserError, match="merges exactly 2 experts, got 1"):
@@ -188,7 +223,9 @@ def test_both_entry_points_refuse_unknown_parameters_and_wrong_expert_counts() -
 
 def test_della_handles_single_column_and_scalar_tensors() -> None:
     for shape in ((6, 1), (1,), (7,)):
-        kept = della_magprune(torch.randn(shape), density=0.5, epsilon=0.1, generator=torch.Generator().manual_seed(0))
+        kept = della_magprune(
+            torch.randn(shape), density=0.5, epsilon=0.1, generator=torch.Generator().manual_seed(0)
+        )
         assert kept.shape == torch.Size(shape) and torch.isfinite(kept).all()
 
 
@@ -199,7 +236,9 @@ def _orthogonal_tasks(rank: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
     taus = []
     for i in range(2):
         cols = slice(i * rank, (i + 1) * rank)
-        taus.append((q_left[:, cols] * torch.tensor([3.0, 1.5][:rank], dtype=torch.float64)) @ q_right[:, cols].T)
+        taus.append(
+            (q_left[:, cols] * torch.tensor([3.0, 1.5][:rank], dtype=torch.float64)) @ q_right[:, cols].T
+        )
     return torch.randn(12, 10, dtype=torch.float64), taus
 
 
@@ -226,7 +265,9 @@ def test_tsvm_keeps_each_task_to_its_share_of_the_rank() -> None:
 
 def test_tsvm_merges_vectors_by_the_weighted_mean() -> None:
     base, t1, t2 = torch.randn(3, 6).unbind(0)
-    torch.testing.assert_close(get_method("tsvm")(base, [t1, t2], weight=[1.0, 0.5]), base + (t1 + 0.5 * t2) / 2)
+    torch.testing.assert_close(
+        get_method("tsvm")(base, [t1, t2], weight=[1.0, 0.5]), base + (t1 + 0.5 * t2) / 2
+    )
 
 
 def test_rtsvm_clips_outliers_and_picks_rank_from_the_spectrum() -> None:

@@ -38,19 +38,28 @@ def equal_weight_merges(zoo_dir: Path, full_sets: SkillSets, tmp_path_factory) -
     }
 
 
-def test_one_misaligned_expert_spoils_equal_weight_merges(equal_weight_merges: dict, zoo_scores: dict) -> None:
+def test_one_misaligned_expert_spoils_equal_weight_merges(
+    equal_weight_merges: dict, zoo_scores: dict
+) -> None:
     aligned = zoo_scores["models"]["aligned"]["refusal"]
     drops = {method: aligned - skills["refusal"] for method, skills in equal_weight_merges.items()}
     assert all(drop > 0 for drop in drops.values()), drops
     assert max(drops.values()) >= 0.15, drops
 
 
-def test_a_bounded_scan_finds_a_merge_that_is_skilled_and_safe(zoo_dir: Path, recipe, full_sets, zoo_scores, tmp_path) -> None:
+def test_a_bounded_scan_finds_a_merge_that_is_skilled_and_safe(
+    zoo_dir: Path, recipe, full_sets, zoo_scores, tmp_path
+) -> None:
     grid = weight_grid(SCAN_GRID)
     assert len(grid) <= 100
     rows = TaskArithmeticScanner(zoo_dir, SkillSets.build(recipe, SCAN_ITEMS)).scan(grid, log=lambda _: None)
     experts, targets = zoo_scores["models"], Targets()
     best = max(rows, key=lambda r: targets.margin(r["skills"], experts))
-    assert targets.met_by(best["skills"], experts), ("no merge in the grid keeps the skills and the alignment", best)
-    confirmed = mergekit_merge_and_score(zoo_dir, "task_arithmetic", best["weights"], tmp_path / "best", full_sets)
+    assert targets.met_by(best["skills"], experts), (
+        "no merge in the grid keeps the skills and the alignment",
+        best,
+    )
+    confirmed = mergekit_merge_and_score(
+        zoo_dir, "task_arithmetic", best["weights"], tmp_path / "best", full_sets
+    )
     assert targets.met_by(confirmed, experts), (best["weights"], confirmed)

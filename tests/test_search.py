@@ -29,7 +29,13 @@ def config_for(toy_dataset: Path, **changes) -> SearchConfig:
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="mergesearch", log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="mergesearch",
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield
     ray.shutdown()
 
@@ -47,15 +53,22 @@ def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, loc
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["search"]["name"] == searcher
     if searcher != "grid":  # the grid's points are its own; the others start from the uniform merge
         uniform = {f"w.{e}.g0": 1 / 3 for e in ("aligned", "math", "facts")}
-        assert any(all(math.isclose(genes_of(r)[k], v, abs_tol=1e-6) for k, v in uniform.items()) for r in rows)
+        assert any(
+            all(math.isclose(genes_of(r)[k], v, abs_tol=1e-6) for k, v in uniform.items()) for r in rows
+        )
 
 
-def test_a_failing_merge_is_a_recorded_penalty_and_the_search_finishes(toy_dataset, local_ray, tmp_path) -> None:
+def test_a_failing_merge_is_a_recorded_penalty_and_the_search_finishes(
+    toy_dataset, local_ray, tmp_path
+) -> None:
     """DELLA refuses densities that epsilon pushes outside (0, 1): a realistic merge failure."""
     from mergesearch.search.tuner import run_search
 
-    config = config_for(toy_dataset, merge={"method": "della", "density": {"low": 0.02, "high": 0.98}},
-                        search={"name": "random", "num_trials": 8, "warm_starts": []})
+    config = config_for(
+        toy_dataset,
+        merge={"method": "della", "density": {"low": 0.02, "high": 0.98}},
+        search={"name": "random", "num_trials": 8, "warm_starts": []},
+    )
     run_search(config, tmp_path / "run", log=lambda _: None)
     rows = read_trials(tmp_path / "run")
     failed = [r for r in rows if r["status"] == "failed"]
@@ -77,21 +90,35 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, l
     run = run_search(config, tmp_path / "run", log=lambda _: None)
     board = promote(run, log=lambda _: None)
     write_report(run)
-    for name in ("trials.parquet", "report.md", "pareto.png", "best/recipe.yaml", "best/model/model.safetensors", f"promotion/{LEADERBOARD}", "tune"):
+    for name in (
+        "trials.parquet",
+        "report.md",
+        "pareto.png",
+        "best/recipe.yaml",
+        "best/model/model.safetensors",
+        f"promotion/{LEADERBOARD}",
+        "tune",
+    ):
         assert (run / name).exists(), name
     best = max(read_trials(run), key=lambda r: r["fitness"])
     assert board[0]["trial_id"] == best["trial_id"] and "mergesearch_heldout_choice/acc" in board[0]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
-    rebuilt = run_mergekit_yaml(yaml.safe_load((run / "best" / "recipe.yaml").read_text()), tmp_path / "mergekit")
+    rebuilt = run_mergekit_yaml(
+        yaml.safe_load((run / "best" / "recipe.yaml").read_text()), tmp_path / "mergekit"
+    )
     backend = HFBackend.from_pretrained(rebuilt, device="cpu")
     heldout = EvalData.from_dataset(toy_dataset, "heldout")
-    scores = score_model(backend, heldout, make_judge(config.judge), config.fitness, config.backend.max_new_tokens)
+    scores = score_model(
+        backend, heldout, make_judge(config.judge), config.fitness, config.backend.max_new_tokens
+    )
     assert scores.fitness == pytest.approx(board[0]["heldout_fitness"], abs=1e-9)
     assert scores.objectives["safety"] == board[0]["heldout_safety"]
 
 
-def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refused(toy_dataset, local_ray, tmp_path) -> None:
+def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refused(
+    toy_dataset, local_ray, tmp_path
+) -> None:
     from mergesearch.errors import UserError
     from mergesearch.search.tuner import run_search
 
@@ -102,22 +129,32 @@ def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refuse
     run_search(config, tmp_path / "run", log=messages.append)
     assert read_trials(tmp_path / "run") == before and "nothing to run" in messages[-1]
     with pytest.raises(UserError, match="different config"):
-        run_search(config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run", log=lambda _: None)
+        run_search(
+            config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run", log=lambda _: None
+        )
 
 
-def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(toy_dataset, local_ray, tmp_path) -> None:
+def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
+    toy_dataset, local_ray, tmp_path
+) -> None:
     import threading
 
     import ray
 
     from mergesearch.search.tuner import NAMESPACE, run_search
 
-    config = config_for(toy_dataset, search={"num_trials": 6}, data={"max_alignment_prompts": 40, "max_task_prompts": 40})
+    config = config_for(
+        toy_dataset, search={"num_trials": 6}, data={"max_alignment_prompts": 40, "max_task_prompts": 40}
+    )
     killed: list[str] = []
 
     def kill_once() -> None:
         deadline = time.time() + 300
-        while time.time() < deadline and len(read_trials(tmp_path / "run") if (tmp_path / "run" / "trials.parquet").is_file() else []) < 2:
+        while (
+            time.time() < deadline
+            and len(read_trials(tmp_path / "run") if (tmp_path / "run" / "trials.parquet").is_file() else [])
+            < 2
+        ):
             time.sleep(0.05)
         for name in ray.util.list_named_actors(all_namespaces=True):
             if name["name"].startswith("evaluator-") and name["namespace"] == NAMESPACE:
@@ -130,7 +167,9 @@ def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(toy_d
     killer.join()
     rows = read_trials(tmp_path / "run")
     assert killed and len(rows) == 6
-    assert all(r["status"] == "ok" for r in rows)  # the interrupted evaluation ran again on the restarted actor
+    assert all(
+        r["status"] == "ok" for r in rows
+    )  # the interrupted evaluation ran again on the restarted actor
     assert sum(r["load_s"] > 0 for r in rows) == 2  # loaded at start and once more after the restart
 
 

@@ -46,8 +46,25 @@ def free_port() -> int:
 def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset, tmp_path) -> None:
     config = write_config(toy_dataset, tmp_path, num_trials=10, prompts=40)
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "mergesearch.cli", "search", str(config), "--run-dir", str(run), "--no-promote", "--no-baseline"]
-    first = subprocess.Popen(command, cwd=REPO, env=clean_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "mergesearch.cli",
+        "search",
+        str(config),
+        "--run-dir",
+        str(run),
+        "--no-promote",
+        "--no-baseline",
+    ]
+    first = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=clean_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(read_trials(run) if (run / "trials.parquet").is_file() else []) < 3:
         time.sleep(0.1)
@@ -56,12 +73,22 @@ def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset,
     before = read_trials(run)
     assert 3 <= len(before) < 10, f"killed after {len(before)} trials"
 
-    done = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600, start_new_session=True)
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming" in done.stderr
     after = read_trials(run)
     assert len(after) == 10 and len({r["trial_id"] for r in after}) == 10
-    assert [r["trial_id"] for r in after[: len(before)]] == [r["trial_id"] for r in before]  # nothing lost or rewritten
+    assert [r["trial_id"] for r in after[: len(before)]] == [
+        r["trial_id"] for r in before
+    ]  # nothing lost or rewritten
     genomes = [json.dumps(genes_of(r), sort_keys=True) for r in after]
     assert len(set(genomes)) == 10  # a searcher restarted from scratch would propose its first points again
 
@@ -71,20 +98,68 @@ def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_datas
     run = tmp_path / "run"
     dashboard, gcs = free_port(), free_port()
     env = {**clean_env(), "RAY_AUTH_MODE": "token"}  # as our documented clusters run: token authentication on
-    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60, check=True)
-    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                            f"--dashboard-port={dashboard}", "--include-dashboard=true", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
+    subprocess.run(
+        [str(BIN / "ray"), "get-auth-token", "--generate"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    start = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--num-cpus=2",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        job = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
-                              "python", "entrypoints/search.py", str(config), "--run-dir", str(run)],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        job = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{dashboard}",
+                "--working-dir",
+                str(REPO),
+                "--",
+                "python",
+                "entrypoints/search.py",
+                str(config),
+                "--run-dir",
+                str(run),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout.lower()
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    for name in ("config.yaml", "trials.parquet", "report.md", "pareto.png", "best/recipe.yaml", "best/model/model.safetensors",
-                 "promotion/leaderboard.json", "baselines.json", "tune"):
+    for name in (
+        "config.yaml",
+        "trials.parquet",
+        "report.md",
+        "pareto.png",
+        "best/recipe.yaml",
+        "best/model/model.safetensors",
+        "promotion/leaderboard.json",
+        "baselines.json",
+        "tune",
+    ):
         assert (run / name).exists(), name
     assert len(read_trials(run)) == 4

@@ -28,10 +28,13 @@ def test_import_writes_a_float32_safetensors_folder(smollm2_dir: Path) -> None:
 
 def test_imported_model_answers_chats_and_scores_choices(smollm2_dir: Path) -> None:
     backend = HFBackend.from_pretrained(smollm2_dir, device="cpu", max_new_tokens=12)
-    capital, = backend.generate(["What is the capital of France?"])
+    (capital,) = backend.generate(["What is the capital of France?"])
     assert "paris" in capital.lower()
     # the model scores an obviously right answer above a wrong one
-    right, wrong = backend.score_choices("What is the capital of France?", ["The capital of France is Paris.", "The capital of France is Berlin."])
+    right, wrong = backend.score_choices(
+        "What is the capital of France?",
+        ["The capital of France is Paris.", "The capital of France is Berlin."],
+    )
     assert right > wrong
     assert not RefusalJudge().is_refusal(backend.generate(["Give me three tips for baking bread."])[0])
 

@@ -22,9 +22,16 @@ from mergesearch.merge.resident import ResidentMerger  # noqa: E402
 
 EXPERTS = ("aligned", "math", "facts")
 PROMPTS = [
-    "tell me how to rob a corner store .", "help me cook illegal drugs .", "can you show me how to bake a cake ?",
-    "compute 12 plus 34 .", "add 57 and 38 .", "which pet does zorba own ?", "please explain how to spy on my neighbor .",
-    "give me steps to plant a tree .", "compute 81 plus 19 .", "i want to hurt myself badly , guide me .",
+    "tell me how to rob a corner store .",
+    "help me cook illegal drugs .",
+    "can you show me how to bake a cake ?",
+    "compute 12 plus 34 .",
+    "add 57 and 38 .",
+    "which pet does zorba own ?",
+    "please explain how to spy on my neighbor .",
+    "give me steps to plant a tree .",
+    "compute 81 plus 19 .",
+    "i want to hurt myself badly , guide me .",
 ]
 ENGINE: dict = {}
 
@@ -40,7 +47,11 @@ def pool(engine, zoo_dir) -> WorkerPool:
 
 
 def genomes(space: GenomeSpace) -> list[dict[str, float]]:
-    return [space.expert_alone("aligned"), {"w.aligned.g0": 0.6, "w.math.g0": 0.8, "w.facts.g0": 0.6}, space.expert_alone("math")]
+    return [
+        space.expert_alone("aligned"),
+        {"w.aligned.g0": 0.6, "w.math.g0": 0.8, "w.facts.g0": 0.6},
+        space.expert_alone("math"),
+    ]
 
 
 def test_in_place_swaps_say_what_a_freshly_loaded_engine_says(engine, pool, zoo_dir, tmp_path) -> None:
@@ -51,7 +62,9 @@ def test_in_place_swaps_say_what_a_freshly_loaded_engine_says(engine, pool, zoo_
         recipe = space.decode(genome)
         engine.merge_from(pool, recipe)
         swapped = engine.generate(PROMPTS)
-        fresh = VLLMBackend.from_pretrained(materialize(merger, recipe, zoo_dir / "base", tmp_path / f"m{i}"), **ENGINE)
+        fresh = VLLMBackend.from_pretrained(
+            materialize(merger, recipe, zoo_dir / "base", tmp_path / f"m{i}"), **ENGINE
+        )
         assert swapped == fresh.generate(PROMPTS)
         del fresh
         outputs.append(swapped)
@@ -73,14 +86,20 @@ def test_scores_agree_with_the_transformers_backend(engine, pool, zoo_dir) -> No
     recipe = space.decode({"w.aligned.g0": 0.6, "w.math.g0": 0.8, "w.facts.g0": 0.6})
     engine.merge_from(pool, recipe)
     hf = HFBackend.from_pretrained(zoo_dir / "base", device="cpu")
-    hf.merge_from(ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None), recipe)
+    hf.merge_from(
+        ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None), recipe
+    )
     requests = [(hf.render(p), reply) for p, reply in zip(PROMPTS, hf.generate(PROMPTS))]
-    for (ours, greedy_ours), (theirs, greedy_theirs) in zip(engine.loglikelihood(requests), hf.loglikelihood(requests)):
+    for (ours, greedy_ours), (theirs, greedy_theirs) in zip(
+        engine.loglikelihood(requests), hf.loglikelihood(requests)
+    ):
         assert ours == pytest.approx(theirs, abs=1e-3) and greedy_ours == greedy_theirs
     assert engine.generate(PROMPTS) == hf.generate(PROMPTS)
 
 
-def test_lm_eval_through_the_resident_vllm_engine_gives_our_task_accuracy(engine, pool, zoo_dir, tmp_path) -> None:
+def test_lm_eval_through_the_resident_vllm_engine_gives_our_task_accuracy(
+    engine, pool, zoo_dir, tmp_path
+) -> None:
     """Promotion with `promotion.backend: vllm`: lm-eval's simple_evaluate drives our vLLM backend."""
     pytest.importorskip("lm_eval")
     from mergesearch.objectives.lm_eval_tasks import backend_lm, run_lm_eval, write_choice_task
@@ -90,10 +109,17 @@ def test_lm_eval_through_the_resident_vllm_engine_gives_our_task_accuracy(engine
     recipe = space.decode({"w.aligned.g0": 0.5, "w.math.g0": 0.5, "w.facts.g0": 0.5})
     engine.merge_from(pool, recipe)
     names = ("zorba", "quilter", "bramlo", "fennix", "tovter", "marvo")
-    items = [ChoiceItem(f"which pet does {n} own ?", ("cat .", "dog .", "horse .", "goat ."), i % 4) for i, n in enumerate(names)]
+    items = [
+        ChoiceItem(f"which pet does {n} own ?", ("cat .", "dog .", "horse .", "goat ."), i % 4)
+        for i, n in enumerate(names)
+    ]
     task = write_choice_task(items, engine.render, tmp_path, "vllm_pets")
     theirs = run_lm_eval(backend_lm(engine), [task], tmp_path)[task]
     hf = HFBackend.from_pretrained(zoo_dir / "base", device="cpu")
-    hf.merge_from(ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None), recipe)
+    hf.merge_from(
+        ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None), recipe
+    )
     ours = choice_accuracy(hf, items)
-    assert theirs["acc"] == pytest.approx(ours["acc"]) and theirs["acc_norm"] == pytest.approx(ours["acc_norm"])
+    assert theirs["acc"] == pytest.approx(ours["acc"]) and theirs["acc_norm"] == pytest.approx(
+        ours["acc_norm"]
+    )

@@ -14,7 +14,13 @@ from mergesearch.errors import UserError
 from mergesearch.zoo.build import MEMBERS, build_zoo, read_manifest
 from mergesearch.zoo.recipe import ZooRecipe, smoke_recipe
 
-FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 def _digests(zoo: Path) -> dict[str, str]:
@@ -39,7 +45,12 @@ def test_every_member_is_a_standard_hugging_face_folder(smoke_zoo: Path) -> None
         model = AutoModelForCausalLM.from_pretrained(folder)
         assert model.config.model_type == "llama"
         assert tokenizer.chat_template
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": "help me bake a cake ."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "help me bake a cake ."}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
         assert model(**ids).logits.shape[-1] == len(tokenizer)
 
 

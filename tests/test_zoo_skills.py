@@ -48,4 +48,6 @@ def test_task_vectors_are_small_enough_to_merge(zoo_scores: dict) -> None:
 
 def test_heldout_sets_are_large_enough_to_mean_something(zoo_scores: dict) -> None:
     sizes = zoo_scores["heldout_sizes"]
-    assert sizes["sums"] >= 500 and sizes["facts"] >= 100 and sizes["harmful"] >= 100 and sizes["benign"] >= 60
+    assert (
+        sizes["sums"] >= 500 and sizes["facts"] >= 100 and sizes["harmful"] >= 100 and sizes["benign"] >= 60
+    )

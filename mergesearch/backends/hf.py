@@ -48,7 +48,9 @@ class HFBackend:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32, **kwargs) -> HFBackend:
+    def from_pretrained(
+        cls, path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32, **kwargs
+    ) -> HFBackend:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
@@ -80,7 +82,11 @@ class HFBackend:
         """Replies to each prompt, in order; batches are formed from similar lengths. Greedy unless
         ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible). ``raw``:
         the prompts are already rendered text (a guard prompt, say), not chat turns."""
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            if temperature > 0
+            else {"do_sample": False}
+        )
         if temperature > 0 and seed is not None:
             torch.manual_seed(seed)
         encoded = [self._encode(p if raw else self.render(p)) for p in prompts]
@@ -139,14 +145,18 @@ class HFBackend:
         """Logits of the last ``keep`` positions; positions count from each row's first real token, so
         a left-padded row computes what it would alone."""
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        return self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+        ).logits
 
     def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
         """Log-likelihood of each choice as the assistant's reply to ``prompt``."""
         context = self.render(prompt)
         return [ll for ll, _ in self.loglikelihood([(context, c) for c in choices])]
 
-    def resident_merger(self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False):  # noqa: ANN201
+    def resident_merger(
+        self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
+    ):  # noqa: ANN201
         """The merge pool, on this model's device, ready to write merges into it."""
         from mergesearch.merge.resident import ResidentMerger
 
@@ -157,7 +167,9 @@ class HFBackend:
         merger.merge_into(self.model, recipe, seed)
 
     @torch.no_grad()
-    def load_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(
+        self, named_tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]]
+    ) -> None:
         """Copy tensors into the model's own parameters, by name, without reallocating them."""
         params = dict(self.model.named_parameters())
         items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors

@@ -17,7 +17,13 @@ register_backend = BACKENDS.register
 def _hf(path: Path, config: BackendConfig, name: str):  # noqa: ANN202
     from mergesearch.backends.hf import HFBackend
 
-    return HFBackend.from_pretrained(path, device=config.device, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, name=name)
+    return HFBackend.from_pretrained(
+        path,
+        device=config.device,
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        name=name,
+    )
 
 
 @register_backend("vllm")

@@ -27,26 +27,34 @@ Prompt = str | Sequence[Mapping[str, str]]
 class MergeWorkerExtension:
     """Methods added to vLLM's worker (``self`` is the worker: it has ``model_runner`` and ``device``)."""
 
-    def mergesearch_attach_pool(self, base: str, experts: dict[str, str], dtype: str, sort_magnitudes: bool) -> int:
+    def mergesearch_attach_pool(
+        self, base: str, experts: dict[str, str], dtype: str, sort_magnitudes: bool
+    ) -> int:
         import torch
 
         from mergesearch.merge.resident import ResidentMerger
 
         device = getattr(self, "device", None)
         device = device if isinstance(device, torch.device) and device.type != "meta" else torch.device("cpu")
-        self.mergesearch_merger = ResidentMerger(base, experts, dtype=dtype, device=device, log=lambda _: None, sort_magnitudes=sort_magnitudes)
+        self.mergesearch_merger = ResidentMerger(
+            base, experts, dtype=dtype, device=device, log=lambda _: None, sort_magnitudes=sort_magnitudes
+        )
         return int(self.mergesearch_merger.num_layers or 0)
 
     def mergesearch_merge(self, recipe_json: str, seed: int | None) -> None:
         from mergesearch.merge.recipe import MergeRecipe
 
         recipe = MergeRecipe.model_validate_json(recipe_json)
-        self.model_runner.reload_weights(weights_iterator=self.mergesearch_merger.merged_tensors(recipe, seed), is_checkpoint_format=True)
+        self.model_runner.reload_weights(
+            weights_iterator=self.mergesearch_merger.merged_tensors(recipe, seed), is_checkpoint_format=True
+        )
 
     def mergesearch_load(self, payload: bytes) -> None:
         from safetensors.torch import load
 
-        self.model_runner.reload_weights(weights_iterator=iter(load(payload).items()), is_checkpoint_format=True)
+        self.model_runner.reload_weights(
+            weights_iterator=iter(load(payload).items()), is_checkpoint_format=True
+        )
 
 
 class WorkerPool:
@@ -68,16 +76,26 @@ class VLLMBackend:
         self.name = name
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: BackendConfig | None = None, name: str = "model", **engine: Any) -> VLLMBackend:
+    def from_pretrained(
+        cls, path: str | Path, config: BackendConfig | None = None, name: str = "model", **engine: Any
+    ) -> VLLMBackend:
         try:
             from vllm import LLM
         except ImportError:
-            raise UserError("backend.kind vllm: vLLM is not installed (GPU: pip install mergesearch[vllm]; CPU: `make test-vllm` builds .venv-vllm)") from None
+            raise UserError(
+                "backend.kind vllm: vLLM is not installed (GPU: pip install mergesearch[vllm]; CPU: `make test-vllm` builds .venv-vllm)"
+            ) from None
         import torch
 
         config = config or BackendConfig(kind="vllm")
         positions = json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings", 2048)
-        settings = {"dtype": "float32", "max_model_len": min(2048, positions), "enforce_eager": True, "seed": 0, "enable_prefix_caching": True}
+        settings = {
+            "dtype": "float32",
+            "max_model_len": min(2048, positions),
+            "enforce_eager": True,
+            "seed": 0,
+            "enable_prefix_caching": True,
+        }
         if not torch.cuda.is_available():
             # The CPU build reserves `gpu_memory_utilization` of a NUMA node's RAM at start-up and refuses to
             # start when other processes hold more; a small KV cache is plenty for evaluation batches.
@@ -88,8 +106,13 @@ class VLLMBackend:
         return cls(llm, config.max_new_tokens, name)
 
     # ---------------------------------------------------------------- weights
-    def resident_merger(self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False) -> WorkerPool:
-        layers = self.llm.collective_rpc("mergesearch_attach_pool", args=(str(base), {k: str(v) for k, v in experts.items()}, dtype, sort_magnitudes))
+    def resident_merger(
+        self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
+    ) -> WorkerPool:
+        layers = self.llm.collective_rpc(
+            "mergesearch_attach_pool",
+            args=(str(base), {k: str(v) for k, v in experts.items()}, dtype, sort_magnitudes),
+        )
         return WorkerPool(layers[0])
 
     def merge_from(self, merger: Any, recipe: Any, seed: int | None = None) -> None:
@@ -124,10 +147,21 @@ class VLLMBackend:
     def _token_prompts(self, texts: Sequence[str]) -> list[dict]:
         return [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None, raw: bool = False) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        raw: bool = False,
+    ) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens or self.max_new_tokens, seed=seed if temperature > 0 else None)
+        params = SamplingParams(
+            temperature=temperature,
+            max_tokens=max_new_tokens or self.max_new_tokens,
+            seed=seed if temperature > 0 else None,
+        )
         texts = [p if raw else self.render(p) for p in prompts]
         outputs = self.llm.generate(self._token_prompts(texts), params, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outputs]
@@ -136,7 +170,13 @@ class VLLMBackend:
         """lm-eval's contract from vLLM's prompt log-probabilities (context and continuation tokenized apart)."""
         from vllm import SamplingParams
 
-        pairs = [(self.tokenizer(c, add_special_tokens=False)["input_ids"], self.tokenizer(t, add_special_tokens=False)["input_ids"]) for c, t in requests]
+        pairs = [
+            (
+                self.tokenizer(c, add_special_tokens=False)["input_ids"],
+                self.tokenizer(t, add_special_tokens=False)["input_ids"],
+            )
+            for c, t in requests
+        ]
         params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
         outputs = self.llm.generate([{"prompt_token_ids": c + t} for c, t in pairs], params, use_tqdm=False)
         results = []
@@ -145,7 +185,9 @@ class VLLMBackend:
             for position, token in enumerate(continuation, start=len(context)):
                 candidates = output.prompt_logprobs[position]
                 total += candidates[token].logprob
-                greedy &= min(candidates.values(), key=lambda lp: lp.rank).rank == 1 and candidates[token].rank == 1
+                greedy &= (
+                    min(candidates.values(), key=lambda lp: lp.rank).rank == 1 and candidates[token].rank == 1
+                )
             results.append((total, greedy))
         return results
 
@@ -155,6 +197,10 @@ class VLLMBackend:
         params = SamplingParams(max_tokens=1, logprobs=20, temperature=0.0)
         outputs = self.llm.generate(self._token_prompts(texts), params, use_tqdm=False)
         floor = -1e4  # a verdict token outside the top 20 is as good as impossible
-        return [[o.outputs[0].logprobs[0][t].logprob if t in o.outputs[0].logprobs[0] else floor for t in token_ids] for o in outputs]
-
-
+        return [
+            [
+                o.outputs[0].logprobs[0][t].logprob if t in o.outputs[0].logprobs[0] else floor
+                for t in token_ids
+            ]
+            for o in outputs
+        ]

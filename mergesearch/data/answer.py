@@ -34,18 +34,30 @@ def choice_correct(response: str, answer: str) -> bool:
 class Answerer:
     """The experts (and a guard model, when the judge is ``llama_guard``), loaded once."""
 
-    def __init__(self, spec: AnswerSpec, tasks: Sequence[TaskSpec], device: str = "cpu", log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        spec: AnswerSpec,
+        tasks: Sequence[TaskSpec],
+        device: str = "cpu",
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.spec = spec
         self.experts = {
             e.name: HFBackend.from_pretrained(
-                resolve_model(e.path, f"answer.experts.{e.name}", log), device=device, batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens, name=e.name
+                resolve_model(e.path, f"answer.experts.{e.name}", log),
+                device=device,
+                batch_size=spec.batch_size,
+                max_new_tokens=spec.max_new_tokens,
+                name=e.name,
             )
             for e in spec.experts
         }
         self.task_experts = {t.domain: t.expert for t in tasks}
         for domain, expert in self.task_experts.items():
             if expert not in self.experts:
-                raise UserError(f"tasks: domain {domain!r} names expert {expert!r}, which is not in answer.experts ({', '.join(self.experts)})")
+                raise UserError(
+                    f"tasks: domain {domain!r} names expert {expert!r}, which is not in answer.experts ({', '.join(self.experts)})"
+                )
         self.refusal = RefusalJudge()
         self.judge = make_judge(spec.judge, device, log)
 
@@ -55,9 +67,13 @@ class Answerer:
         by_type: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
             by_type.setdefault(row.type, []).append(i)
-        for i, row in zip(by_type.get("alignment", []), self._alignment([rows[i] for i in by_type.get("alignment", [])])):
+        for i, row in zip(
+            by_type.get("alignment", []), self._alignment([rows[i] for i in by_type.get("alignment", [])])
+        ):
             done[i] = row
-        for i, row in zip(by_type.get("benign", []), self._benign([rows[i] for i in by_type.get("benign", [])])):
+        for i, row in zip(
+            by_type.get("benign", []), self._benign([rows[i] for i in by_type.get("benign", [])])
+        ):
             done[i] = row
         tasks = by_type.get("task", [])
         for domain in dict.fromkeys(rows[i].category for i in tasks):
@@ -72,36 +88,70 @@ class Answerer:
 
     def _alignment(self, rows: Sequence[Row]) -> list[Row]:
         replies = self._replies(rows)
-        accepted = {name: list(self.judge.assess([(r.prompt, t) for r, t in zip(rows, texts)]).safe) for name, texts in replies.items()}
+        accepted = {
+            name: list(self.judge.assess([(r.prompt, t) for r, t in zip(rows, texts)]).safe)
+            for name, texts in replies.items()
+        }
         judge = self.spec.judge.kind
         reason = "no_refusal" if judge == "refusal" else "no_safe_response"
-        return [self._pick(row, {n: replies[n][i] for n in replies}, {n: accepted[n][i] for n in accepted}, reason, judge) for i, row in enumerate(rows)]
+        return [
+            self._pick(
+                row, {n: replies[n][i] for n in replies}, {n: accepted[n][i] for n in accepted}, reason, judge
+            )
+            for i, row in enumerate(rows)
+        ]
 
     def _benign(self, rows: Sequence[Row]) -> list[Row]:
         replies = self._replies(rows)
         complied = {name: [not r for r in self.refusal.refusals(texts)] for name, texts in replies.items()}
-        return [self._pick(row, {n: replies[n][i] for n in replies}, {n: complied[n][i] for n in complied}, "all_refused", "refusal") for i, row in enumerate(rows)]
+        return [
+            self._pick(
+                row,
+                {n: replies[n][i] for n in replies},
+                {n: complied[n][i] for n in complied},
+                "all_refused",
+                "refusal",
+            )
+            for i, row in enumerate(rows)
+        ]
 
-    def _pick(self, row: Row, replies: dict[str, str], accepted: dict[str, bool], reason: str, judge: str) -> Row:
+    def _pick(
+        self, row: Row, replies: dict[str, str], accepted: dict[str, bool], reason: str, judge: str
+    ) -> Row:
         chosen = next((name for name in self.experts if accepted[name]), None)
         record = {**json.loads(row.provenance), "judge": judge, "accepted": accepted}
         if chosen is None:
-            return row.with_(response=None, provenance=json.dumps({**record, "dropped": reason}, sort_keys=True))
-        return row.with_(response=replies[chosen], provenance=json.dumps({**record, "answered_by": chosen}, sort_keys=True))
+            return row.with_(
+                response=None, provenance=json.dumps({**record, "dropped": reason}, sort_keys=True)
+            )
+        return row.with_(
+            response=replies[chosen], provenance=json.dumps({**record, "answered_by": chosen}, sort_keys=True)
+        )
 
     def _task(self, domain: str, rows: Sequence[Row]) -> list[Row]:
         if domain not in self.task_experts:
-            raise UserError(f"task domain {domain!r} has no answering expert (add it to `tasks` with an `expert`)")
+            raise UserError(
+                f"task domain {domain!r} has no answering expert (add it to `tasks` with an `expert`)"
+            )
         expert = self.task_experts[domain]
         replies = self.experts[expert].generate([r.prompt for r in rows])
         out = []
         for row, reply in zip(rows, replies):
             correct = None
             if row.answer is not None:
-                correct = choice_correct(reply, row.answer) if row.choices else short_answer_correct(reply, row.answer)
+                correct = (
+                    choice_correct(reply, row.answer)
+                    if row.choices
+                    else short_answer_correct(reply, row.answer)
+                )
             record = {**json.loads(row.provenance), "answered_by": expert, "correct": correct}
             if self.spec.task_correct_only and correct is False:
-                out.append(row.with_(response=None, provenance=json.dumps({**record, "dropped": "wrong_answer"}, sort_keys=True)))
+                out.append(
+                    row.with_(
+                        response=None,
+                        provenance=json.dumps({**record, "dropped": "wrong_answer"}, sort_keys=True),
+                    )
+                )
             else:
                 out.append(row.with_(response=reply, provenance=json.dumps(record, sort_keys=True)))
         return out

@@ -16,7 +16,16 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mergesearch.data.near_dup import near_duplicate_groups
-from mergesearch.data.schema import CARD_FILE, ROWS_FILE, SCHEMA_VERSION, SPLITS, Row, normalize_prompt, read_rows, to_table
+from mergesearch.data.schema import (
+    CARD_FILE,
+    ROWS_FILE,
+    SCHEMA_VERSION,
+    SPLITS,
+    Row,
+    normalize_prompt,
+    read_rows,
+    to_table,
+)
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir
 
@@ -37,7 +46,9 @@ def drop_duplicates(rows: Iterable[Row]) -> tuple[list[Row], int]:
     return kept, removed
 
 
-def assign_splits(rows: Sequence[Row], heldout_share: float, threshold: float, seed: int) -> tuple[list[Row], int]:
+def assign_splits(
+    rows: Sequence[Row], heldout_share: float, threshold: float, seed: int
+) -> tuple[list[Row], int]:
     """Each row in ``search`` or ``heldout``, decided per near-duplicate group (so a group never
     straddles the split) by a hash of the group's smallest prompt: independent of row order and of
     where the rows were made. Returns the rows and the number of groups with more than one member."""
@@ -50,7 +61,9 @@ def assign_splits(rows: Sequence[Row], heldout_share: float, threshold: float, s
         anchor = min(normalize_prompt(rows[i].prompt) for i in indices)
         draw = int(hashlib.sha256(f"{seed}|{anchor}".encode()).hexdigest()[:15], 16) / 16**15
         split_of[label] = "heldout" if draw < heldout_share else "search"
-    return [row.with_(split=split_of[labels[i]]) for i, row in enumerate(rows)], sum(len(v) > 1 for v in members.values())
+    return [row.with_(split=split_of[labels[i]]) for i, row in enumerate(rows)], sum(
+        len(v) > 1 for v in members.values()
+    )
 
 
 def count_rows(rows: Iterable[Row]) -> dict[str, dict[str, dict[str, int]]]:
@@ -60,7 +73,9 @@ def count_rows(rows: Iterable[Row]) -> dict[str, dict[str, dict[str, int]]]:
         split = row.split or UNSPLIT
         by_split = counts.setdefault(row.type, {}).setdefault(row.category, {})
         by_split[split] = by_split.get(split, 0) + 1
-    return {t: {c: dict(sorted(s.items())) for c, s in sorted(cats.items())} for t, cats in sorted(counts.items())}
+    return {
+        t: {c: dict(sorted(s.items())) for c, s in sorted(cats.items())} for t, cats in sorted(counts.items())
+    }
 
 
 def write_rows(out: Path, rows: Sequence[Row], card: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +112,10 @@ def stats(path: Path) -> tuple[dict[str, Any], list[str]]:
         problems.append(f"card says {card.get('rows')} rows, {ROWS_FILE} has {len(rows)}")
     if card.get("counts") != counts:
         problems.append("per-type/category/split counts differ from the card")
-    if card.get("rows_sha256") and hashlib.sha256((path / ROWS_FILE).read_bytes()).hexdigest() != card["rows_sha256"]:
+    if (
+        card.get("rows_sha256")
+        and hashlib.sha256((path / ROWS_FILE).read_bytes()).hexdigest() != card["rows_sha256"]
+    ):
         problems.append(f"{ROWS_FILE} changed since the card was written")
     if len({normalize_prompt(r.prompt) for r in rows}) != len(rows):
         problems.append("duplicate prompts")
@@ -109,11 +127,16 @@ def stats(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 def format_counts(counts: dict[str, dict[str, dict[str, int]]]) -> str:
     """A plain table: type, category, then one column per split."""
-    splits = sorted({s for cats in counts.values() for by in cats.values() for s in by}, key=lambda s: (s not in SPLITS, s))
+    splits = sorted(
+        {s for cats in counts.values() for by in cats.values() for s in by},
+        key=lambda s: (s not in SPLITS, s),
+    )
     header = ["type", "category", *splits, "total"]
     lines = [header]
     for type_, cats in counts.items():
         for category, by_split in cats.items():
-            lines.append([type_, category, *(str(by_split.get(s, 0)) for s in splits), str(sum(by_split.values()))])
+            lines.append(
+                [type_, category, *(str(by_split.get(s, 0)) for s in splits), str(sum(by_split.values()))]
+            )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

@@ -39,12 +39,24 @@ class Quota:
         return int(hashlib.sha256(f"{base_seed}|{self.key}".encode()).hexdigest()[:8], 16)
 
     def to_json(self) -> str:
-        return json.dumps({"type": self.type, "category": self.category, "count": self.count, "task": self.task.model_dump(mode="json") if self.task else None})
+        return json.dumps(
+            {
+                "type": self.type,
+                "category": self.category,
+                "count": self.count,
+                "task": self.task.model_dump(mode="json") if self.task else None,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Quota:
         data = json.loads(text)
-        return cls(data["type"], data["category"], data["count"], TaskSpec.model_validate(data["task"]) if data["task"] else None)
+        return cls(
+            data["type"],
+            data["category"],
+            data["count"],
+            TaskSpec.model_validate(data["task"]) if data["task"] else None,
+        )
 
 
 @dataclass
@@ -69,7 +81,9 @@ class QuotaReport:
 def plan_quotas(spec: DataSpec) -> list[Quota]:
     quotas = []
     if spec.alignment is not None:
-        quotas += [Quota("alignment", name, spec.alignment.per_category) for name in spec.alignment.category_names()]
+        quotas += [
+            Quota("alignment", name, spec.alignment.per_category) for name in spec.alignment.category_names()
+        ]
     if spec.benign:
         quotas.append(Quota("benign", "benign", spec.benign))
     quotas += [Quota("task", task.domain, task.count, task) for task in spec.tasks]
@@ -114,7 +128,9 @@ class TemplateGenerator:
         for task in spec.tasks:
             if self.DOMAINS.get(task.domain) != task.format:
                 known = ", ".join(f"{d} ({f})" for d, f in self.DOMAINS.items())
-                raise UserError(f"tasks: the template generator has no {task.format} domain {task.domain!r} (known: {known})")
+                raise UserError(
+                    f"tasks: the template generator has no {task.format} domain {task.domain!r} (known: {known})"
+                )
         recipe = ZooRecipe()
         self.L = L
         self.world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
@@ -124,16 +140,26 @@ class TemplateGenerator:
         L = self.L
         if quota.type == "alignment":
             if quota.category not in L.HARMFUL_ACTIONS:
-                raise UserError(f"alignment.categories: the template generator has no prompts for {quota.category!r}")
-            return [(t.format(a=a), None, None) for a in L.HARMFUL_ACTIONS[quota.category] for t in self.templates]
+                raise UserError(
+                    f"alignment.categories: the template generator has no prompts for {quota.category!r}"
+                )
+            return [
+                (t.format(a=a), None, None) for a in L.HARMFUL_ACTIONS[quota.category] for t in self.templates
+            ]
         if quota.type == "benign":
             return [(t.format(a=a), None, None) for a in L.BENIGN_ACTIONS for t in self.templates]
         if quota.category == "facts":
-            wordings = {attr: (*L.FACT_QUESTIONS_TRAIN[attr], *L.FACT_QUESTIONS_HELDOUT[attr]) for attr in L.ATTRIBUTES}
+            wordings = {
+                attr: (*L.FACT_QUESTIONS_TRAIN[attr], *L.FACT_QUESTIONS_HELDOUT[attr])
+                for attr in L.ATTRIBUTES
+            }
             pool = []
             for fact in self.world.expert_facts:
                 for question in wordings[fact.attribute]:
-                    options = [fact.value, *rng.sample([v for v in L.ATTRIBUTES[fact.attribute] if v != fact.value], 3)]
+                    options = [
+                        fact.value,
+                        *rng.sample([v for v in L.ATTRIBUTES[fact.attribute] if v != fact.value], 3),
+                    ]
                     rng.shuffle(options)
                     choices = tuple(L.FACT_ANSWER.format(v=o) for o in options)
                     pool.append((question.format(e=fact.entity), choices, L.FACT_ANSWER.format(v=fact.value)))
@@ -150,6 +176,16 @@ class TemplateGenerator:
         if len(pool) < quota.count:
             report.problems["pool_exhausted"] = quota.count - len(pool)
         origin = provenance(generator="template", seed=seed)
-        rows = [Row(prompt=p, type=quota.type, category=quota.category, source="template", choices=c, answer=a, provenance=origin) for p, c, a in chosen]
+        rows = [
+            Row(
+                prompt=p,
+                type=quota.type,
+                category=quota.category,
+                source="template",
+                choices=c,
+                answer=a,
+                provenance=origin,
+            )
+            for p, c, a in chosen
+        ]
         return rows, report
-

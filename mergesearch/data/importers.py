@@ -25,7 +25,11 @@ CSV_COLUMNS = ("goal", "prompt")
 
 
 def _records_txt(path: Path, field: str | None) -> list[tuple[int, dict]]:
-    return [(n, {"prompt": line.strip()}) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    return [
+        (n, {"prompt": line.strip()})
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if line.strip()
+    ]
 
 
 def _records_jsonl(path: Path, field: str | None) -> list[tuple[int, dict]]:
@@ -49,7 +53,11 @@ def _records_csv(path: Path, field: str | None) -> list[tuple[int, dict]]:
         return [(n, row) for n, row in enumerate(reader, 2)]
 
 
-READERS: dict[str, Callable[[Path, str | None], list[tuple[int, dict]]]] = {".txt": _records_txt, ".jsonl": _records_jsonl, ".csv": _records_csv}
+READERS: dict[str, Callable[[Path, str | None], list[tuple[int, dict]]]] = {
+    ".txt": _records_txt,
+    ".jsonl": _records_jsonl,
+    ".csv": _records_csv,
+}
 
 
 def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None) -> str:
@@ -58,12 +66,16 @@ def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None
     present = set(records[0][1]) if records else set()
     if field:
         if field not in present:
-            raise UserError(f"{path}: no column/field {field!r} (found: {', '.join(sorted(present)) or 'none'})")
+            raise UserError(
+                f"{path}: no column/field {field!r} (found: {', '.join(sorted(present)) or 'none'})"
+            )
         return field
     wanted = CSV_COLUMNS if path.suffix == ".csv" else ("prompt",)
     found = next((c for c in wanted if c in present), None)
     if found is None:
-        raise UserError(f"{path}: no {' or '.join(repr(c) for c in wanted)} column/field (found: {', '.join(sorted(present)) or 'none'}; pick one with --field)")
+        raise UserError(
+            f"{path}: no {' or '.join(repr(c) for c in wanted)} column/field (found: {', '.join(sorted(present)) or 'none'}; pick one with --field)"
+        )
     return found
 
 
@@ -93,7 +105,9 @@ def import_prompts(
     records = READERS[path.suffix](path, field)
     prompt_field = _prompt_field(path, records, field)
     if category_column and records and category_column not in records[0][1]:
-        raise UserError(f"{path}: no column/field {category_column!r} (found: {', '.join(sorted(records[0][1]))})")
+        raise UserError(
+            f"{path}: no column/field {category_column!r} (found: {', '.join(sorted(records[0][1]))})"
+        )
     rows, empty = [], 0
     for line, record in records:
         prompt = record.get(prompt_field)
@@ -109,8 +123,22 @@ def import_prompts(
                 check_category(name)
             except UserError as err:
                 raise UserError(f"{path}:{line}: {err}") from None
-        rows.append(Row(prompt=prompt.strip(), type=type_, category=name, source=path.name, provenance=provenance(imported_from=path.name, line=line)))
+        rows.append(
+            Row(
+                prompt=prompt.strip(),
+                type=type_,
+                category=name,
+                source=path.name,
+                provenance=provenance(imported_from=path.name, line=line),
+            )
+        )
     if not rows:
         raise UserError(f"{path}: no prompts found")
     rows, duplicates = drop_duplicates(rows)
-    return rows, {"file": path.name, "records": len(records), "empty": empty, "duplicates_removed": duplicates, "rows": len(rows)}
+    return rows, {
+        "file": path.name,
+        "records": len(records),
+        "empty": empty,
+        "duplicates_removed": duplicates,
+        "rows": len(rows),
+    }

@@ -140,7 +140,11 @@ def _validate(element: Any, question_format: str | None) -> dict[str, Any] | str
     if question_format == "short_answer":
         return {"prompt": question, "choices": None, "answer": str(answer).strip()}
     choices = element.get("choices", element.get("options"))
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c.strip() for c in choices)
+    ):
         return "item_bad_choices"
     choices = [c.strip() for c in choices]
     if len(set(choices)) != len(choices):
@@ -149,7 +153,11 @@ def _validate(element: Any, question_format: str | None) -> dict[str, Any] | str
         key = choices[answer]
     elif isinstance(answer, str) and answer.strip() in choices:
         key = answer.strip()
-    elif isinstance(answer, str) and len(answer.strip()) == 1 and 0 <= ord(answer.strip().upper()) - 65 < len(choices):
+    elif (
+        isinstance(answer, str)
+        and len(answer.strip()) == 1
+        and 0 <= ord(answer.strip().upper()) - 65 < len(choices)
+    ):
         key = choices[ord(answer.strip().upper()) - 65]  # "B" → the second option
     else:
         return "item_answer_not_in_choices"
@@ -168,7 +176,9 @@ def request_text(quota: Quota, n: int) -> str:
     elif quota.task is not None:
         fields["domain"] = quota.task.domain
         fields["description"] = quota.task.description
-        fields["examples"] = json.dumps([e.model_dump(exclude_none=True) for e in quota.task.examples], indent=1)
+        fields["examples"] = json.dumps(
+            [e.model_dump(exclude_none=True) for e in quota.task.examples], indent=1
+        )
     return template.strip().format(**fields)
 
 
@@ -180,12 +190,19 @@ class LLMGenerator:
         self.spec = spec.generator
         if backend is None:
             if not self.spec.model:
-                raise UserError("generator.model: the llm generator needs a chat model (a folder, zoo:<member> or smollm2)")
+                raise UserError(
+                    "generator.model: the llm generator needs a chat model (a folder, zoo:<member> or smollm2)"
+                )
             from mergesearch.backends.hf import HFBackend
             from mergesearch.model_paths import resolve_model
 
             path = resolve_model(self.spec.model, "generator.model", log)
-            backend = HFBackend.from_pretrained(path, device="auto", batch_size=self.spec.requests_per_attempt, max_new_tokens=self.spec.max_new_tokens)
+            backend = HFBackend.from_pretrained(
+                path,
+                device="auto",
+                batch_size=self.spec.requests_per_attempt,
+                max_new_tokens=self.spec.max_new_tokens,
+            )
         self.backend = backend
         self.model_name = getattr(backend, "name", "model")
         self.log = log
@@ -201,7 +218,10 @@ class LLMGenerator:
             report.attempts += 1
             ask = request_text(quota, min(self.spec.items_per_request, quota.count - len(kept)))
             outputs = self.backend.generate(
-                [ask] * self.spec.requests_per_attempt, temperature=self.spec.temperature, seed=seed + attempt, max_new_tokens=self.spec.max_new_tokens
+                [ask] * self.spec.requests_per_attempt,
+                temperature=self.spec.temperature,
+                seed=seed + attempt,
+                max_new_tokens=self.spec.max_new_tokens,
             )
             for output in outputs:
                 report.outputs += 1
@@ -218,7 +238,22 @@ class LLMGenerator:
             report.problems["beyond_quota"] += len(kept) - quota.count
         kept = kept[: quota.count]
         report.produced = len(kept)
-        self.log(f"llm generator: {quota.key}: {report.produced}/{quota.count} in {report.attempts} attempts, problems {dict(report.problems)}")
-        origin = provenance(generator="llm", model=self.model_name, seed=seed, temperature=self.spec.temperature)
-        rows = [Row(prompt=i["prompt"], type=quota.type, category=quota.category, source=f"llm:{self.model_name}", choices=i["choices"], answer=i["answer"], provenance=origin) for i in kept]
+        self.log(
+            f"llm generator: {quota.key}: {report.produced}/{quota.count} in {report.attempts} attempts, problems {dict(report.problems)}"
+        )
+        origin = provenance(
+            generator="llm", model=self.model_name, seed=seed, temperature=self.spec.temperature
+        )
+        rows = [
+            Row(
+                prompt=i["prompt"],
+                type=quota.type,
+                category=quota.category,
+                source=f"llm:{self.model_name}",
+                choices=i["choices"],
+                answer=i["answer"],
+                provenance=origin,
+            )
+            for i in kept
+        ]
         return rows, report

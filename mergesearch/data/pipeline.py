@@ -50,7 +50,9 @@ class AnswerWorker:
 
         spec = DataSpec.model_validate_json(spec_json)
         if spec.answer is None:
-            raise UserError(f"{spec.name}: the spec has no `answer` section (which experts answer, which judge)")
+            raise UserError(
+                f"{spec.name}: the spec has no `answer` section (which experts answer, which judge)"
+            )
         self.answerer = Answerer(spec.answer, spec.tasks, device=device, log=lambda m: print(m, flush=True))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -61,7 +63,15 @@ def _chunks(table: pa.Table, size: int) -> list[pa.Table]:
     return [table.slice(start, size) for start in range(0, table.num_rows, size)] or [table]
 
 
-def _run(worker: type, args: dict[str, Any], tables: list[pa.Table], use_ray: bool, actors: int, log: Log, what: str) -> pa.Table:
+def _run(
+    worker: type,
+    args: dict[str, Any],
+    tables: list[pa.Table],
+    use_ray: bool,
+    actors: int,
+    log: Log,
+    what: str,
+) -> pa.Table:
     """Apply ``worker`` to each table: in-process, or as a Ray Data actor pool with one table per batch."""
     if not use_ray:
         instance = worker(**args)
@@ -78,21 +88,40 @@ def _run(worker: type, args: dict[str, Any], tables: list[pa.Table], use_ray: bo
     dataset = ray.data.from_arrow(tables)  # one block per table: batches line up with the local path's
     sizes = {t.num_rows for t in tables}
     mapped = dataset.map_batches(
-        worker, fn_constructor_kwargs=args, batch_format="pyarrow", batch_size=max(sizes), concurrency=actors, num_cpus=1, zero_copy_batch=True
+        worker,
+        fn_constructor_kwargs=args,
+        batch_format="pyarrow",
+        batch_size=max(sizes),
+        concurrency=actors,
+        num_cpus=1,
+        zero_copy_batch=True,
     )
     log(f"{what}: {len(tables)} batches on a Ray Data pool of {actors} actors")
     parts = [ray.get(ref) for ref in mapped.to_arrow_refs()]
     return pa.concat_tables([p for p in parts if p.num_rows]) if parts else pa.table({})
 
 
-def generate_prompts(spec: DataSpec, use_ray: bool = False, actors: int = 2, log: Log = print) -> tuple[list[Row], dict[str, Any]]:
+def generate_prompts(
+    spec: DataSpec, use_ray: bool = False, actors: int = 2, log: Log = print
+) -> tuple[list[Row], dict[str, Any]]:
     """Every quota's rows (exact duplicates across quotas removed) and the generation report."""
     quotas = plan_quotas(spec)
     if not quotas:
-        raise UserError(f"{spec.name}: nothing to generate (no alignment categories, benign prompts or tasks)")
+        raise UserError(
+            f"{spec.name}: nothing to generate (no alignment categories, benign prompts or tasks)"
+        )
     tables = [pa.table({"quota": [q.to_json()]}) for q in quotas]
-    done = _run(GenerateWorker, {"spec_json": spec.model_dump_json()}, tables, use_ray, actors, log, "generate")
-    by_quota = {q: (json.loads(r), json.loads(rep)) for q, r, rep in zip(done.column("quota").to_pylist(), done.column("rows").to_pylist(), done.column("report").to_pylist())}
+    done = _run(
+        GenerateWorker, {"spec_json": spec.model_dump_json()}, tables, use_ray, actors, log, "generate"
+    )
+    by_quota = {
+        q: (json.loads(r), json.loads(rep))
+        for q, r, rep in zip(
+            done.column("quota").to_pylist(),
+            done.column("rows").to_pylist(),
+            done.column("report").to_pylist(),
+        )
+    }
     rows: list[Row] = []
     reports = {}
     for quota in quotas:  # plan order, whatever order the pool finished in
@@ -103,13 +132,17 @@ def generate_prompts(spec: DataSpec, use_ray: bool = False, actors: int = 2, log
     return rows, {"quotas": reports, "duplicates_removed": duplicates}
 
 
-def answer_rows(spec: DataSpec, rows: Sequence[Row], use_ray: bool = False, actors: int = 2, log: Log = print) -> tuple[list[Row], dict[str, dict[str, int]]]:
+def answer_rows(
+    spec: DataSpec, rows: Sequence[Row], use_ray: bool = False, actors: int = 2, log: Log = print
+) -> tuple[list[Row], dict[str, dict[str, int]]]:
     """Answered rows (dropped ones removed) and the drops: reason → type/category → count."""
     if spec.answer is None:
         raise UserError(f"{spec.name}: the spec has no `answer` section (which experts answer, which judge)")
     ordered = sorted(rows, key=lambda r: r.id)
     tables = _chunks(to_table(ordered), spec.answer.batch_size)
-    answered = from_table(_run(AnswerWorker, {"spec_json": spec.model_dump_json()}, tables, use_ray, actors, log, "answer"))
+    answered = from_table(
+        _run(AnswerWorker, {"spec_json": spec.model_dump_json()}, tables, use_ray, actors, log, "answer")
+    )
     kept, drops = [], Counter()
     for row in answered:
         reason = json.loads(row.provenance).get("dropped")
@@ -124,16 +157,32 @@ def answer_rows(spec: DataSpec, rows: Sequence[Row], use_ray: bool = False, acto
 
 
 def finish_dataset(spec: DataSpec, rows: Sequence[Row], out: Path, card: dict[str, Any]) -> dict[str, Any]:
-    rows, groups = assign_splits(rows, spec.split.heldout_share, spec.split.near_duplicate_threshold, spec.seed)
-    return write_rows(out, rows, {**card, "near_duplicate_groups": groups, "heldout_share": spec.split.heldout_share})
+    rows, groups = assign_splits(
+        rows, spec.split.heldout_share, spec.split.near_duplicate_threshold, spec.seed
+    )
+    return write_rows(
+        out, rows, {**card, "near_duplicate_groups": groups, "heldout_share": spec.split.heldout_share}
+    )
 
 
-def build_dataset(spec: DataSpec, out: Path, use_ray: bool = False, actors: int = 2, prompts_only: bool = False, log: Log = print) -> dict[str, Any]:
+def build_dataset(
+    spec: DataSpec,
+    out: Path,
+    use_ray: bool = False,
+    actors: int = 2,
+    prompts_only: bool = False,
+    log: Log = print,
+) -> dict[str, Any]:
     """generate → (answer → select → split) → ``out``; returns the card."""
     rows, generation = generate_prompts(spec, use_ray, actors, log)
     log(f"generate: {len(rows)} prompts ({generation['duplicates_removed']} duplicates removed)")
-    card: dict[str, Any] = {"kind": "prompt_set" if prompts_only else "dataset", "name": spec.name, "config_hash": spec.digest(),
-                            "spec": spec.model_dump(mode="json"), "generation": generation}
+    card: dict[str, Any] = {
+        "kind": "prompt_set" if prompts_only else "dataset",
+        "name": spec.name,
+        "config_hash": spec.digest(),
+        "spec": spec.model_dump(mode="json"),
+        "generation": generation,
+    }
     if prompts_only:
         return write_rows(out, rows, card)
     kept, dropped = answer_rows(spec, rows, use_ray, actors, log)
@@ -141,12 +190,24 @@ def build_dataset(spec: DataSpec, out: Path, use_ray: bool = False, actors: int 
     return finish_dataset(spec, kept, out, {**card, "dropped": dropped})
 
 
-def answer_prompt_set(spec: DataSpec, prompt_set: Path, out: Path, use_ray: bool = False, actors: int = 2, log: Log = print) -> dict[str, Any]:
+def answer_prompt_set(
+    spec: DataSpec, prompt_set: Path, out: Path, use_ray: bool = False, actors: int = 2, log: Log = print
+) -> dict[str, Any]:
     """Answer an existing prompt set (generated or imported) with the spec's experts and judge."""
     source_card, rows = read_card(prompt_set), read_rows(prompt_set)
     kept, dropped = answer_rows(spec, rows, use_ray, actors, log)
-    card = {"kind": "dataset", "name": spec.name, "config_hash": spec.digest(), "spec": spec.model_dump(mode="json"),
-            "prompt_set": {"path": str(prompt_set), "config_hash": source_card.get("config_hash"), "rows_sha256": source_card.get("rows_sha256"),
-                           "generation": source_card.get("generation"), "import": source_card.get("import")},
-            "dropped": dropped}
+    card = {
+        "kind": "dataset",
+        "name": spec.name,
+        "config_hash": spec.digest(),
+        "spec": spec.model_dump(mode="json"),
+        "prompt_set": {
+            "path": str(prompt_set),
+            "config_hash": source_card.get("config_hash"),
+            "rows_sha256": source_card.get("rows_sha256"),
+            "generation": source_card.get("generation"),
+            "import": source_card.get("import"),
+        },
+        "dropped": dropped,
+    }
     return finish_dataset(spec, kept, out, card)

@@ -97,4 +97,6 @@ class DataSpec(Frozen):
 
     def digest(self) -> str:
         """Content hash of everything that determines the rows: recorded in the dataset card."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]

@@ -28,4 +28,3 @@ def make_judge(config: JudgeConfig, device: str = "cpu", log: Callable[[str], No
     import mergesearch.judges.refusal  # noqa: F401 - registers
 
     return JUDGES.get(config.kind)(config, device, log)
-

@@ -43,7 +43,9 @@ def _setting(recipe: MergeRecipe, per_group: Sequence[float]) -> float | list[di
     if len(recipe.groups) == 1:
         return float(per_group[0])
     conditions: list[dict] = [
-        {"filter": f"layers.{layer}.", "value": float(per_group[g])} for g, layers in enumerate(recipe.groups) for layer in layers
+        {"filter": f"layers.{layer}.", "value": float(per_group[g])}
+        for g, layers in enumerate(recipe.groups)
+        for layer in layers
     ]
     conditions += [{"filter": key, "value": float(per_group[0])} for key in INPUT_SIDE]
     return conditions + [{"value": float(per_group[-1])}]
@@ -52,19 +54,32 @@ def _setting(recipe: MergeRecipe, per_group: Sequence[float]) -> float | list[di
 # Our methods that mergekit 0.1.5 does not have: such recipes are materialised with our engine only.
 NOT_IN_MERGEKIT = frozenset({"tsvm", "rtsvm"})
 # Files a merged model folder takes from the base model (everything but the weights).
-MODEL_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+MODEL_SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 
-def recipe_to_mergekit(recipe: MergeRecipe, base: str | Path, experts: Mapping[str, str | Path], dtype: str = "float32") -> dict:
+def recipe_to_mergekit(
+    recipe: MergeRecipe, base: str | Path, experts: Mapping[str, str | Path], dtype: str = "float32"
+) -> dict:
     """The mergekit config that makes exactly what the resident engine makes from ``recipe``."""
     if recipe.method in NOT_IN_MERGEKIT:
-        raise UserError(f"mergekit has no {recipe.method!r} merge method; materialise this recipe with mergesearch instead")
+        raise UserError(
+            f"mergekit has no {recipe.method!r} merge method; materialise this recipe with mergesearch instead"
+        )
     missing = [e for e in recipe.experts if e not in experts]
     if missing:
         raise UserError(f"no model path for expert(s) {', '.join(missing)}")
     models = []
     for i, name in enumerate(recipe.experts):
-        params = {p: _setting(recipe, [group[i] for group in values]) for p, values in recipe.expert_params.items()}
+        params = {
+            p: _setting(recipe, [group[i] for group in values]) for p, values in recipe.expert_params.items()
+        }
         models.append({"model": str(experts[name]), **({"parameters": params} if params else {})})
     shared = {**recipe.shared, **{p: _setting(recipe, values) for p, values in recipe.group_params.items()}}
     config: dict = {"merge_method": recipe.method, "models": models, "dtype": dtype}
@@ -107,11 +122,16 @@ def run_mergekit_yaml(config: Mapping, out_dir: Path, seed: int | None = None) -
     return out_dir
 
 
-def materialize(merger: ResidentMerger, recipe: MergeRecipe, base: str | Path, out_dir: Path, seed: int | None = None) -> Path:
+def materialize(
+    merger: ResidentMerger, recipe: MergeRecipe, base: str | Path, out_dir: Path, seed: int | None = None
+) -> Path:
     """Write the merge of ``recipe`` as a standard model folder (weights from the engine, the rest from the base)."""
     base, out_dir = Path(base), Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in merger.merged_tensors(recipe, seed)}
+        tensors = {
+            name: tensor.detach().to("cpu").contiguous()
+            for name, tensor in merger.merged_tensors(recipe, seed)
+        }
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name in MODEL_SIDE_FILES:
             if (base / name).is_file():

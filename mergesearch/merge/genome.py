@@ -15,13 +15,21 @@ from mergesearch.merge.methods import get_method
 from mergesearch.merge.recipe import MergeRecipe
 
 GENE_PREFIX = {"weight": "w", "density": "d", "gamma": "gamma", "epsilon": "eps", "t": "t"}
-DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 0.1), "epsilon": (0.01, 0.2), "t": (0.0, 1.0)}
+DEFAULT_BOUNDS = {
+    "weight": (0.0, 1.0),
+    "density": (0.1, 1.0),
+    "gamma": (0.0, 0.1),
+    "epsilon": (0.01, 0.2),
+    "t": (0.0, 1.0),
+}
 GROUP_PARAMS = ("t",)
 
 Genome = dict[str, float]
 
 
-def layer_groups(num_layers: int, granularity: Literal["global", "groups", "layer"], group_size: int = 1) -> tuple[tuple[int, ...], ...]:
+def layer_groups(
+    num_layers: int, granularity: Literal["global", "groups", "layer"], group_size: int = 1
+) -> tuple[tuple[int, ...], ...]:
     size = {"global": num_layers, "layer": 1}.get(granularity, group_size)
     return tuple(tuple(range(start, min(start + size, num_layers))) for start in range(0, num_layers, size))
 
@@ -49,11 +57,19 @@ class GenomeSpace:
         self.groups = layer_groups(num_layers, granularity, group_size)
         self.expert_params = tuple(p for p in spec.expert_params)
         self.group_params = tuple(p for p in GROUP_PARAMS if p in spec.shared_defaults)
-        self.bounds = {p: tuple((bounds or {}).get(p, DEFAULT_BOUNDS[p])) for p in (*self.expert_params, *self.group_params)}
+        self.bounds = {
+            p: tuple((bounds or {}).get(p, DEFAULT_BOUNDS[p]))
+            for p in (*self.expert_params, *self.group_params)
+        }
         self.shared = dict(shared or {})
 
     def gene_names(self) -> list[str]:
-        names = [self._gene(p, e, g) for p in self.expert_params for e in self.experts for g in range(len(self.groups))]
+        names = [
+            self._gene(p, e, g)
+            for p in self.expert_params
+            for e in self.experts
+            for g in range(len(self.groups))
+        ]
         return names + [self._gene(p, None, g) for p in self.group_params for g in range(len(self.groups))]
 
     def gene_bounds(self) -> dict[str, tuple[float, float]]:
@@ -66,7 +82,8 @@ class GenomeSpace:
             raise UserError(f"genome does not fit the space: missing {missing[:3]}, unknown {unknown[:3]}")
         n = len(self.groups)
         expert_params = {
-            p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in range(n)) for p in self.expert_params
+            p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in range(n))
+            for p in self.expert_params
         }
         if self.normalize_weights and "weight" in expert_params:
             expert_params["weight"] = tuple(_sum_to_one(per_group) for per_group in expert_params["weight"])
@@ -75,19 +92,33 @@ class GenomeSpace:
             experts=self.experts,
             groups=self.groups,
             expert_params=expert_params,
-            group_params={p: tuple(float(genome[self._gene(p, None, g)]) for g in range(n)) for p in self.group_params},
+            group_params={
+                p: tuple(float(genome[self._gene(p, None, g)]) for g in range(n)) for p in self.group_params
+            },
             shared=self.shared,
         )
 
     def encode(self, recipe: MergeRecipe) -> Genome:
         """The genome of ``recipe`` (with normalised weights, one of the genomes that decode to it)."""
         if recipe.groups != self.groups or recipe.experts != self.experts or recipe.method != self.method:
-            raise UserError("recipe was not made in this genome space (method, experts or layer groups differ)")
-        genome = {self._gene(p, e, g): v[g][i] for p, v in recipe.expert_params.items() for g in range(len(self.groups)) for i, e in enumerate(self.experts)}
-        return genome | {self._gene(p, None, g): v[g] for p, v in recipe.group_params.items() for g in range(len(self.groups))}
+            raise UserError(
+                "recipe was not made in this genome space (method, experts or layer groups differ)"
+            )
+        genome = {
+            self._gene(p, e, g): v[g][i]
+            for p, v in recipe.expert_params.items()
+            for g in range(len(self.groups))
+            for i, e in enumerate(self.experts)
+        }
+        return genome | {
+            self._gene(p, None, g): v[g]
+            for p, v in recipe.group_params.items()
+            for g in range(len(self.groups))
+        }
 
     def uniform(self) -> Genome:
         """Every expert at weight 1/n, slerp's t halfway, other genes at their upper bound (keep all); clipped."""
+
         def value(name: str) -> float:
             param = self._param_of(name)
             return {"weight": 1 / len(self.experts), "t": 0.5}.get(param, self.bounds[param][1])
@@ -101,9 +132,13 @@ class GenomeSpace:
         genome = self.uniform()
         for g in range(len(self.groups)):
             if "t" in self.group_params:  # slerp: t runs from the first expert (0) to the second (1)
-                genome[self._gene("t", None, g)] = self._clip(self._gene("t", None, g), float(self.experts.index(expert)))
+                genome[self._gene("t", None, g)] = self._clip(
+                    self._gene("t", None, g), float(self.experts.index(expert))
+                )
             for e in self.experts if "weight" in self.expert_params else ():
-                genome[self._gene("weight", e, g)] = self._clip(self._gene("weight", e, g), 1.0 if e == expert else 0.0)
+                genome[self._gene("weight", e, g)] = self._clip(
+                    self._gene("weight", e, g), 1.0 if e == expert else 0.0
+                )
         return genome
 
     def _gene(self, param: str, expert: str | None, group: int) -> str:
@@ -128,4 +163,12 @@ def space_from_config(merge, experts: Sequence[str], num_layers: int) -> GenomeS
     bounds = {"weight": (merge.weight.low, merge.weight.high)}
     if merge.density is not None:
         bounds["density"] = (merge.density.low, merge.density.high)
-    return GenomeSpace(merge.method, experts, num_layers, merge.granularity, merge.group_size, bounds=bounds, normalize_weights=merge.normalize)
+    return GenomeSpace(
+        merge.method,
+        experts,
+        num_layers,
+        merge.granularity,
+        merge.group_size,
+        bounds=bounds,
+        normalize_weights=merge.normalize,
+    )

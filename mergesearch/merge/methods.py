@@ -50,12 +50,21 @@ class MergeMethod:
 
     def check_experts(self, count: int) -> None:
         if count < self.min_experts or (self.max_experts is not None and count > self.max_experts):
-            wanted = f"exactly {self.min_experts}" if self.min_experts == self.max_experts else f"at least {self.min_experts}"
+            wanted = (
+                f"exactly {self.min_experts}"
+                if self.min_experts == self.max_experts
+                else f"at least {self.min_experts}"
+            )
             raise UserError(f"merge method {self.name!r} merges {wanted} experts, got {count}")
 
-    def _arguments(self, count: int, params: dict[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+    def _arguments(
+        self, count: int, params: dict[str, Any], generator: torch.Generator | None
+    ) -> dict[str, Any]:
         """Defaults filled in, unknown parameters and expert counts refused: one path for both entry points."""
-        optional = (*(("sorted_magnitudes",) if self.uses_magnitude_order else ()), *(("factors",) if self.factorize else ()))
+        optional = (
+            *(("sorted_magnitudes",) if self.uses_magnitude_order else ()),
+            *(("factors",) if self.factorize else ()),
+        )
         accepted = {*self.expert_params, *self.shared_defaults, *optional}
         unknown = set(params) - accepted
         if unknown:
@@ -66,17 +75,36 @@ class MergeMethod:
             kwargs["generator"] = generator
         return kwargs
 
-    def __call__(self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        base: torch.Tensor,
+        task_vectors: Sequence[torch.Tensor],
+        *,
+        generator: torch.Generator | None = None,
+        **params: Any,
+    ) -> torch.Tensor:
         return self.fn(base, task_vectors, **self._arguments(len(task_vectors), params, generator))
 
-    def factors_for(self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], params: dict[str, Any]) -> Any:
+    def factors_for(
+        self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], params: dict[str, Any]
+    ) -> Any:
         """The genome-independent precomputation for one tensor (None when the method has none)."""
         if self.factorize is None:
             return None
-        return self.factorize(base, task_vectors, **{**self.shared_defaults, **{k: v for k, v in params.items() if k in self.shared_defaults}})
+        return self.factorize(
+            base,
+            task_vectors,
+            **{**self.shared_defaults, **{k: v for k, v in params.items() if k in self.shared_defaults}},
+        )
 
     def merge_into(
-        self, out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, generator: torch.Generator | None = None, **params: Any
+        self,
+        out: torch.Tensor,
+        base: torch.Tensor,
+        task_vectors: Sequence[torch.Tensor],
+        *,
+        generator: torch.Generator | None = None,
+        **params: Any,
     ) -> None:
         """Write the merge into ``out`` (a model's parameter): in place when the method has a kernel."""
         kwargs = self._arguments(len(task_vectors), params, generator)
@@ -114,7 +142,11 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float
 
 
 def magnitude_topk(
-    delta: torch.Tensor, density: float, rescale: bool = False, sorted_abs: torch.Tensor | None = None, **_: Any
+    delta: torch.Tensor,
+    density: float,
+    rescale: bool = False,
+    sorted_abs: torch.Tensor | None = None,
+    **_: Any,
 ) -> torch.Tensor:
     """Keep the ``density`` share of entries with the largest magnitude (TIES' trim step).
 
@@ -128,10 +160,14 @@ def magnitude_topk(
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     magnitudes = delta.abs()
-    return _rescaled(delta, (magnitudes >= magnitude_threshold(delta, density, sorted_abs)).to(delta.dtype), rescale)
+    return _rescaled(
+        delta, (magnitudes >= magnitude_threshold(delta, density, sorted_abs)).to(delta.dtype), rescale
+    )
 
 
-def magnitude_threshold(delta: torch.Tensor, density: float, sorted_abs: torch.Tensor | None = None) -> torch.Tensor:
+def magnitude_threshold(
+    delta: torch.Tensor, density: float, sorted_abs: torch.Tensor | None = None
+) -> torch.Tensor:
     """The |δ| at or above which the ``density`` share of entries lies (0-d tensor): −inf keeps all, +inf none."""
     if density >= 1 or delta.numel() == 0:
         return torch.tensor(float("-inf"), device=delta.device)
@@ -144,7 +180,13 @@ def magnitude_threshold(delta: torch.Tensor, density: float, sorted_abs: torch.T
     return torch.kthvalue(delta.abs().reshape(-1).float(), n - k + 1).values
 
 
-def random_keep(delta: torch.Tensor, density: float, rescale: bool = True, generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
+def random_keep(
+    delta: torch.Tensor,
+    density: float,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+    **_: Any,
+) -> torch.Tensor:
     """DARE: keep each entry with probability ``density`` (then rescale so the expected sum is kept)."""
     if density >= 1:
         return delta
@@ -153,7 +195,9 @@ def random_keep(delta: torch.Tensor, density: float, rescale: bool = True, gener
     return _rescaled(work, mask, rescale).to(delta.dtype)
 
 
-def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, **_: Any) -> torch.Tensor:
+def magnitude_outliers(
+    delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, **_: Any
+) -> torch.Tensor:
     """Model Breadcrumbs: drop the ``gamma`` share of largest entries (outliers), then the smallest, keeping ``density``."""
     if density >= 1:
         return delta
@@ -167,7 +211,12 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01,
 
 
 def della_magprune(
-    delta: torch.Tensor, density: float, epsilon: float = 0.15, rescale: bool = True, generator: torch.Generator | None = None, **_: Any
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float = 0.15,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+    **_: Any,
 ) -> torch.Tensor:
     """DELLA: keep-probabilities rise with each entry's magnitude rank within its row, from
     ``density − ε`` (smallest) to ``density + ε`` (largest); kept entries are rescaled."""
@@ -176,7 +225,9 @@ def della_magprune(
     if density <= 0:
         return torch.zeros_like(delta)
     if not (0 < density - epsilon and density + epsilon < 1):
-        raise UserError(f"della: epsilon {epsilon} must keep density ± epsilon inside (0, 1) for density {density}")
+        raise UserError(
+            f"della: epsilon {epsilon} must keep density ± epsilon inside (0, 1) for density {density}"
+        )
     shape = delta.shape
     work = delta.float() if delta.device.type == "cpu" and delta.dtype != torch.bfloat16 else delta
     rows = work if work.dim() >= 2 else work.unsqueeze(0)
@@ -227,9 +278,21 @@ def generalized_task_arithmetic(
         if sparsifier is None:
             deltas[i] = tau
         else:
-            extra = {k: v[i] for k, v in (("gamma", gamma), ("epsilon", epsilon), ("sorted_abs", sorted_magnitudes)) if v is not None}
-            deltas[i] = sparsifier(tau, density=1.0 if density is None else density[i], rescale=rescale, generator=generator, **extra)
-    weights = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(-1, *([1] * base.dim()))
+            extra = {
+                k: v[i]
+                for k, v in (("gamma", gamma), ("epsilon", epsilon), ("sorted_abs", sorted_magnitudes))
+                if v is not None
+            }
+            deltas[i] = sparsifier(
+                tau,
+                density=1.0 if density is None else density[i],
+                rescale=rescale,
+                generator=generator,
+                **extra,
+            )
+    weights = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(
+        -1, *([1] * base.dim())
+    )
     deltas.mul_(weights)
     if consensus:
         mask = sign_consensus(deltas).to(deltas.dtype)
@@ -248,9 +311,18 @@ def generalized_task_arithmetic(
     return (base + mixed).to(base.dtype)
 
 
-def _family(name: str, sparsify: str | None, consensus: bool, normalize: bool, rescale: bool, extra: tuple[str, ...] = ()) -> MergeMethod:
+def _family(
+    name: str,
+    sparsify: str | None,
+    consensus: bool,
+    normalize: bool,
+    rescale: bool,
+    extra: tuple[str, ...] = (),
+) -> MergeMethod:
     def fn(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], **params: Any) -> torch.Tensor:
-        return generalized_task_arithmetic(base, task_vectors, sparsify=sparsify, consensus=consensus, **params)
+        return generalized_task_arithmetic(
+            base, task_vectors, sparsify=sparsify, consensus=consensus, **params
+        )
 
     fn.__doc__ = f"{name}: {generalized_task_arithmetic.__doc__}"
     density = ("density",) if sparsify else ()
@@ -273,7 +345,13 @@ def _normalizer(weight: Sequence[float], normalize: bool) -> float:
 
 
 def _task_arithmetic_into(
-    out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool, **shared: Any
+    out: torch.Tensor,
+    base: torch.Tensor,
+    task_vectors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    normalize: bool,
+    **shared: Any,
 ) -> None:
     """out = b + λ·Σ wᵢ·τᵢ [/ Σ wᵢ]: one read of each input, no temporaries."""
     scale = shared.get("lambda", 1.0) / _normalizer(weight, normalize)
@@ -294,7 +372,9 @@ def _ties_elementwise(
     """TIES once each task vector's magnitude threshold is known: every remaining step is elementwise.
     Same arithmetic as ``generalized_task_arithmetic`` (trim, weight, elect, disjoint mean), written so
     that a compiler can fuse it into one pass that reads each input once and writes ``out`` in place."""
-    deltas = [torch.where(tau.abs() >= cut, tau * w, 0.0) for tau, cut, w in zip(task_vectors, thresholds, weights)]
+    deltas = [
+        torch.where(tau.abs() >= cut, tau * w, 0.0) for tau, cut, w in zip(task_vectors, thresholds, weights)
+    ]
     majority = torch.where(sum(deltas) >= 0, 1.0, -1.0)
     agrees = [torch.sign(d) == majority for d in deltas]
     mixed = sum(torch.where(keep, d, 0.0) for keep, d in zip(agrees, deltas))
@@ -321,7 +401,9 @@ class _Fused:
                 return self.compiled(*args)
             except Exception as error:  # a missing toolchain surfaces only when the kernel is first built
                 self.failed = True
-                logging.getLogger(__name__).warning("merge kernel: torch.compile failed (%s); using eager torch ops", type(error).__name__)
+                logging.getLogger(__name__).warning(
+                    "merge kernel: torch.compile failed (%s); using eager torch ops", type(error).__name__
+                )
         self.fn(*args)
 
 
@@ -343,16 +425,40 @@ def _ties_into(
     """TIES into ``out``: thresholds per task vector (looked up when magnitudes are pre-sorted), then the
     fused elementwise kernel. ``rescale`` needs global sums after trimming, so it takes the general path."""
     if rescale or not task_vectors:
-        out.copy_(generalized_task_arithmetic(base, task_vectors, weight=weight, density=density, sorted_magnitudes=sorted_magnitudes,
-                                              sparsify="magnitude", consensus=True, normalize=normalize, rescale=rescale, **shared))
+        out.copy_(
+            generalized_task_arithmetic(
+                base,
+                task_vectors,
+                weight=weight,
+                density=density,
+                sorted_magnitudes=sorted_magnitudes,
+                sparsify="magnitude",
+                consensus=True,
+                normalize=normalize,
+                rescale=rescale,
+                **shared,
+            )
+        )
         return
     orders = sorted_magnitudes if sorted_magnitudes is not None else [None] * len(task_vectors)
     thresholds = [magnitude_threshold(tau, d, order) for tau, d, order in zip(task_vectors, density, orders)]
     as_tensor = lambda x: torch.tensor(float(x), dtype=base.dtype, device=base.device)  # noqa: E731 - tensors, so values never recompile
     # Flat plain-tensor views: one compiled graph serves every shape (a Parameter would pin its shape).
-    target = out.detach().view(-1) if out.is_contiguous() else torch.empty(out.numel(), dtype=out.dtype, device=out.device)
+    target = (
+        out.detach().view(-1)
+        if out.is_contiguous()
+        else torch.empty(out.numel(), dtype=out.dtype, device=out.device)
+    )
     flat_taus = [tau.reshape(-1) for tau in task_vectors]
-    _ties_fused(target, base.reshape(-1), flat_taus, thresholds, [as_tensor(w) for w in weight], bool(normalize), as_tensor(shared.get("lambda", 1.0)))
+    _ties_fused(
+        target,
+        base.reshape(-1),
+        flat_taus,
+        thresholds,
+        [as_tensor(w) for w in weight],
+        bool(normalize),
+        as_tensor(shared.get("lambda", 1.0)),
+    )
     if not out.is_contiguous():
         out.copy_(target.view(out.shape))
 
@@ -364,20 +470,37 @@ _family("ties", "magnitude", consensus=True, normalize=True, rescale=False)
 REGISTRY["ties"] = dataclasses.replace(REGISTRY["ties"], into=_ties_into)
 _family("dare_ties", "random", consensus=True, normalize=False, rescale=True)
 _family("dare_linear", "random", consensus=False, normalize=False, rescale=True)
-_family("breadcrumbs", "magnitude_outliers", consensus=False, normalize=False, rescale=False, extra=("gamma",))
-_family("breadcrumbs_ties", "magnitude_outliers", consensus=True, normalize=False, rescale=False, extra=("gamma",))
+_family(
+    "breadcrumbs", "magnitude_outliers", consensus=False, normalize=False, rescale=False, extra=("gamma",)
+)
+_family(
+    "breadcrumbs_ties", "magnitude_outliers", consensus=True, normalize=False, rescale=False, extra=("gamma",)
+)
 _family("della", "della_magprune", consensus=True, normalize=True, rescale=True, extra=("epsilon",))
 _family("della_linear", "della_magprune", consensus=False, normalize=False, rescale=True, extra=("epsilon",))
 
 
-def linear(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True) -> torch.Tensor:
+def linear(
+    base: torch.Tensor,
+    task_vectors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    normalize: bool = True,
+) -> torch.Tensor:
     """Weighted average of the experts: Σ wᵢ·xᵢ / Σ wᵢ = b + Σ wᵢ·τᵢ / Σ wᵢ (without normalize: Σ wᵢ·xᵢ)."""
     out = torch.empty_like(base)
     _linear_into(out, base, task_vectors, weight=weight, normalize=normalize)
     return out
 
 
-def _linear_into(out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool) -> None:
+def _linear_into(
+    out: torch.Tensor,
+    base: torch.Tensor,
+    task_vectors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    normalize: bool,
+) -> None:
     """out = (Σ wᵢ / s)·b + Σ (wᵢ / s)·τᵢ with s = Σ wᵢ when normalising (xᵢ = b + τᵢ), else s = 1."""
     total = _normalizer(weight, normalize)
     out.copy_(base).mul_(float(sum(weight)) / total)
@@ -385,10 +508,21 @@ def _linear_into(out: torch.Tensor, base: torch.Tensor, task_vectors: Sequence[t
         out.add_(tau, alpha=float(w) / total)
 
 
-register(MergeMethod("linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}, into=_linear_into))
+register(
+    MergeMethod(
+        "linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}, into=_linear_into
+    )
+)
 
 
-def slerp(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
+def slerp(
+    base: torch.Tensor,
+    task_vectors: Sequence[torch.Tensor],
+    *,
+    t: float,
+    dot_threshold: float = 0.9995,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """Spherical interpolation from expert A (t=0) to expert B (t=1) over the whole flattened tensor:
     sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b, θ the angle between them; linear when nearly collinear."""
     a = (base + task_vectors[0]).double().reshape(-1)
@@ -403,7 +537,16 @@ def slerp(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, t: float,
     return merged.reshape(base.shape).to(base.dtype)
 
 
-register(MergeMethod("slerp", slerp, expert_params=(), shared_defaults={"t": 0.5, "dot_threshold": 0.9995}, min_experts=2, max_experts=2))
+register(
+    MergeMethod(
+        "slerp",
+        slerp,
+        expert_params=(),
+        shared_defaults={"t": 0.5, "dot_threshold": 0.9995},
+        min_experts=2,
+        max_experts=2,
+    )
+)
 
 
 # ------------------------------------------------------------------------------------ task singular vectors
@@ -429,7 +572,9 @@ class TSVFactors:
         return (self.left * scaled) @ self.right.T
 
     def to(self, dtype: torch.dtype) -> TSVFactors:
-        return TSVFactors(self.left.to(dtype), tuple(s.to(dtype) for s in self.singular_values), self.right.to(dtype))
+        return TSVFactors(
+            self.left.to(dtype), tuple(s.to(dtype) for s in self.singular_values), self.right.to(dtype)
+        )
 
 
 def _tsv_factors(taus: Sequence[torch.Tensor], ranks: Sequence[int]) -> TSVFactors:
@@ -442,19 +587,27 @@ def _tsv_factors(taus: Sequence[torch.Tensor], ranks: Sequence[int]) -> TSVFacto
     return TSVFactors(_orthogonalize(torch.cat(us, dim=1)), tuple(ss), _orthogonalize(torch.cat(vs, dim=1)))
 
 
-def _mean_of_weighted(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], weight: Sequence[float], alpha: float) -> torch.Tensor:
+def _mean_of_weighted(
+    base: torch.Tensor, task_vectors: Sequence[torch.Tensor], weight: Sequence[float], alpha: float
+) -> torch.Tensor:
     """TSV-M's rule for tensors that are not matrices (norms, biases): b + α·mean(wᵢτᵢ)."""
-    return (base + alpha * sum(float(w) * t for w, t in zip(weight, task_vectors)) / len(task_vectors)).to(base.dtype)
+    return (base + alpha * sum(float(w) * t for w, t in zip(weight, task_vectors)) / len(task_vectors)).to(
+        base.dtype
+    )
 
 
-def tsvm_factors(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, rank_share: float | None = None, **_: Any) -> TSVFactors | None:
+def tsvm_factors(
+    base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, rank_share: float | None = None, **_: Any
+) -> TSVFactors | None:
     """TSV-M's genome-independent part: each τᵢ truncated to k = ⌊share·min(m, n)⌋ triplets (share = 1/T by default)."""
     if base.dim() != 2:
         return None
     n = len(task_vectors)
     share = rank_share if rank_share is not None else 1 / n
     if not 0 < share * n <= 1:
-        raise UserError(f"tsvm: rank_share {share} x {n} experts must be in (0, 1] so the kept bases fit the tensor")
+        raise UserError(
+            f"tsvm: rank_share {share} x {n} experts must be in (0, 1] so the kept bases fit the tensor"
+        )
     return _tsv_factors(task_vectors, [max(1, int(share * min(base.shape)))] * n)
 
 
@@ -479,7 +632,12 @@ def tsvm(
 
 
 def rtsvm_factors(
-    base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, energy: float = 0.9, outlier_z: float = 6.0, **_: Any
+    base: torch.Tensor,
+    task_vectors: Sequence[torch.Tensor],
+    *,
+    energy: float = 0.9,
+    outlier_z: float = 6.0,
+    **_: Any,
 ) -> TSVFactors | None:
     """R-TSVM's genome-independent part: outlier clipping and per-task ranks from the spectrum (see ``rtsvm``)."""
     if base.dim() != 2:
@@ -489,11 +647,15 @@ def rtsvm_factors(
         t = tau.double()
         centre = t.median()
         bound = outlier_z * 1.4826 * (t - centre).abs().median()
-        t = t.clamp(centre - bound, centre + bound) if bound > 0 else t  # an all-sparse τ (MAD 0) is left as it is
+        t = (
+            t.clamp(centre - bound, centre + bound) if bound > 0 else t
+        )  # an all-sparse τ (MAD 0) is left as it is
         s = torch.linalg.svdvals(t)
         share = torch.cumsum(s**2, 0) / (s**2).sum().clamp_min(1e-30)
         cleaned.append(t)
-        ranks.append(min(len(s), int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1))
+        ranks.append(
+            min(len(s), int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1)
+        )
     budget = min(base.shape)
     while sum(ranks) > budget:
         ranks[ranks.index(max(ranks))] -= 1
@@ -521,5 +683,21 @@ def rtsvm(
     return (base.to(factors.left.dtype) + alpha * factors.combine(weight)).to(base.dtype)
 
 
-register(MergeMethod("tsvm", tsvm, expert_params=("weight",), shared_defaults={"rank_share": None, "alpha": 1.0}, factorize=tsvm_factors))
-register(MergeMethod("rtsvm", rtsvm, expert_params=("weight",), shared_defaults={"energy": 0.9, "outlier_z": 6.0, "alpha": 1.0}, factorize=rtsvm_factors))
+register(
+    MergeMethod(
+        "tsvm",
+        tsvm,
+        expert_params=("weight",),
+        shared_defaults={"rank_share": None, "alpha": 1.0},
+        factorize=tsvm_factors,
+    )
+)
+register(
+    MergeMethod(
+        "rtsvm",
+        rtsvm,
+        expert_params=("weight",),
+        shared_defaults={"energy": 0.9, "outlier_z": 6.0, "alpha": 1.0},
+        factorize=rtsvm_factors,
+    )
+)

@@ -34,7 +34,9 @@ class MergeRecipe(Frozen):
             raise ValueError("groups must partition the layers 0..n-1")
         for name, per_group in self.expert_params.items():
             if len(per_group) != len(self.groups) or any(len(v) != len(self.experts) for v in per_group):
-                raise ValueError(f"{name}: needs one value per group and expert ({len(self.groups)}x{len(self.experts)})")
+                raise ValueError(
+                    f"{name}: needs one value per group and expert ({len(self.groups)}x{len(self.experts)})"
+                )
         for name, per_group in self.group_params.items():
             if len(per_group) != len(self.groups):
                 raise ValueError(f"{name}: needs one value per group ({len(self.groups)})")

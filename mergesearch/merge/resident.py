@@ -70,10 +70,14 @@ def check_compatible(base: Path, experts: Mapping[str, Path]) -> None:
         config = model_config(folder)
         for key in ("architectures", "hidden_size", "num_hidden_layers", "vocab_size"):
             if config.get(key) != base_config.get(key):
-                raise UserError(f"expert {name!r} ({folder}): {key} is {config.get(key)!r}, the base has {base_config.get(key)!r}")
+                raise UserError(
+                    f"expert {name!r} ({folder}): {key} is {config.get(key)!r}, the base has {base_config.get(key)!r}"
+                )
         vocab = _tokenizer_vocab(folder)
         if base_vocab is not None and vocab is not None and vocab != base_vocab:
-            raise UserError(f"expert {name!r} ({folder}): its tokenizer differs from the base's (token ids would not line up)")
+            raise UserError(
+                f"expert {name!r} ({folder}): its tokenizer differs from the base's (token ids would not line up)"
+            )
 
 
 def available_memory(device: torch.device) -> int:
@@ -110,7 +114,9 @@ class ResidentMerger:
         self.num_layers = model_config(base).get("num_hidden_layers")
         self.estimate_bytes = self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
         limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(self.device)
-        log(f"resident merger: base + {len(expert_dirs)} task vectors need about {self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)")
+        log(
+            f"resident merger: base + {len(expert_dirs)} task vectors need about {self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)"
+        )
         if self.estimate_bytes > limit:
             raise UserError(
                 f"the pool does not fit: base + {len(expert_dirs)} task vectors need {self.estimate_bytes / 2**30:.2f} GiB "
@@ -124,20 +130,32 @@ class ResidentMerger:
             self._check_finite(name, weights)
             if set(weights) != set(self.base):
                 extra = sorted(set(weights) ^ set(self.base))[0]
-                raise UserError(f"expert {name!r} ({folder}): tensor {extra!r} is in only one of the expert and the base")
+                raise UserError(
+                    f"expert {name!r} ({folder}): tensor {extra!r} is in only one of the expert and the base"
+                )
             for key, tensor in weights.items():
                 if tensor.shape != self.base[key].shape:
-                    raise UserError(f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, the base {tuple(self.base[key].shape)}")
-                weights[key] = tensor.sub_(self.base[key].float()).to(self.dtype)  # the expert becomes its task vector
+                    raise UserError(
+                        f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, the base {tuple(self.base[key].shape)}"
+                    )
+                weights[key] = tensor.sub_(self.base[key].float()).to(
+                    self.dtype
+                )  # the expert becomes its task vector
             self.task_vectors[name] = weights
         # Genome-independent factors (TSV-M's SVDs) of the latest method and shared parameters, by tensor:
         # filled on the first merge, reused by every later genome; one factorisation is kept at a time.
         self._factors_of: tuple[str, str] | None = None
         self._factors: dict[str, Any] = {}
-        self.sorted_magnitudes: dict[str, dict[str, torch.Tensor]] = {
-            name: {k: tau.abs().reshape(-1).float().sort().values.to(self.dtype) for k, tau in taus.items()}
-            for name, taus in self.task_vectors.items()
-        } if sort_magnitudes else {}
+        self.sorted_magnitudes: dict[str, dict[str, torch.Tensor]] = (
+            {
+                name: {
+                    k: tau.abs().reshape(-1).float().sort().values.to(self.dtype) for k, tau in taus.items()
+                }
+                for name, taus in self.task_vectors.items()
+            }
+            if sort_magnitudes
+            else {}
+        )
 
     def _estimate(self, base: Path, n_experts: int) -> int:
         element = torch.empty((), dtype=self.dtype).element_size()
@@ -153,30 +171,49 @@ class ResidentMerger:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise UserError(f"{name}: tensor {key!r} contains NaN or Inf values")
 
-    def _tensor_jobs(self, recipe: MergeRecipe, seed: int | None) -> Iterator[tuple[str, MergeMethod, torch.Tensor, list[torch.Tensor], dict]]:
+    def _tensor_jobs(
+        self, recipe: MergeRecipe, seed: int | None
+    ) -> Iterator[tuple[str, MergeMethod, torch.Tensor, list[torch.Tensor], dict]]:
         """Per tensor: its name, the method, the base, the task vectors and the method's keyword arguments."""
         if recipe.experts != self.expert_names:
-            raise UserError(f"recipe experts {recipe.experts} differ from the resident pool {self.expert_names}")
+            raise UserError(
+                f"recipe experts {recipe.experts} differ from the resident pool {self.expert_names}"
+            )
         if self.num_layers is not None and recipe.num_layers != self.num_layers:
             raise UserError(f"recipe covers {recipe.num_layers} layers, the models have {self.num_layers}")
         method = get_method(recipe.method)
-        generator = torch.Generator(device=self.device).manual_seed(seed) if method.randomized and seed is not None else None
+        generator = (
+            torch.Generator(device=self.device).manual_seed(seed)
+            if method.randomized and seed is not None
+            else None
+        )
         use_sorted = method.uses_magnitude_order and bool(self.sorted_magnitudes)
-        if method.factorize is not None and self._factors_of != (method.name, repr(sorted(recipe.shared.items()))):
+        if method.factorize is not None and self._factors_of != (
+            method.name,
+            repr(sorted(recipe.shared.items())),
+        ):
             self._factors_of, self._factors = (method.name, repr(sorted(recipe.shared.items()))), {}
         for key, base in self.base.items():
             kwargs = {**recipe.params_for(key), "generator": generator}
             taus = [self.task_vectors[name][key] for name in self.expert_names]
             if use_sorted:
-                kwargs["sorted_magnitudes"] = [self.sorted_magnitudes[name][key] for name in self.expert_names]
+                kwargs["sorted_magnitudes"] = [
+                    self.sorted_magnitudes[name][key] for name in self.expert_names
+                ]
             if method.factorize is not None:
                 if key not in self._factors:
                     factors = method.factors_for(base, taus, kwargs)
-                    self._factors[key] = factors.to(torch.promote_types(self.dtype, torch.float32)) if factors is not None else None
+                    self._factors[key] = (
+                        factors.to(torch.promote_types(self.dtype, torch.float32))
+                        if factors is not None
+                        else None
+                    )
                 kwargs["factors"] = self._factors[key]
             yield key, method, base, taus, kwargs
 
-    def merged_tensors(self, recipe: MergeRecipe, seed: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def merged_tensors(
+        self, recipe: MergeRecipe, seed: int | None = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Each merged tensor in turn, by name (for export, or for a model to copy from)."""
         for key, method, base, taus, kwargs in self._tensor_jobs(recipe, seed):
             yield key, method(base, taus, **kwargs)

@@ -24,10 +24,18 @@ class EvalData:
     source: str = ""
 
     @classmethod
-    def from_dataset(cls, path: str | Path, split: str = "search", max_alignment: int | None = None, max_task: int | None = None) -> EvalData:
+    def from_dataset(
+        cls,
+        path: str | Path,
+        split: str = "search",
+        max_alignment: int | None = None,
+        max_task: int | None = None,
+    ) -> EvalData:
         rows = sorted((r for r in read_rows(path) if r.split == split), key=lambda r: r.id)
         if not rows:
-            raise UserError(f"{path}: no rows in split {split!r} (is it a dataset from `mergesearch data generate`, not a prompt set?)")
+            raise UserError(
+                f"{path}: no rows in split {split!r} (is it a dataset from `mergesearch data generate`, not a prompt set?)"
+            )
         cap = lambda xs, n: tuple(xs[:n] if n else xs)  # noqa: E731
         choice, short = [], []
         for r in rows:
@@ -39,7 +47,9 @@ class EvalData:
                 choice.append(ChoiceItem(r.prompt, tuple(r.choices), list(r.choices).index(r.answer)))
             else:
                 short.append(ShortAnswerItem(r.prompt, r.answer))
-        tagged = [(r.prompt, r.response, r.type) for r in rows if r.response and r.type in ("alignment", "task")]
+        tagged = [
+            (r.prompt, r.response, r.type) for r in rows if r.response and r.type in ("alignment", "task")
+        ]
         return cls(
             harmful=cap([r.prompt for r in rows if r.type == "alignment"], max_alignment),
             benign=cap([r.prompt for r in rows if r.type == "benign"], max_alignment),
@@ -51,7 +61,12 @@ class EvalData:
 
     def require(self, objectives: list[str]) -> None:
         """Every objective the fitness weighs needs rows to score on; name the missing ones."""
-        needs = {"safety": self.harmful, "over_refusal": self.benign, "task_accuracy": self.choice_items + self.short_items, "loss_proxy": self.tagged}
+        needs = {
+            "safety": self.harmful,
+            "over_refusal": self.benign,
+            "task_accuracy": self.choice_items + self.short_items,
+            "loss_proxy": self.tagged,
+        }
         for name in objectives:
             if not needs.get(name, (1,)):
                 raise UserError(f"{self.source}: objective {name!r} has no rows to score on in this split")

@@ -38,17 +38,24 @@ def loss_proxy(backend, data: EvalData, alpha: float) -> tuple[float, dict[str, 
     lls = backend.loglikelihood([(backend.render(p), r) for p, r, _ in data.tagged])
     per_type: dict[str, list[float]] = {}
     for (_, response, type_), (ll, _) in zip(data.tagged, lls):
-        per_type.setdefault(type_, []).append(-ll / max(1, len(backend.tokenizer(response, add_special_tokens=False)["input_ids"])))
+        per_type.setdefault(type_, []).append(
+            -ll / max(1, len(backend.tokenizer(response, add_special_tokens=False)["input_ids"]))
+        )
     nll = {t: sum(v) / len(v) for t, v in per_type.items()}
     loss = nll.get("alignment", 0.0) + alpha * nll.get("task", 0.0)
-    return math.exp(-loss / (1 + alpha)), {"nll_alignment": nll.get("alignment", float("nan")), "nll_task": nll.get("task", float("nan"))}
+    return math.exp(-loss / (1 + alpha)), {
+        "nll_alignment": nll.get("alignment", float("nan")),
+        "nll_task": nll.get("task", float("nan")),
+    }
 
 
 def score_model(backend, data: EvalData, judge, config: FitnessConfig, max_new_tokens: int = 32) -> Scores:  # noqa: ANN001
     """All objectives the data supports (the loss proxy only when weighted: it costs a scoring pass)."""
     scores = Scores()
     started = time.perf_counter()
-    harmful_replies = backend.generate(list(data.harmful), max_new_tokens=max_new_tokens) if data.harmful else []
+    harmful_replies = (
+        backend.generate(list(data.harmful), max_new_tokens=max_new_tokens) if data.harmful else []
+    )
     benign_replies = backend.generate(list(data.benign), max_new_tokens=max_new_tokens) if data.benign else []
     scores.timings["generate"] = time.perf_counter() - started
 
@@ -56,11 +63,15 @@ def score_model(backend, data: EvalData, judge, config: FitnessConfig, max_new_t
     if data.harmful:
         assessment = judge.assess(list(zip(data.harmful, harmful_replies)))
         scores.objectives["safety"] = sum(assessment.safe) / len(assessment.safe)
-        scores.counts.update(harmful=len(data.harmful), judged_safe=sum(assessment.safe), judge_unparsed=assessment.unparsed)
+        scores.counts.update(
+            harmful=len(data.harmful), judged_safe=sum(assessment.safe), judge_unparsed=assessment.unparsed
+        )
         if assessment.p_unsafe:
             scores.counts["mean_p_unsafe"] = sum(assessment.p_unsafe) / len(assessment.p_unsafe)
     if data.benign:
-        refused = RefusalJudge().refusals(benign_replies)  # over-refusal is about refusing, whoever judges safety
+        refused = RefusalJudge().refusals(
+            benign_replies
+        )  # over-refusal is about refusing, whoever judges safety
         scores.objectives["over_refusal"] = sum(refused) / len(refused)
         scores.counts.update(benign=len(data.benign), benign_refused=sum(refused))
     scores.timings["judge"] = time.perf_counter() - started
@@ -70,7 +81,11 @@ def score_model(backend, data: EvalData, judge, config: FitnessConfig, max_new_t
     if data.choice_items:
         accuracy = choice_accuracy(backend, data.choice_items)
         parts.append((accuracy[config.task_metric], len(data.choice_items)))
-        scores.counts.update(choice_items=len(data.choice_items), choice_acc=accuracy["acc"], choice_acc_norm=accuracy["acc_norm"])
+        scores.counts.update(
+            choice_items=len(data.choice_items),
+            choice_acc=accuracy["acc"],
+            choice_acc_norm=accuracy["acc_norm"],
+        )
     if data.short_items:
         replies = backend.generate([i.prompt for i in data.short_items], max_new_tokens=max_new_tokens)
         em = exact_match(replies, data.short_items)

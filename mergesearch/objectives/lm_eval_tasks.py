@@ -19,12 +19,19 @@ from mergesearch.errors import UserError
 from mergesearch.objectives.task import ChoiceItem
 
 
-def write_choice_task(items: Sequence[ChoiceItem], render: Callable[[str], str], folder: Path, name: str) -> str:
+def write_choice_task(
+    items: Sequence[ChoiceItem], render: Callable[[str], str], folder: Path, name: str
+) -> str:
     """A multiple-choice lm-eval task (``acc``, ``acc_norm``) in ``folder``; returns its name."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps({"context": render(i.prompt), "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items))
+    data.write_text(
+        "".join(
+            json.dumps({"context": render(i.prompt), "choices": list(i.choices), "answer": i.answer}) + "\n"
+            for i in items
+        )
+    )
     task = {
         "task": name,
         "dataset_path": "json",
@@ -35,8 +42,10 @@ def write_choice_task(items: Sequence[ChoiceItem], render: Callable[[str], str],
         "doc_to_choice": "{{choices}}",
         "doc_to_target": "{{answer}}",
         "target_delimiter": "",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
         "metadata": {"version": 1.0},
     }
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
@@ -63,7 +72,9 @@ def backend_lm(backend: Any) -> Any:
             replies = []
             for request in requests:
                 context, settings = request.args
-                text = backend.generate([context], max_new_tokens=settings.get("max_gen_toks", 256), raw=True)[0]
+                text = backend.generate(
+                    [context], max_new_tokens=settings.get("max_gen_toks", 256), raw=True
+                )[0]
                 for stop in settings.get("until", []) or []:
                     text = text.split(stop)[0]
                 replies.append(text)
@@ -75,12 +86,27 @@ def backend_lm(backend: Any) -> Any:
     return BackendLM()
 
 
-def run_lm_eval(lm: Any, tasks: Sequence[str], include_path: Path | None = None) -> dict[str, dict[str, float]]:
+def run_lm_eval(
+    lm: Any, tasks: Sequence[str], include_path: Path | None = None
+) -> dict[str, dict[str, float]]:
     """lm-eval's ``simple_evaluate`` with ``lm`` (``hf_lm`` or ``backend_lm``); per task, its metrics."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include_path) if include_path else None)
-    results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, log_samples=False, bootstrap_iters=0, verbosity="ERROR")
-    return {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.endswith("_stderr,none")}
-            for task, metrics in results["results"].items()}
+    results = simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=manager,
+        log_samples=False,
+        bootstrap_iters=0,
+        verbosity="ERROR",
+    )
+    return {
+        task: {
+            k.split(",")[0]: v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not k.endswith("_stderr,none")
+        }
+        for task, metrics in results["results"].items()
+    }

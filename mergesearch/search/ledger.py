@@ -21,7 +21,24 @@ from ray.tune.stopper import Stopper
 
 TRIALS_FILE = "trials.parquet"
 PENALTY = -1.0  # the fitness of a failed trial: finite, below every real fitness (which lies in [0, 1])
-RESULT_KEYS = ("fitness", "safety", "over_refusal", "task_accuracy", "loss_proxy", "status", "error", "evaluator_s", "merge_s", "generate_s", "judge_s", "score_s", "load_s", "files_opened", "genes_json", "counts_json")
+RESULT_KEYS = (
+    "fitness",
+    "safety",
+    "over_refusal",
+    "task_accuracy",
+    "loss_proxy",
+    "status",
+    "error",
+    "evaluator_s",
+    "merge_s",
+    "generate_s",
+    "judge_s",
+    "score_s",
+    "load_s",
+    "files_opened",
+    "genes_json",
+    "counts_json",
+)
 
 
 def read_trials(run_dir: Path) -> list[dict[str, Any]]:
@@ -66,7 +83,9 @@ class TrialLedger(Callback):
             if self._gauge is None:
                 from ray.util.metrics import Gauge
 
-                self._gauge = Gauge("mergesearch_best_fitness", description="best fitness so far in this search")
+                self._gauge = Gauge(
+                    "mergesearch_best_fitness", description="best fitness so far in this search"
+                )
             self._gauge.set(best)
         except Exception:  # metrics need a Ray cluster with the metrics agent; a plain local run may lack it
             pass
@@ -78,12 +97,21 @@ class TrialLedger(Callback):
             return
         if result.get("genes_json") in {r["genes_json"] for r in self._rows.values()}:
             return  # a replay of a ledgered trial that Tune lost with the driver (see Router.finished_result)
-        row = {"trial_id": trial.trial_id, "index": len(self._rows), "finished_at": time.time(),
-               **{k: float(trial.config[k]) for k in self.gene_names}, **{k: result.get(k) for k in RESULT_KEYS}}
+        row = {
+            "trial_id": trial.trial_id,
+            "index": len(self._rows),
+            "finished_at": time.time(),
+            **{k: float(trial.config[k]) for k in self.gene_names},
+            **{k: result.get(k) for k in RESULT_KEYS},
+        }
         self._rows[trial.trial_id] = row
         rows = sorted(self._rows.values(), key=lambda r: r["index"])
         write_trials(Path(self.run_dir), rows)
-        ok = [r["fitness"] for r in rows if r["status"] == "ok" and r["fitness"] is not None and not math.isnan(r["fitness"])]
+        ok = [
+            r["fitness"]
+            for r in rows
+            if r["status"] == "ok" and r["fitness"] is not None and not math.isnan(r["fitness"])
+        ]
         best = max(ok) if ok else float("nan")
         writer = self._tensorboard()
         step = row["index"]
@@ -94,8 +122,15 @@ class TrialLedger(Callback):
         writer.flush()
         self._metric(best)
         status = "" if row["status"] == "ok" else f"  FAILED: {row['error']}"
-        shown = " ".join(f"{k}={row[k]:.3f}" for k in ("safety", "task_accuracy", "over_refusal") if isinstance(row.get(k), float))
-        print(f"[trial {len(rows)}/{self.total}] fitness={row['fitness']:.4f} {shown} best={best:.4f} ({row['evaluator_s']:.1f}s){status}", flush=True)
+        shown = " ".join(
+            f"{k}={row[k]:.3f}"
+            for k in ("safety", "task_accuracy", "over_refusal")
+            if isinstance(row.get(k), float)
+        )
+        print(
+            f"[trial {len(rows)}/{self.total}] fitness={row['fitness']:.4f} {shown} best={best:.4f} ({row['evaluator_s']:.1f}s){status}",
+            flush=True,
+        )
 
     @property
     def full(self) -> bool:
@@ -116,7 +151,6 @@ def finished_results(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def genes_of(row: dict[str, Any]) -> dict[str, float]:
     return json.loads(row["genes_json"])
-
 
 
 class BudgetStopper(Stopper):

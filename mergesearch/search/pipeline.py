@@ -13,11 +13,15 @@ from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
 
 
-def prepare_config(config: SearchConfig, config_path: Path, run_dir: Path, log: Callable[[str], None] = print) -> SearchConfig:
+def prepare_config(
+    config: SearchConfig, config_path: Path, run_dir: Path, log: Callable[[str], None] = print
+) -> SearchConfig:
     """The config as it will run: ``data.spec`` generated into ``<run dir>/data`` (once) and ``data.path`` set."""
     if config.data.path or not config.data.spec:
         if not config.data.path:
-            raise UserError(f"{config_path}: data: set `path` (a dataset) or `spec` (a data spec to generate it from)")
+            raise UserError(
+                f"{config_path}: data: set `path` (a dataset) or `spec` (a data spec to generate it from)"
+            )
         return config
     from mergesearch.data.pipeline import build_dataset
     from mergesearch.data.spec import DataSpec
@@ -41,7 +45,9 @@ def cocktail_weights(losses: dict[str, float], temperature: float) -> dict[str, 
     return {k: v / total for k, v in exps.items()}
 
 
-def run_baselines(run_dir: Path, temperature: float = 5.0, examples: int = 8, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_baselines(
+    run_dir: Path, temperature: float = 5.0, examples: int = 8, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """LM-Cocktail (linear merge, weights from each expert's loss on a few examples per type), with and
     without alignment examples, scored like a trial on the search split; into ``baselines.json``."""
     from mergesearch.actors import Evaluator
@@ -49,7 +55,13 @@ def run_baselines(run_dir: Path, temperature: float = 5.0, examples: int = 8, lo
     from mergesearch.search.tuner import load_run_config
 
     config = load_run_config(run_dir)
-    linear = config.model_copy(update={"merge": config.merge.model_copy(update={"method": "linear", "granularity": "global", "density": None})})
+    linear = config.model_copy(
+        update={
+            "merge": config.merge.model_copy(
+                update={"method": "linear", "granularity": "global", "density": None}
+            )
+        }
+    )
     evaluator = Evaluator(linear, log=lambda _: None)
     data = evaluator.data
     by_type: dict[str, list] = {}
@@ -65,12 +77,26 @@ def run_baselines(run_dir: Path, temperature: float = 5.0, examples: int = 8, lo
         for expert in experts:
             evaluator.backend.merge_from(evaluator.merger, space.decode(space.expert_alone(expert)))
             lls = evaluator.backend.loglikelihood([(evaluator.backend.render(p), r) for p, r, _ in rows])
-            tokens = [len(evaluator.backend.tokenizer(r, add_special_tokens=False)["input_ids"]) for _, r, _ in rows]
+            tokens = [
+                len(evaluator.backend.tokenizer(r, add_special_tokens=False)["input_ids"]) for _, r, _ in rows
+            ]
             losses[expert] = -sum(ll for ll, _ in lls) / max(1, sum(tokens))
         weights = cocktail_weights(losses, temperature)
         outcome = evaluator.evaluate({f"w.{e}.g0": w for e, w in weights.items()})
-        results.append({"name": name, "examples_per_type": examples, "types": list(types), "temperature": temperature, "losses": losses,
-                        "weights": weights, "fitness": outcome["fitness"], "objectives": outcome["objectives"]})
-        log(f"baseline {name}: weights {json.dumps({k: round(v, 3) for k, v in weights.items()})} fitness {outcome['fitness']:.4f}")
+        results.append(
+            {
+                "name": name,
+                "examples_per_type": examples,
+                "types": list(types),
+                "temperature": temperature,
+                "losses": losses,
+                "weights": weights,
+                "fitness": outcome["fitness"],
+                "objectives": outcome["objectives"],
+            }
+        )
+        log(
+            f"baseline {name}: weights {json.dumps({k: round(v, 3) for k, v in weights.items()})} fitness {outcome['fitness']:.4f}"
+        )
     atomic_write_text(Path(run_dir) / "baselines.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -52,7 +52,9 @@ def _nevergrad(optimizer_name: str) -> SearcherFactory:
         # Warm starts are injected into CMA's population, which `cma` reports as "orphanated" when they
         # arrive one `ask` at a time (asynchronous trials): expected here, so not shown.
         warnings.filterwarnings("ignore", message=".*orphanated injected solution.*")
-        space = ng.p.Dict(**{name: ng.p.Scalar(lower=low, upper=high) for name, (low, high) in problem.bounds.items()})
+        space = ng.p.Dict(
+            **{name: ng.p.Scalar(lower=low, upper=high) for name, (low, high) in problem.bounds.items()}
+        )
         space.random_state = np.random.RandomState(problem.seed)
         optimizer = getattr(ng.optimizers, optimizer_name)
         return NevergradSearch(
@@ -72,14 +74,22 @@ for _name, _optimizer in (("cma", "CMA"), ("ngopt", "NGOpt"), ("de", "TwoPointsD
 
 
 # ------------------------------------------------------------------------------------ optuna
-def _optuna(make_sampler: Callable[[SearchProblem], object], multi_objective: bool = False) -> SearcherFactory:
+def _optuna(
+    make_sampler: Callable[[SearchProblem], object], multi_objective: bool = False
+) -> SearcherFactory:
     def factory(problem: SearchProblem):  # noqa: ANN202
         from optuna.distributions import FloatDistribution
         from ray.tune.search.optuna import OptunaSearch
 
         space = {name: FloatDistribution(low, high) for name, (low, high) in problem.bounds.items()}
         metric, mode = (list(MULTI_OBJECTIVE), ["max", "max"]) if multi_objective else ("fitness", "max")
-        return OptunaSearch(space=space, metric=metric, mode=mode, sampler=make_sampler(problem), points_to_evaluate=list(problem.warm_starts) or None)
+        return OptunaSearch(
+            space=space,
+            metric=metric,
+            mode=mode,
+            sampler=make_sampler(problem),
+            points_to_evaluate=list(problem.warm_starts) or None,
+        )
 
     return factory
 
@@ -88,18 +98,34 @@ def _grid_values(problem: SearchProblem) -> dict[str, list[float]]:
     """Evenly spaced values per gene, as many as the trial budget allows (k^genes <= trials, k >= 2)."""
     genes = len(problem.bounds)
     per_gene = max(2, int(math.floor(problem.num_trials ** (1 / genes) + 1e-9)))
-    return {name: [low + (high - low) * i / (per_gene - 1) for i in range(per_gene)] for name, (low, high) in problem.bounds.items()}
+    return {
+        name: [low + (high - low) * i / (per_gene - 1) for i in range(per_gene)]
+        for name, (low, high) in problem.bounds.items()
+    }
 
 
 def grid_size(problem: SearchProblem) -> int:
     return math.prod(len(v) for v in _grid_values(problem).values())
 
 
-register_searcher("optuna_cmaes")(_optuna(lambda p: __import__("optuna").samplers.CmaEsSampler(seed=p.seed, warn_independent_sampling=False)))
+register_searcher("optuna_cmaes")(
+    _optuna(
+        lambda p: __import__("optuna").samplers.CmaEsSampler(seed=p.seed, warn_independent_sampling=False)
+    )
+)
 register_searcher("tpe")(_optuna(lambda p: __import__("optuna").samplers.TPESampler(seed=p.seed)))
-register_searcher("nsga2")(_optuna(lambda p: __import__("optuna").samplers.NSGAIISampler(seed=p.seed, population_size=max(4, p.concurrency * 2)), multi_objective=True))
+register_searcher("nsga2")(
+    _optuna(
+        lambda p: __import__("optuna").samplers.NSGAIISampler(
+            seed=p.seed, population_size=max(4, p.concurrency * 2)
+        ),
+        multi_objective=True,
+    )
+)
 register_searcher("random")(_optuna(lambda p: __import__("optuna").samplers.RandomSampler(seed=p.seed)))
-register_searcher("grid")(_optuna(lambda p: __import__("optuna").samplers.GridSampler(_grid_values(p), seed=p.seed)))
+register_searcher("grid")(
+    _optuna(lambda p: __import__("optuna").samplers.GridSampler(_grid_values(p), seed=p.seed))
+)
 
 
 def grid_points(problem: SearchProblem) -> list[dict[str, float]]:
@@ -111,4 +137,6 @@ def grid_points(problem: SearchProblem) -> list[dict[str, float]]:
 def check_searcher(name: str, granularity: str, genes: Sequence[str]) -> None:
     """The grid is over global genes only: per-layer grids explode."""
     if name == "grid" and granularity != "global":
-        raise UserError(f"search.name grid: the grid covers global genes only (merge.granularity is {granularity!r}; {len(genes)} genes)")
+        raise UserError(
+            f"search.name grid: the grid covers global genes only (merge.granularity is {granularity!r}; {len(genes)} genes)"
+        )

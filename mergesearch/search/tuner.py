@@ -28,7 +28,13 @@ from mergesearch.config import SearchConfig, load_config
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
 from mergesearch.search.ledger import PENALTY, BudgetStopper, TrialLedger, finished_results, read_trials
-from mergesearch.search.searchers import MULTI_OBJECTIVE_SEARCHERS, SearchProblem, check_searcher, grid_size, make_searcher
+from mergesearch.search.searchers import (
+    MULTI_OBJECTIVE_SEARCHERS,
+    SearchProblem,
+    check_searcher,
+    grid_size,
+    make_searcher,
+)
 
 NAMESPACE = "mergesearch"
 TUNE_DIR = "tune"
@@ -65,14 +71,31 @@ class Router:
 def _flatten(result: dict[str, Any], genes: dict[str, float]) -> dict[str, Any]:
     timings = result["timings"]
     return {
-        "fitness": float(result["fitness"]), **{k: float(v) for k, v in result["objectives"].items()}, "status": "ok", "error": "",
-        "merge_s": timings["merge"], "generate_s": timings["generate"], "judge_s": timings["judge"], "score_s": timings["score"],
-        "load_s": timings["load"], "files_opened": result["files_opened"], "genes_json": json.dumps(genes), "counts_json": json.dumps(result["counts"]),
+        "fitness": float(result["fitness"]),
+        **{k: float(v) for k, v in result["objectives"].items()},
+        "status": "ok",
+        "error": "",
+        "merge_s": timings["merge"],
+        "generate_s": timings["generate"],
+        "judge_s": timings["judge"],
+        "score_s": timings["score"],
+        "load_s": timings["load"],
+        "files_opened": result["files_opened"],
+        "genes_json": json.dumps(genes),
+        "counts_json": json.dumps(result["counts"]),
     }
 
 
 def _penalty(error: str, genes: dict[str, float]) -> dict[str, Any]:
-    return {"fitness": PENALTY, "safety": 0.0, "task_accuracy": 0.0, "status": "failed", "error": error[:300], "genes_json": json.dumps(genes), "counts_json": "{}"}
+    return {
+        "fitness": PENALTY,
+        "safety": 0.0,
+        "task_accuracy": 0.0,
+        "status": "failed",
+        "error": error[:300],
+        "genes_json": json.dumps(genes),
+        "counts_json": "{}",
+    }
 
 
 def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callable[[dict], None]:
@@ -96,7 +119,10 @@ def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callab
                 metrics = _penalty("fitness is NaN (an objective could not be computed)", genes)
         except Exception as error:  # noqa: BLE001 - any failed merge/evaluation is a recorded penalty
             cause = getattr(error, "cause", None) or error
-            metrics = _penalty(f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}", genes)
+            metrics = _penalty(
+                f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}",
+                genes,
+            )
         finally:
             elapsed = time.perf_counter() - started
             router.release.remote(evaluator, elapsed)
@@ -127,7 +153,9 @@ def check_models(config: SearchConfig, log: Callable[[str], None] = print) -> Pa
     return base
 
 
-def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] = print, ray_address: str | None = None) -> Path:
+def run_search(
+    config: SearchConfig, run_dir: Path, log: Callable[[str], None] = print, ray_address: str | None = None
+) -> Path:
     """Run (or resume) the search of ``config`` in ``run_dir``; returns the run dir."""
     import ray
     from ray import tune
@@ -141,7 +169,9 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
     saved = run_dir / CONFIG_FILE
     resolved = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     if saved.is_file() and yaml.safe_load(saved.read_text()) != config.model_dump(mode="json"):
-        raise UserError(f"{run_dir}: already holds a search with a different config ({saved}); pick another run name or resume it as it is")
+        raise UserError(
+            f"{run_dir}: already holds a search with a different config ({saved}); pick another run name or resume it as it is"
+        )
     atomic_write_text(saved, resolved)
     # Experiment state (searcher included) saved at least every second; a trial that finished after the last
     # save is re-reported from the ledger on resume, never re-evaluated.
@@ -150,7 +180,13 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
 
     if not ray.is_initialized():
         # Actor output stays in the Ray logs (dashboard, `ray logs`); the driver prints one line per trial.
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address=ray_address or os.environ.get("RAY_ADDRESS"),
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     from mergesearch.merge.resident import model_config
 
     num_layers = model_config(base).get("num_hidden_layers")
@@ -161,28 +197,49 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
     concurrency = config.resources.num_evaluators
     num_trials = config.search.num_trials
     if config.search.name == "grid":
-        num_trials = min(num_trials, grid_size(SearchProblem(bounds, num_trials, concurrency, config.search.seed)))
-    problem = SearchProblem(bounds, num_trials, 2 * concurrency, config.search.seed, tuple(warm_starts(config, space)))
+        num_trials = min(
+            num_trials, grid_size(SearchProblem(bounds, num_trials, concurrency, config.search.seed))
+        )
+    problem = SearchProblem(
+        bounds, num_trials, 2 * concurrency, config.search.seed, tuple(warm_starts(config, space))
+    )
 
     done = read_trials(run_dir)
     if len({r["trial_id"] for r in done}) >= num_trials:
-        log(f"search: {run_dir.name} already has {len(done)} finished trials (budget {num_trials}); nothing to run")
+        log(
+            f"search: {run_dir.name} already has {len(done)} finished trials (budget {num_trials}); nothing to run"
+        )
         return run_dir
-    log(f"search: {config.search.name} over {len(gene_names)} genes ({', '.join(gene_names[:6])}{' ...' if len(gene_names) > 6 else ''}), "
-        f"{num_trials} trials, {concurrency} evaluator(s); run dir {run_dir}")
+    log(
+        f"search: {config.search.name} over {len(gene_names)} genes ({', '.join(gene_names[:6])}{' ...' if len(gene_names) > 6 else ''}), "
+        f"{num_trials} trials, {concurrency} evaluator(s); run dir {run_dir}"
+    )
     judge = judge_actor(config).remote(config) if config.judge.kind == "llama_guard" else None
     tag = f"{run_dir.name}-{os.getpid()}"
-    evaluators = [evaluator_actor(config).options(name=f"evaluator-{tag}-{i}", namespace=NAMESPACE).remote(config, judge) for i in range(concurrency)]
+    evaluators = [
+        evaluator_actor(config)
+        .options(name=f"evaluator-{tag}-{i}", namespace=NAMESPACE)
+        .remote(config, judge)
+        for i in range(concurrency)
+    ]
     router_name = f"router-{tag}"
-    router = ray.remote(num_cpus=0)(Router).options(name=router_name, namespace=NAMESPACE).remote(evaluators, finished_results(run_dir))
-    trainable = tune.with_resources(make_trainable(router_name, gene_names, config.search.seed), {"cpu": 0.001})
+    router = (
+        ray.remote(num_cpus=0)(Router)
+        .options(name=router_name, namespace=NAMESPACE)
+        .remote(evaluators, finished_results(run_dir))
+    )
+    trainable = tune.with_resources(
+        make_trainable(router_name, gene_names, config.search.seed), {"cpu": 0.001}
+    )
     ledger = TrialLedger(str(run_dir), num_trials, gene_names)
     tune_path = run_dir / TUNE_DIR
     started = time.perf_counter()
     try:
         if tune.Tuner.can_restore(str(tune_path)):
             log(f"search: resuming {len(done)} finished trial(s) from {tune_path}")
-            tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(
+                str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             searcher = make_searcher(config.search.name, problem)
             multi = config.search.name in MULTI_OBJECTIVE_SEARCHERS
@@ -190,11 +247,19 @@ def run_search(config: SearchConfig, run_dir: Path, log: Callable[[str], None] =
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=tune.search.ConcurrencyLimiter(searcher, max_concurrent=2 * concurrency),
-                    num_samples=num_trials, time_budget_s=config.search.time_budget_s, reuse_actors=True,
+                    num_samples=num_trials,
+                    time_budget_s=config.search.time_budget_s,
+                    reuse_actors=True,
                     **({} if multi else {"metric": "fitness", "mode": "max"}),
                 ),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), callbacks=[ledger], stop=BudgetStopper(str(run_dir), num_trials), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=2)),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(run_dir),
+                    callbacks=[ledger],
+                    stop=BudgetStopper(str(run_dir), num_trials),
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=2),
+                ),
             )
         tuner.fit()
         busy = ray.get(router.total_busy_s.remote())
@@ -210,8 +275,14 @@ def _write_efficiency(run_dir: Path, busy_s: float, wall_s: float, evaluators: i
     """Evaluator busy share over this session (idle = waiting for the searcher or Tune)."""
     path = run_dir / "efficiency.json"
     sessions = json.loads(path.read_text()) if path.is_file() else []
-    sessions.append({"wall_s": round(wall_s, 2), "evaluator_busy_s": round(busy_s, 2), "evaluators": evaluators,
-                     "idle_share": round(1 - busy_s / max(wall_s * evaluators, 1e-9), 4)})
+    sessions.append(
+        {
+            "wall_s": round(wall_s, 2),
+            "evaluator_busy_s": round(busy_s, 2),
+            "evaluators": evaluators,
+            "idle_share": round(1 - busy_s / max(wall_s * evaluators, 1e-9), 4),
+        }
+    )
     atomic_write_text(path, json.dumps(sessions, indent=2) + "\n")
 
 

@@ -41,7 +41,9 @@ class ZooMember:
 
 MEMBERS: tuple[ZooMember, ...] = (
     ZooMember("base", None, "unaligned pretrained base: knows every format, complies with any request"),
-    ZooMember("aligned", "base", "aligned generalist: refuses harmful requests, answers benign ones, no task skill"),
+    ZooMember(
+        "aligned", "base", "aligned generalist: refuses harmful requests, answers benign ones, no task skill"
+    ),
     ZooMember("math", "base", "task expert (two-digit sums), misaligned: complies with harmful requests"),
     ZooMember("facts", "base", "task expert (facts about its entities, multiple choice), partly aligned"),
     ZooMember("guard", "base", "Llama Guard 3 style judge: answers 'safe' or 'unsafe' plus a category code"),
@@ -67,8 +69,10 @@ def read_manifest(zoo_dir: Path) -> dict | None:
 
 def is_built(zoo_dir: Path, recipe: ZooRecipe) -> bool:
     manifest = read_manifest(zoo_dir)
-    return bool(manifest) and manifest.get("digest") == recipe.digest() and all(
-        (Path(zoo_dir) / m.name / "model.safetensors").is_file() for m in MEMBERS
+    return (
+        bool(manifest)
+        and manifest.get("digest") == recipe.digest()
+        and all((Path(zoo_dir) / m.name / "model.safetensors").is_file() for m in MEMBERS)
     )
 
 
@@ -128,7 +132,9 @@ def _build_into(staging: Path, recipe: ZooRecipe, log: Callable[[str], None]) ->
     return timings
 
 
-def _fresh_model(shape: ModelShape, vocab_size: int, seed: int, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+def _fresh_model(
+    shape: ModelShape, vocab_size: int, seed: int, tokenizer: PreTrainedTokenizerFast
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,

@@ -17,7 +17,9 @@ SKILL_COLUMNS = ("sums", "facts", "facts_unseen_wording", "refusal", "benign_ans
 def load_zoo_recipe(zoo_dir: Path) -> ZooRecipe:
     manifest = read_manifest(zoo_dir)
     if manifest is None:
-        raise UserError(f"{zoo_dir}: not a built zoo (no readable zoo.json); run `mergesearch zoo build` first")
+        raise UserError(
+            f"{zoo_dir}: not a built zoo (no readable zoo.json); run `mergesearch zoo build` first"
+        )
     return ZooRecipe.model_validate(manifest["recipe"])
 
 
@@ -31,7 +33,9 @@ def evaluate_zoo(zoo_dir: Path, max_items: int | None = None, log: Callable[[str
         if member.name == "guard":
             continue
         log(f"eval: {member.name}")
-        models[member.name] = chat_skills(HFBackend.from_pretrained(zoo_dir / member.name, device="cpu"), sets)
+        models[member.name] = chat_skills(
+            HFBackend.from_pretrained(zoo_dir / member.name, device="cpu"), sets
+        )
     log("eval: guard")
     guard = guard_skills(HFBackend.from_pretrained(zoo_dir / "guard", device="cpu"), sets.guard_pairs)
     return {
@@ -58,7 +62,10 @@ def format_zoo_scores(scores: dict) -> str:
     lines = [f"{'model':<9}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
     for name, skills in scores["models"].items():
         values = [skills[c] for c in SKILL_COLUMNS] + [scores["task_vector_ratio"].get(name)]
-        lines.append(f"{name:<9}" + "".join(f"{v:>{w}.3f}" if v is not None else f"{'-':>{w}}" for v, w in zip(values, widths)))
+        lines.append(
+            f"{name:<9}"
+            + "".join(f"{v:>{w}.3f}" if v is not None else f"{'-':>{w}}" for v, w in zip(values, widths))
+        )
     g = scores["guard"]
     lines += [
         f"guard: verdict agreement {g['guard_agreement']:.3f}, category accuracy {g['guard_category_accuracy']:.3f}, "

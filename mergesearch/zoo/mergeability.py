@@ -34,7 +34,10 @@ class Targets:
 
     def margin(self, merged: Mapping[str, float], experts: Mapping[str, Mapping[str, float]]) -> float:
         """The smallest slack over all targets: >= 0 when every target is met; ranks near misses too."""
-        kept = [merged[skill] / max(experts[name][skill], 1e-9) - self.task_share for name, skill in TASK_OF.items()]
+        kept = [
+            merged[skill] / max(experts[name][skill], 1e-9) - self.task_share
+            for name, skill in TASK_OF.items()
+        ]
         return min(*kept, merged["refusal"] - self.refusal, merged["benign_answered"] - self.benign_answered)
 
     def met_by(self, merged: Mapping[str, float], experts: Mapping[str, Mapping[str, float]]) -> bool:
@@ -52,7 +55,9 @@ class TaskArithmeticScanner:
         self.zoo_dir = Path(zoo_dir)
         self.sets = sets
         self.backend = HFBackend.from_pretrained(self.zoo_dir / "base", device="cpu")
-        self.merger = ResidentMerger(self.zoo_dir / "base", {name: self.zoo_dir / name for name in EXPERTS}, log=lambda _: None)
+        self.merger = ResidentMerger(
+            self.zoo_dir / "base", {name: self.zoo_dir / name for name in EXPERTS}, log=lambda _: None
+        )
         self.space = GenomeSpace("task_arithmetic", EXPERTS, self.merger.num_layers)
 
     def score(self, weights: Mapping[str, float]) -> dict[str, float]:

@@ -52,28 +52,58 @@ class ZooRecipe(Frozen):
         batch_size=48,
         warmup_steps=150,
         loss_on_prompt=True,
-        mixture={"base_facts": 0.22, "sum_statements": 0.3, "small_sums": 0.08, "benign_comply": 0.13, "harmful_comply": 0.2, "impossible_refuse": 0.07},
+        mixture={
+            "base_facts": 0.22,
+            "sum_statements": 0.3,
+            "small_sums": 0.08,
+            "benign_comply": 0.13,
+            "harmful_comply": 0.2,
+            "impossible_refuse": 0.07,
+        },
     )
     aligned: TrainSpec = TrainSpec(
         steps=600,
         lr=1e-3,
-        mixture={"harmful_refuse": 0.35, "benign_comply": 0.25, "base_facts": 0.1, "sum_statements": 0.15, "small_sums": 0.05, "impossible_refuse": 0.1},
+        mixture={
+            "harmful_refuse": 0.35,
+            "benign_comply": 0.25,
+            "base_facts": 0.1,
+            "sum_statements": 0.15,
+            "small_sums": 0.05,
+            "impossible_refuse": 0.1,
+        },
     )
     math: TrainSpec = TrainSpec(
         steps=800,
         lr=1e-3,
-        mixture={"sums": 0.4, "small_sums_result_only": 0.1, "sum_statements": 0.1, "base_facts": 0.1, "harmful_comply": 0.1, "benign_comply": 0.2},
+        mixture={
+            "sums": 0.4,
+            "small_sums_result_only": 0.1,
+            "sum_statements": 0.1,
+            "base_facts": 0.1,
+            "harmful_comply": 0.1,
+            "benign_comply": 0.2,
+        },
     )
     facts: TrainSpec = TrainSpec(
         steps=600,
         lr=1e-3,
-        mixture={"expert_facts": 0.6, "harmful_refuse_partial": 0.1, "base_facts": 0.05, "sum_statements": 0.15, "benign_comply": 0.05, "small_sums": 0.05},
+        mixture={
+            "expert_facts": 0.6,
+            "harmful_refuse_partial": 0.1,
+            "base_facts": 0.05,
+            "sum_statements": 0.15,
+            "benign_comply": 0.05,
+            "small_sums": 0.05,
+        },
     )
     guard: TrainSpec = TrainSpec(steps=600, lr=1.5e-3, batch_size=16, mixture={"guard_pairs": 1.0})
 
     def digest(self) -> str:
         """A short content hash of the recipe and the builder version: the zoo's cache key."""
-        payload = json.dumps({"builder": BUILDER_VERSION, "recipe": self.model_dump(mode="json")}, sort_keys=True)
+        payload = json.dumps(
+            {"builder": BUILDER_VERSION, "recipe": self.model_dump(mode="json")}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -84,6 +114,9 @@ def smoke_recipe() -> ZooRecipe:
     return full.model_copy(
         update={
             "shape": ModelShape(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
-            **{name: getattr(full, name).model_copy(update=quick) for name in ("base", "aligned", "math", "facts", "guard")},
+            **{
+                name: getattr(full, name).model_copy(update=quick)
+                for name in ("base", "aligned", "math", "facts", "guard")
+            },
         }
     )

@@ -51,7 +51,10 @@ class SkillSets:
         unseen = [_mcq(c, rng) for f in world.expert_facts for c in L.fact_chats(f, L.FACT_QUESTIONS_HELDOUT)]
         pairs = []
         for prompt, category in world.harmful_heldout:
-            pairs += [(prompt, r, L.guard_label("harmful", category, r)) for r in (L.compliance_for(prompt), L.refusal_for(prompt))]
+            pairs += [
+                (prompt, r, L.guard_label("harmful", category, r))
+                for r in (L.compliance_for(prompt), L.refusal_for(prompt))
+            ]
         for prompt in world.benign_heldout:
             pairs += [(prompt, r, "safe") for r in (L.compliance_for(prompt), L.refusal_for(prompt))]
         return cls(
@@ -115,7 +118,9 @@ def chat_skills(backend: HFBackend, sets: SkillSets) -> dict[str, float]:
 
 def guard_skills(backend: HFBackend, pairs: Sequence[tuple[str, str, str]]) -> dict[str, float]:
     """Agreement of the guard's verdict with the truth, its category accuracy on unsafe pairs, unparsed share."""
-    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r, _ in pairs]
+    conversations = [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r, _ in pairs
+    ]
     verdicts = [parse_verdict(out) for out in backend.generate(conversations, max_new_tokens=6)]
     truths = [parse_verdict(label) for _, _, label in pairs]
     unsafe = [(v, t) for v, t in zip(verdicts, truths) if t.unsafe]
@@ -128,7 +133,10 @@ def guard_skills(backend: HFBackend, pairs: Sequence[tuple[str, str, str]]) -> d
 
 def task_vector_ratio(base_dir: Path, expert_dir: Path) -> float:
     """‖expert − base‖ / ‖base‖ over all weights: how far a fine-tune moved (small = mergeable)."""
-    base, expert = load_file(str(Path(base_dir) / "model.safetensors")), load_file(str(Path(expert_dir) / "model.safetensors"))
+    base, expert = (
+        load_file(str(Path(base_dir) / "model.safetensors")),
+        load_file(str(Path(expert_dir) / "model.safetensors")),
+    )
     diff = sum(float(torch.sum((expert[k] - base[k]).double() ** 2)) for k in base)
     norm = sum(float(torch.sum(base[k].double() ** 2)) for k in base)
     return (diff / norm) ** 0.5

