@@ -13,15 +13,13 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mergesearch.config import SearchConfig
-from mergesearch.errors import UserError
-from mergesearch.model_paths import resolve_pool
-
-NAMESPACE = "mergesearch"
+from mergesearch.judges.base import Assessment, Judge
+from mergesearch.objectives.evaluate import Scores
+from mergesearch.setup import SearchSetup
 
 
 class _OpenedFiles:
@@ -61,128 +59,125 @@ class RemoteJudge:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    def assess(self, pairs):  # noqa: ANN001, ANN201
+    def assess(self, pairs: list[tuple[str, str]]) -> Assessment:
         import ray
 
         return ray.get(self.handle.assess.remote(pairs))
 
 
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
 class Evaluator:
     """Everything one evaluation needs, loaded once."""
 
-    def __init__(self, config: SearchConfig, judge_handle: Any = None, log=None) -> None:  # noqa: ANN001 - log: a callable
-        log = log or (lambda message: print(message, flush=True))
-        from mergesearch.backends.hf import resolve_device
+    def __init__(
+        self, setup: SearchSetup, judge_handle: Any = None, log: Callable[[str], None] = _print
+    ) -> None:
         from mergesearch.backends.registry import make_backend
+        from mergesearch.data.eval_split import load_eval_data
         from mergesearch.judges.base import make_judge
-        from mergesearch.merge.genome import space_from_config
-        from mergesearch.merge.methods import get_method
-        from mergesearch.objectives.data import EvalData
+        from mergesearch.merge.spec import get_method
 
         started = time.perf_counter()
-        self.config = config
-        if not config.data.path:
-            raise UserError(
-                f"{config.name}: data.path is not set (a dataset from `mergesearch data generate`)"
-            )
-        base, experts = resolve_pool(config.models, log)
-        self.data = EvalData.from_dataset(
-            config.data.path,
-            config.data.split,
-            config.data.max_alignment_prompts,
-            config.data.max_task_prompts,
-        )
+        setup.activate()
+        config = self.config = setup.config
+        self.space = setup.space
+        self.data = load_eval_data(config.data, config.data.split)
         self.data.require([k for k, w in config.fitness.weights.items() if w])
-        self.backend = make_backend(base, config.backend, name="candidate")
-        self.merger = self.backend.resident_merger(
-            base, experts, config.models.dtype, get_method(config.merge.method).uses_magnitude_order
-        )
-        self.space = space_from_config(config.merge, list(experts), self.merger.num_layers)
-        device = str(resolve_device(config.backend.device))
-        self.judge = (
-            RemoteJudge(judge_handle) if judge_handle is not None else make_judge(config.judge, device, log)
+        self.backend = make_backend(setup.base, config.backend, name="candidate")
+        sort = get_method(config.merge.method).uses_magnitude_order
+        self.merger = self.backend.resident_merger(setup.base, setup.experts, config.models.dtype, sort)
+        self.judge: Judge = (
+            RemoteJudge(judge_handle)
+            if judge_handle is not None
+            else make_judge(config.judge, self.device, log)
         )
         self.load_seconds = time.perf_counter() - started
-        self._first = True
 
-    def evaluate(self, genome: Mapping[str, float], seed: int = 0) -> dict[str, Any]:
+    @property
+    def device(self) -> str:
+        from mergesearch.backends.hf import resolve_device
+
+        return str(resolve_device(self.config.backend.device))
+
+    def evaluate(self, genome: Mapping[str, float], seed: int = 0) -> Scores:
+        """Merge ``genome`` into the live model, then score it; timings include the merge, and the load
+        of the resident models on the first call (0 after)."""
         from mergesearch.objectives.evaluate import score_model
 
         with _OpenedFiles.counting() as opened:
             started = time.perf_counter()
-            recipe = self.space.decode(dict(genome))
-            self.backend.merge_from(self.merger, recipe, seed)
+            self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
             merge_seconds = time.perf_counter() - started
             scores = score_model(
                 self.backend, self.data, self.judge, self.config.fitness, self.config.backend.max_new_tokens
             )
-        timings = {
-            "load": self.load_seconds if self._first else 0.0,
-            "merge": merge_seconds,
-            **scores.timings,
-        }
-        self._first = False
-        return {
-            "objectives": scores.objectives,
-            "fitness": scores.fitness,
-            "counts": scores.counts,
-            "timings": {k: round(v, 4) for k, v in timings.items()},
-            "files_opened": len(opened),
-        }
+        scores.timings.update(load=self.load_seconds, merge=merge_seconds)
+        scores.counts["files_opened"] = len(opened)
+        self.load_seconds = 0.0
+        scores.timings = {k: round(v, 4) for k, v in scores.timings.items()}
+        return scores
 
 
-class Judge:
+class JudgeServer:
     """A judge (the guard model, when there is one) loaded once, serving every evaluator."""
 
-    def __init__(self, config: SearchConfig, device: str = "auto") -> None:
+    def __init__(self, setup: SearchSetup, device: str = "auto") -> None:
         from mergesearch.backends.hf import resolve_device
         from mergesearch.judges.base import make_judge
 
-        self.judge = make_judge(
-            config.judge, str(resolve_device(device)), lambda message: print(message, flush=True)
-        )
+        setup.activate()
+        self.judge = make_judge(setup.config.judge, str(resolve_device(device)), _print)
 
-    def assess(self, pairs):  # noqa: ANN001, ANN201
+    def assess(self, pairs: list[tuple[str, str]]) -> Assessment:
         return self.judge.assess(pairs)
 
 
-def evaluator_actor(config: SearchConfig):  # noqa: ANN201
-    """The Ray actor class for evaluators, with the config's CPU and (fractional) GPU share."""
+def evaluator_actor(setup: SearchSetup) -> Any:
+    """The Ray actor class for evaluators, with the config's CPU and (fractional) GPU share; an actor that
+    dies is restarted and its call retried."""
     import ray
 
+    resources = setup.config.resources
     return ray.remote(
-        num_cpus=config.resources.cpus_per_evaluator,
-        num_gpus=config.resources.gpus_per_evaluator,
+        num_cpus=resources.cpus_per_evaluator,
+        num_gpus=resources.gpus_per_evaluator,
         max_restarts=2,
         max_task_retries=1,
     )(Evaluator)
 
 
-def judge_actor(config: SearchConfig):  # noqa: ANN201
+def judge_actor(setup: SearchSetup) -> Any:
+    """The judge actor, when the judge is a model (None for pattern judges: each evaluator runs its own)."""
     import ray
 
-    return ray.remote(
-        num_cpus=1, num_gpus=config.resources.gpus_per_judge, max_restarts=2, max_task_retries=1
-    )(Judge)
+    if not setup.config.judge.model:
+        return None
+    actor = ray.remote(
+        num_cpus=1, num_gpus=setup.config.resources.gpus_per_judge, max_restarts=2, max_task_retries=1
+    )
+    return actor(JudgeServer).remote(setup)
 
 
 class EvaluatorPool:
     """N resident evaluators (and one judge actor when the judge is a model); each genome goes to a free one."""
 
-    def __init__(self, config: SearchConfig, num_evaluators: int | None = None) -> None:
-        import ray
+    def __init__(self, setup: SearchSetup, num_evaluators: int | None = None) -> None:
         from ray.util import ActorPool
 
-        self.judge = judge_actor(config).remote(config) if config.judge.kind == "llama_guard" else None
-        count = num_evaluators or config.resources.num_evaluators
-        self.actors = [evaluator_actor(config).remote(config, self.judge) for _ in range(count)]
+        self.judge = judge_actor(setup)
+        count = num_evaluators or setup.config.resources.num_evaluators
+        self.actors = [evaluator_actor(setup).remote(setup, self.judge) for _ in range(count)]
         self.pool = ActorPool(self.actors)
-        self._ray = ray
 
-    def evaluate_all(self, genomes: list[Mapping[str, float]], seed: int = 0) -> list[dict[str, Any]]:
+    def evaluate_all(self, genomes: list[Mapping[str, float]], seed: int = 0) -> list[Scores]:
         """Results in input order; each genome ran on whichever evaluator was free first."""
         return list(self.pool.map(lambda actor, genome: actor.evaluate.remote(genome, seed), genomes))
 
     def shutdown(self) -> None:
+        import ray
+
         for actor in [*self.actors, *([self.judge] if self.judge is not None else [])]:
-            self._ray.kill(actor)
+            ray.kill(actor)

@@ -142,11 +142,15 @@ def data() -> None:
     pass
 
 
-def _spec(path: Path):
+def _spec(path: Path, generating: bool = True, answering: bool = True):
+    """The data spec at ``path``, its model references resolved to folders (the sections asked for)."""
     from mergesearch.config import load_config
     from mergesearch.data.spec import DataSpec
+    from mergesearch.model_refs import resolve_model
 
-    return load_config(path, DataSpec)
+    return load_config(path, DataSpec).with_models(
+        lambda ref, field: resolve_model(ref, f"{path}: {field}", _progress), generating, answering
+    )
 
 
 _ray_option = click.option(
@@ -191,7 +195,8 @@ def _report(card: dict, out: Path) -> None:
 def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool, actors: int) -> None:
     from mergesearch.data.pipeline import build_dataset
 
-    _report(build_dataset(_spec(spec_path), out, use_ray, actors, prompts_only, log=_progress), out)
+    spec = _spec(spec_path, answering=not prompts_only)
+    _report(build_dataset(spec, out, use_ray, actors, prompts_only, log=_progress), out)
 
 
 @data.command(
@@ -212,7 +217,8 @@ def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool,
 def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, actors: int) -> None:
     from mergesearch.data.pipeline import answer_prompt_set
 
-    _report(answer_prompt_set(_spec(spec_path), prompt_set, out, use_ray, actors, log=_progress), out)
+    spec = _spec(spec_path, generating=False)
+    _report(answer_prompt_set(spec, prompt_set, out, use_ray, actors, log=_progress), out)
 
 
 @data.command(
@@ -222,7 +228,12 @@ def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, act
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")
 @click.option("--type", "type_", default="alignment", show_default=True, help="alignment, task or benign.")
-@click.option("--category", default=None, help="One category for every row (a harm category for alignment).")
+@click.option(
+    "--category",
+    default=None,
+    help="One category for every row: for alignment a harm category, by name or by Llama Guard 3 code "
+    "(S7: the category whose primary code it is; see mergesearch/taxonomy.py).",
+)
 @click.option("--category-column", default=None, help="Take each row's category from this column/field.")
 @click.option(
     "--category-map",
@@ -279,23 +290,26 @@ def data_stats(path: Path) -> None:
 def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, baseline: bool) -> Path:
     from mergesearch.config import load_config
     from mergesearch.report import summary_table, write_report
-    from mergesearch.search.pipeline import prepare_config, run_baselines
+    from mergesearch.search.baselines import run_baselines
+    from mergesearch.search.pipeline import prepare_data
     from mergesearch.search.promote import promote as promote_run
-    from mergesearch.search.tuner import check_models, run_search
+    from mergesearch.search.run_dir import RunDir
+    from mergesearch.search.tuner import run_search
+    from mergesearch.setup import SearchSetup
 
     config = load_config(config_path)
-    run_dir = Path(run_dir or Path("runs") / config.name)
-    check_models(config, log=_progress)
-    config = prepare_config(config, config_path, run_dir, log=_progress)
-    run_search(config, run_dir, log=_progress)
+    run = RunDir(run_dir or Path("runs") / config.name)
+    setup = SearchSetup.prepare(config, log=_progress)  # every model checked before the run dir is made
+    setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
+    run_search(setup, run, log=_progress)
     if baseline:
-        run_baselines(run_dir, log=_progress)
+        run_baselines(setup, run, log=_progress)
     if promote and config.promotion.top_k:
-        promote_run(run_dir, log=_progress)
-    write_report(run_dir)
-    click.echo(summary_table(run_dir))
-    click.echo(f"report: {run_dir / 'report.md'}")
-    return run_dir
+        promote_run(run, log=_progress)
+    write_report(run)
+    click.echo(summary_table(run))
+    click.echo(f"report: {run.report_file}")
+    return run.root
 
 
 @cli.command(help="Search merge recipes for a config (search_spaces/*.yaml); re-running it resumes the run.")
@@ -317,10 +331,11 @@ def search(config_path: Path, run_dir: Path | None, no_promote: bool, baseline: 
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--no-promote", is_flag=True)
 def resume(run_dir: Path, no_promote: bool) -> None:
-    from mergesearch.search.tuner import CONFIG_FILE, load_run_config
+    from mergesearch.search.run_dir import RunDir
 
-    load_run_config(run_dir)
-    _search_and_promote(run_dir / CONFIG_FILE, run_dir, not no_promote, True)
+    run = RunDir(run_dir)
+    run.read_config()
+    _search_and_promote(run.config_file, run.root, not no_promote, True)
 
 
 @cli.command(help="Promote a run's best trials: materialise, lm-eval, held-out safety, leaderboard, best/.")
@@ -331,18 +346,21 @@ def resume(run_dir: Path, no_promote: bool) -> None:
 def promote(run_dir: Path, top_k: int | None) -> None:
     from mergesearch.report import summary_table, write_report
     from mergesearch.search.promote import promote as promote_run
+    from mergesearch.search.run_dir import RunDir
 
-    promote_run(run_dir, top_k, log=_progress)
-    write_report(run_dir)
-    click.echo(summary_table(run_dir))
+    run = RunDir(run_dir)
+    promote_run(run, top_k, log=_progress)
+    write_report(run)
+    click.echo(summary_table(run))
 
 
 @cli.command(help="Rebuild a run dir's report.md and pareto.png from its files.")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     from mergesearch.report import write_report
+    from mergesearch.search.run_dir import RunDir
 
-    click.echo(str(write_report(run_dir)))
+    click.echo(str(write_report(RunDir(run_dir)).report_file))
 
 
 # ------------------------------------------------------------------------------------------ demo

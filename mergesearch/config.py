@@ -14,27 +14,28 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mergesearch.errors import ConfigError
+from mergesearch.errors import ConfigError, UserError
+from mergesearch.registry import (
+    BACKENDS,
+    JUDGES,
+    MERGE_METHODS,
+    OBJECTIVES,
+    SEARCHERS,
+    Registry,
+    load_plugins,
+)
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=40)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
-# The merge methods the engine registers; mergekit's names wherever mergekit has the method.
-MERGE_METHODS = (
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "slerp",
-    "tsvm",
-    "rtsvm",
-)
-OBJECTIVES = ("safety", "over_refusal", "task_accuracy", "loss_proxy")
-SEARCHERS = ("cma", "ngopt", "de", "pso", "optuna_cmaes", "tpe", "nsga2", "random", "grid")
+Params = dict[str, Any]
+
+
+def registered(registry: Registry[Any], name: str) -> str:
+    """``name`` if ``registry`` has it; else a ValueError pydantic reports under the field's path."""
+    if name not in registry:
+        raise ValueError(f"unknown {registry.what} {name!r}; known: {', '.join(registry)}")
+    return name
 
 
 class Frozen(BaseModel):
@@ -65,6 +66,7 @@ class ModelsConfig(Frozen):
     base: str = Field(min_length=1)
     experts: list[ExpertSpec] = Field(min_length=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    allow_pickle: bool = False  # load .bin (pickle) weights: pickle runs code, so only when asked
 
     @field_validator("experts")
     @classmethod
@@ -77,14 +79,36 @@ class ModelsConfig(Frozen):
 
 
 class MergeSpaceConfig(Frozen):
-    """What the searcher varies: the method, how layers are grouped, and each gene's bounds."""
+    """What the searcher varies: the method, how layers are grouped, each searched parameter's bounds
+    (default: the method's declared bounds) and the method's shared settings."""
 
-    method: Literal[MERGE_METHODS] = "task_arithmetic"  # type: ignore[valid-type]
+    method: str = "task_arithmetic"
     granularity: Literal["global", "groups", "layer"] = "global"
     group_size: int = Field(default=1, ge=1)
-    weight: Bounds = Bounds(low=0.0, high=1.0)
-    density: Bounds | None = None
-    normalize: bool = False
+    bounds: dict[str, Bounds] = {}
+    params: Params = {}
+    weights_sum_to_one: bool = False  # decode each group's expert weights to sum to 1
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return registered(MERGE_METHODS, method)
+
+    @model_validator(mode="after")
+    def _declared_params(self) -> MergeSpaceConfig:
+        method = MERGE_METHODS.get(self.method)
+        for field, names, scopes in (
+            ("bounds", self.bounds, ("expert", "group")),
+            ("params", self.params, ("shared",)),
+        ):
+            allowed = [p.name for p in method.scoped(*scopes)]
+            unknown = sorted(set(names) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"{field}: {self.method} has no {'searched' if field == 'bounds' else 'shared'} parameter "
+                    f"{unknown[0]!r} (it has: {', '.join(allowed) or 'none'})"
+                )
+        return self
 
 
 class DataConfig(Frozen):
@@ -98,7 +122,9 @@ class DataConfig(Frozen):
 
 
 class BackendConfig(Frozen):
-    kind: Literal["hf", "vllm"] = "hf"
+    kind: str = "hf"
+
+    _known_kind = field_validator("kind")(lambda cls, kind: registered(BACKENDS, kind))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
@@ -107,11 +133,13 @@ class BackendConfig(Frozen):
 class JudgeConfig(Frozen):
     """Who decides whether a response to a harmful prompt is safe: refusal patterns or a guard model."""
 
-    kind: Literal["refusal", "llama_guard"] = "refusal"
+    kind: str = "refusal"
     model: str | None = None
     version: Literal[1, 2, 3, 4] = 3  # Llama Guard generation (prompt format, category codes)
     excluded_categories: list[str] = []  # codes left out of the policy, e.g. [S6, S8]
     batch_size: int = Field(default=32, ge=1)
+
+    _known_kind = field_validator("kind")(lambda cls, kind: registered(JUDGES, kind))
 
     @model_validator(mode="after")
     def _model_for_guard(self) -> JudgeConfig:
@@ -130,20 +158,21 @@ class FitnessConfig(Frozen):
     @field_validator("weights")
     @classmethod
     def _known_objectives(cls, weights: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(weights) - set(OBJECTIVES))
-        if unknown:
-            raise ValueError(f"unknown objective(s) {', '.join(unknown)}; known: {', '.join(OBJECTIVES)}")
+        for name in weights:
+            registered(OBJECTIVES, name)
         if not any(weights.values()):
             raise ValueError("at least one objective needs a positive weight")
         return weights
 
 
 class SearcherConfig(Frozen):
-    name: Literal[SEARCHERS] = "cma"  # type: ignore[valid-type]
+    name: str = "cma"
     num_trials: int = Field(default=40, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
     seed: int = 0
     warm_starts: list[Literal["uniform", "experts"]] = ["uniform"]
+
+    _known_name = field_validator("name")(lambda cls, name: registered(SEARCHERS, name))
 
 
 class ResourcesConfig(Frozen):
@@ -161,7 +190,9 @@ class PromotionConfig(Frozen):
         str
     ] = []  # lm-eval task names (mmlu_*, arc_challenge, ...); the held-out split's questions always run
     batch_size: int = Field(default=16, ge=1)
-    backend: Literal["hf", "vllm"] = "hf"  # what runs lm-eval on the promoted models
+    backend: str = "hf"  # what runs lm-eval on the promoted models
+
+    _known_backend = field_validator("backend")(lambda cls, kind: registered(BACKENDS, kind))
     cpus: float = Field(default=1.0, gt=0)
     gpus: Unit = 0.0
 
@@ -170,6 +201,7 @@ class SearchConfig(Frozen):
     """A whole search: which models, what to vary, how to score, how to search, on what resources."""
 
     name: Name
+    plugins: list[str] = []  # modules that register merge methods, searchers, judges... (imported first)
     models: ModelsConfig
     merge: MergeSpaceConfig = MergeSpaceConfig()
     data: DataConfig = DataConfig()
@@ -179,6 +211,22 @@ class SearchConfig(Frozen):
     search: SearcherConfig = SearcherConfig()
     resources: ResourcesConfig = ResourcesConfig()
     promotion: PromotionConfig = PromotionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        """Plug-ins register their names before any field is checked against a registry."""
+        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+            try:
+                load_plugins([str(m) for m in data["plugins"]])
+            except UserError as err:
+                raise ValueError(str(err)) from None
+        return data
+
+    @model_validator(mode="after")
+    def _searcher_fits_space(self) -> SearchConfig:
+        SEARCHERS.get(self.search.name).check(self.merge.granularity)
+        return self
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -202,7 +250,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 def describe_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
     """The first problem of a pydantic error as ``field.path: message (got value)``, on one line."""
     first = err.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    loc = ".".join(str(part) for part in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -220,7 +268,7 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
     )
     more = len(err.errors()) - 1
     tail = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
-    return f"{loc}: {msg}{shown}{tail}".replace("\n", " ")
+    return f"{loc + ': ' if loc else ''}{msg}{shown}{tail}".replace("\n", " ")
 
 
 def validate_mapping(model: type[ModelT], data: Any, source: str) -> ModelT:

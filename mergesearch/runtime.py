@@ -13,3 +13,29 @@ def offline_and_quiet() -> None:
 
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+
+
+NAMESPACE = "mergesearch"  # every named actor (evaluators, routers, judges) lives here
+
+
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``) or start a local Ray, once per
+    process, the same way for search, promotion and data generation.
+
+    Actor output stays in the Ray logs (dashboard, ``ray logs``): the driver prints its own progress.
+    A local start turns token auth on and writes the token itself (Ray 2.60), so a fresh machine needs
+    no manual step; the dashboard is off unless ``MERGESEARCH_DASHBOARD=1``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    local = {"num_cpus": num_cpus, "include_dashboard": os.environ.get("MERGESEARCH_DASHBOARD") == "1"}
+    ray.init(
+        address=address,
+        namespace=NAMESPACE,
+        log_to_driver=False,
+        configure_logging=False,
+        **({} if address else local),
+    )

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mergesearch.config import BackendConfig
-from mergesearch.registry import Registry
+from mergesearch.registry import BACKENDS
 
 BackendFactory = Callable[[Path, BackendConfig, str], object]
-BACKENDS: Registry[BackendFactory] = Registry("backend")
 register_backend = BACKENDS.register
 
 

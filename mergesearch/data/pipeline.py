@@ -20,6 +20,7 @@ from mergesearch.data.generators import Quota, make_generator, plan_quotas
 from mergesearch.data.schema import Row, from_table, read_rows, to_table
 from mergesearch.data.spec import DataSpec
 from mergesearch.errors import UserError
+from mergesearch.runtime import ray_session
 
 Log = Callable[[str], None]
 
@@ -83,8 +84,7 @@ def _run(
         return pa.concat_tables(done)
     import ray
 
-    if not ray.is_initialized():
-        ray.init(namespace="mergesearch", include_dashboard=False, log_to_driver=False)
+    ray_session()
     dataset = ray.data.from_arrow(tables)  # one block per table: batches line up with the local path's
     sizes = {t.num_rows for t in tables}
     mapped = dataset.map_batches(

@@ -19,6 +19,7 @@ from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.merge.recipe import INPUT_SIDE, MergeRecipe
 from mergesearch.merge.resident import ResidentMerger
+from mergesearch.merge.spec import get_method
 
 
 def mergekit_config(
@@ -51,8 +52,6 @@ def _setting(recipe: MergeRecipe, per_group: Sequence[float]) -> float | list[di
     return conditions + [{"value": float(per_group[-1])}]
 
 
-# Our methods that mergekit 0.1.5 does not have: such recipes are materialised with our engine only.
-NOT_IN_MERGEKIT = frozenset({"tsvm", "rtsvm"})
 # Files a merged model folder takes from the base model (everything but the weights).
 MODEL_SIDE_FILES = (
     "config.json",
@@ -67,22 +66,27 @@ MODEL_SIDE_FILES = (
 def recipe_to_mergekit(
     recipe: MergeRecipe, base: str | Path, experts: Mapping[str, str | Path], dtype: str = "float32"
 ) -> dict:
-    """The mergekit config that makes exactly what the resident engine makes from ``recipe``."""
-    if recipe.method in NOT_IN_MERGEKIT:
+    """The mergekit config that makes exactly what the resident engine makes from ``recipe`` (names and
+    parameters as the method declares them for mergekit)."""
+    method = get_method(recipe.method)
+    if method.mergekit is None:
         raise UserError(
             f"mergekit has no {recipe.method!r} merge method; materialise this recipe with mergesearch instead"
         )
     missing = [e for e in recipe.experts if e not in experts]
     if missing:
         raise UserError(f"no model path for expert(s) {', '.join(missing)}")
+    names = {p.name: p.mergekit for p in method.params if p.mergekit}
     models = []
     for i, name in enumerate(recipe.experts):
         params = {
-            p: _setting(recipe, [group[i] for group in values]) for p, values in recipe.expert_params.items()
+            names[p]: _setting(recipe, [group[i] for group in values])
+            for p, values in recipe.expert_params.items()
         }
         models.append({"model": str(experts[name]), **({"parameters": params} if params else {})})
-    shared = {**recipe.shared, **{p: _setting(recipe, values) for p, values in recipe.group_params.items()}}
-    config: dict = {"merge_method": recipe.method, "models": models, "dtype": dtype}
+    shared = {names[p]: v for p, v in recipe.shared.items() if p in names}
+    shared |= {names[p]: _setting(recipe, values) for p, values in recipe.group_params.items()}
+    config: dict = {"merge_method": method.mergekit, "models": models, "dtype": dtype}
     if recipe.method == "slerp":  # interpolates from the first expert (t=0) to the second
         config["base_model"] = str(experts[recipe.experts[0]])
     elif recipe.method != "linear":
@@ -90,6 +94,33 @@ def recipe_to_mergekit(
     if shared:
         config["parameters"] = shared
     return config
+
+
+def recipe_file(
+    recipe: MergeRecipe,
+    base: str | Path,
+    experts: Mapping[str, str | Path],
+    dtype: str,
+    header: str,
+    seed: int | None = None,
+) -> str:
+    """``best/recipe.yaml``: the mergekit config, or our recipe where mergekit cannot rebuild the weights,
+    with a comment that says which and why."""
+    method = get_method(recipe.method)
+    if method.mergekit is None:
+        body: dict = {"recipe": recipe.model_dump(mode="json")}
+        note = (
+            f"mergekit has no {recipe.method!r}: rebuild with mergesearch's engine; best/model is canonical"
+        )
+    else:
+        body = recipe_to_mergekit(recipe, base, experts, dtype)
+        note = "`mergekit-yaml recipe.yaml OUT` rebuilds best/model"
+        if method.randomized:
+            note = (
+                f"{recipe.method} draws random masks: `mergekit-yaml --random-seed {seed}` draws other masks than our"
+                " engine, so it makes a merge of this recipe, not these weights; best/model is canonical"
+            )
+    return f"# {header}\n# {note}\n" + yaml.safe_dump(body, sort_keys=False)
 
 
 def mergekit_executable() -> str:

@@ -1,8 +1,9 @@
 """GenomeSpace: the searcher's view of a merge, as a flat dict of named, bounded genes.
 
 Gene names are stable and readable: ``w.math.g0`` is expert ``math``'s weight in layer group 0,
-``d.math.g0`` its density, ``t.g2`` slerp's interpolation in group 2. ``decode`` turns a genome into a
-MergeRecipe; ``encode`` does the reverse, so known merges (uniform, one expert alone) seed a search.
+``d.math.g0`` its density, ``t.g2`` slerp's interpolation in group 2. The genes, their prefixes and
+default bounds come from the method's declared parameters (``merge/spec.py``). ``decode`` turns a genome
+into a MergeRecipe; ``encode`` does the reverse, so known merges (uniform, one expert alone) seed a search.
 """
 
 from __future__ import annotations
@@ -11,78 +12,75 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from mergesearch.errors import UserError
-from mergesearch.merge.methods import get_method
 from mergesearch.merge.recipe import MergeRecipe
-
-GENE_PREFIX = {"weight": "w", "density": "d", "gamma": "gamma", "epsilon": "eps", "t": "t"}
-DEFAULT_BOUNDS = {
-    "weight": (0.0, 1.0),
-    "density": (0.1, 1.0),
-    "gamma": (0.0, 0.1),
-    "epsilon": (0.01, 0.2),
-    "t": (0.0, 1.0),
-}
-GROUP_PARAMS = ("t",)
+from mergesearch.merge.spec import ParamSpec, get_method
 
 Genome = dict[str, float]
+Granularity = Literal["global", "groups", "layer"]
 
 
 def layer_groups(
-    num_layers: int, granularity: Literal["global", "groups", "layer"], group_size: int = 1
+    num_layers: int, granularity: Granularity, group_size: int = 1
 ) -> tuple[tuple[int, ...], ...]:
     size = {"global": num_layers, "layer": 1}.get(granularity, group_size)
     return tuple(tuple(range(start, min(start + size, num_layers))) for start in range(0, num_layers, size))
 
 
 class GenomeSpace:
-    """Genes per expert and layer group for each of a method's parameters, with their bounds."""
+    """Genes per expert and layer group for each of a method's searched parameters, with their bounds."""
 
     def __init__(
         self,
         method: str,
         experts: Sequence[str],
         num_layers: int,
-        granularity: Literal["global", "groups", "layer"] = "global",
+        granularity: Granularity = "global",
         group_size: int = 1,
         bounds: Mapping[str, tuple[float, float]] | None = None,
         shared: Mapping[str, Any] | None = None,
         normalize_weights: bool = False,
     ) -> None:
-        """``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures)."""
+        """``bounds`` override the declared ones by parameter name; ``shared`` sets shared parameters;
+        ``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures)."""
         spec = get_method(method)
         spec.check_experts(len(experts))
-        self.normalize_weights = normalize_weights
+        for name in [*(bounds or {}), *(shared or {})]:
+            spec.param(name)
         self.method = method
         self.experts = tuple(experts)
         self.groups = layer_groups(num_layers, granularity, group_size)
-        self.expert_params = tuple(p for p in spec.expert_params)
-        self.group_params = tuple(p for p in GROUP_PARAMS if p in spec.shared_defaults)
-        self.bounds = {
-            p: tuple((bounds or {}).get(p, DEFAULT_BOUNDS[p]))
-            for p in (*self.expert_params, *self.group_params)
-        }
+        self.expert_params = tuple(p.name for p in spec.scoped("expert"))
+        self.group_params = tuple(p.name for p in spec.scoped("group"))
+        searched = spec.scoped("expert", "group")
+        self.bounds = {p.name: tuple((bounds or {}).get(p.name, p.bounds)) for p in searched}
+        self._by_prefix: dict[str, ParamSpec] = {str(p.gene): p for p in searched}
+        self._prefix = {p.name: str(p.gene) for p in searched}
         self.shared = dict(shared or {})
+        self.normalize_weights = normalize_weights
+
+    @property
+    def num_layers(self) -> int:
+        return sum(len(g) for g in self.groups)
 
     def gene_names(self) -> list[str]:
-        names = [
-            self._gene(p, e, g)
-            for p in self.expert_params
-            for e in self.experts
-            for g in range(len(self.groups))
-        ]
-        return names + [self._gene(p, None, g) for p in self.group_params for g in range(len(self.groups))]
+        groups = range(len(self.groups))
+        names = [self._gene(p, e, g) for p in self.expert_params for e in self.experts for g in groups]
+        return names + [self._gene(p, None, g) for p in self.group_params for g in groups]
 
     def gene_bounds(self) -> dict[str, tuple[float, float]]:
-        return {name: self.bounds[self._param_of(name)] for name in self.gene_names()}
+        return {name: self.bounds[self.param_of(name)] for name in self.gene_names()}
+
+    def is_gene(self, name: str) -> bool:
+        return name.split(".", 1)[0] in self._by_prefix
 
     def decode(self, genome: Mapping[str, float]) -> MergeRecipe:
         expected = set(self.gene_names())
         missing, unknown = sorted(expected - set(genome)), sorted(set(genome) - expected)
         if missing or unknown:
             raise UserError(f"genome does not fit the space: missing {missing[:3]}, unknown {unknown[:3]}")
-        n = len(self.groups)
+        groups = range(len(self.groups))
         expert_params = {
-            p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in range(n))
+            p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in groups)
             for p in self.expert_params
         }
         if self.normalize_weights and "weight" in expert_params:
@@ -93,7 +91,7 @@ class GenomeSpace:
             groups=self.groups,
             expert_params=expert_params,
             group_params={
-                p: tuple(float(genome[self._gene(p, None, g)]) for g in range(n)) for p in self.group_params
+                p: tuple(float(genome[self._gene(p, None, g)]) for g in groups) for p in self.group_params
             },
             shared=self.shared,
         )
@@ -104,24 +102,25 @@ class GenomeSpace:
             raise UserError(
                 "recipe was not made in this genome space (method, experts or layer groups differ)"
             )
+        groups = range(len(self.groups))
         genome = {
             self._gene(p, e, g): v[g][i]
             for p, v in recipe.expert_params.items()
-            for g in range(len(self.groups))
+            for g in groups
             for i, e in enumerate(self.experts)
         }
-        return genome | {
-            self._gene(p, None, g): v[g]
-            for p, v in recipe.group_params.items()
-            for g in range(len(self.groups))
-        }
+        return genome | {self._gene(p, None, g): v[g] for p, v in recipe.group_params.items() for g in groups}
 
     def uniform(self) -> Genome:
-        """Every expert at weight 1/n, slerp's t halfway, other genes at their upper bound (keep all); clipped."""
+        """Every expert at weight 1/n, group parameters at their default (slerp's t halfway), other genes
+        at their upper bound (keep all); clipped to the bounds."""
+        defaults = get_method(self.method).defaults
 
         def value(name: str) -> float:
-            param = self._param_of(name)
-            return {"weight": 1 / len(self.experts), "t": 0.5}.get(param, self.bounds[param][1])
+            param = self.param_of(name)
+            if param == "weight":
+                return 1 / len(self.experts)
+            return defaults[param] if param in self.group_params else self.bounds[param][1]
 
         return {name: self._clip(name, value(name)) for name in self.gene_names()}
 
@@ -141,34 +140,21 @@ class GenomeSpace:
                 )
         return genome
 
-    def _gene(self, param: str, expert: str | None, group: int) -> str:
-        return f"{GENE_PREFIX[param]}.{expert}.g{group}" if expert else f"{GENE_PREFIX[param]}.g{group}"
+    def clipped(self, genome: Mapping[str, float]) -> Genome:
+        return {name: self._clip(name, value) for name, value in genome.items()}
 
-    def _param_of(self, gene: str) -> str:
-        prefix = gene.split(".", 1)[0]
-        return next(p for p, pre in GENE_PREFIX.items() if pre == prefix)
+    def param_of(self, gene: str) -> str:
+        return self._by_prefix[gene.split(".", 1)[0]].name
+
+    def _gene(self, param: str, expert: str | None, group: int) -> str:
+        prefix = self._prefix[param]
+        return f"{prefix}.{expert}.g{group}" if expert else f"{prefix}.g{group}"
 
     def _clip(self, gene: str, value: float) -> float:
-        low, high = self.bounds[self._param_of(gene)]
+        low, high = self.bounds[self.param_of(gene)]
         return min(max(value, low), high)
 
 
 def _sum_to_one(weights: tuple[float, ...]) -> tuple[float, ...]:
     total = sum(weights)
     return tuple(w / total for w in weights) if total > 1e-12 else tuple(1 / len(weights) for _ in weights)
-
-
-def space_from_config(merge, experts: Sequence[str], num_layers: int) -> GenomeSpace:  # noqa: ANN001 - a MergeSpaceConfig
-    """The GenomeSpace a search config's ``merge`` section describes."""
-    bounds = {"weight": (merge.weight.low, merge.weight.high)}
-    if merge.density is not None:
-        bounds["density"] = (merge.density.low, merge.density.high)
-    return GenomeSpace(
-        merge.method,
-        experts,
-        num_layers,
-        merge.granularity,
-        merge.group_size,
-        bounds=bounds,
-        normalize_weights=merge.normalize,
-    )

@@ -1,89 +1,76 @@
 """Promotion: the best candidates of a search, materialised and evaluated in full.
 
-The top-k trials by fitness (the Pareto front over safety and task accuracy for multi-objective runs)
+The top-k trials by fitness (the Pareto front over the searcher's objectives for multi-objective runs)
 are merged into model folders, run through lm-eval (``simple_evaluate``: a local YAML task built from the
 held-out split's questions, plus any configured lm-eval task) and through the held-out safety
 evaluation. Each candidate runs as a Ray task with the promotion's own resources. The winner (best
 held-out fitness) becomes ``best/model`` and ``best/recipe.yaml``, a mergekit config anyone can run with
-``mergekit-yaml``.
+``mergekit-yaml`` (or, where mergekit cannot rebuild it, our recipe and a note saying so).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mergesearch.config import SearchConfig
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
-from mergesearch.search.ledger import genes_of, read_trials
-from mergesearch.search.searchers import MULTI_OBJECTIVE_SEARCHERS
-
-PROMOTION_DIR = "promotion"
-LEADERBOARD = "leaderboard.json"
+from mergesearch.runtime import ray_session
+from mergesearch.search.run_dir import RunDir, TrialResult
+from mergesearch.search.searchers import searcher
+from mergesearch.setup import SearchSetup
 
 
 def pareto_front(
-    rows: list[dict[str, Any]], keys: tuple[str, str] = ("safety", "task_accuracy")
-) -> list[dict[str, Any]]:
-    """Rows no other row beats on both keys (ties kept), best fitness first."""
-    front = [
-        r
-        for r in rows
-        if not any(all(o[k] >= r[k] for k in keys) and any(o[k] > r[k] for k in keys) for o in rows)
-    ]
-    return sorted(front, key=lambda r: -r["fitness"])
+    trials: list[TrialResult], keys: Sequence[str] = ("safety", "task_accuracy")
+) -> list[TrialResult]:
+    """Trials no other trial beats on every key (ties kept), best fitness first."""
+
+    def beaten(t: TrialResult) -> bool:
+        return any(
+            all(o.metric(k) >= t.metric(k) for k in keys) and any(o.metric(k) > t.metric(k) for k in keys)
+            for o in trials
+        )
+
+    return sorted((t for t in trials if not beaten(t)), key=lambda t: -t.fitness)
 
 
-def candidates(config: SearchConfig, rows: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
-    ok = [
-        r for r in rows if r["status"] == "ok" and r["fitness"] is not None and not math.isnan(r["fitness"])
-    ]
-    if config.search.name in MULTI_OBJECTIVE_SEARCHERS:
-        return pareto_front(ok)[: max(top_k, 1)]
-    return sorted(ok, key=lambda r: -r["fitness"])[:top_k]
+def candidates(setup: SearchSetup, trials: list[TrialResult], top_k: int) -> list[TrialResult]:
+    ok = [t for t in trials if t.ok]
+    spec = searcher(setup.config.search.name)
+    if spec.multi_objective:
+        return pareto_front(ok, spec.objectives)[: max(top_k, 1)]
+    return sorted(ok, key=lambda t: -t.fitness)[:top_k]
 
 
 def evaluate_candidate(
-    config: SearchConfig, genes: dict[str, float], out: Path, seed: int = 0
+    setup: SearchSetup, genes: dict[str, float], out: Path, seed: int = 0
 ) -> dict[str, Any]:
     """Materialise one genome into ``out/model``; lm-eval and held-out safety results into ``out``."""
     from mergesearch.backends.hf import HFBackend
+    from mergesearch.data.eval_split import load_eval_data
     from mergesearch.judges.base import make_judge
     from mergesearch.merge.export import materialize
-    from mergesearch.merge.genome import space_from_config
     from mergesearch.merge.resident import ResidentMerger
-    from mergesearch.model_paths import resolve_pool
-    from mergesearch.objectives.data import EvalData
     from mergesearch.objectives.evaluate import score_model
     from mergesearch.objectives.lm_eval_tasks import backend_lm, hf_lm, run_lm_eval, write_choice_task
 
-    base, experts = resolve_pool(config.models)
-    merger = ResidentMerger(base, experts, dtype=config.models.dtype, log=lambda _: None)
-    space = space_from_config(config.merge, list(experts), merger.num_layers)
-    recipe = space.decode(genes)
-    out = Path(out)
-    model_dir = materialize(merger, recipe, base, out / "model", seed=seed)
+    setup.activate()
+    config = setup.config
+    merger = ResidentMerger(setup.base, setup.experts, dtype=config.models.dtype, log=lambda _: None)
+    model_dir = materialize(merger, setup.space.decode(genes), setup.base, out / "model", seed=seed)
     backend = HFBackend.from_pretrained(
         model_dir,
         device=config.backend.device,
         batch_size=config.backend.batch_size,
         max_new_tokens=config.backend.max_new_tokens,
     )
-    heldout = EvalData.from_dataset(config.data.path, "heldout")
-    scores = score_model(
-        backend,
-        heldout,
-        make_judge(config.judge, str(backend.device)),
-        config.fitness,
-        config.backend.max_new_tokens,
-    )
+    heldout = load_eval_data(config.data, "heldout")
+    judge = make_judge(config.judge, str(backend.device))
+    scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
     tasks_dir = out / "lm_eval_tasks"
     tasks = list(config.promotion.tasks)
     if heldout.choice_items:
@@ -99,83 +86,66 @@ def evaluate_candidate(
         else:
             lm = hf_lm(backend.model, backend.tokenizer, config.promotion.batch_size, str(backend.device))
         lm_eval = run_lm_eval(lm, tasks, tasks_dir)
-    result = {
-        "genes": genes,
-        "heldout": {"objectives": scores.objectives, "fitness": scores.fitness, "counts": scores.counts},
-        "lm_eval": lm_eval,
-    }
+    heldout_scores = {"objectives": scores.objectives, "fitness": scores.fitness, "counts": scores.counts}
+    result = {"genes": genes, "heldout": heldout_scores, "lm_eval": lm_eval}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
 def promote(
-    run_dir: Path, top_k: int | None = None, log: Callable[[str], None] = print
+    run: RunDir, top_k: int | None = None, log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
-    """Promote the best trials of ``run_dir``; returns the leaderboard (best held-out fitness first)."""
+    """Promote the best trials of ``run``; returns the leaderboard (best held-out fitness first)."""
     import ray
 
-    from mergesearch.search.tuner import NAMESPACE, load_run_config
-
-    run_dir = Path(run_dir).resolve()
-    config = load_run_config(run_dir)
-    rows = read_trials(run_dir)
-    chosen = candidates(config, rows, config.promotion.top_k if top_k is None else top_k)
+    setup = SearchSetup.prepare(run.read_config(), log)
+    config = setup.config
+    chosen = candidates(setup, run.trials(), config.promotion.top_k if top_k is None else top_k)
     if not chosen:
-        raise UserError(f"{run_dir}: no successful trial to promote")
-    log(f"promote: {len(chosen)} candidate(s): {', '.join(r['trial_id'] for r in chosen)}")
-    if not ray.is_initialized():
-        ray.init(namespace=NAMESPACE, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        raise UserError(f"{run.root}: no successful trial to promote")
+    log(f"promote: {len(chosen)} candidate(s): {', '.join(t.trial_id for t in chosen)}")
+    ray_session()
     remote = ray.remote(num_cpus=config.promotion.cpus, num_gpus=config.promotion.gpus)(evaluate_candidate)
-    refs = [
-        remote.remote(config, genes_of(r), run_dir / PROMOTION_DIR / r["trial_id"], config.search.seed)
-        for r in chosen
-    ]
+    refs = [remote.remote(setup, t.genes, run.candidate(t.trial_id), config.search.seed) for t in chosen]
     board = []
-    for row, result in zip(chosen, ray.get(refs)):
+    for trial, result in zip(chosen, ray.get(refs)):
+        heldout = result["heldout"]
+        lm_eval = {
+            f"{task}/{metric}": value
+            for task, metrics in result["lm_eval"].items()
+            for metric, value in metrics.items()
+            if metric in ("acc", "acc_norm")
+        }
         board.append(
             {
-                "trial_id": row["trial_id"],
-                "search_fitness": row["fitness"],
-                "heldout_fitness": result["heldout"]["fitness"],
-                **{f"heldout_{k}": v for k, v in result["heldout"]["objectives"].items()},
-                **{
-                    f"{task}/{metric}": value
-                    for task, metrics in result["lm_eval"].items()
-                    for metric, value in metrics.items()
-                    if metric in ("acc", "acc_norm")
-                },
-                "genes": genes_of(row),
+                "trial_id": trial.trial_id,
+                "search_fitness": trial.fitness,
+                "heldout_fitness": heldout["fitness"],
+                **{f"heldout_{k}": v for k, v in heldout["objectives"].items()},
+                **lm_eval,
+                "genes": trial.genes,
             }
         )
         log(
-            f"promote: {row['trial_id']}: held-out fitness {result['heldout']['fitness']:.4f} {json.dumps(result['heldout']['objectives'])}"
+            f"promote: {trial.trial_id}: held-out fitness {heldout['fitness']:.4f} {json.dumps(heldout['objectives'])}"
         )
     board.sort(key=lambda b: -b["heldout_fitness"])
-    atomic_write_text(run_dir / PROMOTION_DIR / LEADERBOARD, json.dumps(board, indent=2) + "\n")
-    publish_best(config, run_dir, board[0])
+    run.write_leaderboard(board)
+    publish_best(setup, run, board[0])
     return board
 
 
-def publish_best(config: SearchConfig, run_dir: Path, winner: dict[str, Any]) -> None:
-    """``best/model`` (the winner's folder) and ``best/recipe.yaml`` (mergekit's config for it)."""
-    from mergesearch.merge.export import NOT_IN_MERGEKIT, recipe_to_mergekit
-    from mergesearch.merge.genome import space_from_config
-    from mergesearch.merge.resident import model_config
-    from mergesearch.model_paths import resolve_pool
+def publish_best(setup: SearchSetup, run: RunDir, winner: dict[str, Any]) -> None:
+    """``best/model`` (the winner's folder) and ``best/recipe.yaml`` (how to rebuild it)."""
+    from mergesearch.merge.export import recipe_file
 
-    base, experts = resolve_pool(config.models)
-    space = space_from_config(config.merge, list(experts), model_config(base).get("num_hidden_layers"))
-    recipe = space.decode(winner["genes"])
-    with atomic_dir(run_dir / "best") as tmp:
-        shutil.copytree(run_dir / PROMOTION_DIR / winner["trial_id"] / "model", tmp / "model")
-        if recipe.method in NOT_IN_MERGEKIT:
-            body = {
-                "note": f"mergekit has no {recipe.method!r}; rebuild with mergesearch's engine",
-                "recipe": recipe.model_dump(mode="json"),
-            }
-        else:
-            body = recipe_to_mergekit(recipe, base, experts, config.models.dtype)
-        (tmp / "recipe.yaml").write_text(
-            f"# {config.name}: trial {winner['trial_id']}, held-out fitness {winner['heldout_fitness']:.4f}\n"
-            + yaml.safe_dump(body, sort_keys=False)
+    recipe = setup.space.decode(winner["genes"])
+    header = (
+        f"{setup.config.name}: trial {winner['trial_id']}, held-out fitness {winner['heldout_fitness']:.4f}"
+    )
+    with atomic_dir(run.best) as tmp:
+        shutil.copytree(run.candidate(winner["trial_id"]) / "model", tmp / "model")
+        text = recipe_file(
+            recipe, setup.base, setup.experts, setup.config.models.dtype, header, setup.config.search.seed
         )
+        (tmp / "recipe.yaml").write_text(text)

@@ -1,21 +1,21 @@
-"""Searchers in a registry: each turns the genome space into a Ray Tune ``Searcher``.
+"""Searchers as specs in the one registry: each turns a search problem into a Ray Tune ``Searcher``.
 
 Nevergrad (``cma`` default, ``ngopt``, ``de``, ``pso``) through ``NevergradSearch``; Optuna (``optuna_cmaes``,
 ``tpe``, ``nsga2`` multi-objective over safety and task accuracy, ``random``, ``grid`` over the global
 genes, the paper's grid-search baseline) through ``OptunaSearch``. All are seeded, take warm-start
 genomes, and save/restore their state with the Tune experiment, so a resumed search continues.
+A spec says what the tuner and the config need to know, so neither names a searcher.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mergesearch.errors import UserError
-from mergesearch.registry import Registry
+from mergesearch.registry import SEARCHERS
 
 Bounds = Mapping[str, tuple[float, float]]
 MULTI_OBJECTIVE = ("safety", "task_accuracy")
@@ -32,19 +32,45 @@ class SearchProblem:
     warm_starts: tuple[dict[str, float], ...] = ()
 
 
-SearcherFactory = Callable[[SearchProblem], object]
-SEARCHERS: Registry[SearcherFactory] = Registry("searcher")
-register_searcher = SEARCHERS.register
-MULTI_OBJECTIVE_SEARCHERS = {"nsga2"}
+@dataclass(frozen=True)
+class SearcherSpec:
+    """A searcher: its factory (a Tune ``Searcher`` for a problem) and what it supports.
+
+    ``granularities``: the genome layouts it can search (None: all). ``budget``: the most trials it can
+    propose for a problem, when finite (a grid), else None. ``objectives``: the metrics it maximises
+    (several for a multi-objective searcher)."""
+
+    factory: Callable[[SearchProblem], Any]
+    objectives: tuple[str, ...] = ("fitness",)
+    granularities: frozenset[str] | None = None
+    budget: Callable[[SearchProblem], int] | None = None
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def check(self, granularity: str) -> None:
+        if self.granularities is not None and granularity not in self.granularities:
+            allowed = ", ".join(sorted(self.granularities))
+            raise ValueError(
+                f"search.name: this searcher covers merge.granularity {allowed} only, not {granularity!r}"
+            )
+
+    def trials(self, problem: SearchProblem) -> int:
+        return min(problem.num_trials, self.budget(problem)) if self.budget else problem.num_trials
+
+    def make(self, problem: SearchProblem) -> Any:
+        return self.factory(problem)
 
 
-def make_searcher(name: str, problem: SearchProblem):  # noqa: ANN201 - a ray.tune Searcher
-    return SEARCHERS.get(name)(problem)
+def searcher(name: str) -> SearcherSpec:
+    spec: SearcherSpec = SEARCHERS.get(name)
+    return spec
 
 
 # ------------------------------------------------------------------------------------ nevergrad
-def _nevergrad(optimizer_name: str) -> SearcherFactory:
-    def factory(problem: SearchProblem):  # noqa: ANN202
+def _nevergrad(optimizer_name: str) -> SearcherSpec:
+    def factory(problem: SearchProblem) -> Any:
         import nevergrad as ng
         import numpy as np
         from ray.tune.search.nevergrad import NevergradSearch
@@ -56,9 +82,8 @@ def _nevergrad(optimizer_name: str) -> SearcherFactory:
             **{name: ng.p.Scalar(lower=low, upper=high) for name, (low, high) in problem.bounds.items()}
         )
         space.random_state = np.random.RandomState(problem.seed)
-        optimizer = getattr(ng.optimizers, optimizer_name)
         return NevergradSearch(
-            optimizer=optimizer,
+            optimizer=getattr(ng.optimizers, optimizer_name),
             optimizer_kwargs={"budget": problem.num_trials, "num_workers": problem.concurrency},
             space=space,
             metric="fitness",
@@ -66,77 +91,71 @@ def _nevergrad(optimizer_name: str) -> SearcherFactory:
             points_to_evaluate=list(problem.warm_starts) or None,
         )
 
-    return factory
+    return SearcherSpec(factory)
 
 
 for _name, _optimizer in (("cma", "CMA"), ("ngopt", "NGOpt"), ("de", "TwoPointsDE"), ("pso", "PSO")):
-    register_searcher(_name)(_nevergrad(_optimizer))
+    SEARCHERS.add(_name, _nevergrad(_optimizer))
 
 
 # ------------------------------------------------------------------------------------ optuna
-def _optuna(
-    make_sampler: Callable[[SearchProblem], object], multi_objective: bool = False
-) -> SearcherFactory:
-    def factory(problem: SearchProblem):  # noqa: ANN202
+def _optuna(sampler: str, objectives: tuple[str, ...] = ("fitness",), **spec: Any) -> SearcherSpec:
+    """``sampler``: the name of a factory below, called with the problem."""
+
+    def factory(problem: SearchProblem) -> Any:
         from optuna.distributions import FloatDistribution
         from ray.tune.search.optuna import OptunaSearch
 
         space = {name: FloatDistribution(low, high) for name, (low, high) in problem.bounds.items()}
-        metric, mode = (list(MULTI_OBJECTIVE), ["max", "max"]) if multi_objective else ("fitness", "max")
         return OptunaSearch(
             space=space,
-            metric=metric,
-            mode=mode,
-            sampler=make_sampler(problem),
+            metric=list(objectives) if len(objectives) > 1 else objectives[0],
+            mode=["max"] * len(objectives) if len(objectives) > 1 else "max",
+            sampler=_SAMPLERS[sampler](problem),
             points_to_evaluate=list(problem.warm_starts) or None,
         )
 
-    return factory
+    return SearcherSpec(factory, objectives, **spec)
 
 
 def _grid_values(problem: SearchProblem) -> dict[str, list[float]]:
     """Evenly spaced values per gene, as many as the trial budget allows (k^genes <= trials, k >= 2)."""
-    genes = len(problem.bounds)
-    per_gene = max(2, int(math.floor(problem.num_trials ** (1 / genes) + 1e-9)))
+    per_gene = max(2, int(math.floor(problem.num_trials ** (1 / len(problem.bounds)) + 1e-9)))
     return {
         name: [low + (high - low) * i / (per_gene - 1) for i in range(per_gene)]
         for name, (low, high) in problem.bounds.items()
     }
 
 
-def grid_size(problem: SearchProblem) -> int:
+def _grid_size(problem: SearchProblem) -> int:
     return math.prod(len(v) for v in _grid_values(problem).values())
 
 
-register_searcher("optuna_cmaes")(
-    _optuna(
-        lambda p: __import__("optuna").samplers.CmaEsSampler(seed=p.seed, warn_independent_sampling=False)
-    )
-)
-register_searcher("tpe")(_optuna(lambda p: __import__("optuna").samplers.TPESampler(seed=p.seed)))
-register_searcher("nsga2")(
-    _optuna(
-        lambda p: __import__("optuna").samplers.NSGAIISampler(
-            seed=p.seed, population_size=max(4, p.concurrency * 2)
-        ),
-        multi_objective=True,
-    )
-)
-register_searcher("random")(_optuna(lambda p: __import__("optuna").samplers.RandomSampler(seed=p.seed)))
-register_searcher("grid")(
-    _optuna(lambda p: __import__("optuna").samplers.GridSampler(_grid_values(p), seed=p.seed))
-)
+def _samplers() -> dict[str, Callable[[SearchProblem], Any]]:
+    from optuna import samplers
+
+    return {
+        "cmaes": lambda p: samplers.CmaEsSampler(seed=p.seed, warn_independent_sampling=False),
+        "tpe": lambda p: samplers.TPESampler(seed=p.seed),
+        "nsga2": lambda p: samplers.NSGAIISampler(seed=p.seed, population_size=max(4, p.concurrency * 2)),
+        "random": lambda p: samplers.RandomSampler(seed=p.seed),
+        "grid": lambda p: samplers.GridSampler(_grid_values(p), seed=p.seed),
+    }
 
 
-def grid_points(problem: SearchProblem) -> list[dict[str, float]]:
-    """Every point of the grid (for reports and tests)."""
-    values = _grid_values(problem)
-    return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+class _LazySamplers(dict):
+    """Optuna is imported when a sampler is first made, not when searchers are registered."""
+
+    def __missing__(self, key: str) -> Callable[[SearchProblem], Any]:
+        self.update(_samplers())
+        return self[key]
 
 
-def check_searcher(name: str, granularity: str, genes: Sequence[str]) -> None:
-    """The grid is over global genes only: per-layer grids explode."""
-    if name == "grid" and granularity != "global":
-        raise UserError(
-            f"search.name grid: the grid covers global genes only (merge.granularity is {granularity!r}; {len(genes)} genes)"
-        )
+_SAMPLERS = _LazySamplers()
+
+SEARCHERS.add("optuna_cmaes", _optuna("cmaes"))
+SEARCHERS.add("tpe", _optuna("tpe"))
+SEARCHERS.add("nsga2", _optuna("nsga2", MULTI_OBJECTIVE))
+SEARCHERS.add("random", _optuna("random"))
+# The paper's grid-search baseline: per-layer grids explode, so global genes only; finite budget.
+SEARCHERS.add("grid", _optuna("grid", granularities=frozenset({"global"}), budget=_grid_size))

@@ -1,0 +1,38 @@
+"""Model references in configs, resolved once, at the edge (the CLI or a search's set-up step).
+
+A reference is a folder path or ``<scheme>:<name>`` (``zoo:math``) or a bare scheme (``smollm2``). The
+schemes are a registry that the layers owning the models fill (the zoo registers ``zoo`` and
+``smollm2``), so nothing below the edge builds or imports models: judges, backends and data get folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from mergesearch.errors import UserError
+from mergesearch.registry import MODEL_SCHEMES
+
+Log = Callable[[str], None]
+
+
+class ModelScheme(Protocol):
+    def __call__(self, name: str, field: str, log: Log) -> Path:
+        """The folder ``<scheme>:<name>`` names (built or converted on first use)."""
+        ...
+
+
+def resolve_model(ref: str, field: str = "model", log: Log = print) -> Path:
+    """The model folder a reference names; ``field`` names it in the one-line error."""
+    scheme, _, name = ref.partition(":")
+    if not Path(ref).expanduser().exists() and scheme in MODEL_SCHEMES:
+        return MODEL_SCHEMES.get(scheme)(name, field, log)
+    return check_model_folder(Path(ref).expanduser(), field)
+
+
+def check_model_folder(folder: Path, field: str) -> Path:
+    """A Hugging Face model folder: config.json and weights (safetensors; pickle weights are named)."""
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{field}: {folder} is not a Hugging Face model folder (no config.json)")
+    return folder.resolve()

@@ -1,0 +1,79 @@
+"""The LM-Cocktail baseline next to the search: a linear merge weighted by each expert's loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from mergesearch.merge.genome import GenomeSpace
+from mergesearch.search.run_dir import RunDir
+from mergesearch.setup import SearchSetup
+
+
+def cocktail_weights(losses: dict[str, float], temperature: float) -> dict[str, float]:
+    """LM-Cocktail: softmax(−loss / T) over the experts."""
+    top = max(-v / temperature for v in losses.values())
+    exps = {k: math.exp(-v / temperature - top) for k, v in losses.items()}
+    total = sum(exps.values())
+    return {k: v / total for k, v in exps.items()}
+
+
+def run_baselines(
+    setup: SearchSetup,
+    run: RunDir,
+    temperature: float = 5.0,
+    examples: int = 8,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """LM-Cocktail (linear merge, weights from each expert's loss on a few examples per type), with and
+    without alignment examples, scored like a trial on the search split; into ``baselines.json``."""
+    from mergesearch.actors import Evaluator
+
+    experts = list(setup.experts)
+    space = GenomeSpace("linear", experts, setup.space.num_layers)
+    linear = dataclasses.replace(
+        setup,
+        config=setup.config.model_copy(
+            update={
+                "merge": setup.config.merge.model_copy(
+                    update={"method": "linear", "granularity": "global", "bounds": {}, "params": {}}
+                )
+            }
+        ),
+        space=space,
+    )
+    evaluator = Evaluator(linear, log=lambda _: None)
+    backend = evaluator.backend
+    few: dict[str, list[tuple[str, str, str]]] = {}
+    for row in evaluator.data.tagged:
+        few.setdefault(row[2], []).append(row)
+    results = []
+    for name, types in (("lm_cocktail", ("task",)), ("lm_cocktail_aligned", ("task", "alignment"))):
+        rows = [r for t in types for r in few.get(t, [])[:examples]]
+        losses = {}
+        for expert in experts:
+            backend.merge_from(evaluator.merger, space.decode(space.expert_alone(expert)))
+            lls = backend.loglikelihood([(backend.render(p), r) for p, r, _ in rows])
+            tokens = sum(len(backend.tokenizer(r, add_special_tokens=False)["input_ids"]) for _, r, _ in rows)
+            losses[expert] = -sum(ll for ll, _ in lls) / max(1, tokens)
+        weights = cocktail_weights(losses, temperature)
+        scores = evaluator.evaluate({f"w.{e}.g0": w for e, w in weights.items()})
+        results.append(
+            {
+                "name": name,
+                "examples_per_type": examples,
+                "types": list(types),
+                "temperature": temperature,
+                "losses": losses,
+                "weights": weights,
+                "fitness": scores.fitness,
+                "objectives": scores.objectives,
+            }
+        )
+        shown = json.dumps({k: round(v, 3) for k, v in weights.items()})
+        log(f"baseline {name}: weights {shown} fitness {scores.fitness:.4f}")
+    run.write_baselines(results)
+    return results

@@ -1,0 +1,227 @@
+"""The run dir and its files, owned by one class; and ``TrialResult``, one finished trial.
+
+Every path of a run dir is named here and nowhere else; every file is written atomically (temp file,
+then rename), so a killed driver leaves the previous version, never a torn one. ``trials.parquet`` is
+the ledger: the source of truth for finished trials on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from mergesearch.config import SearchConfig, load_config
+from mergesearch.errors import UserError
+from mergesearch.io import atomic_write_text
+from mergesearch.objectives.evaluate import Scores
+from mergesearch.registry import OBJECTIVES
+
+PENALTY = -1.0  # the fitness of a failed trial: finite, below every real fitness (which lies in [0, 1])
+TIMINGS = ("load", "merge", "generate", "judge", "score", "evaluator")  # seconds, as `<name>_s` columns
+
+
+class TrialResult(BaseModel):
+    """One evaluated genome: ok with its objectives, or failed with its error (and the penalty fitness)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    genes: dict[str, float]
+    status: Literal["ok", "failed"] = "ok"
+    fitness: float = PENALTY
+    objectives: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    error: str = ""
+    trial_id: str = ""
+    index: int = -1
+    finished_at: float = 0.0
+
+    @classmethod
+    def from_scores(cls, scores: Scores, genes: dict[str, float], **timings: float) -> TrialResult:
+        if math.isnan(scores.fitness):
+            return cls.failed("fitness is NaN (an objective could not be computed)", genes)
+        return cls(
+            genes=genes,
+            fitness=scores.fitness,
+            objectives=scores.objectives,
+            counts=scores.counts,
+            timings={**scores.timings, **timings},
+        )
+
+    @classmethod
+    def failed(cls, error: str, genes: dict[str, float], **timings: float) -> TrialResult:
+        return cls(genes=genes, status="failed", error=error[:300], timings=timings)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and not math.isnan(self.fitness)
+
+    def metric(self, name: str) -> float:
+        """``fitness`` or an objective (0 for a failed trial's, so a multi-objective searcher ranks it last)."""
+        return self.fitness if name == "fitness" else self.objectives.get(name, 0.0)
+
+    def report(self) -> dict[str, Any]:
+        """What a trial reports to Tune: the metrics searchers read, and the whole result as JSON."""
+        metrics = {name: self.metric(name) for name in ("fitness", *OBJECTIVES)}
+        return {**metrics, "status": self.status, "trial_json": self.model_dump_json()}
+
+    @classmethod
+    def from_report(cls, reported: dict[str, Any]) -> TrialResult:
+        return cls.model_validate_json(reported["trial_json"])
+
+    def to_row(self) -> dict[str, Any]:
+        """The ledger row: fixed columns, one per objective, timing and gene, and the counts as JSON."""
+        return {
+            "trial_id": self.trial_id,
+            "index": self.index,
+            "finished_at": self.finished_at,
+            "status": self.status,
+            "error": self.error,
+            "fitness": self.fitness,
+            **{name: self.objectives.get(name) for name in OBJECTIVES},
+            **{f"{name}_s": self.timings.get(name) for name in TIMINGS},
+            **self.genes,
+            "genes_json": json.dumps(self.genes),
+            "counts_json": json.dumps(self.counts),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TrialResult:
+        return cls(
+            trial_id=row["trial_id"],
+            index=row["index"],
+            finished_at=row["finished_at"],
+            status=row["status"],
+            error=row["error"],
+            fitness=row["fitness"],
+            objectives={k: row[k] for k in OBJECTIVES if row.get(k) is not None},
+            timings={k: row[f"{k}_s"] for k in TIMINGS if row.get(f"{k}_s") is not None},
+            genes=json.loads(row["genes_json"]),
+            counts=json.loads(row["counts_json"]),
+        )
+
+
+def row_schema(gene_names: list[str]) -> pa.Schema:
+    """The ledger's Parquet schema, following ``TrialResult.to_row``."""
+    fixed = [("trial_id", pa.string()), ("index", pa.int64()), ("finished_at", pa.float64())]
+    fixed += [("status", pa.string()), ("error", pa.string()), ("fitness", pa.float64())]
+    numbers = [*OBJECTIVES, *(f"{name}_s" for name in TIMINGS), *gene_names]
+    return pa.schema(
+        [
+            *fixed,
+            *((name, pa.float64()) for name in numbers),
+            ("genes_json", pa.string()),
+            ("counts_json", pa.string()),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A search's folder: every path in it, and the reading and writing of its files."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    config_file = property(lambda self: self.root / "config.yaml")
+    data = property(lambda self: self.root / "data")
+    tune = property(lambda self: self.root / "tune")
+    trials_file = property(lambda self: self.root / "trials.parquet")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    promotion = property(lambda self: self.root / "promotion")
+    leaderboard_file = property(lambda self: self.root / "promotion" / "leaderboard.json")
+    best = property(lambda self: self.root / "best")
+    baselines_file = property(lambda self: self.root / "baselines.json")
+    efficiency_file = property(lambda self: self.root / "efficiency.json")
+    report_file = property(lambda self: self.root / "report.md")
+    pareto_file = property(lambda self: self.root / "pareto.png")
+
+    def candidate(self, trial_id: str) -> Path:
+        """A promoted candidate's folder (its model, lm-eval tasks and result)."""
+        return self.promotion / trial_id
+
+    # -------------------------------------------------------------------------------- config
+    def read_config(self) -> SearchConfig:
+        if not self.config_file.is_file():
+            raise UserError(f"{self.root}: not a search run dir (no {self.config_file.name})")
+        return load_config(self.config_file)
+
+    def write_config(self, config: SearchConfig) -> None:
+        """Record the config a search runs; a run dir holding another search's config is refused."""
+        resolved = config.model_dump(mode="json")
+        if self.config_file.is_file() and yaml.safe_load(self.config_file.read_text()) != resolved:
+            raise UserError(
+                f"{self.root}: already holds a search with a different config ({self.config_file}); "
+                "pick another run name or resume it as it is"
+            )
+        atomic_write_text(self.config_file, yaml.safe_dump(resolved, sort_keys=False))
+
+    # -------------------------------------------------------------------------------- trials
+    def trials(self) -> list[TrialResult]:
+        if not self.trials_file.is_file():
+            return []
+        return [TrialResult.from_row(row) for row in pq.read_table(self.trials_file).to_pylist()]
+
+    def ok_trials(self) -> list[TrialResult]:
+        return [t for t in self.trials() if t.ok]
+
+    def trial_count(self) -> int:
+        """Finished trials, from the Parquet footer alone (cheap enough to ask after every trial)."""
+        return pq.read_metadata(self.trials_file).num_rows if self.trials_file.is_file() else 0
+
+    def write_trials(self, trials: list[TrialResult], gene_names: list[str]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist([t.to_row() for t in trials], schema=row_schema(gene_names))
+        tmp = self.trials_file.with_name(f".{self.trials_file.name}.tmp-{os.getpid()}")
+        pq.write_table(table, tmp)
+        tmp.replace(self.trials_file)
+
+    # -------------------------------------------------------------------------------- JSON files
+    def leaderboard(self) -> list[dict[str, Any]] | None:
+        return _read_json(self.leaderboard_file)
+
+    def write_leaderboard(self, board: list[dict[str, Any]]) -> None:
+        _write_json(self.leaderboard_file, board)
+
+    def baselines(self) -> list[dict[str, Any]] | None:
+        return _read_json(self.baselines_file)
+
+    def write_baselines(self, baselines: list[dict[str, Any]]) -> None:
+        _write_json(self.baselines_file, baselines)
+
+    def efficiency(self) -> list[dict[str, Any]]:
+        return _read_json(self.efficiency_file) or []
+
+    def add_efficiency(self, busy_s: float, wall_s: float, evaluators: int) -> None:
+        """Evaluator busy share over one session (idle = waiting for the searcher or Tune)."""
+        idle = 1 - busy_s / max(wall_s * evaluators, 1e-9)
+        session = {
+            "wall_s": round(wall_s, 2),
+            "evaluator_busy_s": round(busy_s, 2),
+            "evaluators": evaluators,
+            "idle_share": round(idle, 4),
+        }
+        _write_json(self.efficiency_file, [*self.efficiency(), session])
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")

@@ -1,0 +1,93 @@
+"""A search's set-up, done once at the edge: plug-ins imported, every model reference resolved to a
+folder and checked, the genome space built. Actors and promotion receive it; nothing below resolves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergesearch.config import DataConfig, SearchConfig
+from mergesearch.errors import UserError
+from mergesearch.merge.genome import GenomeSpace
+from mergesearch.merge.resident import check_compatible, model_config
+from mergesearch.model_refs import resolve_model
+from mergesearch.registry import load_plugins
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """``config`` with every model reference replaced by its folder (what the run dir records)."""
+
+    config: SearchConfig
+    space: GenomeSpace
+
+    @property
+    def base(self) -> Path:
+        return Path(self.config.models.base)
+
+    @property
+    def experts(self) -> dict[str, Path]:
+        return {e.name: Path(e.path) for e in self.config.models.experts}
+
+    @classmethod
+    def prepare(cls, config: SearchConfig, log: Log = print) -> SearchSetup:
+        """Resolve and check before a run dir or an actor exists: a wrong path or a mismatched expert
+        is one line, not a search of failed trials."""
+        load_plugins(config.plugins)
+        models = config.models
+        base = _merge_input(resolve_model(models.base, "models.base", log), "models.base")
+        experts = {
+            e.name: _merge_input(
+                resolve_model(e.path, f"models.experts.{e.name}", log), f"models.experts.{e.name}"
+            )
+            for e in models.experts
+        }
+        check_compatible(base, experts)
+        judge = config.judge.model and str(resolve_model(config.judge.model, "judge.model", log))
+        resolved = config.model_copy(
+            update={
+                "models": models.model_copy(
+                    update={
+                        "base": str(base),
+                        "experts": [
+                            e.model_copy(update={"path": str(experts[e.name])}) for e in models.experts
+                        ],
+                    }
+                ),
+                "judge": config.judge.model_copy(update={"model": judge or None}),
+            }
+        )
+        merge = config.merge
+        space = GenomeSpace(
+            merge.method,
+            list(experts),
+            model_config(base)["num_hidden_layers"],
+            merge.granularity,
+            merge.group_size,
+            bounds={name: (b.low, b.high) for name, b in merge.bounds.items()},
+            shared=merge.params,
+            normalize_weights=merge.weights_sum_to_one,
+        )
+        return cls(resolved, space)
+
+    def with_data(self, data: DataConfig) -> SearchSetup:
+        return dataclasses.replace(self, config=self.config.model_copy(update={"data": data}))
+
+    def activate(self) -> None:
+        """In a fresh process (a Ray worker): import the config's plug-ins before using the space."""
+        load_plugins(self.config.plugins)
+
+
+def _merge_input(folder: Path, field: str) -> Path:
+    """The merge pool reads safetensors only (memory-mapped, no code runs): pickle weights are named."""
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise UserError(
+            f"{field}: {folder} has only pickle weights (.bin); the merge pool reads safetensors: convert it "
+            "(`model.save_pretrained(dir, safe_serialization=True)`)"
+        )
+    return folder
