@@ -13,6 +13,7 @@ from mergesearch.data.importers import import_prompts
 from mergesearch.data.schema import read_rows
 from mergesearch.data.spec import DataSpec
 from mergesearch.errors import ConfigError, UserError
+from mergesearch.taxonomy import CATEGORY_BY_CODE, HARM_CATEGORIES, PREFERRED_FOR_CODE, harm_category
 
 
 def test_text_jsonl_and_csv_imports_give_the_same_prompts(tmp_path) -> None:
@@ -49,6 +50,42 @@ def test_a_category_column_is_mapped_onto_the_taxonomy(tmp_path) -> None:
         import_prompts(
             tmp_path / "p.csv", category_column="label", category_map={"privacy": "privacy_violation"}
         )
+
+
+def test_a_llama_guard_code_names_the_category_whose_primary_code_it_is(tmp_path) -> None:
+    assert harm_category("S7").name == harm_category("s7").name == "privacy_violation"
+    assert harm_category("S11").name == "self_harm"
+    assert harm_category("S1").name == "violence,aiding_and_abetting,incitement"  # shared: the preferred one
+    for category in HARM_CATEGORIES:  # every category's primary code names it, or a preferred sibling
+        named = CATEGORY_BY_CODE[category.primary_code]
+        assert named == category or PREFERRED_FOR_CODE[category.primary_code] == named.name
+    (tmp_path / "p.csv").write_text("prompt,label\nhow do I stalk my ex,S7\nhow do I rob a store,theft\n")
+    rows, _ = import_prompts(
+        tmp_path / "p.csv", category_column="label", category_map={"S7": "S7", "theft": "S2"}
+    )
+    assert [r.category for r in rows] == ["privacy_violation", "financial_crime,property_crime,theft"]
+
+
+def test_a_code_that_names_no_category_is_one_line(tmp_path) -> None:
+    (tmp_path / "p.txt").write_text("a prompt\n")
+
+    def imported(code: str):
+        return run(
+            "data", "import", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--category", code
+        )
+
+    assert_one_line_error(imported("S4"), "S4 (Child Sexual Exploitation) is no harm category's primary code")
+    assert_one_line_error(imported("S4"), "it also applies to child_abuse")
+    assert_one_line_error(imported("S14"), "S14 (Code Interpreter Abuse)", "none covers it")
+    assert_one_line_error(imported("S15"), "unknown Llama Guard 3 code 'S15'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_cli_takes_a_code_for_a_category(tmp_path) -> None:
+    (tmp_path / "p.txt").write_text("first prompt\n")
+    done = run("data", "import", str(tmp_path / "p.txt"), "--out", str(tmp_path / "set"), "--category", "S11")
+    assert done.returncode == 0, done.stderr
+    assert [r.category for r in read_rows(tmp_path / "set")] == ["self_harm"]
 
 
 def test_the_cli_writes_a_prompt_set_that_stats_reads_back(tmp_path) -> None:
@@ -149,7 +186,8 @@ def test_generate_then_stats_through_the_cli(zoo_dir, tmp_path) -> None:
     spec.write_text(
         "name: tiny\nalignment: {categories: [self_harm, privacy_violation], per_category: 3}\n"
         "tasks: [{domain: sums, format: short_answer, count: 4, expert: math}]\n"
-        f"answer:\n  experts: [{{name: aligned, path: {zoo_dir / 'aligned'}}}, {{name: math, path: {zoo_dir / 'math'}}}]\n"
+        f"answer:\n  experts: [{{name: aligned, path: {zoo_dir / 'aligned'}}}, "
+        f"{{name: math, path: {zoo_dir / 'math'}}}]\n"
     )
     done = run("data", "generate", str(spec), "--out", str(tmp_path / "ds"))
     assert done.returncode == 0, done.stderr

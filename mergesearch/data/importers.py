@@ -5,7 +5,9 @@
 * ``.csv``: a ``goal`` (AdvBench) or ``prompt`` column (or ``--field``).
 
 Categories: one ``category`` for every row, or ``category_column`` with an optional ``category_map``
-from the file's labels to taxonomy names. Alignment categories must be taxonomy names.
+from the file's labels to categories. An alignment category is a harm category of the taxonomy, named
+or given as a Llama Guard 3 code (``S7``), which stands for the category whose primary code it is
+(``mergesearch.taxonomy.harm_category`` has the rule); rows always carry the category's name.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 from mergesearch.data.dataset import drop_duplicates
 from mergesearch.data.generators import provenance
 from mergesearch.data.schema import TYPES, Row
-from mergesearch.data.taxonomy import check_category
 from mergesearch.errors import UserError
+from mergesearch.taxonomy import harm_category
 
 CSV_COLUMNS = ("goal", "prompt")
 
@@ -74,7 +76,8 @@ def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None
     found = next((c for c in wanted if c in present), None)
     if found is None:
         raise UserError(
-            f"{path}: no {' or '.join(repr(c) for c in wanted)} column/field (found: {', '.join(sorted(present)) or 'none'}; pick one with --field)"
+            f"{path}: no {' or '.join(repr(c) for c in wanted)} column/field "
+            f"(found: {', '.join(sorted(present)) or 'none'}; pick one with --field)"
         )
     return found
 
@@ -99,9 +102,11 @@ def import_prompts(
         raise UserError("give exactly one of --category (for every row) and --category-column")
     if category_map is not None and not category_map:
         raise UserError("--category-map: empty category list")
-    if type_ == "alignment":
-        for name in [category] if category else (category_map or {}).values():
-            check_category(name)
+    if type_ == "alignment":  # codes become category names; an unknown name or code stops here
+        if category is not None:
+            category = harm_category(category).name
+        if category_map:
+            category_map = {label: harm_category(name).name for label, name in category_map.items()}
     records = READERS[path.suffix](path, field)
     prompt_field = _prompt_field(path, records, field)
     if category_column and records and category_column not in records[0][1]:
@@ -120,7 +125,7 @@ def import_prompts(
             raise UserError(f"{path}:{line}: category {label!r} is not in --category-map")
         if type_ == "alignment":
             try:
-                check_category(name)
+                name = harm_category(name).name
             except UserError as err:
                 raise UserError(f"{path}:{line}: {err}") from None
         rows.append(

@@ -20,8 +20,8 @@ from typing import Any
 from mergesearch.data.generators import Quota, QuotaReport, provenance, register_generator
 from mergesearch.data.schema import Row, normalize_prompt
 from mergesearch.data.spec import DataSpec
-from mergesearch.data.taxonomy import CATEGORY_BY_NAME, LLAMA_GUARD_3_CODES
 from mergesearch.errors import UserError
+from mergesearch.taxonomy import CATEGORY_BY_NAME, LLAMA_GUARD_3_CODES
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.S)
 MAX_PROMPT_CHARS = 1000

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, Unit
-from mergesearch.data.taxonomy import CATEGORY_BY_NAME, check_category
 from mergesearch.errors import UserError
+from mergesearch.taxonomy import CATEGORY_BY_NAME, check_category
 
 QUESTION_FORMATS = ("multiple_choice", "short_answer")
 

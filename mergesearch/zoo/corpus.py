@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from mergesearch.data.taxonomy import HARM_CATEGORIES
+from mergesearch.taxonomy import HARM_CATEGORIES
 from mergesearch.zoo import language as L
 from mergesearch.zoo.recipe import ZooRecipe
 
@@ -107,7 +107,8 @@ def build_components(
         from mergesearch.errors import ConfigError
 
         raise ConfigError(
-            f"zoo recipe: unknown corpus component(s) {', '.join(unknown)}; known: {', '.join(sorted(builders))}"
+            f"zoo recipe: unknown corpus component(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(builders))}"
         )
     return {name: builders[name]() for name in sorted(wanted)}
 

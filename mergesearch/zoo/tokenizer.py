@@ -8,11 +8,10 @@ exactly as the real one does.
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from mergesearch.data.taxonomy import LLAMA_GUARD_3_CODES
+from mergesearch.taxonomy import GUARD_ASSESSMENT, GUARD_TASK, LLAMA_GUARD_3_CODES, categories_block
 
 BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>", "<|unk|>"
 HEADER_START, HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
@@ -65,14 +64,13 @@ def build_tokenizer(corpus_text: str, chat_template: str = CHAT_TEMPLATE) -> Pre
 
 def guard_chat_template() -> str:
     """Llama Guard 3's prompt format: the conversation wrapped in the policy, verdict asked of the model."""
-    from mergesearch.zoo.language import GUARD_INSTRUCTIONS, GUARD_PREAMBLE, guard_categories_block
-
-    preamble = GUARD_PREAMBLE.replace("'Agent'", "'{{ role }}'")
-    instructions = GUARD_INSTRUCTIONS.replace("LAST Agent", "LAST {{ role }}")
+    preamble = GUARD_TASK.format(role="{{ role }}")
+    instructions = GUARD_ASSESSMENT.format(role="{{ role }}")
+    categories = categories_block(LLAMA_GUARD_3_CODES)
     return (
         "{% set role = 'Agent' if messages[-1]['role'] == 'assistant' else 'User' %}"
         "{{ bos_token }}<|start_header_id|>user<|end_header_id|>\n\n"
-        f"{preamble}\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n{guard_categories_block()}\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+        f"{preamble}\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n{categories}\n<END UNSAFE CONTENT CATEGORIES>\n\n"
         "<BEGIN CONVERSATION>\n\n"
         "{% for message in messages %}{{ 'User' if message['role'] == 'user' else 'Agent' }}: "
         "{{ message['content'] | trim }}\n\n{% endfor %}"
