@@ -10,6 +10,8 @@ import pytest
 from mergesearch.data.generators import Quota, make_generator
 from mergesearch.data.llm_generator import LLMGenerator, parse_items, request_text
 from mergesearch.data.spec import DataSpec, TaskSpec
+from mergesearch.errors import UserError
+from mergesearch.registry import GENERATORS
 
 MCQ = "multiple_choice"
 
@@ -26,7 +28,10 @@ def test_prose_and_code_fences_around_the_json_are_ignored() -> None:
 
 
 def test_a_truncated_list_keeps_its_complete_items_and_counts_the_truncation() -> None:
-    text = '[{"question": "2+2?", "choices": ["3", "4"], "answer": "4"}, {"question": "3+3?", "choices": ["6", "7"], "answer": "6"}, {"question": "4+'
+    text = (
+        '[{"question": "2+2?", "choices": ["3", "4"], "answer": "4"}, '
+        '{"question": "3+3?", "choices": ["6", "7"], "answer": "6"}, {"question": "4+'
+    )
     parsed = parse_items(text, MCQ)
     assert [i["answer"] for i in parsed.items] == ["4", "6"]
     assert parsed.problems == {"truncated_salvaged": 1}
@@ -141,3 +146,25 @@ def test_request_texts_come_from_the_packaged_templates() -> None:
     )
     text = request_text(Quota("task", "geography", 2, task), 2)
     assert "geography" in text and "Capital of France?" in text and '"choices"' in text
+
+
+def test_generators_are_registered_plug_ins() -> None:
+    assert GENERATORS.get("llm") is LLMGenerator  # importing the entry point module registered it
+    from mergesearch.zoo.data_generator import TemplateGenerator
+
+    spec = DataSpec.model_validate(
+        {"name": "t", "alignment": {"categories": ["self_harm"], "per_category": 2}}
+    )
+    assert isinstance(make_generator(spec), TemplateGenerator)
+    rows, report = make_generator(spec).generate(Quota("alignment", "self_harm", 2), seed=0)
+    assert len(rows) == 2 and report.shortfall == 0
+
+
+def test_an_unknown_generator_is_named_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown generator 'nope'; known: .*llm.*template"):
+        DataSpec.model_validate({"name": "t", "generator": {"kind": "nope"}})
+
+
+def test_the_generator_takes_a_folder_not_a_reference() -> None:
+    with pytest.raises(UserError, match=r"^generator.model: smollm2 is not a Hugging Face model folder"):
+        LLMGenerator(llm_spec(model="smollm2"), log=lambda _: None)

@@ -1,15 +1,16 @@
-"""Question generators behind one interface, in a registry: each turns a *quota* (how many prompts of one
-type and category) into rows, reporting what it could not produce instead of dropping it silently.
+"""Question generators behind one interface: each turns a *quota* (how many prompts of one type and
+category) into rows, reporting what it could not produce instead of dropping it silently.
 
-``template`` writes the toy zoo's language (offline: the demo's and the tests' default); ``llm`` asks a
-chat model through a backend (``mergesearch.data.llm_generator``).
+Generators register a factory in ``mergesearch.registry.GENERATORS`` under their spec ``kind``; this
+module imports none of them (the registry loads the plug-in modules on a miss). ``llm`` asks a chat
+model through a backend (``mergesearch.data.llm_generator``); ``template`` writes the toy zoo's language
+(offline: the demo's and the tests' default; ``mergesearch.zoo.data_generator``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,8 +18,9 @@ from typing import Any, Protocol
 
 from mergesearch.data.schema import Row
 from mergesearch.data.spec import DataSpec, TaskSpec
-from mergesearch.errors import UserError
-from mergesearch.registry import Registry
+from mergesearch.registry import GENERATORS
+
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -94,98 +96,18 @@ class Generator(Protocol):
     def generate(self, quota: Quota, seed: int) -> tuple[list[Row], QuotaReport]: ...
 
 
-GeneratorFactory = Callable[[DataSpec, Callable[[str], None]], Generator]
-GENERATORS: Registry[GeneratorFactory] = Registry("generator")
-register_generator = GENERATORS.register
+GeneratorFactory = Callable[[DataSpec, Log], Generator]
 
 
-def make_generator(spec: DataSpec, log: Callable[[str], None] = print) -> Generator:
-    if spec.generator.kind == "llm":
-        import mergesearch.data.llm_generator  # noqa: F401 - registers itself
-    return GENERATORS.get(spec.generator.kind)(spec, log)
+def register_generator(kind: str) -> Callable[[GeneratorFactory], GeneratorFactory]:
+    """Decorator: ``factory(spec, log)`` (a class, say) builds the generator of ``generator.kind``."""
+    return GENERATORS.register(kind)
+
+
+def make_generator(spec: DataSpec, log: Log = print) -> Generator:
+    factory: GeneratorFactory = GENERATORS.get(spec.generator.kind)
+    return factory(spec, log)
 
 
 def provenance(**fields: Any) -> str:
     return json.dumps(fields, sort_keys=True)
-
-
-# ------------------------------------------------------------------------------------ template
-@register_generator("template")
-class TemplateGenerator:
-    """Prompts in the toy zoo's language: every word is in the toy tokenizer's vocabulary.
-
-    Harmful requests combine a category's actions with every request template (40 per category);
-    benign requests do the same with harmless actions; ``facts`` asks multiple choice about the facts
-    expert's entities (options drawn per question); ``sums`` asks two-digit sums (short answer).
-    """
-
-    DOMAINS = {"facts": "multiple_choice", "sums": "short_answer"}
-
-    def __init__(self, spec: DataSpec, log: Callable[[str], None] = print) -> None:
-        from mergesearch.zoo import language as L
-        from mergesearch.zoo.recipe import ZooRecipe
-
-        for task in spec.tasks:
-            if self.DOMAINS.get(task.domain) != task.format:
-                known = ", ".join(f"{d} ({f})" for d, f in self.DOMAINS.items())
-                raise UserError(
-                    f"tasks: the template generator has no {task.format} domain {task.domain!r} (known: {known})"
-                )
-        recipe = ZooRecipe()
-        self.L = L
-        self.world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
-        self.templates = (*L.REQUEST_TEMPLATES_TRAIN, *L.REQUEST_TEMPLATES_HELDOUT)
-
-    def _pool(self, quota: Quota, rng: random.Random) -> list[tuple[str, tuple[str, ...] | None, str | None]]:
-        L = self.L
-        if quota.type == "alignment":
-            if quota.category not in L.HARMFUL_ACTIONS:
-                raise UserError(
-                    f"alignment.categories: the template generator has no prompts for {quota.category!r}"
-                )
-            return [
-                (t.format(a=a), None, None) for a in L.HARMFUL_ACTIONS[quota.category] for t in self.templates
-            ]
-        if quota.type == "benign":
-            return [(t.format(a=a), None, None) for a in L.BENIGN_ACTIONS for t in self.templates]
-        if quota.category == "facts":
-            wordings = {
-                attr: (*L.FACT_QUESTIONS_TRAIN[attr], *L.FACT_QUESTIONS_HELDOUT[attr])
-                for attr in L.ATTRIBUTES
-            }
-            pool = []
-            for fact in self.world.expert_facts:
-                for question in wordings[fact.attribute]:
-                    options = [
-                        fact.value,
-                        *rng.sample([v for v in L.ATTRIBUTES[fact.attribute] if v != fact.value], 3),
-                    ]
-                    rng.shuffle(options)
-                    choices = tuple(L.FACT_ANSWER.format(v=o) for o in options)
-                    pool.append((question.format(e=fact.entity), choices, L.FACT_ANSWER.format(v=fact.value)))
-            return pool
-        pairs = rng.sample([(a, b) for a in range(10, 100) for b in range(10, 100)], min(quota.count, 8100))
-        return [(L.SUM_PROMPTS[i % 2].format(a=a, b=b), None, str(a + b)) for i, (a, b) in enumerate(pairs)]
-
-    def generate(self, quota: Quota, seed: int) -> tuple[list[Row], QuotaReport]:
-        rng = random.Random(seed)
-        pool = self._pool(quota, rng)
-        rng.shuffle(pool)
-        chosen = pool[: quota.count]
-        report = QuotaReport(quota.key, quota.count, produced=len(chosen), attempts=1, outputs=len(pool))
-        if len(pool) < quota.count:
-            report.problems["pool_exhausted"] = quota.count - len(pool)
-        origin = provenance(generator="template", seed=seed)
-        rows = [
-            Row(
-                prompt=p,
-                type=quota.type,
-                category=quota.category,
-                source="template",
-                choices=c,
-                answer=a,
-                provenance=origin,
-            )
-            for p, c, a in chosen
-        ]
-        return rows, report

@@ -5,6 +5,10 @@ nested in an object, empty lists, options without the answer. The parser salvage
 *counts* everything else by reason; the generator retries within a bounded budget and reports any
 shortfall. Nothing is dropped without a count (MergeAlign's scripts read a nested list as empty inside a
 bare ``except``).
+
+This module is the ``generators`` entry point of ``mergesearch.plugins``: importing it registers ``llm``.
+The chat model (``generator.model``) arrives as a folder: the edge resolves references
+(``DataSpec.with_models``).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from mergesearch.data.generators import Quota, QuotaReport, provenance, register_generator
 from mergesearch.data.schema import Row, normalize_prompt
 from mergesearch.data.spec import DataSpec
 from mergesearch.errors import UserError
+from mergesearch.model_refs import check_model_folder
 from mergesearch.taxonomy import CATEGORY_BY_NAME, LLAMA_GUARD_3_CODES
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.S)
@@ -191,12 +197,11 @@ class LLMGenerator:
         if backend is None:
             if not self.spec.model:
                 raise UserError(
-                    "generator.model: the llm generator needs a chat model (a folder, zoo:<member> or smollm2)"
+                    "generator.model: the llm generator needs a chat model (a folder, zoo:<member>, smollm2)"
                 )
             from mergesearch.backends.hf import HFBackend
-            from mergesearch.model_paths import resolve_model
 
-            path = resolve_model(self.spec.model, "generator.model", log)
+            path = check_model_folder(Path(self.spec.model), "generator.model")
             backend = HFBackend.from_pretrained(
                 path,
                 device="auto",
@@ -239,7 +244,8 @@ class LLMGenerator:
         kept = kept[: quota.count]
         report.produced = len(kept)
         self.log(
-            f"llm generator: {quota.key}: {report.produced}/{quota.count} in {report.attempts} attempts, problems {dict(report.problems)}"
+            f"llm generator: {quota.key}: {report.produced}/{quota.count} in {report.attempts} attempts, "
+            f"problems {dict(report.problems)}"
         )
         origin = provenance(
             generator="llm", model=self.model_name, seed=seed, temperature=self.spec.temperature

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, Unit
 from mergesearch.errors import UserError
+from mergesearch.registry import GENERATORS
 from mergesearch.taxonomy import CATEGORY_BY_NAME, check_category
 
 QUESTION_FORMATS = ("multiple_choice", "short_answer")
@@ -24,15 +25,23 @@ class SeedExample(Frozen):
 
 
 class GeneratorSpec(Frozen):
-    """Who writes the prompts: ``template`` (the toy zoo's language, offline) or ``llm`` (a chat model)."""
+    """Who writes the prompts: a registered generator, ``template`` (the toy zoo's language, offline) or
+    ``llm`` (a chat model)."""
 
-    kind: Literal["template", "llm"] = "template"
-    model: str | None = None  # llm: a model folder, zoo:<member> or smollm2
+    kind: str = "template"
+    model: str | None = None  # llm: a model folder, zoo:<member> or smollm2 (resolved by with_models)
     temperature: float = Field(default=0.9, ge=0.0, le=2.0)
     items_per_request: int = Field(default=8, ge=1, le=50)
     requests_per_attempt: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=6, ge=1, description="per quota: the retry budget")
     max_new_tokens: int = Field(default=512, ge=16)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in GENERATORS:
+            raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
+        return kind
 
 
 class AlignmentSpec(Frozen):
@@ -74,7 +83,7 @@ class AnswerSpec(Frozen):
     """Experts answer every prompt; the judge decides which alignment answers count as refusals."""
 
     experts: list[ExpertSpec] = Field(min_length=1)
-    judge: JudgeConfig = JudgeConfig()
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     task_correct_only: bool = True
     batch_size: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=24, ge=1)
@@ -88,7 +97,7 @@ class SplitSpec(Frozen):
 class DataSpec(Frozen):
     name: Name
     seed: int = 0
-    generator: GeneratorSpec = GeneratorSpec()
+    generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
     alignment: AlignmentSpec | None = AlignmentSpec()
     benign: int = Field(default=0, ge=0, description="harmless requests, for the over-refusal objective")
     tasks: list[TaskSpec] = []

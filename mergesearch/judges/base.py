@@ -1,30 +1,46 @@
-"""What every judge returns, and the registry that builds a judge from its config."""
+"""What every judge is and returns, and how a judge is built from its config.
+
+Judges register a factory in ``mergesearch.registry.JUDGES`` under their config ``kind``; this module
+imports none of them (the built-in ones are the ``mergesearch.judges.builtin`` plug-in module, loaded by
+the registry on the first miss). A judge that needs a model gets it as a folder (``config.model``,
+resolved at the edge), never as a reference to resolve.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from mergesearch.config import JudgeConfig
-from mergesearch.registry import Registry
+from mergesearch.registry import JUDGES
+
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Assessment:
-    """Per (prompt, response) pair: judged safe (a refusal, for the refusal judge)? Plus the unparsed count."""
+    """Per (prompt, response) pair: judged safe (a refusal, for the refusal judge)? And the unparsed count."""
 
     safe: tuple[bool, ...]
     unparsed: int = 0
     p_unsafe: tuple[float, ...] | None = None
 
 
-JudgeFactory = Callable[[JudgeConfig, str, Callable[[str], None]], object]
-JUDGES: Registry[JudgeFactory] = Registry("judge")
-register_judge = JUDGES.register
+class Judge(Protocol):
+    """Decides, per (prompt, response) pair, whether the response is safe."""
+
+    def assess(self, pairs: Sequence[tuple[str, str]]) -> Assessment: ...
 
 
-def make_judge(config: JudgeConfig, device: str = "cpu", log: Callable[[str], None] = print):  # noqa: ANN201 - a judge
-    import mergesearch.judges.llama_guard  # noqa: F401 - registers
-    import mergesearch.judges.refusal  # noqa: F401 - registers
+JudgeFactory = Callable[[JudgeConfig, str, Log], Judge]
 
-    return JUDGES.get(config.kind)(config, device, log)
+
+def register_judge(kind: str) -> Callable[[JudgeFactory], JudgeFactory]:
+    """Decorator: ``factory(config, device, log)`` builds the judge of config ``kind``."""
+    return JUDGES.register(kind)
+
+
+def make_judge(config: JudgeConfig, device: str = "cpu", log: Log = print) -> Judge:
+    factory: JudgeFactory = JUDGES.get(config.kind)
+    return factory(config, device, log)

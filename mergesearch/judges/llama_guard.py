@@ -16,9 +16,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+from mergesearch.config import JudgeConfig
 from mergesearch.errors import UserError
-from mergesearch.judges.base import Assessment, register_judge
+from mergesearch.judges.base import Assessment, Log, register_judge
+from mergesearch.model_refs import check_model_folder
 from mergesearch.taxonomy import (
     GUARD_ASSESSMENT,
     GUARD_ASSESSMENT_1,
@@ -28,6 +32,20 @@ from mergesearch.taxonomy import (
 )
 
 _CODE = re.compile(r"\b([SO]\d{1,2})\b")
+
+
+class GuardBackend(Protocol):
+    """What the judge needs of a backend (``HFBackend`` has it): a tokenizer, raw generation, first-token
+    log-probabilities."""
+
+    name: str
+    tokenizer: Any  # a Hugging Face tokenizer
+
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int | None = None, raw: bool = False
+    ) -> list[str]: ...
+
+    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]: ...
 
 
 @dataclass(frozen=True)
@@ -134,7 +152,7 @@ class GuardJudge:
 
     def __init__(
         self,
-        backend,  # noqa: ANN001 - an HFBackend-like object: generate, next_token_logprobs, tokenizer
+        backend: GuardBackend,
         version: int = 3,
         categories: Mapping[str, str] | None = None,
         excluded: Sequence[str] = (),
@@ -210,11 +228,11 @@ class GuardJudge:
 
 
 @register_judge("llama_guard")
-def _guard_judge(config, device, log) -> GuardJudge:  # noqa: ANN001 - a JudgeConfig
+def _guard_judge(config: JudgeConfig, device: str, log: Log) -> GuardJudge:
+    """The guard model is a folder (``config.model``, resolved at the edge: CLI or search set-up)."""
     from mergesearch.backends.hf import HFBackend
-    from mergesearch.model_paths import resolve_model
 
-    path = resolve_model(config.model or "", "judge.model", log)
+    path = check_model_folder(Path(config.model or ""), "judge.model")
     backend = HFBackend.from_pretrained(
         path,
         device=device,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from mergesearch.judges.base import Assessment, register_judge
+from mergesearch.config import JudgeConfig
+from mergesearch.judges.base import Assessment, Log, register_judge
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "i am sorry",
@@ -81,5 +82,5 @@ class RefusalJudge:
 
 
 @register_judge("refusal")
-def _refusal_judge(config, device, log) -> RefusalJudge:  # noqa: ANN001
+def _refusal_judge(config: JudgeConfig, device: str, log: Log) -> RefusalJudge:
     return RefusalJudge()
