@@ -27,7 +27,7 @@ from mergesearch.config import load_config
 from mergesearch.data.pipeline import generate_prompts
 from mergesearch.data.spec import DataSpec
 from mergesearch.io import atomic_write_text
-from mergesearch.model_paths import resolve_model
+from mergesearch.model_refs import resolve_model
 from mergesearch.runtime import offline_and_quiet
 
 SPEC = Path(__file__).parent.parent / "data_specs" / "toy.yaml"

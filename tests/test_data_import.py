@@ -171,6 +171,56 @@ def test_an_unknown_category_in_a_spec_is_one_line(tmp_path) -> None:
     )
 
 
+def test_model_references_become_folders_at_the_edge_named_by_field(tmp_path) -> None:
+    spec = DataSpec.model_validate(
+        {
+            "name": "t",
+            "generator": {"kind": "llm", "model": "chat"},
+            "answer": {
+                "experts": [{"name": "a", "path": "zoo:aligned"}, {"name": "b", "path": "smollm2"}],
+                "judge": {"kind": "llama_guard", "model": "zoo:guard"},
+            },
+        }
+    )
+    asked = []
+
+    def resolve(ref: str, field: str) -> Path:
+        asked.append((ref, field))
+        return tmp_path / ref.replace(":", "_")
+
+    resolved = spec.with_models(resolve)
+    assert asked == [
+        ("chat", "generator.model"),
+        ("zoo:aligned", "answer.experts.a"),
+        ("smollm2", "answer.experts.b"),
+        ("zoo:guard", "answer.judge.model"),
+    ]
+    assert resolved.generator.model == str(tmp_path / "chat")
+    assert [e.path for e in resolved.answer.experts] == [
+        str(tmp_path / "zoo_aligned"),
+        str(tmp_path / "smollm2"),
+    ]
+    assert (
+        resolved.answer.judge.model == str(tmp_path / "zoo_guard")
+        and spec.answer.experts[0].path == "zoo:aligned"
+    )
+    asked.clear()
+    spec.with_models(resolve, answering=False)  # a prompt set: the experts are not loaded, not resolved
+    assert asked == [("chat", "generator.model")]
+
+
+def test_a_data_spec_naming_an_unknown_zoo_model_is_one_line(tmp_path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: bad\nalignment: {categories: [self_harm], per_category: 1}\n"
+        "answer: {experts: [{name: a, path: 'zoo:nope'}]}\n"
+    )
+    assert_one_line_error(
+        run("data", "generate", str(spec), "--out", str(tmp_path / "o")),
+        "spec.yaml: answer.experts.a: unknown zoo model 'nope'",
+    )
+
+
 def test_a_dataset_folder_missing_a_column_is_named(tmp_path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

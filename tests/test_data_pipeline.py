@@ -12,10 +12,12 @@ import pytest
 from mergesearch.backends.hf import HFBackend
 from mergesearch.config import load_config
 from mergesearch.data.dataset import assign_splits, stats
+from mergesearch.data.eval_split import load_eval_data
 from mergesearch.data.pipeline import build_dataset
 from mergesearch.data.schema import ROWS_FILE, Row, normalize_prompt, read_rows
 from mergesearch.data.spec import DataSpec
 from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.model_refs import resolve_model
 
 SPEC = Path(__file__).parent.parent / "data_specs" / "toy.yaml"
 
@@ -26,7 +28,10 @@ def small_spec(**changes) -> DataSpec:
     data.update(alignment={"categories": "all", "per_category": 4}, benign=12)
     data["tasks"] = [{**t, "count": 24} for t in data["tasks"]]
     data.update(changes)
-    return DataSpec.model_validate(data)
+    # the edge's step: the spec's zoo:<member> references become folders before the data layer runs
+    return DataSpec.model_validate(data).with_models(
+        lambda ref, field: resolve_model(ref, field, lambda _: None)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +91,18 @@ def test_stats_recomputed_from_the_files_match_the_card_and_catch_tampering(loca
     pq.write_table(table.slice(1), tampered / ROWS_FILE)
     _, problems = stats(tampered)
     assert any("rows" in p for p in problems)
+
+
+def test_a_split_is_read_into_evaluation_data_capped_per_kind(local_dataset) -> None:
+    _, out, _ = local_dataset
+    rows = [r for r in read_rows(out) if r.split == "search"]
+    full = load_eval_data(out, "search")
+    assert len(full.harmful) == sum(r.type == "alignment" for r in rows)
+    assert len(full.choice_items) + len(full.short_items) == sum(r.type == "task" for r in rows)
+    assert full.source == f"{out}:search" and all(c.choices[c.answer] for c in full.choice_items)
+    capped = load_eval_data(out, "search", max_alignment=3, max_task=2)
+    assert capped.harmful == full.harmful[:3] and len(capped.choice_items) == len(capped.short_items) == 2
+    capped.require(["safety", "task_accuracy", "loss_proxy"])
 
 
 def test_refusal_selection_drops_exactly_the_prompts_no_expert_refuses(zoo_dir, tmp_path) -> None:

@@ -42,7 +42,7 @@ def test_every_member_is_a_standard_hugging_face_folder(smoke_zoo: Path) -> None
         for name in FILES:
             assert (folder / name).is_file(), f"{member.name}/{name}"
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
         assert model.config.model_type == "llama"
         assert tokenizer.chat_template
         ids = tokenizer.apply_chat_template(

@@ -8,12 +8,15 @@
 
 A dropped row keeps its prompt, with ``response`` empty and the reason in its provenance, so the
 pipeline can count drops per type and category wherever the answering ran.
+
+Experts and the guard model arrive as folders (the edge resolves references: ``DataSpec.with_models``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.data.schema import Row, normalize_prompt
@@ -21,7 +24,7 @@ from mergesearch.data.spec import AnswerSpec, TaskSpec
 from mergesearch.errors import UserError
 from mergesearch.judges.base import make_judge
 from mergesearch.judges.refusal import RefusalJudge
-from mergesearch.model_paths import resolve_model
+from mergesearch.model_refs import check_model_folder
 from mergesearch.objectives.task import short_answer_correct
 
 
@@ -44,7 +47,7 @@ class Answerer:
         self.spec = spec
         self.experts = {
             e.name: HFBackend.from_pretrained(
-                resolve_model(e.path, f"answer.experts.{e.name}", log),
+                check_model_folder(Path(e.path), f"answer.experts.{e.name}"),
                 device=device,
                 batch_size=spec.batch_size,
                 max_new_tokens=spec.max_new_tokens,
@@ -56,7 +59,8 @@ class Answerer:
         for domain, expert in self.task_experts.items():
             if expert not in self.experts:
                 raise UserError(
-                    f"tasks: domain {domain!r} names expert {expert!r}, which is not in answer.experts ({', '.join(self.experts)})"
+                    f"tasks: domain {domain!r} names expert {expert!r}, "
+                    f"which is not in answer.experts ({', '.join(self.experts)})"
                 )
         self.refusal = RefusalJudge()
         self.judge = make_judge(spec.judge, device, log)

@@ -1,9 +1,16 @@
-"""DataSpec: what a data-generation run makes, validated once at the edge (``data_specs/*.yaml``)."""
+"""DataSpec: what a data-generation run makes, validated once at the edge (``data_specs/*.yaml``).
+
+Model references in a spec (a folder, ``zoo:<member>``, ``smollm2``) are resolved at the edge too: the
+CLI and the Ray entrypoint call ``spec.with_models(resolve)`` before building, so the data layer only
+ever loads folders.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -109,3 +116,25 @@ class DataSpec(Frozen):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
             :16
         ]
+
+    def with_models(
+        self, resolve: Callable[[str, str], Path], generating: bool = True, answering: bool = True
+    ) -> DataSpec:
+        """A copy whose model references are folders, ``resolve(ref, field)`` giving each folder:
+        ``generator.model`` (when ``generating``), ``answer.experts.<name>`` and ``answer.judge.model``
+        (when ``answering``). ``field`` names the reference in a one-line error; the sections not asked
+        for are left as they are (a prompt set never loads the experts)."""
+        update: dict[str, object] = {}
+        if generating and self.generator.model:
+            folder = resolve(self.generator.model, "generator.model")
+            update["generator"] = self.generator.model_copy(update={"model": str(folder)})
+        if answering and self.answer is not None:
+            experts = [
+                e.model_copy(update={"path": str(resolve(e.path, f"answer.experts.{e.name}"))})
+                for e in self.answer.experts
+            ]
+            judge = self.answer.judge
+            if judge.model:
+                judge = judge.model_copy(update={"model": str(resolve(judge.model, "answer.judge.model"))})
+            update["answer"] = self.answer.model_copy(update={"experts": experts, "judge": judge})
+        return self.model_copy(update=update)

@@ -1,15 +1,14 @@
-"""The evaluation data of a search: one split of a dataset (``mergesearch data generate``), held in memory.
+"""The evaluation data of a search, held in memory: harmful and benign prompts, task items, and the
+(prompt, kept response) pairs of the loss proxy.
 
-Rows are taken in id order (ids are content hashes, so this is a fixed pseudo-random order) and capped
-per kind, so the same config always scores on the same prompts.
+Reading it from a dataset split is the data layer's job (``mergesearch.data.eval_split.load_eval_data``);
+objectives only score on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from mergesearch.data.schema import read_rows
 from mergesearch.errors import UserError
 from mergesearch.objectives.task import ChoiceItem, ShortAnswerItem
 
@@ -22,42 +21,6 @@ class EvalData:
     short_items: tuple[ShortAnswerItem, ...]
     tagged: tuple[tuple[str, str, str], ...]  # (prompt, kept response, type) for the loss proxy
     source: str = ""
-
-    @classmethod
-    def from_dataset(
-        cls,
-        path: str | Path,
-        split: str = "search",
-        max_alignment: int | None = None,
-        max_task: int | None = None,
-    ) -> EvalData:
-        rows = sorted((r for r in read_rows(path) if r.split == split), key=lambda r: r.id)
-        if not rows:
-            raise UserError(
-                f"{path}: no rows in split {split!r} (is it a dataset from `mergesearch data generate`, not a prompt set?)"
-            )
-        cap = lambda xs, n: tuple(xs[:n] if n else xs)  # noqa: E731
-        choice, short = [], []
-        for r in rows:
-            if r.type != "task" or r.answer is None:
-                continue
-            if r.choices:
-                if r.answer not in r.choices:
-                    raise UserError(f"{path}: row {r.id}: answer {r.answer!r} is not one of its choices")
-                choice.append(ChoiceItem(r.prompt, tuple(r.choices), list(r.choices).index(r.answer)))
-            else:
-                short.append(ShortAnswerItem(r.prompt, r.answer))
-        tagged = [
-            (r.prompt, r.response, r.type) for r in rows if r.response and r.type in ("alignment", "task")
-        ]
-        return cls(
-            harmful=cap([r.prompt for r in rows if r.type == "alignment"], max_alignment),
-            benign=cap([r.prompt for r in rows if r.type == "benign"], max_alignment),
-            choice_items=cap(choice, max_task),
-            short_items=cap(short, max_task),
-            tagged=cap(tagged, (max_alignment or 0) + (max_task or 0) or None),
-            source=f"{path}:{split}",
-        )
 
     def require(self, objectives: list[str]) -> None:
         """Every objective the fitness weighs needs rows to score on; name the missing ones."""

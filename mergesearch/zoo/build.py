@@ -123,7 +123,9 @@ def _build_into(staging: Path, recipe: ZooRecipe, log: Callable[[str], None]) ->
         model = (
             _fresh_model(recipe.shape, len(tokenizer), recipe.seed, tokenizer)
             if member.parent is None
-            else LlamaForCausalLM.from_pretrained(staging / member.parent, dtype=torch.float32)
+            else LlamaForCausalLM.from_pretrained(
+                staging / member.parent, dtype=torch.float32, use_safetensors=True
+            )
         )
         torch.manual_seed(recipe.seed + index)
         train(model, components, spec, recipe.seed + index, tokenizer.pad_token_id, log, member.name)
