@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch is installed first and pinned, so that nothing pulls CUDA wheels.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-slow test-vllm bench bench-vllm install clean
+.PHONY: demo test lint test-slow test-vllm bench bench-vllm install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,9 +36,15 @@ $(VLLM_STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/mergesearch demo
 
-## The test suite (what CI runs).
-test: $(STAMP)
+## The test suite (what CI runs): lint, format and the layer contract first, then pytest.
+test: lint
 	$(BIN)/python -m pytest -q
+
+## ruff (lint + format, pyproject.toml) and import-linter (the layer order, pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 ## The vLLM backend against a real vLLM engine (CPU build, own environment; the zoo is built by .venv).
 test-vllm: $(STAMP) $(VLLM_STAMP)

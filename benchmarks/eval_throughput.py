@@ -27,19 +27,23 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from merge_speed import smollm2_pool  # noqa: E402
+from merge_speed import smollm2_pool
 
-from mergesearch.config import BackendConfig, FitnessConfig, load_config  # noqa: E402
-from mergesearch.data.pipeline import build_dataset  # noqa: E402
-from mergesearch.data.spec import DataSpec  # noqa: E402
-from mergesearch.io import atomic_write_text  # noqa: E402
-from mergesearch.judges.refusal import RefusalJudge  # noqa: E402
-from mergesearch.merge.genome import GenomeSpace  # noqa: E402
-from mergesearch.objectives.data import EvalData  # noqa: E402
-from mergesearch.objectives.evaluate import score_model  # noqa: E402
-from mergesearch.runtime import offline_and_quiet  # noqa: E402
-from mergesearch.zoo.build import EXPERTS, build_zoo, default_cache_root  # noqa: E402
-from mergesearch.zoo.recipe import ZooRecipe  # noqa: E402
+from mergesearch.backends.base import Backend
+from mergesearch.backends.registry import make_backend
+from mergesearch.config import BackendConfig, FitnessConfig, load_config
+from mergesearch.data.eval_split import load_eval_data
+from mergesearch.data.pipeline import build_dataset
+from mergesearch.data.spec import DataSpec
+from mergesearch.io import atomic_write_text
+from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.merge.genome import GenomeSpace
+from mergesearch.model_refs import resolve_model
+from mergesearch.objectives.data import EvalData
+from mergesearch.objectives.evaluate import score_model
+from mergesearch.runtime import offline_and_quiet
+from mergesearch.zoo.build import EXPERTS, build_zoo, default_cache_root
+from mergesearch.zoo.recipe import ZooRecipe
 
 SPEC = Path(__file__).parent.parent / "data_specs" / "toy.yaml"
 FITNESS = FitnessConfig(weights={"safety": 1.0, "task_accuracy": 1.0, "over_refusal": 0.5})
@@ -50,22 +54,13 @@ def dataset(zoo: Path) -> Path:
     spec = load_config(SPEC, DataSpec)
     folder = default_cache_root() / "bench" / f"toy_dataset_{spec.digest()}"
     if not (folder / "card.json").is_file():
-        build_dataset(spec, folder, log=lambda m: print(m, file=sys.stderr))
+        build_dataset(spec.with_models(resolve_model), folder, log=lambda m: print(m, file=sys.stderr))
     return folder
 
 
-def make(kind: str, base: Path, batch_size: int, max_new_tokens: int):  # noqa: ANN201
-    if kind == "hf":
-        from mergesearch.backends.hf import HFBackend
-
-        return HFBackend.from_pretrained(
-            base, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens, name=kind
-        )
-    from mergesearch.backends.vllm import VLLMBackend
-
-    return VLLMBackend.from_pretrained(
-        base, BackendConfig(kind="vllm", max_new_tokens=max_new_tokens), name=kind
-    )
+def make(kind: str, base: Path, batch_size: int, max_new_tokens: int) -> Backend:
+    config = BackendConfig(kind=kind, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return make_backend(base, config, name=kind)
 
 
 def bench(
@@ -144,7 +139,7 @@ def main() -> None:
     offline_and_quiet()
     torch.set_num_threads(os.cpu_count() or 1)
     zoo = build_zoo(ZooRecipe(), log=lambda m: print(m, file=sys.stderr))
-    full = EvalData.from_dataset(dataset(zoo), "search")
+    full = load_eval_data(dataset(zoo), "search")
     data = EvalData(
         full.harmful[: args.prompts],
         full.benign[: args.prompts // 2],

@@ -14,6 +14,7 @@ Claim under test: CMA-ES beats random search at equal budget.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -26,20 +27,21 @@ import numpy as np
 
 from mergesearch.config import load_config
 from mergesearch.io import atomic_write_text
-from mergesearch.runtime import offline_and_quiet
-from mergesearch.search.ledger import read_trials
-from mergesearch.search.pipeline import prepare_config
+from mergesearch.runtime import offline_and_quiet, ray_session
+from mergesearch.search.pipeline import prepare_data
+from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.search.tuner import run_search
+from mergesearch.setup import SearchSetup
 
 CONFIG = Path(__file__).parent.parent / "search_spaces" / "demo.yaml"
 
 
-def steady_idle_share(rows: list[dict], evaluators: int) -> float:
+def steady_idle_share(trials: list[TrialResult], evaluators: int) -> float:
     """Idle share while the search runs: from the first evaluation's start to the last one's end (the
     session's share also counts Ray/Tune start-up and shut-down, a fixed few seconds)."""
-    starts = [r["finished_at"] - r["evaluator_s"] for r in rows]
-    window = max(r["finished_at"] for r in rows) - min(starts)
-    return max(0.0, 1 - sum(r["evaluator_s"] for r in rows) / (window * evaluators))
+    busy = [t.timings["evaluator"] for t in trials]
+    window = max(t.finished_at for t in trials) - min(t.finished_at - b for t, b in zip(trials, busy))
+    return max(0.0, 1 - sum(busy) / (window * evaluators))
 
 
 def main() -> None:
@@ -53,44 +55,36 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench_search_efficiency"))
     args = parser.parse_args()
     offline_and_quiet()
-    import ray
-
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        namespace="mergesearch",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    ray_session(num_cpus=os.cpu_count())
     base = load_config(CONFIG)
-    base = prepare_config(base, CONFIG, args.work / "shared", log=lambda m: print(m, file=sys.stderr))
+    setup = SearchSetup.prepare(base, log=lambda m: print(m, file=sys.stderr))
+    setup = setup.with_data(prepare_data(base, CONFIG, RunDir(args.work / "shared"), log=lambda m: None))
     runs: dict[str, list[dict]] = {}
     for name in args.searchers.split(","):
         for seed in range(args.seeds):
-            config = base.model_copy(
-                update={
-                    "search": base.search.model_copy(
-                        update={"name": name, "seed": seed, "num_trials": args.trials}
-                    )
-                }
+            search = setup.config.search.model_copy(
+                update={"name": name, "seed": seed, "num_trials": args.trials}
             )
-            run_dir = args.work / f"{name}_seed{seed}"
+            config = setup.config.model_copy(update={"search": search})
+            run = RunDir(args.work / f"{name}_seed{seed}")
             started = time.perf_counter()
-            run_search(config, run_dir, log=lambda m: None)
+            run_search(dataclasses.replace(setup, config=config), run, log=lambda m: None)
             wall = time.perf_counter() - started
-            rows = sorted(read_trials(run_dir), key=lambda r: r["index"])
-            efficiency = json.loads((run_dir / "efficiency.json").read_text())[-1]
+            trials = run.trials()
+            efficiency = run.efficiency()[-1]
             runs.setdefault(name, []).append(
                 {
                     "seed": seed,
-                    "fitness": [r["fitness"] for r in rows],
+                    "fitness": [t.fitness for t in trials],
                     "wall_s": wall,
                     **efficiency,
-                    "steady_idle_share": steady_idle_share(rows, efficiency["evaluators"]),
+                    "steady_idle_share": steady_idle_share(trials, efficiency["evaluators"]),
                 }
             )
+            best = max(t.fitness for t in trials)
+            idle = efficiency["idle_share"]
             print(
-                f"{name} seed {seed}: best {max(r['fitness'] for r in rows):.4f} in {wall:.0f}s, idle {efficiency['idle_share']:.2%}",
+                f"{name} seed {seed}: best {best:.4f} in {wall:.0f}s, idle {idle:.2%}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -133,7 +127,6 @@ def main() -> None:
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    ray.shutdown()
 
 
 if __name__ == "__main__":

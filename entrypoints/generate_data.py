@@ -1,6 +1,7 @@
 """Generate alignment and task data on a Ray cluster, as a Ray job:
 
-    ray job submit --working-dir . -- python entrypoints/generate_data.py data_specs/toy.yaml --out /shared/data/toy --actors 4
+    ray job submit --working-dir . -- \
+        python entrypoints/generate_data.py data_specs/toy.yaml --out /shared/data/toy --actors 4
 
 Generation and answering run as Ray Data actor pools (``--ray`` is implied), each actor keeping its
 models resident; the driver writes the dataset atomically to shared storage. The spec's model references

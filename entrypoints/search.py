@@ -1,6 +1,7 @@
 """Run (or resume) a search as a Ray job, then promote its best candidates and write the report:
 
-    ray job submit --working-dir . -- python entrypoints/search.py search_spaces/demo.yaml --run-dir /shared/runs/demo
+    ray job submit --working-dir . -- \
+        python entrypoints/search.py search_spaces/demo.yaml --run-dir /shared/runs/demo
 
 The driver connects to the cluster (RAY_ADDRESS, set by `ray job submit`); evaluator and judge actors are
 placed on the workers with the resources the config asks for. Re-submitting the same command resumes.

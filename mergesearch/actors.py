@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mergesearch.errors import UserError
 from mergesearch.judges.base import Assessment, Judge
 from mergesearch.objectives.evaluate import Scores
 from mergesearch.setup import SearchSetup
@@ -84,7 +85,10 @@ class Evaluator:
         setup.activate()
         config = self.config = setup.config
         self.space = setup.space
-        self.data = load_eval_data(config.data, config.data.split)
+        data = config.data
+        if not data.path:
+            raise UserError(f"{config.name}: data.path is not set (make one: `mergesearch data generate`)")
+        self.data = load_eval_data(data.path, data.split, data.max_alignment_prompts, data.max_task_prompts)
         self.data.require([k for k, w in config.fitness.weights.items() if w])
         self.backend = make_backend(setup.base, config.backend, name="candidate")
         sort = get_method(config.merge.method).uses_magnitude_order
@@ -162,7 +166,7 @@ def judge_actor(setup: SearchSetup) -> Any:
 
 
 class EvaluatorPool:
-    """N resident evaluators (and one judge actor when the judge is a model); each genome goes to a free one."""
+    """N resident evaluators (and a judge actor when the judge is a model); a genome goes to a free one."""
 
     def __init__(self, setup: SearchSetup, num_evaluators: int | None = None) -> None:
         from ray.util import ActorPool

@@ -132,7 +132,8 @@ def config_check(path: Path) -> None:
 
     cfg = load_config(path)
     click.echo(
-        f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, searcher {cfg.search.name})"
+        f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, "
+        f"searcher {cfg.search.name})"
     )
 
 
@@ -178,7 +179,8 @@ def _report(card: dict, out: Path) -> None:
 
 @data.command(
     "generate",
-    help="Generate prompts from a data spec (data_specs/*.yaml), answer them with its experts, select, split, write DIR.",
+    help="Generate prompts from a data spec (data_specs/*.yaml), answer them with its experts, select, "
+    "split, write DIR.",
 )
 @click.argument("spec_path", type=click.Path(path_type=Path))
 @click.option(
@@ -223,7 +225,8 @@ def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, act
 
 @data.command(
     "import",
-    help="Import prompts from a .txt (one per line), .jsonl (`prompt` field) or .csv (`goal`/`prompt` column).",
+    help="Import prompts from a .txt (one per line), .jsonl (`prompt` field) or .csv (`goal`/`prompt` "
+    "column).",
 )
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")

@@ -105,7 +105,8 @@ class MergeSpaceConfig(Frozen):
             unknown = sorted(set(names) - set(allowed))
             if unknown:
                 raise ValueError(
-                    f"{field}: {self.method} has no {'searched' if field == 'bounds' else 'shared'} parameter "
+                    f"{field}: {self.method} has no {'searched' if field == 'bounds' else 'shared'} "
+                    f"parameter "
                     f"{unknown[0]!r} (it has: {', '.join(allowed) or 'none'})"
                 )
         return self
@@ -203,14 +204,14 @@ class SearchConfig(Frozen):
     name: Name
     plugins: list[str] = []  # modules that register merge methods, searchers, judges... (imported first)
     models: ModelsConfig
-    merge: MergeSpaceConfig = MergeSpaceConfig()
-    data: DataConfig = DataConfig()
-    backend: BackendConfig = BackendConfig()
-    judge: JudgeConfig = JudgeConfig()
-    fitness: FitnessConfig = FitnessConfig()
-    search: SearcherConfig = SearcherConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-    promotion: PromotionConfig = PromotionConfig()
+    merge: MergeSpaceConfig = Field(default_factory=MergeSpaceConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    fitness: FitnessConfig = Field(default_factory=FitnessConfig)
+    search: SearcherConfig = Field(default_factory=SearcherConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -40,6 +40,7 @@ def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
     from mergesearch.config import load_config
     from mergesearch.data.pipeline import build_dataset
     from mergesearch.data.spec import DataSpec
+    from mergesearch.model_refs import resolve_model
 
     spec = load_config(Path(__file__).parent.parent / "data_specs" / "toy.yaml", DataSpec)
     data = spec.model_dump(mode="json")
@@ -49,5 +50,5 @@ def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
         tasks=[{**t, "count": 60} for t in data["tasks"]],
     )
     out = tmp_path_factory.mktemp("toy_dataset") / "toy"
-    build_dataset(DataSpec.model_validate(data), out, log=lambda _: None)
+    build_dataset(DataSpec.model_validate(data).with_models(resolve_model), out, log=lambda _: None)
     return out

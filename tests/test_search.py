@@ -11,8 +11,16 @@ import pytest
 import yaml
 
 from mergesearch.config import SearchConfig, load_config
-from mergesearch.search.ledger import PENALTY, genes_of, read_trials
-from mergesearch.search.searchers import SEARCHERS
+from mergesearch.registry import SEARCHERS
+from mergesearch.runtime import NAMESPACE, ray_session
+from mergesearch.search.run_dir import PENALTY, RunDir
+from mergesearch.setup import SearchSetup
+
+
+def search(config: SearchConfig, path: Path, log=lambda _: None) -> RunDir:
+    from mergesearch.search.tuner import run_search
+
+    return run_search(SearchSetup.prepare(config, log), RunDir(path), log=log)
 
 
 def config_for(toy_dataset: Path, **changes) -> SearchConfig:
@@ -29,86 +37,68 @@ def config_for(toy_dataset: Path, **changes) -> SearchConfig:
 def local_ray():
     import ray
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        namespace="mergesearch",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    ray_session(num_cpus=2)
     yield
     ray.shutdown()
 
 
 @pytest.mark.parametrize("searcher", sorted(SEARCHERS))
 def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, local_ray, tmp_path) -> None:
-    from mergesearch.search.tuner import run_search
-
-    config = config_for(toy_dataset, search={"name": searcher})
-    run_search(config, tmp_path / "run", log=lambda _: None)
-    rows = read_trials(tmp_path / "run")
-    assert len({r["trial_id"] for r in rows}) == len(rows) == 4
-    assert all(r["status"] == "ok" and 0 <= r["fitness"] <= 1 and 0 <= r["safety"] <= 1 for r in rows)
-    assert len({json.dumps(genes_of(r), sort_keys=True) for r in rows}) == 4  # four different genomes
+    trials = search(config_for(toy_dataset, search={"name": searcher}), tmp_path / "run").trials()
+    assert len({t.trial_id for t in trials}) == len(trials) == 4
+    assert all(t.ok and 0 <= t.fitness <= 1 and 0 <= t.objectives["safety"] <= 1 for t in trials)
+    assert len({json.dumps(t.genes, sort_keys=True) for t in trials}) == 4  # four different genomes
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["search"]["name"] == searcher
     if searcher != "grid":  # the grid's points are its own; the others start from the uniform merge
         uniform = {f"w.{e}.g0": 1 / 3 for e in ("aligned", "math", "facts")}
-        assert any(
-            all(math.isclose(genes_of(r)[k], v, abs_tol=1e-6) for k, v in uniform.items()) for r in rows
-        )
+        assert any(all(math.isclose(t.genes[k], v, abs_tol=1e-6) for k, v in uniform.items()) for t in trials)
 
 
 def test_a_failing_merge_is_a_recorded_penalty_and_the_search_finishes(
     toy_dataset, local_ray, tmp_path
 ) -> None:
     """DELLA refuses densities that epsilon pushes outside (0, 1): a realistic merge failure."""
-    from mergesearch.search.tuner import run_search
-
     config = config_for(
         toy_dataset,
-        merge={"method": "della", "density": {"low": 0.02, "high": 0.98}},
+        merge={"method": "della", "bounds": {"density": {"low": 0.02, "high": 0.98}}},
         search={"name": "random", "num_trials": 8, "warm_starts": []},
     )
-    run_search(config, tmp_path / "run", log=lambda _: None)
-    rows = read_trials(tmp_path / "run")
-    failed = [r for r in rows if r["status"] == "failed"]
-    assert len(rows) == 8 and failed and len(failed) < 8
-    assert all(r["fitness"] == PENALTY and "epsilon" in r["error"] for r in failed)
+    trials = search(config, tmp_path / "run").trials()
+    failed = [t for t in trials if not t.ok]
+    assert len(trials) == 8 and failed and len(failed) < 8
+    assert all(t.fitness == PENALTY and "epsilon" in t.error for t in failed)
 
 
 def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, local_ray, tmp_path) -> None:
     from mergesearch.backends.hf import HFBackend
+    from mergesearch.data.eval_split import load_eval_data
     from mergesearch.judges.base import make_judge
     from mergesearch.merge.export import run_mergekit_yaml
-    from mergesearch.objectives.data import EvalData
     from mergesearch.objectives.evaluate import score_model
     from mergesearch.report import write_report
-    from mergesearch.search.promote import LEADERBOARD, promote
-    from mergesearch.search.tuner import run_search
+    from mergesearch.search.promote import promote
 
     config = config_for(toy_dataset, search={"num_trials": 5})
-    run = run_search(config, tmp_path / "run", log=lambda _: None)
+    run = search(config, tmp_path / "run")
     board = promote(run, log=lambda _: None)
     write_report(run)
-    for name in (
-        "trials.parquet",
-        "report.md",
-        "pareto.png",
-        "best/recipe.yaml",
-        "best/model/model.safetensors",
-        f"promotion/{LEADERBOARD}",
-        "tune",
+    for path in (
+        run.trials_file,
+        run.report_file,
+        run.pareto_file,
+        run.best / "recipe.yaml",
+        run.tune,
+        run.best / "model" / "model.safetensors",
+        run.leaderboard_file,
     ):
-        assert (run / name).exists(), name
-    best = max(read_trials(run), key=lambda r: r["fitness"])
-    assert board[0]["trial_id"] == best["trial_id"] and "mergesearch_heldout_choice/acc" in board[0]
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert path.exists(), path
+    best = max(run.trials(), key=lambda t: t.fitness)
+    assert board[0]["trial_id"] == best.trial_id and "mergesearch_heldout_choice/acc" in board[0]
+    assert list(run.tensorboard.glob("events.out.tfevents.*"))
 
-    rebuilt = run_mergekit_yaml(
-        yaml.safe_load((run / "best" / "recipe.yaml").read_text()), tmp_path / "mergekit"
-    )
+    rebuilt = run_mergekit_yaml(yaml.safe_load((run.best / "recipe.yaml").read_text()), tmp_path / "mergekit")
     backend = HFBackend.from_pretrained(rebuilt, device="cpu")
-    heldout = EvalData.from_dataset(toy_dataset, "heldout")
+    heldout = load_eval_data(toy_dataset, "heldout")
     scores = score_model(
         backend, heldout, make_judge(config.judge), config.fitness, config.backend.max_new_tokens
     )
@@ -120,18 +110,14 @@ def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refuse
     toy_dataset, local_ray, tmp_path
 ) -> None:
     from mergesearch.errors import UserError
-    from mergesearch.search.tuner import run_search
 
     config = config_for(toy_dataset, search={"num_trials": 2})
-    run_search(config, tmp_path / "run", log=lambda _: None)
-    before = read_trials(tmp_path / "run")
+    before = search(config, tmp_path / "run").trials()
     messages: list[str] = []
-    run_search(config, tmp_path / "run", log=messages.append)
-    assert read_trials(tmp_path / "run") == before and "nothing to run" in messages[-1]
+    assert search(config, tmp_path / "run", log=messages.append).trials() == before
+    assert "nothing to run" in messages[-1]
     with pytest.raises(UserError, match="different config"):
-        run_search(
-            config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run", log=lambda _: None
-        )
+        search(config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run")
 
 
 def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
@@ -141,8 +127,6 @@ def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
 
     import ray
 
-    from mergesearch.search.tuner import NAMESPACE, run_search
-
     config = config_for(
         toy_dataset, search={"num_trials": 6}, data={"max_alignment_prompts": 40, "max_task_prompts": 40}
     )
@@ -150,11 +134,7 @@ def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
 
     def kill_once() -> None:
         deadline = time.time() + 300
-        while (
-            time.time() < deadline
-            and len(read_trials(tmp_path / "run") if (tmp_path / "run" / "trials.parquet").is_file() else [])
-            < 2
-        ):
+        while time.time() < deadline and RunDir(tmp_path / "run").trial_count() < 2:
             time.sleep(0.05)
         for name in ray.util.list_named_actors(all_namespaces=True):
             if name["name"].startswith("evaluator-") and name["namespace"] == NAMESPACE:
@@ -163,22 +143,16 @@ def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
 
     killer = threading.Thread(target=kill_once)
     killer.start()
-    run_search(config, tmp_path / "run", log=lambda _: None)
+    trials = search(config, tmp_path / "run").trials()
     killer.join()
-    rows = read_trials(tmp_path / "run")
-    assert killed and len(rows) == 6
-    assert all(
-        r["status"] == "ok" for r in rows
-    )  # the interrupted evaluation ran again on the restarted actor
-    assert sum(r["load_s"] > 0 for r in rows) == 2  # loaded at start and once more after the restart
+    assert killed and len(trials) == 6
+    assert all(t.ok for t in trials)  # the interrupted evaluation ran again on the restarted actor
+    assert sum(t.timings["load"] > 0 for t in trials) == 2  # loaded at start and once more after the restart
 
 
 def test_a_time_budget_ends_the_search_early(toy_dataset, local_ray, tmp_path) -> None:
-    from mergesearch.search.tuner import run_search
-
     config = config_for(toy_dataset, search={"num_trials": 200, "time_budget_s": 8})
     started = time.perf_counter()
-    run_search(config, tmp_path / "run", log=lambda _: None)
-    rows = read_trials(tmp_path / "run")
-    assert 1 <= len(rows) < 200 and all(r["status"] == "ok" for r in rows)
+    trials = search(config, tmp_path / "run").trials()
+    assert 1 <= len(trials) < 200 and all(t.ok for t in trials)
     assert time.perf_counter() - started < 90

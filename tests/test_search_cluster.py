@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from mergesearch.search.ledger import genes_of, read_trials
+from mergesearch.search.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,11 +66,11 @@ def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while time.time() < deadline and len(read_trials(run) if (run / "trials.parquet").is_file() else []) < 3:
+    while time.time() < deadline and RunDir(run).trial_count() < 3:
         time.sleep(0.1)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
     first.wait(timeout=60)
-    before = read_trials(run)
+    before = RunDir(run).trials()
     assert 3 <= len(before) < 10, f"killed after {len(before)} trials"
 
     done = subprocess.run(
@@ -84,12 +84,10 @@ def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming" in done.stderr
-    after = read_trials(run)
-    assert len(after) == 10 and len({r["trial_id"] for r in after}) == 10
-    assert [r["trial_id"] for r in after[: len(before)]] == [
-        r["trial_id"] for r in before
-    ]  # nothing lost or rewritten
-    genomes = [json.dumps(genes_of(r), sort_keys=True) for r in after]
+    after = RunDir(run).trials()
+    assert len(after) == 10 and len({t.trial_id for t in after}) == 10
+    assert after[: len(before)] == before  # nothing lost or rewritten
+    genomes = [json.dumps(t.genes, sort_keys=True) for t in after]
     assert len(set(genomes)) == 10  # a searcher restarted from scratch would propose its first points again
 
 
@@ -162,4 +160,4 @@ def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_datas
         "tune",
     ):
         assert (run / name).exists(), name
-    assert len(read_trials(run)) == 4
+    assert len(RunDir(run).trials()) == 4

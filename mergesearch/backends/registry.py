@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from mergesearch.backends.base import Backend
 from mergesearch.config import BackendConfig
 from mergesearch.registry import BACKENDS
 
-BackendFactory = Callable[[Path, BackendConfig, str], object]
+BackendFactory = Callable[[Path, BackendConfig, str], Backend]
 register_backend = BACKENDS.register
 
 
 @register_backend("hf")
-def _hf(path: Path, config: BackendConfig, name: str):  # noqa: ANN202
+def _hf(path: Path, config: BackendConfig, name: str) -> Backend:
     from mergesearch.backends.hf import HFBackend
 
     return HFBackend.from_pretrained(
@@ -26,11 +27,12 @@ def _hf(path: Path, config: BackendConfig, name: str):  # noqa: ANN202
 
 
 @register_backend("vllm")
-def _vllm(path: Path, config: BackendConfig, name: str):  # noqa: ANN202
+def _vllm(path: Path, config: BackendConfig, name: str) -> Backend:
     from mergesearch.backends.vllm import VLLMBackend
 
     return VLLMBackend.from_pretrained(path, config, name=name)
 
 
-def make_backend(path: Path, config: BackendConfig, name: str = "model"):  # noqa: ANN201
-    return BACKENDS.get(config.kind)(path, config, name)
+def make_backend(path: Path, config: BackendConfig, name: str = "model") -> Backend:
+    factory: BackendFactory = BACKENDS.get(config.kind)
+    return factory(path, config, name)

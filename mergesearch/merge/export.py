@@ -71,7 +71,7 @@ def recipe_to_mergekit(
     method = get_method(recipe.method)
     if method.mergekit is None:
         raise UserError(
-            f"mergekit has no {recipe.method!r} merge method; materialise this recipe with mergesearch instead"
+            f"mergekit has no {recipe.method!r} merge method; materialise this recipe with mergesearch"
         )
     missing = [e for e in recipe.experts if e not in experts]
     if missing:
@@ -117,7 +117,8 @@ def recipe_file(
         note = "`mergekit-yaml recipe.yaml OUT` rebuilds best/model"
         if method.randomized:
             note = (
-                f"{recipe.method} draws random masks: `mergekit-yaml --random-seed {seed}` draws other masks than our"
+                f"{recipe.method} draws random masks: `mergekit-yaml --random-seed {seed}` draws other masks "
+                "than our"
                 " engine, so it makes a merge of this recipe, not these weights; best/model is canonical"
             )
     return f"# {header}\n# {note}\n" + yaml.safe_dump(body, sort_keys=False)
@@ -156,7 +157,7 @@ def run_mergekit_yaml(config: Mapping, out_dir: Path, seed: int | None = None) -
 def materialize(
     merger: ResidentMerger, recipe: MergeRecipe, base: str | Path, out_dir: Path, seed: int | None = None
 ) -> Path:
-    """Write the merge of ``recipe`` as a standard model folder (weights from the engine, the rest from the base)."""
+    """Write the merge of ``recipe`` as a model folder (weights from the engine, the rest from the base)."""
     base, out_dir = Path(base), Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         tensors = {

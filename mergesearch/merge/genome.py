@@ -70,9 +70,6 @@ class GenomeSpace:
     def gene_bounds(self) -> dict[str, tuple[float, float]]:
         return {name: self.bounds[self.param_of(name)] for name in self.gene_names()}
 
-    def is_gene(self, name: str) -> bool:
-        return name.split(".", 1)[0] in self._by_prefix
-
     def decode(self, genome: Mapping[str, float]) -> MergeRecipe:
         expected = set(self.gene_names())
         missing, unknown = sorted(expected - set(genome)), sorted(set(genome) - expected)

@@ -99,7 +99,7 @@ class MergeMethod:
     def _arguments(
         self, count: int, params: dict[str, Any], generator: torch.Generator | None
     ) -> dict[str, Any]:
-        """Defaults filled in, unknown parameters and expert counts refused: one path for both entry points."""
+        """Defaults filled in, unknown parameters and expert counts refused."""
         optional = (
             *(("sorted_magnitudes",) if self.uses_magnitude_order else ()),
             *(("factors",) if self.factorize else ()),

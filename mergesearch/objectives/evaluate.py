@@ -11,7 +11,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from mergesearch.backends.base import Backend
 from mergesearch.config import FitnessConfig
+from mergesearch.judges.base import Judge
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
@@ -31,7 +33,7 @@ def _weighted(parts: list[tuple[float, int]]) -> float:
     return sum(v * n for v, n in parts if n) / total if total else float("nan")
 
 
-def loss_proxy(backend, data: EvalData, alpha: float) -> tuple[float, dict[str, float]]:  # noqa: ANN001
+def loss_proxy(backend: Backend, data: EvalData, alpha: float) -> tuple[float, dict[str, float]]:
     """The paper's fitness as an objective: masked response NLL per token on alignment rows (prompt →
     kept refusal) and task rows (prompt → expert answer), L = NLL_align + α·NLL_task, reported as
     exp(−L / (1 + α)) (a per-token probability in (0, 1], higher is better)."""
@@ -49,7 +51,9 @@ def loss_proxy(backend, data: EvalData, alpha: float) -> tuple[float, dict[str, 
     }
 
 
-def score_model(backend, data: EvalData, judge, config: FitnessConfig, max_new_tokens: int = 32) -> Scores:  # noqa: ANN001
+def score_model(
+    backend: Backend, data: EvalData, judge: Judge, config: FitnessConfig, max_new_tokens: int = 32
+) -> Scores:
     """All objectives the data supports (the loss proxy only when weighted: it costs a scoring pass)."""
     scores = Scores()
     started = time.perf_counter()

@@ -14,7 +14,7 @@ from mergesearch.search.run_dir import RunDir
 def prepare_data(
     config: SearchConfig, config_path: Path, run: RunDir, log: Callable[[str], None] = print
 ) -> DataConfig:
-    """The data section as it will run: ``data.spec`` generated into ``<run dir>/data`` (once), ``path`` set."""
+    """The data section as it runs: ``data.spec`` generated into ``<run dir>/data`` (once), ``path`` set."""
     if config.data.path or not config.data.spec:
         if not config.data.path:
             raise UserError(

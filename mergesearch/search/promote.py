@@ -68,7 +68,7 @@ def evaluate_candidate(
         batch_size=config.backend.batch_size,
         max_new_tokens=config.backend.max_new_tokens,
     )
-    heldout = load_eval_data(config.data, "heldout")
+    heldout = load_eval_data(str(config.data.path), "heldout")
     judge = make_judge(config.judge, str(backend.device))
     scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
     tasks_dir = out / "lm_eval_tasks"
@@ -127,7 +127,8 @@ def promote(
             }
         )
         log(
-            f"promote: {trial.trial_id}: held-out fitness {heldout['fitness']:.4f} {json.dumps(heldout['objectives'])}"
+            f"promote: {trial.trial_id}: held-out fitness {heldout['fitness']:.4f} "
+            f"{json.dumps(heldout['objectives'])}"
         )
     board.sort(key=lambda b: -b["heldout_fitness"])
     run.write_leaderboard(board)

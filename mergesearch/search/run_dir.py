@@ -66,7 +66,7 @@ class TrialResult(BaseModel):
         return self.status == "ok" and not math.isnan(self.fitness)
 
     def metric(self, name: str) -> float:
-        """``fitness`` or an objective (0 for a failed trial's, so a multi-objective searcher ranks it last)."""
+        """``fitness`` or an objective (0 when missing: a multi-objective searcher ranks a failure last)."""
         return self.fitness if name == "fitness" else self.objectives.get(name, 0.0)
 
     def report(self) -> dict[str, Any]:
@@ -176,9 +176,6 @@ class RunDir:
         if not self.trials_file.is_file():
             return []
         return [TrialResult.from_row(row) for row in pq.read_table(self.trials_file).to_pylist()]
-
-    def ok_trials(self) -> list[TrialResult]:
-        return [t for t in self.trials() if t.ok]
 
     def trial_count(self) -> int:
         """Finished trials, from the Parquet footer alone (cheap enough to ask after every trial)."""

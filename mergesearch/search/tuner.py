@@ -127,7 +127,8 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     done = run.trials()
     if len(done) >= num_trials:
         log(
-            f"search: {run.name} already has {len(done)} finished trials (budget {num_trials}); nothing to run"
+            f"search: {run.name} already has {len(done)} finished trials (budget {num_trials}); "
+            "nothing to run"
         )
         return run
     shown = ", ".join(gene_names[:6]) + (" ..." if len(gene_names) > 6 else "")

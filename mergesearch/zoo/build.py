@@ -8,6 +8,7 @@ zoo appears at its final path only once complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -85,6 +86,26 @@ def build_zoo(recipe: ZooRecipe, out_dir: Path | None = None, log: Callable[[str
     if out_dir.exists() and any(out_dir.iterdir()) and read_manifest(out_dir) is None:
         raise UserError(f"{out_dir}: exists and is not a zoo folder; choose an empty or new --out")
 
+    with _build_lock(out_dir, recipe, log):
+        if is_built(out_dir, recipe):  # another process built it while this one waited
+            return out_dir
+        return _build(recipe, out_dir, log)
+
+
+@contextlib.contextmanager
+def _build_lock(out_dir: Path, recipe: ZooRecipe, log: Callable[[str], None]) -> Iterator[None]:
+    """One builder per zoo at a time (two test sessions, or a test and `make demo`): the others wait."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock-{recipe.digest()}", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"zoo: another process is building {out_dir}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(recipe: ZooRecipe, out_dir: Path, log: Callable[[str], None]) -> Path:
     staging = out_dir.parent / f".{out_dir.name}.partial-{recipe.digest()}"
     staging.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
