@@ -17,7 +17,7 @@ from mergesearch.merge.resident import ResidentMerger
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
 from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, write_choice_task
-from mergesearch.objectives.task import choice_accuracy
+from mergesearch.objectives.task import ChoiceItem, choice_accuracy, contains_answer, contains_answer_rate
 
 EXPERTS = ("aligned", "math", "facts")
 
@@ -54,6 +54,58 @@ def test_task_accuracy_equals_lm_evals_acc_on_the_same_merged_model(
     assert theirs["acc_norm"] == pytest.approx(ours["acc_norm"], abs=1e-12)
 
 
+class _ScriptedBackend:
+    """Renders a prompt as itself and scores each option with a fixed log-likelihood."""
+
+    def __init__(self, lls: dict[str, float]) -> None:
+        self.lls = lls
+
+    def render(self, prompt: str) -> str:
+        return prompt
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        return [(self.lls[continuation], False) for _, continuation in requests]
+
+
+def test_acc_norm_divides_by_characters_not_bytes() -> None:
+    backend = _ScriptedBackend({"ü": -1.0, "uu": -1.8, "ab": -2.0, "cd": -2.0})
+    # "ü" is more likely (acc picks it), but per character "uu" is (-0.9 > -1.0); per UTF-8 byte (2 each)
+    # "ü" would still win (-0.5 > -0.9).
+    assert choice_accuracy(backend, [ChoiceItem("q", ("ü", "uu"), 1)]) == {"acc": 0.0, "acc_norm": 1.0}
+    # a tie goes to the first option, as numpy's argmax in lm-eval
+    assert choice_accuracy(backend, [ChoiceItem("q", ("ab", "cd"), 0)]) == {"acc": 1.0, "acc_norm": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "contained"),
+    [
+        ("42", "42", True),
+        ("The answer is 42 .", "42", True),  # extra words around it: still contained (not an exact match)
+        ("so 42, then 17", "17", True),
+        ("420", "42", False),  # part of a longer number
+        ("x42 or 42x", "42", False),
+        ("catalogue", "cat", False),  # part of a longer word
+        ("the Cat sat", "cat", True),  # case does not count
+        ("  NEW   york  city", " New York ", True),  # nor runs of whitespace, nor surrounding spaces
+        ("it is 1 2 3 .", "123", True),  # digits a word-level tokenizer split apart are rejoined
+        ("42.5 or -42", "42", True),  # punctuation is a boundary
+        ("anything", "", False),  # an empty answer is never contained
+    ],
+)
+def test_short_answers_are_scored_by_whole_word_containment(
+    response: str, answer: str, contained: bool
+) -> None:
+    assert contains_answer(response, answer) is contained
+
+
+def test_the_answer_rate_is_the_share_of_replies_containing_their_answer() -> None:
+    from mergesearch.objectives.task import ShortAnswerItem
+
+    items = [ShortAnswerItem("q", "42"), ShortAnswerItem("q", "cat"), ShortAnswerItem("q", "7")]
+    assert contains_answer_rate(["it is 42", "catalogue", "7 ."], items) == pytest.approx(2 / 3)
+    assert math.isnan(contains_answer_rate([], []))
+
+
 def test_fitness_is_the_weighted_mean_with_over_refusal_inverted() -> None:
     objectives = {"safety": 1.0, "task_accuracy": 0.5, "over_refusal": 1.0}
     assert fitness(objectives, {"safety": 1.0, "task_accuracy": 1.0}) == pytest.approx(0.75)
@@ -77,7 +129,7 @@ def test_our_llama_guard_3_prompt_is_what_the_guard_models_chat_template_writes(
     ours = GUARD_FORMATS[3].prompt(CONVERSATION)
     # Jinja drops the toy template's final newline; Meta's format (ours) ends "<|end_header_id|>\n\n".
     assert ours == templated + "\n"
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     assert encode(ours) == encode(templated)
 
 

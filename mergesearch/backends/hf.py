@@ -2,21 +2,27 @@
 
 Prompts are rendered with the model's own chat template. Batches are left-padded so every row's
 continuation starts (generation) or ends (scoring) at the same column; scoring reads each
-continuation's token log-probabilities, as lm-eval's ``loglikelihood`` does (context and continuation
-tokenized apart).
+continuation's token log-probabilities, as lm-eval's ``HFLM.loglikelihood`` does (same tokens: see
+``mergesearch.backends.base.encode_pair``; same left truncation to the model's context length).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mergesearch.backends.base import Prompt, check_weights, encode_pair, render_chat, require_chat_template
 from mergesearch.errors import UserError
 
-Prompt = str | Sequence[Mapping[str, str]]
+if TYPE_CHECKING:
+    from mergesearch.merge.recipe import MergeRecipe
+    from mergesearch.merge.resident import ResidentMerger
+
+TOKENIZER_UNSET = 1000000000000000019884624838656  # transformers' model_max_length when none is known
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -37,8 +43,8 @@ class HFBackend:
         name: str = "model",
         chat_template_required: bool = True,
     ) -> None:
-        if chat_template_required and not tokenizer.chat_template:
-            raise UserError(f"{name}: the tokenizer has no chat template; set one or pick an instruct model")
+        if chat_template_required:
+            require_chat_template(tokenizer, name)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -49,13 +55,22 @@ class HFBackend:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32, **kwargs
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        dtype: torch.dtype = torch.float32,
+        allow_pickle: bool = False,
+        **kwargs: Any,
     ) -> HFBackend:
+        """Load a local model folder: safetensors weights only, unless ``allow_pickle`` (logged)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+        check_weights(path, allow_pickle)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(resolve_device(device))
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=None if allow_pickle else True
+        ).to(resolve_device(device))
         return cls(model, tokenizer, name=kwargs.pop("name", path.name), **kwargs)
 
     @property
@@ -64,8 +79,7 @@ class HFBackend:
 
     def render(self, prompt: Prompt) -> str:
         """The chat-templated text that precedes the assistant's reply."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, prompt)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -110,23 +124,47 @@ class HFBackend:
 
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """Sum of log p(continuation | context) and whether it is the greedy continuation (lm-eval's
-        contract; context and continuation tokenized apart). Rows are left-padded so every continuation
-        ends at the last column and only its positions' logits are materialised (not batch x length x vocab)."""
-        pairs = [(self._encode(ctx), self._encode(cont)) for ctx, cont in requests]
-        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-        for rows in self._length_batches([c + t for c, t in pairs]):
-            ids, mask = self._left_padded([pairs[i][0] + pairs[i][1] for i in rows])
-            keep = max(len(pairs[i][1]) for i in rows) + 1
-            logits = self._forward(ids, mask, keep)  # [rows, keep, vocab]: positions W-keep .. W-1
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position j predicts token j+1
+        """Sum of log p(continuation | context) and whether it is the greedy continuation: lm-eval's
+        ``HFLM.loglikelihood``, token for token (``encode_pair``; context and continuation left-truncated
+        together to ``max_length`` + 1 tokens, the last one never fed). Rows are left-padded so every
+        continuation ends at the last column and only its positions' logits are materialised."""
+        pairs = [encode_pair(self.tokenizer, ctx, cont) for ctx, cont in requests]
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)  # an empty continuation
+        inputs: dict[int, list[int]] = {}
+        for i, (context, continuation) in enumerate(pairs):
+            if len(continuation) > self.max_length:
+                raise UserError(
+                    f"{self.name}: a continuation of {len(continuation)} tokens is longer than the "
+                    f"model's context ({self.max_length})"
+                )
+            if continuation:
+                inputs[i] = (context + continuation)[-(self.max_length + 1) :][:-1]
+        order = list(inputs)
+        for rows in self._length_batches([inputs[i] for i in order]):
+            rows = [order[r] for r in rows]
+            ids, mask = self._left_padded([inputs[i] for i in rows])
+            keep = max(len(pairs[i][1]) for i in rows)
+            logits = self._forward(ids, mask, keep)  # [rows, keep, vocab]: the last `keep` positions
+            logprobs = torch.log_softmax(logits.float(), dim=-1)  # each position predicts the next token
             for r, i in enumerate(rows):
-                cont = pairs[i][1]
-                target = torch.tensor(cont, device=logprobs.device)
-                steps = logprobs[r, keep - 1 - len(cont) :]
+                continuation = pairs[i][1]
+                target = torch.tensor(continuation, device=logprobs.device)
+                steps = logprobs[r, keep - len(continuation) :]
                 total = steps.gather(1, target[:, None]).sum().item()
                 results[i] = (total, bool((steps.argmax(-1) == target).all().item()))
         return results
+
+    @property
+    def max_length(self) -> int:
+        """The context length, as lm-eval's ``resolve_max_length`` finds it (config, then tokenizer)."""
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            if getattr(config, attr, None) is not None:
+                return int(getattr(config, attr))
+        model_max = getattr(self.tokenizer, "model_max_length", None)
+        if model_max is not None and model_max != TOKENIZER_UNSET:
+            return int(model_max)
+        return 2048
 
     @torch.inference_mode()
     def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
@@ -156,19 +194,19 @@ class HFBackend:
 
     def resident_merger(
         self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
-    ):  # noqa: ANN201
+    ) -> ResidentMerger:
         """The merge pool, on this model's device, ready to write merges into it."""
         from mergesearch.merge.resident import ResidentMerger
 
         return ResidentMerger(base, experts, dtype=dtype, device=self.device, sort_magnitudes=sort_magnitudes)
 
-    def merge_from(self, merger, recipe, seed: int | None = None) -> None:  # noqa: ANN001 - a ResidentMerger, a MergeRecipe
+    def merge_from(self, merger: ResidentMerger, recipe: MergeRecipe, seed: int | None = None) -> None:
         """Write a merge straight into this model's parameters (no copy of the model)."""
         merger.merge_into(self.model, recipe, seed)
 
     @torch.no_grad()
     def load_weights(
-        self, named_tensors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]]
+        self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
     ) -> None:
         """Copy tensors into the model's own parameters, by name, without reallocating them."""
         params = dict(self.model.named_parameters())

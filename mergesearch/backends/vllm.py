@@ -6,8 +6,9 @@ each genome crosses the process boundary as a small recipe; the worker streams t
 ``model_runner.reload_weights(..., is_checkpoint_format=True)`` (which also repacks CPU kernels'
 weights; calling ``model.load_weights`` directly does not, see DESIGN.md), all through the public
 ``LLM.collective_rpc`` API. The prefix cache is reset after every swap: cached blocks belong to the
-old weights. Generation is greedy ``SamplingParams``; scoring uses prompt log-probabilities; ``sleep`` /
-``wake_up`` free the accelerator for a judge sharing it (a CUDA feature of vLLM).
+old weights. Generation is greedy ``SamplingParams``; scoring uses prompt log-probabilities, over the
+tokens lm-eval's ``VLLM.loglikelihood`` scores (``mergesearch.backends.base.encode_pair``, the same left
+truncation); ``sleep`` / ``wake_up`` free the accelerator for a judge sharing it (a CUDA feature of vLLM).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mergesearch.backends.base import Prompt, check_weights, encode_pair, render_chat, require_chat_template
 from mergesearch.config import BackendConfig
 from mergesearch.errors import UserError
 
-Prompt = str | Sequence[Mapping[str, str]]
+if TYPE_CHECKING:
+    import torch
+
+    from mergesearch.merge.recipe import MergeRecipe
+    from mergesearch.merge.resident import ResidentMerger
 
 
 class MergeWorkerExtension:
@@ -67,23 +73,33 @@ class WorkerPool:
 class VLLMBackend:
     """generate / loglikelihood / next_token_logprobs / load_weights over a resident vLLM engine."""
 
-    def __init__(self, llm: Any, max_new_tokens: int = 32, name: str = "model") -> None:
+    def __init__(
+        self, llm: Any, max_new_tokens: int = 32, name: str = "model", max_model_len: int | None = None
+    ) -> None:
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise UserError(f"{name}: the tokenizer has no chat template; set one or pick an instruct model")
+        require_chat_template(self.tokenizer, name)
         self.max_new_tokens = max_new_tokens
         self.name = name
+        self.max_model_len = max_model_len or llm.llm_engine.model_config.max_model_len
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, config: BackendConfig | None = None, name: str = "model", **engine: Any
+        cls,
+        path: str | Path,
+        config: BackendConfig | None = None,
+        name: str = "model",
+        allow_pickle: bool = False,
+        **engine: Any,
     ) -> VLLMBackend:
+        """An engine on a local model folder: safetensors weights only, unless ``allow_pickle`` (logged)."""
+        check_weights(Path(path), allow_pickle)
         try:
             from vllm import LLM
         except ImportError:
             raise UserError(
-                "backend.kind vllm: vLLM is not installed (GPU: pip install mergesearch[vllm]; CPU: `make test-vllm` builds .venv-vllm)"
+                "backend.kind vllm: vLLM is not installed (GPU: pip install mergesearch[vllm]; "
+                "CPU: `make test-vllm` builds .venv-vllm)"
             ) from None
         import torch
 
@@ -95,6 +111,7 @@ class VLLMBackend:
             "enforce_eager": True,
             "seed": 0,
             "enable_prefix_caching": True,
+            "load_format": "auto" if allow_pickle else "safetensors",
         }
         if not torch.cuda.is_available():
             # The CPU build reserves `gpu_memory_utilization` of a NUMA node's RAM at start-up and refuses to
@@ -103,9 +120,16 @@ class VLLMBackend:
             settings["gpu_memory_utilization"] = 0.3
         settings.update(engine)
         llm = LLM(model=str(path), worker_extension_cls=f"{__name__}.MergeWorkerExtension", **settings)
-        return cls(llm, config.max_new_tokens, name)
+        return cls(llm, config.max_new_tokens, name, settings["max_model_len"])
 
     # ---------------------------------------------------------------- weights
+    @property
+    def device(self) -> torch.device:
+        """Where the engine runs: vLLM's CUDA build on the GPU, its CPU build on the CPU."""
+        import torch
+
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
     def resident_merger(
         self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
     ) -> WorkerPool:
@@ -115,7 +139,9 @@ class VLLMBackend:
         )
         return WorkerPool(layers[0])
 
-    def merge_from(self, merger: Any, recipe: Any, seed: int | None = None) -> None:
+    def merge_from(
+        self, merger: WorkerPool | ResidentMerger, recipe: MergeRecipe, seed: int | None = None
+    ) -> None:
         """Swap in the merge of ``recipe``: merged inside the worker when the pool lives there."""
         if isinstance(merger, WorkerPool):
             self.llm.collective_rpc("mergesearch_merge", args=(recipe.model_dump_json(), seed))
@@ -124,7 +150,9 @@ class VLLMBackend:
             return
         self.llm.reset_prefix_cache()
 
-    def load_weights(self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+    def load_weights(
+        self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+    ) -> None:
         from safetensors.torch import save
 
         items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
@@ -141,10 +169,10 @@ class VLLMBackend:
 
     # ---------------------------------------------------------------- inference
     def render(self, prompt: Prompt) -> str:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        """The chat-templated text that precedes the assistant's reply."""
+        return render_chat(self.tokenizer, prompt)
 
-    def _token_prompts(self, texts: Sequence[str]) -> list[dict]:
+    def _token_prompts(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
         return [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
 
     def generate(
@@ -167,29 +195,29 @@ class VLLMBackend:
         return [o.outputs[0].text.strip() for o in outputs]
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """lm-eval's contract from vLLM's prompt log-probabilities (context and continuation tokenized apart)."""
+        """lm-eval's ``VLLM.loglikelihood`` from prompt log-probabilities: the same tokens (``encode_pair``),
+        left-truncated to ``max_model_len`` - 1; greedy when every token is the top one vLLM reports."""
         from vllm import SamplingParams
 
-        pairs = [
-            (
-                self.tokenizer(c, add_special_tokens=False)["input_ids"],
-                self.tokenizer(t, add_special_tokens=False)["input_ids"],
-            )
-            for c, t in requests
-        ]
+        limit = self.max_model_len - 1  # vLLM needs room for one generated token
+        pairs = [encode_pair(self.tokenizer, c, t) for c, t in requests]
+        inputs = [(context + continuation)[-limit:] for context, continuation in pairs]
         params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
-        outputs = self.llm.generate([{"prompt_token_ids": c + t} for c, t in pairs], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": i} for i in inputs], params, use_tqdm=False)
         results = []
-        for (context, continuation), output in zip(pairs, outputs):
+        for (_, continuation), tokens, output in zip(pairs, inputs, outputs):
             total, greedy = 0.0, True
-            for position, token in enumerate(continuation, start=len(context)):
-                candidates = output.prompt_logprobs[position]
-                total += candidates[token].logprob
-                greedy &= (
-                    min(candidates.values(), key=lambda lp: lp.rank).rank == 1 and candidates[token].rank == 1
-                )
+            for position in range(len(tokens) - len(continuation), len(tokens)):
+                candidates = {t: lp.logprob for t, lp in output.prompt_logprobs[position].items()}
+                total += candidates[tokens[position]]
+                greedy &= max(candidates, key=candidates.__getitem__) == tokens[position]
             results.append((total, greedy))
         return results
+
+    def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
+        """Log-likelihood of each choice as the assistant's reply to ``prompt``."""
+        context = self.render(prompt)
+        return [ll for ll, _ in self.loglikelihood([(context, c) for c in choices])]
 
     def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
         from vllm import SamplingParams

@@ -3,7 +3,8 @@
 lm-eval declares tasks as data; we write one per question set (a JSONL file and a YAML next to it) so a
 merge can be scored by lm-eval itself, offline, and compared with our own ``task_accuracy``. The context
 of each item is the question already rendered with the model's chat template, and the options follow it
-with no delimiter: exactly the (context, continuation) pairs our backend scores.
+with no delimiter: exactly the (context, continuation) pairs our backend scores (a test checks acc,
+acc_norm and each option's log-likelihood against lm-eval's ``HFLM`` on SmolLM2).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mergesearch.errors import UserError
 from mergesearch.objectives.task import ChoiceItem
+
+if TYPE_CHECKING:
+    from mergesearch.backends.base import Backend
 
 
 def write_choice_task(
@@ -59,9 +63,11 @@ def hf_lm(model: Any, tokenizer: Any, batch_size: int = 16, device: str = "cpu")
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
 
-def backend_lm(backend: Any) -> Any:
+def backend_lm(backend: Backend) -> Any:
     """lm-eval's model interface over one of our resident backends (how promotion runs lm-eval on vLLM:
-    the CPU build of vLLM is not found by lm-eval's own ``vllm`` model, and a resident engine is reused)."""
+    the CPU build of vLLM is not found by lm-eval's own ``vllm`` model, and a resident engine is reused).
+    Requests go to ``backend.loglikelihood`` as lm-eval's strings; it tokenises them as lm-eval's own
+    models do (``mergesearch.backends.base.encode_pair``)."""
     from lm_eval.api.model import LM
 
     class BackendLM(LM):

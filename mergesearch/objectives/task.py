@@ -1,9 +1,11 @@
-"""Task accuracy: multiple choice by log-likelihood with lm-eval's ``acc`` / ``acc_norm`` semantics, and
-exact match for short answers.
+"""Task accuracy: multiple choice by log-likelihood with lm-eval's ``acc`` / ``acc_norm``, and answer
+containment for short answers (``contains_answer``: the answer appears as a whole word in the reply).
 
 ``acc``: the option with the highest log p(option | context) is the model's answer. ``acc_norm``: the same
-after dividing each log-likelihood by the option's length in bytes (lm-eval's ``acc_norm``). The context is
-the question rendered with the model's chat template; the option is the assistant's reply.
+after dividing each log-likelihood by the option's length in characters (``len`` of the option string, as
+lm-eval's ``acc_norm``; lm-eval's ``acc_bytes`` is the one that divides by UTF-8 bytes). Ties go to the
+first option (``numpy.argmax``). The context is the question rendered with the model's chat template; the
+option is the assistant's reply, scored by the backend's ``loglikelihood`` with lm-eval's tokenisation.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mergesearch.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -26,31 +34,48 @@ class ShortAnswerItem:
     answer: str
 
 
-def short_answer_correct(response: str, answer: str) -> bool:
-    """The answer appears as a whole word in the response (digits split by a word-level tokenizer rejoined)."""
-    text = re.sub(r"(?<=\d)\s+(?=\d)", "", response.lower())
-    return re.search(rf"(?<!\w){re.escape(answer.lower().strip())}(?!\w)", text) is not None
+def _normalized(text: str) -> str:
+    """Lower case, digits a word-level tokenizer split apart rejoined ("1 2 3" -> "123"), runs of
+    whitespace as one space, no surrounding whitespace."""
+    text = re.sub(r"(?<=\d)\s+(?=\d)", "", text.lower())
+    return re.sub(r"\s+", " ", text).strip()
 
 
-def _argmax(values: Sequence[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)  # first maximum, as numpy's argmax in lm-eval
+def contains_answer(response: str, answer: str) -> bool:
+    """Whether the answer appears in the response as a whole word (or words): a containment test, not an
+    exact match. Both are compared after ``_normalized`` (case, whitespace and split digits do not count),
+    and the answer must not touch a letter, digit or underscore on either side: "the answer is 42 ." contains
+    "42", "420" and "x42" do not; punctuation is a boundary, so "42.5" and "-42" do contain "42". An empty
+    answer is never contained."""
+    key = _normalized(answer)
+    return bool(key) and re.search(rf"(?<!\w){re.escape(key)}(?!\w)", _normalized(response)) is not None
 
 
-def choice_accuracy(backend, items: Sequence[ChoiceItem]) -> dict[str, float]:  # noqa: ANN001 - any backend with render/loglikelihood
-    """``acc`` and ``acc_norm`` over ``items`` (NaN when there are none)."""
+def choice_accuracy(backend: Backend, items: Sequence[ChoiceItem]) -> dict[str, float]:
+    """``acc`` and ``acc_norm`` over ``items`` (NaN when there are none), computed as lm-eval's
+    ``ConfigurableTask.process_results`` computes them for a multiple-choice task."""
     if not items:
         return {"acc": float("nan"), "acc_norm": float("nan")}
     requests = [(backend.render(item.prompt), choice) for item in items for choice in item.choices]
     scores = iter(ll for ll, _ in backend.loglikelihood(requests))
     acc = acc_norm = 0
     for item in items:
-        lls = [next(scores) for _ in item.choices]
-        acc += _argmax(lls) == item.answer
-        acc_norm += _argmax([ll / max(1, len(c.encode())) for ll, c in zip(lls, item.choices)]) == item.answer
+        lls = np.array([next(scores) for _ in item.choices])
+        lengths = np.array([float(len(choice)) for choice in item.choices])  # characters, not bytes
+        with np.errstate(divide="ignore", invalid="ignore"):  # an empty option: as lm-eval, -inf or NaN
+            acc_norm += int(np.argmax(lls / lengths)) == item.answer
+        acc += int(np.argmax(lls)) == item.answer
     return {"acc": acc / len(items), "acc_norm": acc_norm / len(items)}
 
 
-def exact_match(responses: Sequence[str], items: Sequence[ShortAnswerItem]) -> float:
+def contains_answer_rate(responses: Sequence[str], items: Sequence[ShortAnswerItem]) -> float:
+    """The share of responses that contain their item's answer (``contains_answer``); NaN without items."""
     if not items:
         return float("nan")
-    return sum(short_answer_correct(r, item.answer) for r, item in zip(responses, items)) / len(items)
+    return sum(contains_answer(r, item.answer) for r, item in zip(responses, items)) / len(items)
+
+
+# The names callers used before the rule was named for what it is (``objectives.evaluate`` reports the rate
+# as ``counts["exact_match"]``); both are answer containment, never an exact match.
+short_answer_correct = contains_answer
+exact_match = contains_answer_rate

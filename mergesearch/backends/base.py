@@ -1,0 +1,162 @@
+"""What a backend offers (``Backend``) and what the transformers and vLLM backends share.
+
+* chat rendering: a prompt (a user message, or a list of chat turns) becomes the model's own chat-templated
+  text up to the assistant's reply (``render_chat``); a tokenizer without a template is one ``UserError``;
+* lm-eval's tokenisation of a (context, continuation) pair (``encode_pair``), so that both backends'
+  ``loglikelihood`` scores exactly the tokens lm-eval's ``HFLM`` / ``VLLM`` score;
+* the weights rule: safetensors only, unless the caller opts into pickle weights (``check_weights``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from mergesearch.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergesearch.merge.recipe import MergeRecipe
+
+Prompt = str | Sequence[Mapping[str, str]]
+"""A user message, or chat turns (``{"role": ..., "content": ...}``)."""
+
+log = logging.getLogger(__name__)
+
+
+class MergePool(Protocol):
+    """What ``resident_merger`` returns: the merge pool (base + task vectors), wherever it lives."""
+
+    @property
+    def num_layers(self) -> int | None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A resident model: load once, then generate, score, and take new weights in place.
+
+    ``tokenizer`` is the model's Hugging Face tokenizer (judges and objectives encode with it); ``device``
+    is where the model runs; ``name`` names the model in messages."""
+
+    name: str
+    tokenizer: Any
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def render(self, prompt: Prompt) -> str:
+        """The chat-templated text that precedes the assistant's reply."""
+        ...
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        raw: bool = False,
+    ) -> list[str]:
+        """Replies to each prompt, in order (greedy unless ``temperature`` > 0); ``raw``: the prompts are
+        already rendered text."""
+        ...
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """lm-eval's contract: per (context, continuation), log p(continuation | context) and whether the
+        continuation is the greedy one; tokenised as lm-eval does (``encode_pair``)."""
+        ...
+
+    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
+        """Log-probabilities of ``token_ids`` as the first token after each (rendered) text."""
+        ...
+
+    def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
+        """Log-likelihood of each choice as the assistant's reply to ``prompt``."""
+        ...
+
+    def resident_merger(
+        self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
+    ) -> MergePool:
+        """The merge pool, placed where this backend merges fastest."""
+        ...
+
+    def merge_from(self, merger: Any, recipe: MergeRecipe, seed: int | None = None) -> None:
+        """Write the merge of ``recipe`` into the live model; ``merger``: what ``resident_merger`` returned
+        (or a ``ResidentMerger``)."""
+        ...
+
+    def load_weights(
+        self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+    ) -> None:
+        """Copy tensors into the live model's parameters, by name."""
+        ...
+
+
+# ------------------------------------------------------------------------------------ chat rendering
+def require_chat_template(tokenizer: Any, name: str) -> None:
+    """The one error for a model that cannot render chats."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{name}: the tokenizer has no chat template; set one or pick an instruct model")
+
+
+def render_chat(tokenizer: Any, prompt: Prompt) -> str:
+    """``prompt`` through the tokenizer's chat template, ending with the assistant's generation header."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# ------------------------------------------------------------------------------------ lm-eval tokenisation
+def prefix_token_id(tokenizer: Any) -> int:
+    """lm-eval's ``prefix_token_id``: the BOS token, else the EOS token."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def lm_eval_encode(tokenizer: Any, text: str) -> list[int]:
+    """lm-eval's ``tok_encode`` (``HFLM`` and ``VLLM``, ``add_bos_token`` unset): the tokenizer's own special
+    tokens are added, unless ``text`` already starts with the prefix token's text (a chat template's BOS)."""
+    prefix = prefix_token_id(tokenizer)
+    if prefix is not None and text.startswith(tokenizer.decode(prefix)):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text)["input_ids"]
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation token ids as lm-eval's ``loglikelihood`` makes them (causal models):
+
+    * trailing whitespace of the context moves to the start of the continuation;
+    * the two are tokenised together; the continuation is what follows the context's own tokens;
+    * an empty context becomes the prefix token (BOS, else EOS), unless the continuation starts with it.
+    """
+    if context == "":
+        continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        prefix = prefix_token_id(tokenizer)
+        if continuation_ids and continuation_ids[0] == prefix:
+            return continuation_ids[:1], continuation_ids[1:]
+        return [prefix], continuation_ids
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = lm_eval_encode(tokenizer, context + continuation)
+    context_ids = lm_eval_encode(tokenizer, context)
+    return context_ids, whole[len(context_ids) :]
+
+
+# ------------------------------------------------------------------------------------ weights
+def check_weights(folder: Path, allow_pickle: bool) -> None:
+    """Safetensors only, unless ``allow_pickle``: a folder with nothing but pickle weights (``.bin``) is one
+    line. Pickle weights can run code when loaded, so opting in is logged."""
+    if allow_pickle:
+        log.warning(
+            "%s: models.allow_pickle is set: pickle weights (.bin) run code when loaded; load only folders "
+            "you trust",
+            folder,
+        )
+        return
+    pickles = [p for p in folder.glob("*.bin") if p.name != "training_args.bin"]  # that one holds no weights
+    if pickles and not any(folder.glob("*.safetensors")):
+        raise UserError(
+            f"{folder}: only pickle weights (.bin) found; convert to safetensors or set "
+            "models.allow_pickle: true"
+        )

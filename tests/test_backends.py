@@ -1,0 +1,177 @@
+"""What every backend offers (the ``Backend`` protocol), the shared chat rendering, lm-eval's tokenisation
+on a tokenizer that adds a BOS token, and the safetensors-only weights rule (on a tiny random Llama)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from mergesearch.backends.base import Backend, encode_pair, render_chat
+from mergesearch.backends.hf import HFBackend
+from mergesearch.backends.vllm import VLLMBackend
+from mergesearch.errors import UserError
+
+WORDS = "the cat dog sat on a mat . what did ? user assistant : yes no paris rome".split()
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant :\n{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer that, like Llama's, puts a BOS token before whatever it encodes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = TEMPLATE
+    return tokenizer
+
+
+def tiny_model(context: int = 16) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=3 + len(WORDS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def model_folder(folder: Path, pickle: bool) -> Path:
+    """A model folder; ``pickle``: the weights as ``pytorch_model.bin`` only (transformers 5 writes
+    safetensors whatever ``save_pretrained`` is told, so the pickle is written by ``torch.save``)."""
+    model = tiny_model()
+    if pickle:
+        folder.mkdir(parents=True)
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+class _FakeLLM:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+
+# ------------------------------------------------------------------------------------ the protocol
+def _members(protocol: type) -> dict[str, Any]:
+    names = {n for n in vars(protocol) if not n.startswith("_")} | set(protocol.__annotations__)
+    return {n: getattr(protocol, n, None) for n in names}
+
+
+@pytest.mark.parametrize("backend_class", [HFBackend, VLLMBackend])
+def test_each_backend_offers_every_protocol_member_with_its_signature(backend_class: type) -> None:
+    for name, member in _members(Backend).items():
+        if inspect.isfunction(member):
+            ours = inspect.signature(getattr(backend_class, name))
+            assert list(ours.parameters) == list(inspect.signature(member).parameters), name
+        elif isinstance(member, property):
+            assert isinstance(getattr(backend_class, name), property), name
+    tokenizer = tiny_tokenizer()
+    instance = (
+        HFBackend(tiny_model(), tokenizer, name="tiny")
+        if backend_class is HFBackend
+        else VLLMBackend(_FakeLLM(tokenizer), name="tiny", max_model_len=16)
+    )
+    assert isinstance(instance, Backend)
+
+
+def test_both_backends_render_through_the_one_shared_function() -> None:
+    tokenizer = tiny_tokenizer()
+    hf = HFBackend(tiny_model(), tokenizer)
+    engine = VLLMBackend(_FakeLLM(tokenizer), max_model_len=16)
+    turns = [{"role": "user", "content": "what did the cat ?"}]
+    assert hf.render("what did the cat ?") == engine.render(turns) == render_chat(tokenizer, turns)
+    assert render_chat(tokenizer, turns) == "user : what did the cat ?\nassistant :\n"
+    tokenizer.chat_template = None
+    for make in (
+        lambda: HFBackend(tiny_model(), tokenizer, name="plain"),
+        lambda: VLLMBackend(_FakeLLM(tokenizer), name="plain", max_model_len=16),
+    ):
+        with pytest.raises(
+            UserError, match=r"^plain: the tokenizer has no chat template; set one or pick an instruct model$"
+        ):
+            make()
+
+
+# ------------------------------------------------------------------------------------ lm-eval's tokens
+def _lm_eval_lls(
+    model: LlamaForCausalLM, tokenizer: Any, pairs: list[tuple[str, str]]
+) -> list[tuple[float, bool]]:
+    from lm_eval.api.instance import Instance
+
+    from mergesearch.objectives.lm_eval_tasks import hf_lm
+
+    lm = hf_lm(model, tokenizer, batch_size=4)
+    return lm.loglikelihood(
+        [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)], disable_tqdm=True
+    )
+
+
+def test_loglikelihood_is_hflms_with_bos_tokens_empty_contexts_and_truncation() -> None:
+    tokenizer, model = tiny_tokenizer(), tiny_model(context=8)
+    backend = HFBackend(model, tokenizer, batch_size=3)
+    long = "the cat sat on a mat . the dog sat on a mat . what did the cat ?"
+    pairs = [
+        ("the cat sat on", " a mat"),  # the tokenizer adds a BOS before the context
+        ("<s> the cat", " sat"),  # already starts with it: none added
+        ("", "the dog sat"),  # no context: the BOS alone
+        ("", "<s> yes"),  # ... unless the continuation starts with it
+        (long, " yes"),  # longer than the model's 8 positions: left-truncated
+        ("what did the cat ?  \n ", "paris"),  # trailing whitespace moves into the continuation
+    ]
+    assert encode_pair(tokenizer, *pairs[0])[0][0] == tokenizer.bos_token_id
+    assert encode_pair(tokenizer, *pairs[2])[0] == [tokenizer.bos_token_id]
+    ours = backend.loglikelihood(pairs)
+    theirs = _lm_eval_lls(model, tokenizer, pairs)
+    assert [ll for ll, _ in ours] == pytest.approx([ll for ll, _ in theirs], abs=1e-5)
+    assert [g for _, g in ours] == [g for _, g in theirs]
+
+
+# ------------------------------------------------------------------------------------ weights
+def test_a_folder_with_only_pickle_weights_is_one_line_unless_allowed(tmp_path, caplog) -> None:
+    folder = model_folder(tmp_path / "pickled", pickle=True)
+    message = (
+        f"{folder}: only pickle weights (.bin) found; convert to safetensors or set models.allow_pickle: true"
+    )
+    expected = f"^{re.escape(message)}$"
+    with pytest.raises(UserError, match=expected):
+        HFBackend.from_pretrained(folder, device="cpu")
+    with pytest.raises(UserError, match=expected):  # checked before vLLM is even imported
+        VLLMBackend.from_pretrained(folder)
+    with caplog.at_level(logging.WARNING, logger="mergesearch.backends.base"):
+        backend = HFBackend.from_pretrained(folder, device="cpu", allow_pickle=True)
+    assert "allow_pickle" in caplog.text and str(folder) in caplog.text
+    reference = tiny_model()
+    for name, tensor in backend.model.state_dict().items():
+        assert torch.equal(tensor, reference.state_dict()[name]), name
+
+
+def test_safetensors_folders_load_without_the_opt_in_and_without_a_warning(tmp_path, caplog) -> None:
+    folder = model_folder(tmp_path / "safe", pickle=False)
+    with caplog.at_level(logging.WARNING, logger="mergesearch.backends.base"):
+        backend = HFBackend.from_pretrained(folder, device="cpu")
+    assert caplog.text == "" and isinstance(backend, Backend)
