@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from merge_helpers import ambiguous_entries, worst_relative_difference
 from safetensors.torch import load_file
 
 from mergesearch.errors import UserError
-from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
 from mergesearch.merge import methods
+from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
 from mergesearch.merge.methods import REGISTRY, della_magprune, get_method, magnitude_topk, random_keep
 
 EXPERTS = ("aligned", "math", "facts")
@@ -61,7 +62,14 @@ def test_same_tensors_as_mergekit_for_three_experts(
         del config["base_model"]  # linear averages the listed models only
     theirs = load_file(str(run_mergekit_yaml(config, tmp_path / "mk") / "model.safetensors"))
     params = {"weight": WEIGHTS, **{k: [v] * len(EXPERTS) for k, v in per_expert.items()}, **shared}
-    assert max_relative_difference(ours(tensors, method, **params), theirs) <= 1e-5
+    # Exact up to float rounding, except where an expert's magnitudes tie at a trim cut (which tied entry
+    # mergekit keeps is its unstable sort's choice): the zoo's bytes differ between CPUs, so may its ties.
+    base = tensors["base"]
+    ambiguous = {
+        k: ambiguous_entries(method, [tensors[e][k] - b for e in EXPERTS], params) for k, b in base.items()
+    }
+    assert sum(int(a.sum()) for a in ambiguous.values()) <= 1e-3 * sum(b.numel() for b in base.values())
+    assert worst_relative_difference(ours(tensors, method, **params), theirs, ambiguous) <= 1e-5
 
 
 def test_slerp_matches_mergekit_between_two_experts(tensors, zoo_dir: Path, tmp_path: Path) -> None:

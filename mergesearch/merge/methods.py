@@ -148,27 +148,34 @@ def magnitude_topk(
     sorted_abs: torch.Tensor | None = None,
     **_: Any,
 ) -> torch.Tensor:
-    """Keep the ``density`` share of entries with the largest magnitude (TIES' trim step).
+    """Keep the k = max(1, ⌊density·n⌋) entries with the largest magnitude (TIES' trim step), exactly k.
 
-    The cut is a magnitude threshold: the k-th largest |δ|, found by linear-time selection, or looked up
-    in ``sorted_abs`` (|δ| sorted ascending; the resident engine sorts each task vector once, as the
-    order does not depend on the genome). mergekit argsorts every tensor instead (measured 6x slower
-    on SmolLM2's embedding); the two agree except where several entries tie exactly at the threshold.
+    Tie rule (``magnitude_cut``): among entries of equal magnitude the lower flat index counts as the
+    larger, so where several entries tie at the threshold the ones with the lowest flat indices are kept.
+    The cut is found by linear-time selection, or looked up in ``sorted_abs`` (|δ| sorted ascending; the
+    resident engine sorts each task vector once, as the order does not depend on the genome). mergekit
+    argsorts every tensor instead (measured 6x slower on SmolLM2's embedding) and keeps exactly k too,
+    but picks among tied entries by an unstable sort, so which tied entry it keeps is not defined: the
+    two agree everywhere except at entries tied at the threshold.
     """
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
+    threshold, last = magnitude_cut(delta, density, sorted_abs)
     magnitudes = delta.abs()
-    return _rescaled(
-        delta, (magnitudes >= magnitude_threshold(delta, density, sorted_abs)).to(delta.dtype), rescale
-    )
+    if last >= delta.numel() - 1:
+        mask = magnitudes >= threshold
+    else:
+        index = torch.arange(delta.numel(), device=delta.device).reshape(delta.shape)
+        mask = (magnitudes > threshold) | ((magnitudes == threshold) & (index <= last))
+    return _rescaled(delta, mask.to(delta.dtype), rescale)
 
 
 def magnitude_threshold(
     delta: torch.Tensor, density: float, sorted_abs: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The |δ| at or above which the ``density`` share of entries lies (0-d tensor): −inf keeps all, +inf none."""
+    """The k-th largest |δ|, k = max(1, ⌊density·n⌋) (0-d tensor): −inf keeps all, +inf none."""
     if density >= 1 or delta.numel() == 0:
         return torch.tensor(float("-inf"), device=delta.device)
     if density <= 0:
@@ -178,6 +185,53 @@ def magnitude_threshold(
     if sorted_abs is not None:
         return sorted_abs[n - k]
     return torch.kthvalue(delta.abs().reshape(-1).float(), n - k + 1).values
+
+
+def magnitude_cut(
+    delta: torch.Tensor, density: float, sorted_abs: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
+    """The trim rule as (threshold t, last): keep the entries with |δ| > t, and those with |δ| = t whose flat
+    index is at most ``last`` — exactly k = max(1, ⌊density·n⌋) entries, ties at t going to the lowest flat
+    indices. ``last`` is n when every tied entry fits (the common case, found without a pass when the
+    magnitudes are pre-sorted), and also when t = 0: a zero entry adds nothing to a merge kept or trimmed
+    (its sign matches no elected sign, and it adds nothing to an L1 norm), so zeros need no tie rule."""
+    n = delta.numel()
+    threshold = magnitude_threshold(delta, density, sorted_abs)
+    if density >= 1 or n == 0:
+        return threshold, n
+    if density <= 0:
+        return threshold, -1
+    k = max(1, int(density * n))
+    if k == n:
+        return threshold, n
+    if sorted_abs is not None:
+        # one look-up (one device sync): nothing tied with the threshold is left out, or the tie is at zero
+        if not bool((sorted_abs[n - k - 1] == threshold) & (threshold != 0)):
+            return threshold, n
+        above = n - int(torch.searchsorted(sorted_abs, threshold.reshape(1), right=True))
+        tied = delta.abs().reshape(-1) == threshold
+    else:
+        if bool(threshold == 0):
+            return threshold, n
+        magnitudes = delta.abs().reshape(-1)
+        tied = magnitudes == threshold
+        above = int((magnitudes > threshold).sum())
+        if above + int(tied.sum()) == k:
+            return threshold, n
+    return threshold, _nth_true(tied, k - above - 1)
+
+
+def _nth_true(mask: torch.Tensor, nth: int, chunk: int = 1 << 16) -> int:
+    """Flat index of the ``nth`` (from 0) True of a flat boolean mask, found chunk by chunk (counts per
+    chunk, then one chunk listed) so that a tie of millions of entries never lists them all."""
+    whole = mask.numel() // chunk * chunk
+    counts = mask[:whole].view(-1, chunk).sum(1)
+    if whole < mask.numel():
+        counts = torch.cat([counts, mask[whole:].sum().reshape(1)])
+    seen = counts.cumsum(0)
+    c = int(torch.searchsorted(seen, torch.tensor([nth], device=seen.device), right=True))
+    before = int(seen[c - 1]) if c else 0
+    return c * chunk + int(mask[c * chunk : (c + 1) * chunk].nonzero()[nth - before])
 
 
 def random_keep(
@@ -198,15 +252,17 @@ def random_keep(
 def magnitude_outliers(
     delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, **_: Any
 ) -> torch.Tensor:
-    """Model Breadcrumbs: drop the ``gamma`` share of largest entries (outliers), then the smallest, keeping ``density``."""
+    """Model Breadcrumbs: drop the ``gamma`` share of largest entries (outliers), then the smallest, keeping
+    ``density``. Ranked by magnitude with the TIES tie rule (of equal magnitudes, the lower flat index
+    counts as the larger: a stable descending sort), so ties at either cut are settled deterministically."""
     if density >= 1:
         return delta
     n = delta.numel()
     keep, top = int(density * n), int(gamma * n)
-    bottom = max(0, n - keep - top)
-    order = torch.sort(delta.abs().reshape(-1).float(), descending=False).indices
+    top = min(top, n - keep)
+    order = torch.sort(delta.abs().reshape(-1).float(), descending=True, stable=True).indices
     mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
-    mask[order[bottom : bottom + keep]] = 1
+    mask[order[top : top + keep]] = 1
     return _rescaled(delta, mask.reshape_as(delta), rescale)
 
 
@@ -365,15 +421,20 @@ def _ties_elementwise(
     base: torch.Tensor,
     task_vectors: Sequence[torch.Tensor],
     thresholds: Sequence[torch.Tensor],
+    lasts: Sequence[torch.Tensor],
     weights: Sequence[torch.Tensor],
     normalize: bool,
     scale: torch.Tensor,
 ) -> None:
-    """TIES once each task vector's magnitude threshold is known: every remaining step is elementwise.
-    Same arithmetic as ``generalized_task_arithmetic`` (trim, weight, elect, disjoint mean), written so
-    that a compiler can fuse it into one pass that reads each input once and writes ``out`` in place."""
+    """TIES once each task vector's cut (``magnitude_cut``: threshold, and the last kept flat index among
+    entries tied at it) is known: every remaining step is elementwise. Inputs are flat, so an entry's flat
+    index is its position (an index the compiler generates, not a tensor it reads). Same arithmetic as
+    ``generalized_task_arithmetic`` (trim, weight, elect, disjoint mean), written so that a compiler can
+    fuse it into one pass that reads each input once and writes ``out`` in place."""
+    index = torch.arange(base.numel(), device=base.device)
     deltas = [
-        torch.where(tau.abs() >= cut, tau * w, 0.0) for tau, cut, w in zip(task_vectors, thresholds, weights)
+        torch.where((tau.abs() > cut) | ((tau.abs() == cut) & (index <= last)), tau * w, 0.0)
+        for tau, cut, last, w in zip(task_vectors, thresholds, lasts, weights)
     ]
     majority = torch.where(sum(deltas) >= 0, 1.0, -1.0)
     agrees = [torch.sign(d) == majority for d in deltas]
@@ -422,8 +483,9 @@ def _ties_into(
     sorted_magnitudes: Sequence[torch.Tensor] | None = None,
     **shared: Any,
 ) -> None:
-    """TIES into ``out``: thresholds per task vector (looked up when magnitudes are pre-sorted), then the
-    fused elementwise kernel. ``rescale`` needs global sums after trimming, so it takes the general path."""
+    """TIES into ``out``: each task vector's cut (threshold looked up when magnitudes are pre-sorted, and
+    the tie rule's last kept index, ``magnitude_cut``), then the fused elementwise kernel. ``rescale``
+    needs global sums after trimming, so it takes the general path."""
     if rescale or not task_vectors:
         out.copy_(
             generalized_task_arithmetic(
@@ -441,8 +503,9 @@ def _ties_into(
         )
         return
     orders = sorted_magnitudes if sorted_magnitudes is not None else [None] * len(task_vectors)
-    thresholds = [magnitude_threshold(tau, d, order) for tau, d, order in zip(task_vectors, density, orders)]
-    as_tensor = lambda x: torch.tensor(float(x), dtype=base.dtype, device=base.device)  # noqa: E731 - tensors, so values never recompile
+    cuts = [magnitude_cut(tau, d, order) for tau, d, order in zip(task_vectors, density, orders)]
+    # Values go in as tensors, so new values never recompile the kernel.
+    as_tensor = lambda x: torch.tensor(float(x), dtype=base.dtype, device=base.device)
     # Flat plain-tensor views: one compiled graph serves every shape (a Parameter would pin its shape).
     target = (
         out.detach().view(-1)
@@ -454,7 +517,8 @@ def _ties_into(
         target,
         base.reshape(-1),
         flat_taus,
-        thresholds,
+        [threshold for threshold, _ in cuts],
+        [torch.tensor(last, dtype=torch.int64, device=base.device) for _, last in cuts],
         [as_tensor(w) for w in weight],
         bool(normalize),
         as_tensor(shared.get("lambda", 1.0)),
