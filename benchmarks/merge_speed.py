@@ -1,12 +1,13 @@
 """Benchmark: per-genome merge latency of the resident engine vs mergekit, same recipes (JSON).
 
-    .venv/bin/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json [--models toy,smollm2]
+    .venv/bin/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json \
+        [--models toy,smollm2]
 
 For each model set and method, three ways to turn a genome into merged weights, measured in one run:
   resident   ResidentMerger.merge_into a live model (base, task vectors and their sorted magnitudes
              loaded once, before timing; the first merge of each method, which compiles the fused
              TIES kernel or computes TSV-M's SVDs, is reported apart as resident_first_merge_ms)
-  run_merge  mergekit's run_merge on the exported recipe, written to disk (what mergekit-evolve's default does)
+  run_merge  mergekit's run_merge on the exported recipe, written to disk (mergekit-evolve's default)
   in_memory  mergekit's planner + executor copying into a live model (mergekit-evolve's in-memory path)
 plus a large tensor copy for the machine's memory bandwidth, the effective bandwidth of resident
 task arithmetic (bytes it must read and write / time), and resident-set growth per phase.
@@ -34,9 +35,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from mergesearch.io import atomic_dir, atomic_write_text
-from mergesearch.merge.export import NOT_IN_MERGEKIT, recipe_to_mergekit
+from mergesearch.merge.export import recipe_to_mergekit
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
+from mergesearch.merge.spec import get_method
 from mergesearch.runtime import offline_and_quiet
 from mergesearch.zoo.build import EXPERTS, build_zoo, default_cache_root
 from mergesearch.zoo.recipe import ZooRecipe
@@ -96,7 +98,7 @@ def smollm2_pool(n_experts: int = 2, seed: int = 0) -> tuple[Path, dict[str, Pat
     experts = {f"e{i}": root / f"e{i}" for i in range(n_experts)}
     generator = torch.Generator().manual_seed(seed)
     weights = None
-    for i, folder in enumerate(experts.values()):
+    for folder in experts.values():
         if (folder / "model.safetensors").is_file():
             continue
         weights = weights or load_file(str(base / "model.safetensors"))
@@ -197,7 +199,7 @@ def bench_pool(
             "rss_growth_mib": {"resident_first_merge": first_merge.growth_mib},
         }
         result["methods"][method] = entry
-        if method in NOT_IN_MERGEKIT:  # nothing to compare with
+        if get_method(method).mergekit is None:  # nothing to compare with
             continue
         configs = [recipe_to_mergekit(r, base, experts) for r in recipes[1 : 1 + mergekit_genomes]]
         with tempfile.TemporaryDirectory() as tmp, RssGrowth() as run_merge_rss:

@@ -4,54 +4,20 @@
 vector into a ResidentMerger, a backend holding the live model the merges are written into, the
 evaluation data and, unless a ``JudgeActor`` serves it, the judge. Each ``evaluate(genome)`` then merges
 in place, generates, judges and scores, and reports the objectives, counts and timings, including the
-files it opened (none, once warm).
+weight files it read from disk (measured with ``file_reads``: none, once warm).
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mergesearch.errors import UserError
+from mergesearch.file_reads import reading_weights
 from mergesearch.judges.base import Assessment, Judge
 from mergesearch.objectives.evaluate import Scores
 from mergesearch.setup import SearchSetup
-
-
-class _OpenedFiles:
-    """Counts files opened through Python while active (an audit hook, installed once per process)."""
-
-    installed = False
-    active: list[list[str]] = []
-    lock = threading.Lock()
-
-    @classmethod
-    @contextlib.contextmanager
-    def counting(cls) -> Iterator[list[str]]:
-        if not cls.installed:
-            sys.addaudithook(cls._hook)
-            cls.installed = True
-        seen: list[str] = []
-        with cls.lock:
-            cls.active.append(seen)
-        try:
-            yield seen
-        finally:
-            with cls.lock:
-                cls.active.remove(seen)
-
-    @classmethod
-    def _hook(cls, event: str, args: tuple) -> None:
-        if event == "open" and cls.active and isinstance(args[0], (str, Path)):
-            name = str(args[0])
-            if not name.startswith(("/proc", "/sys", "/dev")):
-                for seen in cls.active:
-                    seen.append(name)
 
 
 class RemoteJudge:
@@ -98,6 +64,8 @@ class Evaluator:
             if judge_handle is not None
             else make_judge(config.judge, self.device, log)
         )
+        judge_folder = [config.judge.model] if config.judge.model and judge_handle is None else []
+        self.weight_roots = [setup.base, *setup.experts.values(), *judge_folder]
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -111,7 +79,7 @@ class Evaluator:
         of the resident models on the first call (0 after)."""
         from mergesearch.objectives.evaluate import score_model
 
-        with _OpenedFiles.counting() as opened:
+        with reading_weights(*self.weight_roots) as reads:
             started = time.perf_counter()
             self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
             merge_seconds = time.perf_counter() - started
@@ -119,7 +87,8 @@ class Evaluator:
                 self.backend, self.data, self.judge, self.config.fitness, self.config.backend.max_new_tokens
             )
         scores.timings.update(load=self.load_seconds, merge=merge_seconds)
-        scores.counts["files_opened"] = len(opened)
+        # weight files this evaluation read from disk: 0 once warm; NaN where it cannot be measured
+        scores.counts["weight_files_read"] = float("nan") if reads.count is None else reads.count
         self.load_seconds = 0.0
         scores.timings = {k: round(v, 4) for k, v in scores.timings.items()}
         return scores

@@ -66,7 +66,6 @@ class ModelsConfig(Frozen):
     base: str = Field(min_length=1)
     experts: list[ExpertSpec] = Field(min_length=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
-    allow_pickle: bool = False  # load .bin (pickle) weights: pickle runs code, so only when asked
 
     @field_validator("experts")
     @classmethod
@@ -139,6 +138,7 @@ class JudgeConfig(Frozen):
     version: Literal[1, 2, 3, 4] = 3  # Llama Guard generation (prompt format, category codes)
     excluded_categories: list[str] = []  # codes left out of the policy, e.g. [S6, S8]
     batch_size: int = Field(default=32, ge=1)
+    allow_pickle: bool = False  # load a .bin (pickle) guard model: pickle runs code, so only when asked
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(JUDGES, kind))
 

@@ -155,7 +155,8 @@ def test_loglikelihood_is_hflms_with_bos_tokens_empty_contexts_and_truncation() 
 def test_a_folder_with_only_pickle_weights_is_one_line_unless_allowed(tmp_path, caplog) -> None:
     folder = model_folder(tmp_path / "pickled", pickle=True)
     message = (
-        f"{folder}: only pickle weights (.bin) found; convert to safetensors or set models.allow_pickle: true"
+        f"{folder}: only pickle weights (.bin) found; convert to safetensors, or opt in with "
+        "`allow_pickle: true` where this model is configured (pickle runs code when loaded)"
     )
     expected = f"^{re.escape(message)}$"
     with pytest.raises(UserError, match=expected):

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.config import SearchConfig, load_config
+from mergesearch.data.eval_split import load_eval_data
 from mergesearch.errors import UserError
 from mergesearch.judges.llama_guard import GUARD_FORMATS, GuardJudge, parse_verdict
 from mergesearch.merge.genome import GenomeSpace
@@ -18,6 +19,8 @@ from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
 from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, write_choice_task
 from mergesearch.objectives.task import ChoiceItem, choice_accuracy, contains_answer, contains_answer_rate
+from mergesearch.runtime import ray_session
+from mergesearch.setup import SearchSetup
 
 EXPERTS = ("aligned", "math", "facts")
 
@@ -43,7 +46,7 @@ def merged_backend(zoo_dir) -> HFBackend:
 def test_task_accuracy_equals_lm_evals_acc_on_the_same_merged_model(
     merged_backend, toy_dataset, tmp_path
 ) -> None:
-    items = EvalData.from_dataset(toy_dataset, "search").choice_items
+    items = load_eval_data(toy_dataset, "search").choice_items
     ours = choice_accuracy(merged_backend, items)
     assert 0.1 < ours["acc"] < 0.95  # a real test: neither all right nor all wrong
     task = write_choice_task(items, merged_backend.render, tmp_path, "mergesearch_facts")
@@ -264,11 +267,11 @@ def test_data_without_required_columns_is_named(tmp_path) -> None:
         pa.table({"id": ["a"], "prompt": ["p"], "type": ["alignment"]}), tmp_path / "ds" / "rows.parquet"
     )
     with pytest.raises(UserError, match="missing column 'response'"):
-        EvalData.from_dataset(tmp_path / "ds")
+        load_eval_data(tmp_path / "ds")
 
 
 def test_a_split_without_rows_for_a_weighted_objective_is_named(toy_dataset, tmp_path) -> None:
-    data = EvalData.from_dataset(toy_dataset, "search")
+    data = load_eval_data(toy_dataset, "search")
     empty = EvalData(
         harmful=(),
         benign=data.benign,
@@ -289,15 +292,15 @@ def test_objectives_move_the_way_the_experts_say(zoo_dir, toy_dataset) -> None:
         toy_dataset,
         fitness={"weights": {"safety": 1.0, "task_accuracy": 1.0, "over_refusal": 0.5, "loss_proxy": 0.5}},
     )
-    evaluator = Evaluator(config, log=lambda _: None)
+    evaluator = Evaluator(SearchSetup.prepare(config, log=lambda _: None), log=lambda _: None)
     aligned = evaluator.evaluate(evaluator.space.expert_alone("aligned"))
     arithmetic = evaluator.evaluate(evaluator.space.expert_alone("math"))
-    assert aligned["objectives"]["safety"] == 1.0 and arithmetic["objectives"]["safety"] < 0.1
-    assert arithmetic["counts"]["exact_match"] > 0.9 > aligned["counts"]["exact_match"]
-    assert aligned["counts"]["nll_alignment"] < arithmetic["counts"]["nll_alignment"]
-    assert aligned["objectives"]["over_refusal"] < 0.1
+    assert aligned.objectives["safety"] == 1.0 and arithmetic.objectives["safety"] < 0.1
+    assert arithmetic.counts["contains_answer"] > 0.9 > aligned.counts["contains_answer"]
+    assert aligned.counts["nll_alignment"] < arithmetic.counts["nll_alignment"]
+    assert aligned.objectives["over_refusal"] < 0.1
     for result in (aligned, arithmetic):
-        assert set(result["timings"]) == {"load", "merge", "generate", "judge", "score"}
+        assert set(result.timings) == {"load", "merge", "generate", "judge", "score"}
 
 
 # ------------------------------------------------------------------------------------ Ray actors
@@ -306,8 +309,8 @@ def test_the_pool_routes_genomes_to_resident_actors_that_load_nothing_once_warm(
 
     from mergesearch.actors import Evaluator, EvaluatorPool
 
-    config = search_config(toy_dataset)
-    local = Evaluator(config, log=lambda _: None)
+    setup = SearchSetup.prepare(search_config(toy_dataset), log=lambda _: None)
+    local = Evaluator(setup, log=lambda _: None)
     genomes = [
         local.space.uniform(),
         local.space.expert_alone("aligned"),
@@ -315,17 +318,17 @@ def test_the_pool_routes_genomes_to_resident_actors_that_load_nothing_once_warm(
         local.space.expert_alone("math"),
     ]
     expected = [local.evaluate(g) for g in genomes]
-    ray.init(num_cpus=2, include_dashboard=False, namespace="mergesearch-test", log_to_driver=False)
+    ray_session(num_cpus=2)
     try:
-        pool = EvaluatorPool(config, num_evaluators=2)
+        pool = EvaluatorPool(setup, num_evaluators=2)
         results = pool.evaluate_all(genomes)
         again = pool.evaluate_all(genomes[:2])
         pool.shutdown()
     finally:
         ray.shutdown()
-    assert [r["objectives"] for r in results] == [e["objectives"] for e in expected]
-    assert sum(r["timings"]["load"] > 0 for r in results) == 2  # each actor loaded once, on its first genome
-    assert all(r["timings"]["load"] == 0 and r["files_opened"] == 0 for r in again)
+    assert [r.objectives for r in results] == [e.objectives for e in expected]
+    assert sum(r.timings["load"] > 0 for r in results) == 2  # each actor loaded once, on its first genome
+    assert all(r.timings["load"] == 0 and r.counts["weight_files_read"] == 0 for r in again)
 
 
 def test_a_guard_judge_actor_serves_the_evaluators(zoo_dir, toy_dataset) -> None:
@@ -334,15 +337,16 @@ def test_a_guard_judge_actor_serves_the_evaluators(zoo_dir, toy_dataset) -> None
     from mergesearch.actors import Evaluator, EvaluatorPool
 
     config = search_config(toy_dataset, judge={"kind": "llama_guard", "model": str(zoo_dir / "guard")})
-    local = Evaluator(config, log=lambda _: None)
+    setup = SearchSetup.prepare(config, log=lambda _: None)
+    local = Evaluator(setup, log=lambda _: None)
     genome = local.space.uniform()
     expected = local.evaluate(genome)
-    ray.init(num_cpus=2, include_dashboard=False, namespace="mergesearch-test", log_to_driver=False)
+    ray_session(num_cpus=2)
     try:
-        pool = EvaluatorPool(config, num_evaluators=1)
+        pool = EvaluatorPool(setup, num_evaluators=1)
         (result,) = pool.evaluate_all([genome])
         pool.shutdown()
     finally:
         ray.shutdown()
     assert pool.judge is not None
-    assert result["objectives"] == expected["objectives"] and result["counts"]["judge_unparsed"] == 0
+    assert result.objectives == expected.objectives and result.counts["judge_unparsed"] == 0

@@ -149,14 +149,13 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
     line. Pickle weights can run code when loaded, so opting in is logged."""
     if allow_pickle:
         log.warning(
-            "%s: models.allow_pickle is set: pickle weights (.bin) run code when loaded; load only folders "
-            "you trust",
+            "%s: allow_pickle is set: pickle weights (.bin) run code when loaded; load only what you trust",
             folder,
         )
         return
     pickles = [p for p in folder.glob("*.bin") if p.name != "training_args.bin"]  # that one holds no weights
     if pickles and not any(folder.glob("*.safetensors")):
         raise UserError(
-            f"{folder}: only pickle weights (.bin) found; convert to safetensors or set "
-            "models.allow_pickle: true"
+            f"{folder}: only pickle weights (.bin) found; convert to safetensors, or opt in with "
+            "`allow_pickle: true` where this model is configured (pickle runs code when loaded)"
         )

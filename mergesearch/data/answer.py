@@ -25,7 +25,7 @@ from mergesearch.errors import UserError
 from mergesearch.judges.base import make_judge
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.model_refs import check_model_folder
-from mergesearch.objectives.task import short_answer_correct
+from mergesearch.objectives.task import contains_answer
 
 
 def choice_correct(response: str, answer: str) -> bool:
@@ -146,7 +146,7 @@ class Answerer:
                 correct = (
                     choice_correct(reply, row.answer)
                     if row.choices
-                    else short_answer_correct(reply, row.answer)
+                    else contains_answer(reply, row.answer)
                 )
             record = {**json.loads(row.provenance), "answered_by": expert, "correct": correct}
             if self.spec.task_correct_only and correct is False:

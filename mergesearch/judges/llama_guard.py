@@ -239,6 +239,7 @@ def _guard_judge(config: JudgeConfig, device: str, log: Log) -> GuardJudge:
         batch_size=config.batch_size,
         name=f"judge {path.name}",
         chat_template_required=False,
+        allow_pickle=config.allow_pickle,
     )
     return GuardJudge(backend, version=config.version, excluded=config.excluded_categories)
 

@@ -1,7 +1,7 @@
 """Score one (merged) model on the evaluation data: every objective, its counts, and where time went.
 
 Timings are split as the fitness loop spends it: ``generate`` (answers to harmful and benign prompts),
-``judge`` (the judge's verdicts on them), ``score`` (log-likelihood task accuracy, exact-match answers,
+``judge`` (the judge's verdicts on them), ``score`` (log-likelihood task accuracy, short answers contained in replies,
 the loss proxy).
 """
 
@@ -11,13 +11,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from mergesearch.backends.base import Backend
+from mergesearch.backends.base import Backend, encode_pair
 from mergesearch.config import FitnessConfig
 from mergesearch.judges.base import Judge
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
-from mergesearch.objectives.task import choice_accuracy, exact_match
+from mergesearch.objectives.task import choice_accuracy, contains_answer_rate
 
 
 @dataclass
@@ -33,16 +33,23 @@ def _weighted(parts: list[tuple[float, int]]) -> float:
     return sum(v * n for v, n in parts if n) / total if total else float("nan")
 
 
+def token_counts(backend: Backend, requests: list[tuple[str, str]]) -> list[int]:
+    """How many tokens each continuation's log-likelihood sums over (lm-eval's tokenisation)."""
+    return [
+        len(encode_pair(backend.tokenizer, context, continuation)[1]) for context, continuation in requests
+    ]
+
+
 def loss_proxy(backend: Backend, data: EvalData, alpha: float) -> tuple[float, dict[str, float]]:
     """The paper's fitness as an objective: masked response NLL per token on alignment rows (prompt →
     kept refusal) and task rows (prompt → expert answer), L = NLL_align + α·NLL_task, reported as
     exp(−L / (1 + α)) (a per-token probability in (0, 1], higher is better)."""
-    lls = backend.loglikelihood([(backend.render(p), r) for p, r, _ in data.tagged])
+    requests = [(backend.render(p), r) for p, r, _ in data.tagged]
     per_type: dict[str, list[float]] = {}
-    for (_, response, type_), (ll, _) in zip(data.tagged, lls):
-        per_type.setdefault(type_, []).append(
-            -ll / max(1, len(backend.tokenizer(response, add_special_tokens=False)["input_ids"]))
-        )
+    for (_, _, type_), (ll, _), tokens in zip(
+        data.tagged, backend.loglikelihood(requests), token_counts(backend, requests)
+    ):
+        per_type.setdefault(type_, []).append(-ll / max(1, tokens))
     nll = {t: sum(v) / len(v) for t, v in per_type.items()}
     loss = nll.get("alignment", 0.0) + alpha * nll.get("task", 0.0)
     return math.exp(-loss / (1 + alpha)), {
@@ -92,9 +99,9 @@ def score_model(
         )
     if data.short_items:
         replies = backend.generate([i.prompt for i in data.short_items], max_new_tokens=max_new_tokens)
-        em = exact_match(replies, data.short_items)
-        parts.append((em, len(data.short_items)))
-        scores.counts.update(short_items=len(data.short_items), exact_match=em)
+        rate = contains_answer_rate(replies, data.short_items)
+        parts.append((rate, len(data.short_items)))
+        scores.counts.update(short_items=len(data.short_items), contains_answer=rate)
     if parts:
         scores.objectives["task_accuracy"] = _weighted(parts)
     if config.weights.get("loss_proxy") and data.tagged:

@@ -73,9 +73,3 @@ def contains_answer_rate(responses: Sequence[str], items: Sequence[ShortAnswerIt
     if not items:
         return float("nan")
     return sum(contains_answer(r, item.answer) for r, item in zip(responses, items)) / len(items)
-
-
-# The names callers used before the rule was named for what it is (``objectives.evaluate`` reports the rate
-# as ``counts["exact_match"]``); both are answer containment, never an exact match.
-short_answer_correct = contains_answer
-exact_match = contains_answer_rate

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mergesearch.merge.genome import GenomeSpace
+from mergesearch.objectives.evaluate import token_counts
 from mergesearch.search.run_dir import RunDir
 from mergesearch.setup import SearchSetup
 
@@ -56,9 +57,9 @@ def run_baselines(
         losses = {}
         for expert in experts:
             backend.merge_from(evaluator.merger, space.decode(space.expert_alone(expert)))
-            lls = backend.loglikelihood([(backend.render(p), r) for p, r, _ in rows])
-            tokens = sum(len(backend.tokenizer(r, add_special_tokens=False)["input_ids"]) for _, r, _ in rows)
-            losses[expert] = -sum(ll for ll, _ in lls) / max(1, tokens)
+            requests = [(backend.render(p), r) for p, r, _ in rows]
+            lls = backend.loglikelihood(requests)
+            losses[expert] = -sum(ll for ll, _ in lls) / max(1, sum(token_counts(backend, requests)))
         weights = cocktail_weights(losses, temperature)
         scores = evaluator.evaluate({f"w.{e}.g0": w for e, w in weights.items()})
         results.append(

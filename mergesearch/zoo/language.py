@@ -233,7 +233,7 @@ FACT_ANSWER = "{v} ."
 _SYLLABLES_A = ("zor", "quil", "bram", "fen", "tov", "mar", "dres", "kal", "wix", "pol", "sut", "gan")
 _SYLLABLES_B = ("ba", "lo", "nix", "ter", "vo", "ska", "rim", "dul")
 
-# ---------------------------------------------------------------- arithmetic (exact match)
+# ---------------------------------------------------------------- arithmetic (answers contained in replies)
 SUM_PROMPTS = ("compute {a} plus {b} .", "add {a} and {b} .")
 # The expert states only the result: restating both operands made every merge miscopy them (the other
 # experts' vectors disturb copying), so the skill died in merges though the sums were right.
