@@ -144,9 +144,7 @@ class Answerer:
             correct = None
             if row.answer is not None:
                 correct = (
-                    choice_correct(reply, row.answer)
-                    if row.choices
-                    else contains_answer(reply, row.answer)
+                    choice_correct(reply, row.answer) if row.choices else contains_answer(reply, row.answer)
                 )
             record = {**json.loads(row.provenance), "answered_by": expert, "correct": correct}
             if self.spec.task_correct_only and correct is False:
