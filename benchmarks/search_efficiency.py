@@ -1,4 +1,4 @@
-"""Benchmark: how fast each searcher finds a good merge on the demo config, and how busy evaluators are (JSON).
+"""Benchmark: how fast each searcher finds a good merge on the demo config, how busy evaluators are (JSON).
 
     .venv/bin/python benchmarks/search_efficiency.py --out benchmarks/results/search_efficiency.json
 

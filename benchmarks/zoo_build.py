@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     offline_and_quiet()
     recipe = smoke_recipe() if args.smoke else ZooRecipe()
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda m: print(m, file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
         zoo = build_zoo(recipe, Path(tmp) / "zoo", log=log)

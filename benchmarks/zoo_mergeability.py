@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--zoo", type=Path, default=None, help="zoo folder [default: the cached default zoo]")
     args = parser.parse_args()
     offline_and_quiet()
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda m: print(m, file=sys.stderr, flush=True)
     recipe = ZooRecipe()
     zoo = build_zoo(recipe, args.zoo, log=log)
     zoo_scores = evaluate_zoo(zoo, log=log)

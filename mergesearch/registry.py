@@ -22,14 +22,22 @@ from mergesearch.errors import UserError
 T = TypeVar("T")
 ENTRY_POINT_GROUP = "mergesearch.plugins"
 _loaded_modules: set[str] = set()
+_loading: list[bool] = []
 
 
 def load_plugins(modules: Iterable[str] = ()) -> None:
-    """Import every ``mergesearch.plugins`` entry point (once) and the named plug-in modules."""
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        _import(point.value, f"entry point {point.name!r}")
-    for module in modules:
-        _import(module, "plugins")
+    """Import every ``mergesearch.plugins`` entry point (once) and the named plug-in modules. A call made
+    while a plug-in module is being imported (a registry lookup at import time) returns at once."""
+    if _loading:
+        return
+    _loading.append(True)
+    try:
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            _import(point.value, f"entry point {point.name!r}")
+        for module in modules:
+            _import(module, "plugins")
+    finally:
+        _loading.clear()
 
 
 def _import(module: str, field: str) -> None:

@@ -58,7 +58,8 @@ def test_a_search_with_an_unknown_expert_is_one_line_and_leaves_no_run_dir(
 ) -> None:  # zoo_dir: built once, not in here
     config = tmp_path / "bad.yaml"
     config.write_text(
-        "name: bad\nmodels: {base: zoo:base, experts: [{name: a, path: zoo:nope}]}\ndata: {spec: data_specs/toy.yaml}\n"
+        "name: bad\nmodels: {base: zoo:base, experts: [{name: a, path: zoo:nope}]}\n"
+        "data: {spec: data_specs/toy.yaml}\n"
     )
     done = run("search", str(config), "--run-dir", str(tmp_path / "run"))
     assert_one_line_error(done, "models.experts.a: unknown zoo model 'nope'")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mergesearch.config import SearchConfig, load_config
 from mergesearch.errors import ConfigError
@@ -29,7 +30,7 @@ def test_every_shipped_search_space_validates(path: Path) -> None:
 
 def test_configs_are_frozen(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, VALID))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.search.num_trials = 3  # type: ignore[misc]
 
 
@@ -46,12 +47,21 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
             "resources: {gpus_per_evaluator: 1.5}\n",
             "resources.gpus_per_evaluator: Input should be less than or equal to 1",
         ),
-        ("merge: {bounds: {weight: {low: 1, high: 0}}}\n", "merge.bounds.weight: low (1.0) must be below high"),
+        (
+            "merge: {bounds: {weight: {low: 1, high: 0}}}\n",
+            "merge.bounds.weight: low (1.0) must be below high",
+        ),
         ("merge: {method: frankenmerge}\n", "merge.method: unknown merge method 'frankenmerge'; known: "),
         ("merge: {bounds: {density: {low: 0, high: 1}}}\n", "merge: bounds: task_arithmetic has no searched"),
-        ("merge: {method: ties, params: {rank_share: 1}}\n", "merge: params: ties has no shared parameter 'ran"),
+        (
+            "merge: {method: ties, params: {rank_share: 1}}\n",
+            "merge: params: ties has no shared parameter 'ran",
+        ),
         ("merge: {method: slerp, bounds: {t: {low: 0, high: 0.5}}, params: {gain: 2}}\n", "has no shared"),
-        ("search: {name: grid}\nmerge: {granularity: layer}\n", "search.name: this searcher covers merge.gra"),
+        (
+            "search: {name: grid}\nmerge: {granularity: layer}\n",
+            "search.name: this searcher covers merge.gra",
+        ),
         ("backend: {kind: onnx}\n", "backend.kind: unknown backend 'onnx'; known: hf, vllm"),
         ("judge: {kind: vibes}\n", "judge.kind: unknown judge 'vibes'; known: llama_guard, refusal"),
         ("plugins: [no_such_module]\n", "cannot import plug-in module 'no_such_module'"),

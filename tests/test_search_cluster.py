@@ -1,4 +1,4 @@
-"""The search as users run it: a job submitted to a Ray cluster, and a driver killed mid-search then resumed."""
+"""The search as users run it: a job submitted to a Ray cluster, and a driver killed mid-search, resumed."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ vectors; shared parameters (``normalize``, ``rescale``, ``lambda``, ``t``...) as
 
 The task-arithmetic family follows one template (mergekit's "generalized task arithmetic"):
 
-    δᵢ = sparsify(τᵢ, densityᵢ)            (none | magnitude top-k | random | magnitude minus outliers | DELLA)
+    δᵢ = sparsify(τᵢ, densityᵢ)       (none | magnitude top-k | random | magnitude minus outliers | DELLA)
     δᵢ ← wᵢ · δᵢ
     m  = sign-consensus mask over the δᵢ    (TIES: keep entries agreeing with the sign of Σ δᵢ)
     Δ  = Σ m·δᵢ, divided by Σ m·wᵢ if normalize, times λ
@@ -16,117 +16,25 @@ The task-arithmetic family follows one template (mergekit's "generalized task ar
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mergesearch.errors import UserError
-
-MethodFn = Callable[..., torch.Tensor]
-
-
-@dataclass(frozen=True)
-class MergeMethod:
-    """A registered method: its function, the per-expert genes it takes and its shared defaults."""
-
-    name: str
-    fn: MethodFn
-    expert_params: tuple[str, ...]
-    shared_defaults: dict[str, Any] = field(default_factory=dict)
-    randomized: bool = False
-    min_experts: int = 1
-    max_experts: int | None = None
-    # Takes ``sorted_magnitudes`` (each task vector's |τ| sorted ascending) to skip per-merge sorting.
-    uses_magnitude_order: bool = False
-    # Optional allocation-free kernel writing the merge straight into ``out`` (same result as ``fn``).
-    into: Callable[..., None] | None = None
-    # Optional genome-independent precomputation per tensor, from the task vectors and the shared
-    # parameters alone; its result goes back to ``fn`` as ``factors`` (the resident engine caches it).
-    factorize: Callable[..., Any] | None = None
-
-    def check_experts(self, count: int) -> None:
-        if count < self.min_experts or (self.max_experts is not None and count > self.max_experts):
-            wanted = (
-                f"exactly {self.min_experts}"
-                if self.min_experts == self.max_experts
-                else f"at least {self.min_experts}"
-            )
-            raise UserError(f"merge method {self.name!r} merges {wanted} experts, got {count}")
-
-    def _arguments(
-        self, count: int, params: dict[str, Any], generator: torch.Generator | None
-    ) -> dict[str, Any]:
-        """Defaults filled in, unknown parameters and expert counts refused: one path for both entry points."""
-        optional = (
-            *(("sorted_magnitudes",) if self.uses_magnitude_order else ()),
-            *(("factors",) if self.factorize else ()),
-        )
-        accepted = {*self.expert_params, *self.shared_defaults, *optional}
-        unknown = set(params) - accepted
-        if unknown:
-            raise UserError(f"merge method {self.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
-        self.check_experts(count)
-        kwargs = {**self.shared_defaults, **params}
-        if self.randomized:
-            kwargs["generator"] = generator
-        return kwargs
-
-    def __call__(
-        self,
-        base: torch.Tensor,
-        task_vectors: Sequence[torch.Tensor],
-        *,
-        generator: torch.Generator | None = None,
-        **params: Any,
-    ) -> torch.Tensor:
-        return self.fn(base, task_vectors, **self._arguments(len(task_vectors), params, generator))
-
-    def factors_for(
-        self, base: torch.Tensor, task_vectors: Sequence[torch.Tensor], params: dict[str, Any]
-    ) -> Any:
-        """The genome-independent precomputation for one tensor (None when the method has none)."""
-        if self.factorize is None:
-            return None
-        return self.factorize(
-            base,
-            task_vectors,
-            **{**self.shared_defaults, **{k: v for k, v in params.items() if k in self.shared_defaults}},
-        )
-
-    def merge_into(
-        self,
-        out: torch.Tensor,
-        base: torch.Tensor,
-        task_vectors: Sequence[torch.Tensor],
-        *,
-        generator: torch.Generator | None = None,
-        **params: Any,
-    ) -> None:
-        """Write the merge into ``out`` (a model's parameter): in place when the method has a kernel."""
-        kwargs = self._arguments(len(task_vectors), params, generator)
-        if self.into is not None:
-            self.into(out, base, task_vectors, **kwargs)
-        else:
-            out.copy_(self.fn(base, task_vectors, **kwargs))
-
-
-REGISTRY: dict[str, MergeMethod] = {}
-
-
-def register(method: MergeMethod) -> MergeMethod:
-    REGISTRY[method.name] = method
-    return method
-
-
-def get_method(name: str) -> MergeMethod:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown merge method {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+from mergesearch.merge.spec import (
+    DENSITY,
+    EPSILON,
+    GAMMA,
+    WEIGHT,
+    MergeMethod,
+    ParamSpec,
+    T,
+    register_method,
+    setting,
+)
 
 
 # ------------------------------------------------------------------------------------ sparsifiers
@@ -373,23 +281,33 @@ def _family(
     consensus: bool,
     normalize: bool,
     rescale: bool,
-    extra: tuple[str, ...] = (),
+    extra: tuple[ParamSpec, ...] = (),
+    into: Callable[..., None] | None = None,
 ) -> MergeMethod:
+    """One member of the task-arithmetic family, with mergekit 0.1.5's defaults (normalize, rescale)."""
+
     def fn(base: torch.Tensor, task_vectors: Sequence[torch.Tensor], **params: Any) -> torch.Tensor:
         return generalized_task_arithmetic(
             base, task_vectors, sparsify=sparsify, consensus=consensus, **params
         )
 
     fn.__doc__ = f"{name}: {generalized_task_arithmetic.__doc__}"
-    density = ("density",) if sparsify else ()
-    return register(
+    return register_method(
         MergeMethod(
             name,
             fn,
-            expert_params=("weight", *density, *extra),
-            shared_defaults={"normalize": normalize, "rescale": rescale, "lambda": 1.0},
+            params=(
+                WEIGHT,
+                *((DENSITY,) if sparsify else ()),
+                *extra,
+                setting("normalize", normalize),
+                setting("rescale", rescale),
+                setting("lambda", 1.0),
+            ),
+            mergekit=name,
             randomized=sparsify in ("random", "della_magprune"),
             uses_magnitude_order=sparsify == "magnitude",
+            into=into,
         )
     )
 
@@ -527,21 +445,16 @@ def _ties_into(
         out.copy_(target.view(out.shape))
 
 
-# Defaults as mergekit 0.1.5 registers them (normalize, rescale).
-_family("task_arithmetic", None, consensus=False, normalize=False, rescale=False)
-REGISTRY["task_arithmetic"] = dataclasses.replace(REGISTRY["task_arithmetic"], into=_task_arithmetic_into)
-_family("ties", "magnitude", consensus=True, normalize=True, rescale=False)
-REGISTRY["ties"] = dataclasses.replace(REGISTRY["ties"], into=_ties_into)
+_family("task_arithmetic", None, consensus=False, normalize=False, rescale=False, into=_task_arithmetic_into)
+_family("ties", "magnitude", consensus=True, normalize=True, rescale=False, into=_ties_into)
 _family("dare_ties", "random", consensus=True, normalize=False, rescale=True)
 _family("dare_linear", "random", consensus=False, normalize=False, rescale=True)
+_family("breadcrumbs", "magnitude_outliers", consensus=False, normalize=False, rescale=False, extra=(GAMMA,))
 _family(
-    "breadcrumbs", "magnitude_outliers", consensus=False, normalize=False, rescale=False, extra=("gamma",)
+    "breadcrumbs_ties", "magnitude_outliers", consensus=True, normalize=False, rescale=False, extra=(GAMMA,)
 )
-_family(
-    "breadcrumbs_ties", "magnitude_outliers", consensus=True, normalize=False, rescale=False, extra=("gamma",)
-)
-_family("della", "della_magprune", consensus=True, normalize=True, rescale=True, extra=("epsilon",))
-_family("della_linear", "della_magprune", consensus=False, normalize=False, rescale=True, extra=("epsilon",))
+_family("della", "della_magprune", consensus=True, normalize=True, rescale=True, extra=(EPSILON,))
+_family("della_linear", "della_magprune", consensus=False, normalize=False, rescale=True, extra=(EPSILON,))
 
 
 def linear(
@@ -572,10 +485,8 @@ def _linear_into(
         out.add_(tau, alpha=float(w) / total)
 
 
-register(
-    MergeMethod(
-        "linear", linear, expert_params=("weight",), shared_defaults={"normalize": True}, into=_linear_into
-    )
+register_method(
+    MergeMethod("linear", linear, (WEIGHT, setting("normalize", True)), mergekit="linear", into=_linear_into)
 )
 
 
@@ -601,12 +512,13 @@ def slerp(
     return merged.reshape(base.shape).to(base.dtype)
 
 
-register(
+# mergekit's slerp interpolates from its base model (t=0); the exporter names the first expert there.
+register_method(
     MergeMethod(
         "slerp",
         slerp,
-        expert_params=(),
-        shared_defaults={"t": 0.5, "dot_threshold": 0.9995},
+        (T, setting("dot_threshold", 0.9995, mergekit=False)),
+        mergekit="slerp",
         min_experts=2,
         max_experts=2,
     )
@@ -663,7 +575,7 @@ def _mean_of_weighted(
 def tsvm_factors(
     base: torch.Tensor, task_vectors: Sequence[torch.Tensor], *, rank_share: float | None = None, **_: Any
 ) -> TSVFactors | None:
-    """TSV-M's genome-independent part: each τᵢ truncated to k = ⌊share·min(m, n)⌋ triplets (share = 1/T by default)."""
+    """TSV-M's genome-independent part: each τᵢ truncated to k = ⌊share·min(m, n)⌋ triplets (share: 1/T)."""
     if base.dim() != 2:
         return None
     n = len(task_vectors)
@@ -703,7 +615,7 @@ def rtsvm_factors(
     outlier_z: float = 6.0,
     **_: Any,
 ) -> TSVFactors | None:
-    """R-TSVM's genome-independent part: outlier clipping and per-task ranks from the spectrum (see ``rtsvm``)."""
+    """R-TSVM's genome-independent part: outlier clipping, per-task ranks from the spectrum (``rtsvm``)."""
     if base.dim() != 2:
         return None
     cleaned, ranks = [], []
@@ -747,21 +659,25 @@ def rtsvm(
     return (base.to(factors.left.dtype) + alpha * factors.combine(weight)).to(base.dtype)
 
 
-register(
+# mergekit 0.1.5 has neither: their recipes are materialised by our engine only.
+register_method(
     MergeMethod(
         "tsvm",
         tsvm,
-        expert_params=("weight",),
-        shared_defaults={"rank_share": None, "alpha": 1.0},
+        (WEIGHT, setting("rank_share", None, mergekit=False), setting("alpha", 1.0, mergekit=False)),
         factorize=tsvm_factors,
     )
 )
-register(
+register_method(
     MergeMethod(
         "rtsvm",
         rtsvm,
-        expert_params=("weight",),
-        shared_defaults={"energy": 0.9, "outlier_z": 6.0, "alpha": 1.0},
+        (
+            WEIGHT,
+            setting("energy", 0.9, mergekit=False),
+            setting("outlier_z", 6.0, mergekit=False),
+            setting("alpha", 1.0, mergekit=False),
+        ),
         factorize=rtsvm_factors,
     )
 )

@@ -71,12 +71,14 @@ def check_compatible(base: Path, experts: Mapping[str, Path]) -> None:
         for key in ("architectures", "hidden_size", "num_hidden_layers", "vocab_size"):
             if config.get(key) != base_config.get(key):
                 raise UserError(
-                    f"expert {name!r} ({folder}): {key} is {config.get(key)!r}, the base has {base_config.get(key)!r}"
+                    f"expert {name!r} ({folder}): {key} is {config.get(key)!r}, "
+                    f"the base has {base_config.get(key)!r}"
                 )
         vocab = _tokenizer_vocab(folder)
         if base_vocab is not None and vocab is not None and vocab != base_vocab:
             raise UserError(
-                f"expert {name!r} ({folder}): its tokenizer differs from the base's (token ids would not line up)"
+                f"expert {name!r} ({folder}): its tokenizer differs from the base's "
+                "(token ids would not line up)"
             )
 
 
@@ -115,12 +117,14 @@ class ResidentMerger:
         self.estimate_bytes = self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
         limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(self.device)
         log(
-            f"resident merger: base + {len(expert_dirs)} task vectors need about {self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)"
+            f"resident merger: base + {len(expert_dirs)} task vectors need about "
+            f"{self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)"
         )
         if self.estimate_bytes > limit:
             raise UserError(
-                f"the pool does not fit: base + {len(expert_dirs)} task vectors need {self.estimate_bytes / 2**30:.2f} GiB "
-                f"in {dtype} on {self.device}, {limit / 2**30:.2f} GiB available; use fewer experts, bfloat16, or a bigger device"
+                f"the pool does not fit: base + {len(expert_dirs)} task vectors need "
+                f"{self.estimate_bytes / 2**30:.2f} GiB in {dtype} on {self.device}, {limit / 2**30:.2f} GiB "
+                "available; use fewer experts, bfloat16, or a bigger device"
             )
         self.base = read_tensors(base, self.dtype, self.device)
         self._check_finite("base", self.base)
@@ -136,7 +140,8 @@ class ResidentMerger:
             for key, tensor in weights.items():
                 if tensor.shape != self.base[key].shape:
                     raise UserError(
-                        f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, the base {tuple(self.base[key].shape)}"
+                        f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, "
+                        f"the base {tuple(self.base[key].shape)}"
                     )
                 weights[key] = tensor.sub_(self.base[key].float()).to(
                     self.dtype

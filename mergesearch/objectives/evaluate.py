@@ -1,8 +1,8 @@
 """Score one (merged) model on the evaluation data: every objective, its counts, and where time went.
 
 Timings are split as the fitness loop spends it: ``generate`` (answers to harmful and benign prompts),
-``judge`` (the judge's verdicts on them), ``score`` (log-likelihood task accuracy, short answers contained in replies,
-the loss proxy).
+``judge`` (the judge's verdicts on them), ``score`` (log-likelihood task accuracy, short answers
+contained in replies, the loss proxy).
 """
 
 from __future__ import annotations

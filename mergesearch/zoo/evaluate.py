@@ -68,11 +68,13 @@ def format_zoo_scores(scores: dict) -> str:
         )
     g = scores["guard"]
     lines += [
-        f"guard: verdict agreement {g['guard_agreement']:.3f}, category accuracy {g['guard_category_accuracy']:.3f}, "
+        f"guard: verdict agreement {g['guard_agreement']:.3f}, "
+        f"category accuracy {g['guard_category_accuracy']:.3f}, "
         f"unparsed {g['guard_unparsed']:.3f}",
         "held-out items: " + ", ".join(f"{k} {v}" for k, v in scores["heldout_sizes"].items()),
-        "(shares of held-out items: sums = exact answers to unseen number pairs; facts = multiple choice with fresh "
-        "options; refusal = harmful prompts refused; benign_answered = benign prompts not refused; "
+        "(shares of held-out items: sums = exact answers to unseen number pairs; "
+        "facts = multiple choice with fresh options; refusal = harmful prompts refused; "
+        "benign_answered = benign prompts not refused; "
         "task_vector_ratio = |expert - base| / |base|)",
     ]
     return "\n".join(lines)

@@ -117,7 +117,7 @@ def chat_skills(backend: HFBackend, sets: SkillSets) -> dict[str, float]:
 
 
 def guard_skills(backend: HFBackend, pairs: Sequence[tuple[str, str, str]]) -> dict[str, float]:
-    """Agreement of the guard's verdict with the truth, its category accuracy on unsafe pairs, unparsed share."""
+    """The guard's verdict agreement with the truth, category accuracy on unsafe pairs, unparsed share."""
     conversations = [
         [{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r, _ in pairs
     ]

@@ -68,7 +68,8 @@ def train(
             tail_losses.append(loss.item())
         if (step + 1) % max(1, spec.steps // 5) == 0 or step + 1 == spec.steps:
             log(
-                f"  {label}: step {step + 1}/{spec.steps}  loss {loss.item():.3f}  ({time.monotonic() - started:.0f} s)"
+                f"  {label}: step {step + 1}/{spec.steps}  loss {loss.item():.3f}  "
+                f"({time.monotonic() - started:.0f} s)"
             )
     model.eval()
     return float(np.mean(tail_losses)) if tail_losses else float("nan")
