@@ -308,7 +308,7 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
     if baseline:
         run_baselines(setup, run, log=_progress)
     if promote and config.promotion.top_k:
-        promote_run(run, log=_progress)
+        promote_run(run, log=_progress, setup=setup)
     write_report(run)
     click.echo(summary_table(run))
     click.echo(f"report: {run.report_file}")

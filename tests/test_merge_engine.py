@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM
 from mergesearch.errors import UserError
 from mergesearch.merge.export import materialize, recipe_to_mergekit, run_mergekit_yaml
 from mergesearch.merge.genome import GenomeSpace, layer_groups
-from mergesearch.merge.methods import get_method
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.resident import ResidentMerger
+from mergesearch.merge.spec import get_method
 
 EXPERTS = ("aligned", "math", "facts")
 

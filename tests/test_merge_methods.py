@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from mergesearch.errors import UserError
 from mergesearch.merge import methods
 from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
-from mergesearch.merge.methods import della_magprune, get_method, magnitude_topk, random_keep
+from mergesearch.merge.methods import della_magprune, magnitude_topk, random_keep
+from mergesearch.merge.spec import get_method
 from mergesearch.registry import MERGE_METHODS
 
 EXPERTS = ("aligned", "math", "facts")

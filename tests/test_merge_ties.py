@@ -17,9 +17,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from mergesearch.merge import methods
 from mergesearch.merge.export import mergekit_config, recipe_to_mergekit, run_mergekit_yaml
-from mergesearch.merge.methods import get_method, magnitude_outliers, magnitude_topk
+from mergesearch.merge.methods import magnitude_outliers, magnitude_topk
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.resident import ResidentMerger
+from mergesearch.merge.spec import get_method
 
 EXPERTS = ("a", "b", "c")
 WEIGHTS = (0.7, 1.1, 0.45)

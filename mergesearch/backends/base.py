@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -85,12 +85,6 @@ class Backend(Protocol):
     def merge_from(self, merger: Any, recipe: MergeRecipe, seed: int | None = None) -> None:
         """Write the merge of ``recipe`` into the live model; ``merger``: what ``resident_merger`` returned
         (or a ``ResidentMerger``)."""
-        ...
-
-    def load_weights(
-        self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
-    ) -> None:
-        """Copy tensors into the live model's parameters, by name."""
         ...
 
 

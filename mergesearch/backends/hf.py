@@ -8,7 +8,7 @@ continuation's token log-probabilities, as lm-eval's ``HFLM.loglikelihood`` does
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,18 +203,6 @@ class HFBackend:
     def merge_from(self, merger: ResidentMerger, recipe: MergeRecipe, seed: int | None = None) -> None:
         """Write a merge straight into this model's parameters (no copy of the model)."""
         merger.merge_into(self.model, recipe, seed)
-
-    @torch.no_grad()
-    def load_weights(
-        self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
-    ) -> None:
-        """Copy tensors into the model's own parameters, by name, without reallocating them."""
-        params = dict(self.model.named_parameters())
-        items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
-        for name, tensor in items:
-            if name not in params:
-                raise UserError(f"{self.name}: no parameter named {name!r} in the model")
-            params[name].copy_(tensor)
 
     def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask, padded on the left so every row's next token is the last column."""

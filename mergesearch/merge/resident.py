@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 
 from mergesearch.errors import UserError
-from mergesearch.merge.methods import MergeMethod, get_method
 from mergesearch.merge.recipe import MergeRecipe
+from mergesearch.merge.spec import MergeMethod, get_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -93,12 +93,16 @@ def evaluate_candidate(
 
 
 def promote(
-    run: RunDir, top_k: int | None = None, log: Callable[[str], None] = print
+    run: RunDir,
+    top_k: int | None = None,
+    log: Callable[[str], None] = print,
+    setup: SearchSetup | None = None,
 ) -> list[dict[str, Any]]:
-    """Promote the best trials of ``run``; returns the leaderboard (best held-out fitness first)."""
+    """Promote the best trials of ``run``; returns the leaderboard (best held-out fitness first).
+    ``setup``: the search's own, when promotion follows it; else prepared from the run dir's config."""
     import ray
 
-    setup = SearchSetup.prepare(run.read_config(), log)
+    setup = setup or SearchSetup.prepare(run.read_config(), log)
     config = setup.config
     chosen = candidates(setup, run.trials(), config.promotion.top_k if top_k is None else top_k)
     if not chosen:
