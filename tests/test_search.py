@@ -151,8 +151,8 @@ def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
 
 
 def test_a_time_budget_ends_the_search_early(toy_dataset, local_ray, tmp_path) -> None:
-    config = config_for(toy_dataset, search={"num_trials": 200, "time_budget_s": 8})
+    config = config_for(toy_dataset, search={"num_trials": 200, "time_budget_s": 20})
     started = time.perf_counter()
     trials = search(config, tmp_path / "run").trials()
     assert 1 <= len(trials) < 200 and all(t.ok for t in trials)
-    assert time.perf_counter() - started < 90
+    assert time.perf_counter() - started < 120
