@@ -25,10 +25,14 @@ class ModelScheme(Protocol):
 
 def resolve_model(ref: str, field: str = "model", log: Log = print) -> Path:
     """The model folder a reference names; ``field`` names it in the one-line error."""
-    scheme, _, name = ref.partition(":")
-    if not Path(ref).expanduser().exists() and scheme in MODEL_SCHEMES:
-        return MODEL_SCHEMES.get(scheme)(name, field, log)
-    return check_model_folder(Path(ref).expanduser(), field)
+    scheme, colon, name = ref.partition(":")
+    if Path(ref).expanduser().exists() or not (colon or scheme in MODEL_SCHEMES):
+        return check_model_folder(Path(ref).expanduser(), field)
+    if scheme not in MODEL_SCHEMES:
+        raise UserError(
+            f"{field}: {ref} is neither a folder nor a known model scheme ({', '.join(MODEL_SCHEMES)})"
+        )
+    return MODEL_SCHEMES.get(scheme)(name, field, log)
 
 
 def check_model_folder(folder: Path, field: str) -> Path:

@@ -92,3 +92,20 @@ def test_a_plugin_method_runs_a_real_search_with_real_actors(toy_dataset: Path, 
     assert (
         len({t.fitness for t in trials}) > 1
     )  # the genes reach the merge: different gates, different scores
+
+
+@pytest.mark.parametrize(
+    ("ref", "fragment"),
+    [
+        ("hf:meta/llama", "neither a folder nor a known model scheme (smollm2, zoo)"),
+        ("/no/such/model", "is not a Hugging Face model folder (no config.json)"),
+        ("zoo:nope", "unknown zoo model 'nope'"),
+    ],
+)
+def test_a_model_reference_resolves_through_its_scheme_or_is_one_line(ref: str, fragment: str) -> None:
+    from mergesearch.errors import UserError
+    from mergesearch.model_refs import resolve_model
+
+    with pytest.raises(UserError, match="^models.base: ") as err:
+        resolve_model(ref, "models.base")
+    assert fragment in str(err.value)
