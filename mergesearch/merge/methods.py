@@ -117,7 +117,6 @@ def magnitude_cut(
         if not bool((sorted_abs[n - k - 1] == threshold) & (threshold != 0)):
             return threshold, n
         above = n - int(torch.searchsorted(sorted_abs, threshold.reshape(1), right=True))
-        tied = delta.abs().reshape(-1) == threshold
     else:
         if bool(threshold == 0):
             return threshold, n
@@ -126,20 +125,21 @@ def magnitude_cut(
         above = int((magnitudes > threshold).sum())
         if above + int(tied.sum()) == k:
             return threshold, n
-    return threshold, _nth_true(tied, k - above - 1)
+    return threshold, _nth_tied(delta.reshape(-1), threshold, k - above - 1)
 
 
-def _nth_true(mask: torch.Tensor, nth: int, chunk: int = 1 << 16) -> int:
-    """Flat index of the ``nth`` (from 0) True of a flat boolean mask, found chunk by chunk (counts per
-    chunk, then one chunk listed) so that a tie of millions of entries never lists them all."""
-    whole = mask.numel() // chunk * chunk
-    counts = mask[:whole].view(-1, chunk).sum(1)
-    if whole < mask.numel():
-        counts = torch.cat([counts, mask[whole:].sum().reshape(1)])
-    seen = counts.cumsum(0)
-    c = int(torch.searchsorted(seen, torch.tensor([nth], device=seen.device), right=True))
-    before = int(seen[c - 1]) if c else 0
-    return c * chunk + int(mask[c * chunk : (c + 1) * chunk].nonzero()[nth - before])
+def _nth_tied(flat: torch.Tensor, threshold: torch.Tensor, nth: int, chunk: int = 1 << 20) -> int:
+    """Flat index of the ``nth`` (from 0) entry with |δ| = ``threshold``, scanned chunk by chunk and stopping
+    at the chunk that holds it: no tensor-sized temporaries (quantised weights tie by the million)."""
+    seen = 0
+    for start in range(0, flat.numel(), chunk):
+        part = flat[start : start + chunk]
+        tied = (part == threshold) | (part == -threshold)
+        count = int(tied.sum())
+        if seen + count > nth:
+            return start + int(tied.nonzero()[nth - seen])
+        seen += count
+    raise AssertionError(f"fewer than {nth + 1} entries tie at the threshold")  # the caller counted them
 
 
 def random_keep(
