@@ -23,17 +23,21 @@ T = TypeVar("T")
 ENTRY_POINT_GROUP = "mergesearch.plugins"
 _loaded_modules: set[str] = set()
 _loading: list[bool] = []
+_entry_points_loaded: list[bool] = []
 
 
 def load_plugins(modules: Iterable[str] = ()) -> None:
-    """Import every ``mergesearch.plugins`` entry point (once) and the named plug-in modules. A call made
-    while a plug-in module is being imported (a registry lookup at import time) returns at once."""
-    if _loading:
+    """Import every ``mergesearch.plugins`` entry point (scanned once per process: a scan costs
+    milliseconds, and registries are iterated per trial) and the named plug-in modules. A call made while
+    a plug-in module is being imported (a registry lookup at import time) returns at once."""
+    if _loading or (_entry_points_loaded and not modules):
         return
     _loading.append(True)
     try:
-        for point in entry_points(group=ENTRY_POINT_GROUP):
-            _import(point.value, f"entry point {point.name!r}")
+        if not _entry_points_loaded:
+            for point in entry_points(group=ENTRY_POINT_GROUP):
+                _import(point.value, f"entry point {point.name!r}")
+            _entry_points_loaded.append(True)
         for module in modules:
             _import(module, "plugins")
     finally:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergesearch.backends.base import only_pickle_weights
 from mergesearch.config import DataConfig, SearchConfig
 from mergesearch.errors import UserError
 from mergesearch.merge.genome import GenomeSpace
@@ -85,7 +86,7 @@ class SearchSetup:
 
 def _merge_input(folder: Path, field: str) -> Path:
     """The merge pool reads safetensors only (memory-mapped, no code runs): pickle weights are named."""
-    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+    if only_pickle_weights(folder):
         raise UserError(
             f"{field}: {folder} has only pickle weights (.bin); the merge pool reads safetensors: convert it "
             "(`model.save_pretrained(dir, safe_serialization=True)`)"

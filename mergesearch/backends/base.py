@@ -72,10 +72,6 @@ class Backend(Protocol):
         """Log-probabilities of ``token_ids`` as the first token after each (rendered) text."""
         ...
 
-    def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
-        """Log-likelihood of each choice as the assistant's reply to ``prompt``."""
-        ...
-
     def resident_merger(
         self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
     ) -> MergePool:
@@ -138,6 +134,12 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 
 
 # ------------------------------------------------------------------------------------ weights
+def only_pickle_weights(folder: Path) -> bool:
+    """Weights as ``.bin`` (pickle) files and none as safetensors (``training_args.bin`` holds no weights)."""
+    pickles = [p for p in folder.glob("*.bin") if p.name != "training_args.bin"]
+    return bool(pickles) and not any(folder.glob("*.safetensors"))
+
+
 def check_weights(folder: Path, allow_pickle: bool) -> None:
     """Safetensors only, unless ``allow_pickle``: a folder with nothing but pickle weights (``.bin``) is one
     line. Pickle weights can run code when loaded, so opting in is logged."""
@@ -147,8 +149,7 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
             folder,
         )
         return
-    pickles = [p for p in folder.glob("*.bin") if p.name != "training_args.bin"]  # that one holds no weights
-    if pickles and not any(folder.glob("*.safetensors")):
+    if only_pickle_weights(folder):
         raise UserError(
             f"{folder}: only pickle weights (.bin) found; convert to safetensors, or opt in with "
             "`allow_pickle: true` where this model is configured (pickle runs code when loaded)"

@@ -214,11 +214,6 @@ class VLLMBackend:
             results.append((total, greedy))
         return results
 
-    def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
-        """Log-likelihood of each choice as the assistant's reply to ``prompt``."""
-        context = self.render(prompt)
-        return [ll for ll, _ in self.loglikelihood([(context, c) for c in choices])]
-
     def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
         from vllm import SamplingParams
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, Unit
+from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, Unit, registered
 from mergesearch.errors import UserError
 from mergesearch.registry import GENERATORS
 from mergesearch.taxonomy import CATEGORY_BY_NAME, check_category
@@ -43,12 +43,7 @@ class GeneratorSpec(Frozen):
     max_attempts: int = Field(default=6, ge=1, description="per quota: the retry budget")
     max_new_tokens: int = Field(default=512, ge=16)
 
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        if kind not in GENERATORS:
-            raise ValueError(f"unknown generator {kind!r}; known: {', '.join(GENERATORS)}")
-        return kind
+    _known_kind = field_validator("kind")(lambda cls, kind: registered(GENERATORS, kind))
 
 
 class AlignmentSpec(Frozen):
