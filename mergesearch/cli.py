@@ -330,6 +330,28 @@ def search(config_path: Path, run_dir: Path | None, no_promote: bool, baseline: 
     _search_and_promote(config_path, run_dir, not no_promote, baseline)
 
 
+@cli.command(
+    help="The memory plan of a search: what each actor holds, in which memory, and whether it fits "
+    "the cluster's node types (read from config.json and safetensors headers; no weights load)."
+)
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option(
+    "--cluster",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Ray cluster launcher file (e.g. cluster.yaml) [default: this machine].",
+)
+def plan(config_path: Path, cluster: Path | None) -> None:
+    from mergesearch.config import load_config
+    from mergesearch.plan import plan_for, refuse_unplaced, render_plan
+    from mergesearch.setup import SearchSetup
+
+    setup = SearchSetup.prepare(load_config(config_path), log=_progress)
+    placements, source = plan_for(setup, cluster)
+    click.echo(render_plan(placements, source))
+    refuse_unplaced(placements, source)
+
+
 @cli.command(help="Resume an interrupted search from its run dir (the same as re-running its `search`).")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--no-promote", is_flag=True)

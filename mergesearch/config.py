@@ -62,10 +62,14 @@ class ExpertSpec(Frozen):
     path: str = Field(min_length=1)
 
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 class ModelsConfig(Frozen):
     base: str = Field(min_length=1)
     experts: list[ExpertSpec] = Field(min_length=1)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Dtype = "float32"  # the merge pool's: base and task vectors (engines default to it too)
 
     @field_validator("experts")
     @classmethod
@@ -87,6 +91,10 @@ class MergeSpaceConfig(Frozen):
     bounds: dict[str, Bounds] = {}
     params: Params = {}
     weights_sum_to_one: bool = False  # decode each group's expert weights to sum to 1
+    # Where the base and task vectors live: with the live model (its GPU when it has one), or in pinned
+    # host RAM, each tensor's slice streamed to the model's device as it is merged (the pool need not fit
+    # next to the live model and its KV cache; costs one host-to-device copy of the pool per genome).
+    pool_device: Literal["gpu", "host"] = "gpu"
 
     @field_validator("method")
     @classmethod
@@ -121,7 +129,35 @@ class DataConfig(Frozen):
     max_task_prompts: int = Field(default=200, ge=1)
 
 
-class BackendConfig(Frozen):
+class EngineConfig(Frozen):
+    """How an inference engine starts: shared by the candidate's backend and the judge's.
+
+    ``dtype`` unset means the pool's (``models.dtype``); the vLLM settings reach ``vllm.LLM`` as they
+    are (unset: the backend's defaults, DESIGN.md); the transformers backend uses ``dtype`` only."""
+
+    dtype: Dtype | None = None
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(default=None, ge=16)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enforce_eager: bool = True
+    # vLLM sleep mode (CUDA only): the candidate engine sleeps while its responses are judged, handing its
+    # KV cache (and, at level 1, its weights, kept in host RAM) to a judge on the same GPU.
+    sleep_mode: bool = False
+
+    def vllm_settings(self) -> dict[str, Any]:
+        """The settings ``vllm.LLM`` takes, only those set."""
+        settings = {
+            "dtype": self.dtype,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_model_len": self.max_model_len,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "enforce_eager": self.enforce_eager,
+            "enable_sleep_mode": self.sleep_mode or None,
+        }
+        return {k: v for k, v in settings.items() if v is not None}
+
+
+class BackendConfig(EngineConfig):
     kind: str = "hf"
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(BACKENDS, kind))
@@ -130,17 +166,20 @@ class BackendConfig(Frozen):
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
 
 
-class JudgeConfig(Frozen):
-    """Who decides whether a response to a harmful prompt is safe: refusal patterns or a guard model."""
+class JudgeConfig(EngineConfig):
+    """Who decides whether a response to a harmful prompt is safe: refusal patterns or a guard model
+    (run by ``backend``, started with the engine settings)."""
 
     kind: str = "refusal"
     model: str | None = None
+    backend: str = "hf"
     version: Literal[1, 2, 3, 4] = 3  # Llama Guard generation (prompt format, category codes)
     excluded_categories: list[str] = []  # codes left out of the policy, e.g. [S6, S8]
     batch_size: int = Field(default=32, ge=1)
     allow_pickle: bool = False  # load a .bin (pickle) guard model: pickle runs code, so only when asked
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(JUDGES, kind))
+    _known_backend = field_validator("backend")(lambda cls, kind: registered(BACKENDS, kind))
 
     @model_validator(mode="after")
     def _model_for_guard(self) -> JudgeConfig:
@@ -222,6 +261,20 @@ class SearchConfig(Frozen):
                 load_plugins([str(m) for m in data["plugins"]])
             except UserError as err:
                 raise ValueError(str(err)) from None
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engines_default_to_pool_dtype(cls, data: Any) -> Any:
+        """An engine whose ``dtype`` is unset runs in the pool's (``models.dtype``)."""
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            return data
+        dtype = data["models"].get("dtype", ModelsConfig.model_fields["dtype"].default)
+        data = dict(data)
+        for part in ("backend", "judge"):
+            section = data.get(part, {})
+            if isinstance(section, dict) and section.get("dtype") is None:
+                data[part] = {**section, "dtype": dtype}
         return data
 
     @model_validator(mode="after")

@@ -73,9 +73,14 @@ class Backend(Protocol):
         ...
 
     def resident_merger(
-        self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
+        self,
+        base: Path,
+        experts: Mapping[str, Path],
+        dtype: str,
+        sort_magnitudes: bool = False,
+        pool: str = "gpu",
     ) -> MergePool:
-        """The merge pool, placed where this backend merges fastest."""
+        """The merge pool, computed on the live model's device; kept there (``gpu``) or in host RAM."""
         ...
 
     def merge_from(self, merger: Any, recipe: MergeRecipe, seed: int | None = None) -> None:

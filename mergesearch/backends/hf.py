@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mergesearch.backends.base import Prompt, check_weights, encode_pair, render_chat, require_chat_template
+from mergesearch.config import BackendConfig
 from mergesearch.errors import UserError
 
 if TYPE_CHECKING:
@@ -52,6 +53,18 @@ class HFBackend:
         self.name = name
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_config(cls, path: str | Path, config: BackendConfig, **kwargs: Any) -> HFBackend:
+        """A backend with the config's device, dtype, batch size and reply length."""
+        return cls.from_pretrained(
+            path,
+            device=config.device,
+            dtype=getattr(torch, config.dtype or "float32"),
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            **kwargs,
+        )
 
     @classmethod
     def from_pretrained(
@@ -193,12 +206,19 @@ class HFBackend:
         return [ll for ll, _ in self.loglikelihood([(context, c) for c in choices])]
 
     def resident_merger(
-        self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
+        self,
+        base: Path,
+        experts: Mapping[str, Path],
+        dtype: str,
+        sort_magnitudes: bool = False,
+        pool: str = "gpu",
     ) -> ResidentMerger:
-        """The merge pool, on this model's device, ready to write merges into it."""
+        """The merge pool, merging on this model's device, ready to write merges into it."""
         from mergesearch.merge.resident import ResidentMerger
 
-        return ResidentMerger(base, experts, dtype=dtype, device=self.device, sort_magnitudes=sort_magnitudes)
+        return ResidentMerger(
+            base, experts, dtype=dtype, device=self.device, sort_magnitudes=sort_magnitudes, pool=pool
+        )
 
     def merge_from(self, merger: ResidentMerger, recipe: MergeRecipe, seed: int | None = None) -> None:
         """Write a merge straight into this model's parameters (no copy of the model)."""

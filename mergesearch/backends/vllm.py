@@ -5,10 +5,12 @@ The merge pool lives *inside* vLLM's worker process: a worker extension
 each genome crosses the process boundary as a small recipe; the worker streams the merged tensors into
 ``model_runner.reload_weights(..., is_checkpoint_format=True)`` (which also repacks CPU kernels'
 weights; calling ``model.load_weights`` directly does not, see DESIGN.md), all through the public
-``LLM.collective_rpc`` API. The prefix cache is reset after every swap: cached blocks belong to the
-old weights. Generation is greedy ``SamplingParams``; scoring uses prompt log-probabilities, over the
-tokens lm-eval's ``VLLM.loglikelihood`` scores (``mergesearch.backends.base.encode_pair``, the same left
-truncation); ``sleep`` / ``wake_up`` free the accelerator for a judge sharing it (a CUDA feature of vLLM).
+``LLM.collective_rpc`` API. vLLM's native weight-transfer API (NCCL / CUDA IPC) moves tensors *from
+another process*; ours are born inside the worker, so ``reload_weights`` is the route without a copy.
+It is not a promised interface, hence the version check. The prefix cache is reset after every swap:
+cached blocks belong to the old weights. Generation is greedy ``SamplingParams``; scoring uses prompt
+log-probabilities, over the tokens lm-eval's ``VLLM.loglikelihood`` scores (``encode_pair``, the same
+left truncation); ``sleep`` / ``wake_up`` free the accelerator for a judge sharing it (CUDA only).
 """
 
 from __future__ import annotations
@@ -30,11 +32,45 @@ if TYPE_CHECKING:
     from mergesearch.merge.resident import ResidentMerger
 
 
+UNTESTED_OK = "MERGESEARCH_UNTESTED_VLLM"
+
+
+def tested_vllm() -> str:
+    """The vLLM versions the weight swap was tested with: the ``vllm`` extra's pin (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    try:
+        lines = requires("mergesearch") or []
+    except PackageNotFoundError:
+        return ""
+    pins = [Requirement(line).specifier for line in lines if Requirement(line).name == "vllm"]
+    return str(pins[0]) if pins else ""
+
+
+def check_vllm_version(version: str) -> None:
+    """The swap reaches into the worker (``model_runner.reload_weights``), which vLLM does not promise to
+    keep: another version is refused in one line, unless the user opts in to try it."""
+    from packaging.specifiers import SpecifierSet
+
+    tested = tested_vllm()
+    if (
+        tested
+        and not SpecifierSet(tested).contains(version, prereleases=True)
+        and not os.environ.get(UNTESTED_OK)
+    ):
+        raise UserError(
+            f"vLLM {version} is installed; the in-place weight swap was tested with vllm{tested}: "
+            f"pip install -c constraints/gpu.txt -e '.[vllm]' (or set {UNTESTED_OK}=1 to try this one)"
+        )
+
+
 class MergeWorkerExtension:
     """Methods added to vLLM's worker (``self`` is the worker: it has ``model_runner`` and ``device``)."""
 
     def mergesearch_attach_pool(
-        self, base: str, experts: dict[str, str], dtype: str, sort_magnitudes: bool
+        self, base: str, experts: dict[str, str], dtype: str, sort_magnitudes: bool, pool: str
     ) -> int:
         import torch
 
@@ -43,7 +79,13 @@ class MergeWorkerExtension:
         device = getattr(self, "device", None)
         device = device if isinstance(device, torch.device) and device.type != "meta" else torch.device("cpu")
         self.mergesearch_merger = ResidentMerger(
-            base, experts, dtype=dtype, device=device, log=lambda _: None, sort_magnitudes=sort_magnitudes
+            base,
+            experts,
+            dtype=dtype,
+            device=device,
+            log=lambda _: None,
+            sort_magnitudes=sort_magnitudes,
+            pool=pool,
         )
         return int(self.mergesearch_merger.num_layers or 0)
 
@@ -74,11 +116,17 @@ class VLLMBackend:
     """generate / loglikelihood / next_token_logprobs / load_weights over a resident vLLM engine."""
 
     def __init__(
-        self, llm: Any, max_new_tokens: int = 32, name: str = "model", max_model_len: int | None = None
+        self,
+        llm: Any,
+        max_new_tokens: int = 32,
+        name: str = "model",
+        max_model_len: int | None = None,
+        chat_template_required: bool = True,
     ) -> None:
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
-        require_chat_template(self.tokenizer, name)
+        if chat_template_required:
+            require_chat_template(self.tokenizer, name)
         self.max_new_tokens = max_new_tokens
         self.name = name
         self.max_model_len = max_model_len or llm.llm_engine.model_config.max_model_len
@@ -90,25 +138,27 @@ class VLLMBackend:
         config: BackendConfig | None = None,
         name: str = "model",
         allow_pickle: bool = False,
+        chat_template_required: bool = True,
         **engine: Any,
     ) -> VLLMBackend:
-        """An engine on a local model folder: safetensors weights only, unless ``allow_pickle`` (logged)."""
+        """An engine on a local model folder, started with the config's engine settings (``engine``
+        overrides them); safetensors weights only, unless ``allow_pickle``."""
         check_weights(Path(path), allow_pickle)
         try:
-            from vllm import LLM
+            import vllm
         except ImportError:
             raise UserError(
-                "backend.kind vllm: vLLM is not installed (GPU: pip install mergesearch[vllm]; "
-                "CPU: `make test-vllm` builds .venv-vllm)"
+                "backend.kind vllm: vLLM is not installed (GPU: pip install -c constraints/gpu.txt "
+                "-e '.[vllm]'; CPU: `make test-vllm` builds .venv-vllm)"
             ) from None
+        check_vllm_version(vllm.__version__)
         import torch
 
         config = config or BackendConfig(kind="vllm")
         positions = json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings", 2048)
-        settings = {
+        settings: dict[str, Any] = {
             "dtype": "float32",
             "max_model_len": min(2048, positions),
-            "enforce_eager": True,
             "seed": 0,
             "enable_prefix_caching": True,
             "load_format": "auto" if allow_pickle else "safetensors",
@@ -118,9 +168,10 @@ class VLLMBackend:
             # start when other processes hold more; a small KV cache is plenty for evaluation batches.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             settings["gpu_memory_utilization"] = 0.3
+        settings.update(config.vllm_settings())
         settings.update(engine)
-        llm = LLM(model=str(path), worker_extension_cls=f"{__name__}.MergeWorkerExtension", **settings)
-        return cls(llm, config.max_new_tokens, name, settings["max_model_len"])
+        llm = vllm.LLM(model=str(path), worker_extension_cls=f"{__name__}.MergeWorkerExtension", **settings)
+        return cls(llm, config.max_new_tokens, name, settings["max_model_len"], chat_template_required)
 
     # ---------------------------------------------------------------- weights
     @property
@@ -131,11 +182,16 @@ class VLLMBackend:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def resident_merger(
-        self, base: Path, experts: Mapping[str, Path], dtype: str, sort_magnitudes: bool = False
+        self,
+        base: Path,
+        experts: Mapping[str, Path],
+        dtype: str,
+        sort_magnitudes: bool = False,
+        pool: str = "gpu",
     ) -> WorkerPool:
         layers = self.llm.collective_rpc(
             "mergesearch_attach_pool",
-            args=(str(base), {k: str(v) for k, v in experts.items()}, dtype, sort_magnitudes),
+            args=(str(base), {k: str(v) for k, v in experts.items()}, dtype, sort_magnitudes, pool),
         )
         return WorkerPool(layers[0])
 

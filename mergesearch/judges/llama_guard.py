@@ -229,14 +229,21 @@ class GuardJudge:
 
 @register_judge("llama_guard")
 def _guard_judge(config: JudgeConfig, device: str, log: Log) -> GuardJudge:
-    """The guard model is a folder (``config.model``, resolved at the edge: CLI or search set-up)."""
-    from mergesearch.backends.hf import HFBackend
+    """The guard model is a folder (``config.model``, resolved at the edge: CLI or search set-up), run by
+    ``config.backend`` with the judge's engine settings."""
+    from mergesearch.backends.registry import make_backend
+    from mergesearch.config import BackendConfig, EngineConfig
 
     path = check_model_folder(Path(config.model or ""), "judge.model")
-    backend = HFBackend.from_pretrained(
-        path,
-        device=device,
+    engine = BackendConfig(
+        kind=config.backend,
+        device=device if device in ("cpu", "cuda") else "auto",
         batch_size=config.batch_size,
+        **config.model_dump(include=set(EngineConfig.model_fields)),
+    )
+    backend = make_backend(
+        path,
+        engine,
         name=f"judge {path.name}",
         chat_template_required=False,
         allow_pickle=config.allow_pickle,

@@ -6,12 +6,14 @@ plain mergekit.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors.torch import save_file
 
@@ -159,19 +161,53 @@ def run_mergekit_yaml(config: Mapping, out_dir: Path, seed: int | None = None) -
     return out_dir
 
 
+SHARD_BYTES = 2 * 2**30  # a materialised model is written in shards of this size: memory stays one shard
+
+
 def materialize(
     merger: ResidentMerger, recipe: MergeRecipe, base: str | Path, out_dir: Path, seed: int | None = None
 ) -> Path:
-    """Write the merge of ``recipe`` as a model folder (weights from the engine, the rest from the base)."""
+    """Write the merge of ``recipe`` as a model folder (weights from the engine, the rest from the base):
+    ``model.safetensors``, or shards of ``SHARD_BYTES`` with their index when the model is larger."""
     base, out_dir = Path(base), Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        tensors = {
-            name: tensor.detach().to("cpu").contiguous()
-            for name, tensor in merger.merged_tensors(recipe, seed)
-        }
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shards = _write_shards(merger.merged_tensors(recipe, seed), tmp)
+        if len(shards) == 1:
+            shards[0][0].rename(tmp / "model.safetensors")
+        else:
+            weight_map = {}
+            for i, (path, keys) in enumerate(shards, start=1):
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                path.rename(tmp / name)
+                weight_map.update(dict.fromkeys(keys, name))
+            index = {"metadata": {}, "weight_map": weight_map}
+            atomic_write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
         for name in MODEL_SIDE_FILES:
             if (base / name).is_file():
                 shutil.copyfile(base / name, tmp / name)
         atomic_write_text(tmp / "mergesearch_recipe.json", recipe.model_dump_json(indent=2) + "\n")
     return out_dir
+
+
+def _write_shards(tensors: Iterable[tuple[str, torch.Tensor]], folder: Path) -> list[tuple[Path, list[str]]]:
+    """Save ``tensors`` in order into files of at most ``SHARD_BYTES`` (a bigger tensor gets its own)."""
+    shards: list[tuple[Path, list[str]]] = []
+    pending: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def flush() -> None:
+        nonlocal pending, size
+        path = folder / f"shard-{len(shards)}.tmp"
+        save_file(pending, str(path), metadata={"format": "pt"})
+        shards.append((path, list(pending)))
+        pending, size = {}, 0
+
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if pending and size + nbytes > SHARD_BYTES:
+            flush()
+        pending[name] = tensor.detach().to("cpu").contiguous()
+        size += nbytes
+    if pending or not shards:
+        flush()
+    return shards

@@ -1,9 +1,12 @@
 """ResidentMerger: base weights and every expert's task vector loaded once, merged per genome in place.
 
 mergekit re-reads every tensor and re-plans for each merge; a search makes hundreds. Here the base and
-the task vectors stay in memory (on the GPU when there is one) for the whole search, and a recipe is
-written straight into a live model's own parameters, one tensor at a time: the only extra memory per
-merge is one tensor's worth of work buffers, never a second model.
+the task vectors stay in memory for the whole search, and a recipe is written straight into a live
+model's own parameters, one tensor at a time: the only extra memory per merge is one tensor's worth of
+work buffers, never a second model. Where the pool lives (``PoolPlace``): with the live model (``gpu``:
+its device), in host RAM (``host``: pinned when the model is on a GPU; each tensor's slice is copied to
+the model's device as it is merged), or nowhere (``disk``: read from the safetensors files per merge,
+for a one-off merge such as promotion's, in one tensor's worth of memory).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -22,7 +25,8 @@ from mergesearch.errors import UserError
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import MergeMethod, get_method
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PoolPlace = Literal["gpu", "host", "disk"]
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -41,13 +45,64 @@ def weight_files(folder: Path) -> list[Path]:
     return [single]
 
 
-def read_tensors(folder: Path, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+def read_tensors(
+    folder: Path, dtype: torch.dtype, device: torch.device, pin: bool = False
+) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
         with safe_open(str(file), "pt", device="cpu") as fh:
             for key in fh.keys():
-                tensors[key] = fh.get_tensor(key).to(device=device, dtype=dtype)
+                tensor = fh.get_tensor(key).to(device=device, dtype=dtype)
+                tensors[key] = tensor.pin_memory() if pin else tensor
     return tensors
+
+
+def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the safetensors headers (the first 8 + n bytes of each file; no weights
+    read); a file shorter than its header says is named (a truncated download)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in weight_files(folder):
+        with open(file, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            try:
+                header = json.loads(fh.read(size))
+            except ValueError:
+                raise UserError(f"{file}: not a safetensors file (unreadable header)") from None
+        header.pop("__metadata__", None)
+        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+        if file.stat().st_size < 8 + size + end:
+            raise UserError(
+                f"{file}: truncated ({file.stat().st_size} bytes; its header needs {8 + size + end})"
+            )
+        shapes.update({name: tuple(entry["shape"]) for name, entry in header.items()})
+    return shapes
+
+
+class DiskTensors(Mapping[str, torch.Tensor]):
+    """A model's tensors (or, with ``minus``, its task vector) read from disk on each access."""
+
+    def __init__(self, folder: Path, dtype: torch.dtype, minus: DiskTensors | None = None) -> None:
+        self.dtype, self.minus = dtype, minus
+        self.file_of: dict[str, Path] = {}
+        for file in weight_files(folder):
+            with safe_open(str(file), "pt", device="cpu") as fh:
+                self.file_of.update(dict.fromkeys(fh.keys(), file))
+
+    def raw(self, key: str) -> torch.Tensor:
+        with safe_open(str(self.file_of[key]), "pt", device="cpu") as fh:
+            return fh.get_tensor(key)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        tensor = self.raw(key)
+        if self.minus is not None:
+            tensor = tensor.float().sub_(self.minus.raw(key).float())
+        return tensor.to(self.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.file_of)
+
+    def __len__(self) -> int:
+        return len(self.file_of)
 
 
 def model_config(folder: Path) -> dict:
@@ -105,48 +160,46 @@ class ResidentMerger:
         log: Callable[[str], None] = print,
         memory_limit_bytes: int | None = None,
         sort_magnitudes: bool = False,
+        pool: PoolPlace = "gpu",
     ) -> None:
-        """``sort_magnitudes``: also keep each task vector's |τ| sorted (one more copy per expert), so
-        magnitude-trimming methods (TIES) look their threshold up instead of selecting it per merge."""
+        """``device``: where merges are computed (the live model's device); ``pool``: where the base and
+        task vectors are kept (module docstring). ``sort_magnitudes``: also keep each task vector's |τ|
+        sorted (one more copy per expert), so magnitude-trimming methods (TIES) look their threshold up
+        instead of selecting it per merge."""
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
+        self.pool = pool
         self.expert_names = tuple(experts)
         base, expert_dirs = Path(base), {n: Path(p) for n, p in experts.items()}
         check_compatible(base, expert_dirs)
         self.num_layers = model_config(base).get("num_hidden_layers")
-        self.estimate_bytes = self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
-        limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(self.device)
-        log(
-            f"resident merger: base + {len(expert_dirs)} task vectors need about "
-            f"{self.estimate_bytes / 2**20:.0f} MiB on {self.device} ({limit / 2**20:.0f} MiB available)"
+        self._check_same_tensors(base, expert_dirs)
+        sort_magnitudes = sort_magnitudes and pool != "disk"
+        self.estimate_bytes = (
+            0 if pool == "disk" else self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
         )
-        if self.estimate_bytes > limit:
-            raise UserError(
-                f"the pool does not fit: base + {len(expert_dirs)} task vectors need "
-                f"{self.estimate_bytes / 2**30:.2f} GiB in {dtype} on {self.device}, {limit / 2**30:.2f} GiB "
-                "available; use fewer experts, bfloat16, or a bigger device"
+        storage = self.device if pool == "gpu" else torch.device("cpu")
+        if pool != "disk":
+            limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(storage)
+            log(
+                f"resident merger: base + {len(expert_dirs)} task vectors need about "
+                f"{self.estimate_bytes / 2**20:.0f} MiB on {storage} ({limit / 2**20:.0f} MiB available)"
             )
-        self.base = read_tensors(base, self.dtype, self.device)
-        self._check_finite("base", self.base)
-        self.task_vectors: dict[str, dict[str, torch.Tensor]] = {}
-        for name, folder in expert_dirs.items():
-            weights = read_tensors(folder, torch.float32, self.device)  # subtract in fp32, store in dtype
-            self._check_finite(name, weights)
-            if set(weights) != set(self.base):
-                extra = sorted(set(weights) ^ set(self.base))[0]
+            if self.estimate_bytes > limit:
                 raise UserError(
-                    f"expert {name!r} ({folder}): tensor {extra!r} is in only one of the expert and the base"
+                    f"the pool does not fit: base + {len(expert_dirs)} task vectors need "
+                    f"{self.estimate_bytes / 2**30:.2f} GiB in {dtype} on {storage}, "
+                    f"{limit / 2**30:.2f} GiB available; use fewer experts, bfloat16, merge.pool_device: "
+                    "host, or a bigger device"
                 )
-            for key, tensor in weights.items():
-                if tensor.shape != self.base[key].shape:
-                    raise UserError(
-                        f"expert {name!r}: tensor {key!r} has shape {tuple(tensor.shape)}, "
-                        f"the base {tuple(self.base[key].shape)}"
-                    )
-                weights[key] = tensor.sub_(self.base[key].float()).to(
-                    self.dtype
-                )  # the expert becomes its task vector
-            self.task_vectors[name] = weights
+        self.base: Mapping[str, torch.Tensor]
+        self.task_vectors: dict[str, Mapping[str, torch.Tensor]]
+        if pool == "disk":
+            on_disk = DiskTensors(base, self.dtype)
+            self.base = on_disk
+            self.task_vectors = {n: DiskTensors(f, self.dtype, minus=on_disk) for n, f in expert_dirs.items()}
+        else:
+            self._load(base, expert_dirs, storage, pin=storage.type == "cpu" and self.device.type == "cuda")
         # Genome-independent factors (TSV-M's SVDs) of the latest method and shared parameters, by tensor:
         # filled on the first merge, reused by every later genome; one factorisation is kept at a time.
         self._factors_of: tuple[str, str] | None = None
@@ -161,6 +214,35 @@ class ResidentMerger:
             if sort_magnitudes
             else {}
         )
+
+    def _load(self, base: Path, expert_dirs: Mapping[str, Path], storage: torch.device, pin: bool) -> None:
+        self.base = read_tensors(base, self.dtype, storage, pin)
+        self._check_finite("base", self.base)
+        self.task_vectors = {}
+        for name, folder in expert_dirs.items():
+            weights = read_tensors(folder, torch.float32, storage)  # subtract in fp32, store in dtype
+            self._check_finite(name, weights)
+            for key, tensor in weights.items():
+                tau = tensor.sub_(self.base[key].float()).to(self.dtype)  # the expert becomes its task vector
+                weights[key] = tau.pin_memory() if pin else tau
+            self.task_vectors[name] = weights
+
+    @staticmethod
+    def _check_same_tensors(base: Path, expert_dirs: Mapping[str, Path]) -> None:
+        """Every expert has the base's tensors with the base's shapes (headers only)."""
+        shapes = tensor_shapes(base)
+        for name, folder in expert_dirs.items():
+            theirs = tensor_shapes(folder)
+            if set(theirs) != set(shapes):
+                extra = sorted(set(theirs) ^ set(shapes))[0]
+                raise UserError(
+                    f"expert {name!r} ({folder}): tensor {extra!r} is in only one of the expert and the base"
+                )
+            for key, shape in theirs.items():
+                if shape != shapes[key]:
+                    raise UserError(
+                        f"expert {name!r}: tensor {key!r} has shape {shape}, the base {shapes[key]}"
+                    )
 
     def _estimate(self, base: Path, n_experts: int) -> int:
         element = torch.empty((), dtype=self.dtype).element_size()
@@ -198,14 +280,18 @@ class ResidentMerger:
             repr(sorted(recipe.shared.items())),
         ):
             self._factors_of, self._factors = (method.name, repr(sorted(recipe.shared.items()))), {}
-        for key, base in self.base.items():
+        here = self._to_device
+        for key in self.base:
+            base = here(self.base[key])
             kwargs = {**recipe.params_for(key), "generator": generator}
-            taus = [self.task_vectors[name][key] for name in self.expert_names]
+            taus = [here(self.task_vectors[name][key]) for name in self.expert_names]
             if use_sorted:
                 kwargs["sorted_magnitudes"] = [
-                    self.sorted_magnitudes[name][key] for name in self.expert_names
+                    here(self.sorted_magnitudes[name][key]) for name in self.expert_names
                 ]
             if method.factorize is not None:
+                if self.pool == "disk":
+                    self._factors = {}  # a one-off merge keeps no factors: one tensor's worth at a time
                 if key not in self._factors:
                     factors = method.factors_for(base, taus, kwargs)
                     self._factors[key] = (
@@ -215,6 +301,10 @@ class ResidentMerger:
                     )
                 kwargs["factors"] = self._factors[key]
             yield key, method, base, taus, kwargs
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A pool slice on the merge's device (a copy from pinned host RAM overlaps the previous merge)."""
+        return tensor if tensor.device == self.device else tensor.to(self.device, non_blocking=True)
 
     def merged_tensors(
         self, recipe: MergeRecipe, seed: int | None = None

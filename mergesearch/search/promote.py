@@ -60,14 +60,13 @@ def evaluate_candidate(
 
     setup.activate()
     config = setup.config
-    merger = ResidentMerger(setup.base, setup.experts, dtype=config.models.dtype, log=lambda _: None)
-    model_dir = materialize(merger, setup.space.decode(genes), setup.base, out / "model", seed=seed)
-    backend = HFBackend.from_pretrained(
-        model_dir,
-        device=config.backend.device,
-        batch_size=config.backend.batch_size,
-        max_new_tokens=config.backend.max_new_tokens,
+    # One merge: read from disk tensor by tensor (no pool held), written shard by shard.
+    merger = ResidentMerger(
+        setup.base, setup.experts, dtype=config.models.dtype, log=lambda _: None, pool="disk"
     )
+    model_dir = materialize(merger, setup.space.decode(genes), setup.base, out / "model", seed=seed)
+    engine = config.backend.model_copy(update={"batch_size": config.promotion.batch_size})
+    backend = HFBackend.from_config(model_dir, engine, name="promotion")
     heldout = load_eval_data(str(config.data.path), "heldout")
     judge = make_judge(config.judge, str(backend.device))
     scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)

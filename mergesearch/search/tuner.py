@@ -104,14 +104,16 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     from ray import tune
 
     from mergesearch.actors import evaluator_actor, judge_actor
+    from mergesearch.plan import check_plan, plan_actors, ray_nodes
 
     config = setup.config
+    ray_session()
+    check_plan(plan_actors(setup), ray_nodes(ray.nodes()), "the Ray cluster")  # before any actor loads
     run.write_config(config)
     # Experiment state (searcher included) saved at least every second; a trial that finished after the last
     # save is re-reported from the ledger on resume, never re-evaluated.
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray_session()
 
     gene_names = setup.space.gene_names()
     spec = searcher(config.search.name)

@@ -1,0 +1,164 @@
+"""The memory plan: what each actor holds and whether it fits, from headers alone (8B-shaped sparse files).
+
+A plan that cannot fit is one line naming the actor, the memory and the shortfall, before anything loads;
+every shipped GPU config fits the shipped cluster file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_helpers import assert_one_line_error, run
+from shaped_models import shaped_checkpoint
+
+from mergesearch.config import SearchConfig, validate_mapping
+from mergesearch.errors import UserError
+from mergesearch.plan import GIB, NodeType, check_plan, cluster_nodes, plan_actors
+from mergesearch.setup import SearchSetup
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CONFIGS = sorted((ROOT / "search_spaces").glob("*gpu*.yaml"))
+EIGHT_B = 8_030_261_248  # parameters of a Llama-3-8B checkpoint (its tensors' shapes)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """One 8B-shaped folder per model a shipped GPU config names (the guard has the same shape)."""
+    root = tmp_path_factory.mktemp("shaped")
+    for config in GPU_CONFIGS:
+        data = yaml.safe_load(config.read_text())
+        paths = [data["models"]["base"], *(e["path"] for e in data["models"]["experts"])]
+        for path in [*paths, data.get("judge", {}).get("model")]:
+            if path and not (root / Path(path).name).exists():
+                shaped_checkpoint(root / Path(path).name)
+    return root
+
+
+def localized(config: Path, shaped: Path, tmp_path: Path, **changes: dict) -> Path:
+    """``config`` with its model paths pointing at the shaped folders, and ``changes`` merged per section."""
+    data = yaml.safe_load(config.read_text())
+    data["models"]["base"] = str(shaped / Path(data["models"]["base"]).name)
+    for expert in data["models"]["experts"]:
+        expert["path"] = str(shaped / Path(expert["path"]).name)
+    if data.get("judge", {}).get("model"):
+        data["judge"]["model"] = str(shaped / Path(data["judge"]["model"]).name)
+    for section, values in changes.items():
+        data[section] = {**data.get(section, {}), **values}
+    out = tmp_path / config.name
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def setup_of(path: Path) -> SearchSetup:
+    return SearchSetup.prepare(validate_mapping(SearchConfig, yaml.safe_load(path.read_text()), str(path)))
+
+
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_gpu_config_fits_the_shipped_cluster(config, models, tmp_path) -> None:
+    done = run("plan", str(localized(config, models, tmp_path)), "--cluster", str(ROOT / "cluster.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "DOES NOT FIT" not in done.stdout
+    for role in ("evaluator", "judge", "promotion"):
+        assert f"\n{role} x" in done.stdout
+
+
+def test_the_plan_counts_the_pool_exactly_from_the_headers(models, tmp_path) -> None:
+    config = localized(GPU_CONFIGS[0], models, tmp_path, merge={"method": "ties", "pool_device": "host"})
+    evaluator = plan_actors(setup_of(config))[0]
+    held = {h.what.split(" (")[0]: h for h in evaluator.holdings}
+    assert held["base"].bytes == EIGHT_B * 2 and held["base"].memory == "host"
+    assert held["3 task vectors"].bytes == 3 * EIGHT_B * 2
+    assert held["3 sorted |task vector|s"].bytes == 3 * EIGHT_B * 2  # TIES keeps sorted magnitudes
+    assert evaluator.need("gpu", 48 * GIB) == pytest.approx(0.9 * 48 * GIB, abs=1)  # vLLM's share only
+
+
+def test_a_pool_on_the_gpu_next_to_vllm_is_refused_naming_actor_memory_and_shortfall(
+    models, tmp_path
+) -> None:
+    config = localized(GPU_CONFIGS[0], models, tmp_path, merge={"pool_device": "gpu"})
+    done = run("plan", str(config), "--cluster", str(ROOT / "cluster.yaml"))
+    assert_one_line_error(done, "evaluator does not fit", "GiB of GPU memory", "short", "pool_device host")
+    assert "DOES NOT FIT" in done.stdout  # the table still shows what each actor holds
+
+
+def test_a_float32_pool_that_outgrows_host_ram_is_refused(models, tmp_path) -> None:
+    config = localized(GPU_CONFIGS[0], models, tmp_path, models={"dtype": "float32"})
+    done = run("plan", str(config), "--cluster", str(ROOT / "cluster.yaml"))
+    assert_one_line_error(done, "evaluator does not fit", "host RAM", "bfloat16")
+
+
+def test_a_vllm_share_too_small_for_the_guard_is_refused_naming_the_judge(models, tmp_path) -> None:
+    config = localized(
+        GPU_CONFIGS[0], models, tmp_path, judge={"backend": "vllm", "gpu_memory_utilization": 0.2}
+    )
+    done = run("plan", str(config), "--cluster", str(ROOT / "cluster.yaml"))
+    assert_one_line_error(done, "judge does not fit", "guard model", "0.20 of a")
+
+
+def test_packing_counts_every_actor_a_node_hosts(models, tmp_path) -> None:
+    """Two evaluators share one node's host RAM when the node has CPUs and GPUs for both."""
+    config = localized(
+        GPU_CONFIGS[0],
+        models,
+        tmp_path,
+        resources={"gpus_per_evaluator": 0.5},
+        backend={"gpu_memory_utilization": 0.4},
+    )
+    evaluator = plan_actors(setup_of(config))[0]
+    node = NodeType("big", 16, 1, int(100 * GIB), int(80 * GIB))
+    assert node.hosts(evaluator) == 2
+    one_fits = NodeType("one", 3, 1, int(100 * GIB), int(80 * GIB))
+    check_plan([evaluator], [one_fits], "test")  # 1 x ~62 GiB of host RAM: fits
+    with pytest.raises(UserError, match="2 per big node need .* host RAM"):
+        check_plan([evaluator], [node], "test")
+
+
+def test_a_cluster_file_must_say_each_nodes_memory(tmp_path) -> None:
+    data = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    del data["available_node_types"]["gpu_worker"]["labels"]
+    broken = tmp_path / "cluster.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="gpu_worker.labels: declare each GPU's memory"):
+        cluster_nodes(broken)
+    assert {n.name for n in cluster_nodes(ROOT / "cluster.yaml")} == set(
+        yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]
+    )
+
+
+def test_a_truncated_checkpoint_is_named_before_anything_loads(models, tmp_path) -> None:
+    folder = shaped_checkpoint(tmp_path / "cut")
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    config = localized(GPU_CONFIGS[0], models, tmp_path, models={"base": str(folder)})
+    done = run("plan", str(config), "--cluster", str(ROOT / "cluster.yaml"))
+    assert_one_line_error(done, "model.safetensors: truncated")
+
+
+def test_search_refuses_a_plan_that_cannot_fit_before_any_actor_starts(models, tmp_path) -> None:
+    """On this CPU machine an 8B pool (four bf16 copies, ~60 GiB) does not fit the Ray heap."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    config = localized(
+        GPU_CONFIGS[0],
+        models,
+        tmp_path,
+        resources={
+            "num_evaluators": 1,
+            "cpus_per_evaluator": 1,
+            "gpus_per_evaluator": 0,
+            "gpus_per_judge": 0,
+        },
+        backend={"kind": "hf", "device": "cpu"},
+        judge={"backend": "hf"},
+        promotion={"cpus": 1, "gpus": 0},
+        data={"path": str(data_dir)},
+    )
+    run_dir = tmp_path / "run"
+    done = run("search", str(config), "--run-dir", str(run_dir))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # Ray's own start-up notice may come first
+    assert last.startswith("error: plan (the Ray cluster): evaluator does not fit") and "host RAM" in last
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "trials.parquet").exists()
