@@ -319,10 +319,11 @@ def _shortfall(actor: ActorPlan, node: NodeType) -> str:
                 f"needs {need / GIB:.1f} GiB of GPU memory, its {actor.gpus:g} GPU of {node.name} has "
                 f"{gpu_budget / GIB:.1f} GiB (short {(need - gpu_budget) / GIB:.1f} GiB)"
             )
-    host = actor.need("host") * min(per_node, actor.count)
+    together = min(per_node, actor.count)
+    host = actor.need("host") * together
     if host > node.host_bytes:
         return (
-            f"{min(per_node, actor.count)} per {node.name} node need {host / GIB:.1f} GiB of host RAM, it has "
+            f"{together} per {node.name} node need {host / GIB:.1f} GiB of host RAM, it has "
             f"{node.host_bytes / GIB:.1f} GiB heap (short {(host - node.host_bytes) / GIB:.1f} GiB)"
         )
     return ""
