@@ -32,6 +32,22 @@ class RemoteJudge:
         return ray.get(self.handle.assess.remote(pairs))
 
 
+class SleepsWhileJudging:
+    """vLLM sleep mode (CUDA): the candidate engine sleeps while its responses are judged (level 1: its
+    weights, the current merge, wait in host RAM; its KV cache is freed), so a judge sharing the GPU gets
+    that memory; it wakes with the same weights."""
+
+    def __init__(self, judge: Judge, backend: Any) -> None:
+        self.judge, self.backend = judge, backend
+
+    def assess(self, pairs: list[tuple[str, str]]) -> Assessment:
+        self.backend.sleep(1)
+        try:
+            return self.judge.assess(pairs)
+        finally:
+            self.backend.wake_up()
+
+
 def _print(message: str) -> None:
     print(message, flush=True)
 
@@ -66,6 +82,8 @@ class Evaluator:
             if judge_handle is not None
             else make_judge(config.judge, self.device, log)
         )
+        if config.backend.sleep_mode:
+            self.judge = SleepsWhileJudging(self.judge, self.backend)
         judge_folder = [config.judge.model] if config.judge.model and judge_handle is None else []
         self.weight_roots = [setup.base, *setup.experts.values(), *judge_folder]
         self.load_seconds = time.perf_counter() - started

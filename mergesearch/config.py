@@ -165,6 +165,12 @@ class BackendConfig(EngineConfig):
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
 
+    @model_validator(mode="after")
+    def _sleep_on_vllm(self) -> BackendConfig:
+        if self.sleep_mode and self.kind != "vllm":
+            raise ValueError("sleep_mode is a vLLM feature: it needs kind vllm")
+        return self
+
 
 class JudgeConfig(EngineConfig):
     """Who decides whether a response to a harmful prompt is safe: refusal patterns or a guard model
@@ -185,6 +191,10 @@ class JudgeConfig(EngineConfig):
     def _model_for_guard(self) -> JudgeConfig:
         if self.kind == "llama_guard" and not self.model:
             raise ValueError("a llama_guard judge needs `model` (a Llama Guard style model folder)")
+        if self.sleep_mode:
+            raise ValueError(
+                "sleep_mode: the judge serves every evaluator and never sleeps (set it on backend)"
+            )
         return self
 
 

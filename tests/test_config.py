@@ -28,6 +28,27 @@ def test_every_shipped_search_space_validates(path: Path) -> None:
     assert isinstance(cfg, SearchConfig)
 
 
+def test_engines_run_in_the_pools_dtype_unless_told(tmp_path: Path) -> None:
+    pool_bf16 = "name: t\nmodels: {base: b, experts: [{name: a, path: p}], dtype: bfloat16}\n"
+    cfg = load_config(write(tmp_path, pool_bf16 + "judge: {dtype: float16, max_model_len: 4096}\n"))
+    assert cfg.backend.dtype == "bfloat16" and cfg.judge.dtype == "float16"
+    assert cfg.judge.vllm_settings() == {
+        "dtype": "float16",
+        "max_model_len": 4096,
+        "tensor_parallel_size": 1,
+        "enforce_eager": True,
+    }
+    vllm = "backend: {kind: vllm, gpu_memory_utilization: 0.5, sleep_mode: true, enforce_eager: false}\n"
+    settings = load_config(write(tmp_path, VALID + vllm)).backend.vllm_settings()
+    assert settings == {
+        "dtype": "float32",
+        "gpu_memory_utilization": 0.5,
+        "tensor_parallel_size": 1,
+        "enforce_eager": False,
+        "enable_sleep_mode": True,
+    }
+
+
 def test_configs_are_frozen(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, VALID))
     with pytest.raises(ValidationError, match="frozen"):
@@ -67,6 +88,12 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
         ("plugins: [no_such_module]\n", "cannot import plug-in module 'no_such_module'"),
         ("fitness: {weights: {vibes: 1}}\n", "fitness.weights: unknown objective 'vibes'"),
         ("judge: {kind: llama_guard}\n", "judge: a llama_guard judge needs `model`"),
+        ("judge: {backend: onnx}\n", "judge.backend: unknown backend 'onnx'; known: hf, vllm"),
+        ("backend: {gpu_memory_utilization: 1.5}\n", "backend.gpu_memory_utilization: Input should be less"),
+        ("backend: {sleep_mode: true}\n", "backend: sleep_mode is a vLLM feature"),
+        ("judge: {sleep_mode: true}\n", "judge: sleep_mode: the judge serves every evaluator"),
+        ("merge: {pool_device: disk}\n", "merge.pool_device: Input should be 'gpu' or 'host'"),
+        ("models: {base: b, experts: [{name: a, path: p}], dtype: fp8}\n", "models.dtype: Input should be"),
     ],
 )
 def test_a_wrong_field_is_one_line_naming_file_and_field(tmp_path: Path, extra: str, expected: str) -> None:

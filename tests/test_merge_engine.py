@@ -312,3 +312,43 @@ def test_randomised_recipe_is_reproduced_by_mergekit_seed(
     assert any(
         not torch.equal(other[key], ours[key]) for key in ours
     )  # the seed matters: not a trivial match
+
+
+@pytest.mark.parametrize("pool", ["host", "disk"])
+@pytest.mark.parametrize("method", ["ties", "tsvm", "dare_ties"])
+def test_wherever_the_pool_lives_the_merge_is_the_same(pool, method, merger, zoo_dir, expert_dirs) -> None:
+    """``host`` keeps the pool in (pinned) host RAM, ``disk`` reads each tensor per merge (promotion):
+    every merged tensor equals the resident pool's, bit for bit."""
+    other = ResidentMerger(zoo_dir / "base", expert_dirs, log=lambda _: None, pool=pool)
+    if pool == "disk":
+        assert other.estimate_bytes == 0 and not isinstance(other.base, dict)  # nothing held
+    space = GenomeSpace(method, EXPERTS, 4, granularity="layer")
+    recipe = space.decode({name: 0.3 + (i * 0.211) % 0.6 for i, name in enumerate(space.gene_names())})
+    ours = dict(merger.merged_tensors(recipe, seed=3))
+    for name, tensor in other.merged_tensors(recipe, seed=3):
+        assert torch.equal(tensor, ours[name]), name
+    assert len(ours) == len(dict(other.merged_tensors(recipe, seed=3)))
+
+
+def test_a_materialised_model_bigger_than_a_shard_is_written_in_shards(
+    merger, zoo_dir, monkeypatch, tmp_path
+) -> None:
+    """Memory stays one shard: the index maps every tensor; transformers loads the same weights."""
+    import mergesearch.merge.export as export
+
+    space = GenomeSpace("task_arithmetic", EXPERTS, 4)
+    recipe = space.decode({name: 0.4 for name in space.gene_names()})
+    whole = materialize(merger, recipe, zoo_dir / "base", tmp_path / "whole")
+    monkeypatch.setattr(export, "SHARD_BYTES", 256 * 1024)
+    sharded = materialize(merger, recipe, zoo_dir / "base", tmp_path / "sharded")
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 2 and not (sharded / "model.safetensors").exists()
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    assert not list(sharded.glob("*.tmp"))
+    assert all(s.stat().st_size <= 256 * 1024 + 2**20 for s in shards)  # a shard + one tensor at most
+    reference = load_file(whole / "model.safetensors")
+    assert set(index["weight_map"]) == set(reference)
+    ours = AutoModelForCausalLM.from_pretrained(sharded).state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=0, msg=name)
