@@ -50,7 +50,7 @@ class ModelShape:
     """What the plan needs of a model folder: its parameter count and attention geometry."""
 
     folder: Path
-    params: int
+    shapes: dict[str, tuple[int, ...]]  # every tensor's, from the headers
     layers: int
     kv_width: int  # key/value heads x head dim
     positions: int
@@ -64,22 +64,26 @@ class ModelShape:
         head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(heads, 1)
         return cls(
             folder,
-            sum(math.prod(shape) for shape in tensor_shapes(folder).values()),
+            tensor_shapes(folder),
             config.get("num_hidden_layers", 0),
             config.get("num_key_value_heads", heads) * head_dim,
             config.get("max_position_embeddings", 2048),
         )
+
+    @property
+    def params(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes.values())
 
     def kv_bytes(self, tokens: int, dtype: str) -> int:
         """Keys and values of ``tokens`` tokens over every layer."""
         return tokens * self.layers * 2 * self.kv_width * DTYPE_BYTES[dtype]
 
 
-def factor_bytes(folder: Path) -> int:
+def factor_bytes(shapes: Mapping[str, tuple[int, ...]]) -> int:
     """An upper bound on TSV-style factor caches: per matrix, U (m x r), s (r), V (r x k) in float32 with
     r = min(m, k) (the experts' kept ranks together never exceed it)."""
     total = 0
-    for shape in tensor_shapes(folder).values():
+    for shape in shapes.values():
         if len(shape) == 2:
             m, k = shape
             rank = min(m, k)
@@ -169,7 +173,7 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
     if method.uses_magnitude_order:
         evaluator.append(Holding(f"{n} sorted |task vector|s ({dtype})", pool, n * pool_bytes))
     if method.factorize is not None:
-        evaluator.append(Holding("factor cache (at most)", pool, factor_bytes(setup.base)))
+        evaluator.append(Holding("factor cache (at most)", pool, factor_bytes(base.shapes)))
     tokens = ASSUMED["prompt_tokens"] + backend.max_new_tokens
     evaluator += engine_holdings(
         "live model", base, backend, backend.kind, res.gpus_per_evaluator > 0, backend.batch_size, tokens

@@ -173,11 +173,11 @@ class ResidentMerger:
         base, expert_dirs = Path(base), {n: Path(p) for n, p in experts.items()}
         check_compatible(base, expert_dirs)
         self.num_layers = model_config(base).get("num_hidden_layers")
-        self._check_same_tensors(base, expert_dirs)
+        shapes = self._check_same_tensors(base, expert_dirs)
         sort_magnitudes = sort_magnitudes and pool != "disk"
-        self.estimate_bytes = (
-            0 if pool == "disk" else self._estimate(base, len(expert_dirs) * (2 if sort_magnitudes else 1))
-        )
+        copies = 0 if pool == "disk" else 1 + len(expert_dirs) * (2 if sort_magnitudes else 1)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        self.estimate_bytes = copies * element * sum(math.prod(shape) for shape in shapes.values())
         storage = self.device if pool == "gpu" else torch.device("cpu")
         if pool != "disk":
             limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(storage)
@@ -228,8 +228,8 @@ class ResidentMerger:
             self.task_vectors[name] = weights
 
     @staticmethod
-    def _check_same_tensors(base: Path, expert_dirs: Mapping[str, Path]) -> None:
-        """Every expert has the base's tensors with the base's shapes (headers only)."""
+    def _check_same_tensors(base: Path, expert_dirs: Mapping[str, Path]) -> dict[str, tuple[int, ...]]:
+        """Every expert has the base's tensors with the base's shapes (headers only); the base's shapes."""
         shapes = tensor_shapes(base)
         for name, folder in expert_dirs.items():
             theirs = tensor_shapes(folder)
@@ -243,14 +243,7 @@ class ResidentMerger:
                     raise UserError(
                         f"expert {name!r}: tensor {key!r} has shape {shape}, the base {shapes[key]}"
                     )
-
-    def _estimate(self, base: Path, n_experts: int) -> int:
-        element = torch.empty((), dtype=self.dtype).element_size()
-        numel = 0
-        for file in weight_files(base):
-            with safe_open(str(file), "pt", device="cpu") as fh:
-                numel += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
-        return numel * element * (1 + n_experts)
+        return shapes
 
     @staticmethod
     def _check_finite(name: str, tensors: Mapping[str, torch.Tensor]) -> None:
