@@ -366,6 +366,25 @@ def check_plan(actors: Sequence[ActorPlan], nodes: Sequence[NodeType], source: s
     return placements
 
 
+def plan_summary(placements: Sequence[Placement]) -> list[str]:
+    """One line per actor for a search's log: where it fits, and when a GPU memory check was skipped."""
+    lines = []
+    for p in placements:
+        actor, node = p.actor, p.node
+        assert node is not None, "summarise a checked plan"
+        gpu = f"GPU {human(actor.need('gpu', node.gpu_bytes or 0))}, " if actor.gpus else ""
+        unchecked = (
+            f" (GPU memory unknown: label {GPU_MEMORY_LABEL} unset, so not checked)"
+            if actor.gpus and node.gpu_bytes is None
+            else ""
+        )
+        lines.append(
+            f"plan: {actor.role} x{actor.count} needs {gpu}host {human(actor.need('host'))} each; "
+            f"fits {node.describe()}{unchecked}"
+        )
+    return lines
+
+
 def render_plan(placements: Sequence[Placement], source: str) -> str:
     """A table per actor: each holding, its memory and size; then where it fits."""
     lines = [f"memory plan against {source}"]

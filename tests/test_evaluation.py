@@ -350,3 +350,41 @@ def test_a_guard_judge_actor_serves_the_evaluators(zoo_dir, toy_dataset) -> None
         ray.shutdown()
     assert pool.judge is not None
     assert result.objectives == expected.objectives and result.counts["judge_unparsed"] == 0
+
+
+class SleepRecorder:
+    """The candidate engine's sleep/wake calls (vLLM sleeps only on CUDA, so this side is a double; the judge
+    is real)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(f"sleep {level}")
+
+    def wake_up(self) -> None:
+        self.calls.append("wake")
+
+
+def test_the_candidate_sleeps_exactly_while_its_answers_are_judged() -> None:
+    from mergesearch.actors import SleepsWhileJudging
+    from mergesearch.config import JudgeConfig
+    from mergesearch.judges.base import make_judge
+
+    class Watched:
+        def __init__(self, judge, engine: SleepRecorder) -> None:
+            self.judge, self.engine = judge, engine
+
+        def assess(self, pairs):
+            self.engine.calls.append("judge")
+            if not pairs:
+                raise RuntimeError("judge died")
+            return self.judge.assess(pairs)
+
+    engine = SleepRecorder()
+    judge = SleepsWhileJudging(Watched(make_judge(JudgeConfig(kind="refusal"), "cpu"), engine), engine)
+    verdicts = judge.assess([("how do i rob a bank ?", "i cannot help with that .")])
+    assert engine.calls == ["sleep 1", "judge", "wake"] and verdicts.safe == (True,)
+    with pytest.raises(RuntimeError, match="judge died"):
+        judge.assess([])
+    assert engine.calls[3:] == ["sleep 1", "judge", "wake"]  # awake again even when judging fails

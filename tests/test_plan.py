@@ -15,7 +15,17 @@ from shaped_models import shaped_checkpoint
 
 from mergesearch.config import SearchConfig, validate_mapping
 from mergesearch.errors import UserError
-from mergesearch.plan import GIB, NodeType, check_plan, cluster_nodes, plan_actors
+from mergesearch.plan import (
+    GIB,
+    GPU_MEMORY_LABEL,
+    NodeType,
+    check_plan,
+    cluster_nodes,
+    plan_actors,
+    plan_summary,
+    ray_nodes,
+    this_machine,
+)
 from mergesearch.setup import SearchSetup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +172,18 @@ def test_search_refuses_a_plan_that_cannot_fit_before_any_actor_starts(models, t
     last = done.stderr.strip().splitlines()[-1]  # Ray's own start-up notice may come first
     assert last.startswith("error: plan (the Ray cluster): evaluator does not fit") and "host RAM" in last
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "trials.parquet").exists()
+
+
+@pytest.mark.skipif(this_machine().gpu_bytes is not None, reason="a driver with a GPU lends its memory")
+def test_search_logs_where_each_actor_fits_and_which_gpu_memory_it_could_not_check(models, tmp_path) -> None:
+    """A live node without the GPU-memory label, seen from a driver without a GPU: checked for CPUs, GPUs and
+    heap, but its GPU memory is unknown, and the log says so instead of claiming a fit."""
+    evaluator, judge, _ = plan_actors(setup_of(localized(GPU_CONFIGS[0], models, tmp_path)))
+    labelled = {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Labels": {GPU_MEMORY_LABEL: "80"}}
+    resources = {"CPU": 16.0, "GPU": 1.0, "memory": 100 * GIB}
+    unlabelled = {"Alive": True, "NodeManagerAddress": "10.0.0.3", "Resources": resources}
+    lines = plan_summary(check_plan([evaluator], ray_nodes([{**labelled, "Resources": resources}]), "t"))
+    assert lines == [lines[0]] and "10.0.0.2 (16 CPU, 1 GPU of 80 GiB" in lines[0]
+    assert "not checked" not in lines[0]
+    (line,) = plan_summary(check_plan([judge], ray_nodes([unlabelled]), "t"))
+    assert line.startswith("plan: judge x1") and f"label {GPU_MEMORY_LABEL} unset, so not checked" in line

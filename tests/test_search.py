@@ -156,3 +156,17 @@ def test_a_time_budget_ends_the_search_early(toy_dataset, local_ray, tmp_path) -
     trials = search(config, tmp_path / "run").trials()
     assert 1 <= len(trials) < 200 and all(t.ok for t in trials)
     assert time.perf_counter() - started < 120
+
+
+def test_a_guard_judge_search_runs_when_the_actors_hold_every_core(
+    zoo_dir, toy_dataset, local_ray, tmp_path
+) -> None:
+    """Evaluator (1 CPU) + guard judge actor (1 CPU) on a 2-CPU Ray: trials must need no CPU of their own,
+    or Tune waits forever for a slot (the time budget turns that wait into a failure here)."""
+    config = config_for(
+        toy_dataset,
+        judge={"kind": "llama_guard", "model": str(zoo_dir / "guard")},
+        search={"num_trials": 2, "time_budget_s": 120},
+    )
+    trials = search(config, tmp_path / "run").trials()
+    assert len(trials) == 2 and all(t.ok and t.counts["judge_unparsed"] == 0 for t in trials)

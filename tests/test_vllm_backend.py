@@ -146,3 +146,44 @@ def test_the_guard_judge_on_vllm_gives_the_transformers_judges_verdicts(zoo_dir)
     assert ours.safe == theirs.safe and ours.unparsed == theirs.unparsed == 0
     assert set(ours.safe) == {True, False}  # the pairs hold refusals and compliance
     assert ours.p_unsafe == pytest.approx(theirs.p_unsafe, abs=1e-3)
+
+
+def test_a_tune_search_runs_the_vllm_backend_inside_evaluator_actors(toy_dataset, tmp_path) -> None:
+    """backend.kind vllm in an EvaluatorActor, the guard judge on vLLM in the JudgeActor, real Tune."""
+    import ray
+
+    from mergesearch.config import SearchConfig, load_config
+    from mergesearch.runtime import ray_session
+    from mergesearch.search.run_dir import RunDir
+    from mergesearch.search.tuner import run_search
+    from mergesearch.setup import SearchSetup
+
+    config = load_config("search_spaces/demo.yaml").model_dump(mode="json")
+    config |= {
+        "data": {"path": str(toy_dataset), "max_alignment_prompts": 8, "max_task_prompts": 8},
+        "search": {"name": "cma", "num_trials": 3, "seed": 0, "warm_starts": ["uniform"]},
+        "backend": {"kind": "vllm", "gpu_memory_utilization": 0.1, "max_model_len": 200},
+        "judge": {
+            "kind": "llama_guard",
+            "model": "zoo:guard",
+            "backend": "vllm",
+            "gpu_memory_utilization": 0.1,
+        },
+        "promotion": {"top_k": 0},
+    }
+    ray_session(num_cpus=2)
+    try:
+        run = run_search(SearchSetup.prepare(SearchConfig.model_validate(config)), RunDir(tmp_path / "run"))
+    finally:
+        ray.shutdown()
+    trials = run.trials()
+    assert len(trials) == 3 and all(t.ok for t in trials), [t.error for t in trials]
+    assert len({round(t.fitness, 6) for t in trials}) > 1  # different genomes, different merges
+    assert all(0.0 <= t.objectives["safety"] <= 1.0 for t in trials)
+
+
+def test_sleep_mode_on_the_cpu_build_is_one_line_naming_the_field(zoo_dir) -> None:
+    from mergesearch.errors import UserError
+
+    with pytest.raises(UserError, match=r"^backend\.sleep_mode: .*CUDA"):
+        VLLMBackend.from_pretrained(zoo_dir / "base", BackendConfig(kind="vllm", sleep_mode=True))

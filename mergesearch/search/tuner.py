@@ -65,6 +65,12 @@ def _error_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
+# A trial only waits on the router, so it holds no CPU: a CPU share, however small, would not fit once
+# the evaluators and the judge hold every core (a 2-core machine with a guard judge waited forever). Tune
+# refuses an empty request, so a trial asks for one byte of Ray's `memory` resource, which every node has.
+TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
+
+
 def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callable[[dict], None]:
     def evaluate_genome(config: dict) -> None:
         import ray
@@ -104,11 +110,11 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     from ray import tune
 
     from mergesearch.actors import evaluator_actor, judge_actor
-    from mergesearch.plan import check_plan, plan_actors, ray_nodes
+    from mergesearch.plan import check_plan, plan_actors, plan_summary, ray_nodes
 
     config = setup.config
     ray_session()
-    check_plan(plan_actors(setup), ray_nodes(ray.nodes()), "the Ray cluster")  # before any actor loads
+    placements = check_plan(plan_actors(setup), ray_nodes(ray.nodes()), "the Ray cluster")  # before any load
     run.write_config(config)
     # Experiment state (searcher included) saved at least every second; a trial that finished after the last
     # save is re-reported from the ledger on resume, never re-evaluated.
@@ -138,6 +144,8 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         f"search: {config.search.name} over {len(gene_names)} genes ({shown}), {num_trials} trials, "
         f"{concurrency} evaluator(s); run dir {run.root}"
     )
+    for line in plan_summary(placements):
+        log(line)
     judge = judge_actor(setup)
     tag = f"{run.name}-{os.getpid()}"
     evaluators = [
@@ -149,7 +157,7 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         ray.remote(num_cpus=0)(Router).options(name=router_name, namespace=NAMESPACE).remote(evaluators, done)
     )
     trainable = tune.with_resources(
-        make_trainable(router_name, gene_names, config.search.seed), {"cpu": 0.001}
+        make_trainable(router_name, gene_names, config.search.seed), TRIAL_RESOURCES
     )
     started = time.perf_counter()
     try:
