@@ -41,8 +41,8 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.model_refs import resolve_model
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.evaluate import score_model
-from mergesearch.runtime import offline_and_quiet
-from mergesearch.zoo.build import EXPERTS, build_zoo, default_cache_root
+from mergesearch.runtime import cache_root, offline_and_quiet
+from mergesearch.zoo.build import EXPERTS, build_zoo
 from mergesearch.zoo.recipe import ZooRecipe
 
 SPEC = Path(__file__).parent.parent / "data_specs" / "toy.yaml"
@@ -52,7 +52,7 @@ FITNESS = FitnessConfig(weights={"safety": 1.0, "task_accuracy": 1.0, "over_refu
 def dataset(zoo: Path) -> Path:
     """The toy data spec's dataset, made once and cached by the spec's hash."""
     spec = load_config(SPEC, DataSpec)
-    folder = default_cache_root() / "bench" / f"toy_dataset_{spec.digest()}"
+    folder = cache_root() / "bench" / f"toy_dataset_{spec.digest()}"
     if not (folder / "card.json").is_file():
         build_dataset(spec.with_models(resolve_model), folder, log=lambda m: print(m, file=sys.stderr))
     return folder

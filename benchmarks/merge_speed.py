@@ -39,8 +39,8 @@ from mergesearch.merge.export import recipe_to_mergekit
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.merge.spec import get_method
-from mergesearch.runtime import offline_and_quiet
-from mergesearch.zoo.build import EXPERTS, build_zoo, default_cache_root
+from mergesearch.runtime import cache_root, offline_and_quiet
+from mergesearch.zoo.build import EXPERTS, build_zoo
 from mergesearch.zoo.recipe import ZooRecipe
 from mergesearch.zoo.smollm2 import import_smollm2
 
@@ -91,10 +91,8 @@ def copy_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
 
 
 def smollm2_pool(n_experts: int = 2, seed: int = 0) -> tuple[Path, dict[str, Path]]:
-    root = default_cache_root() / "bench" / f"smollm2_pool_{n_experts}_{seed}"
-    base = import_smollm2(
-        default_cache_root() / "SmolLM2-135M-Instruct", log=lambda m: print(m, file=sys.stderr)
-    )
+    root = cache_root() / "bench" / f"smollm2_pool_{n_experts}_{seed}"
+    base = import_smollm2(cache_root() / "SmolLM2-135M-Instruct", log=lambda m: print(m, file=sys.stderr))
     experts = {f"e{i}": root / f"e{i}" for i in range(n_experts)}
     generator = torch.Generator().manual_seed(seed)
     weights = None

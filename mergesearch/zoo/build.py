@@ -22,6 +22,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
+from mergesearch.runtime import cache_root
 from mergesearch.zoo import language as L
 from mergesearch.zoo.corpus import build_components
 from mergesearch.zoo.recipe import ModelShape, TrainSpec, ZooRecipe
@@ -52,12 +53,8 @@ MEMBERS: tuple[ZooMember, ...] = (
 EXPERTS = ("aligned", "math", "facts")
 
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("MERGESEARCH_CACHE", Path.home() / ".cache" / "mergesearch"))
-
-
 def default_zoo_dir(recipe: ZooRecipe) -> Path:
-    return default_cache_root() / "zoo" / recipe.digest()
+    return cache_root() / "zoo" / recipe.digest()
 
 
 def read_manifest(zoo_dir: Path) -> dict | None:

