@@ -367,6 +367,63 @@ def plan(config_path: Path, cluster: Path | None) -> None:
     refuse_unplaced(placements, source)
 
 
+@cli.command(
+    "eval",
+    help="Score one model (an expert, a promoted merge, a mergekit-yaml output, or zoo:NAME) on a dataset's "
+    "held-out split or on every prompt of a prompt set: safety, over-refusal, task accuracy per category.",
+)
+@click.argument("model")
+@click.option(
+    "--data", "data_path", type=click.Path(path_type=Path), required=True, help="Dataset or prompt set."
+)
+@click.option("--split", default=None, help="Dataset split [default: heldout; a prompt set uses every row].")
+@click.option("--judge", "judge_kind", default="refusal", show_default=True, help="refusal or llama_guard.")
+@click.option("--judge-model", default=None, help="The guard model (a folder or zoo:guard) for llama_guard.")
+@click.option(
+    "--per-category", type=click.IntRange(min=1), default=None, help="Cap the prompts per category."
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write JSON here."
+)
+def eval_model(
+    model: str,
+    data_path: Path,
+    split: str | None,
+    judge_kind: str,
+    judge_model: str | None,
+    per_category: int | None,
+    max_new_tokens: int,
+    device: str,
+    json_out: Path | None,
+) -> None:
+    from mergesearch.backends.hf import resolve_device
+    from mergesearch.backends.registry import make_backend
+    from mergesearch.config import BackendConfig, JudgeConfig, validate_mapping
+    from mergesearch.data.eval_split import load_categorised
+    from mergesearch.io import atomic_write_text
+    from mergesearch.judges.base import make_judge
+    from mergesearch.model_refs import resolve_model
+    from mergesearch.objectives.breakdown import evaluate_model, format_report
+
+    data = load_categorised(data_path, split, per_category)
+    folder = resolve_model(model, "MODEL", log=_progress)
+    judge_fields = {
+        "kind": judge_kind,
+        "model": judge_model and str(resolve_model(judge_model, "--judge-model")),
+    }
+    judge_config = validate_mapping(JudgeConfig, judge_fields, "--judge")
+    backend = make_backend(folder, BackendConfig(device=device, max_new_tokens=max_new_tokens), name=model)
+    judge = make_judge(judge_config, str(resolve_device(device)), _progress)
+    _progress(f"eval: {model} on {data.size()} items of {data_path}")
+    report = {"model": str(folder), "data": str(data_path), "split": split, "judge": judge_fields}
+    report |= evaluate_model(backend, judge, data, max_new_tokens)
+    click.echo(format_report(report))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+
+
 @cli.command(help="Resume an interrupted search from its run dir (the same as re-running its `search`).")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--no-promote", is_flag=True)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from mergesearch.data.schema import read_rows
+from mergesearch.data.schema import Row, read_rows
 from mergesearch.errors import UserError
+from mergesearch.objectives.breakdown import CategorisedData
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.task import ChoiceItem, ShortAnswerItem
 
@@ -20,6 +21,17 @@ T = TypeVar("T")
 
 def _cap(items: Sequence[T], n: int | None) -> tuple[T, ...]:
     return tuple(items[:n] if n else items)
+
+
+def _task_item(row: Row, path: str | Path) -> ChoiceItem | ShortAnswerItem | None:
+    """The task item a row asks (None for other rows, and task rows without an answer)."""
+    if row.type != "task" or row.answer is None:
+        return None
+    if not row.choices:
+        return ShortAnswerItem(row.prompt, row.answer)
+    if row.answer not in row.choices:
+        raise UserError(f"{path}: row {row.id}: answer {row.answer!r} is not one of its choices")
+    return ChoiceItem(row.prompt, tuple(row.choices), list(row.choices).index(row.answer))
 
 
 def load_eval_data(
@@ -36,16 +48,9 @@ def load_eval_data(
             f"{path}: no rows in split {split!r} "
             "(is it a dataset from `mergesearch data generate`, not a prompt set?)"
         )
-    choice, short = [], []
-    for r in rows:
-        if r.type != "task" or r.answer is None:
-            continue
-        if r.choices:
-            if r.answer not in r.choices:
-                raise UserError(f"{path}: row {r.id}: answer {r.answer!r} is not one of its choices")
-            choice.append(ChoiceItem(r.prompt, tuple(r.choices), list(r.choices).index(r.answer)))
-        else:
-            short.append(ShortAnswerItem(r.prompt, r.answer))
+    items = [_task_item(r, path) for r in rows]
+    choice = [i for i in items if isinstance(i, ChoiceItem)]
+    short = [i for i in items if isinstance(i, ShortAnswerItem)]
     tagged = [(r.prompt, r.response, r.type) for r in rows if r.response and r.type in ("alignment", "task")]
     return EvalData(
         harmful=_cap([r.prompt for r in rows if r.type == "alignment"], max_alignment),
@@ -55,3 +60,30 @@ def load_eval_data(
         tagged=_cap(tagged, (max_alignment or 0) + (max_task or 0) or None),
         source=f"{path}:{split}",
     )
+
+
+def load_categorised(
+    path: str | Path, split: str | None = None, per_category: int | None = None
+) -> CategorisedData:
+    """A dataset's ``split`` rows (default: heldout), or every row of a prompt set (imported prompts have no
+    split and no responses: safety needs only prompts), grouped by category, at most ``per_category`` each."""
+    rows = sorted(read_rows(path), key=lambda r: r.id)
+    if rows and all(r.split is None for r in rows):
+        if split is not None:
+            raise UserError(f"{path}: a prompt set has no splits; leave out --split to use every row")
+    else:
+        split = split or "heldout"
+        rows = [r for r in rows if r.split == split]
+        if not rows:
+            raise UserError(f"{path}: no rows in split {split!r}")
+    groups: dict[str, dict[str, list]] = {"harmful": {}, "benign": {}, "choice": {}, "short": {}}
+    for row in rows:
+        item = _task_item(row, path)
+        part = {"alignment": "harmful", "benign": "benign"}.get(row.type) or (
+            "choice" if isinstance(item, ChoiceItem) else "short" if item else None
+        )
+        if part:
+            group = groups[part].setdefault(row.category, [])
+            if per_category is None or len(group) < per_category:
+                group.append(row.prompt if item is None else item)
+    return CategorisedData(**groups)

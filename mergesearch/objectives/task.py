@@ -51,21 +51,27 @@ def contains_answer(response: str, answer: str) -> bool:
     return bool(key) and re.search(rf"(?<!\w){re.escape(key)}(?!\w)", _normalized(response)) is not None
 
 
-def choice_accuracy(backend: Backend, items: Sequence[ChoiceItem]) -> dict[str, float]:
-    """``acc`` and ``acc_norm`` over ``items`` (NaN when there are none), computed as lm-eval's
-    ``ConfigurableTask.process_results`` computes them for a multiple-choice task."""
-    if not items:
-        return {"acc": float("nan"), "acc_norm": float("nan")}
+def choice_hits(backend: Backend, items: Sequence[ChoiceItem]) -> list[tuple[bool, bool]]:
+    """Per item: did ``acc`` pick the right option, and did ``acc_norm``? As lm-eval's
+    ``ConfigurableTask.process_results`` decides them for a multiple-choice task."""
     requests = [(backend.render(item.prompt), choice) for item in items for choice in item.choices]
     scores = iter(ll for ll, _ in backend.loglikelihood(requests))
-    acc = acc_norm = 0
+    hits = []
     for item in items:
         lls = np.array([next(scores) for _ in item.choices])
         lengths = np.array([float(len(choice)) for choice in item.choices])  # characters, not bytes
         with np.errstate(divide="ignore", invalid="ignore"):  # an empty option: as lm-eval, -inf or NaN
-            acc_norm += int(np.argmax(lls / lengths)) == item.answer
-        acc += int(np.argmax(lls)) == item.answer
-    return {"acc": acc / len(items), "acc_norm": acc_norm / len(items)}
+            normed = int(np.argmax(lls / lengths)) == item.answer
+        hits.append((int(np.argmax(lls)) == item.answer, normed))
+    return hits
+
+
+def choice_accuracy(backend: Backend, items: Sequence[ChoiceItem]) -> dict[str, float]:
+    """``acc`` and ``acc_norm`` over ``items`` (NaN when there are none)."""
+    if not items:
+        return {"acc": float("nan"), "acc_norm": float("nan")}
+    hits = choice_hits(backend, items)
+    return {"acc": sum(a for a, _ in hits) / len(items), "acc_norm": sum(n for _, n in hits) / len(items)}
 
 
 def contains_answer_rate(responses: Sequence[str], items: Sequence[ShortAnswerItem]) -> float:
