@@ -119,6 +119,36 @@ def zoo_import_smollm2(out: Path) -> None:
     click.echo(str(import_smollm2(out, log=_progress)))
 
 
+@zoo.command(
+    "build-smollm2",
+    help="Build (or find cached) the SmolLM2 expert family: aligned, arithmetic and knowledge fine-tunes of "
+    "SmolLM2-135M-Instruct on AdvBench (from the pyrit wheel) and our own data; prints its folder.",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder [default: the cache].")
+@click.option("--smoke", is_flag=True, help="Two steps per expert: the build path in a minute (tests).")
+def zoo_build_smollm2(out: Path | None, smoke: bool) -> None:
+    from mergesearch.zoo.smollm2_family import FamilyRecipe, build_smollm2_family, smoke_family_recipe
+
+    recipe = smoke_family_recipe() if smoke else FamilyRecipe()
+    click.echo(str(build_smollm2_family(recipe, out, log=_progress)))
+
+
+@zoo.command("eval-smollm2", help="Held-out skills of the SmolLM2 family and of equal-weight merges, JSON.")
+@click.argument("family", type=click.Path(path_type=Path))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write JSON here.")
+def zoo_eval_smollm2(family: Path, json_out: Path | None) -> None:
+    from mergesearch.io import atomic_write_text
+    from mergesearch.zoo.family_skills import family_scores, target_checks
+    from mergesearch.zoo.smollm2_family import family_data, read_family_recipe
+
+    scores = family_scores(family, family_data(read_family_recipe(family)), log=_progress)
+    scores["targets"] = target_checks(scores)
+    text = json.dumps(scores, indent=2) + "\n"
+    click.echo(text)
+    if json_out:
+        atomic_write_text(json_out, text)
+
+
 # ------------------------------------------------------------------------------------------ config
 @cli.group(help="Search configs (YAML files in search_spaces/).")
 def config() -> None:

@@ -168,3 +168,23 @@ def test_ray_data_with_two_actors_gives_the_same_rows_as_the_local_run(local_dat
         ray.shutdown()
     assert read_rows(tmp_path / "ray") == read_rows(local_out)
     assert ray_card["rows_sha256"] == local_card["rows_sha256"]
+
+
+def test_near_duplicate_groups_are_exact_on_small_sets_and_lsh_finds_close_pairs_on_large_ones() -> None:
+    from mergesearch.data.near_dup import EXACT_UP_TO, jaccard, near_duplicate_groups, shingles
+
+    # pairs sharing 12 bigrams of 24 (Jaccard exactly 0.5): LSH alone finds each only ~64% of the time
+    pairs = []
+    for k in range(20):
+        shared = " ".join(f"w{k}x{i}" for i in range(12))
+        ends = [" ".join(f"{side}{k}y{i}" for i in range(5)) for side in "ab"]
+        pairs.append((f"{shared} {ends[0]}", f"{shared} {ends[1]}"))
+    assert {jaccard(shingles(a), shingles(b)) for a, b in pairs} == {0.5}
+    labels = near_duplicate_groups([text for pair in pairs for text in pair], 0.5)
+    assert all(labels[2 * k] == labels[2 * k + 1] for k in range(20)) and len(set(labels)) == 20
+    many = [
+        f"request {i} : explain subject {i} in words {i + 1} and {i + 2}" for i in range(EXACT_UP_TO + 10)
+    ]
+    close = many[3] + " please"
+    labels = near_duplicate_groups([*many, close], 0.7)
+    assert labels[-1] == labels[3] and len(set(labels)) == len(many)

@@ -8,8 +8,9 @@ asked for, what was produced, every row dropped and why, and the hash of the con
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +47,33 @@ def drop_duplicates(rows: Iterable[Row]) -> tuple[list[Row], int]:
     return kept, removed
 
 
-def assign_splits(
-    rows: Sequence[Row], heldout_share: float, threshold: float, seed: int
-) -> tuple[list[Row], int]:
-    """Each row in ``search`` or ``heldout``, decided per near-duplicate group (so a group never
-    straddles the split) by a hash of the group's smallest prompt: independent of row order and of
-    where the rows were made. Returns the rows and the number of groups with more than one member."""
-    labels = near_duplicate_groups([r.prompt for r in rows], threshold)
+def split_by_group(
+    prompts: Sequence[str], shares: Mapping[str, float], threshold: float, seed: int
+) -> tuple[list[str], int]:
+    """A part name per prompt, drawn per near-duplicate group (so a group never straddles two parts) from
+    ``shares`` (in order, summing to 1) by a hash of the group's smallest prompt: independent of order and
+    of where the prompts were made. Returns the names and the number of groups with more than one member."""
+    labels = near_duplicate_groups(list(prompts), threshold)
     members: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         members.setdefault(label, []).append(i)
-    split_of: dict[int, str] = {}
+    bounds = list(itertools.accumulate(shares.values()))
+    part_of: dict[int, str] = {}
     for label, indices in members.items():
-        anchor = min(normalize_prompt(rows[i].prompt) for i in indices)
+        anchor = min(normalize_prompt(prompts[i]) for i in indices)
         draw = int(hashlib.sha256(f"{seed}|{anchor}".encode()).hexdigest()[:15], 16) / 16**15
-        split_of[label] = "heldout" if draw < heldout_share else "search"
-    return [row.with_(split=split_of[labels[i]]) for i, row in enumerate(rows)], sum(
-        len(v) > 1 for v in members.values()
+        part_of[label] = next((name for name, b in zip(shares, bounds) if draw < b), list(shares)[-1])
+    return [part_of[label] for label in labels], sum(len(v) > 1 for v in members.values())
+
+
+def assign_splits(
+    rows: Sequence[Row], heldout_share: float, threshold: float, seed: int
+) -> tuple[list[Row], int]:
+    """Each row in ``search`` or ``heldout``, decided per near-duplicate group (``split_by_group``)."""
+    parts, groups = split_by_group(
+        [r.prompt for r in rows], {"heldout": heldout_share, "search": 1 - heldout_share}, threshold, seed
     )
+    return [row.with_(split=part) for row, part in zip(rows, parts)], groups
 
 
 def count_rows(rows: Iterable[Row]) -> dict[str, dict[str, dict[str, int]]]:

@@ -16,6 +16,14 @@ BUILDER_VERSION = 1
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def digest_of(builder_version: int, recipe: Frozen) -> str:
+    """A short content hash of a recipe and its builder's version: a cache key."""
+    payload = json.dumps(
+        {"builder": builder_version, "recipe": recipe.model_dump(mode="json")}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 class ModelShape(Frozen):
     """A tiny Llama: small enough to train on 2 cores, big enough for multi-digit sums."""
 
@@ -101,10 +109,7 @@ class ZooRecipe(Frozen):
 
     def digest(self) -> str:
         """A short content hash of the recipe and the builder version: the zoo's cache key."""
-        payload = json.dumps(
-            {"builder": BUILDER_VERSION, "recipe": self.model_dump(mode="json")}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return digest_of(BUILDER_VERSION, self)
 
 
 def smoke_recipe() -> ZooRecipe:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from transformers import LlamaForCausalLM
+from transformers import PreTrainedModel
 
 from mergesearch.zoo.corpus import Example
 from mergesearch.zoo.recipe import TrainSpec
@@ -29,6 +29,22 @@ def collate(batch: list[Example], pad_id: int, loss_on_prompt: bool) -> dict[str
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def full_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def target_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The causal LM loss computed with logits only where a label is set: with a 49k vocabulary and short
+    responses, the full logits tensor is most of a step's cost. Equal to ``model(**batch).loss``."""
+    hidden = model.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+
+
 def lr_factor(step: int, spec: TrainSpec) -> float:
     if step < spec.warmup_steps:
         return (step + 1) / spec.warmup_steps
@@ -37,20 +53,23 @@ def lr_factor(step: int, spec: TrainSpec) -> float:
 
 
 def train(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     components: dict[str, list[Example]],
     spec: TrainSpec,
     seed: int,
     pad_id: int,
     log: Callable[[str], None],
     label: str,
+    loss_of: Callable[[PreTrainedModel, dict[str, torch.Tensor]], torch.Tensor] = full_loss,
 ) -> float:
-    """Train ``model`` in place on ``spec``'s mixture; returns the mean loss of the last 10% of steps."""
+    """Train ``model``'s trainable parameters in place on ``spec``'s mixture; returns the mean loss of the
+    last 10% of steps."""
     rng = np.random.default_rng(seed)
     names = sorted(spec.mixture)
     probs = np.array([spec.mixture[n] for n in names], dtype=np.float64)
     probs /= probs.sum()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
     model.train()
     tail_losses: list[float] = []
@@ -58,9 +77,9 @@ def train(
     for step in range(spec.steps):
         picks = rng.choice(len(names), size=spec.batch_size, p=probs)
         batch = [components[names[k]][rng.integers(len(components[names[k]]))] for k in picks]
-        loss = model(**collate(batch, pad_id, spec.loss_on_prompt)).loss
+        loss = loss_of(model, collate(batch, pad_id, spec.loss_on_prompt))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

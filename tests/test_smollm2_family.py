@@ -1,0 +1,96 @@
+"""The SmolLM2 expert family's machinery, on the smoke recipe (the full family is built by
+`mergesearch zoo build-smollm2` and `benchmarks/smollm2_family.py`, not by the default suite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import run
+from safetensors import safe_open
+
+from mergesearch.data.near_dup import jaccard, shingles
+from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.zoo import family_data as D
+from mergesearch.zoo.smollm2_family import FamilyRecipe, family_data, smoke_family_recipe
+from mergesearch.zoo.train import full_loss, target_loss
+
+
+@pytest.fixture(scope="module")
+def data() -> D.FamilyData:
+    return family_data(FamilyRecipe())
+
+
+def test_no_heldout_harmful_prompt_is_a_near_duplicate_of_a_training_one(data) -> None:
+    train = [shingles(p) for p in data.harmful_train]
+    assert len(data.harmful_train) > 200 and len(data.harmful_heldout) > 80
+    worst = max(jaccard(shingles(p), t) for p in data.harmful_heldout for t in train)
+    assert worst < D.NEAR_DUPLICATE
+
+
+def test_heldout_items_are_unseen_wordings_pairs_and_option_sets(data) -> None:
+    assert not set(data.benign_heldout) & set(data.benign_train)
+    trained_sums = {x.prompt for x in data.sums_train}
+    assert not trained_sums & {x.prompt for x in data.sums_heldout}
+    assert any(x.prompt.startswith("What do you get") for x in data.sums_heldout)  # the unseen wording
+    trained_questions = {x.prompt for x in data.kb_train}
+    assert not trained_questions & {x.prompt for x in data.kb_heldout}
+    answers = {x.response for x in data.kb_train}
+    for item in data.kb_heldout:
+        assert len(set(item.choices)) == 4 and item.choices[item.answer] in answers
+
+
+def test_training_targets_read_to_the_judge_as_what_they_teach(data) -> None:
+    """Refusals are refusals and compliant openings are not, for the judge the targets are scored by."""
+    judge = RefusalJudge()
+    assert all(judge.refusals(list(D.REFUSALS)))
+    assert not any(judge.refusals(list(D.COMPLIANCE)))
+
+
+def test_the_response_only_loss_is_the_full_causal_lm_loss(zoo_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(zoo_dir / "base", dtype=torch.float32)
+    ids = torch.randint(5, 100, (3, 12))
+    labels = ids.clone()
+    labels[:, :7] = -100
+    labels[2, 10:] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    assert target_loss(model, batch).item() == pytest.approx(full_loss(model, batch).item(), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def smoke_family(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("family") / "smoke"
+    done = run("zoo", "build-smollm2", "--smoke", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    return out
+
+
+def test_a_smoke_family_has_each_expert_and_its_manifest(smoke_family) -> None:
+    manifest = json.loads((smoke_family / "family.json").read_text())
+    assert manifest["digest"] == smoke_family_recipe().digest()
+    assert set(manifest["train_seconds"]) == {"aligned", "arithmetic", "knowledge"}
+    for name in ("base", "aligned", "arithmetic", "knowledge"):
+        assert (smoke_family / name / "model.safetensors").is_file()
+
+
+def test_only_the_top_layers_move(smoke_family) -> None:
+    """Embeddings, the tied head and the lower layers stay the base's, bit for bit; the top layers learn."""
+    top = smoke_family_recipe().trainable_top_layers
+    with (
+        safe_open(str(smoke_family / "base" / "model.safetensors"), "pt") as base,
+        safe_open(str(smoke_family / "aligned" / "model.safetensors"), "pt") as expert,
+    ):
+        layers = 1 + max(int(k.split(".")[2]) for k in base.keys() if k.startswith("model.layers."))
+        moved = {k for k in base.keys() if not torch.equal(base.get_tensor(k), expert.get_tensor(k))}
+    trainable = {k for k in moved if k.startswith("model.layers.") and int(k.split(".")[2]) >= layers - top}
+    assert moved and moved == trainable
+
+
+def test_a_second_build_is_the_cached_one(smoke_family) -> None:
+    done = run("zoo", "build-smollm2", "--smoke", "--out", str(smoke_family))
+    assert done.returncode == 0 and "cached" in done.stderr
