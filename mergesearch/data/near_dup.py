@@ -3,7 +3,8 @@
 Up to ``EXACT_UP_TO`` prompts every pair is compared (exact at any threshold: LSH would find a pair at
 0.5 Jaccard only 64% of the time). Beyond, candidate pairs come from MinHash locality-sensitive hashing
 (64 hashes in 16 bands of 4: pairs at 0.7 Jaccard collide 98% of the time), then each candidate's exact
-Jaccard is checked. Groups are the connected components (union-find). Used to keep near-duplicates on one side of the search / held-out split.
+Jaccard is checked. Groups are the connected components (union-find). Used to keep near-duplicates on
+one side of a split.
 """
 
 from __future__ import annotations
