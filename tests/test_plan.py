@@ -70,8 +70,10 @@ def test_every_shipped_gpu_config_fits_the_shipped_cluster(config, models, tmp_p
     done = run("plan", str(localized(config, models, tmp_path)), "--cluster", str(ROOT / "cluster.yaml"))
     assert done.returncode == 0, done.stderr
     assert "DOES NOT FIT" not in done.stdout
-    for role in ("evaluator", "judge", "promotion"):
+    guard = yaml.safe_load(config.read_text()).get("judge", {}).get("model")
+    for role in ("evaluator", "promotion", *(["judge"] if guard else [])):
         assert f"\n{role} x" in done.stdout
+    assert ("\njudge x" in done.stdout) == bool(guard)  # a judge actor only for a guard model
 
 
 def test_the_plan_counts_the_pool_exactly_from_the_headers(models, tmp_path) -> None:
