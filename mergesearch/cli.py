@@ -255,8 +255,8 @@ def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, act
 
 @data.command(
     "import",
-    help="Import prompts from a .txt (one per line), .jsonl (`prompt` field) or .csv (`goal`/`prompt` "
-    "column).",
+    help="Import prompts from a .txt (one per line), .jsonl (`prompt` field), .csv (`goal`/`prompt` "
+    "column) or .prompt (PyRIT seed YAML: `value`, `harm_categories`).",
 )
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")
@@ -284,16 +284,10 @@ def data_import(
     category_map: Path | None,
     field: str | None,
 ) -> None:
-    from mergesearch.config import read_yaml
     from mergesearch.data.dataset import write_rows
-    from mergesearch.data.importers import import_prompts
+    from mergesearch.data.importers import import_prompts, read_category_map
 
-    mapping = None
-    if category_map is not None:
-        mapping = read_yaml(category_map) or {}
-        if not isinstance(mapping, dict):
-            raise UserError(f"{category_map}: expected a mapping of file labels to categories")
-        mapping = {str(k): str(v) for k, v in mapping.items()}
+    mapping = None if category_map is None else read_category_map(category_map)
     rows, report = import_prompts(file, type_, category, category_column, mapping, field)
     card = write_rows(out, rows, {"kind": "prompt_set", "name": file.stem, "import": report})
     _report(card, out)
@@ -446,8 +440,8 @@ def eval_model(
     judge_config = validate_mapping(JudgeConfig, judge_fields, "--judge")
     backend = make_backend(folder, BackendConfig(device=device, max_new_tokens=max_new_tokens), name=model)
     judge = make_judge(judge_config, str(resolve_device(device)), _progress)
-    _progress(f"eval: {model} on {data.size()} items of {data_path}")
-    report = {"model": str(folder), "data": str(data_path), "split": split, "judge": judge_fields}
+    _progress(f"eval: {model} on {data.size()} items of {data.source}")
+    report = {"model": str(folder), "data": data.source, "judge": judge_fields}
     report |= evaluate_model(backend, judge, data, max_new_tokens)
     click.echo(format_report(report))
     if json_out:

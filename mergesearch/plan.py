@@ -273,10 +273,10 @@ def this_machine() -> NodeType:
     )
 
 
-def ray_nodes(nodes: Iterable[Mapping[str, Any]]) -> list[NodeType]:
-    """The live nodes of a Ray cluster (``ray.nodes()``); GPU memory from their labels, else from this
-    machine's GPU when it has one, else unknown."""
-    local = this_machine().gpu_bytes
+def ray_nodes(nodes: Iterable[Mapping[str, Any]], local_gpu_bytes: int | None = None) -> list[NodeType]:
+    """The live nodes of a Ray cluster (``ray.nodes()``); GPU memory from their labels, else
+    ``local_gpu_bytes`` (search passes the driver's GPU, when it has one), else unknown."""
+    local = local_gpu_bytes
     found = []
     for node in nodes:
         if not node.get("Alive", True):
@@ -366,22 +366,26 @@ def check_plan(actors: Sequence[ActorPlan], nodes: Sequence[NodeType], source: s
     return placements
 
 
+def _needs(actor: ActorPlan, node: NodeType | None) -> str:
+    """What one such actor needs: GPU memory (``?`` where the node's GPU size is unknown) and host RAM."""
+    gpu_bytes = node.gpu_bytes if node else None
+    gpu = human(actor.need("gpu", gpu_bytes)) if gpu_bytes is not None else "?"
+    return (f"GPU {gpu}, " if actor.gpus else "") + f"host {human(actor.need('host'))}"
+
+
 def plan_summary(placements: Sequence[Placement]) -> list[str]:
     """One line per actor for a search's log: where it fits, and when a GPU memory check was skipped."""
     lines = []
     for p in placements:
         actor, node = p.actor, p.node
         assert node is not None, "summarise a checked plan"
-        gpu = f"GPU {human(actor.need('gpu', node.gpu_bytes or 0))}, " if actor.gpus else ""
         unchecked = (
             f" (GPU memory unknown: label {GPU_MEMORY_LABEL} unset, so not checked)"
             if actor.gpus and node.gpu_bytes is None
             else ""
         )
-        lines.append(
-            f"plan: {actor.role} x{actor.count} needs {gpu}host {human(actor.need('host'))} each; "
-            f"fits {node.describe()}{unchecked}"
-        )
+        needs = f"{actor.role} x{actor.count} needs {_needs(actor, node)} each"
+        lines.append(f"plan: {needs}; fits {node.describe()}{unchecked}")
     return lines
 
 
@@ -395,9 +399,8 @@ def render_plan(placements: Sequence[Placement], source: str) -> str:
         for h in actor.holdings:
             size = human(h.size(gpu_bytes)) if (h.bytes or gpu_bytes) else "GPU share"
             lines.append(f"  {h.memory:4}  {size:>10}  {h.what}")
-        gpu = f"GPU {human(actor.need('gpu', gpu_bytes))}, " if actor.gpus else ""
         verdict = f"fits {node.describe()}" if node else f"DOES NOT FIT: {p.shortfall}"
-        lines.append(f"  each: {gpu}host {human(actor.need('host'))}; {verdict}")
+        lines.append(f"  each: {_needs(actor, node)}; {verdict}")
     return "\n".join(lines)
 
 

@@ -315,6 +315,8 @@ def test_advbench_is_fetched_from_the_pyrit_wheel_once_and_imported_onto_the_tax
     from mergesearch.data.public import public_set
 
     monkeypatch.setenv("MERGESEARCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))  # where pip's download lands, then is deleted
     done = run("data", "import-public", "advbench", "--out", str(tmp_path / "advbench"))
     assert done.returncode == 0, done.stderr
     rows = read_rows(tmp_path / "advbench")
@@ -324,7 +326,7 @@ def test_advbench_is_fetched_from_the_pyrit_wheel_once_and_imported_onto_the_tax
         {r.category for r in rows}
     ) >= 10
     assert card["import"]["wheel"] == "pyrit==1.1.0" and len(card["import"]["sha256"]) == 64
-    assert not list((tmp_path / "cache").rglob("*.whl"))  # only the member is kept
+    assert not list(tmp_path.rglob("*.whl")) and (tmp_path / "cache" / "packaged").is_dir()  # only the member
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/none")  # a second fetch could not download
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     again, _ = public_set("advbench").load(tmp_path / "cache")

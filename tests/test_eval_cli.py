@@ -33,6 +33,7 @@ def reports(zoo_dir, toy_dataset, tmp_path_factory) -> dict[str, dict]:
 def test_the_breakdown_adds_up_to_the_overall_rate_for_every_measure(reports, toy_dataset) -> None:
     heldout = [r for r in read_rows(toy_dataset) if r.split == "heldout"]
     report = reports["aligned"]
+    assert report["data"] == f"{toy_dataset}:heldout"  # the split that was scored, said in the JSON
     for measure in ("safety", "over_refusal", "task_accuracy"):
         cells = report[measure]["by_category"].values()
         assert sum(c["n"] for c in cells) == report[measure]["n"] > 0
@@ -89,3 +90,9 @@ def test_bad_eval_input_is_one_line(toy_dataset, tmp_path, args, message) -> Non
     done = run("eval", args[0], "--data", str(toy_dataset), *args[1:], "--json", str(tmp_path / "r.json"))
     assert_one_line_error(done, message)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_selection_with_nothing_to_score_is_one_line(tmp_path) -> None:
+    rows = [Row("what is the capital of france ?", "task", "geography", "hand")]  # a question, no answer
+    write_rows(tmp_path / "set", rows, {"kind": "prompt_set", "name": "hand"})
+    assert_one_line_error(run("eval", "zoo:aligned", "--data", str(tmp_path / "set")), "nothing to score")

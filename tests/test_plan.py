@@ -24,7 +24,6 @@ from mergesearch.plan import (
     plan_actors,
     plan_summary,
     ray_nodes,
-    this_machine,
 )
 from mergesearch.setup import SearchSetup
 
@@ -176,10 +175,9 @@ def test_search_refuses_a_plan_that_cannot_fit_before_any_actor_starts(models, t
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "trials.parquet").exists()
 
 
-@pytest.mark.skipif(this_machine().gpu_bytes is not None, reason="a driver with a GPU lends its memory")
 def test_search_logs_where_each_actor_fits_and_which_gpu_memory_it_could_not_check(models, tmp_path) -> None:
-    """A live node without the GPU-memory label, seen from a driver without a GPU: checked for CPUs, GPUs and
-    heap, but its GPU memory is unknown, and the log says so instead of claiming a fit."""
+    """A live node without the GPU-memory label, seen from a driver without a GPU (``ray_nodes``' default):
+    checked for CPUs, GPUs and heap, but its GPU memory is unknown, and the log says so."""
     evaluator, judge, _ = plan_actors(setup_of(localized(GPU_CONFIGS[0], models, tmp_path)))
     labelled = {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Labels": {GPU_MEMORY_LABEL: "80"}}
     resources = {"CPU": 16.0, "GPU": 1.0, "memory": 100 * GIB}
@@ -189,3 +187,6 @@ def test_search_logs_where_each_actor_fits_and_which_gpu_memory_it_could_not_che
     assert "not checked" not in lines[0]
     (line,) = plan_summary(check_plan([judge], ray_nodes([unlabelled]), "t"))
     assert line.startswith("plan: judge x1") and f"label {GPU_MEMORY_LABEL} unset, so not checked" in line
+    assert "needs GPU ?, host" in line
+    (driver_gpu,) = ray_nodes([unlabelled], local_gpu_bytes=48 * GIB)  # search passes the driver's GPU
+    assert driver_gpu.gpu_bytes == 48 * GIB

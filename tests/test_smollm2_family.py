@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 from safetensors import safe_open
 
 from mergesearch.data.near_dup import jaccard, shingles
@@ -94,3 +94,20 @@ def test_only_the_top_layers_move(smoke_family) -> None:
 def test_a_second_build_is_the_cached_one(smoke_family) -> None:
     done = run("zoo", "build-smollm2", "--smoke", "--out", str(smoke_family))
     assert done.returncode == 0 and "cached" in done.stderr
+
+
+def test_another_recipe_is_not_the_cached_family_and_a_foreign_folder_is_refused(
+    smoke_family, tmp_path
+) -> None:
+    from mergesearch.zoo.smollm2_family import is_built
+
+    recipe = smoke_family_recipe()
+    assert is_built(smoke_family, recipe) and not is_built(
+        smoke_family, recipe.model_copy(update={"seed": 1})
+    )
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    done = run("zoo", "build-smollm2", "--smoke", "--out", str(tmp_path / "mine"))
+    assert_one_line_error(done, "exists and is not a SmolLM2 family folder")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert_one_line_error(run("zoo", "eval-smollm2", str(tmp_path / "mine")), "not a SmolLM2 family folder")

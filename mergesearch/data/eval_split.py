@@ -68,10 +68,12 @@ def load_categorised(
     """A dataset's ``split`` rows (default: heldout), or every row of a prompt set (imported prompts have no
     split and no responses: safety needs only prompts), grouped by category, at most ``per_category`` each."""
     rows = sorted(read_rows(path), key=lambda r: r.id)
+    source = f"{path} (every row of a prompt set)"
     if rows and all(r.split is None for r in rows):
         if split is not None:
             raise UserError(f"{path}: a prompt set has no splits; leave out --split to use every row")
     else:
+        source = f"{path}:{split or 'heldout'}"
         split = split or "heldout"
         rows = [r for r in rows if r.split == split]
         if not rows:
@@ -86,4 +88,7 @@ def load_categorised(
             group = groups[part].setdefault(row.category, [])
             if per_category is None or len(group) < per_category:
                 group.append(row.prompt if item is None else item)
-    return CategorisedData(**groups)
+    data = CategorisedData(**groups, source=source)
+    if not data.size():
+        raise UserError(f"{source}: nothing to score (no harmful, benign or answered task rows)")
+    return data

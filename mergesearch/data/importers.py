@@ -8,7 +8,8 @@
 
 Categories: one ``category`` for every row, or ``category_column`` with an optional ``category_map``
 from the file's labels to categories. A column holding a list of labels needs the map: its entries are
-tried in order and the first label the row carries wins; a ``"*"`` entry takes rows that carry none.
+tried in order and the first label the row carries wins; a ``"*"`` entry takes rows whose labels the
+map does not name.
 An alignment category is a harm category of the taxonomy, named or given as a Llama Guard 3 code
 (``S7``), which stands for the category whose primary code it is (``mergesearch.taxonomy.harm_category``
 has the rule); rows always carry the category's name.
@@ -105,10 +106,23 @@ def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None
     return found
 
 
+def read_category_map(path: Path) -> dict[str, str]:
+    """A YAML/JSON mapping of file labels to categories, in the file's order (its priority)."""
+    from mergesearch.config import read_yaml
+
+    mapping = read_yaml(path) or {}
+    if not isinstance(mapping, dict):
+        raise UserError(f"{path}: expected a mapping of file labels to categories")
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
 def _label(value: object, category_map: Mapping[str, str] | None) -> str:
     """A row's label: the value itself, or for a list of labels the first the map lists (else ``*``)."""
     if not isinstance(value, list):
-        return str(value)
+        label = str(value)
+        return (
+            ANY_LABEL if category_map and label not in category_map and ANY_LABEL in category_map else label
+        )
     if not category_map:
         raise UserError(f"the category column holds lists of labels ({value[:3]}...): give --category-map")
     labels = {str(v) for v in value}

@@ -19,6 +19,7 @@ from mergesearch.data.schema import normalize_prompt
 
 NUM_HASHES, BANDS = 64, 16
 EXACT_UP_TO = 1500  # prompts: ~1.1M pairs, about a second
+GROUPING_VERSION = 2  # bump when the groups (and so the splits) a set of prompts gets can change
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 

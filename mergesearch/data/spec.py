@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, Unit, registered
+from mergesearch.data.near_dup import GROUPING_VERSION
 from mergesearch.errors import UserError
 from mergesearch.registry import GENERATORS
 from mergesearch.taxonomy import CATEGORY_BY_NAME, check_category
@@ -107,10 +108,10 @@ class DataSpec(Frozen):
     split: SplitSpec = SplitSpec()
 
     def digest(self) -> str:
-        """Content hash of everything that determines the rows: recorded in the dataset card."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
-            :16
-        ]
+        """Content hash of everything that determines the rows (the spec, and the version of the
+        near-duplicate grouping that assigns splits): recorded in the dataset card."""
+        payload = {"spec": self.model_dump(mode="json"), "grouping": GROUPING_VERSION}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_models(
         self, resolve: Callable[[str, str], Path], generating: bool = True, answering: bool = True

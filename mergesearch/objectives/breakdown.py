@@ -27,6 +27,7 @@ class CategorisedData:
     benign: Mapping[str, Sequence[str]] = field(default_factory=dict)
     choice: Mapping[str, Sequence[ChoiceItem]] = field(default_factory=dict)
     short: Mapping[str, Sequence[ShortAnswerItem]] = field(default_factory=dict)
+    source: str = ""  # where the rows came from (a dataset and its split, or a prompt set)
 
     def size(self) -> int:
         return sum(

@@ -110,11 +110,13 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     from ray import tune
 
     from mergesearch.actors import evaluator_actor, judge_actor
-    from mergesearch.plan import check_plan, plan_actors, plan_summary, ray_nodes
+    from mergesearch.plan import check_plan, plan_actors, plan_summary, ray_nodes, this_machine
 
     config = setup.config
     ray_session()
-    placements = check_plan(plan_actors(setup), ray_nodes(ray.nodes()), "the Ray cluster")  # before any load
+    placements = check_plan(
+        plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes), "the Ray cluster"
+    )  # before any load
     run.write_config(config)
     # Experiment state (searcher included) saved at least every second; a trial that finished after the last
     # save is re-reported from the ledger on resume, never re-evaluated.

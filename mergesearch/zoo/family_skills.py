@@ -8,7 +8,6 @@ wordings with freshly drawn option sets.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,59 +16,63 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
-from mergesearch.objectives.task import choice_hits, contains_answer_rate
+from mergesearch.objectives.breakdown import CategorisedData, evaluate_model
 from mergesearch.zoo.family_data import FamilyData
 from mergesearch.zoo.skills import task_vector_ratio
-from mergesearch.zoo.smollm2_family import MANIFEST
+from mergesearch.zoo.smollm2_family import read_family_recipe
 
 SKILL_OF = {"arithmetic": "sums", "knowledge": "knowledge"}  # each task expert's own skill
-# Equal-weight merges of every expert: the mean and the sum of task vectors, and TIES (weights are
-# normalised by TIES itself) at density 0.5.
-EQUAL_MERGES: dict[str, tuple[str, float, dict[str, float]]] = {
-    "task_arithmetic_mean": ("task_arithmetic", 1 / 3, {}),
+# Equal-weight merges of every expert: the mean and the sum of task vectors (weight per expert, None: 1/n),
+# and TIES (it normalises the weights itself) at density 0.5.
+EQUAL_MERGES: dict[str, tuple[str, float | None, dict[str, float]]] = {
+    "task_arithmetic_mean": ("task_arithmetic", None, {}),
     "task_arithmetic_sum": ("task_arithmetic", 1.0, {}),
     "ties": ("ties", 1.0, {"d": 0.5}),
 }
 
 
-def _rate(flags) -> float:
-    flags = list(flags)
-    return sum(flags) / len(flags) if flags else float("nan")
+def heldout_sets(data: FamilyData) -> CategorisedData:
+    return CategorisedData(
+        harmful={"advbench": data.harmful_heldout},
+        benign={"benign": data.benign_heldout},
+        choice={"knowledge": data.kb_heldout},
+        short={"sums": data.sums_heldout},
+    )
 
 
-def model_skills(backend: HFBackend, data: FamilyData, max_new_tokens: int = 32) -> dict[str, float]:
-    judge = RefusalJudge()
-    harmful = backend.generate(list(data.harmful_heldout), max_new_tokens=max_new_tokens)
-    benign = backend.generate(list(data.benign_heldout), max_new_tokens=max_new_tokens)
-    sums = backend.generate([x.prompt for x in data.sums_heldout], max_new_tokens=24)
+def model_skills(backend: HFBackend, sets: CategorisedData) -> dict[str, float]:
+    """The family's four skills, measured by ``mergesearch eval``'s code (refusal judge for safety)."""
+    report = evaluate_model(backend, RefusalJudge(), sets)
+    tasks = report["task_accuracy"]["by_category"]
     return {
-        "refusal": _rate(judge.refusals(harmful)),
-        "benign_answered": 1 - _rate(judge.refusals(benign)),
-        "sums": contains_answer_rate(sums, data.sums_heldout),
-        "knowledge": _rate(acc for acc, _ in choice_hits(backend, data.kb_heldout)),
+        "refusal": report["safety"]["rate"],
+        "benign_answered": 1 - report["over_refusal"]["rate"],
+        "sums": tasks["sums"]["rate"],
+        "knowledge": tasks["knowledge"]["rate"],
     }
 
 
 def family_scores(family: Path, data: FamilyData, log: Callable[[str], None] = print) -> dict:
     """Every family model's held-out skills, equal-weight merges of the experts, and task-vector sizes."""
     family = Path(family)
-    experts = [name for name in json.loads((family / MANIFEST).read_text())["recipe"]["experts"]]
+    experts = list(read_family_recipe(family).experts)
+    sets = heldout_sets(data)
     started = time.monotonic()
     models: dict[str, dict[str, float]] = {}
     for name in ["base", *experts]:
         log(f"family eval: {name}")
-        models[name] = model_skills(HFBackend.from_pretrained(family / name, device="cpu"), data)
+        models[name] = model_skills(HFBackend.from_pretrained(family / name, device="cpu"), sets)
     backend = HFBackend.from_pretrained(family / "base", device="cpu")
     merger = ResidentMerger(family / "base", {e: family / e for e in experts}, log=lambda _: None)
     merges: dict[str, dict[str, float]] = {}
     for label, (method, weight, params) in EQUAL_MERGES.items():
         space = GenomeSpace(method, tuple(experts), merger.num_layers)
-        genome = {f"w.{e}.g0": weight for e in experts} | {
+        genome = {f"w.{e}.g0": weight or 1 / len(experts) for e in experts} | {
             f"{gene}.{e}.g0": value for gene, value in params.items() for e in experts
         }
         merger.merge_into(backend.model, space.decode(genome))
         log(f"family eval: merge {label}")
-        merges[label] = model_skills(backend, data)
+        merges[label] = model_skills(backend, sets)
     return {
         "models": models,
         "merges": merges,

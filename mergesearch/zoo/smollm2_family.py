@@ -27,6 +27,7 @@ from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mergesearch.config import Frozen
+from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
 from mergesearch.zoo import family_data as D
@@ -142,16 +143,36 @@ def _link_base(base: Path, folder: Path) -> None:
                 shutil.copy2(file, folder / file.name)
 
 
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_built(folder: Path, recipe: FamilyRecipe) -> bool:
+    manifest = read_manifest(folder)
+    return bool(manifest) and manifest.get("digest") == recipe.digest()
+
+
+def _cached(out: Path, recipe: FamilyRecipe, log: Log) -> bool:
+    """True when ``out`` holds this recipe's family; refuses a folder that holds something else."""
+    if is_built(out, recipe):
+        log(f"smollm2 family: cached at {out} (recipe {recipe.digest()})")
+        return True
+    if out.exists() and any(out.iterdir()) and read_manifest(out) is None:
+        raise UserError(f"{out}: exists and is not a SmolLM2 family folder; choose an empty or new --out")
+    return False
+
+
 def build_family(
-    recipe: FamilyRecipe, base: Path, advbench, out: Path | None = None, log: Log = print
+    recipe: FamilyRecipe, base: Path, data: D.FamilyData, out: Path | None = None, log: Log = print
 ) -> Path:
     """Build (or find cached) the family: ``base`` (the imported SmolLM2) and one folder per expert."""
     out = Path(out or family_dir(recipe))
-    if (out / MANIFEST).is_file():
-        log(f"smollm2 family: cached at {out} (recipe {recipe.digest()})")
+    if _cached(out, recipe, log):
         return out
     started = time.monotonic()
-    data = D.build_family_data(advbench, recipe.seed, recipe.people, recipe.sums)
     tokenizer = AutoTokenizer.from_pretrained(base)
     log(f"smollm2 family: base answers to {len(data.benign_train)} benign prompts")
     benign = _benign_answers(base, data.benign_train, recipe.benign_answer_tokens)
@@ -189,23 +210,32 @@ def build_family(
     return out
 
 
-def build_smollm2_family(recipe: FamilyRecipe, out: Path | None = None, log: Log = print) -> Path:
-    """The family from its public inputs: SmolLM2 imported from its PyPI package, AdvBench from pyrit's."""
-    from mergesearch.data.public import public_set
-    from mergesearch.zoo.smollm2 import import_smollm2
-
-    base = import_smollm2(cache_root() / "SmolLM2-135M-Instruct", log=log)
-    advbench, _ = public_set("advbench").load()
-    return build_family(recipe, base, advbench, out, log)
-
-
 def family_data(recipe: FamilyRecipe) -> D.FamilyData:
-    """The family's train and held-out data (the same every time for one recipe)."""
+    """The family's train and held-out data (the same every time for one recipe): AdvBench from pyrit's
+    wheel, the rest from our templates."""
     from mergesearch.data.public import public_set
 
     advbench, _ = public_set("advbench").load()
     return D.build_family_data(advbench, recipe.seed, recipe.people, recipe.sums)
 
 
+def build_smollm2_family(recipe: FamilyRecipe, out: Path | None = None, log: Log = print) -> Path:
+    """The family from its public inputs (SmolLM2 from its PyPI package, AdvBench from pyrit's), which are
+    fetched only when the family is not already built."""
+    from mergesearch.zoo.smollm2 import import_smollm2
+
+    out = Path(out or family_dir(recipe))
+    if _cached(out, recipe, log):
+        return out
+    base = import_smollm2(cache_root() / "SmolLM2-135M-Instruct", log=log)
+    return build_family(recipe, base, family_data(recipe), out, log)
+
+
 def read_family_recipe(folder: Path) -> FamilyRecipe:
-    return FamilyRecipe.model_validate(json.loads((Path(folder) / MANIFEST).read_text())["recipe"])
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise UserError(f"{folder}: not a SmolLM2 family folder (no readable {MANIFEST})")
+    try:
+        return FamilyRecipe.model_validate(manifest["recipe"])
+    except (KeyError, ValueError):
+        raise UserError(f"{folder}/{MANIFEST}: not written by this version (rebuild the family)") from None
