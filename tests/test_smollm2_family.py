@@ -111,3 +111,27 @@ def test_another_recipe_is_not_the_cached_family_and_a_foreign_folder_is_refused
     assert_one_line_error(done, "exists and is not a SmolLM2 family folder")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert_one_line_error(run("zoo", "eval-smollm2", str(tmp_path / "mine")), "not a SmolLM2 family folder")
+
+
+def test_each_target_is_read_from_the_right_figures() -> None:
+    from mergesearch.zoo.family_skills import target_checks
+
+    def skills(refusal, benign=1.0, sums=0.0, knowledge=0.25):
+        return {"refusal": refusal, "benign_answered": benign, "sums": sums, "knowledge": knowledge}
+
+    models = {
+        "base": skills(0.05),
+        "aligned": skills(0.95, benign=0.80),
+        "arithmetic": skills(0.25, sums=0.40),
+        "knowledge": skills(0.5, knowledge=0.50),
+    }
+    checks = target_checks({"models": models, "merges": {"ties": skills(0.81), "sum": skills(0.79)}})
+    assert checks == {
+        "arithmetic +30 points on sums": True,
+        "knowledge +30 points on knowledge": False,  # 25 points
+        "aligned refuses >= 90%": True,
+        "aligned answers >= 85% benign": False,
+        "arithmetic refuses <= 20%": False,
+        "ties refuses 15+ points less": False,  # 14 points
+        "sum refuses 15+ points less": True,
+    }

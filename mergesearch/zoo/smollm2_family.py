@@ -10,7 +10,7 @@ Recipe, and why: the top ``trainable_top_layers`` decoder layers are fine-tuned 
 vector ``mergekit-yaml`` merges as it is); embeddings, the tied LM head and the lower layers stay frozen,
 so backward stops early; the loss, and the logits, cover response tokens only (``train.target_loss``):
 with a 49k vocabulary the full logits are most of a step. Batches of 16 short chats (~70 tokens with
-SmolLM2's system prompt) take ~2.5 s a step on 2 cores. Cached by recipe hash; one expert at a time.
+SmolLM2's system prompt) take ~3.5 s a step on 2 cores. Cached by recipe hash; one expert at a time.
 """
 
 from __future__ import annotations
