@@ -57,12 +57,18 @@ def default_zoo_dir(recipe: ZooRecipe) -> Path:
     return cache_root() / "zoo" / recipe.digest()
 
 
-def read_manifest(zoo_dir: Path) -> dict | None:
-    path = Path(zoo_dir) / MANIFEST
+def read_manifest(folder: Path, name: str = MANIFEST) -> dict | None:
+    """A built folder's manifest (the toy zoo's by default), or None when it is missing or unreadable."""
     try:
-        return json.loads(path.read_text())
+        return json.loads((Path(folder) / name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def refuse_foreign_folder(out: Path, manifest: str, what: str) -> None:
+    """A build replaces its output folder: refuse one that holds files but no manifest of ours."""
+    if out.exists() and any(out.iterdir()) and read_manifest(out, manifest) is None:
+        raise UserError(f"{out}: exists and is not {what}; choose an empty or new --out")
 
 
 def is_built(zoo_dir: Path, recipe: ZooRecipe) -> bool:
@@ -80,8 +86,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: Path | None = None, log: Callable[[str
     if is_built(out_dir, recipe):
         log(f"zoo: cached at {out_dir} (recipe {recipe.digest()})")
         return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and read_manifest(out_dir) is None:
-        raise UserError(f"{out_dir}: exists and is not a zoo folder; choose an empty or new --out")
+    refuse_foreign_folder(out_dir, MANIFEST, "a zoo folder")
 
     with _build_lock(out_dir, recipe, log):
         if is_built(out_dir, recipe):  # another process built it while this one waited

@@ -31,6 +31,7 @@ from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
 from mergesearch.zoo import family_data as D
+from mergesearch.zoo.build import read_manifest, refuse_foreign_folder
 from mergesearch.zoo.corpus import Example, chat_example
 from mergesearch.zoo.recipe import TrainSpec, digest_of
 from mergesearch.zoo.train import target_loss, train
@@ -143,15 +144,8 @@ def _link_base(base: Path, folder: Path) -> None:
                 shutil.copy2(file, folder / file.name)
 
 
-def read_manifest(folder: Path) -> dict | None:
-    try:
-        return json.loads((Path(folder) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def is_built(folder: Path, recipe: FamilyRecipe) -> bool:
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, MANIFEST)
     return bool(manifest) and manifest.get("digest") == recipe.digest()
 
 
@@ -160,8 +154,7 @@ def _cached(out: Path, recipe: FamilyRecipe, log: Log) -> bool:
     if is_built(out, recipe):
         log(f"smollm2 family: cached at {out} (recipe {recipe.digest()})")
         return True
-    if out.exists() and any(out.iterdir()) and read_manifest(out) is None:
-        raise UserError(f"{out}: exists and is not a SmolLM2 family folder; choose an empty or new --out")
+    refuse_foreign_folder(out, MANIFEST, "a SmolLM2 family folder")
     return False
 
 
@@ -232,7 +225,7 @@ def build_smollm2_family(recipe: FamilyRecipe, out: Path | None = None, log: Log
 
 
 def read_family_recipe(folder: Path) -> FamilyRecipe:
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, MANIFEST)
     if manifest is None:
         raise UserError(f"{folder}: not a SmolLM2 family folder (no readable {MANIFEST})")
     try:
