@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from demo_configs import demo_config
 from transformers import AutoTokenizer
 
 from mergesearch.backends.hf import HFBackend
-from mergesearch.config import SearchConfig, load_config
+from mergesearch.config import SearchConfig
 from mergesearch.data.eval_split import load_eval_data
 from mergesearch.errors import UserError
 from mergesearch.judges.llama_guard import GUARD_FORMATS, GuardJudge, parse_verdict
@@ -26,7 +27,7 @@ EXPERTS = ("aligned", "math", "facts")
 
 
 def search_config(toy_dataset, **changes) -> SearchConfig:
-    config = load_config("search_spaces/demo.yaml").model_dump(mode="json")
+    config = demo_config()
     config["data"] = {"path": str(toy_dataset), "max_alignment_prompts": 40, "max_task_prompts": 40}
     config.update(changes)
     return SearchConfig.model_validate(config)

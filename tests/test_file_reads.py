@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_configs import demo_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -145,7 +146,7 @@ def test_elsewhere_the_measurement_is_unavailable_not_zero(weights, monkeypatch)
 # ------------------------------------------------------------------------------------ the Evaluator
 def test_a_warm_evaluation_reads_no_weight_file_and_a_reload_does(zoo_dir, toy_dataset, tmp_path) -> None:
     from mergesearch.actors import Evaluator
-    from mergesearch.config import SearchConfig, load_config
+    from mergesearch.config import SearchConfig
     from mergesearch.merge.resident import ResidentMerger
     from mergesearch.setup import SearchSetup
 
@@ -153,7 +154,7 @@ def test_a_warm_evaluation_reads_no_weight_file_and_a_reload_does(zoo_dir, toy_d
     models = tmp_path / "zoo"
     for name in ("base", *EXPERTS):
         shutil.copytree(zoo_dir / name, models / name)
-    config = load_config("search_spaces/demo.yaml").model_dump(mode="json")
+    config = demo_config()
     config["models"].update(
         base=str(models / "base"), experts=[{"name": e, "path": str(models / e)} for e in EXPERTS]
     )

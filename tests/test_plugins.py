@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_helpers import assert_one_line_error, run
+from demo_configs import demo_config
 
 from mergesearch.config import load_config
 from mergesearch.errors import ConfigError
@@ -31,7 +32,7 @@ def test_a_registry_refuses_a_second_entry_under_a_taken_name() -> None:
 
 
 def plugin_config(tmp_path: Path, dataset: Path | None = None, plugins: bool = True) -> Path:
-    config = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+    config = demo_config(resolved=False)
     config.update(
         name="plugin",
         merge={"method": "gated_sum", "bounds": {"gate": {"low": 0.0, "high": 0.9}}, "params": {"gain": 1.1}},

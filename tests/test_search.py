@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from demo_configs import demo_config
 
-from mergesearch.config import SearchConfig, load_config
+from mergesearch.config import SearchConfig
 from mergesearch.registry import SEARCHERS
 from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.run_dir import PENALTY, RunDir
@@ -24,7 +25,7 @@ def search(config: SearchConfig, path: Path, log=lambda _: None) -> RunDir:
 
 
 def config_for(toy_dataset: Path, **changes) -> SearchConfig:
-    config = load_config("search_spaces/demo.yaml").model_dump(mode="json")
+    config = demo_config()
     config["data"] = {"path": str(toy_dataset), "max_alignment_prompts": 12, "max_task_prompts": 12}
     config["search"] = {"name": "cma", "num_trials": 4, "seed": 0, "warm_starts": ["uniform"]}
     config["promotion"] = {"top_k": 1}

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+from demo_configs import demo_config
 
 from mergesearch.search.run_dir import RunDir
 
@@ -20,7 +21,7 @@ BIN = Path(sys.executable).parent
 
 
 def write_config(toy_dataset: Path, folder: Path, num_trials: int, prompts: int, **changes) -> Path:
-    config = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())
+    config = demo_config(resolved=False)
     config["name"] = "clustertest"
     config["data"] = {"path": str(toy_dataset), "max_alignment_prompts": prompts, "max_task_prompts": prompts}
     config["search"] = {"name": "cma", "num_trials": num_trials, "seed": 0, "warm_starts": ["uniform"]}

@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here: run `make test-vllm`")
 pytestmark = pytest.mark.vllm
 
+from demo_configs import demo_config  # noqa: E402
+
 from mergesearch.backends.hf import HFBackend  # noqa: E402
 from mergesearch.backends.vllm import VLLMBackend, WorkerPool  # noqa: E402
 from mergesearch.config import BackendConfig, JudgeConfig  # noqa: E402
@@ -152,13 +154,13 @@ def test_a_tune_search_runs_the_vllm_backend_inside_evaluator_actors(toy_dataset
     """backend.kind vllm in an EvaluatorActor, the guard judge on vLLM in the JudgeActor, real Tune."""
     import ray
 
-    from mergesearch.config import SearchConfig, load_config
+    from mergesearch.config import SearchConfig
     from mergesearch.runtime import ray_session
     from mergesearch.search.run_dir import RunDir
     from mergesearch.search.tuner import run_search
     from mergesearch.setup import SearchSetup
 
-    config = load_config("search_spaces/demo.yaml").model_dump(mode="json")
+    config = demo_config()
     config |= {
         "data": {"path": str(toy_dataset), "max_alignment_prompts": 8, "max_task_prompts": 8},
         "search": {"name": "cma", "num_trials": 3, "seed": 0, "warm_starts": ["uniform"]},
