@@ -484,6 +484,30 @@ def report(run_dir: Path) -> None:
     click.echo(str(write_report(RunDir(run_dir)).report_file))
 
 
+@cli.command(
+    help="The paper's reproduction table for a protocol (protocols/*.yaml): experts, data-free merges, "
+    "searches and LM-Cocktail on held-out data, mean ± std over seeds. Re-running resumes cell by cell."
+)
+@click.argument("protocol_path", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Folder [default: runs/protocol-NAME]."
+)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Copy the JSON here.")
+def reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> None:
+    from mergesearch.config import load_config
+    from mergesearch.io import atomic_write_text
+    from mergesearch.protocol.config import ProtocolConfig
+    from mergesearch.protocol.runner import run_protocol, table_markdown
+
+    name = load_config(protocol_path, ProtocolConfig).name
+    folder = out or Path("runs") / f"protocol-{name}"
+    summary = run_protocol(protocol_path, folder, log=_progress)
+    click.echo(table_markdown(summary))
+    click.echo(f"table: {folder / 'table.md'}, plot: {folder / 'protocol.png'}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------------------------ demo
 @cli.command(help="The offline demo: toy zoo -> data -> search -> promotion -> report, on a laptop CPU.")
 @click.option(

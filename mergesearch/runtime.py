@@ -10,6 +10,7 @@ def offline_and_quiet() -> None:
     """No hub look-ups (nothing can be downloaded here), no per-tensor progress bars, no fork warnings."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # lm-eval's local tasks load as datasets
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

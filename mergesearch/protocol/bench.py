@@ -1,0 +1,108 @@
+"""Where a protocol's rows are scored: in-process evaluators per merge method, and the held-out split.
+
+A row names a merge (a method, its experts, a genome). The search split scores grid points and
+LM-Cocktail's losses (what a user tuning on their data would see); the held-out split scores the row's
+final merge: safety by the search config's judge, over-refusal by the refusal patterns, task accuracy as
+the search measures it (and its short-answer part alone), and lm-eval's ``acc`` on the held-out
+multiple-choice questions (``simple_evaluate`` on a local task written from them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mergesearch.actors import Evaluator
+from mergesearch.config import MergeSpaceConfig
+from mergesearch.merge.genome import GenomeSpace
+from mergesearch.objectives.evaluate import Scores, score_model
+from mergesearch.protocol.config import ProtocolConfig
+from mergesearch.setup import SearchSetup
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Merge:
+    """What a row hands over to be scored on the held-out split."""
+
+    method: str
+    experts: tuple[str, ...]
+    genes: dict[str, float]
+
+
+class Bench:
+    """The protocol's scoring bench: one resident evaluator per (method, experts), built on first use."""
+
+    def __init__(self, protocol: ProtocolConfig, setup: SearchSetup, folder: Path, log: Log) -> None:
+        self.protocol = protocol
+        self.setup = setup
+        self.folder = folder
+        self.log = log
+        self._evaluators: dict[tuple[str, tuple[str, ...]], Evaluator] = {}
+        self._heldout: Any = None
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        return tuple(self.setup.experts)
+
+    def setup_for(self, merge: MergeSpaceConfig, experts: tuple[str, ...] | None = None) -> SearchSetup:
+        """The search setup with another merge space (and, for SLERP, two of the experts)."""
+        config = self.setup.config
+        models = config.models
+        if experts is not None:
+            chosen = [e for e in models.experts if e.name in experts]
+            models = models.model_copy(update={"experts": chosen})
+        config = config.model_copy(update={"merge": merge, "models": models})
+        space = GenomeSpace(
+            merge.method,
+            [e.name for e in models.experts],
+            self.setup.space.num_layers,
+            merge.granularity,
+            merge.group_size,
+            bounds={name: (b.low, b.high) for name, b in merge.bounds.items()},
+        )
+        return dataclasses.replace(self.setup, config=config, space=space)
+
+    def evaluator(self, method: str, experts: tuple[str, ...]) -> Evaluator:
+        key = (method, experts)
+        if key not in self._evaluators:
+            setup = self.setup_for(MergeSpaceConfig(method=method), experts)
+            self._evaluators[key] = Evaluator(setup, log=lambda _: None)
+        return self._evaluators[key]
+
+    def search_score(self, merge: Merge, seed: int) -> Scores:
+        return self.evaluator(merge.method, merge.experts).evaluate(merge.genes, seed)
+
+    def heldout(self, merge: Merge, seed: int) -> dict[str, Any]:
+        """The merge's held-out objectives, fitness and lm-eval accuracy."""
+        from mergesearch.data.eval_split import load_eval_data
+        from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, write_choice_task
+
+        evaluator = self.evaluator(merge.method, merge.experts)
+        if self._heldout is None:
+            cap = self.protocol.heldout_max_prompts
+            self._heldout = load_eval_data(str(self.setup.config.data.path), "heldout", cap, cap)
+        backend, config = evaluator.backend, evaluator.config
+        backend.merge_from(evaluator.merger, evaluator.space.decode(merge.genes), seed)
+        scores = score_model(
+            backend, self._heldout, evaluator.judge, config.fitness, config.backend.max_new_tokens
+        )
+        result: dict[str, Any] = {
+            "objectives": scores.objectives,
+            "fitness": scores.fitness,
+            "short_answer": scores.counts.get("contains_answer", math.nan),  # short-answer task items
+        }
+        if self._heldout.choice_items:
+            with tempfile.TemporaryDirectory() as tmp:
+                task = write_choice_task(
+                    self._heldout.choice_items, backend.render, Path(tmp), "protocol_heldout_choice"
+                )
+                lm = hf_lm(backend.model, backend.tokenizer, config.backend.batch_size, str(backend.device))
+                result["lm_eval_acc"] = run_lm_eval(lm, [task], Path(tmp))[task]["acc"]
+        return result

@@ -1,0 +1,210 @@
+"""The table's rows: each one a way to choose a merge, registered by name.
+
+A row returns the merge it chose (scored on the held-out split by the runner) and what it saw on the
+search split. Rows that do not depend on a seed run once; seeded rows run once per protocol seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mergesearch.config import MergeSpaceConfig
+from mergesearch.protocol.bench import Bench, Merge
+from mergesearch.registry import Registry
+from mergesearch.search.baselines import cocktail_weights
+
+RowResult = tuple[Merge, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    group: str  # "expert", "data-free", "search" or "cocktail": how the table groups and plots it
+    seeded: bool
+    choose: Callable[[Bench, int], RowResult]
+
+
+ROWS: Registry[Row] = Registry("protocol row")
+
+
+def row(name: str, group: str, seeded: bool) -> Callable[[Callable[[Bench, int], RowResult]], Row]:
+    def add(choose: Callable[[Bench, int], RowResult]) -> Row:
+        return ROWS.add(name, Row(name, group, seeded, choose))
+
+    return add
+
+
+def expert_rows(bench: Bench) -> list[Row]:
+    """The base and each expert alone: a task-arithmetic merge with one weight at 1 (base: none)."""
+
+    def alone(expert: str | None) -> Callable[[Bench, int], RowResult]:
+        def choose(bench: Bench, seed: int) -> RowResult:
+            genes = {f"w.{e}.g0": float(e == expert) for e in bench.experts}
+            return Merge("task_arithmetic", bench.experts, genes), {}
+
+        return choose
+
+    return [Row(f"expert:{name or 'base'}", "expert", False, alone(name)) for name in (None, *bench.experts)]
+
+
+def rows_of(bench: Bench) -> list[Row]:
+    """Every row of the protocol, in table order (or the protocol's ``rows`` subset)."""
+    everything = [*expert_rows(bench), *(ROWS.get(name) for name in ROWS_ORDER)]
+    wanted = bench.protocol.rows
+    return [r for r in everything if wanted is None or r.name in wanted]
+
+
+def _ties_genes(experts: tuple[str, ...], weights: tuple[float, ...], density: float) -> dict[str, float]:
+    return {f"w.{e}.g0": w for e, w in zip(experts, weights)} | {f"d.{e}.g0": density for e in experts}
+
+
+def _slerp_pair(bench: Bench) -> tuple[str, ...]:
+    return (bench.protocol.aligned, bench.protocol.misaligned)
+
+
+# Equal weights: mergekit's customary weight 1 and density 0.5 per expert; SLERP halfway.
+@row("ties_equal", "data-free", seeded=False)
+def _ties_equal(bench: Bench, seed: int) -> RowResult:
+    experts = bench.experts
+    return Merge("ties", experts, _ties_genes(experts, (1.0,) * len(experts), 0.5)), {}
+
+
+@row("dare_ties_equal", "data-free", seeded=True)  # DARE drops at random: the seed matters
+def _dare_equal(bench: Bench, seed: int) -> RowResult:
+    experts = bench.experts
+    return Merge("dare_ties", experts, _ties_genes(experts, (1.0,) * len(experts), 0.5)), {}
+
+
+@row("slerp_equal", "data-free", seeded=False)
+def _slerp_equal(bench: Bench, seed: int) -> RowResult:
+    return Merge("slerp", _slerp_pair(bench), {"t.g0": 0.5}), {}
+
+
+def _grid(bench: Bench, seed: int, candidates: Iterator[Merge]) -> RowResult:
+    """The candidate with the best search-split fitness (the search config's fitness weights)."""
+    scored = [(bench.search_score(m, seed).fitness, i, m) for i, m in enumerate(candidates)]
+    fitness, _, best = max(scored, key=lambda s: (-math.inf if math.isnan(s[0]) else s[0], -s[1]))
+    return best, {"search_fitness": fitness, "grid_points": len(scored)}
+
+
+def _ties_grid(method: str) -> Callable[[Bench, int], RowResult]:
+    def choose(bench: Bench, seed: int) -> RowResult:
+        grid = bench.protocol.grid
+        experts = bench.experts
+        points = itertools.product(itertools.product(grid.weights, repeat=len(experts)), grid.densities)
+        return _grid(bench, seed, (Merge(method, experts, _ties_genes(experts, w, d)) for w, d in points))
+
+    return choose
+
+
+ROWS.add("ties_grid", Row("ties_grid", "data-free", False, _ties_grid("ties")))
+ROWS.add("dare_ties_grid", Row("dare_ties_grid", "data-free", True, _ties_grid("dare_ties")))
+
+
+@row("slerp_grid", "data-free", seeded=False)
+def _slerp_grid(bench: Bench, seed: int) -> RowResult:
+    pair = _slerp_pair(bench)
+    return _grid(bench, seed, (Merge("slerp", pair, {"t.g0": t}) for t in bench.protocol.grid.slerp_t))
+
+
+# The evolutionary searches: what each one's fitness sees.
+SEARCH_FITNESS: dict[str, Callable[[Bench], dict[str, float]]] = {
+    "search_task_only": lambda bench: {"task_accuracy": 1.0},
+    "search_task_alignment": lambda bench: dict(bench.setup.config.fitness.weights),
+    "search_loss_proxy": lambda bench: {"loss_proxy": 1.0},
+}
+
+
+def _search(name: str) -> Callable[[Bench, int], RowResult]:
+    def choose(bench: Bench, seed: int) -> RowResult:
+        from mergesearch.search.run_dir import RunDir
+        from mergesearch.search.tuner import run_search
+
+        rows = bench.protocol.search
+        space = MergeSpaceConfig(method=rows.method, granularity=rows.granularity, bounds=rows.bounds)
+        setup = bench.setup_for(space)
+        config = setup.config
+        config = config.model_copy(
+            update={
+                "name": f"{bench.protocol.name}-{name}-seed{seed}",
+                "fitness": config.fitness.model_copy(
+                    update={"weights": SEARCH_FITNESS[name](bench), "loss_alpha": rows.loss_alpha}
+                ),
+                "search": config.search.model_copy(
+                    update={
+                        "name": rows.searcher,
+                        "num_trials": rows.trials,
+                        "seed": seed,
+                        "warm_starts": ["uniform"],
+                    }
+                ),
+            }
+        )
+        folder = RunDir(bench.folder / "runs" / f"{name}-seed{seed}")
+        run = run_search(dataclasses.replace(setup, config=config), folder, bench.log)
+        best = max((t for t in run.trials() if t.ok), key=lambda t: t.fitness)
+        return Merge(rows.method, bench.experts, dict(best.genes)), {
+            "search_fitness": best.fitness,
+            "trials": run.trial_count(),
+        }
+
+    return choose
+
+
+for _name in SEARCH_FITNESS:
+    ROWS.add(_name, Row(_name, "search", True, _search(_name)))
+
+
+def _cocktail(types: tuple[str, ...], temperature: float) -> Callable[[Bench, int], RowResult]:
+    """A linear merge weighted by each expert's loss on a few examples of ``types``, drawn by seed."""
+
+    def choose(bench: Bench, seed: int) -> RowResult:
+        from mergesearch.objectives.evaluate import token_counts
+
+        experts = bench.experts
+        evaluator = bench.evaluator("linear", experts)
+        rng = random.Random(seed)
+        examples = []
+        for type_ in types:
+            pool = [r for r in evaluator.data.tagged if r[2] == type_]
+            examples += rng.sample(pool, min(bench.protocol.cocktail.examples, len(pool)))
+        backend = evaluator.backend
+        requests = [(backend.render(p), r) for p, r, _ in examples]
+        losses = {}
+        for expert in experts:
+            backend.merge_from(evaluator.merger, evaluator.space.decode(evaluator.space.expert_alone(expert)))
+            lls = backend.loglikelihood(requests)
+            losses[expert] = -sum(ll for ll, _ in lls) / max(1, sum(token_counts(backend, requests)))
+        weights = cocktail_weights(losses, temperature)
+        genes = {f"w.{e}.g0": w for e, w in weights.items()}
+        return Merge("linear", experts, genes), {"losses": losses, "weights": weights}
+
+    return choose
+
+
+for _types, _label in ((("task",), "lm_cocktail"), (("task", "alignment"), "lm_cocktail_aligned")):
+    for _t in (1.0, 5.0):
+        _name = f"{_label}_T{_t:g}"
+        ROWS.add(_name, Row(_name, "cocktail", True, _cocktail(_types, _t)))
+
+ROWS_ORDER = (
+    "ties_equal",
+    "dare_ties_equal",
+    "slerp_equal",
+    "ties_grid",
+    "dare_ties_grid",
+    "slerp_grid",
+    "search_task_only",
+    "search_task_alignment",
+    "search_loss_proxy",
+    "lm_cocktail_T1",
+    "lm_cocktail_T5",
+    "lm_cocktail_aligned_T1",
+    "lm_cocktail_aligned_T5",
+)

@@ -1,0 +1,106 @@
+"""`mergesearch reproduce`: the paper's table as resumable cells (issue 11, item 4), on the toy zoo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_helpers import assert_one_line_error, run
+from demo_configs import DEMO
+
+from mergesearch.protocol.config import ProtocolConfig
+from mergesearch.protocol.runner import expectations
+from mergesearch.search.baselines import cocktail_weights
+
+ROWS = ["expert:base", "expert:aligned", "ties_equal", "slerp_grid", "search_task_only", "lm_cocktail_T1"]
+
+
+def write_protocol(folder: Path, toy_dataset: Path, **changes) -> Path:
+    """The demo config on the session's toy dataset, the pattern judge, and a protocol of a few rows."""
+    search = yaml.safe_load(DEMO.read_text())
+    search["data"] = {"path": str(toy_dataset), "max_alignment_prompts": 8, "max_task_prompts": 8}
+    search["judge"] = {"kind": "refusal"}
+    (folder / "search.yaml").write_text(yaml.safe_dump(search))
+    protocol = {
+        "name": "tiny",
+        "search_config": "search.yaml",
+        "aligned": "aligned",
+        "misaligned": "math",
+        "seeds": [0],
+        "search": {"trials": 2},
+        "grid": {"slerp_t": [0.2, 0.8]},
+        "heldout_max_prompts": 8,
+        "rows": ROWS,
+    } | changes
+    path = folder / "protocol.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    return path
+
+
+def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dataset, tmp_path) -> None:
+    protocol = write_protocol(tmp_path, toy_dataset)
+    out = tmp_path / "out"
+    first = run("reproduce", str(protocol), "--out", str(out), "--json", str(tmp_path / "table.json"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "table.json").read_text())
+    assert [r["row"] for r in summary["rows"]] == ROWS
+    cells = {c["row"]: c for c in summary["cells"]}
+    assert cells["expert:aligned"]["heldout"]["objectives"]["safety"] == 1.0  # the toy's aligned expert
+    assert cells["search_task_only"]["search_split"]["trials"] == 2
+    assert cells["slerp_grid"]["search_split"]["grid_points"] == 2
+    assert cells["slerp_grid"]["merge"]["experts"] == ["aligned", "math"]
+    assert all(0 <= c["heldout"]["lm_eval_acc"] <= 1 for c in cells.values())
+    assert (out / "table.md").read_text().startswith("| row |") and (out / "protocol.png").is_file()
+
+    again = run("reproduce", str(protocol), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done before") == len(ROWS)
+    assert "| search_task_only | 1 |" in again.stdout
+
+    changed = write_protocol(tmp_path, toy_dataset, rows=["expert:base"], heldout_max_prompts=4)
+    third = run("reproduce", str(changed), "--out", str(out))
+    assert third.returncode == 0 and "done before" not in third.stderr  # another protocol: cells re-run
+
+
+def test_an_expert_the_search_config_lacks_is_one_line(toy_dataset, tmp_path) -> None:
+    protocol = write_protocol(tmp_path, toy_dataset, misaligned="poetry")
+    done = run("reproduce", str(protocol), "--out", str(tmp_path / "out"))
+    assert_one_line_error(done, "misaligned", "'poetry'", "aligned, math, facts")
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_the_same_expert_at_both_ends_of_slerp_is_refused() -> None:
+    with pytest.raises(ValueError, match="two different experts"):
+        ProtocolConfig(name="x", search_config="s.yaml", aligned="a", misaligned="a")
+
+
+def test_lm_cocktail_weights_are_a_softmax_of_negative_loss_over_temperature() -> None:
+    weights = cocktail_weights({"a": 1.0, "b": 2.0}, temperature=1.0)
+    assert weights["a"] == pytest.approx(1 / (1 + 2.718281828459045**-1))
+    assert cocktail_weights({"a": 1.0, "b": 2.0}, temperature=1e6)["a"] == pytest.approx(0.5)
+
+
+def _row(name: str, **means: float) -> dict:
+    return {"row": name, **{k: {"mean": v, "std": 0.0} for k, v in means.items()}}
+
+
+def test_the_expectations_read_the_papers_claims_from_the_means() -> None:
+    protocol = ProtocolConfig(name="x", search_config="s.yaml", aligned="aligned", misaligned="math")
+    expert = {"short_answer": 0.8, "lm_eval_acc": 0.9}
+    table = [
+        _row("expert:aligned", safety=0.95, over_refusal=0.02, short_answer=0.1, lm_eval_acc=0.3),
+        _row("expert:math", safety=0.1, over_refusal=0.0, **expert),
+        _row("search_task_only", safety=0.4, over_refusal=0.0, short_answer=0.8, lm_eval_acc=0.9),
+        _row("search_task_alignment", safety=0.93, over_refusal=0.08, short_answer=0.75, lm_eval_acc=0.7),
+    ]
+    checks = expectations(protocol, table)
+    assert checks["task-only search is less safe than the aligned expert"] is True
+    assert checks["alignment-aware search within 3 points of the aligned expert's safety"] is True
+    assert (
+        checks["alignment-aware search over-refuses at most 5 points more than the aligned expert"] is False
+    )
+    assert checks["alignment-aware search keeps >= 90% of the best expert's short_answer"] is True
+    assert checks["alignment-aware search keeps >= 90% of the best expert's lm_eval_acc"] is False
+    assert expectations(protocol, table[:2])["task-only search is less safe than the aligned expert"] is None
