@@ -17,7 +17,7 @@ from typing import Any
 from mergesearch.config import MergeSpaceConfig
 from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.registry import Registry
-from mergesearch.search.baselines import cocktail_weights
+from mergesearch.search.baselines import cocktail_weights, expert_losses
 
 RowResult = tuple[Merge, dict[str, Any]]
 
@@ -165,8 +165,6 @@ def _cocktail(types: tuple[str, ...], temperature: float) -> Callable[[Bench, in
     """A linear merge weighted by each expert's loss on a few examples of ``types``, drawn by seed."""
 
     def choose(bench: Bench, seed: int) -> RowResult:
-        from mergesearch.objectives.evaluate import token_counts
-
         experts = bench.experts
         evaluator = bench.evaluator("linear", experts)
         rng = random.Random(seed)
@@ -174,13 +172,7 @@ def _cocktail(types: tuple[str, ...], temperature: float) -> Callable[[Bench, in
         for type_ in types:
             pool = [r for r in evaluator.data.tagged if r[2] == type_]
             examples += rng.sample(pool, min(bench.protocol.cocktail.examples, len(pool)))
-        backend = evaluator.backend
-        requests = [(backend.render(p), r) for p, r, _ in examples]
-        losses = {}
-        for expert in experts:
-            backend.merge_from(evaluator.merger, evaluator.space.decode(evaluator.space.expert_alone(expert)))
-            lls = backend.loglikelihood(requests)
-            losses[expert] = -sum(ll for ll, _ in lls) / max(1, sum(token_counts(backend, requests)))
+        losses = expert_losses(evaluator, examples)
         weights = cocktail_weights(losses, temperature)
         genes = {f"w.{e}.g0": w for e, w in weights.items()}
         return Merge("linear", experts, genes), {"losses": losses, "weights": weights}

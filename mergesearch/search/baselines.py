@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mergesearch.merge.genome import GenomeSpace
@@ -20,6 +20,19 @@ def cocktail_weights(losses: dict[str, float], temperature: float) -> dict[str, 
     exps = {k: math.exp(-v / temperature - top) for k, v in losses.items()}
     total = sum(exps.values())
     return {k: v / total for k, v in exps.items()}
+
+
+def expert_losses(evaluator: Any, rows: Sequence[tuple[str, str, str]]) -> dict[str, float]:
+    """Each expert's mean per-token NLL on ``rows`` (prompt, response, type), the expert merged alone
+    into ``evaluator``'s live model (an ``Evaluator`` over a linear space)."""
+    backend, space = evaluator.backend, evaluator.space
+    requests = [(backend.render(p), r) for p, r, _ in rows]
+    tokens = max(1, sum(token_counts(backend, requests)))
+    losses = {}
+    for expert in space.experts:
+        backend.merge_from(evaluator.merger, space.decode(space.expert_alone(expert)))
+        losses[expert] = -sum(ll for ll, _ in backend.loglikelihood(requests)) / tokens
+    return losses
 
 
 def run_baselines(
@@ -47,19 +60,13 @@ def run_baselines(
         space=space,
     )
     evaluator = Evaluator(linear, log=lambda _: None)
-    backend = evaluator.backend
     few: dict[str, list[tuple[str, str, str]]] = {}
     for row in evaluator.data.tagged:
         few.setdefault(row[2], []).append(row)
     results = []
     for name, types in (("lm_cocktail", ("task",)), ("lm_cocktail_aligned", ("task", "alignment"))):
         rows = [r for t in types for r in few.get(t, [])[:examples]]
-        losses = {}
-        for expert in experts:
-            backend.merge_from(evaluator.merger, space.decode(space.expert_alone(expert)))
-            requests = [(backend.render(p), r) for p, r, _ in rows]
-            lls = backend.loglikelihood(requests)
-            losses[expert] = -sum(ll for ll, _ in lls) / max(1, sum(token_counts(backend, requests)))
+        losses = expert_losses(evaluator, rows)
         weights = cocktail_weights(losses, temperature)
         scores = evaluator.evaluate({f"w.{e}.g0": w for e, w in weights.items()})
         results.append(
