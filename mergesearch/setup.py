@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergesearch.backends.base import only_pickle_weights
-from mergesearch.config import DataConfig, SearchConfig
+from mergesearch.config import DataConfig, MergeSpaceConfig, SearchConfig
 from mergesearch.errors import UserError
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import check_compatible, model_config
@@ -63,18 +63,15 @@ class SearchSetup:
                 "judge": config.judge.model_copy(update={"model": judge or None}),
             }
         )
-        merge = config.merge
-        space = GenomeSpace(
-            merge.method,
-            list(experts),
-            model_config(base)["num_hidden_layers"],
-            merge.granularity,
-            merge.group_size,
-            bounds={name: (b.low, b.high) for name, b in merge.bounds.items()},
-            shared=merge.params,
-            normalize_weights=merge.weights_sum_to_one,
-        )
-        return cls(resolved, space)
+        return cls(resolved, genome_space(resolved, model_config(base)["num_hidden_layers"]))
+
+    def with_merge(self, merge: MergeSpaceConfig, experts: tuple[str, ...] | None = None) -> SearchSetup:
+        """The same models and data with another merge space (and, given ``experts``, only those)."""
+        models = self.config.models
+        if experts is not None:
+            models = models.model_copy(update={"experts": [e for e in models.experts if e.name in experts]})
+        config = self.config.model_copy(update={"merge": merge, "models": models})
+        return dataclasses.replace(self, config=config, space=genome_space(config, self.space.num_layers))
 
     def with_data(self, data: DataConfig) -> SearchSetup:
         return dataclasses.replace(self, config=self.config.model_copy(update={"data": data}))
@@ -82,6 +79,21 @@ class SearchSetup:
     def activate(self) -> None:
         """In a fresh process (a Ray worker): import the config's plug-ins before using the space."""
         load_plugins(self.config.plugins)
+
+
+def genome_space(config: SearchConfig, num_layers: int) -> GenomeSpace:
+    """The genome the config's merge space and experts define."""
+    merge = config.merge
+    return GenomeSpace(
+        merge.method,
+        [e.name for e in config.models.experts],
+        num_layers,
+        merge.granularity,
+        merge.group_size,
+        bounds={name: (b.low, b.high) for name, b in merge.bounds.items()},
+        shared=merge.params,
+        normalize_weights=merge.weights_sum_to_one,
+    )
 
 
 def _merge_input(folder: Path, field: str) -> Path:

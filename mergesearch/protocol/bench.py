@@ -9,7 +9,6 @@ multiple-choice questions (``simple_evaluate`` on a local task written from them
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from typing import Any
 
 from mergesearch.actors import Evaluator
 from mergesearch.config import MergeSpaceConfig
-from mergesearch.merge.genome import GenomeSpace
 from mergesearch.objectives.evaluate import Scores, score_model
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.setup import SearchSetup
@@ -51,28 +49,10 @@ class Bench:
     def experts(self) -> tuple[str, ...]:
         return tuple(self.setup.experts)
 
-    def setup_for(self, merge: MergeSpaceConfig, experts: tuple[str, ...] | None = None) -> SearchSetup:
-        """The search setup with another merge space (and, for SLERP, two of the experts)."""
-        config = self.setup.config
-        models = config.models
-        if experts is not None:
-            chosen = [e for e in models.experts if e.name in experts]
-            models = models.model_copy(update={"experts": chosen})
-        config = config.model_copy(update={"merge": merge, "models": models})
-        space = GenomeSpace(
-            merge.method,
-            [e.name for e in models.experts],
-            self.setup.space.num_layers,
-            merge.granularity,
-            merge.group_size,
-            bounds={name: (b.low, b.high) for name, b in merge.bounds.items()},
-        )
-        return dataclasses.replace(self.setup, config=config, space=space)
-
     def evaluator(self, method: str, experts: tuple[str, ...]) -> Evaluator:
         key = (method, experts)
         if key not in self._evaluators:
-            setup = self.setup_for(MergeSpaceConfig(method=method), experts)
+            setup = self.setup.with_merge(MergeSpaceConfig(method=method), experts)
             self._evaluators[key] = Evaluator(setup, log=lambda _: None)
         return self._evaluators[key]
 

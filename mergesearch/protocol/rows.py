@@ -128,7 +128,7 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
 
         rows = bench.protocol.search
         space = MergeSpaceConfig(method=rows.method, granularity=rows.granularity, bounds=rows.bounds)
-        setup = bench.setup_for(space)
+        setup = bench.setup.with_merge(space)
         config = setup.config
         config = config.model_copy(
             update={
