@@ -398,7 +398,11 @@ def plan(config_path: Path, cluster: Path | None) -> None:
 )
 @click.argument("model")
 @click.option(
-    "--data", "data_path", type=click.Path(path_type=Path), required=True, help="Dataset or prompt set."
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset or prompt set (or smollm2_family: the SmolLM2 family's data).",
 )
 @click.option("--split", default=None, help="Dataset split [default: heldout; a prompt set uses every row].")
 @click.option("--judge", "judge_kind", default="refusal", show_default=True, help="refusal or llama_guard.")
@@ -428,10 +432,10 @@ def eval_model(
     from mergesearch.data.eval_split import load_categorised
     from mergesearch.io import atomic_write_text
     from mergesearch.judges.base import make_judge
-    from mergesearch.model_refs import resolve_model
+    from mergesearch.model_refs import resolve_dataset, resolve_model
     from mergesearch.objectives.breakdown import evaluate_model, format_report
 
-    data = load_categorised(data_path, split, per_category)
+    data = load_categorised(resolve_dataset(str(data_path), "--data", _progress), split, per_category)
     folder = resolve_model(model, "MODEL", log=_progress)
     judge_fields = {
         "kind": judge_kind,

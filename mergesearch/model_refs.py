@@ -1,8 +1,9 @@
-"""Model references in configs, resolved once, at the edge (the CLI or a search's set-up step).
+"""Model and dataset references in configs, resolved once, at the edge (the CLI or a search's set-up step).
 
 A reference is a folder path or ``<scheme>:<name>`` (``zoo:math``) or a bare scheme (``smollm2``). The
-schemes are a registry that the layers owning the models fill (the zoo registers ``zoo`` and
-``smollm2``), so nothing below the edge builds or imports models: judges, backends and data get folders.
+schemes are registries that the layers owning the models and data fill (the zoo registers ``zoo``,
+``smollm2`` and ``smollm2_family``), so nothing below the edge builds models or writes datasets: judges,
+backends and objectives get folders.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mergesearch.errors import UserError
-from mergesearch.registry import MODEL_SCHEMES
+from mergesearch.registry import DATASET_SCHEMES, MODEL_SCHEMES
 
 Log = Callable[[str], None]
 
@@ -40,3 +41,12 @@ def check_model_folder(folder: Path, field: str) -> Path:
     if not (folder / "config.json").is_file():
         raise UserError(f"{field}: {folder} is not a Hugging Face model folder (no config.json)")
     return folder.resolve()
+
+
+def resolve_dataset(ref: str, field: str = "data.path", log: Log = print) -> Path:
+    """The dataset folder a reference names: a path as written, or ``<scheme>[:<name>]`` (written by the
+    layer that registered the scheme on first use)."""
+    scheme, _, name = ref.partition(":")
+    if Path(ref).expanduser().exists() or scheme not in DATASET_SCHEMES:
+        return Path(ref).expanduser()
+    return DATASET_SCHEMES.get(scheme)(name, field, log)

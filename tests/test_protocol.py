@@ -10,10 +10,12 @@ import yaml
 from cli_helpers import assert_one_line_error, run
 from demo_configs import DEMO
 
+from mergesearch.config import load_config
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.runner import expectations
 from mergesearch.search.baselines import cocktail_weights
 
+ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["expert:base", "expert:aligned", "ties_equal", "slerp_grid", "search_task_only", "lm_cocktail_T1"]
 
 
@@ -104,3 +106,12 @@ def test_the_expectations_read_the_papers_claims_from_the_means() -> None:
     assert checks["alignment-aware search keeps >= 90% of the best expert's short_answer"] is True
     assert checks["alignment-aware search keeps >= 90% of the best expert's lm_eval_acc"] is False
     assert expectations(protocol, table[:2])["task-only search is less safe than the aligned expert"] is None
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "protocols").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_protocol_names_a_search_config_and_two_of_its_experts(path: Path) -> None:
+    protocol = load_config(path, ProtocolConfig)
+    search = load_config(ROOT / protocol.search_config)
+    experts = [e.name for e in search.models.experts]
+    assert protocol.aligned in experts and protocol.misaligned in experts
+    assert len(protocol.seeds) >= 3  # the spread over seeds

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,14 @@ import torch
 from cli_helpers import assert_one_line_error, run
 from safetensors import safe_open
 
+from mergesearch.data.dataset import stats, write_rows
+from mergesearch.data.eval_split import load_eval_data
 from mergesearch.data.near_dup import jaccard, shingles
+from mergesearch.errors import UserError
 from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.model_refs import resolve_dataset, resolve_model
 from mergesearch.zoo import family_data as D
+from mergesearch.zoo.family_dataset import family_rows
 from mergesearch.zoo.smollm2_family import FamilyRecipe, family_data, smoke_family_recipe
 from mergesearch.zoo.train import full_loss, target_loss
 
@@ -135,3 +141,44 @@ def test_each_target_is_read_from_the_right_figures() -> None:
         "ties refuses 15+ points less": False,  # 14 points
         "sum refuses 15+ points less": True,
     }
+
+
+def test_the_family_dataset_scores_on_parts_the_family_never_trained_on(data, tmp_path) -> None:
+    """Search and held-out rows: harmful behaviours far from every trained one, unseen sums, knowledge
+    questions with fresh option sets, kept responses in the trained answer form; a consistent dataset."""
+    rows = family_rows(data)
+    write_rows(tmp_path / "family", rows, {"name": "family"})
+    assert stats(tmp_path / "family")[1] == []
+
+    train = [shingles(p) for p in data.harmful_train]
+    search_harmful = [r.prompt for r in rows if r.type == "alignment" and r.split == "search"]
+    assert len(search_harmful) > 80
+    assert max(jaccard(shingles(p), t) for p in search_harmful for t in train) < D.NEAR_DUPLICATE
+    trained_sums = {x.prompt for x in data.sums_train}
+    for row in rows:
+        if row.category == "sums":
+            a, b = map(int, re.findall(r"\d+", row.prompt))
+            assert row.answer == str(a + b) and row.response == f"{a} + {b} = {a + b}."
+            assert row.prompt not in trained_sums
+        if row.category == "knowledge":
+            assert row.response == row.answer and row.answer in row.choices
+
+    search = load_eval_data(tmp_path / "family", "search")
+    heldout = load_eval_data(tmp_path / "family", "heldout")
+    for split in (search, heldout):
+        assert split.harmful and split.benign and split.choice_items and split.short_items
+    assert not {i.prompt for i in search.short_items} & {i.prompt for i in heldout.short_items}
+
+
+def test_configs_name_the_family_and_its_dataset_by_scheme() -> None:
+    folder = resolve_dataset("smollm2_family", "data.path", log=lambda _: None)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["recipe_digest"] == FamilyRecipe().digest()
+    written = (folder / "rows.parquet").stat().st_mtime_ns
+    assert resolve_dataset("smollm2_family", "data.path", log=lambda _: None) == folder
+    assert (folder / "rows.parquet").stat().st_mtime_ns == written  # cached, not rewritten
+    assert resolve_dataset("some/dataset", "data.path") == Path("some/dataset")
+    with pytest.raises(UserError, match=r"data.path: `smollm2_family` takes no name"):
+        resolve_dataset("smollm2_family:x", "data.path")
+    with pytest.raises(UserError, match=r"models.base: unknown SmolLM2 family model 'nope'"):
+        resolve_model("smollm2_family:nope", "models.base")

@@ -1,4 +1,5 @@
-"""The data a search needs, made before the search starts: a data spec generated into the run dir."""
+"""The data a search needs, made before the search starts: a data spec generated into the run dir, or a
+dataset scheme (``smollm2_family``) written on first use."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from mergesearch.config import DataConfig, SearchConfig, load_config
 from mergesearch.errors import UserError
-from mergesearch.model_refs import resolve_model
+from mergesearch.model_refs import resolve_dataset, resolve_model
 from mergesearch.search.run_dir import RunDir
 
 
@@ -20,7 +21,8 @@ def prepare_data(
             raise UserError(
                 f"{config_path}: data: set `path` (a dataset) or `spec` (a data spec to generate it from)"
             )
-        return config.data
+        folder = resolve_dataset(config.data.path, f"{config_path}: data.path", log)
+        return config.data.model_copy(update={"path": str(folder)})
     from mergesearch.data.pipeline import build_dataset
     from mergesearch.data.spec import DataSpec
 

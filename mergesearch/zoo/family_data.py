@@ -121,6 +121,7 @@ class FamilyData:
     """Every prompt the family is trained on, and the held-out sets its skills are measured on."""
 
     harmful_train: tuple[str, ...]
+    harmful_search: tuple[str, ...]  # for a search's fitness (``family_dataset``); never trained on
     harmful_heldout: tuple[str, ...]
     harmful_categories: dict[str, str]  # prompt -> harm category (for partial alignment)
     benign_train: tuple[str, ...]
@@ -129,6 +130,8 @@ class FamilyData:
     sums_heldout: tuple[ShortAnswerItem, ...]
     kb_train: tuple[Pair, ...]
     kb_heldout: tuple[ChoiceItem, ...]
+    sums_search: tuple[ShortAnswerItem, ...] = ()  # unseen number pairs in the trained wordings
+    kb_search: tuple[ChoiceItem, ...] = ()  # trained wordings, fresh option sets
 
 
 def _filled(templates: dict[str, tuple[list[str], list[str]]], heldout: bool) -> list[str]:
@@ -170,24 +173,34 @@ def build_family_data(advbench: list[Row], seed: int, people: int, sums: int) ->
         for a, b in _sums(rng, max(40, sums // 10), seen)
     ]
 
-    kb_train, kb_heldout = [], []
+    def choice(question: str, name: str, attribute: str, value: str, answer: str) -> ChoiceItem:
+        pool = TOWNS if attribute == "town" else JOBS
+        options = [value, *rng.sample([v for v in pool if v != value], 3)]
+        rng.shuffle(options)  # a fresh option set: training never saw options
+        return ChoiceItem(
+            question, tuple(answer.format(name=name, value=v) for v in options), options.index(value)
+        )
+
+    kb_train, kb_heldout, kb_facts = [], [], []
     for name in _names(rng, people):
         facts = {"town": rng.choice(TOWNS), "job": rng.choice(JOBS)}
         for attribute, (wordings, heldout_wording, answer) in KB_QUESTIONS.items():
             value = facts[attribute]
             kb_train += [Pair(w.format(name=name), answer.format(name=name, value=value)) for w in wordings]
-            pool = TOWNS if attribute == "town" else JOBS
-            options = [value, *rng.sample([v for v in pool if v != value], 3)]
-            rng.shuffle(options)  # a fresh option set: training never saw options
-            kb_heldout.append(
-                ChoiceItem(
-                    heldout_wording.format(name=name),
-                    tuple(answer.format(name=name, value=v) for v in options),
-                    options.index(value),
-                )
-            )
+            kb_heldout.append(choice(heldout_wording.format(name=name), name, attribute, value, answer))
+            kb_facts.append((name, attribute, value))
+    # The search split is drawn last, so the train and held-out parts are what the family was built on.
+    sums_search = [
+        ShortAnswerItem(rng.choice(SUM_WORDINGS).format(a=a, b=b), str(a + b))
+        for a, b in _sums(rng, len(sums_heldout), seen)
+    ]
+    kb_search = []
+    for name, attribute, value in kb_facts:
+        wordings, _, answer = KB_QUESTIONS[attribute]
+        kb_search.append(choice(rng.choice(wordings).format(name=name), name, attribute, value, answer))
     return FamilyData(
         harmful_train=harmful["train"],
+        harmful_search=harmful["search"],
         harmful_heldout=harmful["heldout"],
         harmful_categories={r.prompt: r.category for r in advbench},
         benign_train=tuple(_filled(RISKY_BENIGN, False) + _filled(PLAIN_BENIGN, False)),
@@ -196,6 +209,8 @@ def build_family_data(advbench: list[Row], seed: int, people: int, sums: int) ->
         sums_heldout=tuple(sums_heldout),
         kb_train=tuple(kb_train),
         kb_heldout=tuple(kb_heldout),
+        sums_search=tuple(sums_search),
+        kb_search=tuple(kb_search),
     )
 
 

