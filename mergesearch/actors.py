@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mergesearch.errors import UserError
 from mergesearch.file_reads import reading_weights
 from mergesearch.judges.base import Assessment, Judge
 from mergesearch.objectives.evaluate import Scores
@@ -59,7 +58,6 @@ class Evaluator:
         self, setup: SearchSetup, judge_handle: Any = None, log: Callable[[str], None] = _print
     ) -> None:
         from mergesearch.backends.registry import make_backend
-        from mergesearch.data.eval_split import load_eval_data
         from mergesearch.judges.base import make_judge
         from mergesearch.merge.spec import get_method
 
@@ -67,11 +65,7 @@ class Evaluator:
         setup.activate()
         config = self.config = setup.config
         self.space = setup.space
-        data = config.data
-        if not data.path:
-            raise UserError(f"{config.name}: data.path is not set (make one: `mergesearch data generate`)")
-        self.data = load_eval_data(data.path, data.split, data.max_alignment_prompts, data.max_task_prompts)
-        self.data.require([k for k, w in config.fitness.weights.items() if w])
+        self.data = setup.eval_data()
         self.backend = make_backend(setup.base, config.backend, name="candidate")
         sort = get_method(config.merge.method).uses_magnitude_order
         self.merger = self.backend.resident_merger(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -33,12 +34,37 @@ Start here:
 
 
 class _Cli(click.Group):
+    """Every user error is one ``error:`` line and exit 2: ours, click's usage errors (a bad option value,
+    an unknown command) and a file the system refused (a full disk, a read-only or missing folder)."""
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as err:
+            _fail(f"{err.format_message()} (see `{_command_path(err)} --help`)")
+        except click.ClickException as err:
+            _fail(err.format_message())
+        except click.Abort:
+            _fail("aborted")
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            _fail(str(err))
+        except OSError as err:
+            if err.filename is None:
+                raise
+            _fail(f"{err.filename}: {err.strerror or err}")
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _command_path(err: click.UsageError) -> str:
+    return err.ctx.command_path if err.ctx else "mergesearch"
 
 
 @click.group(cls=_Cli, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})

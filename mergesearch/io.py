@@ -6,8 +6,11 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -15,7 +18,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``final`` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(_beside(final, tempfile.mkdtemp))
     tmp.chmod(0o755)  # mkdtemp makes 0700; the final folder should read like any other
     try:
         yield tmp
@@ -26,6 +29,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _beside(final: Path, make: Callable[..., T]) -> T:
+    """A temp file or folder next to ``final``; a folder that refuses it is reported as ``final``'s error
+    (the user named ``final``, not our temp name)."""
+    try:
+        return make(prefix=f".{final.name}.tmp-", dir=final.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write here ({err.strerror})", str(final)) from None
 
 
 def _make_readable(folder: Path) -> None:
@@ -39,7 +51,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same directory and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = _beside(path, tempfile.mkstemp)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

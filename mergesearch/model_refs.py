@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mergesearch.errors import UserError
+from mergesearch.model_files import model_config, tensor_shapes
 from mergesearch.registry import DATASET_SCHEMES, MODEL_SCHEMES
 
 Log = Callable[[str], None]
@@ -37,9 +38,16 @@ def resolve_model(ref: str, field: str = "model", log: Log = print) -> Path:
 
 
 def check_model_folder(folder: Path, field: str) -> Path:
-    """A Hugging Face model folder: config.json and weights (safetensors; pickle weights are named)."""
+    """A Hugging Face model folder: a readable config.json, and safetensors weights whose headers parse and
+    whose files are as long as their headers say (a truncated download is named here, before any load)."""
     if not (folder / "config.json").is_file():
         raise UserError(f"{field}: {folder} is not a Hugging Face model folder (no config.json)")
+    try:
+        model_config(folder)
+        if not any(folder.glob("*.bin")):  # pickle-only folders are named where they are loaded
+            tensor_shapes(folder)
+    except UserError as err:
+        raise UserError(f"{field}: {err}") from None
     return folder.resolve()
 
 

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from mergesearch.config import DTYPE_BYTES, EngineConfig, read_yaml
 from mergesearch.errors import UserError
-from mergesearch.merge.resident import model_config, tensor_shapes
 from mergesearch.merge.spec import get_method
+from mergesearch.model_files import model_config, tensor_shapes
 from mergesearch.setup import SearchSetup
 
 GIB = 2**30
@@ -247,7 +247,10 @@ def cluster_nodes(path: str | Path) -> list[NodeType]:
         where = f"{path}: available_node_types.{name}"
         if "memory" not in resources:
             raise UserError(f"{where}.resources: declare `memory` (Ray's heap bytes for actors on this node)")
-        gpus = float(resources.get("GPU", 0))
+        try:
+            cpus, gpus, memory = (float(resources.get(k, 0)) for k in ("CPU", "GPU", "memory"))
+        except (TypeError, ValueError):
+            raise UserError(f"{where}.resources: CPU, GPU and memory must be numbers ({resources})") from None
         gpu_gib = labels.get(GPU_MEMORY_LABEL)
         if gpus and gpu_gib is None:
             raise UserError(f'{where}.labels: declare each GPU\'s memory, e.g. {GPU_MEMORY_LABEL}: "48"')
@@ -255,9 +258,7 @@ def cluster_nodes(path: str | Path) -> list[NodeType]:
             gpu_bytes = int(float(gpu_gib) * GIB) if gpu_gib is not None else None
         except ValueError:
             raise UserError(f"{where}.labels.{GPU_MEMORY_LABEL}: not a number ({gpu_gib!r})") from None
-        nodes.append(
-            NodeType(name, float(resources.get("CPU", 0)), gpus, int(resources["memory"]), gpu_bytes)
-        )
+        nodes.append(NodeType(name, cpus, gpus, int(memory), gpu_bytes))
     return nodes
 
 

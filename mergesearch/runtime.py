@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+from mergesearch.errors import UserError
 
 
 def offline_and_quiet() -> None:
@@ -22,6 +25,24 @@ def cache_root() -> Path:
     return Path(os.environ.get("MERGESEARCH_CACHE", Path.home() / ".cache" / "mergesearch"))
 
 
+def check_ray_address(address: str) -> None:
+    """A ``host:port`` address must answer: Ray itself retries an unreachable head for minutes, flooding
+    stderr, and a malformed one is a ValueError deep in ``ray.init``. (``auto`` and ``ray://`` pass.)"""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray address {address!r} (RAY_ADDRESS): expected host:port, auto or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UserError(
+            f"Ray address {address} (RAY_ADDRESS): no Ray head answers ({err.strerror or err})"
+        ) from None
+
+
 NAMESPACE = "mergesearch"  # every named actor (evaluators, routers, judges) lives here
 
 
@@ -38,6 +59,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> None
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
+    # A local start turns token auth on and says so on stderr: keep it on, keep stderr ours.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     local = {"num_cpus": num_cpus, "include_dashboard": os.environ.get("MERGESEARCH_DASHBOARD") == "1"}
     ray.init(
         address=address,

@@ -11,10 +11,13 @@ from pathlib import Path
 
 from mergesearch.backends.base import only_pickle_weights
 from mergesearch.config import DataConfig, MergeSpaceConfig, SearchConfig
+from mergesearch.data.eval_split import load_eval_data
 from mergesearch.errors import UserError
 from mergesearch.merge.genome import GenomeSpace
-from mergesearch.merge.resident import check_compatible, model_config
+from mergesearch.merge.resident import check_compatible
+from mergesearch.model_files import model_config
 from mergesearch.model_refs import resolve_model
+from mergesearch.objectives.data import EvalData
 from mergesearch.registry import load_plugins
 
 Log = Callable[[str], None]
@@ -75,6 +78,18 @@ class SearchSetup:
 
     def with_data(self, data: DataConfig) -> SearchSetup:
         return dataclasses.replace(self, config=self.config.model_copy(update={"data": data}))
+
+    def eval_data(self) -> EvalData:
+        """The split the fitness scores on, checked: a missing dataset, or a weighted objective without
+        rows (safety weighted, no harmful prompts), is one line before a search starts, not failed trials."""
+        data = self.config.data
+        if not data.path:
+            raise UserError(
+                f"{self.config.name}: data.path is not set (make one: `mergesearch data generate`)"
+            )
+        loaded = load_eval_data(data.path, data.split, data.max_alignment_prompts, data.max_task_prompts)
+        loaded.require([name for name, weight in self.config.fitness.weights.items() if weight])
+        return loaded
 
     def activate(self) -> None:
         """In a fresh process (a Ray worker): import the config's plug-ins before using the space."""

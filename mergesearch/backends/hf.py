@@ -27,8 +27,11 @@ TOKENIZER_UNSET = 1000000000000000019884624838656  # transformers' model_max_len
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when there is one; ``cuda`` on a machine without it is named, not a torch assertion."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: this machine has no CUDA GPU (or torch was built without CUDA)")
     return torch.device(device)
 
 

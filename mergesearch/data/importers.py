@@ -33,6 +33,20 @@ from mergesearch.taxonomy import harm_category
 CSV_COLUMNS = ("goal", "prompt")
 
 
+def _check_text(path: Path) -> None:
+    """Prompt files are UTF-8 text: another encoding, or binary bytes (a NUL), is named, not imported."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}; re-save it as UTF-8)"
+        ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise UserError(f"{path}: binary data (a NUL byte at offset {nul}), not a text prompt file")
+
+
 def _records_txt(path: Path, field: str | None) -> list[tuple[int, dict]]:
     return [
         (n, {"prompt": line.strip()})
@@ -157,6 +171,7 @@ def import_prompts(
             category = harm_category(category).name
         if category_map:
             category_map = {label: harm_category(name).name for label, name in category_map.items()}
+    _check_text(path)
     records = READERS[path.suffix](path, field)
     prompt_field = _prompt_field(path, records, field)
     if category_column and records and category_column not in records[0][1]:

@@ -115,4 +115,8 @@ def read_rows(path: str | Path) -> list[Row]:
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise UserError(f"{file}: missing column {missing[0]!r} (a dataset needs: {', '.join(SCHEMA.names)})")
+    for name in ("prompt", "type", "category"):
+        if table.column(name).null_count:
+            nulls = table.column(name).null_count
+            raise UserError(f"{file}: column {name!r} has {nulls} empty (null) values")
     return from_table(table.select(SCHEMA.names).cast(SCHEMA))

@@ -20,8 +20,9 @@ from safetensors.torch import save_file
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.merge.recipe import INPUT_SIDE, MergeRecipe
-from mergesearch.merge.resident import ResidentMerger, weight_files
+from mergesearch.merge.resident import ResidentMerger
 from mergesearch.merge.spec import get_method
+from mergesearch.model_files import weight_files
 
 
 def mergekit_config(

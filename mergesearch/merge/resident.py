@@ -24,25 +24,10 @@ from safetensors import safe_open
 from mergesearch.errors import UserError
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import MergeMethod, get_method
+from mergesearch.model_files import model_config, tensor_shapes, weight_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PoolPlace = Literal["gpu", "host", "disk"]
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a model folder (sharded or not); a missing shard is named."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise UserError(f"{folder}: missing shard {missing[0]} (listed in model.safetensors.index.json)")
-        return [folder / s for s in shards]
-    single = folder / "model.safetensors"
-    if not single.is_file():
-        raise UserError(f"{folder}: no model.safetensors (or index) found")
-    return [single]
 
 
 def read_tensors(
@@ -55,27 +40,6 @@ def read_tensors(
                 tensor = fh.get_tensor(key).to(device=device, dtype=dtype)
                 tensors[key] = tensor.pin_memory() if pin else tensor
     return tensors
-
-
-def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape from the safetensors headers (the first 8 + n bytes of each file; no weights
-    read); a file shorter than its header says is named (a truncated download)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in weight_files(folder):
-        with open(file, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            try:
-                header = json.loads(fh.read(size))
-            except ValueError:
-                raise UserError(f"{file}: not a safetensors file (unreadable header)") from None
-        header.pop("__metadata__", None)
-        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
-        if file.stat().st_size < 8 + size + end:
-            raise UserError(
-                f"{file}: truncated ({file.stat().st_size} bytes; its header needs {8 + size + end})"
-            )
-        shapes.update({name: tuple(entry["shape"]) for name, entry in header.items()})
-    return shapes
 
 
 class DiskTensors(Mapping[str, torch.Tensor]):
@@ -103,14 +67,6 @@ class DiskTensors(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self.file_of)
-
-
-def model_config(folder: Path) -> dict:
-    """A model folder's config.json; a folder without one is named in the error."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
-    return json.loads(path.read_text())
 
 
 def _tokenizer_vocab(folder: Path) -> dict | None:

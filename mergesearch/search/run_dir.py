@@ -161,21 +161,35 @@ class RunDir:
             raise UserError(f"{self.root}: not a search run dir (no {self.config_file.name})")
         return load_config(self.config_file)
 
-    def write_config(self, config: SearchConfig) -> None:
-        """Record the config a search runs; a run dir holding another search's config is refused."""
-        resolved = config.model_dump(mode="json")
-        if self.config_file.is_file() and yaml.safe_load(self.config_file.read_text()) != resolved:
+    def check_config(self, config: SearchConfig) -> None:
+        """Refuse, before anything starts, a run dir that is not a folder or holds another search."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: is a file, not a run dir")
+        if self.config_file.is_file() and yaml.safe_load(self.config_file.read_text()) != config.model_dump(
+            mode="json"
+        ):
             raise UserError(
                 f"{self.root}: already holds a search with a different config ({self.config_file}); "
                 "pick another run name or resume it as it is"
             )
-        atomic_write_text(self.config_file, yaml.safe_dump(resolved, sort_keys=False))
+
+    def write_config(self, config: SearchConfig) -> None:
+        """Record the config a search runs; a run dir holding another search's config is refused."""
+        self.check_config(config)
+        atomic_write_text(self.config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     # -------------------------------------------------------------------------------- trials
     def trials(self) -> list[TrialResult]:
+        """The ledger's trials; a torn or foreign ledger is named (it is never rewritten from a guess)."""
         if not self.trials_file.is_file():
             return []
-        return [TrialResult.from_row(row) for row in pq.read_table(self.trials_file).to_pylist()]
+        try:
+            return [TrialResult.from_row(row) for row in pq.read_table(self.trials_file).to_pylist()]
+        except (pa.ArrowException, OSError) as err:
+            reason = str(err).splitlines()[0]
+            raise UserError(f"{self.trials_file}: not a readable trial ledger ({reason})") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{self.trials_file}: not a trial ledger of this version ({err!r})") from None
 
     def trial_count(self) -> int:
         """Finished trials, from the Parquet footer alone (cheap enough to ask after every trial)."""

@@ -113,6 +113,10 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     from mergesearch.plan import check_plan, plan_actors, plan_summary, ray_nodes, this_machine
 
     config = setup.config
+    run.check_config(config)
+    run.trials()  # a torn ledger is named before Ray starts
+    setup.eval_data()  # and a dataset the fitness cannot score on
+    starts = tuple(warm_starts(setup))
     ray_session()
     placements = check_plan(
         plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes), "the Ray cluster"
@@ -131,7 +135,7 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         config.search.num_trials,
         2 * concurrency,
         config.search.seed,
-        tuple(warm_starts(setup)),
+        starts,
     )
     num_trials = spec.trials(problem)
     done = run.trials()
