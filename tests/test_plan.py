@@ -148,10 +148,9 @@ def test_a_truncated_checkpoint_is_named_before_anything_loads(models, tmp_path)
     assert_one_line_error(done, "model.safetensors: truncated")
 
 
-def test_search_refuses_a_plan_that_cannot_fit_before_any_actor_starts(models, tmp_path) -> None:
-    """On this CPU machine an 8B pool (four bf16 copies, ~60 GiB) does not fit the Ray heap."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
+def test_search_refuses_a_plan_that_cannot_fit_before_any_actor_starts(models, toy_dataset, tmp_path) -> None:
+    """On this CPU machine an 8B pool (four bf16 copies, ~60 GiB) does not fit the Ray heap (the data is
+    checked first, so it must be a real dataset)."""
     config = localized(
         GPU_CONFIGS[0],
         models,
@@ -165,7 +164,7 @@ def test_search_refuses_a_plan_that_cannot_fit_before_any_actor_starts(models, t
         backend={"kind": "hf", "device": "cpu"},
         judge={"backend": "hf"},
         promotion={"cpus": 1, "gpus": 0},
-        data={"path": str(data_dir)},
+        data={"path": str(toy_dataset)},
     )
     run_dir = tmp_path / "run"
     done = run("search", str(config), "--run-dir", str(run_dir))
