@@ -116,7 +116,7 @@ def read_rows(path: str | Path) -> list[Row]:
     if missing:
         raise UserError(f"{file}: missing column {missing[0]!r} (a dataset needs: {', '.join(SCHEMA.names)})")
     for name in ("prompt", "type", "category"):
-        if table.column(name).null_count:
-            nulls = table.column(name).null_count
+        nulls = table.column(name).null_count
+        if nulls:
             raise UserError(f"{file}: column {name!r} has {nulls} empty (null) values")
     return from_table(table.select(SCHEMA.names).cast(SCHEMA))

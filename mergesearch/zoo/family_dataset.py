@@ -13,13 +13,12 @@ Written once per family recipe and export version, next to the family, by conten
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from mergesearch.data.dataset import write_rows
-from mergesearch.data.schema import Row
+from mergesearch.data.dataset import read_card, write_rows
+from mergesearch.data.schema import CARD_FILE, Row
 from mergesearch.objectives.task import ChoiceItem, ShortAnswerItem
 from mergesearch.zoo import family_data as D
 from mergesearch.zoo.smollm2_family import FamilyRecipe, family_data, family_dir
@@ -62,8 +61,7 @@ def family_rows(data: D.FamilyData) -> list[Row]:
 def family_dataset(recipe: FamilyRecipe, log: Callable[[str], None] = print) -> Path:
     """The dataset folder of ``recipe``'s data (written on first use)."""
     folder = family_dir(recipe).with_name(f"{recipe.digest()}-dataset-v{EXPORT_VERSION}")
-    card = folder / "card.json"
-    if card.is_file() and json.loads(card.read_text()).get("recipe_digest") == recipe.digest():
+    if (folder / CARD_FILE).is_file() and read_card(folder).get("recipe_digest") == recipe.digest():
         return folder
     log(f"smollm2 family: writing its dataset to {folder}")
     write_rows(
