@@ -24,7 +24,7 @@ with Ray Tune, scoring each candidate on refusal of harmful prompts and accuracy
 
 \b
 Start here:
-  mergesearch demo                 the offline demo: zoo, data, search, promotion, report
+  mergesearch demo                 the offline demo: zoo, then the paper's table at a reduced budget
   mergesearch search CONFIG        search merge recipes (re-run to resume); then promote, report
   mergesearch zoo build --out DIR  build the toy zoo (cached by a hash of its recipe)
   mergesearch zoo eval --zoo DIR   measure each zoo model's skills on held-out items
@@ -524,6 +524,10 @@ def report(run_dir: Path) -> None:
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Copy the JSON here.")
 def reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> None:
+    _reproduce(protocol_path, out, json_out)
+
+
+def _reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> None:
     from mergesearch.config import load_config
     from mergesearch.io import atomic_write_text
     from mergesearch.protocol.config import ProtocolConfig
@@ -539,25 +543,25 @@ def reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> N
 
 
 # ------------------------------------------------------------------------------------------ demo
-@cli.command(help="The offline demo: toy zoo -> data -> search -> promotion -> report, on a laptop CPU.")
+@cli.command(
+    help="The offline demo: build the toy zoo, then the paper's protocol at a reduced budget (experts, TIES, "
+    "searches with and without alignment data, LM-Cocktail) as a table. Re-running resumes cell by cell."
+)
 @click.option(
-    "--config",
-    "config_path",
+    "--protocol",
+    "protocol_path",
     type=click.Path(path_type=Path),
-    default=Path("search_spaces/demo.yaml"),
+    default=Path("protocols/demo.yaml"),
     show_default=True,
 )
 @click.option(
-    "--run-dir", type=click.Path(path_type=Path), default=None, help="Run dir [default: runs/demo]."
+    "--out", type=click.Path(path_type=Path), default=None, help="Folder [default: runs/protocol-NAME]."
 )
-def demo(config_path: Path, run_dir: Path | None) -> None:
+def demo(protocol_path: Path, out: Path | None) -> None:
     from mergesearch.zoo.build import build_zoo
-    from mergesearch.zoo.evaluate import evaluate_zoo, format_zoo_scores
 
-    path = build_zoo(_recipe(False), log=_progress)
-    _progress("demo: the zoo's experts on held-out items (what the merge should keep):")
-    click.echo(format_zoo_scores(evaluate_zoo(path, max_items=200, log=_progress)))
-    _search_and_promote(config_path, run_dir, True, True)
+    build_zoo(_recipe(False), log=_progress)
+    _reproduce(protocol_path, out, None)
 
 
 def _progress(message: str) -> None:

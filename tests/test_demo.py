@@ -1,38 +1,40 @@
-"""The README's main job, end to end (slow: about a minute with the zoo cached; `make test-slow`)."""
+"""The README's main job, end to end (slow: a few minutes with the zoo cached; `make test-slow`)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from mergesearch.search.run_dir import RunDir
+from mergesearch.config import load_config
+from mergesearch.protocol.config import ProtocolConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = ROOT / "protocols" / "demo.yaml"
 
 
 @pytest.mark.slow
-def test_the_demo_searches_promotes_and_beats_lm_cocktail(tmp_path: Path) -> None:
+def test_the_demo_prints_the_papers_table_and_alignment_data_makes_the_search_safer(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "mergesearch.cli", "demo", "--run-dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "mergesearch.cli", "demo", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    run = RunDir(tmp_path / "demo")
-    config = run.read_config()
-    trials = run.trials()
-    assert len(trials) == config.search.num_trials and all(t.ok for t in trials)
-    board = run.leaderboard()
-    assert board and len(board) == config.promotion.top_k
-    best = max(t.fitness for t in trials)
-    assert all(best > b["fitness"] for b in run.baselines() or [])
-    recipe = yaml.safe_load((run.best / "recipe.yaml").read_text())
-    assert (
-        recipe["merge_method"] == config.merge.method and (run.best / "model" / "model.safetensors").is_file()
-    )
-    assert run.report_file.is_file() and run.pareto_file.is_file()
+    protocol = load_config(PROTOCOL, ProtocolConfig)
+    summary = json.loads((out / "protocol.json").read_text())
+    assert [r["row"] for r in summary["rows"]] == protocol.rows
+    assert all(f"| {row} |" in done.stdout for row in protocol.rows)
+    for name in ("search_task_only", "search_task_alignment"):
+        cells = [c for c in summary["cells"] if c["row"] == name]
+        assert sorted(c["seed"] for c in cells) == protocol.seeds
+        assert all(c["search_split"]["trials"] == protocol.search.trials for c in cells)
+    assert summary["expectations"]["task-only search is less safe than the aligned expert"]
+    safety = {r["row"]: r["safety"]["mean"] for r in summary["rows"]}
+    assert safety["search_task_alignment"] > safety["search_task_only"] + 0.3  # what alignment data buys
+    assert (out / "protocol.png").is_file()
