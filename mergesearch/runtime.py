@@ -14,6 +14,7 @@ def offline_and_quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # lm-eval's local tasks load as datasets
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request bars: our progress lines say enough
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

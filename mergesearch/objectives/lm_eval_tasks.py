@@ -57,8 +57,13 @@ def write_choice_task(
 
 
 def hf_lm(model: Any, tokenizer: Any, batch_size: int = 16, device: str = "cpu") -> Any:
-    """lm-eval's own transformers model around an in-memory model."""
+    """lm-eval's own transformers model around an in-memory model. (It warns that an in-memory model is not a
+    name and that it assumes one process: both true and expected here, so its warnings are kept quiet.)"""
+    import logging
+
     from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
