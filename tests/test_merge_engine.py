@@ -352,3 +352,18 @@ def test_a_materialised_model_bigger_than_a_shard_is_written_in_shards(
     ours = AutoModelForCausalLM.from_pretrained(sharded).state_dict()
     for name, tensor in reference.items():
         torch.testing.assert_close(ours[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_warm_starts_that_bounds_make_coincide_are_evaluated_once_and_the_log_says_so() -> None:
+    from mergesearch.search.tuner import warm_starts
+
+    lines: list[str] = []
+    inside = GenomeSpace("task_arithmetic", EXPERTS, 4, "global")
+    assert len(warm_starts(inside, ["uniform", "experts"], lines.append)) == 4 and not lines
+    above_one = GenomeSpace("task_arithmetic", EXPERTS, 4, "global", bounds={"weight": (2.0, 3.0)})
+    starts = warm_starts(above_one, ["uniform", "experts"], lines.append)
+    assert starts == [{f"w.{e}.g0": 2.0 for e in EXPERTS}]
+    assert lines == [
+        "search.warm_starts: 4 starts (uniform, experts) are 1 distinct point(s) inside merge.bounds; "
+        "each is evaluated once"
+    ]

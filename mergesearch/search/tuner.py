@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from mergesearch.merge.genome import GenomeSpace
 from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
 from mergesearch.search.run_dir import RunDir, TrialResult
@@ -96,12 +97,19 @@ def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callab
     return evaluate_genome
 
 
-def warm_starts(setup: SearchSetup) -> list[dict[str, float]]:
-    space = setup.space
+def warm_starts(space: GenomeSpace, kinds: Sequence[str], log: Log = print) -> list[dict[str, float]]:
+    """The searcher's first points, clipped to the bounds. Bounds that exclude the starts (a weight range
+    above 1, say) make them coincide: each distinct point is evaluated once, and the log says so."""
     points = []
-    for kind in setup.config.search.warm_starts:
+    for kind in kinds:
         points += [space.uniform()] if kind == "uniform" else [space.expert_alone(e) for e in space.experts]
-    return [space.clipped(p) for p in points]
+    distinct = [p for i, p in enumerate(points) if p not in points[:i]]
+    if len(distinct) < len(points):
+        log(
+            f"search.warm_starts: {len(points)} starts ({', '.join(kinds)}) are {len(distinct)} distinct "
+            "point(s) inside merge.bounds; each is evaluated once"
+        )
+    return distinct
 
 
 def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
@@ -116,7 +124,7 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     run.check_config(config)
     run.trials()  # a torn ledger is named before Ray starts
     setup.eval_data()  # and a dataset the fitness cannot score on
-    starts = tuple(warm_starts(setup))
+    starts = tuple(warm_starts(setup.space, config.search.warm_starts, log))
     ray_session()
     placements = check_plan(
         plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes), "the Ray cluster"
