@@ -92,6 +92,25 @@ def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset,
     assert len(set(genomes)) == 10  # a searcher restarted from scratch would propose its first points again
 
 
+def stop_head(gcs_port: int) -> None:
+    """Stop the head this test started, and only it: `ray stop` would also stop every other Ray on the
+    machine (a user's search, a protocol run). Its processes name the GCS port on their command line;
+    their workers exit with the raylet."""
+    import psutil
+
+    marks = (f":{gcs_port}", f"={gcs_port}")
+    ours = [
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if any(mark in arg for arg in proc.info["cmdline"] or () for mark in marks)
+    ]
+    for proc in ours:
+        proc.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=30)
+    for proc in alive:
+        proc.kill()
+
+
 def submit_when_the_agent_is_up(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """`ray job submit`, retried while the head's job agent is still registering: on a busy machine
     `ray start` returns before it has, and Ray refuses the job with "No available agent" (nothing runs)."""
@@ -155,7 +174,7 @@ def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_datas
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout.lower()
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(gcs)
     for name in (
         "config.yaml",
         "trials.parquet",
