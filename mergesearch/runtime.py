@@ -66,7 +66,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> None
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     local = {"num_cpus": num_cpus, "include_dashboard": os.environ.get("MERGESEARCH_DASHBOARD") == "1"}
     ray.init(
-        address=address,
+        # "local": a fresh Ray, never the last `ray start` head on this machine, which a bare ray.init() joins
+        # (and, if that head is gone, waits on for minutes). Clusters are joined through RAY_ADDRESS.
+        address=address or "local",
         namespace=NAMESPACE,
         log_to_driver=False,
         configure_logging=False,

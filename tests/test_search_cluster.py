@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from demo_configs import demo_config
 
@@ -109,6 +111,9 @@ def stop_head(gcs_port: int) -> None:
     _, alive = psutil.wait_procs(ours, timeout=30)
     for proc in alive:
         proc.kill()
+    latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # as `ray stop` does: no stale
+    if latest.is_file() and latest.read_text().strip().endswith(f":{gcs_port}"):  # "latest head" pointer
+        latest.unlink()
 
 
 def submit_when_the_agent_is_up(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -188,3 +193,34 @@ def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_datas
     ):
         assert (run / name).exists(), name
     assert len(RunDir(run).trials()) == 4
+
+
+def test_a_local_search_starts_its_own_ray_even_when_a_dead_head_was_the_last_started() -> None:
+    """A bare ray.init() joins the last `ray start` head on the machine, and waits minutes on a dead one."""
+    latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if latest.exists():
+        pytest.skip(f"{latest} belongs to a Ray on this machine")
+    latest.parent.mkdir(exist_ok=True)
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    latest.write_text(dead)
+    try:
+        started = subprocess.run(
+            [sys.executable, "-c", SESSION_PROBE],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        latest.unlink()
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert started.stdout.strip() and dead not in started.stdout  # a Ray of its own
+
+
+SESSION_PROBE = """
+import ray
+from mergesearch.runtime import ray_session
+ray_session(num_cpus=1)
+print(ray.get_runtime_context().gcs_address)
+ray.shutdown()
+"""
