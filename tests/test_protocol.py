@@ -55,6 +55,11 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert cells["slerp_grid"]["merge"]["experts"] == ["aligned", "math"]
     assert all(0 <= c["heldout"]["lm_eval_acc"] <= 1 for c in cells.values())
     assert (out / "table.md").read_text().startswith("| row |") and (out / "protocol.png").is_file()
+    mergekit = {name: yaml.safe_load((out / c["recipe"]).read_text()) for name, c in cells.items()}
+    assert mergekit["ties_equal"]["merge_method"] == "ties"
+    assert [m["parameters"]["weight"] for m in mergekit["ties_equal"]["models"]] == [1.0, 1.0, 1.0]
+    slerp = mergekit["slerp_grid"]
+    assert slerp["merge_method"] == "slerp" and slerp["parameters"]["t"] in (0.2, 0.8)
 
     again = run("reproduce", str(protocol), "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]

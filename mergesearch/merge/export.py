@@ -108,25 +108,27 @@ def recipe_file(
     seed: int | None = None,
 ) -> str:
     """``best/recipe.yaml``: the mergekit config, or our recipe where mergekit has no such method, with a
-    comment that says whether ``mergekit-yaml`` rebuilds the very weights of ``best/model``."""
+    comment that says whether ``mergekit-yaml`` rebuilds the very weights (of ``best/model``, of a protocol
+    row)."""
     method = get_method(recipe.method)
     if method.mergekit is None:
         body: dict = {"recipe": recipe.model_dump(mode="json")}
         note = (
-            f"mergekit has no {recipe.method!r}: rebuild with mergesearch's engine; best/model is canonical"
+            f"mergekit has no {recipe.method!r}: rebuild with mergesearch's engine; "
+            "the saved model is canonical"
         )
         return f"# {header}\n# {note}\n" + yaml.safe_dump(body, sort_keys=False)
-    note = "`mergekit-yaml recipe.yaml OUT` rebuilds best/model"
+    note = "`mergekit-yaml recipe.yaml OUT` rebuilds these merged weights"
     if method.randomized:
         # Both draw masks from torch's CPU generator seeded once, tensor by tensor in name order: the same
         # masks for single-file checkpoints (tested); shards are read in another order.
         sharded = any(len(weight_files(Path(folder))) > 1 for folder in (base, *experts.values()))
         note = (
             f"{recipe.method} draws random masks: a sharded checkpoint draws them in another order, so "
-            "mergekit makes a merge of this recipe, not these weights; best/model is canonical"
+            "mergekit makes a merge of this recipe, not these weights; the saved model is canonical"
             if sharded
             else f"{recipe.method} draws random masks: `mergekit-yaml --random-seed {seed} recipe.yaml OUT` "
-            "rebuilds best/model exactly (same masks, CPU)"
+            "rebuilds these merged weights exactly (same masks, CPU)"
         )
     body = recipe_to_mergekit(recipe, base, experts, dtype)
     return f"# {header}\n# {note}\n" + yaml.safe_dump(body, sort_keys=False)

@@ -56,6 +56,14 @@ class Bench:
             self._evaluators[key] = Evaluator(setup, log=lambda _: None)
         return self._evaluators[key]
 
+    def recipe_file(self, merge: Merge, seed: int, header: str) -> str:
+        """The mergekit config that rebuilds ``merge`` (``mergekit-yaml``), with how to run it."""
+        from mergesearch.merge.export import recipe_file
+
+        setup = self.setup.with_merge(MergeSpaceConfig(method=merge.method), merge.experts)
+        recipe = setup.space.decode(merge.genes)
+        return recipe_file(recipe, setup.base, setup.experts, setup.config.models.dtype, header, seed)
+
     def search_score(self, merge: Merge, seed: int) -> Scores:
         return self.evaluator(merge.method, merge.experts).evaluate(merge.genes, seed)
 

@@ -19,7 +19,7 @@ from typing import Any
 from mergesearch.config import load_config
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
-from mergesearch.protocol.bench import Bench
+from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.rows import Row, rows_of
 
@@ -58,6 +58,8 @@ def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[st
     for row in rows_of(bench):
         for seed in protocol.seeds if row.seeded else protocol.seeds[:1]:
             cells.append(_cell(bench, row, seed, folder / "cells", digest))
+    for cell in cells:
+        _write_recipe(bench, cell, folder / "cells", protocol.name)
     summary = summarise(protocol, cells)
     atomic_write_text(folder / "protocol.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(folder / "table.md", table_markdown(summary) + "\n")
@@ -75,7 +77,7 @@ def _beside(protocol_path: Path, reference: str) -> Path:
 
 
 def _cell(bench: Bench, row: Row, seed: int, cells: Path, digest: str) -> dict[str, Any]:
-    path = cells / f"{row.name.replace(':', '-')}__seed{seed}.json"
+    path = cells / f"{_cell_name(row.name, seed)}.json"
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("digest") == digest:
@@ -103,6 +105,20 @@ def _cell(bench: Bench, row: Row, seed: int, cells: Path, digest: str) -> dict[s
         f"task {objectives.get('task_accuracy', math.nan):.3f} ({cell['wall_s']:.0f} s)"
     )
     return cell
+
+
+def _write_recipe(bench: Bench, cell: dict[str, Any], cells: Path, protocol: str) -> None:
+    """Each cell's merge as a mergekit config beside it, so any row of the table can be rebuilt with
+    ``mergekit-yaml`` (written for cached cells too: it depends only on the cell's merge)."""
+    merge = Merge(cell["merge"]["method"], tuple(cell["merge"]["experts"]), cell["merge"]["genes"])
+    header = f"protocol {protocol}: row {cell['row']}, seed {cell['seed']}"
+    path = cells / f"{_cell_name(cell['row'], cell['seed'])}.recipe.yaml"
+    atomic_write_text(path, bench.recipe_file(merge, cell["seed"], header))
+    cell["recipe"] = str(path.relative_to(cells.parent))
+
+
+def _cell_name(row: str, seed: int) -> str:
+    return f"{row.replace(':', '-')}__seed{seed}"
 
 
 def _value(cell: dict[str, Any], metric: str) -> float:
