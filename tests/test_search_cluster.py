@@ -118,8 +118,9 @@ def stop_head(gcs_port: int) -> None:
 
 def submit_when_the_agent_is_up(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """`ray job submit`, retried while the head's job agent is still registering: on a busy machine
-    `ray start` returns before it has, and Ray refuses the job with "No available agent" (nothing runs)."""
-    deadline = time.monotonic() + 120
+    `ray start` returns before it has, and Ray refuses the job with "No available agent" (nothing runs).
+    With a protocol run holding both cores here, registering took more than 2 minutes."""
+    deadline = time.monotonic() + 300
     while True:
         job = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
