@@ -118,9 +118,8 @@ def stop_head(gcs_port: int) -> None:
 
 def submit_when_the_agent_is_up(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """`ray job submit`, retried while the head's job agent is still registering: on a busy machine
-    `ray start` returns before it has, and Ray refuses the job with "No available agent" (nothing runs).
-    With a protocol run holding both cores here, registering took more than 2 minutes."""
-    deadline = time.monotonic() + 300
+    `ray start` returns before it has, and Ray refuses the job with "No available agent" (nothing runs)."""
+    deadline = time.monotonic() + 120
     while True:
         job = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
@@ -151,6 +150,18 @@ def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_datas
             f"--dashboard-port={dashboard}",
             "--include-dashboard=true",
             "--disable-usage-stats",
+            # Ray's fixed default ports clash with any other Ray on the machine (its agent then cannot bind
+            # and jobs are refused with "No available agent"): this head takes free ones.
+            *(
+                f"--{flag}={free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                    "ray-client-server-port",
+                )
+            ),
         ],
         env=env,
         capture_output=True,
