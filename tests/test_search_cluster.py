@@ -94,6 +94,10 @@ def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset,
     assert len(set(genomes)) == 10  # a searcher restarted from scratch would propose its first points again
 
 
+# Where `ray start` records the latest head, which a bare ray.init() on this machine joins.
+LATEST_HEAD = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+
+
 def stop_head(gcs_port: int) -> None:
     """Stop the head this test started, and only it: `ray stop` would also stop every other Ray on the
     machine (a user's search, a protocol run). Its processes name the GCS port on their command line;
@@ -111,9 +115,8 @@ def stop_head(gcs_port: int) -> None:
     _, alive = psutil.wait_procs(ours, timeout=30)
     for proc in alive:
         proc.kill()
-    latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # as `ray stop` does: no stale
-    if latest.is_file() and latest.read_text().strip().endswith(f":{gcs_port}"):  # "latest head" pointer
-        latest.unlink()
+    if LATEST_HEAD.is_file() and LATEST_HEAD.read_text().strip().endswith(f":{gcs_port}"):
+        LATEST_HEAD.unlink()  # as `ray stop` does: no stale pointer to a head that is gone
 
 
 def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_dataset, tmp_path) -> None:
@@ -202,12 +205,11 @@ def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_datas
 
 def test_a_local_search_starts_its_own_ray_even_when_a_dead_head_was_the_last_started() -> None:
     """A bare ray.init() joins the last `ray start` head on the machine, and waits minutes on a dead one."""
-    latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    if latest.exists():
-        pytest.skip(f"{latest} belongs to a Ray on this machine")
-    latest.parent.mkdir(exist_ok=True)
+    if LATEST_HEAD.exists():
+        pytest.skip(f"{LATEST_HEAD} belongs to a Ray on this machine")
+    LATEST_HEAD.parent.mkdir(exist_ok=True)
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    latest.write_text(dead)
+    LATEST_HEAD.write_text(dead)
     try:
         started = subprocess.run(
             [sys.executable, "-c", SESSION_PROBE],
@@ -217,7 +219,7 @@ def test_a_local_search_starts_its_own_ray_even_when_a_dead_head_was_the_last_st
             timeout=120,
         )
     finally:
-        latest.unlink()
+        LATEST_HEAD.unlink()
     assert started.returncode == 0, started.stderr[-2000:]
     assert started.stdout.strip() and dead not in started.stdout  # a Ray of its own
 

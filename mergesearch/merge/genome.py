@@ -137,9 +137,6 @@ class GenomeSpace:
                 )
         return genome
 
-    def clipped(self, genome: Mapping[str, float]) -> Genome:
-        return {name: self._clip(name, value) for name, value in genome.items()}
-
     def param_of(self, gene: str) -> str:
         return self._by_prefix[gene.split(".", 1)[0]].name
 

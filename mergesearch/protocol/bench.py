@@ -52,17 +52,19 @@ class Bench:
     def evaluator(self, method: str, experts: tuple[str, ...]) -> Evaluator:
         key = (method, experts)
         if key not in self._evaluators:
-            setup = self.setup.with_merge(MergeSpaceConfig(method=method), experts)
-            self._evaluators[key] = Evaluator(setup, log=lambda _: None)
+            self._evaluators[key] = Evaluator(self._merge_setup(method, experts), log=lambda _: None)
         return self._evaluators[key]
 
     def recipe_file(self, merge: Merge, seed: int, header: str) -> str:
         """The mergekit config that rebuilds ``merge`` (``mergekit-yaml``), with how to run it."""
         from mergesearch.merge.export import recipe_file
 
-        setup = self.setup.with_merge(MergeSpaceConfig(method=merge.method), merge.experts)
+        setup = self._merge_setup(merge.method, merge.experts)
         recipe = setup.space.decode(merge.genes)
         return recipe_file(recipe, setup.base, setup.experts, setup.config.models.dtype, header, seed)
+
+    def _merge_setup(self, method: str, experts: tuple[str, ...]) -> SearchSetup:
+        return self.setup.with_merge(MergeSpaceConfig(method=method), experts)
 
     def search_score(self, merge: Merge, seed: int) -> Scores:
         return self.evaluator(merge.method, merge.experts).evaluate(merge.genes, seed)
