@@ -558,8 +558,11 @@ def _reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> 
     "--out", type=click.Path(path_type=Path), default=None, help="Folder [default: runs/protocol-NAME]."
 )
 def demo(protocol_path: Path, out: Path | None) -> None:
+    from mergesearch.config import load_config
+    from mergesearch.protocol.config import ProtocolConfig
     from mergesearch.zoo.build import build_zoo
 
+    load_config(protocol_path, ProtocolConfig)  # a mistyped protocol is named before a 10-minute zoo build
     build_zoo(_recipe(False), log=_progress)
     _reproduce(protocol_path, out, None)
 

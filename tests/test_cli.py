@@ -64,3 +64,8 @@ def test_a_search_with_an_unknown_expert_is_one_line_and_leaves_no_run_dir(
     done = run("search", str(config), "--run-dir", str(tmp_path / "run"))
     assert_one_line_error(done, "models.experts.a: unknown zoo model 'nope'")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_names_a_missing_protocol_before_touching_the_zoo(tmp_path: Path) -> None:
+    done = run("demo", "--protocol", str(tmp_path / "nope.yaml"))
+    assert_one_line_error(done, "nope.yaml", "not found")  # no zoo line: nothing built or looked up first
