@@ -224,6 +224,9 @@ class SearcherConfig(Frozen):
     time_budget_s: float | None = Field(default=None, gt=0)
     seed: int = 0
     warm_starts: list[Literal["uniform", "experts"]] = ["uniform"]
+    # Proposals waiting at the router per evaluator, so that it never idles while the searcher turns
+    # around. 0: a proposal is made only when an evaluator is free, so each sees every earlier result.
+    queued_per_evaluator: int = Field(default=1, ge=0)
 
     _known_name = field_validator("name")(lambda cls, name: registered(SEARCHERS, name))
 

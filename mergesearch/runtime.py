@@ -64,7 +64,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> None
         check_ray_address(address)
     # A local start turns token auth on and says so on stderr: keep it on, keep stderr ours.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    local = {"num_cpus": num_cpus, "include_dashboard": os.environ.get("MERGESEARCH_DASHBOARD") == "1"}
+    local = {
+        "num_cpus": num_cpus,
+        "include_dashboard": os.environ.get("MERGESEARCH_DASHBOARD") == "1",
+        "dashboard_host": "127.0.0.1",  # this machine only; a cluster's head is set up by `ray start`
+    }
     ray.init(
         # "local": a fresh Ray, never the last `ray start` head on this machine, which a bare ray.init() joins
         # (and, if that head is gone, waits on for minutes). Clusters are joined through RAY_ADDRESS.

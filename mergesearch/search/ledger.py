@@ -1,8 +1,7 @@
 """The trial ledger, as a Tune callback: every finished trial into ``trials.parquet`` (atomically),
 TensorBoard scalars, a console progress line with the best so far, and a best-fitness gauge.
 
-It is also the source of truth on resume: a trial Tune re-runs after a killed driver finds its finished
-row here and reports it again instead of evaluating twice.
+It is also the source of truth on resume: the searcher is rebuilt by replaying it (``replay.py``).
 """
 
 from __future__ import annotations
@@ -41,10 +40,7 @@ class TrialLedger(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "trial_json" not in result or trial.trial_id in self.trials or self.full:
             return
-        reported = TrialResult.from_report(result)
-        if reported.genes in [t.genes for t in self.trials.values()]:
-            return  # a replay of a ledgered trial that Tune lost with the driver (see Router.finished_result)
-        finished = reported.model_copy(
+        finished = TrialResult.from_report(result).model_copy(
             update={"trial_id": trial.trial_id, "index": len(self.trials), "finished_at": time.time()}
         )
         self.trials[trial.trial_id] = finished

@@ -3,8 +3,9 @@
 Nevergrad (``cma`` default, ``ngopt``, ``de``, ``pso``) through ``NevergradSearch``; Optuna (``optuna_cmaes``,
 ``tpe``, ``nsga2`` multi-objective over safety and task accuracy, ``random``, ``grid`` over the global
 genes, the paper's grid-search baseline) through ``OptunaSearch``. All are seeded, take warm-start
-genomes, and save/restore their state with the Tune experiment, so a resumed search continues.
-A spec says what the tuner and the config need to know, so neither names a searcher.
+genomes, and are deterministic given their seed, so a resumed search rebuilds its searcher by replaying
+the ledger into a fresh one (``replay.py``). A spec says what the tuner and the config need to know, so
+neither names a searcher.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def _nevergrad(optimizer_name: str) -> SearcherSpec:
     def factory(problem: SearchProblem) -> Any:
         import nevergrad as ng
         import numpy as np
-        from ray.tune.search.nevergrad import NevergradSearch
+
+        from mergesearch.search.nevergrad_search import NevergradWithPoints
 
         # Warm starts are injected into CMA's population, which `cma` reports as "orphanated" when they
         # arrive one `ask` at a time (asynchronous trials): expected here, so not shown.
@@ -82,7 +84,7 @@ def _nevergrad(optimizer_name: str) -> SearcherSpec:
             **{name: ng.p.Scalar(lower=low, upper=high) for name, (low, high) in problem.bounds.items()}
         )
         space.random_state = np.random.RandomState(problem.seed)
-        return NevergradSearch(
+        return NevergradWithPoints(
             optimizer=getattr(ng.optimizers, optimizer_name),
             optimizer_kwargs={"budget": problem.num_trials, "num_workers": problem.concurrency},
             space=space,

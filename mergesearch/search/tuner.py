@@ -6,9 +6,9 @@ generation barrier): at most one evaluation per evaluator runs at a time, and on
 evaluator waits at the router, so an evaluator never idles while the searcher and Tune turn around.
 A failed merge or evaluation becomes a finite penalty with its error recorded; the search goes on.
 
-Everything lives in the run dir. Running the same command again (or ``mergesearch resume``) restores the
-Tune experiment with its searcher state; a trial Tune re-runs because the driver died after it finished
-reports its ledgered result instead of evaluating again.
+Everything lives in the run dir. Running the same command again (or ``mergesearch resume``) rebuilds the
+searcher from the ledger (``replay.py``), never from Tune's pickled state: a run dir holds data, not code.
+The trials that were in flight when the driver died are proposed again, first; finished ones never are.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
+from mergesearch.search.replay import LedgerReplay
 from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.search.searchers import SearchProblem, searcher
 from mergesearch.setup import SearchSetup
@@ -30,14 +31,12 @@ Log = Callable[[str], None]
 
 
 class Router:
-    """Hands out free evaluators (an async Ray actor), and the ledger of finished trials for resumes."""
+    """Hands out free evaluators, first come first served (an async Ray actor)."""
 
-    def __init__(self, evaluators: list[Any], finished: list[TrialResult]) -> None:
+    def __init__(self, evaluators: list[Any]) -> None:
         self.free: asyncio.Queue = asyncio.Queue()
         for handle in evaluators:
             self.free.put_nowait(handle)
-        self.by_trial = {t.trial_id: t for t in finished}
-        self.by_genome = {_key(t.genes): t for t in finished}
         self.busy_s = 0.0
 
     async def acquire(self) -> Any:
@@ -47,17 +46,8 @@ class Router:
         self.busy_s += busy_s
         self.free.put_nowait(handle)
 
-    async def finished_result(self, trial_id: str, genes: dict[str, float]) -> TrialResult | None:
-        """A ledgered result for this trial, or for the same genome (a trial that finished after Tune's last
-        state save is proposed again, under a new id, by the restored searcher)."""
-        return self.by_trial.get(trial_id) or self.by_genome.get(_key(genes))
-
     async def total_busy_s(self) -> float:
         return self.busy_s
-
-
-def _key(genes: dict[str, float]) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted(genes.items()))
 
 
 def _error_line(error: BaseException) -> str:
@@ -79,10 +69,6 @@ def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callab
 
         router = ray.get_actor(router_name, namespace=NAMESPACE)
         genes = {k: float(config[k]) for k in gene_names}
-        done = ray.get(router.finished_result.remote(tune.get_context().get_trial_id(), genes))
-        if done is not None:  # finished before a driver crash; Tune did not record it
-            tune.report(done.report())
-            return
         evaluator = ray.get(router.acquire.remote())
         started = time.perf_counter()
         try:
@@ -130,20 +116,14 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes), "the Ray cluster"
     )  # before any load
     run.write_config(config)
-    # Experiment state (searcher included) saved at least every second; a trial that finished after the last
-    # save is re-reported from the ledger on resume, never re-evaluated.
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     gene_names = setup.space.gene_names()
     spec = searcher(config.search.name)
     concurrency = config.resources.num_evaluators
+    in_flight = concurrency * (1 + config.search.queued_per_evaluator)
     problem = SearchProblem(
-        setup.space.gene_bounds(),
-        config.search.num_trials,
-        2 * concurrency,
-        config.search.seed,
-        starts,
+        setup.space.gene_bounds(), config.search.num_trials, in_flight, config.search.seed, starts
     )
     num_trials = spec.trials(problem)
     done = run.trials()
@@ -153,11 +133,15 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
             "nothing to run"
         )
         return run
+    search_alg = LedgerReplay(spec.make(problem), gene_names, in_flight, num_trials)
+    replayed = search_alg.replay(done)
     shown = ", ".join(gene_names[:6]) + (" ..." if len(gene_names) > 6 else "")
     log(
         f"search: {config.search.name} over {len(gene_names)} genes ({shown}), {num_trials} trials, "
         f"{concurrency} evaluator(s); run dir {run.root}"
     )
+    if done:
+        log(f"search: resuming: {replayed.line(config.search.name)}")
     for line in plan_summary(placements):
         log(line)
     judge = judge_actor(setup)
@@ -167,24 +151,16 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         for i in range(concurrency)
     ]
     router_name = f"router-{tag}"
-    router = (
-        ray.remote(num_cpus=0)(Router).options(name=router_name, namespace=NAMESPACE).remote(evaluators, done)
-    )
+    router = ray.remote(num_cpus=0)(Router).options(name=router_name, namespace=NAMESPACE).remote(evaluators)
     trainable = tune.with_resources(
         make_trainable(router_name, gene_names, config.search.seed), TRIAL_RESOURCES
     )
+    ledger = TrialLedger(run, num_trials, gene_names)
+    left = num_trials - len(done)
+    tuner = _new_tuner(trainable, search_alg, spec.objectives, ledger, left, in_flight, config)
     started = time.perf_counter()
     try:
-        if tune.Tuner.can_restore(str(run.tune)):
-            log(f"search: resuming {len(done)} finished trial(s) from {run.tune}")
-            tuner = tune.Tuner.restore(
-                str(run.tune), trainable=trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            tuner = _new_tuner(
-                trainable, spec.make(problem), spec.objectives, run, num_trials, gene_names, config
-            )
-        tuner.fit()
+        _fit(tuner)
         busy = ray.get(router.total_busy_s.remote())
     finally:
         for handle in [*evaluators, router, *([judge] if judge is not None else [])]:
@@ -193,33 +169,49 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     return run
 
 
+def _fit(tuner: Any) -> None:
+    """Tune wraps an error in our ledger callback (a full disk, a folder gone read-only) in a TuneError
+    holding the traceback as text: the system's error is raised instead, so the CLI names the file."""
+    from ray.tune.error import TuneError
+
+    try:
+        tuner.fit()
+    except TuneError as err:
+        cause = err.__cause__ or err.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def _new_tuner(
     trainable: Any,
     search_alg: Any,
     objectives: tuple[str, ...],
-    run: RunDir,
-    num_trials: int,
-    gene_names: list[str],
+    ledger: TrialLedger,
+    left: int,
+    in_flight: int,
     config: Any,
 ) -> Any:
+    """A Tune experiment for this session (its own folder under ``tune/``), for the ``left`` trials."""
     from ray import tune
 
     single = {"metric": objectives[0], "mode": "max"} if len(objectives) == 1 else {}
-    concurrency = 2 * config.resources.num_evaluators
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=tune.search.ConcurrencyLimiter(search_alg, max_concurrent=concurrency),
-            num_samples=num_trials,
+            search_alg=tune.search.ConcurrencyLimiter(search_alg, max_concurrent=in_flight),
+            num_samples=left,
             time_budget_s=config.search.time_budget_s,
             reuse_actors=True,
             **single,
         ),
         run_config=tune.RunConfig(
-            name=run.tune.name,
-            storage_path=str(run.root),
-            callbacks=[TrialLedger(run, num_trials, gene_names)],
-            stop=BudgetStopper(run, num_trials),
+            name=ledger.run.new_tune_session(),
+            storage_path=str(ledger.run.tune),
+            callbacks=[ledger],
+            stop=BudgetStopper(ledger.run, ledger.total),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
         ),

@@ -1,0 +1,15 @@
+"""Ray's Nevergrad searcher, which can also be told points it did not propose (as Optuna's can): what a
+ledger replay falls back to when it cannot replay a run exactly (``replay.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.search.nevergrad import NevergradSearch
+
+
+class NevergradWithPoints(NevergradSearch):
+    def add_evaluated_point(self, parameters: dict, value: float, *args: Any, **kwargs: Any) -> None:
+        optimizer = self._nevergrad_opt
+        candidate = optimizer.parametrization.spawn_child(new_value=parameters)
+        optimizer.tell(candidate, self._metric_op * value)
