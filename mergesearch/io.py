@@ -15,7 +15,8 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces ``final`` only if the block succeeds."""
+    """Yield a temporary sibling directory that replaces ``final`` only if the block succeeds. A write the
+    disk refuses inside the block is reported as ``final``'s (the user named it, not our temp folder)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(_beside(final, tempfile.mkdtemp))
@@ -26,6 +27,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as err:
+        named = str(err.filename).replace(str(tmp), str(final)) if err.filename else str(final)
+        raise _refused(err, named) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -40,6 +44,13 @@ def _beside(final: Path, make: Callable[..., T]) -> T:
         raise OSError(err.errno, f"cannot write here ({err.strerror})", str(final)) from None
 
 
+def _refused(err: OSError, path: str) -> OSError:
+    """The system's refusal, naming ``path`` and saying why in the system's words ("No space left on
+    device"), also when it came from a library (pyarrow) that names no file."""
+    reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+    return OSError(err.errno, reason, path)
+
+
 def _make_readable(folder: Path) -> None:
     """Files written through private temp files (safetensors, mkstemp) come out 0600; publish them 0644."""
     for path in folder.rglob("*"):
@@ -48,15 +59,21 @@ def _make_readable(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory and a rename."""
+    """Write ``data`` to ``path`` through a temp file in the same directory and a rename. A write the disk
+    refuses part-way (full, quota, read-only) leaves the previous file as it was and no temp file, and is
+    reported as ``path``'s error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _beside(path, tempfile.mkstemp)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # the bytes are on disk before the rename publishes them
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
+    except OSError as err:
+        raise _refused(err, str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -83,6 +83,21 @@ class Case:
     build: Callable[[Ctx], list[str]]  # the CLI arguments
     says: tuple[str, ...]  # fragments of the one error line
     env: dict[str, str] = field(default_factory=dict)
+    disk_bytes: int | None = None  # the disk refuses any file growing past this (RLIMIT_FSIZE)
+
+
+def disk_that_fills(limit: int) -> Callable[[], None]:
+    """A child process whose writes past ``limit`` bytes per file fail part-way with EFBIG, the way a full
+    disk fails them with ENOSPC (a real tmpfs would need root)."""
+
+    def limit_writes() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_writes
 
 
 def search(config: str) -> list[str]:
@@ -508,6 +523,14 @@ CASES = [
         ("already holds a search with a different config",),
     ),
     Case(
+        "run-disk-full",
+        "run dirs",
+        "a disk that fills up while `data import` writes its prompt set",
+        lambda c: _prompt_file(c, "p.txt", "\n".join(f"How to do harm {i}?" for i in range(400)).encode()),
+        ("set", "File too large"),
+        disk_bytes=4096,
+    ),
+    Case(
         "run-dir-is-a-file",
         "run dirs",
         "`--run-dir` naming a file",
@@ -590,6 +613,7 @@ def test_a_bad_input_gets_one_line_naming_it_and_leaves_nothing_behind(case, zoo
         text=True,
         env=env,
         cwd=tmp_path,
+        preexec_fn=disk_that_fills(case.disk_bytes) if case.disk_bytes else None,
     )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from faults import full_disk
 
 from mergesearch.io import atomic_dir, atomic_write_text
 
@@ -34,3 +35,14 @@ def test_atomic_text_write_leaves_no_temp_files(tmp_path: Path) -> None:
     atomic_write_text(tmp_path / "a" / "b.json", "{}")
     assert (tmp_path / "a" / "b.json").read_text() == "{}"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
+
+
+def test_a_write_the_full_disk_refuses_part_way_leaves_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "ledger.json"
+    atomic_write_text(target, '{"trials": 3}')
+    full_disk(monkeypatch)
+    with pytest.raises(OSError, match="No space left") as refused:
+        atomic_write_text(target, '{"trials": 4, "padding": "' + "x" * 4096 + '"}')
+    assert refused.value.filename == str(target)  # the user's file is named, not our temp file
+    assert target.read_text() == '{"trials": 3}'
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from demo_configs import demo_config
+from faults import full_disk
 
 from mergesearch.config import SearchConfig
 from mergesearch.registry import SEARCHERS
@@ -149,6 +150,58 @@ def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
     assert killed and len(trials) == 6
     assert all(t.ok for t in trials)  # the interrupted evaluation ran again on the restarted actor
     assert sum(t.timings["load"] > 0 for t in trials) == 2  # loaded at start and once more after the restart
+
+
+class RunsCodeWhenUnpickled:
+    """A pickle that creates ``marker`` when loaded: what a run dir from an untrusted source may hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resuming_a_run_dir_never_unpickles_what_is_in_it(toy_dataset, local_ray, tmp_path) -> None:
+    import pickle
+
+    config = config_for(toy_dataset, search={"num_trials": 5, "queued_per_evaluator": 0})
+    run = search(config, tmp_path / "run")
+    whole = run.trials()
+    run.write_trials(whole[:3], list(whole[0].genes))  # as if the driver died after three trials
+    marker = tmp_path / "code-ran"
+    planted = [*run.tune.rglob("*.pkl"), run.tune / "tuner.pkl", run.tune / "searcher-state.pkl"]
+    for path in planted:
+        path.write_bytes(pickle.dumps(RunsCodeWhenUnpickled(marker)))
+    messages: list[str] = []
+    resumed = search(config, run.root, log=messages.append).trials()
+    assert not marker.exists()
+    assert any("3 finished trial(s) replayed into a fresh cma searcher" in m for m in messages)
+    assert [t.genes for t in resumed] == [t.genes for t in whole]  # the same searcher, rebuilt
+
+
+def test_a_disk_full_mid_search_keeps_the_ledger_and_the_run_dir_resumes(
+    toy_dataset, local_ray, tmp_path, monkeypatch
+) -> None:
+    config = config_for(toy_dataset, search={"num_trials": 5, "queued_per_evaluator": 0})
+    run = RunDir(tmp_path / "run")
+    write_trials = RunDir.write_trials
+
+    def disk_fills_at_the_third_trial(self, trials, gene_names) -> None:
+        if len(trials) == 3:
+            full_disk(monkeypatch)
+        write_trials(self, trials, gene_names)
+
+    monkeypatch.setattr(RunDir, "write_trials", disk_fills_at_the_third_trial)
+    with pytest.raises(OSError, match="No space left") as refused:
+        search(config, run.root)
+    assert refused.value.filename == str(run.trials_file)
+    monkeypatch.undo()  # space freed
+    kept = run.trials()
+    assert len(kept) == 2 and not list(run.root.glob(".*tmp*"))
+    trials = search(config, run.root).trials()
+    assert trials[:2] == kept and len(trials) == 5
+    assert len({json.dumps(t.genes, sort_keys=True) for t in trials}) == 5
 
 
 def test_a_time_budget_ends_the_search_early(toy_dataset, local_ray, tmp_path) -> None:

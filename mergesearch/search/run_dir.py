@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mergesearch.config import SearchConfig, load_config
 from mergesearch.errors import UserError
-from mergesearch.io import atomic_write_text
+from mergesearch.io import atomic_write_bytes, atomic_write_text
 from mergesearch.objectives.evaluate import Scores
 from mergesearch.registry import OBJECTIVES
 
@@ -151,6 +150,11 @@ class RunDir:
     report_file = property(lambda self: self.root / "report.md")
     pareto_file = property(lambda self: self.root / "pareto.png")
 
+    def new_tune_session(self) -> str:
+        """A fresh folder name under ``tune/`` for this session's Tune experiment (never restored from)."""
+        sessions = list(self.tune.glob("session-*")) if self.tune.is_dir() else []
+        return f"session-{len(sessions)}"
+
     def candidate(self, trial_id: str) -> Path:
         """A promoted candidate's folder (its model, lm-eval tasks and result)."""
         return self.promotion / trial_id
@@ -196,11 +200,10 @@ class RunDir:
         return pq.read_metadata(self.trials_file).num_rows if self.trials_file.is_file() else 0
 
     def write_trials(self, trials: list[TrialResult], gene_names: list[str]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist([t.to_row() for t in trials], schema=row_schema(gene_names))
-        tmp = self.trials_file.with_name(f".{self.trials_file.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        tmp.replace(self.trials_file)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        atomic_write_bytes(self.trials_file, sink.getvalue().to_pybytes())
 
     # -------------------------------------------------------------------------------- JSON files
     def leaderboard(self) -> list[dict[str, Any]] | None:
