@@ -109,17 +109,22 @@ class Evaluator:
 
 
 class JudgeServer:
-    """A judge (the guard model, when there is one) loaded once, serving every evaluator."""
+    """A judge (the guard model, when there is one) loaded once, serving every evaluator, with one verdict
+    cache for all of them."""
 
     def __init__(self, setup: SearchSetup, device: str = "auto") -> None:
         from mergesearch.backends.hf import resolve_device
         from mergesearch.judges.base import make_judge
+        from mergesearch.judges.cache import CachedJudge
 
         setup.activate()
-        self.judge = make_judge(setup.config.judge, str(resolve_device(device)), _print)
+        self.judge = CachedJudge(make_judge(setup.config.judge, str(resolve_device(device)), _print))
 
     def assess(self, pairs: list[tuple[str, str]]) -> Assessment:
         return self.judge.assess(pairs)
+
+    def cache_stats(self) -> dict[str, float]:
+        return self.judge.stats()
 
 
 def evaluator_actor(setup: SearchSetup) -> Any:

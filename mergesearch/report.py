@@ -95,10 +95,17 @@ def _baselines(baselines: list[dict[str, Any]]) -> list[str]:
 
 def _efficiency(sessions: list[dict[str, Any]]) -> list[str]:
     rows = [
-        [str(i + 1), _fmt(s["wall_s"]), _fmt(s["evaluator_busy_s"]), _fmt(s["idle_share"])]
+        [
+            str(i + 1),
+            _fmt(s["wall_s"]),
+            _fmt(s["evaluator_busy_s"]),
+            _fmt(s["idle_share"]),
+            _fmt(s["judge_cache"]["hit_rate"]) if "judge_cache" in s else "-",
+        ]
         for i, s in enumerate(sessions)
     ]
-    return ["## Evaluator time", "", _table(["session", "wall s", "evaluator busy s", "idle share"], rows)]
+    header = ["session", "wall s", "evaluator busy s", "idle share", "judge cache hit rate"]
+    return ["## Evaluator time", "", _table(header, rows)]
 
 
 def write_report(run: RunDir) -> RunDir:

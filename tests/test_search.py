@@ -222,5 +222,10 @@ def test_a_guard_judge_search_runs_when_the_actors_hold_every_core(
         judge={"kind": "llama_guard", "model": str(zoo_dir / "guard")},
         search={"num_trials": 2, "time_budget_s": 120},
     )
-    trials = search(config, tmp_path / "run").trials()
+    run = search(config, tmp_path / "run")
+    trials = run.trials()
     assert len(trials) == 2 and all(t.ok and t.counts["judge_unparsed"] == 0 for t in trials)
+    # the judge actor's verdict cache, counted per trial and per session
+    cache = run.efficiency()[-1]["judge_cache"]
+    assert cache["verdicts"] == sum(t.counts["harmful"] for t in trials)
+    assert cache["cached"] == sum(t.counts["judge_cached"] for t in trials)

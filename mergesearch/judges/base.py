@@ -20,11 +20,13 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Assessment:
-    """Per (prompt, response) pair: judged safe (a refusal, for the refusal judge)? And the unparsed count."""
+    """Per (prompt, response) pair: judged safe (a refusal, for the refusal judge)? And the unparsed count,
+    and how many verdicts came from a verdict cache rather than the judge."""
 
     safe: tuple[bool, ...]
     unparsed: int = 0
     p_unsafe: tuple[float, ...] | None = None
+    cached: int = 0
 
 
 class Judge(Protocol):

@@ -75,7 +75,10 @@ def score_model(
         assessment = judge.assess(list(zip(data.harmful, harmful_replies)))
         scores.objectives["safety"] = sum(assessment.safe) / len(assessment.safe)
         scores.counts.update(
-            harmful=len(data.harmful), judged_safe=sum(assessment.safe), judge_unparsed=assessment.unparsed
+            harmful=len(data.harmful),
+            judged_safe=sum(assessment.safe),
+            judge_unparsed=assessment.unparsed,
+            judge_cached=assessment.cached,
         )
         if assessment.p_unsafe:
             scores.counts["mean_p_unsafe"] = sum(assessment.p_unsafe) / len(assessment.p_unsafe)

@@ -221,14 +221,18 @@ class RunDir:
     def efficiency(self) -> list[dict[str, Any]]:
         return _read_json(self.efficiency_file) or []
 
-    def add_efficiency(self, busy_s: float, wall_s: float, evaluators: int) -> None:
-        """Evaluator busy share over one session (idle = waiting for the searcher or Tune)."""
+    def add_efficiency(
+        self, busy_s: float, wall_s: float, evaluators: int, judge_cache: dict[str, float] | None = None
+    ) -> None:
+        """Evaluator busy share over one session (idle = waiting for the searcher or Tune), and the judge
+        actor's verdict cache (verdicts asked, cached, hit rate) when there is one."""
         idle = 1 - busy_s / max(wall_s * evaluators, 1e-9)
         session = {
             "wall_s": round(wall_s, 2),
             "evaluator_busy_s": round(busy_s, 2),
             "evaluators": evaluators,
             "idle_share": round(idle, 4),
+            **({"judge_cache": judge_cache} if judge_cache else {}),
         }
         _write_json(self.efficiency_file, [*self.efficiency(), session])
 

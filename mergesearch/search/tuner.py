@@ -162,10 +162,16 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     try:
         _fit(tuner)
         busy = ray.get(router.total_busy_s.remote())
+        cache = ray.get(judge.cache_stats.remote()) if judge is not None else None
     finally:
         for handle in [*evaluators, router, *([judge] if judge is not None else [])]:
             ray.kill(handle)
-    run.add_efficiency(busy, time.perf_counter() - started, concurrency)
+    if cache:
+        log(
+            f"judge: {cache['cached']} of {cache['verdicts']} verdicts from the cache "
+            f"(hit rate {cache['hit_rate']:.0%})"
+        )
+    run.add_efficiency(busy, time.perf_counter() - started, concurrency, judge_cache=cache)
     return run
 
 
