@@ -185,8 +185,10 @@ def config() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 def config_check(path: Path) -> None:
     from mergesearch.config import load_config
+    from mergesearch.objectives.lm_eval_tasks import check_tasks
 
     cfg = load_config(path)
+    check_tasks(cfg.promotion.tasks, f"{path}: promotion.tasks")
     click.echo(
         f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, "
         f"searcher {cfg.search.name})"
@@ -357,6 +359,7 @@ def data_stats(path: Path) -> None:
 # ------------------------------------------------------------------------------------------ search
 def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, baseline: bool) -> Path:
     from mergesearch.config import load_config
+    from mergesearch.objectives.lm_eval_tasks import check_tasks
     from mergesearch.report import summary_table, write_report
     from mergesearch.search.baselines import run_baselines
     from mergesearch.search.pipeline import prepare_data
@@ -368,6 +371,8 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
     config = load_config(config_path)
     run = RunDir(run_dir or Path("runs") / config.name)
     setup = SearchSetup.prepare(config, log=_progress)  # every model checked before the run dir is made
+    if promote:  # a mistyped lm-eval task is named now, not after the search
+        check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
     setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
     run_search(setup, run, log=_progress)
     if baseline:

@@ -351,6 +351,19 @@ CASES = [
         lambda c: search(c.config(_set("name", "a; rm -rf /"))),
         ("name",),
     ),
+    Case(
+        "config-unknown-lm-eval-task",
+        "config",
+        "a mistyped lm-eval task in `promotion.tasks` (named before the search, not after it)",
+        lambda c: [
+            "search",
+            c.config(lambda config: config["promotion"].update(tasks=["mmlu_anatomyy"])),
+            "--run-dir",
+            str(c.tmp / "run"),
+            "--no-baseline",
+        ],
+        ("promotion.tasks", "'mmlu_anatomyy' is not an lm-eval task", "did you mean mmlu_anatomy"),
+    ),
     # models
     Case(
         "model-missing",

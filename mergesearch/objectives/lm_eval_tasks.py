@@ -97,6 +97,23 @@ def backend_lm(backend: Backend) -> Any:
     return BackendLM()
 
 
+def check_tasks(tasks: Sequence[str], field: str) -> None:
+    """Every task (or group) named is one lm-eval knows, found before a search rather than after it.
+    (Indexing lm-eval's tasks takes seconds to tens of seconds, so only a config that names some pays.)"""
+    if not tasks:
+        return
+    import difflib
+
+    from lm_eval.tasks import TaskManager
+
+    known = TaskManager().all_tasks
+    for task in tasks:
+        if task not in known:
+            near = difflib.get_close_matches(task, known, n=3)
+            hint = f"did you mean {', '.join(near)}?" if near else "`lm-eval ls tasks` lists them"
+            raise UserError(f"{field}: {task!r} is not an lm-eval task ({hint})")
+
+
 def run_lm_eval(
     lm: Any, tasks: Sequence[str], include_path: Path | None = None
 ) -> dict[str, dict[str, float]]:
