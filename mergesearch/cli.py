@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -360,6 +361,7 @@ def data_stats(path: Path) -> None:
 def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, baseline: bool) -> Path:
     from mergesearch.config import load_config
     from mergesearch.objectives.lm_eval_tasks import check_tasks
+    from mergesearch.plan import check_plan, plan_actors, this_machine
     from mergesearch.report import summary_table, write_report
     from mergesearch.search.baselines import run_baselines
     from mergesearch.search.pipeline import prepare_data
@@ -373,6 +375,8 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
     setup = SearchSetup.prepare(config, log=_progress)  # every model checked before the run dir is made
     if promote:  # a mistyped lm-eval task is named now, not after the search
         check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
+    if not os.environ.get("RAY_ADDRESS"):  # a local search's plan, before minutes of data generation
+        check_plan(plan_actors(setup), [this_machine()], "this machine")
     setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
     run_search(setup, run, log=_progress)
     if baseline:

@@ -237,6 +237,16 @@ def _cluster(c: Ctx, resources: dict) -> list[str]:
     return ["plan", c.config(), "--cluster", str(c.tmp / "cluster.yaml")]
 
 
+def _data_spec_and(change: Callable[[dict], None]) -> Callable[[dict], None]:
+    """``change``, on a config whose data is generated from the toy data spec (into the run dir)."""
+
+    def both(config: dict) -> None:
+        config["data"] = {"spec": str(ROOT / "data_specs" / "toy.yaml")}
+        change(config)
+
+    return both
+
+
 def _set(path: str, value) -> Callable[[dict], None]:
     """A change to the config: ``path`` is dotted (``search.num_trials``)."""
 
@@ -586,6 +596,20 @@ CASES = [
         "a cluster file with `memory: lots`",
         lambda c: _cluster(c, {"CPU": 2, "memory": "lots"}),
         ("cluster.yaml", "must be numbers"),
+    ),
+    Case(
+        "cluster-search-does-not-fit",
+        "cluster",
+        "a local search whose evaluators need more CPUs than the machine has, with data still to generate "
+        "(refused before the minutes of generation)",
+        lambda c: [
+            "search",
+            c.config(_data_spec_and(_set("resources.cpus_per_evaluator", 512))),
+            "--run-dir",
+            str(c.tmp / "run"),
+            "--no-baseline",
+        ],
+        ("this machine", "evaluator"),
     ),
     Case(
         "cluster-bad-address",
