@@ -122,6 +122,22 @@ def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refuse
         search(config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run")
 
 
+def test_a_run_dir_recorded_before_a_setting_existed_resumes_and_another_search_is_still_refused(
+    toy_dataset, tmp_path
+) -> None:
+    from mergesearch.errors import UserError
+
+    config = config_for(toy_dataset)
+    run = RunDir(tmp_path / "run")
+    run.write_config(config)
+    recorded = yaml.safe_load(run.config_file.read_text())
+    del recorded["search"]["queued_per_evaluator"]  # as the version before that setting wrote it
+    run.config_file.write_text(yaml.safe_dump(recorded))
+    run.check_config(config)
+    with pytest.raises(UserError, match="different config"):
+        run.check_config(config_for(toy_dataset, search={"queued_per_evaluator": 0}))
+
+
 def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(
     toy_dataset, local_ray, tmp_path
 ) -> None:

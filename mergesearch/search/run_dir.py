@@ -169,13 +169,20 @@ class RunDir:
         """Refuse, before anything starts, a run dir that is not a folder or holds another search."""
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root}: is a file, not a run dir")
-        if self.config_file.is_file() and yaml.safe_load(self.config_file.read_text()) != config.model_dump(
-            mode="json"
-        ):
+        if self.config_file.is_file() and self._recorded_config() != config.model_dump(mode="json"):
             raise UserError(
                 f"{self.root}: already holds a search with a different config ({self.config_file}); "
                 "pick another run name or resume it as it is"
             )
+
+    def _recorded_config(self) -> Any:
+        """The recorded config as this version reads it: a setting added since (with its default) does not
+        make a run dir written before it a different search."""
+        recorded = yaml.safe_load(self.config_file.read_text())
+        try:
+            return SearchConfig.model_validate(recorded).model_dump(mode="json")
+        except ValueError:  # not a config this version can read: compared as written, so refused
+            return recorded
 
     def write_config(self, config: SearchConfig) -> None:
         """Record the config a search runs; a run dir holding another search's config is refused."""
