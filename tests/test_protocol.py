@@ -10,7 +10,7 @@ import yaml
 from cli_helpers import assert_one_line_error, run
 from demo_configs import DEMO
 
-from mergesearch.config import load_config
+from mergesearch.config import SearchConfig, load_config
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.runner import expectations
 from mergesearch.search.baselines import cocktail_weights
@@ -51,6 +51,8 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     cells = {c["row"]: c for c in summary["cells"]}
     assert cells["expert:aligned"]["heldout"]["objectives"]["safety"] == 1.0  # the toy's aligned expert
     assert cells["search_task_only"]["search_split"]["trials"] == 2
+    recorded = yaml.safe_load((out / "runs" / "search_task_only-seed0" / "config.yaml").read_text())
+    SearchConfig.model_validate(recorded)  # a search cell's run dir reads back like any other
     assert cells["slerp_grid"]["search_split"]["grid_points"] == 2
     assert cells["slerp_grid"]["merge"]["experts"] == ["aligned", "math"]
     assert all(0 <= c["heldout"]["lm_eval_acc"] <= 1 for c in cells.values())

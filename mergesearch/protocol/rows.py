@@ -132,7 +132,7 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
         config = setup.config
         config = config.model_copy(
             update={
-                "name": f"{bench.protocol.name}-{name}-seed{seed}",
+                "name": f"{bench.protocol.name}_{name}_seed{seed}",  # a valid run name, as a config's must be
                 "fitness": config.fitness.model_copy(
                     update={"weights": SEARCH_FITNESS[name](bench), "loss_alpha": rows.loss_alpha}
                 ),
