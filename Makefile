@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 	$(BIN)/python benchmarks/answer_throughput.py --out benchmarks/results/answer_throughput.json
 	$(BIN)/python benchmarks/search_efficiency.py --out benchmarks/results/search_efficiency.json
+	$(BIN)/python benchmarks/kill_points.py --out benchmarks/results/kill_points.json
 
 ## The SmolLM2 expert family: build (cached; 550 training steps at ~3.5 s on 2 cores), held-out skills, merges.
 bench-smollm2: $(STAMP)
