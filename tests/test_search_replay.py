@@ -29,23 +29,36 @@ def make(name: str, in_flight: int) -> LedgerReplay:
     return LedgerReplay(searcher(name).make(problem), GENES, in_flight, BUDGET)
 
 
-def drive(search: LedgerReplay, in_flight: int, start: int = 0, session: str = "a") -> list[TrialResult]:
-    """Run trials ``start`` .. ``BUDGET`` as Tune would. Trials end out of order when several are in flight:
-    the n-th to end is open trial number ``3n mod open`` (in the order they were asked), a fixed rule, so
-    that a resumed run can be held to the same order. Returns the ledger rows, in the order they ended."""
+def drive(
+    search: LedgerReplay, in_flight: int, start: int = 0, session: str = "a", crash: int = -1
+) -> list[TrialResult]:
+    """Run trials ``start`` .. ``BUDGET`` as Tune does: each step asks for proposals while the searcher
+    gives them, then handles one event, a trial's report (which the ledger records) or a trial's end.
+    Reports come out of order (the n-th is open trial number ``3n mod open``, in the order asked) and
+    ends lag behind them, latest first, as Tune's events may. Trial number ``crash`` crashes instead of
+    reporting (Tune ends it with an error; the ledger records it failed). Returns the ledger."""
     open_trials: dict[str, dict[str, float]] = {}
+    reported: list[tuple[str, dict]] = []
     ledger: list[TrialResult] = []
-    for done in range(start, BUDGET):
-        while len(open_trials) < min(in_flight, BUDGET - done):
-            trial_id = f"{session}-{done}-{len(open_trials)}"  # Tune's ids differ from session to session
-            proposal = search.suggest(trial_id)
-            open_trials[trial_id] = {gene: float(proposal[gene]) for gene in GENES}
-        trial_id = list(open_trials)[(3 * done) % len(open_trials)]
+    made = 0
+    while len(ledger) < BUDGET - start or reported:
+        while made < BUDGET - start and (proposal := search.suggest(f"{session}-{made}")) is not None:
+            open_trials[f"{session}-{made}"] = {gene: float(proposal[gene]) for gene in GENES}
+            made += 1
+        if reported and (len(reported) >= 2 or not open_trials):
+            trial_id, report = reported.pop()
+            search.on_trial_complete(trial_id, report)
+            continue
+        trial_id = list(open_trials)[(3 * (start + len(ledger))) % len(open_trials)]
         genes = open_trials.pop(trial_id)
+        if start + len(ledger) == crash:
+            search.on_trial_complete(trial_id, None, error=True)
+            ledger.append(TrialResult.crashed(genes))
+            continue
         result = TrialResult(genes=genes, fitness=fitness(genes), objectives={"safety": 0.5})
         report = {**result.report(), "training_iteration": 1}
         search.on_trial_result(trial_id, report)
-        search.on_trial_complete(trial_id, report)
+        reported.append((trial_id, report))
         ledger.append(result)
     return ledger
 
@@ -53,12 +66,13 @@ def drive(search: LedgerReplay, in_flight: int, start: int = 0, session: str = "
 @pytest.mark.parametrize("name", ["cma", "de", "tpe", "optuna_cmaes", "random", "nsga2"])
 @pytest.mark.parametrize("in_flight", [1, 3])
 def test_a_search_resumed_from_its_ledger_proposes_what_the_uninterrupted_one_did(name, in_flight) -> None:
-    whole = drive(make(name, in_flight), in_flight)
+    whole = drive(make(name, in_flight), in_flight, crash=3)
+    assert whole[3].status == "failed"  # a crashed trial is in the ledger and the replay
     killed_after = 6
     resumed = make(name, in_flight)
     summary = resumed.replay(whole[:killed_after])
-    assert (summary.exact, summary.told, summary.in_flight) == (killed_after, 0, in_flight)
-    rest = drive(resumed, in_flight, start=killed_after, session="b")
+    assert (summary.exact, summary.told, summary.untold, summary.in_flight) == (killed_after, 0, 0, in_flight)
+    rest = drive(resumed, in_flight, start=killed_after, session="b", crash=3)
     assert [t.genes for t in rest] == [t.genes for t in whole[killed_after:]]
 
 

@@ -14,7 +14,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from mergesearch.registry import OBJECTIVES
-from mergesearch.search.run_dir import RunDir, TrialResult
+from mergesearch.search.run_dir import REPORTED, RunDir, TrialResult
 
 
 class TrialLedger(Callback):
@@ -38,12 +38,22 @@ class TrialLedger(Callback):
         return self._trials
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "trial_json" not in result or trial.trial_id in self.trials or self.full:
-            return
-        finished = TrialResult.from_report(result).model_copy(
-            update={"trial_id": trial.trial_id, "index": len(self.trials), "finished_at": time.time()}
+        if REPORTED in result:
+            self._record(trial.trial_id, TrialResult.from_report(result))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial that crashed past Tune's retries is a failed trial, as the searcher is told."""
+        self._record(
+            trial.trial_id, TrialResult.crashed({k: float(trial.config[k]) for k in self.gene_names})
         )
-        self.trials[trial.trial_id] = finished
+
+    def _record(self, trial_id: str, reported: TrialResult) -> None:
+        if trial_id in self.trials or self.full:
+            return
+        finished = reported.model_copy(
+            update={"trial_id": trial_id, "index": len(self.trials), "finished_at": time.time()}
+        )
+        self.trials[trial_id] = finished
         ordered = sorted(self.trials.values(), key=lambda t: t.index)
         self.run.write_trials(ordered, self.gene_names)
         ok = [t.fitness for t in ordered if t.ok]

@@ -2,14 +2,16 @@
 
 Tune saves its experiment (searcher included) as pickles, and loading a pickle runs code: a run dir copied
 from elsewhere would be a program. So a resumed search makes a fresh searcher with the same seed and
-replays the ledger into it in the order the killed session worked: ``in_flight`` proposals first, then,
-for each finished trial in ledger order, its result and one more proposal (a ``ConcurrencyLimiter`` asks
-only when a trial ends). Searchers are deterministic given their seed and that order, so the rebuilt one
-is the one that was killed, and its next proposals are the trials that were in flight when it died.
+replays the ledger into it in the order the killed session worked. That order is fixed by how
+``LedgerReplay`` drives the searcher in every session: ``in_flight`` proposals first; then a trial's
+result is told at the event in which the ledger records it (a trial's report, or its crash, which the
+ledger records as failed), and that frees its slot, so Tune's next step asks for one more proposal
+before it handles the next event. Searchers are deterministic given their seed and that order, so the
+rebuilt one is the one that was killed, and its next proposals are the trials that were in flight.
 
-A replayed proposal that matches no ledgered genome (trials that ended in another order than they were
-asked, a searcher that is not deterministic) ends the exact replay: the rest of the ledger is told as
-evaluated points, which keeps what was learnt, and the log says so.
+A replayed proposal that matches no ledgered genome (a ledger from elsewhere, a searcher that is not
+deterministic) ends the exact replay: the rest of the ledger is told as evaluated points where the
+searcher takes them, and the log says how many it could not take.
 """
 
 from __future__ import annotations
@@ -17,96 +19,124 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from mergesearch.search.run_dir import TrialResult
+from mergesearch.search.run_dir import REPORTED, TrialResult
 
 
 @dataclass(frozen=True)
 class ReplaySummary:
     exact: int  # ledgered trials replayed as proposed
     told: int  # told as evaluated points after the exact replay ended
+    untold: int  # after it, and not taken by the searcher
     in_flight: int  # proposals made in the replay and not yet evaluated: the next trials
 
     def line(self, searcher: str) -> str:
         text = f"{self.exact} finished trial(s) replayed into a fresh {searcher} searcher"
-        if self.told:
-            text += f"; {self.told} more told as evaluated points (the exact replay stopped there)"
+        if self.told or self.untold:
+            text += f"; the exact replay stopped there: {self.told} more told as evaluated points"
+        if self.untold:
+            text += f", {self.untold} not (this searcher takes no evaluated points)"
         return f"{text}; {self.in_flight} proposal(s) that were in flight come first"
 
 
-class LedgerReplay(Searcher):
-    """A searcher rebuilt from the ledger; it hands out the replay's open proposals before new ones."""
+class LedgerReplay(ConcurrencyLimiter):
+    """Tune's concurrency limit over ``inner``, told at the ledger's events and rebuilt from the ledger.
+
+    A ``ConcurrencyLimiter`` subclass, so that Tune asks for ``in_flight`` proposals at once (it sizes its
+    queue of pending trials from the limiter)."""
 
     def __init__(self, inner: Searcher, gene_names: list[str], in_flight: int, budget: int) -> None:
-        super().__init__(metric=inner.metric, mode=inner.mode)
-        self.inner, self.gene_names = inner, gene_names
-        self.in_flight, self.budget = in_flight, budget
-        self.asked = 0
+        super().__init__(inner, max_concurrent=in_flight)
+        self.gene_names, self.budget = gene_names, budget
+        self.asked = 0  # proposals made while replaying
         self.open: dict[str, dict[str, Any]] = {}  # replay id -> proposal, not yet handed to Tune
         self.inner_id: dict[str, str] = {}  # Tune's trial id -> the id the inner searcher knows it by
+        self.genes: dict[str, dict[str, float]] = {}  # Tune's trial id -> its genome, while live
 
     # ------------------------------------------------------------------------------------ replay
     def replay(self, trials: list[TrialResult]) -> ReplaySummary:
-        for _ in range(self.in_flight):
+        for _ in range(self.max_concurrent):
             self._ask()
         for exact, trial in enumerate(trials):
             match = next((i for i, cfg in self.open.items() if self._genes(cfg) == trial.genes), None)
             if match is None:
                 told = self._tell_evaluated(trials[exact:])
-                return ReplaySummary(exact, told, len(self.open))
-            result = {**trial.report(), "training_iteration": 1}
-            self.inner.on_trial_result(match, result)
-            self.inner.on_trial_complete(match, result)
+                return ReplaySummary(exact, told, len(trials) - exact - told, len(self.open))
+            self._tell_inner(match, trial.report())
             del self.open[match]
             self._ask()
-        return ReplaySummary(len(trials), 0, len(self.open))
+        return ReplaySummary(len(trials), 0, 0, len(self.open))
 
     def _ask(self) -> None:
         if self.asked >= self.budget:
             return
         replay_id = f"ledger-{self.asked}"
         self.asked += 1
-        proposal = self.inner.suggest(replay_id)
+        proposal = self.searcher.suggest(replay_id)
         if isinstance(proposal, dict):
             self.open[replay_id] = proposal
 
     def _genes(self, proposal: dict[str, Any]) -> dict[str, float]:
         return {name: float(proposal[name]) for name in self.gene_names}
 
+    def _tell_inner(self, inner_id: str, report: dict[str, Any]) -> None:
+        result = {**report, "training_iteration": 1}
+        self.searcher.on_trial_result(inner_id, result)
+        self.searcher.on_trial_complete(inner_id, result=result)
+
     def _tell_evaluated(self, trials: list[TrialResult]) -> int:
-        """The rest of the ledger as evaluated points (a searcher that cannot take them starts from what
-        the exact replay taught it)."""
+        """The rest of the ledger as evaluated points; returns how many the searcher took."""
         for replay_id in list(self.open):
-            self.inner.on_trial_complete(replay_id, None)  # withdrawn: Tune never ran them
+            self.searcher.on_trial_complete(replay_id, None)  # withdrawn: Tune never ran them
         self.open.clear()
-        metric = self.inner.metric
+        metric = self.searcher.metric
         for told, trial in enumerate(trials):
             value = [trial.metric(m) for m in metric] if isinstance(metric, list) else trial.metric(metric)
             try:
-                self.inner.add_evaluated_point(trial.genes, value)
-            except (NotImplementedError, TypeError, ValueError):  # a searcher that cannot take them
+                self.searcher.add_evaluated_point(trial.genes, value)
+            except (NotImplementedError, TypeError, ValueError):  # e.g. a multi-objective Optuna search
                 return told
         return len(trials)
 
     # ------------------------------------------------------------------------------------ Tune's API
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return self.inner.set_search_properties(metric, mode, config, **spec)
-
     def suggest(self, trial_id: str) -> dict | None:
+        if len(self.live_trials) >= self.max_concurrent:
+            return None
         if self.open:
-            replay_id, proposal = next(iter(self.open.items()))
-            del self.open[replay_id]
-            self.inner_id[trial_id] = replay_id
-            return proposal
-        self.inner_id[trial_id] = trial_id
-        return self.inner.suggest(trial_id)
+            replay_id = next(iter(self.open))
+            proposal: Any = self.open.pop(replay_id)
+        else:
+            replay_id, proposal = trial_id, self.searcher.suggest(trial_id)
+            if not isinstance(proposal, dict):
+                return proposal  # None (not yet) or FINISHED
+        self.live_trials.add(trial_id)
+        self.inner_id[trial_id] = replay_id
+        self.genes[trial_id] = self._genes(proposal)
+        return proposal
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.inner.on_trial_result(self.inner_id[trial_id], result)
+        """The trial's report, recorded by the ledger in this event: told now, and its slot freed."""
+        if trial_id in self.live_trials and REPORTED in result:
+            self._finish(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.inner.on_trial_complete(self.inner_id.pop(trial_id), result=result, error=error)
+        if trial_id not in self.live_trials:
+            return  # told at its report
+        if error:  # crashed with no report: the ledger records it failed, and so is the searcher told
+            self._finish(trial_id, TrialResult.crashed(self.genes[trial_id]).report())
+        else:  # stopped before it reported (the experiment ended): never evaluated
+            self.searcher.on_trial_complete(self.inner_id[trial_id], None)
+            self._forget(trial_id)
+
+    def _finish(self, trial_id: str, report: dict[str, Any]) -> None:
+        self._tell_inner(self.inner_id[trial_id], report)
+        self._forget(trial_id)
+
+    def _forget(self, trial_id: str) -> None:
+        self.live_trials.discard(trial_id)
+        self.inner_id.pop(trial_id)
+        self.genes.pop(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's experiment checkpoints get no searcher state: the ledger is that state."""

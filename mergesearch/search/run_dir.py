@@ -26,6 +26,7 @@ from mergesearch.registry import OBJECTIVES
 
 PENALTY = -1.0  # the fitness of a failed trial: finite, below every real fitness (which lies in [0, 1])
 TIMINGS = ("load", "merge", "generate", "judge", "score", "evaluator")  # seconds, as `<name>_s` columns
+REPORTED = "trial_json"  # the key of a trial's one report to Tune: the whole TrialResult
 
 
 class TrialResult(BaseModel):
@@ -60,6 +61,11 @@ class TrialResult(BaseModel):
     def failed(cls, error: str, genes: dict[str, float], **timings: float) -> TrialResult:
         return cls(genes=genes, status="failed", error=error[:300], timings=timings)
 
+    @classmethod
+    def crashed(cls, genes: dict[str, float]) -> TrialResult:
+        """A trial whose trainable itself failed (past Tune's retries), so it never reported."""
+        return cls.failed("the trial crashed (Tune gave up retrying it)", genes)
+
     @property
     def ok(self) -> bool:
         return self.status == "ok" and not math.isnan(self.fitness)
@@ -71,11 +77,11 @@ class TrialResult(BaseModel):
     def report(self) -> dict[str, Any]:
         """What a trial reports to Tune: the metrics searchers read, and the whole result as JSON."""
         metrics = {name: self.metric(name) for name in ("fitness", *OBJECTIVES)}
-        return {**metrics, "status": self.status, "trial_json": self.model_dump_json()}
+        return {**metrics, "status": self.status, REPORTED: self.model_dump_json()}
 
     @classmethod
     def from_report(cls, reported: dict[str, Any]) -> TrialResult:
-        return cls.model_validate_json(reported["trial_json"])
+        return cls.model_validate_json(reported[REPORTED])
 
     def to_row(self) -> dict[str, Any]:
         """The ledger row: fixed columns, one per objective, timing and gene, and the counts as JSON."""

@@ -157,12 +157,11 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     )
     ledger = TrialLedger(run, num_trials, gene_names)
     left = num_trials - len(done)
-    tuner = _new_tuner(trainable, search_alg, spec.objectives, ledger, left, in_flight, config)
     started = time.perf_counter()
     try:
-        _fit(tuner)
+        _fit(_new_tuner(trainable, search_alg, spec.objectives, ledger, left, config), run)
         busy = ray.get(router.total_busy_s.remote())
-        cache = ray.get(judge.cache_stats.remote()) if judge is not None else None
+        cache = _cache_stats(judge)
     finally:
         for handle in [*evaluators, router, *([judge] if judge is not None else [])]:
             ray.kill(handle)
@@ -175,20 +174,36 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     return run
 
 
-def _fit(tuner: Any) -> None:
-    """Tune wraps an error in our ledger callback (a full disk, a folder gone read-only) in a TuneError
-    holding the traceback as text: the system's error is raised instead, so the CLI names the file."""
+def _fit(tuner: Any, run: RunDir) -> None:
+    """A disk that refuses a write (full, read-only) is the system's error naming a file, so the CLI
+    prints one line. Tune wraps an error in our ledger callback in a TuneError holding the traceback as
+    text (its cause is found), and some writes (TensorBoard's, Tune's own) name no file (the run dir is)."""
     from ray.tune.error import TuneError
 
     try:
         tuner.fit()
-    except TuneError as err:
-        cause = err.__cause__ or err.__context__
+    except (TuneError, OSError) as err:
+        cause: BaseException | None = err
         while cause is not None and not isinstance(cause, OSError):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
+        if cause.filename is None:
+            raise OSError(cause.errno, cause.strerror or str(cause), str(run.root)) from None
         raise cause from None
+
+
+def _cache_stats(judge: Any) -> dict[str, float] | None:
+    """The judge actor's verdict cache figures; None without a judge actor, or if it died once the search
+    was over (the trials are safe in the ledger by then)."""
+    import ray
+
+    if judge is None:
+        return None
+    try:
+        return ray.get(judge.cache_stats.remote())
+    except ray.exceptions.RayError:
+        return None
 
 
 def _new_tuner(
@@ -197,7 +212,6 @@ def _new_tuner(
     objectives: tuple[str, ...],
     ledger: TrialLedger,
     left: int,
-    in_flight: int,
     config: Any,
 ) -> Any:
     """A Tune experiment for this session (its own folder under ``tune/``), for the ``left`` trials."""
@@ -207,7 +221,7 @@ def _new_tuner(
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=tune.search.ConcurrencyLimiter(search_alg, max_concurrent=in_flight),
+            search_alg=search_alg,  # a LedgerReplay: also the concurrency limit
             num_samples=left,
             time_budget_s=config.search.time_budget_s,
             reuse_actors=True,
