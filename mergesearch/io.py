@@ -29,7 +29,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     except OSError as err:
         named = str(err.filename).replace(str(tmp), str(final)) if err.filename else str(final)
-        raise _refused(err, named) from None
+        raise refused_write(err, named) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -44,7 +44,7 @@ def _beside(final: Path, make: Callable[..., T]) -> T:
         raise OSError(err.errno, f"cannot write here ({err.strerror})", str(final)) from None
 
 
-def _refused(err: OSError, path: str) -> OSError:
+def refused_write(err: OSError, path: str) -> OSError:
     """The system's refusal, naming ``path`` and saying why in the system's words ("No space left on
     device"), also when it came from a library (pyarrow) that names no file."""
     reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
@@ -73,7 +73,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except OSError as err:
-        raise _refused(err, str(path)) from None
+        raise refused_write(err, str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -14,7 +14,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from mergesearch.registry import OBJECTIVES
-from mergesearch.search.run_dir import REPORTED, RunDir, TrialResult
+from mergesearch.search.run_dir import REPORTED, RunDir, TrialResult, genes_of
 
 
 class TrialLedger(Callback):
@@ -43,9 +43,7 @@ class TrialLedger(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial that crashed past Tune's retries is a failed trial, as the searcher is told."""
-        self._record(
-            trial.trial_id, TrialResult.crashed({k: float(trial.config[k]) for k in self.gene_names})
-        )
+        self._record(trial.trial_id, TrialResult.crashed(genes_of(trial.config, self.gene_names)))
 
     def _record(self, trial_id: str, reported: TrialResult) -> None:
         if trial_id in self.trials or self.full:

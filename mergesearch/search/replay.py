@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from mergesearch.search.run_dir import REPORTED, TrialResult
+from mergesearch.search.run_dir import REPORTED, TrialResult, genes_of
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class LedgerReplay(ConcurrencyLimiter):
         for _ in range(self.max_concurrent):
             self._ask()
         for exact, trial in enumerate(trials):
-            match = next((i for i, cfg in self.open.items() if self._genes(cfg) == trial.genes), None)
+            match = self._proposed(trial.genes)
             if match is None:
                 told = self._tell_evaluated(trials[exact:])
                 return ReplaySummary(exact, told, len(trials) - exact - told, len(self.open))
@@ -77,8 +77,9 @@ class LedgerReplay(ConcurrencyLimiter):
         if isinstance(proposal, dict):
             self.open[replay_id] = proposal
 
-    def _genes(self, proposal: dict[str, Any]) -> dict[str, float]:
-        return {name: float(proposal[name]) for name in self.gene_names}
+    def _proposed(self, genes: dict[str, float]) -> str | None:
+        """The open replay proposal with this genome, if there is one."""
+        return next((i for i, cfg in self.open.items() if genes_of(cfg, self.gene_names) == genes), None)
 
     def _tell_inner(self, inner_id: str, report: dict[str, Any]) -> None:
         result = {**report, "training_iteration": 1}
@@ -112,7 +113,7 @@ class LedgerReplay(ConcurrencyLimiter):
                 return proposal  # None (not yet) or FINISHED
         self.live_trials.add(trial_id)
         self.inner_id[trial_id] = replay_id
-        self.genes[trial_id] = self._genes(proposal)
+        self.genes[trial_id] = genes_of(proposal, self.gene_names)
         return proposal
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

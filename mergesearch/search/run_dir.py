@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,11 @@ from mergesearch.registry import OBJECTIVES
 PENALTY = -1.0  # the fitness of a failed trial: finite, below every real fitness (which lies in [0, 1])
 TIMINGS = ("load", "merge", "generate", "judge", "score", "evaluator")  # seconds, as `<name>_s` columns
 REPORTED = "trial_json"  # the key of a trial's one report to Tune: the whole TrialResult
+
+
+def genes_of(config: Mapping[str, Any], gene_names: Sequence[str]) -> dict[str, float]:
+    """A proposal's genome as floats, in gene order (Tune's configs may hold numpy scalars)."""
+    return {name: float(config[name]) for name in gene_names}
 
 
 class TrialResult(BaseModel):

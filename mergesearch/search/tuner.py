@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mergesearch.io import refused_write
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
 from mergesearch.search.replay import LedgerReplay
-from mergesearch.search.run_dir import RunDir, TrialResult
+from mergesearch.search.run_dir import RunDir, TrialResult, genes_of
 from mergesearch.search.searchers import SearchProblem, searcher
 from mergesearch.setup import SearchSetup
 
@@ -68,7 +69,7 @@ def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callab
         from ray import tune
 
         router = ray.get_actor(router_name, namespace=NAMESPACE)
-        genes = {k: float(config[k]) for k in gene_names}
+        genes = genes_of(config, gene_names)
         evaluator = ray.get(router.acquire.remote())
         started = time.perf_counter()
         try:
@@ -188,9 +189,7 @@ def _fit(tuner: Any, run: RunDir) -> None:
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        if cause.filename is None:
-            raise OSError(cause.errno, cause.strerror or str(cause), str(run.root)) from None
-        raise cause from None
+        raise (cause if cause.filename else refused_write(cause, str(run.root))) from None
 
 
 def _cache_stats(judge: Any) -> dict[str, float] | None:
