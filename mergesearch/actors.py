@@ -69,7 +69,12 @@ class Evaluator:
         self.backend = make_backend(setup.base, config.backend, name="candidate")
         sort = get_method(config.merge.method).uses_magnitude_order
         self.merger = self.backend.resident_merger(
-            setup.base, setup.experts, config.models.dtype, sort, config.merge.pool_device
+            setup.base,
+            setup.experts,
+            config.models.dtype,
+            sort,
+            config.merge.pool_device,
+            config.merge.task_vectors,
         )
         self.judge: Judge = (
             RemoteJudge(judge_handle)

@@ -22,6 +22,7 @@ from mergesearch.registry import (
     MERGE_METHODS,
     OBJECTIVES,
     SEARCHERS,
+    TASK_VECTOR_FORMS,
     Registry,
     load_plugins,
 )
@@ -84,6 +85,17 @@ class ModelsConfig(Frozen):
         return experts
 
 
+class TaskVectorsConfig(Frozen):
+    """How the pool keeps each expert's task vector (``merge/compact.py``): ``dense``, ``sparse`` (the
+    ``density`` share of entries largest in magnitude) or ``low_rank`` (per matrix, rank ``rank``)."""
+
+    form: str = "dense"
+    density: float = Field(default=0.1, gt=0.0, le=1.0)
+    rank: int = Field(default=32, ge=1)
+
+    _known_form = field_validator("form")(lambda cls, form: registered(TASK_VECTOR_FORMS, form))
+
+
 class MergeSpaceConfig(Frozen):
     """What the searcher varies: the method, how layers are grouped, each searched parameter's bounds
     (default: the method's declared bounds) and the method's shared settings."""
@@ -98,6 +110,7 @@ class MergeSpaceConfig(Frozen):
     # host RAM, each tensor's slice streamed to the model's device as it is merged (the pool need not fit
     # next to the live model and its KV cache; costs one host-to-device copy of the pool per genome).
     pool_device: Literal["gpu", "host"] = "gpu"
+    task_vectors: TaskVectorsConfig = Field(default_factory=TaskVectorsConfig)
 
     @field_validator("method")
     @classmethod

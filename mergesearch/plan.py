@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from mergesearch.config import DTYPE_BYTES, EngineConfig, read_yaml
 from mergesearch.errors import UserError
+from mergesearch.merge.compact import pool_bytes as compact_pool_bytes
 from mergesearch.merge.spec import get_method
 from mergesearch.model_files import model_config, tensor_shapes
 from mergesearch.setup import SearchSetup
@@ -164,13 +165,14 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
     n = len(setup.experts)
     method = get_method(config.merge.method)
     pool: Memory = "gpu" if res.gpus_per_evaluator > 0 and config.merge.pool_device == "gpu" else "host"
-    dtype = config.models.dtype
+    dtype, form = config.models.dtype, config.merge.task_vectors
     pinned = ", pinned" if pool == "host" and res.gpus_per_evaluator else ""
+    tau_bytes = compact_pool_bytes(base.shapes, DTYPE_BYTES[dtype], form)
     evaluator = [
         Holding(f"base ({dtype}{pinned})", pool, pool_bytes),
-        Holding(f"{n} task vectors ({dtype}{pinned})", pool, n * pool_bytes),
+        Holding(f"{n} task vectors ({form.form}, {dtype}{pinned})", pool, n * tau_bytes),
     ]
-    if method.uses_magnitude_order:
+    if method.uses_magnitude_order and form.form == "dense":
         evaluator.append(Holding(f"{n} sorted |task vector|s ({dtype})", pool, n * pool_bytes))
     if method.factorize is not None:
         evaluator.append(Holding("factor cache (at most)", pool, factor_bytes(base.shapes)))

@@ -113,6 +113,11 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
         ("backend: {sleep_mode: true}\n", "backend: sleep_mode is a vLLM feature"),
         ("judge: {sleep_mode: true}\n", "judge: sleep_mode: the judge serves every evaluator"),
         ("merge: {pool_device: disk}\n", "merge.pool_device: Input should be 'gpu' or 'host'"),
+        (
+            "merge: {task_vectors: {form: pruned}}\n",
+            "merge.task_vectors.form: unknown task-vector form 'pruned'; known: dense, low_rank, sparse",
+        ),
+        ("merge: {task_vectors: {form: sparse, density: 0}}\n", "merge.task_vectors.density: Input should be"),
         ("models: {base: b, experts: [{name: a, path: p}], dtype: fp8}\n", "models.dtype: Input should be"),
     ],
 )

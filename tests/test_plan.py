@@ -6,12 +6,13 @@ every shipped GPU config fits the shipped cluster file.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 from cli_helpers import assert_one_line_error, run
-from shaped_models import shaped_checkpoint
+from shaped_models import LLAMA3_8B, llama_tensors, shaped_checkpoint
 
 from mergesearch.config import SearchConfig, validate_mapping
 from mergesearch.errors import UserError
@@ -83,6 +84,40 @@ def test_the_plan_counts_the_pool_exactly_from_the_headers(models, tmp_path) -> 
     assert held["3 task vectors"].bytes == 3 * EIGHT_B * 2
     assert held["3 sorted |task vector|s"].bytes == 3 * EIGHT_B * 2  # TIES keeps sorted magnitudes
     assert evaluator.need("gpu", 48 * GIB) == pytest.approx(0.9 * 48 * GIB, abs=1)  # vLLM's share only
+
+
+def compact_bytes(shape: list[int], form: dict) -> int:
+    """One bfloat16 tensor's bytes in ``form``, written out here so the plan's own formula is checked."""
+    numel = math.prod(shape)
+    if form["form"] == "sparse":
+        return round(form["density"] * numel) * (4 + 2)  # an int32 position and a bfloat16 value
+    rank = form["rank"]
+    factored = len(shape) == 2 and rank * sum(shape) < numel
+    return rank * sum(shape) * 2 if factored else numel * 2
+
+
+@pytest.mark.parametrize(
+    "form", [{"form": "sparse", "density": 0.1}, {"form": "low_rank", "rank": 64}], ids=lambda f: f["form"]
+)
+def test_the_plan_counts_compact_task_vectors_and_no_sorted_copy(models, tmp_path, form) -> None:
+    merge = {"method": "ties", "pool_device": "host", "task_vectors": form}
+    evaluator = plan_actors(setup_of(localized(GPU_CONFIGS[0], models, tmp_path, merge=merge)))[0]
+    held = {h.what.split(" (")[0]: h for h in evaluator.holdings}
+    one = sum(compact_bytes(shape, form) for shape in llama_tensors(LLAMA3_8B).values())
+    assert held["3 task vectors"].bytes == 3 * one < 3 * EIGHT_B * 2 / 3
+    assert held["base"].bytes == EIGHT_B * 2
+    assert "3 sorted |task vector|s" not in held  # sorting an expansion would undo the saving
+
+
+def test_a_sparse_form_makes_a_pool_that_outgrows_host_ram_fit(models, tmp_path) -> None:
+    sparse, bf16 = {"task_vectors": {"form": "sparse", "density": 0.05}}, {"dtype": "bfloat16"}
+    pool_only = {"models": {"dtype": "float32"}, "backend": bf16, "judge": bf16}  # the engines stay bf16
+    dense = localized(GPU_CONFIGS[0], models, tmp_path, **pool_only)
+    assert_one_line_error(run("plan", str(dense), "--cluster", str(ROOT / "cluster.yaml")), "host RAM")
+    config = localized(GPU_CONFIGS[0], models, tmp_path, merge=sparse, **pool_only)
+    done = run("plan", str(config), "--cluster", str(ROOT / "cluster.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "DOES NOT FIT" not in done.stdout and "task vectors (sparse, float32" in done.stdout
 
 
 def test_a_pool_on_the_gpu_next_to_vllm_is_refused_naming_actor_memory_and_shortfall(

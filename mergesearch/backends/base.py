@@ -19,6 +19,7 @@ from mergesearch.errors import UserError
 if TYPE_CHECKING:
     import torch
 
+    from mergesearch.config import TaskVectorsConfig
     from mergesearch.merge.recipe import MergeRecipe
 
 Prompt = str | Sequence[Mapping[str, str]]
@@ -79,8 +80,10 @@ class Backend(Protocol):
         dtype: str,
         sort_magnitudes: bool = False,
         pool: str = "gpu",
+        task_vectors: TaskVectorsConfig | None = None,
     ) -> MergePool:
-        """The merge pool, computed on the live model's device; kept there (``gpu``) or in host RAM."""
+        """The merge pool, computed on the live model's device; kept there (``gpu``) or in host RAM, its
+        task vectors in ``task_vectors``' form (dense by default)."""
         ...
 
     def merge_from(self, merger: Any, recipe: MergeRecipe, seed: int | None = None) -> None:

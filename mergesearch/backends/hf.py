@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mergesearch.backends.base import Prompt, check_weights, encode_pair, render_chat, require_chat_template
-from mergesearch.config import BackendConfig
+from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
 
 if TYPE_CHECKING:
@@ -215,12 +215,19 @@ class HFBackend:
         dtype: str,
         sort_magnitudes: bool = False,
         pool: str = "gpu",
+        task_vectors: TaskVectorsConfig | None = None,
     ) -> ResidentMerger:
         """The merge pool, merging on this model's device, ready to write merges into it."""
         from mergesearch.merge.resident import ResidentMerger
 
         return ResidentMerger(
-            base, experts, dtype=dtype, device=self.device, sort_magnitudes=sort_magnitudes, pool=pool
+            base,
+            experts,
+            dtype=dtype,
+            device=self.device,
+            sort_magnitudes=sort_magnitudes,
+            pool=pool,
+            task_vectors=task_vectors,
         )
 
     def merge_from(self, merger: ResidentMerger, recipe: MergeRecipe, seed: int | None = None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergesearch.backends.base import Prompt, check_weights, encode_pair, render_chat, require_chat_template
-from mergesearch.config import BackendConfig
+from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
 
 if TYPE_CHECKING:
@@ -70,10 +70,17 @@ class MergeWorkerExtension:
     """Methods added to vLLM's worker (``self`` is the worker: it has ``model_runner`` and ``device``)."""
 
     def mergesearch_attach_pool(
-        self, base: str, experts: dict[str, str], dtype: str, sort_magnitudes: bool, pool: str
+        self,
+        base: str,
+        experts: dict[str, str],
+        dtype: str,
+        sort_magnitudes: bool,
+        pool: str,
+        task_vectors: dict[str, Any],
     ) -> int:
         import torch
 
+        from mergesearch.config import TaskVectorsConfig
         from mergesearch.merge.resident import ResidentMerger
 
         device = getattr(self, "device", None)
@@ -86,6 +93,7 @@ class MergeWorkerExtension:
             log=lambda _: None,
             sort_magnitudes=sort_magnitudes,
             pool=pool,
+            task_vectors=TaskVectorsConfig.model_validate(task_vectors),
         )
         return int(self.mergesearch_merger.num_layers or 0)
 
@@ -190,10 +198,12 @@ class VLLMBackend:
         dtype: str,
         sort_magnitudes: bool = False,
         pool: str = "gpu",
+        task_vectors: TaskVectorsConfig | None = None,
     ) -> WorkerPool:
+        form = (task_vectors or TaskVectorsConfig()).model_dump()  # plain data crosses to the workers
+        experts_ = {k: str(v) for k, v in experts.items()}
         layers = self.llm.collective_rpc(
-            "mergesearch_attach_pool",
-            args=(str(base), {k: str(v) for k, v in experts.items()}, dtype, sort_magnitudes, pool),
+            "mergesearch_attach_pool", args=(str(base), experts_, dtype, sort_magnitudes, pool, form)
         )
         return WorkerPool(layers[0])
 

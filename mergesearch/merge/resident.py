@@ -21,7 +21,9 @@ from typing import Any, Literal
 import torch
 from safetensors import safe_open
 
+from mergesearch.config import TaskVectorsConfig
 from mergesearch.errors import UserError
+from mergesearch.merge.compact import CompactTaskVectors, get_form, pool_bytes
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import MergeMethod, get_method
 from mergesearch.model_files import model_config, tensor_shapes, weight_files
@@ -117,36 +119,42 @@ class ResidentMerger:
         memory_limit_bytes: int | None = None,
         sort_magnitudes: bool = False,
         pool: PoolPlace = "gpu",
+        task_vectors: TaskVectorsConfig | None = None,
     ) -> None:
         """``device``: where merges are computed (the live model's device); ``pool``: where the base and
-        task vectors are kept (module docstring). ``sort_magnitudes``: also keep each task vector's |τ|
-        sorted (one more copy per expert), so magnitude-trimming methods (TIES) look their threshold up
-        instead of selecting it per merge."""
+        task vectors are kept (module docstring). ``sort_magnitudes``: also keep each dense task vector's
+        |τ| sorted (one more copy per expert), so magnitude-trimming methods (TIES) look their threshold
+        up instead of selecting it per merge. ``task_vectors``: the form the pool keeps them in
+        (``merge/compact.py``; a ``disk`` pool reads them exactly, whatever the form)."""
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
         self.pool = pool
+        self.form = task_vectors or TaskVectorsConfig()
         self.expert_names = tuple(experts)
         base, expert_dirs = Path(base), {n: Path(p) for n, p in experts.items()}
         check_compatible(base, expert_dirs)
         self.num_layers = model_config(base).get("num_hidden_layers")
         shapes = self._check_same_tensors(base, expert_dirs)
-        sort_magnitudes = sort_magnitudes and pool != "disk"
-        copies = 0 if pool == "disk" else 1 + len(expert_dirs) * (2 if sort_magnitudes else 1)
+        # Sorting a compact form's expansion would keep a dense copy per expert: the saving undone.
+        sort_magnitudes = sort_magnitudes and pool != "disk" and self.form.form == "dense"
         element = torch.empty((), dtype=self.dtype).element_size()
-        self.estimate_bytes = copies * element * sum(math.prod(shape) for shape in shapes.values())
+        dense_bytes = element * sum(math.prod(shape) for shape in shapes.values())
+        tau_bytes = pool_bytes(shapes, element, self.form)
+        per_expert = tau_bytes + (dense_bytes if sort_magnitudes else 0)
+        self.estimate_bytes = 0 if pool == "disk" else dense_bytes + len(expert_dirs) * per_expert
         storage = self.device if pool == "gpu" else torch.device("cpu")
         if pool != "disk":
             limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(storage)
             log(
-                f"resident merger: base + {len(expert_dirs)} task vectors need about "
+                f"resident merger: base + {len(expert_dirs)} {self.form.form} task vectors need about "
                 f"{self.estimate_bytes / 2**20:.0f} MiB on {storage} ({limit / 2**20:.0f} MiB available)"
             )
             if self.estimate_bytes > limit:
                 raise UserError(
                     f"the pool does not fit: base + {len(expert_dirs)} task vectors need "
                     f"{self.estimate_bytes / 2**30:.2f} GiB in {dtype} on {storage}, "
-                    f"{limit / 2**30:.2f} GiB available; use fewer experts, bfloat16, merge.pool_device: "
-                    "host, or a bigger device"
+                    f"{limit / 2**30:.2f} GiB available; use fewer experts, bfloat16, a sparse or low_rank "
+                    "merge.task_vectors form, merge.pool_device: host, or a bigger device"
                 )
         self.base: Mapping[str, torch.Tensor]
         self.task_vectors: dict[str, Mapping[str, torch.Tensor]]
@@ -175,13 +183,16 @@ class ResidentMerger:
         self.base = read_tensors(base, self.dtype, storage, pin)
         self._check_finite("base", self.base)
         self.task_vectors = {}
+        form = get_form(self.form.form)
         for name, folder in expert_dirs.items():
             weights = read_tensors(folder, torch.float32, storage)  # subtract in fp32, store in dtype
             self._check_finite(name, weights)
-            for key, tensor in weights.items():
-                tau = tensor.sub_(self.base[key].float()).to(self.dtype)  # the expert becomes its task vector
-                weights[key] = tau.pin_memory() if pin else tau
-            self.task_vectors[name] = weights
+            held: dict[str, Any] = {}
+            for key in list(weights):
+                tau = weights.pop(key).sub_(self.base[key].float())  # the expert becomes its task vector
+                kept = form.compress(tau, self.dtype, self.form)
+                held[key] = kept.pin_memory() if pin and isinstance(kept, torch.Tensor) else kept
+            self.task_vectors[name] = held if form.name == "dense" else CompactTaskVectors(held)
 
     @staticmethod
     def _check_same_tensors(base: Path, expert_dirs: Mapping[str, Path]) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,176 @@
+"""Compact task vectors: a many-expert pool in a fraction of the memory, expanded one tensor at a time.
+
+A 16-expert pool in float32 holds 17 copies of the model, and most of each task vector is small. A form
+keeps each task vector τ = expert − base compactly and expands one tensor to dense when a merge reads it,
+so a merge still needs only one tensor per expert of work memory. The forms (``merge.task_vectors``):
+
+- ``dense``: τ as it is, in the pool's dtype (``models.dtype: bfloat16`` halves float32's bytes).
+- ``sparse``: the ``density`` share of τ's entries largest in magnitude (what TIES and DARE keep of τ
+  anyway), as flat positions (int32) and values (the pool's dtype).
+- ``low_rank``: per matrix, its best rank-``rank`` approximation (truncated SVD) as two factors; vectors
+  (norms, biases) and matrices too small to gain from it stay dense.
+
+The search scores merges of the compact pool; promotion merges the exact task vectors from disk, so the
+saved model and the mergekit recipe are exact. ``benchmarks/scaling.py`` measures what each form saves
+against the merge error and the fitness change it brings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from mergesearch.config import TaskVectorsConfig
+from mergesearch.registry import TASK_VECTOR_FORMS
+
+Shape = tuple[int, ...]
+
+
+class CompactTensor(Protocol):
+    """A task-vector tensor held compactly; ``dense`` rebuilds it (a new tensor, same device)."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def dense(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TaskVectorForm:
+    """``compress``: a float32 τ to what the pool keeps (in ``dtype``); ``stored_bytes``: what that takes
+    for a tensor of ``shape`` with ``element``-byte values, from the shape alone (for the memory plan)."""
+
+    name: str
+    compress: Callable[[torch.Tensor, torch.dtype, TaskVectorsConfig], torch.Tensor | CompactTensor]
+    stored_bytes: Callable[[Shape, int, TaskVectorsConfig], int]
+
+
+def get_form(name: str) -> TaskVectorForm:
+    form: TaskVectorForm = TASK_VECTOR_FORMS.get(name)
+    return form
+
+
+def pool_bytes(shapes: Mapping[str, Shape], element: int, settings: TaskVectorsConfig) -> int:
+    """One task vector's resident bytes in ``settings``' form (base and dense copies: ``element`` each)."""
+    form = get_form(settings.form)
+    return sum(form.stored_bytes(shape, element, settings) for shape in shapes.values())
+
+
+class CompactTaskVectors(Mapping[str, torch.Tensor]):
+    """One expert's task vector by tensor name; reading a tensor expands it to dense."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor | CompactTensor]) -> None:
+        self.tensors = dict(tensors)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        held = self.tensors[key]
+        return held if isinstance(held, torch.Tensor) else held.dense()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            t.element_size() * t.numel() if isinstance(t, torch.Tensor) else t.nbytes
+            for t in self.tensors.values()
+        )
+
+
+# ------------------------------------------------------------------------------------ dense
+def _dense_bytes(shape: Shape, element: int, settings: TaskVectorsConfig) -> int:
+    return math.prod(shape) * element
+
+
+TASK_VECTOR_FORMS.add("dense", TaskVectorForm("dense", lambda tau, dtype, _: tau.to(dtype), _dense_bytes))
+
+
+# ------------------------------------------------------------------------------------ sparse
+def _position_dtype(numel: int) -> torch.dtype:
+    return torch.int32 if numel < 2**31 else torch.int64
+
+
+@dataclass(frozen=True)
+class SparseTensor:
+    shape: Shape
+    positions: torch.Tensor  # flat, ascending
+    values: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.positions.nbytes + self.values.nbytes
+
+    def dense(self) -> torch.Tensor:
+        out = torch.zeros(math.prod(self.shape), dtype=self.values.dtype, device=self.values.device)
+        out.index_copy_(0, self.positions.long(), self.values)
+        return out.view(self.shape)
+
+
+def _kept(numel: int, density: float) -> int:
+    return max(1, round(density * numel))
+
+
+def _sparse(tau: torch.Tensor, dtype: torch.dtype, settings: TaskVectorsConfig) -> SparseTensor:
+    flat = tau.reshape(-1)
+    positions = flat.abs().topk(_kept(flat.numel(), settings.density), sorted=False).indices.sort().values
+    return SparseTensor(
+        tuple(tau.shape), positions.to(_position_dtype(flat.numel())), flat[positions].to(dtype)
+    )
+
+
+def _sparse_bytes(shape: Shape, element: int, settings: TaskVectorsConfig) -> int:
+    numel = math.prod(shape)
+    position = torch.empty((), dtype=_position_dtype(numel)).element_size()
+    return _kept(numel, settings.density) * (position + element)
+
+
+TASK_VECTOR_FORMS.add("sparse", TaskVectorForm("sparse", _sparse, _sparse_bytes))
+
+
+# ------------------------------------------------------------------------------------ low rank
+@dataclass(frozen=True)
+class LowRankTensor:
+    left: torch.Tensor  # (m, r): U scaled by the singular values
+    right: torch.Tensor  # (r, n)
+
+    @property
+    def nbytes(self) -> int:
+        return self.left.nbytes + self.right.nbytes
+
+    def dense(self) -> torch.Tensor:
+        # Multiplied in float32: a bfloat16 product of r terms would add its own rounding error.
+        return (self.left.float() @ self.right.float()).to(self.left.dtype)
+
+
+def _rank_for(shape: Shape, settings: TaskVectorsConfig) -> int | None:
+    """The rank a matrix is kept at; None: keep it dense (not a matrix, or no smaller factored)."""
+    if len(shape) != 2:
+        return None
+    rows, cols = shape
+    rank = min(settings.rank, rows, cols)
+    return rank if rank * (rows + cols) < rows * cols else None
+
+
+def _low_rank(
+    tau: torch.Tensor, dtype: torch.dtype, settings: TaskVectorsConfig
+) -> torch.Tensor | LowRankTensor:
+    rank = _rank_for(tuple(tau.shape), settings)
+    if rank is None:
+        return tau.to(dtype)
+    u, s, vh = torch.linalg.svd(tau.float(), full_matrices=False)
+    return LowRankTensor((u[:, :rank] * s[:rank]).to(dtype), vh[:rank].to(dtype))
+
+
+def _low_rank_bytes(shape: Shape, element: int, settings: TaskVectorsConfig) -> int:
+    rank = _rank_for(shape, settings)
+    return math.prod(shape) * element if rank is None else rank * (shape[0] + shape[1]) * element
+
+
+TASK_VECTOR_FORMS.add("low_rank", TaskVectorForm("low_rank", _low_rank, _low_rank_bytes))
