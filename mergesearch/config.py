@@ -72,7 +72,9 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 class ModelsConfig(Frozen):
     base: str = Field(min_length=1)
-    experts: list[ExpertSpec] = Field(min_length=1)
+    experts: list[ExpertSpec] = []
+    # A pool file listing more experts (globs allowed, ``pool_file.py``), expanded after ``experts``.
+    pool: str | None = None
     dtype: Dtype = "float32"  # the merge pool's: base and task vectors (engines default to it too)
 
     @field_validator("experts")
@@ -84,6 +86,12 @@ class ModelsConfig(Frozen):
             raise ValueError(f"expert names must be unique, repeated: {', '.join(duplicates)}")
         return experts
 
+    @model_validator(mode="after")
+    def _some_experts(self) -> ModelsConfig:
+        if not self.experts and self.pool is None:
+            raise ValueError("experts: list at least one expert, or name a pool file (`pool`)")
+        return self
+
 
 class TaskVectorsConfig(Frozen):
     """How the pool keeps each expert's task vector (``merge/compact.py``): ``dense``, ``sparse`` (the
@@ -94,6 +102,21 @@ class TaskVectorsConfig(Frozen):
     rank: int = Field(default=32, ge=1)
 
     _known_form = field_validator("form")(lambda cls, form: registered(TASK_VECTOR_FORMS, form))
+
+
+class GatesConfig(Frozen):
+    """Per-expert gates on top of the weights, for many-expert pools: each expert gets one gene
+    (``gate.<expert>``, 0-1); ``threshold``: an expert takes part when its gate is at least 0.5;
+    ``top_k``: the ``k`` experts with the highest gates take part. A closed expert merges at weight 0."""
+
+    kind: Literal["threshold", "top_k"] = "threshold"
+    k: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _k_for_top_k(self) -> GatesConfig:
+        if (self.kind == "top_k") != (self.k is not None):
+            raise ValueError("k: `top_k` gates take k (how many experts), `threshold` gates take none")
+        return self
 
 
 class MergeSpaceConfig(Frozen):
@@ -111,6 +134,7 @@ class MergeSpaceConfig(Frozen):
     # next to the live model and its KV cache; costs one host-to-device copy of the pool per genome).
     pool_device: Literal["gpu", "host"] = "gpu"
     task_vectors: TaskVectorsConfig = Field(default_factory=TaskVectorsConfig)
+    gates: GatesConfig | None = None
 
     @field_validator("method")
     @classmethod
@@ -132,6 +156,12 @@ class MergeSpaceConfig(Frozen):
                     f"parameter "
                     f"{unknown[0]!r} (it has: {', '.join(allowed) or 'none'})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _gates_need_weights(self) -> MergeSpaceConfig:
+        if self.gates is not None and "weight" not in (p.name for p in MERGE_METHODS.get(self.method).params):
+            raise ValueError(f"gates: {self.method} has no per-expert weight for a gate to close")
         return self
 
 

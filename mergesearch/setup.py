@@ -18,6 +18,7 @@ from mergesearch.merge.resident import check_compatible
 from mergesearch.model_files import model_config
 from mergesearch.model_refs import resolve_model
 from mergesearch.objectives.data import EvalData
+from mergesearch.pool_file import with_pool
 from mergesearch.registry import load_plugins
 
 Log = Callable[[str], None]
@@ -43,7 +44,7 @@ class SearchSetup:
         """Resolve and check before a run dir or an actor exists: a wrong path or a mismatched expert
         is one line, not a search of failed trials."""
         load_plugins(config.plugins)
-        models = config.models
+        models = with_pool(config.models, log)
         base = _merge_input(resolve_model(models.base, "models.base", log), "models.base")
         experts = {
             e.name: _merge_input(
@@ -108,6 +109,7 @@ def genome_space(config: SearchConfig, num_layers: int) -> GenomeSpace:
         bounds={name: (b.low, b.high) for name, b in merge.bounds.items()},
         shared=merge.params,
         normalize_weights=merge.weights_sum_to_one,
+        gates=merge.gates,
     )
 
 

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_pools import EXPERTS, write_pool
 
 from mergesearch.config import TaskVectorsConfig
 from mergesearch.merge.compact import CompactTaskVectors
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 
-EXPERTS = ("a", "b", "c")
 SPARSE = TaskVectorsConfig(form="sparse", density=0.25)
 LOW_RANK = TaskVectorsConfig(form="low_rank", rank=2)
 
@@ -34,22 +32,6 @@ def sparse_rank_two(shape: torch.Size, generator: torch.Generator) -> torch.Tens
     return left @ torch.randn(2, shape[1], generator=generator)
 
 
-def write_pool(root: Path, task_vector) -> Path:
-    """A tiny Llama base and three experts, base + ``task_vector(shape, generator)`` per tensor."""
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    generator = torch.Generator().manual_seed(1)
-    for name in ("base", *EXPERTS):
-        model.save_pretrained(root / name)
-        tensors = base if name == "base" else {k: b + task_vector(b.shape, generator) for k, b in base.items()}
-        save_file(tensors, str(root / name / "model.safetensors"), metadata={"format": "pt"})
-    return root
-
-
 @pytest.fixture(scope="module")
 def compressible_pool(tmp_path_factory) -> Path:
     return write_pool(tmp_path_factory.mktemp("compressible"), sparse_rank_two)
@@ -57,7 +39,9 @@ def compressible_pool(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dense_pool(tmp_path_factory) -> Path:
-    return write_pool(tmp_path_factory.mktemp("dense"), lambda shape, g: 0.02 * torch.randn(shape, generator=g))
+    return write_pool(
+        tmp_path_factory.mktemp("dense"), lambda shape, g: 0.02 * torch.randn(shape, generator=g)
+    )
 
 
 def merger(pool: Path, form: TaskVectorsConfig | None = None, sort: bool = False) -> ResidentMerger:

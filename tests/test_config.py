@@ -117,7 +117,10 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
             "merge: {task_vectors: {form: pruned}}\n",
             "merge.task_vectors.form: unknown task-vector form 'pruned'; known: dense, low_rank, sparse",
         ),
-        ("merge: {task_vectors: {form: sparse, density: 0}}\n", "merge.task_vectors.density: Input should be"),
+        (
+            "merge: {task_vectors: {form: sparse, density: 0}}\n",
+            "merge.task_vectors.density: Input should be",
+        ),
         ("models: {base: b, experts: [{name: a, path: p}], dtype: fp8}\n", "models.dtype: Input should be"),
     ],
 )

@@ -1,9 +1,11 @@
 """GenomeSpace: the searcher's view of a merge, as a flat dict of named, bounded genes.
 
 Gene names are stable and readable: ``w.math.g0`` is expert ``math``'s weight in layer group 0,
-``d.math.g0`` its density, ``t.g2`` slerp's interpolation in group 2. The genes, their prefixes and
-default bounds come from the method's declared parameters (``merge/spec.py``). ``decode`` turns a genome
-into a MergeRecipe; ``encode`` does the reverse, so known merges (uniform, one expert alone) seed a search.
+``d.math.g0`` its density, ``t.g2`` slerp's interpolation in group 2, ``gate.math`` whether ``math``
+takes part at all (with ``merge.gates``: a many-expert pool's search selects experts as it weighs them).
+The genes, their prefixes and default bounds come from the method's declared parameters
+(``merge/spec.py``). ``decode`` turns a genome into a MergeRecipe; ``encode`` does the reverse, so known
+merges (uniform, one expert alone) seed a search.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from mergesearch.config import GatesConfig
 from mergesearch.errors import UserError
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import ParamSpec, get_method
 
 Genome = dict[str, float]
+GATE_PREFIX = "gate"
+GATE_OPEN = 0.5  # a threshold gate at or above this lets its expert take part
 Granularity = Literal["global", "groups", "layer"]
 
 
@@ -39,9 +44,11 @@ class GenomeSpace:
         bounds: Mapping[str, tuple[float, float]] | None = None,
         shared: Mapping[str, Any] | None = None,
         normalize_weights: bool = False,
+        gates: GatesConfig | None = None,
     ) -> None:
         """``bounds`` override the declared ones by parameter name; ``shared`` sets shared parameters;
-        ``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures)."""
+        ``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures);
+        ``gates``: one gate gene per expert, a closed expert merges at weight 0."""
         spec = get_method(method)
         spec.check_experts(len(experts))
         for name in [*(bounds or {}), *(shared or {})]:
@@ -57,6 +64,13 @@ class GenomeSpace:
         self._prefix = {p.name: str(p.gene) for p in searched}
         self.shared = dict(shared or {})
         self.normalize_weights = normalize_weights
+        self.gates = gates
+        if gates is not None:
+            if "weight" not in self.expert_params:
+                raise UserError(f"merge.gates: {method} has no per-expert weight for a gate to close")
+            if gates.k is not None and gates.k > len(self.experts):
+                pool = len(self.experts)
+                raise UserError(f"merge.gates.k: {gates.k} experts asked for, the pool has {pool}")
 
     @property
     def num_layers(self) -> int:
@@ -65,10 +79,23 @@ class GenomeSpace:
     def gene_names(self) -> list[str]:
         groups = range(len(self.groups))
         names = [self._gene(p, e, g) for p in self.expert_params for e in self.experts for g in groups]
-        return names + [self._gene(p, None, g) for p in self.group_params for g in groups]
+        names += [self._gene(p, None, g) for p in self.group_params for g in groups]
+        return names + [self._gate(e) for e in self.experts] * (self.gates is not None)
 
     def gene_bounds(self) -> dict[str, tuple[float, float]]:
-        return {name: self.bounds[self.param_of(name)] for name in self.gene_names()}
+        return {name: self._bounds_of(name) for name in self.gene_names()}
+
+    def open_experts(self, genome: Mapping[str, float]) -> tuple[str, ...]:
+        """The experts a genome's gates let take part (every expert without gates), in pool order."""
+        if self.gates is None:
+            return self.experts
+        gate = {e: float(genome[self._gate(e)]) for e in self.experts}
+        if self.gates.kind == "top_k":
+            ranked = sorted(self.experts, key=lambda e: -gate[e])  # stable: ties go to the earlier expert
+            chosen = set(ranked[: self.gates.k])
+        else:
+            chosen = {e for e in self.experts if gate[e] >= GATE_OPEN}
+        return tuple(e for e in self.experts if e in chosen)
 
     def decode(self, genome: Mapping[str, float]) -> MergeRecipe:
         expected = set(self.gene_names())
@@ -80,6 +107,12 @@ class GenomeSpace:
             p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in groups)
             for p in self.expert_params
         }
+        if self.gates is not None:
+            taking_part = [e in self.open_experts(genome) for e in self.experts]
+            expert_params["weight"] = tuple(
+                tuple(w if part else 0.0 for w, part in zip(per_group, taking_part))
+                for per_group in expert_params["weight"]
+            )
         if self.normalize_weights and "weight" in expert_params:
             expert_params["weight"] = tuple(_sum_to_one(per_group) for per_group in expert_params["weight"])
         return MergeRecipe(
@@ -106,7 +139,13 @@ class GenomeSpace:
             for g in groups
             for i, e in enumerate(self.experts)
         }
-        return genome | {self._gene(p, None, g): v[g] for p, v in recipe.group_params.items() for g in groups}
+        genome |= {self._gene(p, None, g): v[g] for p, v in recipe.group_params.items() for g in groups}
+        if self.gates is not None:  # open exactly the experts the recipe weighs
+            weights = recipe.expert_params["weight"]
+            genome |= {
+                self._gate(e): float(any(w[i] != 0 for w in weights)) for i, e in enumerate(self.experts)
+            }
+        return genome
 
     def uniform(self) -> Genome:
         """Every expert at weight 1/n, group parameters at their default (slerp's t halfway), other genes
@@ -119,7 +158,8 @@ class GenomeSpace:
                 return 1 / len(self.experts)
             return defaults[param] if param in self.group_params else self.bounds[param][1]
 
-        return {name: self._clip(name, value(name)) for name in self.gene_names()}
+        genes = [name for name in self.gene_names() if name not in self._gates]
+        return {name: self._clip(name, value(name)) for name in genes} | dict.fromkeys(self._gates, 1.0)
 
     def expert_alone(self, expert: str) -> Genome:
         """Only ``expert`` merged (weight 1), others at weight 0."""
@@ -135,17 +175,28 @@ class GenomeSpace:
                 genome[self._gene("weight", e, g)] = self._clip(
                     self._gene("weight", e, g), 1.0 if e == expert else 0.0
                 )
-        return genome
+        return genome | {self._gate(e): float(e == expert) for e in self.experts if self.gates is not None}
 
     def param_of(self, gene: str) -> str:
         return self._by_prefix[gene.split(".", 1)[0]].name
+
+    @property
+    def _gates(self) -> list[str]:
+        return [self._gate(e) for e in self.experts] if self.gates is not None else []
+
+    @staticmethod
+    def _gate(expert: str) -> str:
+        return f"{GATE_PREFIX}.{expert}"
+
+    def _bounds_of(self, gene: str) -> tuple[float, float]:
+        return (0.0, 1.0) if gene.startswith(f"{GATE_PREFIX}.") else self.bounds[self.param_of(gene)]
 
     def _gene(self, param: str, expert: str | None, group: int) -> str:
         prefix = self._prefix[param]
         return f"{prefix}.{expert}.g{group}" if expert else f"{prefix}.g{group}"
 
     def _clip(self, gene: str, value: float) -> float:
-        low, high = self.bounds[self.param_of(gene)]
+        low, high = self._bounds_of(gene)
         return min(max(value, low), high)
 
 

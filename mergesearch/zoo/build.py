@@ -24,7 +24,7 @@ from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
 from mergesearch.zoo import language as L
-from mergesearch.zoo.corpus import build_components
+from mergesearch.zoo.corpus import Example, build_components
 from mergesearch.zoo.recipe import ModelShape, TrainSpec, ZooRecipe
 from mergesearch.zoo.tokenizer import build_tokenizer, guard_chat_template
 from mergesearch.zoo.train import train
@@ -111,7 +111,7 @@ def _build(recipe: ZooRecipe, out_dir: Path, log: Callable[[str], None]) -> Path
     staging = out_dir.parent / f".{out_dir.name}.partial-{recipe.digest()}"
     staging.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with _deterministic_torch():
+    with deterministic_torch():
         timings = _build_into(staging, recipe, log)
     manifest = {
         "digest": recipe.digest(),
@@ -128,12 +128,19 @@ def _build(recipe: ZooRecipe, out_dir: Path, log: Callable[[str], None]) -> Path
     return out_dir
 
 
-def _build_into(staging: Path, recipe: ZooRecipe, log: Callable[[str], None]) -> dict[str, float]:
+def zoo_corpus(
+    recipe: ZooRecipe,
+) -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast, dict[str, list[Example]]]:
+    """The zoo's tokenizer, the guard's, and every corpus component its recipe trains on."""
     world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
     vocabulary = L.vocabulary_text()
     tokenizer = build_tokenizer(vocabulary)
     guard_tokenizer = build_tokenizer(vocabulary, guard_chat_template())
-    components = build_components(world, tokenizer, guard_tokenizer, recipe)
+    return tokenizer, guard_tokenizer, build_components(world, tokenizer, guard_tokenizer, recipe)
+
+
+def _build_into(staging: Path, recipe: ZooRecipe, log: Callable[[str], None]) -> dict[str, float]:
+    tokenizer, guard_tokenizer, components = zoo_corpus(recipe)
     timings: dict[str, float] = {}
     for index, member in enumerate(MEMBERS):
         folder = staging / member.name
@@ -192,7 +199,7 @@ def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: P
 
 
 @contextlib.contextmanager
-def _deterministic_torch() -> Iterator[None]:
+def deterministic_torch() -> Iterator[None]:
     """Same recipe, same bytes: deterministic kernels and a fixed thread count while training."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()

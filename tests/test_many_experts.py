@@ -1,0 +1,172 @@
+"""Many-expert pools: a pool file names the experts (globs allowed), gates select which take part, and a
+closed expert changes the merge no more than leaving it out of the pool would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cli_helpers import assert_one_line_error, run
+from tiny_pools import write_pool
+
+from mergesearch.config import GatesConfig, SearchConfig, load_config
+from mergesearch.errors import ConfigError, UserError
+from mergesearch.merge.genome import GenomeSpace
+from mergesearch.merge.resident import ResidentMerger
+from mergesearch.pool_file import expand_pool
+from mergesearch.setup import SearchSetup
+
+POOL = ("law", "med-sft", "code", "noise")
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory) -> Path:
+    return write_pool(
+        tmp_path_factory.mktemp("pool"), lambda shape, g: 0.02 * torch.randn(shape, generator=g), POOL
+    )
+
+
+def write(path: Path, data: object) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ------------------------------------------------------------------------------------ pool files
+def test_a_pool_file_expands_globs_and_named_entries_in_order(pool_dir, tmp_path) -> None:
+    pool = write(
+        pool_dir / "pool.yaml",
+        {"experts": [{"name": "legal", "path": "law"}, "*-sft", "[cn]o*", str(pool_dir / "base")]},
+    )
+    experts = expand_pool(pool)
+    assert [e.name for e in experts] == ["legal", "med_sft", "code", "noise", "base"]
+    assert [Path(e.path) for e in experts] == [
+        pool_dir / "law", pool_dir / "med-sft", pool_dir / "code", pool_dir / "noise", pool_dir / "base"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("experts", "message"),
+    [
+        (["nothing_here*"], "nothing_here* matches no model folder"),
+        (["law", {"name": "law", "path": "code"}], "expert names repeat (law)"),
+        ([], "experts: List should have at least 1 item"),
+    ],
+)
+def test_a_bad_pool_file_is_one_line_naming_it(pool_dir, tmp_path, experts, message) -> None:
+    pool = write(
+        tmp_path / "bad.yaml", {"experts": [str(pool_dir / e) if isinstance(e, str) else e for e in experts]}
+    )
+    with pytest.raises(UserError) as err:
+        expand_pool(pool)
+    assert str(err.value).startswith(str(pool)) and message in str(err.value)
+
+
+def test_a_search_config_names_its_pool_and_the_setup_lists_its_experts(pool_dir, tmp_path) -> None:
+    pool = write(tmp_path / "pool.yaml", {"experts": [str(pool_dir / "*o*")]})
+    config = write(
+        tmp_path / "c.yaml", {"name": "p", "models": {"base": str(pool_dir / "base"), "pool": str(pool)}}
+    )
+    setup = SearchSetup.prepare(load_config(config), log=lambda _: None)
+    assert list(setup.experts) == ["code", "noise"]
+    assert setup.config.models.pool is None  # the run dir records the experts found, not the glob
+    assert setup.space.experts == ("code", "noise")
+
+
+def test_a_config_without_experts_or_pool_is_refused(tmp_path) -> None:
+    config = write(tmp_path / "c.yaml", {"name": "p", "models": {"base": "b"}})
+    with pytest.raises(ConfigError, match="models: .*list at least one expert, or name a pool file"):
+        load_config(config)
+
+
+def test_a_missing_pool_file_is_one_line_from_the_cli(tmp_path) -> None:
+    config = write(
+        tmp_path / "c.yaml", {"name": "p", "models": {"base": "b", "pool": str(tmp_path / "no.yaml")}}
+    )
+    assert_one_line_error(run("plan", str(config)), "models.pool", "no.yaml", "pool file not found")
+
+
+# ------------------------------------------------------------------------------------ gates
+def gated(kind: str = "threshold", k: int | None = None, groups: int = 2, **kw) -> GenomeSpace:
+    return GenomeSpace("task_arithmetic", POOL, groups, "layer", gates=GatesConfig(kind=kind, k=k), **kw)
+
+
+def genome_of(space: GenomeSpace, weights: list[float], gates: list[float]) -> dict[str, float]:
+    genome = {f"w.{e}.g{g}": w for e, w in zip(POOL, weights) for g in range(len(space.groups))}
+    return genome | {f"gate.{e}": v for e, v in zip(POOL, gates)}
+
+
+def test_threshold_gates_close_experts_below_one_half_in_every_group() -> None:
+    space = gated()
+    assert space.gene_names()[-4:] == ["gate.law", "gate.med-sft", "gate.code", "gate.noise"]
+    genome = genome_of(space, [0.3, 0.8, 1.2, 0.9], [0.9, 0.49, 0.5, 0.1])
+    assert space.open_experts(genome) == ("law", "code")
+    recipe = space.decode(genome)
+    assert recipe.expert_params["weight"] == ((0.3, 0.0, 1.2, 0.0), (0.3, 0.0, 1.2, 0.0))
+
+
+def test_top_k_gates_open_the_k_highest_ties_to_the_earlier_expert() -> None:
+    space = gated("top_k", 2)
+    assert space.open_experts(genome_of(space, [1] * 4, [0.2, 0.7, 0.7, 0.9])) == ("med-sft", "noise")
+    assert space.open_experts(genome_of(space, [1] * 4, [0.5] * 4)) == ("law", "med-sft")
+
+
+def test_weights_sum_to_one_over_the_open_experts_only() -> None:
+    space = gated(normalize_weights=True, groups=1)
+    recipe = space.decode(genome_of(space, [1.0, 1.0, 3.0, 1.0], [1, 0, 1, 0]))
+    assert recipe.expert_params["weight"] == ((0.25, 0.0, 0.75, 0.0),)
+
+
+def test_known_merges_encode_with_the_gates_they_need() -> None:
+    space = gated()
+    assert space.open_experts(space.uniform()) == POOL
+    alone = space.expert_alone("code")
+    assert space.open_experts(alone) == ("code",)
+    recipe = space.decode(genome_of(space, [0.0, 0.7, 0.4, 0.0], [1, 1, 1, 1]))
+    assert space.decode(space.encode(recipe)) == recipe
+    assert space.open_experts(space.encode(recipe)) == ("med-sft", "code")
+
+
+@pytest.mark.parametrize(
+    ("merge", "message"),
+    [
+        (
+            {"method": "slerp", "gates": {"kind": "threshold"}},
+            "merge: .*gates: slerp has no per-expert weight",
+        ),
+        ({"gates": {"kind": "top_k"}}, "merge.gates: .*k: `top_k` gates take k"),
+        ({"gates": {"kind": "threshold", "k": 2}}, "merge.gates: .*`threshold` gates take none"),
+    ],
+)
+def test_gates_a_method_cannot_use_are_refused_in_the_config(tmp_path, merge, message) -> None:
+    data = {"name": "g", "models": {"base": "b", "experts": [{"name": "a", "path": "p"}]}, "merge": merge}
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path / "c.yaml", data))
+
+
+def test_top_k_beyond_the_pool_is_refused_when_the_pool_is_known(pool_dir, tmp_path) -> None:
+    data = {
+        "name": "g",
+        "models": {
+            "base": str(pool_dir / "base"),
+            "experts": [{"name": "law", "path": str(pool_dir / "law")}],
+        },
+        "merge": {"gates": {"kind": "top_k", "k": 3}},
+    }
+    with pytest.raises(UserError, match="merge.gates.k: 3 experts asked for, the pool has 1"):
+        SearchSetup.prepare(SearchConfig.model_validate(data), log=lambda _: None)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "breadcrumbs_ties"])
+def test_a_closed_expert_merges_as_if_it_were_not_in_the_pool(pool_dir, method) -> None:
+    everyone = ResidentMerger(pool_dir / "base", {e: pool_dir / e for e in POOL}, log=lambda _: None)
+    without = ("law", "code")
+    some = ResidentMerger(pool_dir / "base", {e: pool_dir / e for e in without}, log=lambda _: None)
+    space = GenomeSpace(method, POOL, 2, gates=GatesConfig())
+    genome = {g: 0.7 for g in space.gene_names()} | {"gate.med-sft": 0.2, "gate.noise": 0.0}
+    small = GenomeSpace(method, without, 2)
+    small_genome = {g: 0.7 for g in small.gene_names()}
+    mine = dict(everyone.merged_tensors(space.decode(genome)))
+    for key, tensor in some.merged_tensors(small.decode(small_genome)):
+        torch.testing.assert_close(mine[key], tensor, rtol=1e-6, atol=1e-6, msg=key)
