@@ -190,10 +190,8 @@ def config_check(path: Path) -> None:
 
     cfg = load_config(path)
     check_tasks(cfg.promotion.tasks, f"{path}: promotion.tasks")
-    click.echo(
-        f"{path}: ok ({cfg.name}: {len(cfg.models.experts)} experts, {cfg.merge.method}, "
-        f"searcher {cfg.search.name})"
-    )
+    experts = f"{len(cfg.models.experts)} experts" + (f" + pool {cfg.models.pool}" if cfg.models.pool else "")
+    click.echo(f"{path}: ok ({cfg.name}: {experts}, {cfg.merge.method}, searcher {cfg.search.name})")
 
 
 # ------------------------------------------------------------------------------------------ data

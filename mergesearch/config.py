@@ -338,7 +338,7 @@ class SearchConfig(Frozen):
 
     @model_validator(mode="after")
     def _searcher_fits_space(self) -> SearchConfig:
-        SEARCHERS.get(self.search.name).check(self.merge.granularity)
+        SEARCHERS.get(self.search.name).check(self.merge.granularity, self.merge.gates is not None)
         return self
 
 

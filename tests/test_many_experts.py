@@ -16,6 +16,10 @@ from mergesearch.errors import ConfigError, UserError
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.pool_file import expand_pool
+from mergesearch.search.replay import LedgerReplay
+from mergesearch.search.run_dir import TrialResult, genes_of
+from mergesearch.search.searchers import ExpertGenes, SearchProblem, searcher
+from mergesearch.search.select_then_search import SelectThenSearch
 from mergesearch.setup import SearchSetup
 
 POOL = ("law", "med-sft", "code", "noise")
@@ -170,3 +174,70 @@ def test_a_closed_expert_merges_as_if_it_were_not_in_the_pool(pool_dir, method) 
     mine = dict(everyone.merged_tensors(space.decode(genome)))
     for key, tensor in some.merged_tensors(small.decode(small_genome)):
         torch.testing.assert_close(mine[key], tensor, rtol=1e-6, atol=1e-6, msg=key)
+
+
+# ------------------------------------------------------------------------------------ select, then search
+REAL, BUDGET = ("law", "code", "noise"), 40  # the experts that help on this landscape
+
+
+def select_problem(in_flight: int) -> tuple[GenomeSpace, SearchProblem]:
+    space = GenomeSpace("task_arithmetic", POOL, 1, bounds={"weight": (0.0, 1.5)}, gates=GatesConfig())
+    owned = {e: tuple(space.genes_of_expert(e)) for e in POOL}
+    problem = SearchProblem(
+        space.gene_bounds(), BUDGET, in_flight, seed=1, experts=ExpertGenes(owned, space.together)
+    )
+    return space, problem
+
+
+def landscape(space: GenomeSpace, genome: dict[str, float]) -> float:
+    """Each real expert adds up to 0.3 (most at weight 0.8), a distractor takes 0.2 away."""
+    weights = dict(zip(POOL, space.decode(genome).expert_params["weight"][0]))
+    return sum(0.3 * (1 - (w - 0.8) ** 2) if e in REAL else -0.2 for e, w in weights.items() if w > 0)
+
+
+def run_select(search, space: GenomeSpace, trials: int, session: str = "a") -> list[TrialResult]:
+    """Tune's order with one trial at a time in flight: ask while proposals come, then one result."""
+    ledger: list[TrialResult] = []
+    open_trials: dict[str, dict[str, float]] = {}
+    made = 0
+    while len(ledger) < trials:
+        while made < trials and (proposal := search.suggest(f"{session}-{made}")) is not None:
+            open_trials[f"{session}-{made}"] = proposal
+            made += 1
+        trial_id, genome = next(iter(open_trials.items()))
+        del open_trials[trial_id]
+        result = TrialResult(genes=genes_of(genome, space.gene_names()), fitness=landscape(space, genome))
+        report = {**result.report(), "training_iteration": 1}
+        search.on_trial_result(trial_id, report)
+        search.on_trial_complete(trial_id, report)
+        ledger.append(result)
+    return ledger
+
+
+def test_select_then_search_finds_the_real_experts_then_tunes_their_weights() -> None:
+    space, problem = select_problem(1)
+    search = SelectThenSearch(problem, searcher("cma").make)
+    ledger = run_select(search, space, BUDGET)
+    assert search.state["selected"] == REAL and search.state["stage"] == 2
+    assert len(ledger) == 4 + 3 + 2 + 1 + (BUDGET - 10)  # rounds of 4, 3, 2 and 1 sets, then CMA
+    best = max(ledger, key=lambda t: t.fitness)
+    assert space.open_experts(best.genes) == REAL and best.fitness > landscape(space, space.together(REAL))
+
+
+@pytest.mark.parametrize("killed_after", [5, 9, 14])  # in the selection's second round, its last, in CMA
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_select_then_search_resumed_from_its_ledger_proposes_what_it_would_have(
+    killed_after, in_flight
+) -> None:
+    space, problem = select_problem(in_flight)
+    gene_names = space.gene_names()
+
+    def fresh() -> LedgerReplay:
+        return LedgerReplay(SelectThenSearch(problem, searcher("cma").make), gene_names, in_flight, BUDGET)
+
+    whole = run_select(fresh(), space, BUDGET)
+    resumed = fresh()
+    summary = resumed.replay(whole[:killed_after])
+    assert summary.exact == killed_after and summary.told == summary.untold == 0
+    rest = run_select(resumed, space, BUDGET - killed_after, session="b")
+    assert [t.genes for t in rest] == [t.genes for t in whole[killed_after:]]

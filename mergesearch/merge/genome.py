@@ -163,19 +163,35 @@ class GenomeSpace:
 
     def expert_alone(self, expert: str) -> Genome:
         """Only ``expert`` merged (weight 1), others at weight 0."""
-        if expert not in self.experts:
-            raise UserError(f"unknown expert {expert!r}; experts: {', '.join(self.experts)}")
-        genome = self.uniform()
-        for g in range(len(self.groups)):
-            if "t" in self.group_params:  # slerp: t runs from the first expert (0) to the second (1)
+        genome = self.together((expert,))
+        if "t" in self.group_params:  # slerp: t runs from the first expert (0) to the second (1)
+            for g in range(len(self.groups)):
                 genome[self._gene("t", None, g)] = self._clip(
                     self._gene("t", None, g), float(self.experts.index(expert))
                 )
+        return genome
+
+    def together(self, experts: Sequence[str]) -> Genome:
+        """``experts`` merged at weight 1 each (clipped to the bounds), the others at weight 0 (and their
+        gates closed); other genes as in ``uniform``."""
+        unknown = sorted(set(experts) - set(self.experts))
+        if unknown:
+            raise UserError(f"unknown expert {unknown[0]!r}; experts: {', '.join(self.experts)}")
+        genome = self.uniform()
+        for g in range(len(self.groups)):
             for e in self.experts if "weight" in self.expert_params else ():
-                genome[self._gene("weight", e, g)] = self._clip(
-                    self._gene("weight", e, g), 1.0 if e == expert else 0.0
-                )
-        return genome | {self._gate(e): float(e == expert) for e in self.experts if self.gates is not None}
+                gene = self._gene("weight", e, g)
+                genome[gene] = self._clip(gene, float(e in experts))
+        return genome | {self._gate(e): float(e in experts) for e in self.experts if self.gates is not None}
+
+    def genes_of_expert(self, expert: str) -> list[str]:
+        """The genes that belong to ``expert`` (its weights, densities... and its gate)."""
+        return [n for n in self.gene_names() if n in self._owned(expert)]
+
+    def _owned(self, expert: str) -> set[str]:
+        groups = range(len(self.groups))
+        own = {self._gene(p, expert, g) for p in self.expert_params for g in groups}
+        return own | ({self._gate(expert)} if self.gates is not None else set())
 
     def param_of(self, gene: str) -> str:
         return self._by_prefix[gene.split(".", 1)[0]].name

@@ -5,9 +5,10 @@ from elsewhere would be a program. So a resumed search makes a fresh searcher wi
 replays the ledger into it in the order the killed session worked. That order is fixed by how
 ``LedgerReplay`` drives the searcher in every session: ``in_flight`` proposals first; then a trial's
 result is told at the event in which the ledger records it (a trial's report, or its crash, which the
-ledger records as failed), and that frees its slot, so Tune's next step asks for one more proposal
-before it handles the next event. Searchers are deterministic given their seed and that order, so the
-rebuilt one is the one that was killed, and its next proposals are the trials that were in flight.
+ledger records as failed), and that frees its slot, so Tune's next step asks for proposals until the
+slots are full (or the searcher has none for now) before it handles the next event. Searchers are
+deterministic given their seed and that order, so the rebuilt one is the one that was killed, and its
+next proposals are the trials that were in flight.
 
 A replayed proposal that matches no ledgered genome (a ledger from elsewhere, a searcher that is not
 deterministic) ends the exact replay: the rest of the ledger is told as evaluated points where the
@@ -56,8 +57,7 @@ class LedgerReplay(ConcurrencyLimiter):
 
     # ------------------------------------------------------------------------------------ replay
     def replay(self, trials: list[TrialResult]) -> ReplaySummary:
-        for _ in range(self.max_concurrent):
-            self._ask()
+        self._fill()
         for exact, trial in enumerate(trials):
             match = self._proposed(trial.genes)
             if match is None:
@@ -65,16 +65,18 @@ class LedgerReplay(ConcurrencyLimiter):
                 return ReplaySummary(exact, told, len(trials) - exact - told, len(self.open))
             self._tell_inner(match, trial.report())
             del self.open[match]
-            self._ask()
+            self._fill()
         return ReplaySummary(len(trials), 0, 0, len(self.open))
 
-    def _ask(self) -> None:
-        if self.asked >= self.budget:
-            return
-        replay_id = f"ledger-{self.asked}"
-        self.asked += 1
-        proposal = self.searcher.suggest(replay_id)
-        if isinstance(proposal, dict):
+    def _fill(self) -> None:
+        """Ask until ``in_flight`` proposals are open, the searcher has none for now (a searcher waiting
+        for results returns None), or the budget is spent: what Tune does at the start of each step."""
+        while len(self.open) < self.max_concurrent and self.asked < self.budget:
+            replay_id = f"ledger-{self.asked}"
+            proposal = self.searcher.suggest(replay_id)
+            if not isinstance(proposal, dict):
+                return
+            self.asked += 1
             self.open[replay_id] = proposal
 
     def _proposed(self, genes: dict[str, float]) -> str | None:

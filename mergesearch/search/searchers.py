@@ -1,36 +1,27 @@
 """Searchers as specs in the one registry: each turns a search problem into a Ray Tune ``Searcher``.
 
-Nevergrad (``cma`` default, ``ngopt``, ``de``, ``pso``) through ``NevergradSearch``; Optuna (``optuna_cmaes``,
-``tpe``, ``nsga2`` multi-objective over safety and task accuracy, ``random``, ``grid`` over the global
-genes, the paper's grid-search baseline) through ``OptunaSearch``. All are seeded, take warm-start
-genomes, and are deterministic given their seed, so a resumed search rebuilds its searcher by replaying
-the ledger into a fresh one (``replay.py``). A spec says what the tuner and the config need to know, so
-neither names a searcher.
+Nevergrad (``cma`` default, ``ngopt``, ``de``, ``pso``) through ``NevergradSearch``; Optuna
+(``optuna_cmaes``, ``tpe``, ``nsga2`` multi-objective over safety and task accuracy, ``random``, ``grid``
+over the global genes, the paper's grid-search baseline) through ``OptunaSearch``; ``select_cma`` for
+gated many-expert pools (select the experts, then CMA over their genes: ``select_then_search.py``). All
+are seeded, take warm-start genomes, and are deterministic given their seed, so a resumed search rebuilds
+its searcher by replaying the ledger into a fresh one (``replay.py``). A spec says what the tuner and the
+config need to know, so neither names a searcher.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mergesearch.registry import SEARCHERS
+from mergesearch.search.problem import ExpertGenes, SearchProblem
 
-Bounds = Mapping[str, tuple[float, float]]
+__all__ = ["ExpertGenes", "SearchProblem", "SearcherSpec", "searcher"]
 MULTI_OBJECTIVE = ("safety", "task_accuracy")
-
-
-@dataclass(frozen=True)
-class SearchProblem:
-    """What every searcher needs: the genes and their bounds, the budget, the parallelism, the seed."""
-
-    bounds: Bounds
-    num_trials: int
-    concurrency: int
-    seed: int
-    warm_starts: tuple[dict[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,17 +36,20 @@ class SearcherSpec:
     objectives: tuple[str, ...] = ("fitness",)
     granularities: frozenset[str] | None = None
     budget: Callable[[SearchProblem], int] | None = None
+    needs_gates: bool = False  # selects experts: the merge space must gate them (``merge.gates``)
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def check(self, granularity: str) -> None:
+    def check(self, granularity: str, gated: bool) -> None:
         if self.granularities is not None and granularity not in self.granularities:
             allowed = ", ".join(sorted(self.granularities))
             raise ValueError(
                 f"search.name: this searcher covers merge.granularity {allowed} only, not {granularity!r}"
             )
+        if self.needs_gates and not gated:
+            raise ValueError("search.name: this searcher selects experts; set merge.gates")
 
     def trials(self, problem: SearchProblem) -> int:
         return min(problem.num_trials, self.budget(problem)) if self.budget else problem.num_trials
@@ -98,6 +92,19 @@ def _nevergrad(optimizer_name: str) -> SearcherSpec:
 
 for _name, _optimizer in (("cma", "CMA"), ("ngopt", "NGOpt"), ("de", "TwoPointsDE"), ("pso", "PSO")):
     SEARCHERS.add(_name, _nevergrad(_optimizer))
+
+
+def _select_then(stage_two: SearcherSpec) -> SearcherSpec:
+    def factory(problem: SearchProblem) -> Any:
+        from mergesearch.search.select_then_search import SelectThenSearch
+
+        return SelectThenSearch(problem, stage_two.make)
+
+    return SearcherSpec(factory, needs_gates=True)
+
+
+# Many-expert pools: greedy selection of the experts over their gates, then CMA over their genes.
+SEARCHERS.add("select_cma", _select_then(SEARCHERS.get("cma")))
 
 
 # ------------------------------------------------------------------------------------ optuna

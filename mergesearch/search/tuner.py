@@ -25,7 +25,7 @@ from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
 from mergesearch.search.replay import LedgerReplay
 from mergesearch.search.run_dir import RunDir, TrialResult, genes_of
-from mergesearch.search.searchers import SearchProblem, searcher
+from mergesearch.search.searchers import ExpertGenes, SearchProblem, searcher
 from mergesearch.setup import SearchSetup
 
 Log = Callable[[str], None]
@@ -123,8 +123,14 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     spec = searcher(config.search.name)
     concurrency = config.resources.num_evaluators
     in_flight = concurrency * (1 + config.search.queued_per_evaluator)
+    space = setup.space
+    experts = (
+        ExpertGenes({e: tuple(space.genes_of_expert(e)) for e in space.experts}, space.together)
+        if space.gates is not None
+        else None
+    )
     problem = SearchProblem(
-        setup.space.gene_bounds(), config.search.num_trials, in_flight, config.search.seed, starts
+        space.gene_bounds(), config.search.num_trials, in_flight, config.search.seed, starts, experts
     )
     num_trials = spec.trials(problem)
     done = run.trials()

@@ -1,0 +1,128 @@
+"""Benchmark: a 16-expert search must find the real experts among 13 distractors (JSON).
+
+    .venv/bin/python benchmarks/many_experts.py --out benchmarks/results/many_experts.json [--seeds 3 --trials 120]
+
+Per seed, searches at the same trial budget, data, fitness and judge (search_spaces/toy16.yaml):
+
+- ``select_cma``: the 16-expert pool (pools/toy16.yaml), gates; greedy selection over the gates, then
+  CMA over the selected experts' weights (``select_then_search.py``);
+- ``gates_cma``: the same pool, CMA over every gate and weight at once (32 genes);
+- ``right_3``: CMA over the three real experts only, no gates: what a user who knew the answer runs.
+
+Each search's best trial is promoted (held-out safety, over-refusal and task accuracy: the held-out
+fitness). Reported per search: the experts its winner merges (gate open), whether every real expert is
+among them and which distractors are (target for the 16-expert searches: every real expert and at most
+one distractor in each seed's winner), the search and held-out fitness, and the wall clock (Ray, Tune and
+actor start-up, the search, promotion; the pool's build is not counted: it is cached before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from mergesearch.config import SearchConfig, load_config
+from mergesearch.io import atomic_write_text
+from mergesearch.runtime import offline_and_quiet, ray_session
+from mergesearch.search.pipeline import prepare_data
+from mergesearch.search.promote import promote
+from mergesearch.search.run_dir import RunDir
+from mergesearch.search.tuner import run_search
+from mergesearch.setup import SearchSetup
+from mergesearch.zoo.build import EXPERTS
+
+CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "toy16.yaml"
+
+
+def variant_config(base: SearchConfig, variant: str, seed: int, trials: int) -> SearchConfig:
+    data = base.model_dump()
+    data["search"] |= {"seed": seed, "num_trials": trials}
+    data["promotion"] |= {"top_k": 1}
+    if variant == "gates_cma":
+        data["search"]["name"] = "cma"
+    elif variant == "right_3":
+        data["models"] |= {"pool": None, "experts": [{"name": e, "path": f"zoo:{e}"} for e in EXPERTS]}
+        data["merge"]["gates"] = None
+        data["search"]["name"] = "cma"
+    return SearchConfig.model_validate(data)
+
+
+def one_search(base: SearchConfig, data, variant: str, seed: int, trials: int, work: Path) -> dict:
+    config = variant_config(base, variant, seed, trials)
+    setup = SearchSetup.prepare(config, log=lambda _: None).with_data(data)
+    run = RunDir(work / f"{variant}_seed{seed}")
+    started = time.perf_counter()
+    run_search(setup, run, log=lambda _: None)
+    board = promote(run, top_k=1, log=lambda _: None, setup=setup)
+    wall = time.perf_counter() - started
+    winner = board[0]
+    merged = setup.space.open_experts(winner["genes"])
+    recipe = setup.space.decode(winner["genes"])
+    weights = dict(zip(setup.space.experts, recipe.expert_params["weight"][0]))
+    trials_done = run.trials()
+    row = {
+        "merged": list(merged),
+        "weights": {e: round(weights[e], 3) for e in merged},
+        "every_real_expert": set(EXPERTS) <= set(merged),
+        "distractors": [e for e in merged if e not in EXPERTS],
+        "search_fitness": round(winner["search_fitness"], 4),
+        "heldout_fitness": round(winner["heldout_fitness"], 4),
+        "heldout": {k[len("heldout_") :]: round(v, 4) for k, v in winner.items() if k.startswith("heldout_")},
+        "trials": len(trials_done),
+        "wall_s": round(wall, 1),
+    }
+    row["meets_target"] = row["every_real_expert"] and len(row["distractors"]) <= 1
+    print(f"{variant} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    return row
+
+
+def summary(rows: list[dict]) -> dict:
+    held = [r["heldout_fitness"] for r in rows]
+    return {
+        "seeds_meeting_target": sum(r["meets_target"] for r in rows),
+        "heldout_fitness_mean": round(statistics.mean(held), 4),
+        "heldout_fitness_per_seed": held,
+        "wall_s_mean": round(statistics.mean(r["wall_s"] for r in rows), 1),
+    }
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=120)
+    parser.add_argument("--variants", default="select_cma,gates_cma,right_3")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_many_experts"))
+    args = parser.parse_args()
+    offline_and_quiet()
+    ray_session(num_cpus=os.cpu_count())
+    base = load_config(CONFIG)
+    setup = SearchSetup.prepare(base, log=lambda m: print(m, file=sys.stderr))  # builds the pool if needed
+    data = prepare_data(base, CONFIG, RunDir(args.work / "shared"), log=lambda m: None)
+    variants: dict[str, dict] = {}
+    for variant in args.variants.split(","):
+        rows = [one_search(base, data, variant, seed, args.trials, args.work) for seed in range(args.seeds)]
+        variants[variant] = {"per_seed": rows, **summary(rows)}
+    result = {
+        "benchmark": "many_experts",
+        "config": CONFIG.name,
+        "pool": {"experts": len(setup.experts), "real": list(EXPERTS)},
+        "trials_per_search": args.trials,
+        "seeds": args.seeds,
+        "target": "every real expert and at most one distractor in each seed's winner",
+        "variants": variants,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The search problem every searcher is made for: genes, bounds, budget, parallelism, seed, and for a gated
+pool, which genes are whose."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+Bounds = Mapping[str, tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class ExpertGenes:
+    """A gated pool as a searcher that selects experts sees it: each expert's own genes (its gate
+    included), and the genome in which exactly a given set of experts takes part, at its reference genes."""
+
+    owned: Mapping[str, tuple[str, ...]]
+    together: Callable[[tuple[str, ...]], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class SearchProblem:
+    """What every searcher needs: the genes and their bounds, the budget, the parallelism, the seed;
+    ``experts``: for a gated pool (``merge.gates``), which genes are whose."""
+
+    bounds: Bounds
+    num_trials: int
+    concurrency: int
+    seed: int
+    warm_starts: tuple[dict[str, float], ...] = ()
+    experts: ExpertGenes | None = None
