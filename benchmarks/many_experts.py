@@ -1,6 +1,6 @@
 """Benchmark: a 16-expert search must find the real experts among 13 distractors (JSON).
 
-    .venv/bin/python benchmarks/many_experts.py --out benchmarks/results/many_experts.json [--seeds 3 --trials 120]
+    .venv/bin/python benchmarks/many_experts.py --out benchmarks/results/many_experts.json [--seeds 3]
 
 Per seed, searches at the same trial budget, data, fitness and judge (search_spaces/toy16.yaml):
 
