@@ -241,3 +241,29 @@ def test_select_then_search_resumed_from_its_ledger_proposes_what_it_would_have(
     assert summary.exact == killed_after and summary.told == summary.untold == 0
     rest = run_select(resumed, space, BUDGET - killed_after, session="b")
     assert [t.genes for t in rest] == [t.genes for t in whole[killed_after:]]
+
+
+class Unreadable(dict):
+    def __getitem__(self, key: str) -> torch.Tensor:
+        raise AssertionError(f"a closed expert's {key} was read")
+
+
+@pytest.mark.parametrize(
+    ("method", "reads_closed"), [("task_arithmetic", False), ("ties", False), ("dare_ties", True)]
+)
+def test_a_merge_reads_only_the_experts_that_take_part_unless_it_draws_masks(
+    pool_dir, method, reads_closed
+) -> None:
+    """A gated 16-expert pool with 3 open merges 3 task vectors, not 16; a method that draws random masks
+    expert by expert reads them all, so that leaving one out does not shift the others' draws."""
+    merger = ResidentMerger(pool_dir / "base", {e: pool_dir / e for e in POOL}, log=lambda _: None)
+    merger.task_vectors["noise"] = Unreadable(merger.task_vectors["noise"])
+    space = GenomeSpace(method, POOL, 2, gates=GatesConfig())
+    closed = {g: 0.7 for g in space.gene_names()} | {"gate.noise": 0.0}
+    if reads_closed:
+        with pytest.raises(AssertionError, match="closed expert"):
+            dict(merger.merged_tensors(space.decode(closed), seed=1))
+    else:
+        assert len(dict(merger.merged_tensors(space.decode(closed), seed=1))) == len(merger.base)
+    with pytest.raises(AssertionError, match="closed expert"):  # open, it is read
+        dict(merger.merged_tensors(space.decode(closed | {"gate.noise": 1.0}), seed=1))

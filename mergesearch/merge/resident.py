@@ -241,14 +241,18 @@ class ResidentMerger:
         ):
             self._factors_of, self._factors = (method.name, repr(sorted(recipe.shared.items()))), {}
         here = self._to_device
+        per_expert = [p.name for p in method.scoped("expert")]
         for key in self.base:
             base = here(self.base[key])
             kwargs = {**recipe.params_for(key), "generator": generator}
-            taus = [here(self.task_vectors[name][key]) for name in self.expert_names]
+            names = self.expert_names
+            if method.skips_weightless:  # only the experts that take part are read (at least one)
+                taking_part = [i for i, w in enumerate(kwargs["weight"]) if w != 0] or [0]
+                names = tuple(names[i] for i in taking_part)
+                kwargs |= {p: [kwargs[p][i] for i in taking_part] for p in per_expert if p in kwargs}
+            taus = [here(self.task_vectors[name][key]) for name in names]
             if use_sorted:
-                kwargs["sorted_magnitudes"] = [
-                    here(self.sorted_magnitudes[name][key]) for name in self.expert_names
-                ]
+                kwargs["sorted_magnitudes"] = [here(self.sorted_magnitudes[name][key]) for name in names]
             if method.factorize is not None:
                 if self.pool == "disk":
                     self._factors = {}  # a one-off merge keeps no factors: one tensor's worth at a time

@@ -86,6 +86,13 @@ class MergeMethod:
         return found
 
     @property
+    def skips_weightless(self) -> bool:
+        """Whether an expert at weight 0 may be left out of a tensor's merge (same result, less work: a
+        gated pool merges only its open experts). Not for methods that draw random masks expert by expert
+        (leaving one out shifts the draws of the next) or that factorise all task vectors together."""
+        return not self.randomized and self.factorize is None and any(p.name == "weight" for p in self.params)
+
+    @property
     def defaults(self) -> dict[str, Any]:
         """Values of the group and shared parameters when a recipe does not set them."""
         return {p.name: p.default for p in self.scoped("group", "shared")}
