@@ -11,6 +11,7 @@
   for 2, 4, 8 and 16 experts of SmolLM2-135M's shapes (seeded random weights written here in bfloat16;
   latency does not depend on the values), per method, with a least-squares line through latency against
   the expert count and each point's distance from it (target: linear growth within ±20%). Then the
+  16-expert pool with 3 of 16 gates open (a gated pool's merge reads only the open experts), and the
   16-expert pool in each compact form: its bytes, and its latency (expanding a tensor costs time).
 - ``compact_toy``, ``compact_smollm2``: per compact form (``merge.task_vectors`` and the pool's dtype),
   the pool's bytes, the relative merge error against the dense float32 pool (over every merged tensor:
@@ -39,8 +40,9 @@ import torch
 from gpu_merge import SHAPES, live_model, tensor_shapes, time_merges, write_models
 
 from mergesearch.actors import Evaluator
-from mergesearch.config import SearchConfig, TaskVectorsConfig, load_config
+from mergesearch.config import GatesConfig, SearchConfig, TaskVectorsConfig, load_config
 from mergesearch.io import atomic_write_text
+from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.merge.spec import get_method
 from mergesearch.runtime import offline_and_quiet, ray_session
@@ -131,7 +133,7 @@ def pool_part(repeats: int) -> dict:
         base, experts = write_models(Path(tmp), config, max(EXPERT_COUNTS))
         model = live_model(config, torch.device("cpu"))
 
-        def timed(count: int, method: str, form: TaskVectorsConfig) -> dict:
+        def timed(count: int, method: str, form: TaskVectorsConfig, open_experts: int | None = None) -> dict:
             pool = {name: experts[name] for name in list(experts)[:count]}
             merger = ResidentMerger(
                 base,
@@ -141,7 +143,10 @@ def pool_part(repeats: int) -> dict:
                 sort_magnitudes=get_method(method).uses_magnitude_order,
                 task_vectors=form,
             )
-            seconds = time_merges(merger, model, method, tuple(pool), repeats)
+            if open_experts is None:
+                seconds = time_merges(merger, model, method, tuple(pool), repeats)
+            else:
+                seconds = time_gated_merges(merger, model, method, tuple(pool), open_experts, repeats)
             row = {"per_genome_ms": round(seconds * 1000, 1), "pool_bytes": merger.estimate_bytes}
             del merger
             gc.collect()
@@ -153,6 +158,9 @@ def pool_part(repeats: int) -> dict:
             latency = [by_count[str(n)]["per_genome_ms"] for n in EXPERT_COUNTS]
             rows[method] = {"per_expert_count": by_count, "fit": linear_fit(list(EXPERT_COUNTS), latency)}
         largest = max(EXPERT_COUNTS)
+        rows["gated_16_with_3_open"] = {
+            m: timed(largest, m, TaskVectorsConfig(), open_experts=3) for m in ("task_arithmetic", "ties")
+        }
         rows["compact_forms_at_16"] = {
             name: {m: timed(largest, m, form) for m in ("task_arithmetic", "ties")}
             for name, (dtype, form) in FORMS.items()
@@ -165,6 +173,23 @@ def pool_part(repeats: int) -> dict:
         "includes": "merge into the live model's parameters only; the pool's load and a warm-up untimed",
         "methods": rows,
     }
+
+
+def time_gated_merges(
+    merger: ResidentMerger, model, method: str, experts: tuple[str, ...], open_experts: int, repeats: int
+) -> float:
+    """Seconds per merge of a gated genome with ``open_experts`` gates open (a different set each time)."""
+    space = GenomeSpace(method, experts, merger.num_layers, gates=GatesConfig())
+    genomes = []
+    for i in range(repeats + 1):
+        opened = {experts[(i * 5 + j) % len(experts)] for j in range(open_experts)}
+        genome = space.together(tuple(opened))
+        genomes.append(genome | {g: 0.6 for g in genome if g.startswith("w.") and genome[g] > 0})
+    merger.merge_into(model, space.decode(genomes[0]), seed=0)  # warm-up
+    started = time.perf_counter()
+    for i, genome in enumerate(genomes[1:], 1):
+        merger.merge_into(model, space.decode(genome), seed=i)
+    return (time.perf_counter() - started) / repeats
 
 
 # ------------------------------------------------------------------------------------ compact

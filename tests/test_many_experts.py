@@ -249,13 +249,15 @@ class Unreadable(dict):
 
 
 @pytest.mark.parametrize(
-    ("method", "reads_closed"), [("task_arithmetic", False), ("ties", False), ("dare_ties", True)]
+    ("method", "reads_closed"),
+    [("task_arithmetic", False), ("breadcrumbs_ties", False), ("ties", True), ("dare_ties", True)],
 )
 def test_a_merge_reads_only_the_experts_that_take_part_unless_it_draws_masks(
     pool_dir, method, reads_closed
 ) -> None:
     """A gated 16-expert pool with 3 open merges 3 task vectors, not 16; a method that draws random masks
-    expert by expert reads them all, so that leaving one out does not shift the others' draws."""
+    expert by expert reads them all, so that leaving one out does not shift the others' draws, and so
+    does TIES, whose fused kernel is compiled per expert count."""
     merger = ResidentMerger(pool_dir / "base", {e: pool_dir / e for e in POOL}, log=lambda _: None)
     merger.task_vectors["noise"] = Unreadable(merger.task_vectors["noise"])
     space = GenomeSpace(method, POOL, 2, gates=GatesConfig())

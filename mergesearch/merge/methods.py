@@ -283,6 +283,7 @@ def _family(
     rescale: bool,
     extra: tuple[ParamSpec, ...] = (),
     into: Callable[..., None] | None = None,
+    compiled_per_expert_count: bool = False,
 ) -> MergeMethod:
     """One member of the task-arithmetic family, with mergekit 0.1.5's defaults (normalize, rescale)."""
 
@@ -308,6 +309,7 @@ def _family(
             randomized=sparsify in ("random", "della_magprune"),
             uses_magnitude_order=sparsify == "magnitude",
             into=into,
+            compiled_per_expert_count=compiled_per_expert_count,
         )
     )
 
@@ -446,7 +448,15 @@ def _ties_into(
 
 
 _family("task_arithmetic", None, consensus=False, normalize=False, rescale=False, into=_task_arithmetic_into)
-_family("ties", "magnitude", consensus=True, normalize=True, rescale=False, into=_ties_into)
+_family(
+    "ties",
+    "magnitude",
+    consensus=True,
+    normalize=True,
+    rescale=False,
+    into=_ties_into,
+    compiled_per_expert_count=True,
+)
 _family("dare_ties", "random", consensus=True, normalize=False, rescale=True)
 _family("dare_linear", "random", consensus=False, normalize=False, rescale=True)
 _family("breadcrumbs", "magnitude_outliers", consensus=False, normalize=False, rescale=False, extra=(GAMMA,))

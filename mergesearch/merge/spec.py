@@ -74,6 +74,9 @@ class MergeMethod:
     # Optional genome-independent precomputation per tensor, from the task vectors and the shared
     # parameters alone; its result goes back to ``fn`` as ``factors`` (the resident engine caches it).
     factorize: Callable[..., Any] | None = None
+    # ``into`` is compiled once per number of experts (a fused kernel): merging a varying number would
+    # recompile it, so such a method always merges every expert, weightless or not.
+    compiled_per_expert_count: bool = False
 
     def scoped(self, *scopes: Scope) -> tuple[ParamSpec, ...]:
         return tuple(p for p in self.params if p.scope in scopes)
@@ -89,8 +92,10 @@ class MergeMethod:
     def skips_weightless(self) -> bool:
         """Whether an expert at weight 0 may be left out of a tensor's merge (same result, less work: a
         gated pool merges only its open experts). Not for methods that draw random masks expert by expert
-        (leaving one out shifts the draws of the next) or that factorise all task vectors together."""
-        return not self.randomized and self.factorize is None and any(p.name == "weight" for p in self.params)
+        (leaving one out shifts the draws of the next), that factorise all task vectors together, or whose
+        kernel is compiled per expert count."""
+        fixed = self.randomized or self.factorize is not None or self.compiled_per_expert_count
+        return not fixed and any(p.name == "weight" for p in self.params)
 
     @property
     def defaults(self) -> dict[str, Any]:
