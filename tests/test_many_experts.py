@@ -13,6 +13,7 @@ from tiny_pools import write_pool
 
 from mergesearch.config import GatesConfig, SearchConfig, load_config
 from mergesearch.errors import ConfigError, UserError
+from mergesearch.merge.export import recipe_to_mergekit
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.pool_file import expand_pool
@@ -269,3 +270,11 @@ def test_a_merge_reads_only_the_experts_that_take_part_unless_it_draws_masks(
         assert len(dict(merger.merged_tensors(space.decode(closed), seed=1))) == len(merger.base)
     with pytest.raises(AssertionError, match="closed expert"):  # open, it is read
         dict(merger.merged_tensors(space.decode(closed | {"gate.noise": 1.0}), seed=1))
+
+
+@pytest.mark.parametrize(("method", "kept"), [("ties", ["law", "code"]), ("dare_ties", list(POOL))])
+def test_a_gated_winners_mergekit_recipe_names_only_the_experts_it_merges(pool_dir, method, kept) -> None:
+    space = GenomeSpace(method, POOL, 2, gates=GatesConfig())
+    genome = {g: 0.7 for g in space.gene_names()} | {"gate.med-sft": 0.1, "gate.noise": 0.3}
+    config = recipe_to_mergekit(space.decode(genome), pool_dir / "base", {e: pool_dir / e for e in POOL})
+    assert [Path(m["model"]).name for m in config["models"]] == kept

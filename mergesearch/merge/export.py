@@ -66,11 +66,17 @@ MODEL_SIDE_FILES = (
 )
 
 
+def _weightless(recipe: MergeRecipe, expert: int) -> bool:
+    weights = recipe.expert_params.get("weight")
+    return weights is not None and all(group[expert] == 0 for group in weights)
+
+
 def recipe_to_mergekit(
     recipe: MergeRecipe, base: str | Path, experts: Mapping[str, str | Path], dtype: str = "float32"
 ) -> dict:
     """The mergekit config that makes exactly what the resident engine makes from ``recipe`` (names and
-    parameters as the method declares them for mergekit)."""
+    parameters as the method declares them for mergekit). Experts at weight 0 in every group are left out
+    (the same merge), except for methods that draw masks expert by expert (the others' draws would shift)."""
     method = get_method(recipe.method)
     if method.mergekit is None:
         raise UserError(
@@ -82,6 +88,12 @@ def recipe_to_mergekit(
     names = {p.name: p.mergekit for p in method.params if p.mergekit}
     models = []
     for i, name in enumerate(recipe.experts):
+        if (
+            not method.randomized
+            and _weightless(recipe, i)
+            and any(not _weightless(recipe, j) for j in range(len(recipe.experts)))
+        ):  # a closed expert of a gated pool: mergekit would load it to add nothing
+            continue
         params = {
             names[p]: _setting(recipe, [group[i] for group in values])
             for p, values in recipe.expert_params.items()
