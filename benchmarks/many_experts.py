@@ -54,9 +54,14 @@ def variant_config(base: SearchConfig, variant: str, seed: int, trials: int) -> 
 
 
 def one_search(base: SearchConfig, data, variant: str, seed: int, trials: int, work: Path) -> dict:
+    """One search and its promotion; a search finished by an earlier invocation is read back (its row is
+    kept in its run dir), so a stopped benchmark goes on where it stopped."""
+    run = RunDir(work / f"{variant}_seed{seed}")
+    kept = run.root / "bench_row.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
     config = variant_config(base, variant, seed, trials)
     setup = SearchSetup.prepare(config, log=lambda _: None).with_data(data)
-    run = RunDir(work / f"{variant}_seed{seed}")
     started = time.perf_counter()
     run_search(setup, run, log=lambda _: None)
     board = promote(run, top_k=1, log=lambda _: None, setup=setup)
@@ -78,6 +83,7 @@ def one_search(base: SearchConfig, data, variant: str, seed: int, trials: int, w
         "wall_s": round(wall, 1),
     }
     row["meets_target"] = row["every_real_expert"] and len(row["distractors"]) <= 1
+    atomic_write_text(kept, json.dumps(row) + "\n")
     print(f"{variant} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
     return row
 
@@ -98,7 +104,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=120)
-    parser.add_argument("--variants", default="select_cma,gates_cma,right_3")
+    parser.add_argument("--variants", default="select_cma,gates_cma,right_3", help="NAME[:SEEDS],...")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_many_experts"))
     args = parser.parse_args()
     offline_and_quiet()
@@ -107,15 +113,19 @@ def main() -> None:
     setup = SearchSetup.prepare(base, log=lambda m: print(m, file=sys.stderr))  # builds the pool if needed
     data = prepare_data(base, CONFIG, RunDir(args.work / "shared"), log=lambda m: None)
     variants: dict[str, dict] = {}
-    for variant in args.variants.split(","):
-        rows = [one_search(base, data, variant, seed, args.trials, args.work) for seed in range(args.seeds)]
-        variants[variant] = {"per_seed": rows, **summary(rows)}
+    for entry in args.variants.split(","):
+        variant, _, seeds = entry.partition(":")
+        rows = [
+            one_search(base, data, variant, seed, args.trials, args.work)
+            for seed in range(int(seeds or args.seeds))
+        ]
+        variants[variant] = {"seeds": len(rows), "per_seed": rows, **summary(rows)}
     result = {
         "benchmark": "many_experts",
         "config": CONFIG.name,
         "pool": {"experts": len(setup.experts), "real": list(EXPERTS)},
         "trials_per_search": args.trials,
-        "seeds": args.seeds,
+        "seeds": {name: v["seeds"] for name, v in variants.items()},
         "target": "every real expert and at most one distractor in each seed's winner",
         "variants": variants,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
