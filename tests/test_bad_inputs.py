@@ -374,6 +374,48 @@ CASES = [
         ],
         ("promotion.tasks", "'mmlu_anatomyy' is not an lm-eval task", "did you mean mmlu_anatomy"),
     ),
+    Case(
+        "config-gates-without-weights",
+        "config",
+        "expert gates on a method with no per-expert weight (slerp)",
+        lambda c: search(
+            c.config(
+                lambda config: config["merge"].update(method="slerp", bounds={}, gates={"kind": "threshold"})
+            )
+        ),
+        ("merge", "gates: slerp has no per-expert weight for a gate to close"),
+    ),
+    Case(
+        "config-searcher-needs-gates",
+        "config",
+        "the expert-selecting searcher on a pool without gates",
+        lambda c: search(c.config(_set("search.name", "select_cma"))),
+        ("search.name: this searcher selects experts; set merge.gates",),
+    ),
+    Case(
+        "config-unknown-task-vector-form",
+        "config",
+        "a task-vector form no one registered",
+        lambda c: search(c.config(_set("merge.task_vectors", {"form": "pruned"}))),
+        ("merge.task_vectors.form", "unknown task-vector form 'pruned'", "low_rank, sparse"),
+    ),
+    Case(
+        "models-pool-file-missing",
+        "models",
+        "a pool file that does not exist",
+        lambda c: search(c.config(lambda config: config["models"].update(pool=str(c.tmp / "pool.yaml")))),
+        ("models.pool", "pool.yaml: pool file not found"),
+    ),
+    Case(
+        "models-pool-glob-matches-nothing",
+        "models",
+        "a pool file whose glob matches no model folder",
+        lambda c: (
+            (c.tmp / "pool.yaml").write_text("experts:\n  - fine-tunes/*-sft\n"),
+            search(c.config(lambda config: config["models"].update(pool=str(c.tmp / "pool.yaml")))),
+        )[1],
+        ("pool.yaml: fine-tunes/*-sft matches no model folder",),
+    ),
     # models
     Case(
         "model-missing",

@@ -98,7 +98,10 @@ def test_a_plugin_method_runs_a_real_search_with_real_actors(toy_dataset: Path, 
 @pytest.mark.parametrize(
     ("ref", "fragment"),
     [
-        ("hf:meta/llama", "neither a folder nor a known model scheme (smollm2, smollm2_family, zoo, zoo_pool)"),
+        (
+            "hf:meta/llama",
+            "neither a folder nor a known model scheme (smollm2, smollm2_family, zoo, zoo_pool)",
+        ),
         ("/no/such/model", "is not a Hugging Face model folder (no config.json)"),
         ("zoo:nope", "unknown zoo model 'nope'"),
     ],
