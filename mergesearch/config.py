@@ -27,7 +27,8 @@ from mergesearch.registry import (
     load_plugins,
 )
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=40)]
+NAME_LENGTH = 40  # names go into gene names, run dirs and report columns
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=NAME_LENGTH)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 Params = dict[str, Any]
@@ -107,7 +108,9 @@ class TaskVectorsConfig(Frozen):
 class GatesConfig(Frozen):
     """Per-expert gates on top of the weights, for many-expert pools: each expert gets one gene
     (``gate.<expert>``, 0-1); ``threshold``: an expert takes part when its gate is at least 0.5;
-    ``top_k``: the ``k`` experts with the highest gates take part. A closed expert merges at weight 0."""
+    ``top_k``: the ``k`` experts with the highest gates take part, ties to the earlier expert (so a genome
+    with more than k gates at 1, such as the uniform warm start, opens the first k). A closed expert
+    merges at weight 0."""
 
     kind: Literal["threshold", "top_k"] = "threshold"
     k: int | None = Field(default=None, ge=1)
@@ -338,7 +341,8 @@ class SearchConfig(Frozen):
 
     @model_validator(mode="after")
     def _searcher_fits_space(self) -> SearchConfig:
-        SEARCHERS.get(self.search.name).check(self.merge.granularity, self.merge.gates is not None)
+        gates = self.merge.gates.kind if self.merge.gates else None
+        SEARCHERS.get(self.search.name).check(self.merge.granularity, gates)
         return self
 
 

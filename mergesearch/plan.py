@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from mergesearch.config import DTYPE_BYTES, EngineConfig, read_yaml
 from mergesearch.errors import UserError
+from mergesearch.merge.compact import expansion_bytes
 from mergesearch.merge.compact import pool_bytes as compact_pool_bytes
 from mergesearch.merge.spec import get_method
 from mergesearch.model_files import model_config, tensor_shapes
@@ -174,6 +175,10 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
     ]
     if method.uses_magnitude_order and form.form == "dense":
         evaluator.append(Holding(f"{n} sorted |task vector|s ({dtype})", pool, n * pool_bytes))
+    if form.form != "dense":
+        merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"
+        work = expansion_bytes(base.shapes, DTYPE_BYTES[dtype], n, form)
+        evaluator.append(Holding(f"{n} expanded copies of the largest tensor", merging_on, work))
     if method.factorize is not None:
         evaluator.append(Holding("factor cache (at most)", pool, factor_bytes(base.shapes)))
     tokens = ASSUMED["prompt_tokens"] + backend.max_new_tokens

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mergesearch.config import ExpertSpec, Frozen, ModelsConfig, read_yaml, validate_mapping
+from mergesearch.config import NAME_LENGTH, ExpertSpec, Frozen, ModelsConfig, read_yaml, validate_mapping
 from mergesearch.errors import UserError
 from mergesearch.model_refs import Log
 from mergesearch.registry import MODEL_SCHEMES
@@ -33,9 +33,10 @@ class PoolFile(Frozen):
 
 
 def folder_name(folder: Path) -> str:
-    """A gene-safe expert name from a folder name (``Llama-3-8B-sft`` → ``Llama_3_8B_sft``)."""
+    """A gene-safe expert name from a folder name (``Llama-3-8B-sft`` → ``Llama_3_8B_sft``), at most 40
+    characters (two folders that agree that far are named as repeating: name them with {name, path})."""
     name = re.sub(r"[^A-Za-z0-9_]", "_", folder.name)
-    return name if name[:1].isalpha() else f"m_{name}"
+    return (name if name[:1].isalpha() else f"m_{name}")[:NAME_LENGTH]
 
 
 def _matches(pattern: str, relative_to: Path, field: str, log: Log) -> list[Path]:
@@ -86,5 +87,6 @@ def with_pool(models: ModelsConfig, log: Log = print) -> ModelsConfig:
     """``models`` with its pool file's experts after its own, and no pool left to expand."""
     if models.pool is None:
         return models
-    experts = [*models.experts, *expand_pool(models.pool, log)]
-    return ModelsConfig.model_validate({**models.model_dump(), "experts": experts, "pool": None})
+    experts = [e.model_dump() for e in (*models.experts, *expand_pool(models.pool, log))]
+    data = {**models.model_dump(), "experts": experts, "pool": None}
+    return validate_mapping(ModelsConfig, data, f"models.pool ({models.pool})")

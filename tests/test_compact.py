@@ -10,7 +10,7 @@ import torch
 from tiny_pools import EXPERTS, write_pool
 
 from mergesearch.config import TaskVectorsConfig
-from mergesearch.merge.compact import CompactTaskVectors
+from mergesearch.merge.compact import CompactTaskVectors, stored_bytes
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 
@@ -44,9 +44,13 @@ def dense_pool(tmp_path_factory) -> Path:
     )
 
 
-def merger(pool: Path, form: TaskVectorsConfig | None = None, sort: bool = False) -> ResidentMerger:
+def merger(
+    pool: Path, form: TaskVectorsConfig | None = None, sort: bool = False, dtype: str = "float32"
+) -> ResidentMerger:
     experts = {name: pool / name for name in EXPERTS}
-    return ResidentMerger(pool / "base", experts, log=lambda _: None, task_vectors=form, sort_magnitudes=sort)
+    return ResidentMerger(
+        pool / "base", experts, dtype, log=lambda _: None, task_vectors=form, sort_magnitudes=sort
+    )
 
 
 def merged(pool_merger: ResidentMerger, method: str, genes: float = 0.6) -> dict[str, torch.Tensor]:
@@ -76,12 +80,16 @@ def test_a_form_that_holds_the_whole_task_vector_merges_as_the_dense_pool(
         torch.testing.assert_close(mine[key], tensor, rtol=1e-5, atol=1e-5, msg=key)
 
 
-@pytest.mark.parametrize("form", [TaskVectorsConfig(), SPARSE, LOW_RANK], ids=lambda f: f.form)
-def test_the_pool_holds_the_bytes_it_counts_before_loading(dense_pool, form) -> None:
-    pool = merger(dense_pool, form)
-    base = sum(t.nbytes for t in pool.base.values())
-    held = [
-        taus.nbytes if isinstance(taus, CompactTaskVectors) else sum(t.nbytes for t in taus.values())
+@pytest.mark.parametrize(
+    ("form", "dtype"),
+    [(TaskVectorsConfig(), "float32"), (SPARSE, "float32"), (LOW_RANK, "float32"), (LOW_RANK, "bfloat16")],
+    ids=["dense", "sparse", "low_rank", "low_rank_bf16"],
+)
+def test_the_pool_holds_the_bytes_it_counts_before_loading(dense_pool, form, dtype) -> None:
+    pool = merger(dense_pool, form, dtype=dtype)
+    base = sum(stored_bytes(t) for t in pool.base.values())
+    held = [  # storage bytes: a view of a bigger tensor counts all it keeps alive
+        taus.nbytes if isinstance(taus, CompactTaskVectors) else sum(stored_bytes(t) for t in taus.values())
         for taus in pool.task_vectors.values()
     ]
     assert pool.estimate_bytes == base + sum(held)

@@ -119,8 +119,10 @@ def test_top_k_gates_open_the_k_highest_ties_to_the_earlier_expert() -> None:
 
 def test_weights_sum_to_one_over_the_open_experts_only() -> None:
     space = gated(normalize_weights=True, groups=1)
-    recipe = space.decode(genome_of(space, [1.0, 1.0, 3.0, 1.0], [1, 0, 1, 0]))
-    assert recipe.expert_params["weight"] == ((0.25, 0.0, 0.75, 0.0),)
+    weights = lambda w, g: space.decode(genome_of(space, w, g)).expert_params["weight"]
+    assert weights([1.0, 1.0, 3.0, 1.0], [1, 0, 1, 0]) == ((0.25, 0.0, 0.75, 0.0),)
+    assert weights([0.0, 1.0, 0.0, 1.0], [1, 0, 1, 0]) == ((0.5, 0.0, 0.5, 0.0),)  # open at 0: equal shares
+    assert weights([1.0, 1.0, 1.0, 1.0], [0, 0, 0, 0]) == ((0.0, 0.0, 0.0, 0.0),)  # none open: the base
 
 
 def test_known_merges_encode_with_the_gates_they_need() -> None:
@@ -147,6 +149,21 @@ def test_known_merges_encode_with_the_gates_they_need() -> None:
 def test_gates_a_method_cannot_use_are_refused_in_the_config(tmp_path, merge, message) -> None:
     data = {"name": "g", "models": {"base": "b", "experts": [{"name": "a", "path": "p"}]}, "merge": merge}
     with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path / "c.yaml", data))
+
+
+@pytest.mark.parametrize("gates", [None, {"kind": "top_k", "k": 2}])
+def test_the_selecting_searcher_needs_threshold_gates(tmp_path, gates) -> None:
+    """It picks the set itself, greedily: without gates it has nothing to pick, with top_k no k to honour."""
+    data = {
+        "name": "g",
+        "models": {"base": "b", "experts": [{"name": "a", "path": "p"}]},
+        "merge": {"gates": gates},
+        "search": {"name": "select_cma"},
+    }
+    with pytest.raises(
+        ConfigError, match=r"search.name: this searcher selects experts; set merge.gates: \{kind: threshold\}"
+    ):
         load_config(write(tmp_path / "c.yaml", data))
 
 
@@ -278,3 +295,19 @@ def test_a_gated_winners_mergekit_recipe_names_only_the_experts_it_merges(pool_d
     genome = {g: 0.7 for g in space.gene_names()} | {"gate.med-sft": 0.1, "gate.noise": 0.3}
     config = recipe_to_mergekit(space.decode(genome), pool_dir / "base", {e: pool_dir / e for e in POOL})
     assert [Path(m["model"]).name for m in config["models"]] == kept
+
+
+def test_pool_names_that_break_the_name_rules_are_one_line(pool_dir, tmp_path) -> None:
+    long = pool_dir.parent / "Meta-Llama-3.1-8B-Instruct-abliterated-law-sft"
+    if not long.exists():
+        long.symlink_to(pool_dir / "law", target_is_directory=True)
+    assert [e.name for e in expand_pool(write(tmp_path / "p.yaml", {"experts": [str(long)]}))] == [
+        "Meta_Llama_3_1_8B_Instruct_abliterated_l"
+    ]
+    pool = write(tmp_path / "pool.yaml", {"experts": [str(pool_dir / "law")]})
+    models = {"base": str(pool_dir / "base"), "experts": [{"name": "law", "path": "x"}], "pool": str(pool)}
+    config = write(tmp_path / "c.yaml", {"name": "p", "models": models})
+    with pytest.raises(
+        UserError, match=r"models.pool \(.*pool.yaml\): experts: expert names must be unique, repeated: law"
+    ):
+        SearchSetup.prepare(load_config(config), log=lambda _: None)

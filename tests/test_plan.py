@@ -107,11 +107,17 @@ def test_the_plan_counts_compact_task_vectors_and_no_sorted_copy(models, tmp_pat
     assert held["3 task vectors"].bytes == 3 * one < 3 * EIGHT_B * 2 / 3
     assert held["base"].bytes == EIGHT_B * 2
     assert "3 sorted |task vector|s" not in held  # sorting an expansion would undo the saving
+    largest = max(math.prod(shape) for shape in llama_tensors(LLAMA3_8B).values())  # the embeddings
+    expanding = held["3 expanded copies of the largest tensor"]
+    assert expanding.bytes == 3 * largest * 2 and expanding.memory == "gpu"  # merged on the GPU
 
 
 def test_a_sparse_form_makes_a_pool_that_outgrows_host_ram_fit(models, tmp_path) -> None:
     sparse, bf16 = {"task_vectors": {"form": "sparse", "density": 0.05}}, {"dtype": "bfloat16"}
-    pool_only = {"models": {"dtype": "float32"}, "backend": bf16, "judge": bf16}  # the engines stay bf16
+    # The engines stay bf16; the candidate's vLLM share leaves room for 3 float32 expansions of the largest
+    # tensor (the embeddings, 2 GiB each), which a compact pool merges on the GPU.
+    backend = bf16 | {"gpu_memory_utilization": 0.75}
+    pool_only = {"models": {"dtype": "float32"}, "backend": backend, "judge": bf16}
     dense = localized(GPU_CONFIGS[0], models, tmp_path, **pool_only)
     assert_one_line_error(run("plan", str(dense), "--cluster", str(ROOT / "cluster.yaml")), "host RAM")
     config = localized(GPU_CONFIGS[0], models, tmp_path, merge=sparse, **pool_only)

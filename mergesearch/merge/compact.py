@@ -31,12 +31,18 @@ Shape = tuple[int, ...]
 
 
 class CompactTensor(Protocol):
-    """A task-vector tensor held compactly; ``dense`` rebuilds it (a new tensor, same device)."""
+    """A task-vector tensor held compactly; ``dense`` rebuilds it (a new tensor, on the parts' device)."""
 
     @property
     def nbytes(self) -> int: ...
 
     def dense(self) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> CompactTensor:
+        """The parts on ``device`` (a copy from pinned host RAM overlaps the previous merge)."""
+        ...
+
+    def pin_memory(self) -> CompactTensor: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class TaskVectorForm:
     name: str
     compress: Callable[[torch.Tensor, torch.dtype, TaskVectorsConfig], torch.Tensor | CompactTensor]
     stored_bytes: Callable[[Shape, int, TaskVectorsConfig], int]
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """What a tensor keeps alive: its whole storage (a view of a bigger tensor keeps all of it)."""
+    return tensor.untyped_storage().nbytes()
 
 
 def get_form(name: str) -> TaskVectorForm:
@@ -60,14 +71,33 @@ def pool_bytes(shapes: Mapping[str, Shape], element: int, settings: TaskVectorsC
     return sum(form.stored_bytes(shape, element, settings) for shape in shapes.values())
 
 
-class CompactTaskVectors(Mapping[str, torch.Tensor]):
-    """One expert's task vector by tensor name; reading a tensor expands it to dense."""
+def expansion_bytes(
+    shapes: Mapping[str, Shape], element: int, experts: int, settings: TaskVectorsConfig
+) -> int:
+    """Work memory a merge needs to expand compact task vectors: every expert's copy of the largest
+    tensor at once, on the merge's device (nothing for dense ones, which are read in place)."""
+    if settings.form == "dense":
+        return 0
+    return experts * element * max(math.prod(shape) for shape in shapes.values())
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor | CompactTensor]) -> None:
-        self.tensors = dict(tensors)
+
+class CompactTaskVectors(Mapping[str, torch.Tensor]):
+    """One expert's task vector by tensor name; reading a tensor moves its parts to ``device`` (the
+    merge's: a host pool sends the compact parts, not the expansion) and expands it there."""
+
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor | CompactTensor], device: torch.device | None = None
+    ) -> None:
+        self.tensors, self.device = dict(tensors), device
 
     def __getitem__(self, key: str) -> torch.Tensor:
         held = self.tensors[key]
+        if self.device is not None:
+            held = (
+                held.to(self.device, non_blocking=True)
+                if isinstance(held, torch.Tensor)
+                else held.to(self.device)
+            )
         return held if isinstance(held, torch.Tensor) else held.dense()
 
     def __iter__(self) -> Iterator[str]:
@@ -79,8 +109,7 @@ class CompactTaskVectors(Mapping[str, torch.Tensor]):
     @property
     def nbytes(self) -> int:
         return sum(
-            t.element_size() * t.numel() if isinstance(t, torch.Tensor) else t.nbytes
-            for t in self.tensors.values()
+            stored_bytes(t) if isinstance(t, torch.Tensor) else t.nbytes for t in self.tensors.values()
         )
 
 
@@ -105,12 +134,19 @@ class SparseTensor:
 
     @property
     def nbytes(self) -> int:
-        return self.positions.nbytes + self.values.nbytes
+        return stored_bytes(self.positions) + stored_bytes(self.values)
 
     def dense(self) -> torch.Tensor:
         out = torch.zeros(math.prod(self.shape), dtype=self.values.dtype, device=self.values.device)
         out.index_copy_(0, self.positions.long(), self.values)
         return out.view(self.shape)
+
+    def to(self, device: torch.device) -> SparseTensor:
+        move = {"device": device, "non_blocking": True}
+        return SparseTensor(self.shape, self.positions.to(**move), self.values.to(**move))
+
+    def pin_memory(self) -> SparseTensor:
+        return SparseTensor(self.shape, self.positions.pin_memory(), self.values.pin_memory())
 
 
 def _kept(numel: int, density: float) -> int:
@@ -142,11 +178,18 @@ class LowRankTensor:
 
     @property
     def nbytes(self) -> int:
-        return self.left.nbytes + self.right.nbytes
+        return stored_bytes(self.left) + stored_bytes(self.right)
 
     def dense(self) -> torch.Tensor:
         # Multiplied in float32: a bfloat16 product of r terms would add its own rounding error.
         return (self.left.float() @ self.right.float()).to(self.left.dtype)
+
+    def to(self, device: torch.device) -> LowRankTensor:
+        move = {"device": device, "non_blocking": True}
+        return LowRankTensor(self.left.to(**move), self.right.to(**move))
+
+    def pin_memory(self) -> LowRankTensor:
+        return LowRankTensor(self.left.pin_memory(), self.right.pin_memory())
 
 
 def _rank_for(shape: Shape, settings: TaskVectorsConfig) -> int | None:
@@ -165,7 +208,8 @@ def _low_rank(
     if rank is None:
         return tau.to(dtype)
     u, s, vh = torch.linalg.svd(tau.float(), full_matrices=False)
-    return LowRankTensor((u[:, :rank] * s[:rank]).to(dtype), vh[:rank].to(dtype))
+    # Copies: a slice of ``vh`` kept as it is would keep all of ``vh`` (a view holds its whole storage).
+    return LowRankTensor((u[:, :rank] * s[:rank]).to(dtype), vh[:rank].to(dtype, copy=True))
 
 
 def _low_rank_bytes(shape: Shape, element: int, settings: TaskVectorsConfig) -> int:

@@ -76,7 +76,7 @@ def recipe_to_mergekit(
 ) -> dict:
     """The mergekit config that makes exactly what the resident engine makes from ``recipe`` (names and
     parameters as the method declares them for mergekit). Experts at weight 0 in every group are left out
-    (the same merge), except for methods that draw masks expert by expert (the others' draws would shift)."""
+    where the method declares that the same merge (not where it draws masks expert by expert)."""
     method = get_method(recipe.method)
     if method.mergekit is None:
         raise UserError(
@@ -89,7 +89,7 @@ def recipe_to_mergekit(
     models = []
     for i, name in enumerate(recipe.experts):
         if (
-            not method.randomized
+            method.weightless_absent
             and _weightless(recipe, i)
             and any(not _weightless(recipe, j) for j in range(len(recipe.experts)))
         ):  # a closed expert of a gated pool: mergekit would load it to add nothing

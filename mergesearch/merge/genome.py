@@ -114,7 +114,10 @@ class GenomeSpace:
                 for per_group in expert_params["weight"]
             )
         if self.normalize_weights and "weight" in expert_params:
-            expert_params["weight"] = tuple(_sum_to_one(per_group) for per_group in expert_params["weight"])
+            taking_part = [e in self.open_experts(genome) for e in self.experts]
+            expert_params["weight"] = tuple(
+                _sum_to_one(per_group, taking_part) for per_group in expert_params["weight"]
+            )
         return MergeRecipe(
             method=self.method,
             experts=self.experts,
@@ -216,6 +219,10 @@ class GenomeSpace:
         return min(max(value, low), high)
 
 
-def _sum_to_one(weights: tuple[float, ...]) -> tuple[float, ...]:
+def _sum_to_one(weights: tuple[float, ...], taking_part: list[bool]) -> tuple[float, ...]:
+    """Weights scaled to sum to 1; all at zero: equal among the experts taking part (none: all zero)."""
     total = sum(weights)
-    return tuple(w / total for w in weights) if total > 1e-12 else tuple(1 / len(weights) for _ in weights)
+    if total > 1e-12:
+        return tuple(w / total for w in weights)
+    count = sum(taking_part)
+    return tuple(float(part) / count if count else 0.0 for part in taking_part)

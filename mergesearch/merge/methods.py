@@ -310,6 +310,7 @@ def _family(
             uses_magnitude_order=sparsify == "magnitude",
             into=into,
             compiled_per_expert_count=compiled_per_expert_count,
+            weightless_absent=sparsify not in ("random", "della_magprune"),
         )
     )
 
@@ -496,7 +497,14 @@ def _linear_into(
 
 
 register_method(
-    MergeMethod("linear", linear, (WEIGHT, setting("normalize", True)), mergekit="linear", into=_linear_into)
+    MergeMethod(
+        "linear",
+        linear,
+        (WEIGHT, setting("normalize", True)),
+        mergekit="linear",
+        into=_linear_into,
+        weightless_absent=True,
+    )
 )
 
 

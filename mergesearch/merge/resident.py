@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from mergesearch.config import TaskVectorsConfig
 from mergesearch.errors import UserError
-from mergesearch.merge.compact import CompactTaskVectors, get_form, pool_bytes
+from mergesearch.merge.compact import CompactTaskVectors, expansion_bytes, get_form, pool_bytes
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import MergeMethod, get_method
 from mergesearch.model_files import model_config, tensor_shapes, weight_files
@@ -142,17 +142,20 @@ class ResidentMerger:
         tau_bytes = pool_bytes(shapes, element, self.form)
         per_expert = tau_bytes + (dense_bytes if sort_magnitudes else 0)
         self.estimate_bytes = 0 if pool == "disk" else dense_bytes + len(expert_dirs) * per_expert
+        # Work memory on the merge's device: compact task vectors expanded one tensor at a time.
+        self.expansion_bytes = expansion_bytes(shapes, element, len(expert_dirs), self.form)
         storage = self.device if pool == "gpu" else torch.device("cpu")
         if pool != "disk":
             limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(storage)
+            needed = self.estimate_bytes + (self.expansion_bytes if storage == self.device else 0)
             log(
                 f"resident merger: base + {len(expert_dirs)} {self.form.form} task vectors need about "
-                f"{self.estimate_bytes / 2**20:.0f} MiB on {storage} ({limit / 2**20:.0f} MiB available)"
+                f"{needed / 2**20:.0f} MiB on {storage} ({limit / 2**20:.0f} MiB available)"
             )
-            if self.estimate_bytes > limit:
+            if needed > limit:
                 raise UserError(
                     f"the pool does not fit: base + {len(expert_dirs)} task vectors need "
-                    f"{self.estimate_bytes / 2**30:.2f} GiB in {dtype} on {storage}, "
+                    f"{needed / 2**30:.2f} GiB in {dtype} on {storage}, "
                     f"{limit / 2**30:.2f} GiB available; use fewer experts, bfloat16, a sparse or low_rank "
                     "merge.task_vectors form, merge.pool_device: host, or a bigger device"
                 )
@@ -191,8 +194,10 @@ class ResidentMerger:
             for key in list(weights):
                 tau = weights.pop(key).sub_(self.base[key].float())  # the expert becomes its task vector
                 kept = form.compress(tau, self.dtype, self.form)
-                held[key] = kept.pin_memory() if pin and isinstance(kept, torch.Tensor) else kept
-            self.task_vectors[name] = held if form.name == "dense" else CompactTaskVectors(held)
+                held[key] = kept.pin_memory() if pin else kept
+            self.task_vectors[name] = (
+                held if form.name == "dense" else CompactTaskVectors(held, device=self.device)
+            )
 
     @staticmethod
     def _check_same_tensors(base: Path, expert_dirs: Mapping[str, Path]) -> dict[str, tuple[int, ...]]:

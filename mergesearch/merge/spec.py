@@ -74,8 +74,11 @@ class MergeMethod:
     # Optional genome-independent precomputation per tensor, from the task vectors and the shared
     # parameters alone; its result goes back to ``fn`` as ``factors`` (the resident engine caches it).
     factorize: Callable[..., Any] | None = None
+    # Declared by the method: an expert at weight 0 adds nothing and draws nothing (no per-expert random
+    # masks), so leaving it out is the same merge (a gated pool's closed experts; mergekit recipes).
+    weightless_absent: bool = False
     # ``into`` is compiled once per number of experts (a fused kernel): merging a varying number would
-    # recompile it, so such a method always merges every expert, weightless or not.
+    # recompile it, so the engine always hands it every expert, weightless or not.
     compiled_per_expert_count: bool = False
 
     def scoped(self, *scopes: Scope) -> tuple[ParamSpec, ...]:
@@ -90,12 +93,8 @@ class MergeMethod:
 
     @property
     def skips_weightless(self) -> bool:
-        """Whether an expert at weight 0 may be left out of a tensor's merge (same result, less work: a
-        gated pool merges only its open experts). Not for methods that draw random masks expert by expert
-        (leaving one out shifts the draws of the next), that factorise all task vectors together, or whose
-        kernel is compiled per expert count."""
-        fixed = self.randomized or self.factorize is not None or self.compiled_per_expert_count
-        return not fixed and any(p.name == "weight" for p in self.params)
+        """Whether the engine leaves weight-0 experts out of a tensor's merge (less work, same result)."""
+        return self.weightless_absent and not self.compiled_per_expert_count
 
     @property
     def defaults(self) -> dict[str, Any]:

@@ -36,20 +36,22 @@ class SearcherSpec:
     objectives: tuple[str, ...] = ("fitness",)
     granularities: frozenset[str] | None = None
     budget: Callable[[SearchProblem], int] | None = None
-    needs_gates: bool = False  # selects experts: the merge space must gate them (``merge.gates``)
+    needs_gates: bool = False  # selects experts: the merge space must gate them (threshold ``merge.gates``)
+    takes_warm_starts: bool = True  # False: it makes its own first proposals (the tuner says so, once)
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def check(self, granularity: str, gated: bool) -> None:
+    def check(self, granularity: str, gates: str | None) -> None:
+        """``gates``: the merge space's gate kind (None: no gates)."""
         if self.granularities is not None and granularity not in self.granularities:
             allowed = ", ".join(sorted(self.granularities))
             raise ValueError(
                 f"search.name: this searcher covers merge.granularity {allowed} only, not {granularity!r}"
             )
-        if self.needs_gates and not gated:
-            raise ValueError("search.name: this searcher selects experts; set merge.gates")
+        if self.needs_gates and gates != "threshold":  # it picks the set itself: no k to honour
+            raise ValueError("search.name: this searcher selects experts; set merge.gates: {kind: threshold}")
 
     def trials(self, problem: SearchProblem) -> int:
         return min(problem.num_trials, self.budget(problem)) if self.budget else problem.num_trials
@@ -100,7 +102,7 @@ def _select_then(stage_two: SearcherSpec) -> SearcherSpec:
 
         return SelectThenSearch(problem, stage_two.make)
 
-    return SearcherSpec(factory, needs_gates=True)
+    return SearcherSpec(factory, needs_gates=True, takes_warm_starts=False)
 
 
 # Many-expert pools: greedy selection of the experts over their gates, then CMA over their genes.

@@ -111,7 +111,11 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     run.check_config(config)
     run.trials()  # a torn ledger is named before Ray starts
     setup.eval_data()  # and a dataset the fitness cannot score on
-    starts = tuple(warm_starts(setup.space, config.search.warm_starts, log))
+    spec = searcher(config.search.name)
+    kinds = config.search.warm_starts if spec.takes_warm_starts else []
+    if config.search.warm_starts and not kinds:
+        log(f"search.warm_starts: unused, {config.search.name} makes its own first proposals")
+    starts = tuple(warm_starts(setup.space, kinds, log))
     ray_session()
     placements = check_plan(
         plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes), "the Ray cluster"
@@ -120,7 +124,6 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     gene_names = setup.space.gene_names()
-    spec = searcher(config.search.name)
     concurrency = config.resources.num_evaluators
     in_flight = concurrency * (1 + config.search.queued_per_evaluator)
     space = setup.space

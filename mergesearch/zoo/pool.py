@@ -4,9 +4,9 @@ A user's pool holds a dozen fine-tunes of one base, most irrelevant or harmful f
 distractors here are of both kinds: fine-tuned from the base for a few hundred steps on data that does
 not serve the target (harmful compliance, benign chatter, base facts, sum statements, the guard's
 format...), or derived from the zoo (seeded noise, the aligned expert's task vector negated: a model
-that unlearns refusals). Every distractor's task vector is rescaled to the real experts' mean norm (per
-tensor for noise), so no distractor gives itself away by its size: a search must find the real experts
-by what merging them does.
+that unlearns refusals). Every trained distractor's task vector is rescaled to the real experts' mean
+norm, noise to their mean norm per tensor, and the negated one keeps the aligned expert's norm, so no
+distractor gives itself away by its size: a search must find the real experts by what merging does.
 
 Cached by a hash of the pool recipe and the zoo's; members are folders of one pool folder (the real
 experts are links to the zoo's), ``zoo_pool:<member>`` names one and ``zoo_pool:*`` all of them
