@@ -6,8 +6,8 @@ selection over the gates: every expert alone, then the best set so far with each
 one round at a time, each taking-part expert at its reference genes (weight 1, within its bounds). It
 stops when no addition raises the fitness, or when the next round would take more than
 ``SELECTION_SHARE`` of the trial budget (the first round always runs). Stage two hands the rest of the
-budget to another searcher (CMA) over the selected experts' own genes only, gates fixed, starting from
-stage one's winner.
+budget to another searcher (CMA) over the selected experts' own genes only, gates fixed, told stage one's
+winner and its fitness (not evaluated again).
 
 Deterministic given the seed and the order results arrive, as every searcher here must be (a resumed
 search replays its ledger into a fresh one, ``replay.py``). While a round's results are outstanding it
@@ -76,9 +76,12 @@ class SelectThenSearch(Searcher):
             num_trials=left,
             concurrency=self.problem.concurrency,
             seed=self.problem.seed,
-            warm_starts=({g: winner[g] for g in searched},),
         )
         self.inner = self.stage_two(problem)
+        try:  # stage one's winner is told, not evaluated again
+            self.inner.add_evaluated_point({g: winner[g] for g in searched}, self.selected_fitness)
+        except (NotImplementedError, TypeError, ValueError):
+            pass
 
     # ------------------------------------------------------------------------------------ Tune's API
     def suggest(self, trial_id: str) -> dict | None:
