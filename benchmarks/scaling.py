@@ -125,7 +125,7 @@ def linear_fit(xs: list[int], ys: list[float]) -> dict:
     }
 
 
-def pool_part(repeats: int) -> dict:
+def pool_part(repeats: int, methods: tuple[str, ...] = POOL_METHODS) -> dict:
     config = SHAPES["smollm2"]
     params = sum(torch.Size(s).numel() for s in tensor_shapes(config).values())
     rows: dict = {}
@@ -153,16 +153,16 @@ def pool_part(repeats: int) -> dict:
             stderr(f"pool {count} experts, {method}, {form.form}: {row}")
             return row
 
-        for method in POOL_METHODS:
+        for method in methods:
             by_count = {str(n): timed(n, method, TaskVectorsConfig()) for n in EXPERT_COUNTS}
             latency = [by_count[str(n)]["per_genome_ms"] for n in EXPERT_COUNTS]
             rows[method] = {"per_expert_count": by_count, "fit": linear_fit(list(EXPERT_COUNTS), latency)}
         largest = max(EXPERT_COUNTS)
         rows["gated_16_with_3_open"] = {
-            m: timed(largest, m, TaskVectorsConfig(), open_experts=3) for m in ("task_arithmetic", "ties")
+            m: timed(largest, m, TaskVectorsConfig(), open_experts=3) for m in methods if m != "dare_ties"
         }
         rows["compact_forms_at_16"] = {
-            name: {m: timed(largest, m, form) for m in ("task_arithmetic", "ties")}
+            name: {m: timed(largest, m, form) for m in methods if m != "dare_ties"}
             for name, (dtype, form) in FORMS.items()
             if dtype == "bfloat16" and form.form != "dense"
         }
@@ -261,7 +261,7 @@ def smollm2_built() -> bool:
 
 PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "evaluators": lambda a: evaluators_part(a.work / "evaluators", a.trials),
-    "pool": lambda a: pool_part(a.repeats),
+    "pool": lambda a: pool_part(a.repeats, tuple(a.methods.split(","))),
     "compact_toy": lambda a: compact_part(DEMO, a.work / "compact_toy", a.genomes),
     "compact_smollm2": lambda a: (
         compact_part(SMOLLM2, a.work / "compact_smollm2", a.genomes)
@@ -279,6 +279,7 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--trials", type=int, default=24, help="per evaluator count")
     parser.add_argument("--repeats", type=int, default=2, help="timed merges per pool size and method")
+    parser.add_argument("--methods", default=",".join(POOL_METHODS), help="merge methods the pool part times")
     parser.add_argument("--genomes", type=int, default=4, help="scored per compact form")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_scaling"))
     args = parser.parse_args()
