@@ -21,6 +21,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from mergesearch.merge.genome import GATE_PREFIX
 from mergesearch.search.problem import ExpertGenes, SearchProblem
 
 SELECTION_SHARE = 0.6
@@ -66,7 +67,8 @@ class SelectThenSearch(Searcher):
     # ------------------------------------------------------------------------------------ stage two
     def _start_stage_two(self) -> None:
         winner = self.experts.together(self.selected)
-        searched = [g for e in self.selected for g in self.experts.owned[e] if not g.startswith("gate.")]
+        owned = [g for e in self.selected for g in self.experts.owned[e]]
+        searched = [g for g in owned if not g.startswith(f"{GATE_PREFIX}.")]
         self.fixed = {g: v for g, v in winner.items() if g not in searched}
         left = self.problem.num_trials - self.proposed
         if not searched or left <= 0:
