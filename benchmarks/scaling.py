@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/scaling.py --out benchmarks/results/scaling.json [--parts pool,compact_toy]
 
+Each part run replaces its own entry in ``--out`` and keeps the others, so parts may run in separate
+sessions (the pool part alone is tens of minutes on 2 cores).
+
 - ``evaluators``: genomes per minute of the demo search (toy zoo, search_spaces/demo.yaml, CMA, one Ray
   session) with 1, 2 and 4 evaluator actors splitting this machine's CPUs. Steady state: from the first
   evaluation's start to the last one's end; the whole search's wall clock (Ray, Tune, actor start-up)
@@ -287,7 +290,8 @@ def main() -> None:
     parts = args.parts.split(",")
     if "evaluators" in parts:
         ray_session(num_cpus=os.cpu_count())
-    result: dict = {"benchmark": "scaling"}
+    # parts run in separate sessions land in one file: a part run now replaces only its own entry
+    result: dict = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "scaling"}
     for part in parts:
         started = time.perf_counter()
         result[part] = PARTS[part](args)

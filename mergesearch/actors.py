@@ -133,8 +133,11 @@ class JudgeServer:
 
 
 def evaluator_actor(setup: SearchSetup) -> Any:
-    """The Ray actor class for evaluators, with the config's CPU and (fractional) GPU share; an actor that
-    dies is restarted and its call retried."""
+    """The Ray actor class for evaluators, with the config's CPU and (fractional) GPU share, spread over
+    a cluster's nodes so that one node's loss costs the fewest; an actor that dies (its node with it) is
+    restarted, wherever there is room, and its call retried. Retries are not counted: a dying node fails
+    a call more than once (closed socket, then refused connection) before the actor is restarted, and
+    the restarts bound them (once they are spent, the call fails)."""
     import ray
 
     resources = setup.config.resources
@@ -142,7 +145,8 @@ def evaluator_actor(setup: SearchSetup) -> Any:
         num_cpus=resources.cpus_per_evaluator,
         num_gpus=resources.gpus_per_evaluator,
         max_restarts=2,
-        max_task_retries=1,
+        max_task_retries=-1,
+        scheduling_strategy="SPREAD",
     )(Evaluator)
 
 
@@ -153,7 +157,7 @@ def judge_actor(setup: SearchSetup) -> Any:
     if not setup.config.judge.model:
         return None
     actor = ray.remote(
-        num_cpus=1, num_gpus=setup.config.resources.gpus_per_judge, max_restarts=2, max_task_retries=1
+        num_cpus=1, num_gpus=setup.config.resources.gpus_per_judge, max_restarts=2, max_task_retries=-1
     )
     return actor(JudgeServer).remote(setup)
 

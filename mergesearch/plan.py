@@ -350,13 +350,14 @@ REMEDIES = (
 def place(actors: Sequence[ActorPlan], nodes: Sequence[NodeType]) -> list[Placement]:
     placements = []
     for actor in actors:
-        reasons = {node.name: _shortfall(actor, node) for node in nodes}
-        fits = [node for node in nodes if not reasons[node.name]]
+        # (node, shortfall) pairs, not a dict by name: Ray nodes sharing one host share its address
+        reasons = [(node, _shortfall(actor, node)) for node in nodes]
+        fits = [node for node, reason in reasons if not reason]
         if fits:
             placements.append(Placement(actor, fits[0]))
             continue
-        hostable = [node for node in nodes if node.hosts(actor) >= 1] or list(nodes)
-        placements.append(Placement(actor, None, reasons[hostable[0].name]))
+        hostable = [(n, reason) for n, reason in reasons if n.hosts(actor) >= 1] or reasons
+        placements.append(Placement(actor, None, hostable[0][1]))
     return placements
 
 

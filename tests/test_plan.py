@@ -231,3 +231,13 @@ def test_search_logs_where_each_actor_fits_and_which_gpu_memory_it_could_not_che
     assert "needs GPU ?, host" in line
     (driver_gpu,) = ray_nodes([unlabelled], local_gpu_bytes=48 * GIB)  # search passes the driver's GPU
     assert driver_gpu.gpu_bytes == 48 * GIB
+
+
+def test_nodes_that_share_a_host_address_are_each_considered(models, tmp_path) -> None:
+    """Several Ray nodes on one host (a simulated cluster, containers on the host network) share their
+    address: a head that runs no work must not hide the worker beside it."""
+    evaluator, _, _ = plan_actors(setup_of(localized(GPU_CONFIGS[0], models, tmp_path)))
+    head = {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 0.0, "memory": 8 * GIB}}
+    worker = {**head, "Resources": {"CPU": 16.0, "GPU": 1.0, "memory": 100 * GIB}}
+    (placed,) = check_plan([evaluator], ray_nodes([head, worker], local_gpu_bytes=80 * GIB), "t")
+    assert placed.node is not None and placed.node.cpus == 16

@@ -1,10 +1,14 @@
 """The search: a Ray Tune experiment whose trials route genomes to resident evaluator actors.
 
 Trials are light Tune function trainables (a sliver of CPU); the evaluator actors own the CPUs/GPUs and
-the models. A router actor hands each trial a free evaluator, so trials run asynchronously (no
-generation barrier): at most one evaluation per evaluator runs at a time, and one more proposal per
-evaluator waits at the router, so an evaluator never idles while the searcher and Tune turn around.
-A failed merge or evaluation becomes a finite penalty with its error recorded; the search goes on.
+the models. A router actor runs each trial's genome on a free evaluator (``router.py``), so trials run
+asynchronously (no generation barrier): at most one evaluation per evaluator runs at a time, and one more
+proposal per evaluator waits at the router, so an evaluator never idles while the searcher and Tune turn
+around. A failed merge or evaluation becomes a finite penalty with its error recorded; the search goes on.
+
+On a cluster the evaluators spread over the nodes. A node that dies takes nothing with it: its
+evaluators and the judge restart elsewhere and their calls are retried, the trials it hosted are
+retried by Tune (``FailureConfig``), and the router lives on the driver's node.
 
 Everything lives in the run dir. Running the same command again (or ``mergesearch resume``) rebuilds the
 searcher from the ledger (``replay.py``), never from Tune's pickled state: a run dir holds data, not code.
@@ -13,7 +17,6 @@ The trials that were in flight when the driver died are proposed again, first; f
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,37 +27,12 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
 from mergesearch.search.replay import LedgerReplay
+from mergesearch.search.router import start_router
 from mergesearch.search.run_dir import RunDir, TrialResult, genes_of
 from mergesearch.search.searchers import ExpertGenes, SearchProblem, searcher
 from mergesearch.setup import SearchSetup
 
 Log = Callable[[str], None]
-
-
-class Router:
-    """Hands out free evaluators, first come first served (an async Ray actor)."""
-
-    def __init__(self, evaluators: list[Any]) -> None:
-        self.free: asyncio.Queue = asyncio.Queue()
-        for handle in evaluators:
-            self.free.put_nowait(handle)
-        self.busy_s = 0.0
-
-    async def acquire(self) -> Any:
-        return await self.free.get()
-
-    async def release(self, handle: Any, busy_s: float) -> None:
-        self.busy_s += busy_s
-        self.free.put_nowait(handle)
-
-    async def total_busy_s(self) -> float:
-        return self.busy_s
-
-
-def _error_line(error: BaseException) -> str:
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
 # A trial only waits on the router, so it holds no CPU: a CPU share, however small, would not fit once
@@ -70,15 +48,12 @@ def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callab
 
         router = ray.get_actor(router_name, namespace=NAMESPACE)
         genes = genes_of(config, gene_names)
-        evaluator = ray.get(router.acquire.remote())
-        started = time.perf_counter()
-        try:
-            scores = ray.get(evaluator.evaluate.remote(genes, seed))
-            result = TrialResult.from_scores(scores, genes, evaluator=time.perf_counter() - started)
-        except Exception as error:  # any failed merge/evaluation is a recorded penalty
-            result = TrialResult.failed(_error_line(error), genes, evaluator=time.perf_counter() - started)
-        finally:
-            router.release.remote(evaluator, time.perf_counter() - started)
+        done = ray.get(router.evaluate.remote(genes, seed))
+        result = (
+            TrialResult.from_scores(done.scores, genes, evaluator=done.seconds)
+            if done.scores is not None
+            else TrialResult.failed(done.error, genes, evaluator=done.seconds)
+        )
         tune.report(result.report())
 
     return evaluate_genome
@@ -161,7 +136,7 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         for i in range(concurrency)
     ]
     router_name = f"router-{tag}"
-    router = ray.remote(num_cpus=0)(Router).options(name=router_name, namespace=NAMESPACE).remote(evaluators)
+    router = start_router(router_name, evaluators)
     trainable = tune.with_resources(
         make_trainable(router_name, gene_names, config.search.seed), TRIAL_RESOURCES
     )
@@ -170,7 +145,6 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     started = time.perf_counter()
     try:
         _fit(_new_tuner(trainable, search_alg, spec.objectives, ledger, left, config), run)
-        busy = ray.get(router.total_busy_s.remote())
         cache = _cache_stats(judge)
     finally:
         for handle in [*evaluators, router, *([judge] if judge is not None else [])]:
@@ -180,6 +154,7 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
             f"judge: {cache['cached']} of {cache['verdicts']} verdicts from the cache "
             f"(hit rate {cache['hit_rate']:.0%})"
         )
+    busy = sum(t.timings.get("evaluator", 0.0) for t in run.trials()[len(done) :])
     run.add_efficiency(busy, time.perf_counter() - started, concurrency, judge_cache=cache)
     return run
 
