@@ -6,7 +6,7 @@ Each part run replaces its own entry in ``--out`` and keeps the others, so parts
 sessions (the pool part alone is tens of minutes on 2 cores).
 
 - ``evaluators``: genomes per minute of the demo search (toy zoo, search_spaces/demo.yaml, CMA, one Ray
-  session) with 1, 2 and 4 evaluator actors splitting this machine's CPUs. Steady state: from the first
+  session) with 1, 2 and 4 evaluator actors splitting this machine's CPUs but the guard judge's one. Steady state: from the first
   evaluation's start to the last one's end; the whole search's wall clock (Ray, Tune, actor start-up)
   beside it. On 2 cores, 4 evaluators share 2 cores: the figure is what oversubscription costs there,
   not what a cluster gains.
@@ -91,9 +91,10 @@ def with_config(setup: SearchSetup, **sections: dict) -> SearchSetup:
 def evaluators_part(work: Path, trials: int) -> dict:
     setup = prepared(DEMO, work)
     cpus = os.cpu_count() or 1
+    free = cpus - (1 if setup.config.judge.model else 0)  # the guard judge's actor holds one CPU
     rows = {}
     for count in (1, 2, 4):
-        resources = {"num_evaluators": count, "cpus_per_evaluator": cpus / count}
+        resources = {"num_evaluators": count, "cpus_per_evaluator": free / count}
         search = {"name": "cma", "seed": 0, "num_trials": trials, "warm_starts": []}
         run = RunDir(work / f"evaluators_{count}")
         started = time.perf_counter()

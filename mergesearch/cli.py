@@ -374,7 +374,7 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
     if promote:  # a mistyped lm-eval task is named now, not after the search
         check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
     if not os.environ.get("RAY_ADDRESS"):  # a local search's plan, before minutes of data generation
-        check_plan(plan_actors(setup), [this_machine()], "this machine")
+        check_plan(plan_actors(setup), [this_machine()], "this machine", together=True)
     setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
     run_search(setup, run, log=_progress)
     if baseline:

@@ -368,10 +368,37 @@ def refuse_unplaced(placements: Sequence[Placement], source: str) -> None:
             raise UserError(f"plan ({source}): {p.actor.role} does not fit: {p.shortfall}; {REMEDIES}")
 
 
-def check_plan(actors: Sequence[ActorPlan], nodes: Sequence[NodeType], source: str) -> list[Placement]:
-    """Every actor placed on a node type, or one line saying which does not fit and why."""
+SEARCH_ROLES = ("evaluator", "judge")  # the actors that live together through a search
+
+
+def together_shortfall(actors: Sequence[ActorPlan], nodes: Sequence[NodeType]) -> str:
+    """'' if the search's actors fit the nodes all at once, by CPUs and GPUs; else one clause saying
+    what they ask and what there is. (Each fitting some node is not enough: an evaluator holding every
+    CPU leaves the judge waiting, and the search with it, forever.)"""
+    search = [a for a in actors if a.role in SEARCH_ROLES]
+    asked = {kind: sum(a.count * getattr(a, kind) for a in search) for kind in ("cpus", "gpus")}
+    have = {kind: sum(getattr(n, kind) for n in nodes) for kind in ("cpus", "gpus")}
+    for kind, unit in (("cpus", "CPU"), ("gpus", "GPU")):
+        if asked[kind] > have[kind] + 1e-9:
+            parts = " + ".join(f"{a.role} x{a.count} {getattr(a, kind):g} {unit}" for a in search)
+            total = f"{asked[kind]:g} {unit} together ({parts})"
+            return f"the search's actors ask for {total}, there are {have[kind]:g}"
+    return ""
+
+
+def check_plan(
+    actors: Sequence[ActorPlan], nodes: Sequence[NodeType], source: str, together: bool = False
+) -> list[Placement]:
+    """Every actor placed on a node type, or one line saying which does not fit and why; ``together``:
+    the nodes are all there will be (no autoscaler), so the search's actors must fit them at once."""
     placements = place(actors, nodes)
     refuse_unplaced(placements, source)
+    shortfall = together_shortfall(actors, nodes) if together else ""
+    if shortfall:
+        raise UserError(
+            f"plan ({source}): {shortfall}; lower resources.num_evaluators or cpus_per_evaluator "
+            "(gpus_per_evaluator / gpus_per_judge)"
+        )
     return placements
 
 

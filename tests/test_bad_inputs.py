@@ -654,6 +654,21 @@ CASES = [
         ("this machine", "evaluator"),
     ),
     Case(
+        "cluster-actors-do-not-fit-together",
+        "cluster",
+        "a local search whose evaluators take every CPU and leave none for the guard judge (each fits "
+        "alone; together they would wait forever)",
+        lambda c: search(
+            c.config(
+                lambda config: config.update(
+                    judge={"kind": "llama_guard", "model": "zoo:guard"},
+                    resources={"num_evaluators": 1, "cpus_per_evaluator": os.cpu_count()},
+                )
+            )
+        ),
+        ("this machine", "together", "judge x1 1 CPU"),
+    ),
+    Case(
         "cluster-bad-address",
         "cluster",
         "`RAY_ADDRESS=not-an-address`",

@@ -80,7 +80,14 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     from ray import tune
 
     from mergesearch.actors import evaluator_actor, judge_actor
-    from mergesearch.plan import check_plan, plan_actors, plan_summary, ray_nodes, this_machine
+    from mergesearch.plan import (
+        check_plan,
+        plan_actors,
+        plan_summary,
+        ray_nodes,
+        this_machine,
+        together_shortfall,
+    )
 
     config = setup.config
     run.check_config(config)
@@ -92,9 +99,11 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         log(f"search.warm_starts: unused, {config.search.name} makes its own first proposals")
     starts = tuple(warm_starts(setup.space, kinds, log))
     ray_session()
-    placements = check_plan(
-        plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes), "the Ray cluster"
-    )  # before any load
+    actors, nodes = plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes)
+    joined = bool(os.environ.get("RAY_ADDRESS"))  # a cluster's autoscaler may add nodes; a local Ray won't
+    placements = check_plan(actors, nodes, "the Ray cluster", together=not joined)  # before any load
+    if joined and together_shortfall(actors, nodes):
+        log(f"plan: {together_shortfall(actors, nodes)} now: the search waits for more nodes")
     run.write_config(config)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
