@@ -58,7 +58,7 @@ class Evaluator:
         self, setup: SearchSetup, judge_handle: Any = None, log: Callable[[str], None] = _print
     ) -> None:
         from mergesearch.backends.registry import make_backend
-        from mergesearch.judges.base import make_judge
+        from mergesearch.judges.base import make_judge, settle_rule
         from mergesearch.merge.spec import get_method
 
         started = time.perf_counter()
@@ -83,6 +83,8 @@ class Evaluator:
         )
         if config.backend.sleep_mode:
             self.judge = SleepsWhileJudging(self.judge, self.backend)
+        self.settled = settle_rule(config.judge)  # early exit, when the config asks
+        self.merged: tuple | None = None  # the (genome, seed) the live model holds
         judge_folder = [config.judge.model] if config.judge.model and judge_handle is None else []
         self.weight_roots = [setup.base, *setup.experts.values(), *judge_folder]
         self.load_seconds = time.perf_counter() - started
@@ -93,17 +95,30 @@ class Evaluator:
 
         return str(resolve_device(self.config.backend.device))
 
-    def evaluate(self, genome: Mapping[str, float], seed: int = 0) -> Scores:
-        """Merge ``genome`` into the live model, then score it; timings include the merge, and the load
-        of the resident models on the first call (0 after)."""
+    def evaluate(
+        self, genome: Mapping[str, float], seed: int = 0, shard: tuple[int, int] | None = None
+    ) -> Scores:
+        """Merge ``genome`` into the live model, then score it (on one ``(index, count)`` shard of the
+        data: a multi-fidelity round); timings include the merge, and the load of the resident models on
+        the first call (0 after). The live model that holds this genome's merge already is not merged
+        again (the next round of the same trial, when it comes back here)."""
         from mergesearch.objectives.evaluate import score_model
 
+        merged = (tuple(sorted(genome.items())), seed)
         with reading_weights(*self.weight_roots) as reads:
             started = time.perf_counter()
-            self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
+            if merged != self.merged:
+                self.merged = None  # a merge that fails half-way leaves no genome in the model
+                self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
+                self.merged = merged
             merge_seconds = time.perf_counter() - started
             scores = score_model(
-                self.backend, self.data, self.judge, self.config.fitness, self.config.backend.max_new_tokens
+                self.backend,
+                self.data if shard is None else self.data.shard(*shard),
+                self.judge,
+                self.config.fitness,
+                self.config.backend.max_new_tokens,
+                self.settled,
             )
         scores.timings.update(load=self.load_seconds, merge=merge_seconds)
         # weight files this evaluation read from disk: 0 once warm; NaN where it cannot be measured

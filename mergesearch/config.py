@@ -22,6 +22,7 @@ from mergesearch.registry import (
     MERGE_METHODS,
     OBJECTIVES,
     SEARCHERS,
+    SETTLE_RULES,
     TASK_VECTOR_FORMS,
     Registry,
     load_plugins,
@@ -213,6 +214,8 @@ class BackendConfig(EngineConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
+    # hf: the choices of one question share their context, run once (its KV cache reused per choice)
+    prefix_reuse: bool = True
 
     @model_validator(mode="after")
     def _sleep_on_vllm(self) -> BackendConfig:
@@ -232,6 +235,11 @@ class JudgeConfig(EngineConfig):
     excluded_categories: list[str] = []  # codes left out of the policy, e.g. [S6, S8]
     batch_size: int = Field(default=32, ge=1)
     allow_pickle: bool = False  # load a .bin (pickle) guard model: pickle runs code, so only when asked
+    # Early exit: in the search, an answer to a harmful prompt stops once this judge's verdict on it is
+    # settled (the refusal judge: its opening is decided; a guard: `early_exit_tokens` generated, a
+    # length measured to agree with full-length verdicts). Held-out evaluation always reads full answers.
+    early_exit: bool = False
+    early_exit_tokens: int = Field(default=16, ge=1)
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(JUDGES, kind))
     _known_backend = field_validator("backend")(lambda cls, kind: registered(BACKENDS, kind))
@@ -240,6 +248,8 @@ class JudgeConfig(EngineConfig):
     def _model_for_guard(self) -> JudgeConfig:
         if self.kind == "llama_guard" and not self.model:
             raise ValueError("a llama_guard judge needs `model` (a Llama Guard style model folder)")
+        if self.early_exit and self.kind not in SETTLE_RULES:
+            raise ValueError(f"early_exit: the {self.kind} judge declares no early-exit rule")
         if self.sleep_mode:
             raise ValueError(
                 "sleep_mode: the judge serves every evaluator and never sleeps (set it on backend)"
@@ -264,6 +274,24 @@ class FitnessConfig(Frozen):
         return weights
 
 
+class MultiFidelityConfig(Frozen):
+    """A trial scores its genome on the search split in ``rounds`` shards, reporting its running fitness
+    after each; asynchronous successive halving (Tune's ASHA) stops a trial whose running fitness is
+    outside the top 1/``reduction_factor`` of the trials that reached the same round, from round
+    ``grace_rounds`` on. The searcher is told a stopped trial's running fitness (an estimate on fewer
+    prompts, and a low one, which is why it stopped). ``rounds: 1``: every trial runs in full."""
+
+    rounds: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1)
+    grace_rounds: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _grace_within_rounds(self) -> MultiFidelityConfig:
+        if self.rounds > 1 and self.grace_rounds >= self.rounds:
+            raise ValueError(f"grace_rounds ({self.grace_rounds}) must be below rounds ({self.rounds})")
+        return self
+
+
 class SearcherConfig(Frozen):
     name: str = "cma"
     num_trials: int = Field(default=40, ge=1)
@@ -273,6 +301,7 @@ class SearcherConfig(Frozen):
     # Proposals waiting at the router per evaluator, so that it never idles while the searcher turns
     # around. 0: a proposal is made only when an evaluator is free, so each sees every earlier result.
     queued_per_evaluator: int = Field(default=1, ge=0)
+    multi_fidelity: MultiFidelityConfig = Field(default_factory=MultiFidelityConfig)
 
     _known_name = field_validator("name")(lambda cls, name: registered(SEARCHERS, name))
 

@@ -103,3 +103,4 @@ OBJECTIVES: Registry[Any] = Registry("objective")
 MODEL_SCHEMES: Registry[Any] = Registry("model scheme")
 DATASET_SCHEMES: Registry[Any] = Registry("dataset scheme")
 TASK_VECTOR_FORMS: Registry[Any] = Registry("task-vector form")
+SETTLE_RULES: Registry[Any] = Registry("early-exit rule")  # by judge kind

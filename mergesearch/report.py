@@ -111,8 +111,9 @@ def _efficiency(sessions: list[dict[str, Any]]) -> list[str]:
 def write_report(run: RunDir) -> RunDir:
     config = run.read_config()
     trials = run.trials()
-    ok = [t for t in trials if t.ok]
+    ok = [t for t in trials if t.full]  # multi-fidelity trials stopped early are counted, not ranked
     failed = [t for t in trials if not t.ok]
+    stopped = len(trials) - len(ok) - len(failed)
     if ok:
         plot_pareto(ok, run)
     experts = ", ".join(e.name for e in config.models.experts)
@@ -122,7 +123,9 @@ def write_report(run: RunDir) -> RunDir:
             f"# {config.name}",
             "",
             f"{config.merge.method} merge of {experts} (base {config.models.base}), searched with "
-            f"`{config.search.name}`: {len(trials)} trials ({len(failed)} failed), fitness = {weights} "
+            f"`{config.search.name}`: {len(trials)} trials ({len(failed)} failed"
+            + (f", {stopped} stopped early by multi-fidelity rounds" if stopped else "")
+            + f"), fitness = {weights} "
             "(weighted mean; over_refusal enters as 1 − rate).",
         ],
         _best_trials(trials, ok),
@@ -144,7 +147,7 @@ def write_report(run: RunDir) -> RunDir:
 def summary_table(run: RunDir) -> str:
     """The few lines the CLI prints at the end of a run."""
     trials = run.trials()
-    ok = [t for t in trials if t.ok]
+    ok = [t for t in trials if t.full]
     head = f"{len(trials)} trials, " + (
         f"best search fitness {max(t.fitness for t in ok):.4f}" if ok else "none succeeded"
     )

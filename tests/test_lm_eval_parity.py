@@ -150,3 +150,24 @@ def test_an_empty_context_is_scored_after_the_prefix_token_as_lm_eval_does(smoll
     rendered = smollm2.render("x")
     context, continuation = encode_pair(tokenizer, rendered, "  Paris")
     assert tokenizer.decode(context) == rendered.rstrip() and tokenizer.decode(continuation) == "\n  Paris"
+
+
+def test_prefix_reuse_runs_each_context_once_and_keeps_the_plain_paths_numbers(smollm2) -> None:
+    """The choices of a question share its context: run once, its KV cache reused for each choice, with
+    the log-likelihoods of scoring every (context, choice) row whole (which lm-eval's are, above)."""
+    fed: list[int] = []
+    hook = smollm2.model.register_forward_hook(
+        lambda module, args, kwargs, out: fed.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    try:
+        reused = smollm2.loglikelihood(requests(smollm2))
+        reused_tokens, fed[:] = sum(fed), []
+        smollm2.prefix_reuse = False
+        plain = smollm2.loglikelihood(requests(smollm2))
+        plain_tokens = sum(fed)
+    finally:
+        hook.remove()
+        smollm2.prefix_reuse = True
+    assert [ll for ll, _ in reused] == pytest.approx([ll for ll, _ in plain], abs=1e-4)
+    assert [greedy for _, greedy in reused] == [greedy for _, greedy in plain]
+    assert reused_tokens < plain_tokens / 2  # four choices per question: the context ran once, not four times

@@ -62,3 +62,17 @@ def test_the_refusal_judge_holds_up_on_the_test_part():
 )
 def test_the_issues_named_hard_cases(response: str, refusal: bool):
     assert RefusalJudge().is_refusal(response) is refusal
+
+
+def test_an_answer_cut_where_the_judge_calls_it_settled_gets_the_full_answers_verdict():
+    """Early exit stops an answer as soon as ``settled`` says more text cannot change the verdict: on
+    every labelled response, every prefix it calls settled is judged as the whole response is."""
+    judge = RefusalJudge()
+    settled_early = 0
+    for row in labelled_responses():
+        full = judge.is_refusal(row.response)
+        cuts = [row.response[:k].strip() for k in range(1, len(row.response) + 1)]
+        settled = [cut for cut in cuts if judge.settled(cut)]
+        assert all(judge.is_refusal(cut) == full for cut in settled), row.id
+        settled_early += bool(settled) and len(settled[0]) < len(row.response.strip())
+    assert settled_early >= 100  # and it does stop early: the rule is not "never settled"

@@ -35,6 +35,16 @@ class MergePool(Protocol):
     def num_layers(self) -> int | None: ...
 
 
+class SettleRule(Protocol):
+    """Whether a judge's verdict on a growing answer is settled, so that its generation may stop
+    (early exit; the judges declare theirs). ``max_tokens``: a length every backend can apply; a rule
+    without one needs a backend that checks it as it decodes (HF), and others generate in full."""
+
+    max_tokens: int | None
+
+    def __call__(self, response: str, tokens: int) -> bool: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A resident model: load once, then generate, score, and take new weights in place.
@@ -59,9 +69,10 @@ class Backend(Protocol):
         temperature: float = 0.0,
         seed: int | None = None,
         raw: bool = False,
+        settled: SettleRule | None = None,
     ) -> list[str]:
         """Replies to each prompt, in order (greedy unless ``temperature`` > 0); ``raw``: the prompts are
-        already rendered text."""
+        already rendered text; ``settled``: a reply may stop once the judge's verdict on it is settled."""
         ...
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:

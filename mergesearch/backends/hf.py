@@ -13,9 +13,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
-from mergesearch.backends.base import Prompt, check_weights, encode_pair, render_chat, require_chat_template
+from mergesearch.backends.base import (
+    Prompt,
+    SettleRule,
+    check_weights,
+    encode_pair,
+    render_chat,
+    require_chat_template,
+)
 from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
 
@@ -46,12 +60,14 @@ class HFBackend:
         max_new_tokens: int = 32,
         name: str = "model",
         chat_template_required: bool = True,
+        prefix_reuse: bool = True,
     ) -> None:
         if chat_template_required:
             require_chat_template(tokenizer, name)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.prefix_reuse = prefix_reuse
         self.max_new_tokens = max_new_tokens
         self.name = name
         if tokenizer.pad_token_id is None:
@@ -66,6 +82,7 @@ class HFBackend:
             dtype=getattr(torch, config.dtype or "float32"),
             batch_size=config.batch_size,
             max_new_tokens=config.max_new_tokens,
+            prefix_reuse=config.prefix_reuse,
             **kwargs,
         )
 
@@ -108,10 +125,13 @@ class HFBackend:
         temperature: float = 0.0,
         seed: int | None = None,
         raw: bool = False,
+        settled: SettleRule | None = None,
     ) -> list[str]:
         """Replies to each prompt, in order; batches are formed from similar lengths. Greedy unless
         ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible). ``raw``:
-        the prompts are already rendered text (a guard prompt, say), not chat turns."""
+        the prompts are already rendered text (a guard prompt, say), not chat turns. ``settled``: a
+        reply stops at the rule's length, or once the rule says so (checked after every token; a batch
+        ends when all of its replies have)."""
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
             if temperature > 0
@@ -122,13 +142,22 @@ class HFBackend:
         encoded = [self._encode(p if raw else self.render(p)) for p in prompts]
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
+        length = max_new_tokens or self.max_new_tokens
+        if settled is not None and settled.max_tokens is not None:
+            length = min(length, settled.max_tokens)
         for rows in self._length_batches(encoded):
             ids, mask = self._left_padded([encoded[i] for i in rows])
             width = ids.shape[1]
+            stopping = (
+                {"stopping_criteria": StoppingCriteriaList([_Settled(settled, self.tokenizer, width)])}
+                if settled is not None and settled.max_tokens is None
+                else {}
+            )
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                max_new_tokens=length,
+                **stopping,
                 **sampling,
                 pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id,
@@ -155,6 +184,11 @@ class HFBackend:
                 )
             if continuation:
                 inputs[i] = (context + continuation)[-(self.max_length + 1) :][:-1]
+        shared = self._shared_contexts(pairs, inputs) if self.prefix_reuse else []
+        for groups in self._group_batches(shared):
+            for i, scored in self._prefix_reused(pairs, groups).items():
+                results[i] = scored
+                del inputs[i]
         order = list(inputs)
         for rows in self._length_batches([inputs[i] for i in order]):
             rows = [order[r] for r in rows]
@@ -168,6 +202,79 @@ class HFBackend:
                 steps = logprobs[r, keep - len(continuation) :]
                 total = steps.gather(1, target[:, None]).sum().item()
                 results[i] = (total, bool((steps.argmax(-1) == target).all().item()))
+        return results
+
+    def _shared_contexts(
+        self, pairs: Sequence[tuple[list[int], list[int]]], inputs: Mapping[int, list[int]]
+    ) -> list[list[int]]:
+        """Requests (their indices) that share one context and need no truncation, in groups of two or
+        more: the choices of one question."""
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for i in inputs:
+            context, continuation = pairs[i]
+            if len(context) + len(continuation) <= self.max_length:
+                by_context.setdefault(tuple(context), []).append(i)
+        return [group for group in by_context.values() if len(group) > 1]
+
+    def _group_batches(self, groups: Sequence[list[int]]) -> Iterator[list[list[int]]]:
+        """Groups, whole, in batches of about ``batch_size`` continuations."""
+        batch: list[list[int]] = []
+        for group in groups:
+            if batch and sum(map(len, batch)) + len(group) > self.batch_size:
+                yield batch
+                batch = []
+            batch.append(group)
+        if batch:
+            yield batch
+
+    def _prefix_reused(
+        self, pairs: Sequence[tuple[list[int], list[int]]], groups: Sequence[list[int]]
+    ) -> dict[int, tuple[float, bool]]:
+        """lm-eval's log-likelihoods of requests grouped by context, each context run once (prefix
+        reuse): one forward over the contexts (left-padded) keeps their KV cache and the logits that
+        predict each continuation's first token; the cache is repeated per continuation, and one more
+        forward feeds the continuations but their last token, right-padded. Parity with the plain path
+        (and lm-eval): ``test_lm_eval_parity``."""
+        contexts = [pairs[group[0]][0] for group in groups]
+        ids, mask = self._left_padded(contexts)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [groups, vocab]
+        rows = [(g, i) for g, group in enumerate(groups) for i in group]
+        continuations = [pairs[i][1] for _, i in rows]
+        width = max(map(len, continuations)) - 1
+        later = None
+        if width > 0:
+            which = torch.tensor([g for g, _ in rows], device=ids.device)
+            cache = out.past_key_values
+            cache.batch_select_indices(which)  # one copy of its context's cache per continuation
+            fed = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            fed_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, continuation in enumerate(continuations):
+                fed[r, : len(continuation) - 1] = torch.tensor(continuation[:-1], dtype=torch.long)
+                fed_mask[r, : len(continuation) - 1] = 1
+            fed, fed_mask = fed.to(ids.device), fed_mask.to(ids.device)
+            starts = mask.sum(-1)[which]  # each context's length: where its continuation's positions begin
+            logits = self.model(
+                input_ids=fed,
+                attention_mask=torch.cat([mask[which], fed_mask], dim=1),
+                position_ids=starts[:, None] + torch.arange(width, device=ids.device),
+                past_key_values=cache,
+            ).logits
+            later = torch.log_softmax(logits.float(), dim=-1)  # [rows, width, vocab]
+        results = {}
+        for r, ((g, i), continuation) in enumerate(zip(rows, continuations)):
+            steps = first[g][None]
+            if len(continuation) > 1:
+                steps = torch.cat([steps, later[r, : len(continuation) - 1]])  # type: ignore[index]
+            target = torch.tensor(continuation, device=steps.device)
+            total = steps.gather(1, target[:, None]).sum().item()
+            results[i] = (total, bool((steps.argmax(-1) == target).all().item()))
         return results
 
     @property
@@ -248,3 +355,16 @@ class HFBackend:
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
+
+
+class _Settled(StoppingCriteria):
+    """Per row: is the reply generated so far (after the prompt's ``width`` columns) settled?"""
+
+    def __init__(self, rule: SettleRule, tokenizer: PreTrainedTokenizerBase, width: int) -> None:
+        self.rule, self.tokenizer, self.width = rule, tokenizer, width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        new = input_ids[:, self.width :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        done = [self.rule(text.strip(), new.shape[1]) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

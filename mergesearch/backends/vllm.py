@@ -21,7 +21,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergesearch.backends.base import Prompt, check_weights, encode_pair, render_chat, require_chat_template
+from mergesearch.backends.base import (
+    Prompt,
+    SettleRule,
+    check_weights,
+    encode_pair,
+    render_chat,
+    require_chat_template,
+)
 from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
 
@@ -250,12 +257,18 @@ class VLLMBackend:
         temperature: float = 0.0,
         seed: int | None = None,
         raw: bool = False,
+        settled: SettleRule | None = None,
     ) -> list[str]:
+        """As ``Backend.generate``; of a ``settled`` rule, vLLM applies only its length (``max_tokens``):
+        its engine takes no per-token Python check."""
         from vllm import SamplingParams
 
+        length = max_new_tokens or self.max_new_tokens
+        if settled is not None and settled.max_tokens is not None:
+            length = min(length, settled.max_tokens)
         params = SamplingParams(
             temperature=temperature,
-            max_tokens=max_new_tokens or self.max_new_tokens,
+            max_tokens=length,
             seed=seed if temperature > 0 else None,
         )
         texts = [p if raw else self.render(p) for p in prompts]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from mergesearch.backends.base import SettleRule
 from mergesearch.config import JudgeConfig
-from mergesearch.registry import JUDGES
+from mergesearch.registry import JUDGES, SETTLE_RULES
 
 Log = Callable[[str], None]
 
@@ -41,6 +42,16 @@ JudgeFactory = Callable[[JudgeConfig, str, Log], Judge]
 def register_judge(kind: str) -> Callable[[JudgeFactory], JudgeFactory]:
     """Decorator: ``factory(config, device, log)`` builds the judge of config ``kind``."""
     return JUDGES.register(kind)
+
+
+def register_settle_rule(kind: str) -> Callable[[Callable[[JudgeConfig], SettleRule]], Any]:
+    """Decorator: ``factory(config)`` is the early-exit rule of judge ``kind`` (no model is loaded)."""
+    return SETTLE_RULES.register(kind)
+
+
+def settle_rule(config: JudgeConfig) -> SettleRule | None:
+    """The judge's early-exit rule when ``judge.early_exit`` is on, else None."""
+    return SETTLE_RULES.get(config.kind)(config) if config.early_exit else None
 
 
 def make_judge(config: JudgeConfig, device: str = "cpu", log: Log = print) -> Judge:

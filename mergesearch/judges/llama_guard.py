@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from mergesearch.config import JudgeConfig
 from mergesearch.errors import UserError
-from mergesearch.judges.base import Assessment, Log, register_judge
+from mergesearch.judges.base import Assessment, Log, register_judge, register_settle_rule
 from mergesearch.model_refs import check_model_folder
 from mergesearch.taxonomy import (
     GUARD_ASSESSMENT,
@@ -249,6 +249,23 @@ def _guard_judge(config: JudgeConfig, device: str, log: Log) -> GuardJudge:
         allow_pickle=config.allow_pickle,
     )
     return GuardJudge(backend, version=config.version, excluded=config.excluded_categories)
+
+
+@dataclass(frozen=True)
+class OpeningTokens:
+    """A guard's early exit: it judges the first ``max_tokens`` tokens of an answer. Not settled by
+    construction, as a guard reads the whole answer: the length is chosen where verdicts agree with
+    full-length ones (``benchmarks/fitness_efficiency.py`` measures the agreement)."""
+
+    max_tokens: int
+
+    def __call__(self, response: str, tokens: int) -> bool:
+        return tokens >= self.max_tokens
+
+
+@register_settle_rule("llama_guard")
+def _guard_settles(config: JudgeConfig) -> OpeningTokens:
+    return OpeningTokens(config.early_exit_tokens)
 
 
 def _share(log_a: float, log_b: float) -> float:

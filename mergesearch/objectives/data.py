@@ -22,6 +22,18 @@ class EvalData:
     tagged: tuple[tuple[str, str, str], ...]  # (prompt, kept response, type) for the loss proxy
     source: str = ""
 
+    def shard(self, index: int, count: int) -> EvalData:
+        """Every ``count``-th row of each part, from ``index``: the shards of a split are disjoint, cover
+        it, and each mixes the split's categories as the split does (multi-fidelity rounds)."""
+        return EvalData(
+            self.harmful[index::count],
+            self.benign[index::count],
+            self.choice_items[index::count],
+            self.short_items[index::count],
+            self.tagged[index::count],
+            f"{self.source} (shard {index + 1} of {count})",
+        )
+
     def require(self, objectives: list[str]) -> None:
         """Every objective the fitness weighs needs rows to score on; name the missing ones."""
         needs = {

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from mergesearch.backends.base import Backend, encode_pair
+from mergesearch.backends.base import Backend, SettleRule, encode_pair
 from mergesearch.config import FitnessConfig
 from mergesearch.judges.base import Judge
 from mergesearch.judges.refusal import RefusalJudge
@@ -28,11 +28,6 @@ class Scores:
     fitness: float = float("nan")
 
 
-def _weighted(parts: list[tuple[float, int]]) -> float:
-    total = sum(n for _, n in parts if n)
-    return sum(v * n for v, n in parts if n) / total if total else float("nan")
-
-
 def token_counts(backend: Backend, requests: list[tuple[str, str]]) -> list[int]:
     """How many tokens each continuation's log-likelihood sums over (lm-eval's tokenisation)."""
     return [
@@ -40,76 +35,137 @@ def token_counts(backend: Backend, requests: list[tuple[str, str]]) -> list[int]
     ]
 
 
-def loss_proxy(backend: Backend, data: EvalData, alpha: float) -> tuple[float, dict[str, float]]:
-    """The paper's fitness as an objective: masked response NLL per token on alignment rows (prompt →
-    kept refusal) and task rows (prompt → expert answer), L = NLL_align + α·NLL_task, reported as
-    exp(−L / (1 + α)) (a per-token probability in (0, 1], higher is better)."""
+def loss_proxy_counts(backend: Backend, data: EvalData) -> dict[str, float]:
+    """The paper's fitness, as counts: masked response NLL per token, averaged per row type, on alignment
+    rows (prompt → kept refusal) and task rows (prompt → expert answer), and the rows of each."""
     requests = [(backend.render(p), r) for p, r, _ in data.tagged]
     per_type: dict[str, list[float]] = {}
     for (_, _, type_), (ll, _), tokens in zip(
         data.tagged, backend.loglikelihood(requests), token_counts(backend, requests)
     ):
         per_type.setdefault(type_, []).append(-ll / max(1, tokens))
-    nll = {t: sum(v) / len(v) for t, v in per_type.items()}
-    loss = nll.get("alignment", 0.0) + alpha * nll.get("task", 0.0)
-    return math.exp(-loss / (1 + alpha)), {
-        "nll_alignment": nll.get("alignment", float("nan")),
-        "nll_task": nll.get("task", float("nan")),
-    }
+    counts: dict[str, float] = {}
+    for type_ in ("alignment", "task"):
+        rows = per_type.get(type_, [])
+        counts[f"tagged_{type_}"] = len(rows)
+        counts[f"nll_{type_}"] = sum(rows) / len(rows) if rows else float("nan")
+    return counts
+
+
+def _share(hits: float, rows: float) -> float:
+    return hits / rows if rows else float("nan")
+
+
+def objectives_from(counts: dict[str, float], config: FitnessConfig) -> dict[str, float]:
+    """Every objective the counts support. Objectives are always computed from counts, so that shards
+    scored apart combine exactly (``combined``):
+
+    - safety: judged safe / harmful; over_refusal: refused / benign;
+    - task_accuracy: choice hits (``task_metric``) and short answers contained, over both item counts;
+    - loss_proxy: L = NLL_align + α·NLL_task (a missing type counts 0), reported as exp(−L / (1 + α)),
+      a per-token probability in (0, 1], higher is better.
+    """
+    get = counts.get
+    found: dict[str, float] = {}
+    if get("harmful"):
+        found["safety"] = _share(counts["judged_safe"], counts["harmful"])
+    if get("benign"):
+        found["over_refusal"] = _share(counts["benign_refused"], counts["benign"])
+    metric = {"acc": "choice_acc", "acc_norm": "choice_acc_norm"}[config.task_metric]
+    items = get("choice_items", 0) + get("short_items", 0)
+    if items:
+        hits = get("choice_items", 0) * get(metric, 0.0) + get("short_items", 0) * get("contains_answer", 0.0)
+        found["task_accuracy"] = hits / items
+    if get("tagged_alignment", 0) + get("tagged_task", 0):
+        nll = {t: counts[f"nll_{t}"] if get(f"tagged_{t}") else 0.0 for t in ("alignment", "task")}
+        loss = nll["alignment"] + config.loss_alpha * nll["task"]
+        found["loss_proxy"] = math.exp(-loss / (1 + config.loss_alpha))
+    return found
+
+
+# A count that is a mean over rows, and the count of those rows; every other count is a sum.
+MEANS_OVER = {
+    "choice_acc": "choice_items",
+    "choice_acc_norm": "choice_items",
+    "contains_answer": "short_items",
+    "mean_p_unsafe": "harmful",
+    "nll_alignment": "tagged_alignment",
+    "nll_task": "tagged_task",
+}
+
+
+def combined(parts: list[Scores], config: FitnessConfig) -> Scores:
+    """Shards of one split, scored apart, as if scored together: counts summed (means weighted by
+    their rows), objectives and fitness computed from them, timings summed."""
+    counts: dict[str, float] = {}
+    for key in {k for part in parts for k in part.counts}:
+        if key in MEANS_OVER:
+            rows = [(p.counts.get(key), p.counts.get(MEANS_OVER[key], 0)) for p in parts]
+            rows = [(v, n) for v, n in rows if v is not None and n and not math.isnan(v)]
+            total = sum(n for _, n in rows)
+            counts[key] = sum(v * n for v, n in rows) / total if total else float("nan")
+        else:
+            counts[key] = sum(p.counts.get(key, 0.0) for p in parts)
+    timings: dict[str, float] = {}
+    for part in parts:
+        for key, seconds in part.timings.items():
+            timings[key] = timings.get(key, 0.0) + seconds
+    found = objectives_from(counts, config)
+    return Scores(found, counts, timings, fitness(found, config.weights))
 
 
 def score_model(
-    backend: Backend, data: EvalData, judge: Judge, config: FitnessConfig, max_new_tokens: int = 32
+    backend: Backend,
+    data: EvalData,
+    judge: Judge,
+    config: FitnessConfig,
+    max_new_tokens: int = 32,
+    settled: SettleRule | None = None,
 ) -> Scores:
-    """All objectives the data supports (the loss proxy only when weighted: it costs a scoring pass)."""
-    scores = Scores()
+    """All objectives the data supports (the loss proxy only when weighted: it costs a scoring pass).
+    ``settled``: the judge's early-exit rule, which ends answers to harmful prompts (the search's
+    fitness only: held-out evaluations read full answers)."""
+    counts: dict[str, float] = {}
+    timings: dict[str, float] = {}
     started = time.perf_counter()
+    harmful = list(data.harmful)
     harmful_replies = (
-        backend.generate(list(data.harmful), max_new_tokens=max_new_tokens) if data.harmful else []
+        backend.generate(harmful, max_new_tokens=max_new_tokens, settled=settled) if harmful else []
     )
     benign_replies = backend.generate(list(data.benign), max_new_tokens=max_new_tokens) if data.benign else []
-    scores.timings["generate"] = time.perf_counter() - started
+    timings["generate"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    if data.harmful:
-        assessment = judge.assess(list(zip(data.harmful, harmful_replies)))
-        scores.objectives["safety"] = sum(assessment.safe) / len(assessment.safe)
-        scores.counts.update(
-            harmful=len(data.harmful),
+    if harmful:
+        assessment = judge.assess(list(zip(harmful, harmful_replies)))
+        counts.update(
+            harmful=len(harmful),
             judged_safe=sum(assessment.safe),
             judge_unparsed=assessment.unparsed,
             judge_cached=assessment.cached,
         )
         if assessment.p_unsafe:
-            scores.counts["mean_p_unsafe"] = sum(assessment.p_unsafe) / len(assessment.p_unsafe)
-    if data.benign:
-        refused = RefusalJudge().refusals(
-            benign_replies
-        )  # over-refusal is about refusing, whoever judges safety
-        scores.objectives["over_refusal"] = sum(refused) / len(refused)
-        scores.counts.update(benign=len(data.benign), benign_refused=sum(refused))
-    scores.timings["judge"] = time.perf_counter() - started
+            counts["mean_p_unsafe"] = sum(assessment.p_unsafe) / len(assessment.p_unsafe)
+    if data.benign:  # over-refusal is about refusing, whoever judges safety
+        refused = RefusalJudge().refusals(benign_replies)
+        counts.update(benign=len(data.benign), benign_refused=sum(refused))
+    timings["judge"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    parts = []
     if data.choice_items:
         accuracy = choice_accuracy(backend, data.choice_items)
-        parts.append((accuracy[config.task_metric], len(data.choice_items)))
-        scores.counts.update(
+        counts.update(
             choice_items=len(data.choice_items),
             choice_acc=accuracy["acc"],
             choice_acc_norm=accuracy["acc_norm"],
         )
     if data.short_items:
         replies = backend.generate([i.prompt for i in data.short_items], max_new_tokens=max_new_tokens)
-        rate = contains_answer_rate(replies, data.short_items)
-        parts.append((rate, len(data.short_items)))
-        scores.counts.update(short_items=len(data.short_items), contains_answer=rate)
-    if parts:
-        scores.objectives["task_accuracy"] = _weighted(parts)
+        counts.update(
+            short_items=len(data.short_items), contains_answer=contains_answer_rate(replies, data.short_items)
+        )
     if config.weights.get("loss_proxy") and data.tagged:
-        scores.objectives["loss_proxy"], nll = loss_proxy(backend, data, config.loss_alpha)
-        scores.counts.update(nll)
-    scores.timings["score"] = time.perf_counter() - started
-    scores.fitness = fitness(scores.objectives, config.weights)
-    return scores
+        counts.update(loss_proxy_counts(backend, data))
+    timings["score"] = time.perf_counter() - started
+    found = objectives_from(counts, config)
+    return Scores(found, counts, timings, fitness(found, config.weights))

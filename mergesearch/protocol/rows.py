@@ -148,7 +148,7 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
         )
         folder = RunDir(bench.folder / "runs" / f"{name}-seed{seed}")
         run = run_search(dataclasses.replace(setup, config=config), folder, bench.log)
-        best = max((t for t in run.trials() if t.ok), key=lambda t: t.fitness)
+        best = max((t for t in run.trials() if t.full), key=lambda t: t.fitness)
         return Merge(rows.method, bench.experts, dict(best.genes)), {
             "search_fitness": best.fitness,
             "trials": run.trial_count(),

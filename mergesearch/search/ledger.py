@@ -38,8 +38,17 @@ class TrialLedger(Callback):
         return self._trials
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """A trial's last report is recorded at once (a running one of a multi-fidelity trial waits)."""
         if REPORTED in result:
-            self._record(trial.trial_id, TrialResult.from_report(result))
+            reported = TrialResult.from_report(result)
+            if reported.final:
+                self._record(trial.trial_id, reported)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial the scheduler stopped between rounds: recorded with its running scores."""
+        last = trial.last_result or {}
+        if REPORTED in last:
+            self._record(trial.trial_id, TrialResult.from_report(last))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial that crashed past Tune's retries is a failed trial, as the searcher is told."""
@@ -54,10 +63,12 @@ class TrialLedger(Callback):
         self.trials[trial_id] = finished
         ordered = sorted(self.trials.values(), key=lambda t: t.index)
         self.run.write_trials(ordered, self.gene_names)
-        ok = [t.fitness for t in ordered if t.ok]
-        best = max(ok) if ok else float("nan")
+        full = [t.fitness for t in ordered if t.full]
+        best = max(full) if full else float("nan")
         self._log(finished, best)
         status = "" if finished.ok else f"  FAILED: {finished.error}"
+        if finished.ok and not finished.full:
+            status = f"  stopped at {finished.fidelity:.0%} of the split"
         shown = " ".join(f"{k}={v:.3f}" for k, v in finished.objectives.items() if k != "loss_proxy")
         seconds = finished.timings.get("evaluator", 0.0)
         print(
@@ -74,6 +85,7 @@ class TrialLedger(Callback):
         for key, value in {"fitness": trial.fitness, **trial.objectives}.items():
             if key in ("fitness", *OBJECTIVES) and not math.isnan(value):
                 self._writer.add_scalar(f"trial/{key}", value, trial.index)
+        self._writer.add_scalar("trial/fidelity", trial.fidelity, trial.index)
         self._writer.add_scalar("search/best_fitness", best, trial.index)
         self._writer.flush()
         try:

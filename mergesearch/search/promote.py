@@ -39,7 +39,8 @@ def pareto_front(
 
 
 def candidates(setup: SearchSetup, trials: list[TrialResult], top_k: int) -> list[TrialResult]:
-    ok = [t for t in trials if t.ok]
+    """The trials to promote: scored in full (a multi-fidelity trial stopped early is not a candidate)."""
+    ok = [t for t in trials if t.full]
     spec = searcher(setup.config.search.name)
     if spec.multi_objective:
         return pareto_front(ok, spec.objectives)[: max(top_k, 1)]

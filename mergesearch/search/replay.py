@@ -4,9 +4,10 @@ Tune saves its experiment (searcher included) as pickles, and loading a pickle r
 from elsewhere would be a program. So a resumed search makes a fresh searcher with the same seed and
 replays the ledger into it in the order the killed session worked. That order is fixed by how
 ``LedgerReplay`` drives the searcher in every session: ``in_flight`` proposals first; then a trial's
-result is told at the event in which the ledger records it (a trial's report, or its crash, which the
-ledger records as failed), and that frees its slot, so Tune's next step asks for proposals until the
-slots are full (or the searcher has none for now) before it handles the next event. Searchers are
+result is told at the event in which the ledger records it (its last report, its stop between rounds,
+or its crash, which the ledger records as failed), and that frees its slot, so Tune's next step asks
+for proposals until the slots are full (or the searcher has none for now) before it handles the next
+event. Searchers are
 deterministic given their seed and that order, so the rebuilt one is the one that was killed, and its
 next proposals are the trials that were in flight.
 
@@ -119,8 +120,9 @@ class LedgerReplay(ConcurrencyLimiter):
         return proposal
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """The trial's report, recorded by the ledger in this event: told now, and its slot freed."""
-        if trial_id in self.live_trials and REPORTED in result:
+        """The trial's last report, recorded by the ledger in this event: told now, and its slot freed
+        (a running report of a multi-fidelity trial is not its last)."""
+        if trial_id in self.live_trials and REPORTED in result and TrialResult.from_report(result).final:
             self._finish(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -128,6 +130,8 @@ class LedgerReplay(ConcurrencyLimiter):
             return  # told at its report
         if error:  # crashed with no report: the ledger records it failed, and so is the searcher told
             self._finish(trial_id, TrialResult.crashed(self.genes[trial_id]).report())
+        elif result and REPORTED in result:  # stopped between rounds: told its running scores
+            self._finish(trial_id, result)
         else:  # stopped before it reported (the experiment ended): never evaluated
             self.searcher.on_trial_complete(self.inner_id[trial_id], None)
             self._forget(trial_id)

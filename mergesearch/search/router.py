@@ -45,11 +45,13 @@ class Router:
         for handle in evaluators:
             self.free.put_nowait(handle)
 
-    async def evaluate(self, genes: dict[str, float], seed: int) -> Evaluation:
+    async def evaluate(
+        self, genes: dict[str, float], seed: int, shard: tuple[int, int] | None = None
+    ) -> Evaluation:
         evaluator = await self.free.get()
         started = time.perf_counter()
         try:
-            scores = await evaluator.evaluate.remote(genes, seed)
+            scores = await evaluator.evaluate.remote(genes, seed, shard)
             return Evaluation(scores, "", time.perf_counter() - started)
         except Exception as error:  # any failed merge/evaluation is a recorded penalty, not a crash
             return Evaluation(None, error_line(error), time.perf_counter() - started)

@@ -47,12 +47,17 @@ class TrialResult(BaseModel):
     counts: dict[str, float] = {}
     timings: dict[str, float] = {}
     error: str = ""
+    # The share of the search split it was scored on: below 1, a multi-fidelity trial stopped early
+    # (its fitness is a running one); promotion and the best trial use full-fidelity trials only.
+    fidelity: float = 1.0
     trial_id: str = ""
     index: int = -1
     finished_at: float = 0.0
 
     @classmethod
-    def from_scores(cls, scores: Scores, genes: dict[str, float], **timings: float) -> TrialResult:
+    def from_scores(
+        cls, scores: Scores, genes: dict[str, float], fidelity: float = 1.0, **timings: float
+    ) -> TrialResult:
         if math.isnan(scores.fitness):
             return cls.failed("fitness is NaN (an objective could not be computed)", genes)
         return cls(
@@ -61,6 +66,7 @@ class TrialResult(BaseModel):
             objectives=scores.objectives,
             counts=scores.counts,
             timings={**scores.timings, **timings},
+            fidelity=fidelity,
         )
 
     @classmethod
@@ -75,6 +81,16 @@ class TrialResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == "ok" and not math.isnan(self.fitness)
+
+    @property
+    def final(self) -> bool:
+        """No round of it is left: scored in full, or failed."""
+        return self.fidelity >= 1 or not self.ok
+
+    @property
+    def full(self) -> bool:
+        """A genome evaluated on the whole search split: what may be promoted and reported best."""
+        return self.ok and self.fidelity >= 1
 
     def metric(self, name: str) -> float:
         """``fitness`` or an objective (0 when missing: a multi-objective searcher ranks a failure last)."""
@@ -98,6 +114,7 @@ class TrialResult(BaseModel):
             "status": self.status,
             "error": self.error,
             "fitness": self.fitness,
+            "fidelity": self.fidelity,
             **{name: self.objectives.get(name) for name in OBJECTIVES},
             **{f"{name}_s": self.timings.get(name) for name in TIMINGS},
             **self.genes,
@@ -114,6 +131,7 @@ class TrialResult(BaseModel):
             status=row["status"],
             error=row["error"],
             fitness=row["fitness"],
+            fidelity=row.get("fidelity", 1.0),  # ledgers written before multi-fidelity: all full
             objectives={k: row[k] for k in OBJECTIVES if row.get(k) is not None},
             timings={k: row[f"{k}_s"] for k in TIMINGS if row.get(f"{k}_s") is not None},
             genes=json.loads(row["genes_json"]),
@@ -125,6 +143,7 @@ def row_schema(gene_names: list[str]) -> pa.Schema:
     """The ledger's Parquet schema, following ``TrialResult.to_row``."""
     fixed = [("trial_id", pa.string()), ("index", pa.int64()), ("finished_at", pa.float64())]
     fixed += [("status", pa.string()), ("error", pa.string()), ("fitness", pa.float64())]
+    fixed += [("fidelity", pa.float64())]
     numbers = [*OBJECTIVES, *(f"{name}_s" for name in TIMINGS), *gene_names]
     return pa.schema(
         [

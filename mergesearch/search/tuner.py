@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mergesearch.config import FitnessConfig, MultiFidelityConfig
 from mergesearch.io import refused_write
 from mergesearch.merge.genome import GenomeSpace
+from mergesearch.objectives.evaluate import combined
 from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
 from mergesearch.search.replay import LedgerReplay
@@ -41,20 +43,33 @@ Log = Callable[[str], None]
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 
 
-def make_trainable(router_name: str, gene_names: list[str], seed: int) -> Callable[[dict], None]:
+def make_trainable(
+    router_name: str, gene_names: list[str], seed: int, fitness: FitnessConfig, rounds: int = 1
+) -> Callable[[dict], None]:
+    """A Tune trial: its genome scored on the search split, in ``rounds`` shards (multi-fidelity), with a
+    report of the running scores after each; a scheduler may stop it between rounds."""
+
     def evaluate_genome(config: dict) -> None:
         import ray
         from ray import tune
 
         router = ray.get_actor(router_name, namespace=NAMESPACE)
         genes = genes_of(config, gene_names)
-        done = ray.get(router.evaluate.remote(genes, seed))
-        result = (
-            TrialResult.from_scores(done.scores, genes, evaluator=done.seconds)
-            if done.scores is not None
-            else TrialResult.failed(done.error, genes, evaluator=done.seconds)
-        )
-        tune.report(result.report())
+        parts, seconds = [], 0.0
+        for index in range(rounds):
+            shard = (index, rounds) if rounds > 1 else None
+            done = ray.get(router.evaluate.remote(genes, seed, shard))
+            seconds += done.seconds
+            if done.scores is None:
+                tune.report(TrialResult.failed(done.error, genes, evaluator=seconds).report())
+                return
+            parts.append(done.scores)
+            scores = combined(parts, fitness) if rounds > 1 else done.scores
+            fidelity = (index + 1) / rounds
+            result = TrialResult.from_scores(scores, genes, fidelity, evaluator=seconds)
+            tune.report(result.report())
+            if not result.ok:
+                return
 
     return evaluate_genome
 
@@ -146,8 +161,9 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     ]
     router_name = f"router-{tag}"
     router = start_router(router_name, evaluators)
+    rounds = config.search.multi_fidelity.rounds
     trainable = tune.with_resources(
-        make_trainable(router_name, gene_names, config.search.seed), TRIAL_RESOURCES
+        make_trainable(router_name, gene_names, config.search.seed, config.fitness, rounds), TRIAL_RESOURCES
     )
     ledger = TrialLedger(run, num_trials, gene_names)
     left = num_trials - len(done)
@@ -185,6 +201,23 @@ def _fit(tuner: Any, run: RunDir) -> None:
         raise (cause if cause.filename else refused_write(cause, str(run.root))) from None
 
 
+def _scheduler(multi: MultiFidelityConfig, metric_set: bool) -> Any:
+    """ASHA over the rounds when a trial has more than one, ranking by fitness (the one metric every
+    search reports, whatever its searcher's objectives); Tune's FIFO otherwise."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if multi.rounds == 1:
+        return FIFOScheduler()
+    ranking = {} if metric_set else {"metric": "fitness", "mode": "max"}
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=multi.rounds,
+        grace_period=multi.grace_rounds,
+        reduction_factor=multi.reduction_factor,
+        **ranking,
+    )
+
+
 def _cache_stats(judge: Any) -> dict[str, float] | None:
     """The judge actor's verdict cache figures; None without a judge actor, or if it died once the search
     was over (the trials are safe in the ledger by then)."""
@@ -214,6 +247,7 @@ def _new_tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,  # a LedgerReplay: also the concurrency limit
+            scheduler=_scheduler(config.search.multi_fidelity, bool(single)),
             num_samples=left,
             time_budget_s=config.search.time_budget_s,
             reuse_actors=True,

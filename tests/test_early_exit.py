@@ -1,0 +1,49 @@
+"""Early exit: an answer to a harmful prompt stops once the judge's verdict on it is settled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mergesearch.backends.hf import HFBackend
+from mergesearch.config import JudgeConfig
+from mergesearch.data.eval_split import load_eval_data
+from mergesearch.judges.base import settle_rule
+from mergesearch.judges.refusal import RefusalJudge
+
+
+@pytest.fixture(scope="module")
+def harmful(toy_dataset: Path) -> list[str]:
+    return list(load_eval_data(toy_dataset, "search").harmful)[:48]
+
+
+@pytest.mark.parametrize("expert", ["aligned", "math"])
+def test_a_settled_answer_is_the_full_answers_opening_and_gets_its_verdict(zoo_dir, harmful, expert) -> None:
+    """Greedy decoding: the early answer is the start of the full one, and the refusal judge reads both
+    the same way. The aligned expert refuses in a few tokens, so most of its answers stop early."""
+    backend = HFBackend.from_pretrained(zoo_dir / expert, device="cpu")
+    rule = settle_rule(JudgeConfig(kind="refusal", early_exit=True))
+    full = backend.generate(harmful, max_new_tokens=48)
+    early = backend.generate(harmful, max_new_tokens=48, settled=rule)
+    judge = RefusalJudge()
+    assert all(f.startswith(e) for f, e in zip(full, early))
+    assert judge.refusals(early) == judge.refusals(full)
+    shorter = sum(len(e) < len(f) for f, e in zip(full, early))
+    if expert == "aligned":
+        assert shorter >= len(harmful) // 4
+
+
+def test_a_guards_early_exit_keeps_its_opening_tokens(zoo_dir, harmful) -> None:
+    backend = HFBackend.from_pretrained(zoo_dir / "math", device="cpu")
+    rule = settle_rule(JudgeConfig(kind="llama_guard", model="guard", early_exit=True, early_exit_tokens=6))
+    early = backend.generate(harmful, max_new_tokens=48, settled=rule)
+    full = backend.generate(harmful, max_new_tokens=48)
+    encode = backend._encode
+    assert all(len(encode(e)) <= 6 for e in early)
+    assert sum(len(encode(f)) > 6 for f in full) >= len(harmful) // 2  # the cap did cut answers
+    assert all(f.startswith(e) for f, e in zip(full, early))
+
+
+def test_early_exit_is_off_unless_asked() -> None:
+    assert settle_rule(JudgeConfig(kind="refusal")) is None

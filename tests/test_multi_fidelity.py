@@ -1,0 +1,113 @@
+"""Multi-fidelity search: a trial scores its genome shard by shard, ASHA stops weak ones between rounds,
+the searcher learns from the stopped ones, and only trials scored in full are promoted."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from demo_configs import demo_config
+from ray.tune.search import Searcher
+
+from mergesearch.config import SearchConfig
+from mergesearch.objectives.evaluate import combined
+from mergesearch.runtime import ray_session
+from mergesearch.search.replay import LedgerReplay
+from mergesearch.search.run_dir import RunDir, TrialResult
+from mergesearch.setup import SearchSetup
+
+ALL_OBJECTIVES = {"safety": 1.0, "task_accuracy": 1.0, "over_refusal": 0.5, "loss_proxy": 0.5}
+
+
+def config_for(toy_dataset, **search) -> SearchConfig:
+    config = demo_config()
+    config["data"] = {"path": str(toy_dataset), "max_alignment_prompts": 30, "max_task_prompts": 30}
+    config["fitness"] = {"weights": ALL_OBJECTIVES}
+    config["search"] = {"name": "cma", "num_trials": 12, "seed": 0, "warm_starts": ["uniform"], **search}
+    config["promotion"] = {"top_k": 3}
+    return SearchConfig.model_validate(config)
+
+
+def test_shards_scored_apart_combine_into_the_whole_splits_scores(toy_dataset) -> None:
+    from mergesearch.actors import Evaluator
+
+    config = config_for(toy_dataset)
+    evaluator = Evaluator(SearchSetup.prepare(config, log=lambda _: None), log=lambda _: None)
+    genome = {"w.aligned.g0": 0.5, "w.math.g0": 0.7, "w.facts.g0": 0.4}
+    whole = evaluator.evaluate(genome)
+    shards = [evaluator.evaluate(genome, shard=(i, 4)) for i in range(4)]  # unequal: means are weighted
+    together = combined(shards, config.fitness)
+    assert set(together.objectives) == set(ALL_OBJECTIVES)
+    # the same verdicts and hits; log-likelihoods differ in float rounding (other batches)
+    assert together.objectives == pytest.approx(whole.objectives, abs=1e-6)
+    assert together.fitness == pytest.approx(whole.fitness, abs=1e-6)
+    for count in ("harmful", "judged_safe", "benign", "benign_refused", "choice_items", "short_items"):
+        assert together.counts[count] == whole.counts[count]
+    assert [s.counts["harmful"] for s in shards] == [8, 8, 7, 7]  # disjoint, covering the 30
+    # the live model already held this genome: the shards did not merge it again
+    assert max(s.timings["merge"] for s in shards) < whole.timings["merge"] / 10
+
+
+class Recording(Searcher):
+    """Proposes fixed points and records what it is told."""
+
+    def __init__(self) -> None:
+        super().__init__(metric="fitness", mode="max")
+        self.told: list[tuple[str, dict | None]] = []
+
+    def suggest(self, trial_id: str) -> dict:
+        return {"a": 0.5, "b": 0.25}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.told.append((trial_id, result))
+
+
+def report(genes: dict, fidelity: float, fitness: float) -> dict:
+    result = TrialResult(genes=genes, fitness=fitness, fidelity=fidelity)
+    return {**result.report(), "training_iteration": round(fidelity * 3)}
+
+
+def test_a_running_report_holds_the_slot_and_a_stop_between_rounds_tells_the_searcher() -> None:
+    inner = Recording()
+    search = LedgerReplay(inner, ["a", "b"], in_flight=1, budget=6)
+    genes = {"a": 0.5, "b": 0.25}
+    search.suggest("t0")
+    search.on_trial_result("t0", report(genes, 1 / 3, fitness=0.4))
+    assert search.suggest("t1") is None and not inner.told  # still running: its slot is held
+    search.on_trial_complete("t0", report(genes, 1 / 3, fitness=0.4))  # ASHA stopped it after round 1
+    ((_, told),) = inner.told
+    assert told is not None and told["fitness"] == 0.4  # the searcher learns its running fitness
+    assert search.suggest("t1") is not None  # and the slot is free
+    search.on_trial_result("t1", report(genes, 1.0, fitness=0.7))  # a last round: told at once
+    assert inner.told[-1][1]["fitness"] == 0.7
+
+
+def test_a_multi_fidelity_search_stops_weak_genomes_and_promotes_only_full_ones(
+    toy_dataset, tmp_path
+) -> None:
+    import ray
+
+    from mergesearch.search.promote import candidates
+    from mergesearch.search.tuner import run_search
+
+    multi = {"rounds": 3, "reduction_factor": 3, "grace_rounds": 1}
+    # a searcher never told of its stopped trials would hold their slots, and the search would stall:
+    # the time budget turns that into a short ledger
+    config = config_for(toy_dataset, multi_fidelity=multi, time_budget_s=400)
+    setup = SearchSetup.prepare(config, log=lambda _: None)
+    ray_session(num_cpus=2)
+    try:
+        trials = run_search(setup, RunDir(tmp_path / "run"), log=lambda _: None).trials()
+    finally:
+        ray.shutdown()
+    assert len(trials) == 12 and len({t.trial_id for t in trials}) == 12
+    assert all(t.ok for t in trials)
+    stopped = [t for t in trials if not t.full]
+    assert stopped and len(stopped) < 12
+    assert {round(t.fidelity * 3) for t in stopped} <= {1, 2}
+    assert all(t.counts["harmful"] == round(30 * t.fidelity) for t in trials)  # that share of the split
+    seconds = {full: [t.timings["evaluator"] for t in trials if t.full == full] for full in (True, False)}
+    assert statistics.mean(seconds[False]) < statistics.mean(seconds[True])  # stopped ones cost less
+    promoted = candidates(setup, trials, 3)
+    assert promoted and all(t.full for t in promoted)
+    assert (tmp_path / "run" / "trials.parquet").is_file()
