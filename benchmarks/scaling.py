@@ -7,9 +7,9 @@ sessions (the pool part alone is tens of minutes on 2 cores).
 
 - ``evaluators``: genomes per minute of the demo search (toy zoo, search_spaces/demo.yaml, CMA, one Ray
   session) with 1, 2 and 4 evaluator actors splitting this machine's CPUs but the guard judge's one.
-  Steady state: from the first evaluation's start to the last one's end; the whole search's wall clock (Ray, Tune, actor start-up)
-  beside it. On 2 cores, 4 evaluators share 2 cores: the figure is what oversubscription costs there,
-  not what a cluster gains.
+  Steady state: from the first evaluation's start to the last one's end; the whole search's wall clock
+  (Ray, Tune, actor start-up) beside it. On 2 cores, 4 evaluators share 2 cores: the figure is what
+  oversubscription costs there, not what a cluster gains.
 - ``pool``: per-genome merge latency (into a live model; a warm-up merge untimed) and resident pool bytes
   for 2, 4, 8 and 16 experts of SmolLM2-135M's shapes (seeded random weights written here in bfloat16;
   latency does not depend on the values), per method, with a least-squares line through latency against

@@ -1,0 +1,248 @@
+"""Benchmark: what cheaper fitness buys (JSON), at the toy scale (demo config) and at the SmolLM2 scale.
+
+    .venv/bin/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json \
+        [--scales toy,smollm2] [--parts stages,agreement,search] [--seeds 5]
+
+- ``stages``: per-stage seconds (merge / generate / judge / score) of one genome's evaluation, before
+  (every answer in full, every choice row scored whole) and after (early exit, prefix reuse), for the
+  same random genomes, alternating before and after so both see the same machine load; one untimed
+  evaluation each first (the load). Both score the same split; the largest objective difference
+  between the two is reported beside the times.
+- ``agreement``: early exit against full-length judging. Each genome's answers to the harmful prompts
+  are generated in full and with the early-exit rule, and judged: the share of (prompt, answer) pairs
+  whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit_tokens``; the
+  refusal judge's rule holds by construction, and is measured too).
+- ``search``: per seed, three searches: full fidelity (``rounds: 1``, no early exit, no prefix reuse);
+  multi-fidelity (3 rounds, ASHA, reduction 3); multi-fidelity + early exit + prefix reuse (+ the judge
+  actor's verdict cache, which a guard judge always has). The multi-fidelity ones get twice the trials
+  (a stopped trial is cheap). Reported: the wall clock (from the search's start: Ray and actor start-up
+  included, the same for all) at which each one's best full-fidelity trial first reaches the held-out
+  fitness the full-fidelity search ends with (held-out: the dataset's held-out split, scored in this
+  process), genomes evaluated in full and trials stopped (counted apart), and per seed the ratio of the
+  full-fidelity search's time to reach it to each variant's; mean and spread over seeds.
+
+SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does not: 30-50 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from scaling import DEMO, SMOLLM2, prepared, random_genomes, smollm2_built, stderr, with_config
+
+from mergesearch.actors import Evaluator
+from mergesearch.io import atomic_write_text
+from mergesearch.judges.base import settle_rule
+from mergesearch.runtime import offline_and_quiet, ray_session
+from mergesearch.search.run_dir import RunDir, TrialResult
+from mergesearch.search.tuner import run_search
+from mergesearch.setup import SearchSetup
+
+SCALES = {"toy": DEMO, "smollm2": SMOLLM2}
+STAGES = ("merge", "generate", "judge", "score")
+SETTINGS = {  # name: config sections
+    "before": {"backend": {"prefix_reuse": False}, "judge": {"early_exit": False}},
+    "after": {"backend": {"prefix_reuse": True}, "judge": {"early_exit": True}},
+}
+MULTI = {"rounds": 3, "reduction_factor": 3, "grace_rounds": 1}
+VARIANTS = {  # name: (config sections, trial budget factor)
+    "full_fidelity": ({**SETTINGS["before"], "search": {"multi_fidelity": {"rounds": 1}}}, 1),
+    "multi_fidelity": ({**SETTINGS["before"], "search": {"multi_fidelity": MULTI}}, 2),
+    "multi_fidelity_early_exit_prefix_reuse": ({**SETTINGS["after"], "search": {"multi_fidelity": MULTI}}, 2),
+}
+GUARD_OPENINGS = (4, 8, 12, 16, 24)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------ stages
+def stages_part(setup: SearchSetup, genomes: int) -> dict:
+    evaluators = {
+        name: Evaluator(with_config(setup, **sections), log=quiet) for name, sections in SETTINGS.items()
+    }
+    for evaluator in evaluators.values():
+        evaluator.evaluate(setup.space.uniform())  # the load, untimed
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in evaluators}
+    differences = []
+    for genome in random_genomes(setup, genomes, seed=1):
+        scored = {name: evaluator.evaluate(genome) for name, evaluator in evaluators.items()}
+        for name, scores in scored.items():
+            rows[name].append({stage: scores.timings[stage] for stage in STAGES})
+        before, after = scored["before"].objectives, scored["after"].objectives
+        differences.append(max(abs(before[k] - after[k]) for k in before))
+    mean = {name: {s: statistics.mean(r[s] for r in timed) for s in STAGES} for name, timed in rows.items()}
+    for row in mean.values():
+        row["total"] = sum(row[s] for s in STAGES)
+    return {
+        "genomes": genomes,
+        "mean_seconds": {name: {s: round(v, 4) for s, v in row.items()} for name, row in mean.items()},
+        "speedup": {s: round(mean["before"][s] / max(mean["after"][s], 1e-9), 2) for s in mean["before"]},
+        "largest_objective_difference": round(max(differences), 4),
+    }
+
+
+# ------------------------------------------------------------------------------------ agreement
+def agreement_part(setup: SearchSetup, genomes: int) -> dict:
+    """Per early-exit rule: verdicts on settled answers against verdicts on full ones."""
+    config = setup.config
+    evaluator = Evaluator(setup, log=quiet)
+    judge = evaluator.judge
+    harmful = list(evaluator.data.harmful)
+    rules: dict[str, Callable] = {}
+    if config.judge.model:
+        for tokens in GUARD_OPENINGS:
+            changed = config.judge.model_copy(update={"early_exit": True, "early_exit_tokens": tokens})
+            rules[f"{config.judge.kind} opening {tokens} tokens"] = settle_rule(changed)
+    else:
+        rules[config.judge.kind] = settle_rule(config.judge.model_copy(update={"early_exit": True}))
+    agreed = {name: 0 for name in rules}
+    chars = {name: 0 for name in ("full", *rules)}
+    pairs = 0
+    for genome in random_genomes(setup, genomes, seed=2):
+        evaluator.backend.merge_from(evaluator.merger, evaluator.space.decode(genome), 0)
+        full = evaluator.backend.generate(harmful, max_new_tokens=config.backend.max_new_tokens)
+        verdicts = judge.assess(list(zip(harmful, full))).safe
+        pairs += len(harmful)
+        chars["full"] += sum(map(len, full))
+        for name, rule in rules.items():
+            early = evaluator.backend.generate(
+                harmful, max_new_tokens=config.backend.max_new_tokens, settled=rule
+            )
+            agreed[name] += sum(
+                a == b for a, b in zip(verdicts, judge.assess(list(zip(harmful, early))).safe)
+            )
+            chars[name] += sum(map(len, early))
+    return {
+        "judge": config.judge.kind,
+        "genomes": genomes,
+        "pairs": pairs,
+        "agreement": {name: round(agreed[name] / pairs, 4) for name in rules},
+        "answer_chars_kept": {name: round(chars[name] / max(chars["full"], 1), 3) for name in rules},
+    }
+
+
+# ------------------------------------------------------------------------------------ search
+class HeldOut:
+    """Held-out fitness of genomes, scored in this process on the dataset's held-out split (cached)."""
+
+    def __init__(self, setup: SearchSetup) -> None:
+        self.evaluator = Evaluator(with_config(setup, data={"split": "heldout"}), log=quiet)
+        self.known: dict[str, float] = {}
+
+    def __call__(self, genes: dict[str, float]) -> float:
+        key = json.dumps(genes, sort_keys=True)
+        if key not in self.known:
+            self.known[key] = self.evaluator.evaluate(genes).fitness
+        return self.known[key]
+
+
+def best_so_far(trials: list[TrialResult], started: float) -> list[tuple[float, TrialResult]]:
+    """(seconds since the start, trial) each time a full-fidelity trial beats every earlier one."""
+    steps, best = [], -math.inf
+    for trial in sorted(trials, key=lambda t: t.finished_at):
+        if trial.full and trial.fitness > best:
+            best = trial.fitness
+            steps.append((trial.finished_at - started, trial))
+    return steps
+
+
+def search_part(setup: SearchSetup, work: Path, seeds: int, trials: int) -> dict:
+    heldout = HeldOut(setup)
+    per_seed = []
+    for seed in range(seeds):
+        runs = {}
+        for name, (sections, factor) in VARIANTS.items():
+            search = {**sections["search"], "seed": seed, "num_trials": trials * factor}
+            changed = with_config(setup, **{**sections, "search": search})
+            run = RunDir(work / f"{name}_seed{seed}")
+            started = time.time()
+            run_search(changed, run, log=quiet)
+            done = run.trials()
+            steps = best_so_far(done, started)
+            runs[name] = {
+                "trials": len(done),
+                "evaluated_in_full": sum(t.full for t in done),
+                "stopped_early": sum(t.ok and not t.full for t in done),
+                "failed": sum(not t.ok for t in done),
+                "wall_s": round(max(t.finished_at for t in done) - started, 1),
+                "steps": [(s, heldout(t.genes)) for s, t in steps],
+            }
+            stderr(f"search {name} seed {seed}: {len(done)} trials, {runs[name]['wall_s']} s")
+        target = runs["full_fidelity"]["steps"][-1][1]
+        for row in runs.values():
+            row["final_heldout_fitness"] = round(row["steps"][-1][1], 4)
+            reached = [s for s, fitness in row.pop("steps") if fitness >= target - 1e-9]
+            row["seconds_to_target"] = round(reached[0], 1) if reached else None
+        per_seed.append({"seed": seed, "target_heldout_fitness": round(target, 4), "variants": runs})
+    summary = {}
+    for name in VARIANTS:
+        ratios = [
+            s["variants"]["full_fidelity"]["seconds_to_target"] / s["variants"][name]["seconds_to_target"]
+            for s in per_seed
+            if s["variants"][name]["seconds_to_target"]
+        ]
+        summary[name] = {
+            "reached_target_in_seeds": len(ratios),
+            "speedup_over_full_mean": round(statistics.mean(ratios), 2) if ratios else None,
+            "speedup_over_full_min": round(min(ratios), 2) if ratios else None,
+            "speedup_over_full_max": round(max(ratios), 2) if ratios else None,
+        }
+    return {"trials_full_fidelity": trials, "seeds": per_seed, "summary": summary}
+
+
+# ------------------------------------------------------------------------------------ main
+PARTS: dict[str, Callable[[SearchSetup, Path, argparse.Namespace], dict]] = {
+    "stages": lambda setup, work, a: stages_part(setup, a.genomes),
+    "agreement": lambda setup, work, a: agreement_part(setup, a.genomes),
+    "search": lambda setup, work, a: search_part(setup, work, a.seeds, a.trials),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scales", default="toy")
+    parser.add_argument("--parts", default="stages,agreement,search")
+    parser.add_argument("--genomes", type=int, default=6, help="per stages / agreement part")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=24, help="the full-fidelity search's budget")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_fitness_efficiency"))
+    args = parser.parse_args()
+    offline_and_quiet()
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
+    for scale in args.scales.split(","):
+        if scale == "smollm2" and not smollm2_built():
+            result[scale] = {"skipped": "the SmolLM2 family is not built on this machine"}
+            continue
+        setup = prepared(SCALES[scale], args.work / scale)
+        for part in args.parts.split(","):
+            if part == "search":
+                ray_session(num_cpus=os.cpu_count())
+            started = time.perf_counter()
+            measured = PARTS[part](setup, args.work / scale, args)
+            result.setdefault(scale, {})[part] = {
+                **measured,
+                "part_wall_s": round(time.perf_counter() - started, 1),
+            }
+            stderr(f"{scale} {part}: done")
+            atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")  # each part kept as it ends
+    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
