@@ -67,11 +67,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/kill_points.py --out benchmarks/results/kill_points.json
 	$(BIN)/python benchmarks/many_experts.py --out benchmarks/results/many_experts.json
 	$(BIN)/python benchmarks/scaling.py --out benchmarks/results/scaling.json --parts evaluators,pool,compact_toy
+	$(BIN)/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json --scales toy
 
 ## The SmolLM2 expert family: build (cached; 550 training steps at ~3.5 s on 2 cores), held-out skills, merges.
 bench-smollm2: $(STAMP)
 	$(BIN)/python benchmarks/smollm2_family.py --out benchmarks/results/smollm2_family.json
 	$(BIN)/python benchmarks/scaling.py --out benchmarks/results/scaling_smollm2.json --parts compact_smollm2
+	$(BIN)/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json --scales smollm2
 
 ## Evaluation throughput with the hf and vllm backends side by side (in the vLLM environment).
 bench-vllm: $(STAMP) $(VLLM_STAMP)
