@@ -129,7 +129,9 @@ def linear_fit(xs: list[int], ys: list[float]) -> dict:
     }
 
 
-def pool_part(repeats: int, methods: tuple[str, ...] = POOL_METHODS) -> dict:
+def pool_part(
+    repeats: int, methods: tuple[str, ...] = POOL_METHODS, pool_forms: tuple[str, ...] = tuple(FORMS)
+) -> dict:
     config = SHAPES["smollm2"]
     params = sum(torch.Size(s).numel() for s in tensor_shapes(config).values())
     rows: dict = {}
@@ -137,23 +139,28 @@ def pool_part(repeats: int, methods: tuple[str, ...] = POOL_METHODS) -> dict:
         base, experts = write_models(Path(tmp), config, max(EXPERT_COUNTS))
         model = live_model(config, torch.device("cpu"))
 
+        held: dict[tuple, ResidentMerger] = {}  # the last pool built: compact forms cost minutes to build
+
+        def pool_of(count: int, method: str, form: TaskVectorsConfig) -> ResidentMerger:
+            sort = get_method(method).uses_magnitude_order and form.form == "dense"  # compact: no sorted copy
+            key = (count, sort, form.model_dump_json())
+            if key not in held:
+                held.clear()
+                gc.collect()
+                pool = {name: experts[name] for name in list(experts)[:count]}
+                held[key] = ResidentMerger(
+                    base, pool, dtype="bfloat16", log=lambda _: None, sort_magnitudes=sort, task_vectors=form
+                )
+            return held[key]
+
         def timed(count: int, method: str, form: TaskVectorsConfig, open_experts: int | None = None) -> dict:
-            pool = {name: experts[name] for name in list(experts)[:count]}
-            merger = ResidentMerger(
-                base,
-                pool,
-                dtype="bfloat16",
-                log=lambda _: None,
-                sort_magnitudes=get_method(method).uses_magnitude_order,
-                task_vectors=form,
-            )
+            merger = pool_of(count, method, form)
+            names = tuple(list(experts)[:count])
             if open_experts is None:
-                seconds = time_merges(merger, model, method, tuple(pool), repeats)
+                seconds = time_merges(merger, model, method, names, repeats)
             else:
-                seconds = time_gated_merges(merger, model, method, tuple(pool), open_experts, repeats)
+                seconds = time_gated_merges(merger, model, method, names, open_experts, repeats)
             row = {"per_genome_ms": round(seconds * 1000, 1), "pool_bytes": merger.estimate_bytes}
-            del merger
-            gc.collect()
             stderr(f"pool {count} experts, {method}, {form.form}: {row}")
             return row
 
@@ -168,7 +175,7 @@ def pool_part(repeats: int, methods: tuple[str, ...] = POOL_METHODS) -> dict:
         rows["compact_forms_at_16"] = {
             name: {m: timed(largest, m, form) for m in methods if m != "dare_ties"}
             for name, (dtype, form) in FORMS.items()
-            if dtype == "bfloat16" and form.form != "dense"
+            if dtype == "bfloat16" and form.form != "dense" and name in pool_forms
         }
     return {
         "shape": "smollm2",
@@ -265,7 +272,7 @@ def smollm2_built() -> bool:
 
 PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "evaluators": lambda a: evaluators_part(a.work / "evaluators", a.trials),
-    "pool": lambda a: pool_part(a.repeats, tuple(a.methods.split(","))),
+    "pool": lambda a: pool_part(a.repeats, tuple(a.methods.split(",")), tuple(a.pool_forms.split(","))),
     "compact_toy": lambda a: compact_part(DEMO, a.work / "compact_toy", a.genomes),
     "compact_smollm2": lambda a: (
         compact_part(SMOLLM2, a.work / "compact_smollm2", a.genomes)
@@ -284,6 +291,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24, help="per evaluator count")
     parser.add_argument("--repeats", type=int, default=2, help="timed merges per pool size and method")
     parser.add_argument("--methods", default=",".join(POOL_METHODS), help="merge methods the pool part times")
+    parser.add_argument(
+        "--pool-forms", default=",".join(FORMS), help="compact forms the pool part times at 16"
+    )
     parser.add_argument("--genomes", type=int, default=4, help="scored per compact form")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_scaling"))
     args = parser.parse_args()
