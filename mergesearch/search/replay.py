@@ -7,9 +7,8 @@ replays the ledger into it in the order the killed session worked. That order is
 result is told at the event in which the ledger records it (its last report, its stop between rounds,
 or its crash, which the ledger records as failed), and that frees its slot, so Tune's next step asks
 for proposals until the slots are full (or the searcher has none for now) before it handles the next
-event. Searchers are
-deterministic given their seed and that order, so the rebuilt one is the one that was killed, and its
-next proposals are the trials that were in flight.
+event. Searchers are deterministic given their seed and that order, so the rebuilt one is the one that
+was killed, and its next proposals are the trials that were in flight.
 
 A replayed proposal that matches no ledgered genome (a ledger from elsewhere, a searcher that is not
 deterministic) ends the exact replay: the rest of the ledger is told as evaluated points where the
