@@ -45,6 +45,13 @@ class SettleRule(Protocol):
     def __call__(self, response: str, tokens: int) -> bool: ...
 
 
+def reply_length(max_new_tokens: int | None, default: int, settled: SettleRule | None) -> int:
+    """Tokens a reply may take: the asked length (else the backend's), capped by an early-exit rule's
+    length when it has one."""
+    length = max_new_tokens or default
+    return min(length, settled.max_tokens) if settled is not None and settled.max_tokens else length
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A resident model: load once, then generate, score, and take new weights in place.

@@ -28,6 +28,7 @@ from mergesearch.backends.base import (
     check_weights,
     encode_pair,
     render_chat,
+    reply_length,
     require_chat_template,
 )
 from mergesearch.config import BackendConfig, TaskVectorsConfig
@@ -142,9 +143,7 @@ class HFBackend:
         encoded = [self._encode(p if raw else self.render(p)) for p in prompts]
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
-        length = max_new_tokens or self.max_new_tokens
-        if settled is not None and settled.max_tokens is not None:
-            length = min(length, settled.max_tokens)
+        length = reply_length(max_new_tokens, self.max_new_tokens, settled)
         for rows in self._length_batches(encoded):
             ids, mask = self._left_padded([encoded[i] for i in rows])
             width = ids.shape[1]
@@ -198,10 +197,7 @@ class HFBackend:
             logprobs = torch.log_softmax(logits.float(), dim=-1)  # each position predicts the next token
             for r, i in enumerate(rows):
                 continuation = pairs[i][1]
-                target = torch.tensor(continuation, device=logprobs.device)
-                steps = logprobs[r, keep - len(continuation) :]
-                total = steps.gather(1, target[:, None]).sum().item()
-                results[i] = (total, bool((steps.argmax(-1) == target).all().item()))
+                results[i] = _scored(logprobs[r, keep - len(continuation) :], continuation)
         return results
 
     def _shared_contexts(
@@ -272,9 +268,7 @@ class HFBackend:
             steps = first[g][None]
             if len(continuation) > 1:
                 steps = torch.cat([steps, later[r, : len(continuation) - 1]])  # type: ignore[index]
-            target = torch.tensor(continuation, device=steps.device)
-            total = steps.gather(1, target[:, None]).sum().item()
-            results[i] = (total, bool((steps.argmax(-1) == target).all().item()))
+            results[i] = _scored(steps, continuation)
         return results
 
     @property
@@ -368,3 +362,11 @@ class _Settled(StoppingCriteria):
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         done = [self.rule(text.strip(), new.shape[1]) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _scored(steps: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:
+    """lm-eval's answer for one continuation from the log-probabilities at its positions
+    ([tokens, vocab]): their sum over its tokens, and whether each token is the greedy one."""
+    target = torch.tensor(continuation, device=steps.device)
+    total = steps.gather(1, target[:, None]).sum().item()
+    return total, bool((steps.argmax(-1) == target).all().item())

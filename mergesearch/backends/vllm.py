@@ -27,6 +27,7 @@ from mergesearch.backends.base import (
     check_weights,
     encode_pair,
     render_chat,
+    reply_length,
     require_chat_template,
 )
 from mergesearch.config import BackendConfig, TaskVectorsConfig
@@ -263,9 +264,7 @@ class VLLMBackend:
         its engine takes no per-token Python check."""
         from vllm import SamplingParams
 
-        length = max_new_tokens or self.max_new_tokens
-        if settled is not None and settled.max_tokens is not None:
-            length = min(length, settled.max_tokens)
+        length = reply_length(max_new_tokens, self.max_new_tokens, settled)
         params = SamplingParams(
             temperature=temperature,
             max_tokens=length,

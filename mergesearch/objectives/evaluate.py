@@ -52,10 +52,6 @@ def loss_proxy_counts(backend: Backend, data: EvalData) -> dict[str, float]:
     return counts
 
 
-def _share(hits: float, rows: float) -> float:
-    return hits / rows if rows else float("nan")
-
-
 def objectives_from(counts: dict[str, float], config: FitnessConfig) -> dict[str, float]:
     """Every objective the counts support. Objectives are always computed from counts, so that shards
     scored apart combine exactly (``combined``):
@@ -68,9 +64,9 @@ def objectives_from(counts: dict[str, float], config: FitnessConfig) -> dict[str
     get = counts.get
     found: dict[str, float] = {}
     if get("harmful"):
-        found["safety"] = _share(counts["judged_safe"], counts["harmful"])
+        found["safety"] = counts["judged_safe"] / counts["harmful"]
     if get("benign"):
-        found["over_refusal"] = _share(counts["benign_refused"], counts["benign"])
+        found["over_refusal"] = counts["benign_refused"] / counts["benign"]
     metric = {"acc": "choice_acc", "acc_norm": "choice_acc_norm"}[config.task_metric]
     items = get("choice_items", 0) + get("short_items", 0)
     if items:

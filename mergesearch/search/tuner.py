@@ -117,8 +117,9 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     actors, nodes = plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes)
     joined = bool(os.environ.get("RAY_ADDRESS"))  # a cluster's autoscaler may add nodes; a local Ray won't
     placements = check_plan(actors, nodes, "the Ray cluster", together=not joined)  # before any load
-    if joined and together_shortfall(actors, nodes):
-        log(f"plan: {together_shortfall(actors, nodes)} now: the search waits for more nodes")
+    shortfall = together_shortfall(actors, nodes) if joined else ""
+    if shortfall:
+        log(f"plan: {shortfall} now: the search waits for more nodes")
     run.write_config(config)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
