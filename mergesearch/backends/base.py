@@ -49,7 +49,7 @@ def reply_length(max_new_tokens: int | None, default: int, settled: SettleRule |
     """Tokens a reply may take: the asked length (else the backend's), capped by an early-exit rule's
     length when it has one."""
     length = max_new_tokens or default
-    return min(length, settled.max_tokens) if settled is not None and settled.max_tokens else length
+    return length if settled is None or settled.max_tokens is None else min(length, settled.max_tokens)
 
 
 @runtime_checkable
