@@ -13,12 +13,15 @@
   whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit_tokens``; the
   refusal judge's rule holds by construction, and is measured too).
 - ``search``: per seed, three searches: full fidelity (``rounds: 1``, no early exit, no prefix reuse);
-  multi-fidelity (3 rounds, ASHA, reduction 3); multi-fidelity + early exit + prefix reuse (+ the judge
-  actor's verdict cache, which a guard judge always has). The multi-fidelity ones get twice the trials
-  (a stopped trial is cheap). Reported: the wall clock (from the search's start: Ray and actor start-up
-  included, the same for all) at which each one's best full-fidelity trial first reaches the held-out
-  fitness the full-fidelity search ends with (held-out: the dataset's held-out split, scored in this
-  process), genomes evaluated in full and trials stopped (counted apart), and per seed the ratio of the
+  multi-fidelity (``--rounds`` rounds, ASHA, ``--reduction-factor``); multi-fidelity + early exit + prefix
+  reuse (+ the judge actor's verdict cache, which a guard judge always has). The multi-fidelity ones get
+  ``--trials-factor`` times the trials (a stopped trial is cheap). With 9 rounds and reduction 3, ASHA
+  decides after rounds 1 and 3 (a ninth and a third of the split), so an average trial costs about a
+  quarter of a full evaluation; with 3 rounds it decides only once, after a third.
+  Reported: the wall clock (from the search's start: Ray and actor start-up included, the same for
+  all) at which each one's best full-fidelity trial first reaches the held-out fitness the
+  full-fidelity search ends with (held-out: the dataset's held-out split, scored in this process),
+  genomes evaluated in full and trials stopped (counted apart), and per seed the ratio of the
   full-fidelity search's time to reach it to each variant's; mean and spread over seeds.
 
 SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does not: 30-50 minutes).
@@ -53,12 +56,20 @@ SETTINGS = {  # name: config sections
     "before": {"backend": {"prefix_reuse": False}, "judge": {"early_exit": False}},
     "after": {"backend": {"prefix_reuse": True}, "judge": {"early_exit": True}},
 }
-MULTI = {"rounds": 3, "reduction_factor": 3, "grace_rounds": 1}
-VARIANTS = {  # name: (config sections, trial budget factor)
-    "full_fidelity": ({**SETTINGS["before"], "search": {"multi_fidelity": {"rounds": 1}}}, 1),
-    "multi_fidelity": ({**SETTINGS["before"], "search": {"multi_fidelity": MULTI}}, 2),
-    "multi_fidelity_early_exit_prefix_reuse": ({**SETTINGS["after"], "search": {"multi_fidelity": MULTI}}, 2),
-}
+
+
+def variants(multi: dict, factor: int) -> dict[str, tuple[dict, int]]:
+    """name: (config sections, trial budget factor) of the search part's three searches."""
+    return {
+        "full_fidelity": ({**SETTINGS["before"], "search": {"multi_fidelity": {"rounds": 1}}}, 1),
+        "multi_fidelity": ({**SETTINGS["before"], "search": {"multi_fidelity": multi}}, factor),
+        "multi_fidelity_early_exit_prefix_reuse": (
+            {**SETTINGS["after"], "search": {"multi_fidelity": multi}},
+            factor,
+        ),
+    }
+
+
 GUARD_OPENINGS = (4, 8, 12, 16, 24)
 
 
@@ -157,13 +168,15 @@ def best_so_far(trials: list[TrialResult], started: float) -> list[tuple[float, 
     return steps
 
 
-def search_part(setup: SearchSetup, work: Path, seeds: int, trials: int) -> dict:
+def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace) -> dict:
+    multi = {"rounds": args.rounds, "reduction_factor": args.reduction_factor, "grace_rounds": 1}
+    searches = variants(multi, args.trials_factor)
     heldout = HeldOut(setup)
     per_seed = []
-    for seed in range(seeds):
+    for seed in range(args.seeds):
         runs = {}
-        for name, (sections, factor) in VARIANTS.items():
-            search = {**sections["search"], "seed": seed, "num_trials": trials * factor}
+        for name, (sections, factor) in searches.items():
+            search = {**sections["search"], "seed": seed, "num_trials": args.trials * factor}
             changed = with_config(setup, **{**sections, "search": search})
             run = RunDir(work / f"{name}_seed{seed}")
             started = time.time()
@@ -186,7 +199,7 @@ def search_part(setup: SearchSetup, work: Path, seeds: int, trials: int) -> dict
             row["seconds_to_target"] = round(reached[0], 1) if reached else None
         per_seed.append({"seed": seed, "target_heldout_fitness": round(target, 4), "variants": runs})
     summary = {}
-    for name in VARIANTS:
+    for name in searches:
         ratios = [
             s["variants"]["full_fidelity"]["seconds_to_target"] / s["variants"][name]["seconds_to_target"]
             for s in per_seed
@@ -198,14 +211,20 @@ def search_part(setup: SearchSetup, work: Path, seeds: int, trials: int) -> dict
             "speedup_over_full_min": round(min(ratios), 2) if ratios else None,
             "speedup_over_full_max": round(max(ratios), 2) if ratios else None,
         }
-    return {"trials_full_fidelity": trials, "seeds": per_seed, "summary": summary}
+    return {
+        "trials_full_fidelity": args.trials,
+        "trials_factor_multi_fidelity": args.trials_factor,
+        "multi_fidelity": multi,
+        "seeds": per_seed,
+        "summary": summary,
+    }
 
 
 # ------------------------------------------------------------------------------------ main
 PARTS: dict[str, Callable[[SearchSetup, Path, argparse.Namespace], dict]] = {
     "stages": lambda setup, work, a: stages_part(setup, a.genomes),
     "agreement": lambda setup, work, a: agreement_part(setup, a.genomes),
-    "search": lambda setup, work, a: search_part(setup, work, a.seeds, a.trials),
+    "search": search_part,
 }
 
 
@@ -219,6 +238,9 @@ def main() -> None:
     parser.add_argument("--genomes", type=int, default=6, help="per stages / agreement part")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=24, help="the full-fidelity search's budget")
+    parser.add_argument("--trials-factor", type=int, default=2, help="multi-fidelity budget / full's")
+    parser.add_argument("--rounds", type=int, default=3, help="multi-fidelity rounds per trial")
+    parser.add_argument("--reduction-factor", type=int, default=3, help="ASHA's eta")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_fitness_efficiency"))
     args = parser.parse_args()
     offline_and_quiet()

@@ -102,6 +102,7 @@ def evaluators_part(work: Path, trials: int) -> dict:
         wall = time.perf_counter() - started
         done = run.trials()
         busy = [t.timings["evaluator"] for t in done]
+        judge = run.efficiency()[-1].get("judge_cache", {})
         window = max(t.finished_at for t in done) - min(t.finished_at - b for t, b in zip(done, busy))
         rows[str(count)] = {
             "trials": len(done),
@@ -109,6 +110,10 @@ def evaluators_part(work: Path, trials: int) -> dict:
             "genomes_per_minute_whole_search": round(60 * len(done) / wall, 1),
             "evaluator_busy_s_per_trial": round(statistics.mean(busy), 3),
             "wall_s": round(wall, 1),
+            # the judge actor batches requests that wait while it is busy into one call
+            "evaluator_requests_per_judge_call": (
+                round(judge["requests"] / judge["judge_calls"], 2) if judge.get("judge_calls") else None
+            ),
         }
         stderr(f"evaluators {count}: {rows[str(count)]}")
     one = rows["1"]["genomes_per_minute_steady"]

@@ -9,6 +9,7 @@ weight files it read from disk (measured with ``file_reads``: none, once warm).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -130,7 +131,12 @@ class Evaluator:
 
 class JudgeServer:
     """A judge (the guard model, when there is one) loaded once, serving every evaluator, with one verdict
-    cache for all of them."""
+    cache for all of them.
+
+    An async actor, so that it batches: requests that arrive while the judge is busy wait, and go to the
+    judge together, as one call, as soon as it is free. An idle judge takes a request at once (no window
+    is waited for), and under load each call carries every evaluator that asked meanwhile. The judge
+    runs in a worker thread, so the actor keeps taking requests while it does."""
 
     def __init__(self, setup: SearchSetup, device: str = "auto") -> None:
         from mergesearch.backends.hf import resolve_device
@@ -139,12 +145,41 @@ class JudgeServer:
 
         setup.activate()
         self.judge = CachedJudge(make_judge(setup.config.judge, str(resolve_device(device)), _print))
+        self.waiting: list[tuple[list[tuple[str, str]], asyncio.Future[Assessment]]] = []
+        self.draining = False
+        self.requests = self.judge_calls = 0
 
-    def assess(self, pairs: list[tuple[str, str]]) -> Assessment:
-        return self.judge.assess(pairs)
+    async def assess(self, pairs: list[tuple[str, str]]) -> Assessment:
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting.append((list(pairs), answer))
+        if not self.draining:
+            self.draining = True
+            self.drainer = asyncio.create_task(self._drain())  # held: a bare task may be collected
+        return await answer
 
-    def cache_stats(self) -> dict[str, float]:
-        return self.judge.stats()
+    async def _drain(self) -> None:
+        """Judge everything waiting, as one call, until nothing is."""
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                pairs = [pair for asked, _ in batch for pair in asked]
+                try:
+                    assessment = await asyncio.to_thread(self.judge.assess, pairs)
+                except Exception as error:  # each caller gets the judge's own error
+                    for _, answer in batch:
+                        answer.set_exception(error)
+                    continue
+                self.requests, self.judge_calls = self.requests + len(batch), self.judge_calls + 1
+                start = 0
+                for asked, answer in batch:
+                    answer.set_result(assessment.part(start, start + len(asked)))
+                    start += len(asked)
+        finally:
+            self.draining = False
+
+    def stats(self) -> dict[str, float]:
+        """The verdict cache's figures, and how many evaluator requests the judge's calls carried."""
+        return {**self.judge.stats(), "requests": self.requests, "judge_calls": self.judge_calls}
 
 
 def evaluator_actor(setup: SearchSetup) -> Any:

@@ -250,3 +250,5 @@ def test_a_guard_judge_search_runs_when_the_actors_hold_every_core(
     cache = run.efficiency()[-1]["judge_cache"]
     assert cache["verdicts"] == sum(t.counts["harmful"] for t in trials)
     assert cache["cached"] == sum(t.counts["judge_cached"] for t in trials)
+    # one evaluator: no request waits for another, so each judge call carries one
+    assert cache["requests"] == len(trials) and cache["judge_calls"] == len(trials)

@@ -3,11 +3,14 @@ is the judge's own."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
+from demo_configs import demo_config
 
-from mergesearch.config import JudgeConfig
+from mergesearch.actors import JudgeServer
+from mergesearch.config import JudgeConfig, SearchConfig
 from mergesearch.judges.base import Assessment, Judge, make_judge
 from mergesearch.judges.cache import CachedJudge
 
@@ -50,11 +53,44 @@ def test_a_cached_verdict_is_the_judges_and_each_pair_is_judged_once(guard) -> N
     assert plain.safe != (plain.safe[0],) * 4  # the guard tells these apart: the check above can fail
 
 
-def test_verdicts_from_a_batch_the_judge_could_not_parse_are_not_kept() -> None:
-    class HalfParsed:
+def test_a_verdict_the_judge_could_not_parse_is_not_kept() -> None:
+    class FirstUnparsed:
         def assess(self, pairs: Sequence[tuple[str, str]]) -> Assessment:
-            return Assessment((False,) * len(pairs), unparsed=1)
+            return Assessment((False,) * len(pairs), (False,) + (True,) * (len(pairs) - 1))
 
-    cached = CachedJudge(HalfParsed())
+    cached = CachedJudge(FirstUnparsed())
     assert cached.assess(PAIRS[:2]).unparsed == 1
-    assert cached.assess(PAIRS[:2]).cached == 0  # judged again: the unparsed one is not known
+    again = cached.assess(PAIRS[:2])
+    assert again.from_cache == (False, True)  # the unparsed one is judged again, the parsed one kept
+
+
+def test_the_judge_server_answers_requests_that_wait_together_in_one_judge_call(guard) -> None:
+    """Three evaluators ask while the judge is busy: one judge call carries all three requests, and each
+    gets exactly the assessment it would have got alone (a pair two of them ask is judged once)."""
+    server = JudgeServer(setup_for(demo_config(judge=None)))
+    asked = [PAIRS[:2], PAIRS[1:4], [PAIRS[0]]]
+    watched = Watched(server.judge.judge)
+    server.judge.judge = watched
+
+    async def three_at_once() -> list[Assessment]:
+        return await asyncio.gather(*(server.assess(pairs) for pairs in asked))
+
+    answers = asyncio.run(three_at_once())
+    assert [a.safe for a in answers] == [guard.assess(pairs).safe for pairs in asked]
+    assert watched.asked == [[*PAIRS[:2], PAIRS[2], PAIRS[3]]]  # one call, each distinct pair once
+    assert [a.from_cache for a in answers] == [(False, False), (True, False, False), (True,)]
+    assert server.stats() | {"hit_rate": None} == {
+        "verdicts": 6,
+        "cached": 2,
+        "hit_rate": None,
+        "requests": 3,
+        "judge_calls": 1,
+    }
+    later = asyncio.run(server.assess(PAIRS[2:]))  # an idle judge takes a request at once, alone
+    assert later.from_cache == (True, True) and server.stats()["judge_calls"] == 2
+
+
+def setup_for(config: dict):
+    from mergesearch.setup import SearchSetup
+
+    return SearchSetup.prepare(SearchConfig.model_validate(config), log=lambda _: None)

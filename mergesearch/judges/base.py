@@ -21,13 +21,31 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Assessment:
-    """Per (prompt, response) pair: judged safe (a refusal, for the refusal judge)? And the unparsed count,
-    and how many verdicts came from a verdict cache rather than the judge."""
+    """Per (prompt, response) pair: judged safe (a refusal, for the refusal judge)? And, per pair, whether
+    the judge's verdict parsed (None: all did), P(unsafe) when the judge gives one, and whether the
+    verdict came from a verdict cache (None: none did). Per pair, so that one judge call made for several
+    callers splits back into each caller's exact assessment (``part``)."""
 
     safe: tuple[bool, ...]
-    unparsed: int = 0
+    parsed: tuple[bool, ...] | None = None
     p_unsafe: tuple[float, ...] | None = None
-    cached: int = 0
+    from_cache: tuple[bool, ...] | None = None
+
+    @property
+    def unparsed(self) -> int:
+        return 0 if self.parsed is None else self.parsed.count(False)
+
+    @property
+    def cached(self) -> int:
+        return 0 if self.from_cache is None else self.from_cache.count(True)
+
+    def part(self, start: int, stop: int) -> Assessment:
+        """The assessment of pairs ``start:stop``."""
+
+        def cut(flags: tuple | None) -> tuple | None:
+            return None if flags is None else flags[start:stop]
+
+        return Assessment(self.safe[start:stop], cut(self.parsed), cut(self.p_unsafe), cut(self.from_cache))
 
 
 class Judge(Protocol):

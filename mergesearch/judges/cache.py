@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 
 from mergesearch.judges.base import Assessment, Judge
 
-Verdict = tuple[bool, float | None]  # safe, and P(unsafe) when the judge gives one
+
+@dataclass(frozen=True)
+class Verdict:
+    safe: bool
+    parsed: bool
+    p_unsafe: float | None  # when the judge gives one
 
 
 def _key(prompt: str, response: str) -> bytes:
@@ -30,22 +35,19 @@ class CachedJudge:
     def assess(self, pairs: Sequence[tuple[str, str]]) -> Assessment:
         keys = [_key(prompt, response) for prompt, response in pairs]
         fresh = {key: pair for key, pair in zip(keys, pairs) if key not in self.verdicts}
-        found: dict[bytes, Verdict] = {}
-        unparsed = 0
-        if fresh:
-            judged = self.judge.assess(list(fresh.values()))
-            found, unparsed = dict(zip(fresh, _verdicts(judged))), judged.unparsed
-        chosen = [found[key] if key in found else self.verdicts[key] for key in keys]
-        if not unparsed:  # which verdicts failed to parse is not known per pair: then none is kept
-            self.verdicts.update(found)
-        cached = len(keys) - len(fresh)
-        self.hits, self.misses = self.hits + cached, self.misses + len(fresh)
-        probabilities = tuple(p for _, p in chosen)
+        found = dict(zip(fresh, _verdicts(self.judge.assess(list(fresh.values()))))) if fresh else {}
+        # an unparsed verdict is not the verdict the judge would give again: it is judged again next time
+        self.verdicts.update({key: v for key, v in found.items() if v.parsed})
+        chosen = [found.get(key) or self.verdicts[key] for key in keys]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}  # a repeat in the batch is a hit
+        from_cache = tuple(key not in found or first[key] != i for i, key in enumerate(keys))
+        self.hits, self.misses = self.hits + from_cache.count(True), self.misses + len(found)
+        probabilities = tuple(v.p_unsafe for v in chosen)
         return Assessment(
-            tuple(safe for safe, _ in chosen),
-            unparsed,
+            tuple(v.safe for v in chosen),
+            tuple(v.parsed for v in chosen),
             None if None in probabilities else probabilities,  # type: ignore[arg-type]
-            cached=cached,
+            from_cache,
         )
 
     def stats(self) -> dict[str, float]:
@@ -54,5 +56,7 @@ class CachedJudge:
 
 
 def _verdicts(assessment: Assessment) -> list[Verdict]:
-    probabilities = assessment.p_unsafe or (None,) * len(assessment.safe)
-    return list(zip(assessment.safe, probabilities, strict=True))
+    count = len(assessment.safe)
+    parsed = assessment.parsed or (True,) * count
+    probabilities = assessment.p_unsafe or (None,) * count
+    return [Verdict(*v) for v in zip(assessment.safe, parsed, probabilities, strict=True)]

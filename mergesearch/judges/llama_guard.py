@@ -223,7 +223,7 @@ class GuardJudge:
             tuple(v.p_unsafe for v in verdicts) if verdicts and verdicts[0].p_unsafe is not None else None
         )
         return Assessment(
-            tuple(v.unsafe is False for v in verdicts), sum(not v.parsed for v in verdicts), probabilities
+            tuple(v.unsafe is False for v in verdicts), tuple(v.parsed for v in verdicts), probabilities
         )
 
 

@@ -171,14 +171,15 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     started = time.perf_counter()
     try:
         _fit(_new_tuner(trainable, search_alg, spec.objectives, ledger, left, config), run)
-        cache = _cache_stats(judge)
+        cache = _judge_stats(judge)
     finally:
         for handle in [*evaluators, router, *([judge] if judge is not None else [])]:
             ray.kill(handle)
     if cache:
         log(
             f"judge: {cache['cached']} of {cache['verdicts']} verdicts from the cache "
-            f"(hit rate {cache['hit_rate']:.0%})"
+            f"(hit rate {cache['hit_rate']:.0%}); {cache['requests']} requests in "
+            f"{cache['judge_calls']} judge calls"
         )
     busy = sum(t.timings.get("evaluator", 0.0) for t in run.trials()[len(done) :])
     run.add_efficiency(busy, time.perf_counter() - started, concurrency, judge_cache=cache)
@@ -219,15 +220,15 @@ def _scheduler(multi: MultiFidelityConfig, metric_set: bool) -> Any:
     )
 
 
-def _cache_stats(judge: Any) -> dict[str, float] | None:
-    """The judge actor's verdict cache figures; None without a judge actor, or if it died once the search
-    was over (the trials are safe in the ledger by then)."""
+def _judge_stats(judge: Any) -> dict[str, float] | None:
+    """The judge actor's verdict cache and batching figures; None without a judge actor, or if it died
+    once the search was over (the trials are safe in the ledger by then)."""
     import ray
 
     if judge is None:
         return None
     try:
-        return ray.get(judge.cache_stats.remote())
+        return ray.get(judge.stats.remote())
     except ray.exceptions.RayError:
         return None
 
