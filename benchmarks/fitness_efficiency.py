@@ -71,6 +71,7 @@ def variants(multi: dict, factor: int) -> dict[str, tuple[dict, int]]:
 
 
 GUARD_OPENINGS = (4, 8, 12, 16, 24)
+Keep = Callable[[dict], None]  # writes a part's figures so far
 
 
 def quiet(_: str) -> None:
@@ -168,11 +169,18 @@ def best_so_far(trials: list[TrialResult], started: float) -> list[tuple[float, 
     return steps
 
 
-def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace) -> dict:
+def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: Keep) -> dict:
+    """Seed by seed; what the seeds so far show is kept (``keep``) as each one ends: hours at SmolLM2."""
     multi = {"rounds": args.rounds, "reduction_factor": args.reduction_factor, "grace_rounds": 1}
     searches = variants(multi, args.trials_factor)
     heldout = HeldOut(setup)
-    per_seed = []
+    per_seed: list[dict] = []
+    shown = {
+        "trials_full_fidelity": args.trials,
+        "trials_factor_multi_fidelity": args.trials_factor,
+        "multi_fidelity": multi,
+    }
+    measured = {**shown, "seeds": per_seed, "summary": {}}
     for seed in range(args.seeds):
         runs = {}
         for name, (sections, factor) in searches.items():
@@ -198,32 +206,33 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace) -> dic
             reached = [s for s, fitness in row.pop("steps") if fitness >= target - 1e-9]
             row["seconds_to_target"] = round(reached[0], 1) if reached else None
         per_seed.append({"seed": seed, "target_heldout_fitness": round(target, 4), "variants": runs})
-    summary = {}
-    for name in searches:
+        measured = {**shown, "seeds": per_seed, "summary": summary(per_seed, list(searches))}
+        keep(measured)
+    return measured
+
+
+def summary(per_seed: list[dict], names: list[str]) -> dict:
+    """Per variant: in how many seeds it reached the target, and its speed-up over full fidelity."""
+    found = {}
+    for name in names:
         ratios = [
             s["variants"]["full_fidelity"]["seconds_to_target"] / s["variants"][name]["seconds_to_target"]
             for s in per_seed
             if s["variants"][name]["seconds_to_target"]
         ]
-        summary[name] = {
+        found[name] = {
             "reached_target_in_seeds": len(ratios),
             "speedup_over_full_mean": round(statistics.mean(ratios), 2) if ratios else None,
             "speedup_over_full_min": round(min(ratios), 2) if ratios else None,
             "speedup_over_full_max": round(max(ratios), 2) if ratios else None,
         }
-    return {
-        "trials_full_fidelity": args.trials,
-        "trials_factor_multi_fidelity": args.trials_factor,
-        "multi_fidelity": multi,
-        "seeds": per_seed,
-        "summary": summary,
-    }
+    return found
 
 
 # ------------------------------------------------------------------------------------ main
-PARTS: dict[str, Callable[[SearchSetup, Path, argparse.Namespace], dict]] = {
-    "stages": lambda setup, work, a: stages_part(setup, a.genomes),
-    "agreement": lambda setup, work, a: agreement_part(setup, a.genomes),
+PARTS: dict[str, Callable[[SearchSetup, Path, argparse.Namespace, Keep], dict]] = {
+    "stages": lambda setup, work, a, keep: stages_part(setup, a.genomes),
+    "agreement": lambda setup, work, a, keep: agreement_part(setup, a.genomes),
     "search": search_part,
 }
 
@@ -254,13 +263,15 @@ def main() -> None:
             if part == "search":
                 ray_session(num_cpus=os.cpu_count())
             started = time.perf_counter()
-            measured = PARTS[part](setup, args.work / scale, args)
-            result.setdefault(scale, {})[part] = {
-                **measured,
-                "part_wall_s": round(time.perf_counter() - started, 1),
-            }
+
+            def keep(measured: dict, scale: str = scale, part: str = part, started: float = started) -> None:
+                """A part's figures so far, written at once: what a long part has shown outlives it."""
+                wall = round(time.perf_counter() - started, 1)
+                result.setdefault(scale, {})[part] = {**measured, "part_wall_s": wall}
+                atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+
+            keep(PARTS[part](setup, args.work / scale, args, keep))
             stderr(f"{scale} {part}: done")
-            atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")  # each part kept as it ends
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
