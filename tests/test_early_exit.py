@@ -45,5 +45,27 @@ def test_a_guards_early_exit_keeps_its_opening_tokens(zoo_dir, harmful) -> None:
     assert all(f.startswith(e) for f, e in zip(full, early))
 
 
+@pytest.mark.parametrize("kind", ["refusal", "llama_guard"])
+def test_one_call_ends_only_the_prompts_given_a_rule(zoo_dir, harmful, kind) -> None:
+    """Per-prompt rules: harmful prompts (with the judge's rule) and benign ones (without) answered in one
+    call, in mixed batches, get what each would get in a call of its own kind."""
+    backend = HFBackend.from_pretrained(zoo_dir / "aligned", device="cpu")
+    rule = settle_rule(JudgeConfig(kind=kind, model="guard", early_exit=True, early_exit_tokens=6))
+    benign = [prompt.replace("how to", "why people") for prompt in harmful[12:24]]
+    mixed = [p for pair in zip(harmful[:12], benign) for p in pair]  # alternating: they share batches
+    rules = [rule, None] * 12
+    replies = backend.generate(mixed, max_new_tokens=48, settled=rules)
+    assert replies[0::2] == backend.generate(harmful[:12], max_new_tokens=48, settled=rule)
+    assert replies[1::2] == backend.generate(benign, max_new_tokens=48)
+    full = backend.generate(harmful[:12], max_new_tokens=48)
+    assert sum(len(e) < len(f) for e, f in zip(replies[0::2], full)) >= 3  # the rule did end some
+
+
+def test_a_rule_per_prompt_must_match_the_prompts(zoo_dir) -> None:
+    backend = HFBackend.from_pretrained(zoo_dir / "math", device="cpu")
+    with pytest.raises(ValueError, match="2 settle rules for 3 prompts"):
+        backend.generate(["a", "b", "c"], settled=[None, None])
+
+
 def test_early_exit_is_off_unless_asked() -> None:
     assert settle_rule(JudgeConfig(kind="refusal")) is None

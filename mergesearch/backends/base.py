@@ -45,6 +45,19 @@ class SettleRule(Protocol):
     def __call__(self, response: str, tokens: int) -> bool: ...
 
 
+Settled = SettleRule | Sequence[SettleRule | None] | None
+"""What ``generate`` takes as ``settled``: one rule for every prompt, or one per prompt (None: none)."""
+
+
+def rules_per_prompt(settled: Settled, prompts: int) -> list[SettleRule | None]:
+    """``settled`` as one rule (or None) per prompt."""
+    if settled is None or not isinstance(settled, Sequence):
+        return [settled] * prompts
+    if len(settled) != prompts:
+        raise ValueError(f"{len(settled)} settle rules for {prompts} prompts")
+    return list(settled)
+
+
 def reply_length(max_new_tokens: int | None, default: int, settled: SettleRule | None) -> int:
     """Tokens a reply may take: the asked length (else the backend's), capped by an early-exit rule's
     length when it has one."""
@@ -76,10 +89,12 @@ class Backend(Protocol):
         temperature: float = 0.0,
         seed: int | None = None,
         raw: bool = False,
-        settled: SettleRule | None = None,
+        settled: Settled = None,
     ) -> list[str]:
         """Replies to each prompt, in order (greedy unless ``temperature`` > 0); ``raw``: the prompts are
-        already rendered text; ``settled``: a reply may stop once the judge's verdict on it is settled."""
+        already rendered text; ``settled``: a reply may stop once the judge's verdict on it is settled
+        (one rule for all, or one per prompt, so that one call can answer prompts that are judged and
+        prompts that are not)."""
         ...
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:

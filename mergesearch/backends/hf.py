@@ -24,12 +24,14 @@ from transformers import (
 
 from mergesearch.backends.base import (
     Prompt,
+    Settled,
     SettleRule,
     check_weights,
     encode_pair,
     render_chat,
     reply_length,
     require_chat_template,
+    rules_per_prompt,
 )
 from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
@@ -126,13 +128,13 @@ class HFBackend:
         temperature: float = 0.0,
         seed: int | None = None,
         raw: bool = False,
-        settled: SettleRule | None = None,
+        settled: Settled = None,
     ) -> list[str]:
         """Replies to each prompt, in order; batches are formed from similar lengths. Greedy unless
         ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible). ``raw``:
-        the prompts are already rendered text (a guard prompt, say), not chat turns. ``settled``: a
-        reply stops at the rule's length, or once the rule says so (checked after every token; a batch
-        ends when all of its replies have)."""
+        the prompts are already rendered text (a guard prompt, say), not chat turns. ``settled`` (one
+        rule, or one per prompt): a reply stops at its rule's length, or once its rule says so (checked
+        after every token; a batch ends when all of its replies have)."""
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
             if temperature > 0
@@ -141,21 +143,28 @@ class HFBackend:
         if temperature > 0 and seed is not None:
             torch.manual_seed(seed)
         encoded = [self._encode(p if raw else self.render(p)) for p in prompts]
+        rules = rules_per_prompt(settled, len(prompts))
+        lengths = [reply_length(max_new_tokens, self.max_new_tokens, rule) for rule in rules]
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
-        length = reply_length(max_new_tokens, self.max_new_tokens, settled)
         for rows in self._length_batches(encoded):
             ids, mask = self._left_padded([encoded[i] for i in rows])
             width = ids.shape[1]
+            batch_rules, batch_lengths = [rules[i] for i in rows], [lengths[i] for i in rows]
+            checked = any(r is not None and r.max_tokens is None for r in batch_rules)
             stopping = (
-                {"stopping_criteria": StoppingCriteriaList([_Settled(settled, self.tokenizer, width)])}
-                if settled is not None and settled.max_tokens is None
+                {
+                    "stopping_criteria": StoppingCriteriaList(
+                        [_Settled(batch_rules, batch_lengths, self.tokenizer, width)]
+                    )
+                }
+                if checked or len(set(batch_lengths)) > 1
                 else {}
             )
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                max_new_tokens=length,
+                max_new_tokens=max(batch_lengths),
                 **stopping,
                 **sampling,
                 pad_token_id=pad,
@@ -163,7 +172,7 @@ class HFBackend:
             )
             texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             for r, i in enumerate(rows):
-                replies[i] = texts[r].strip()
+                replies[i] = _cut(self.tokenizer, texts[r], out[r, width:], batch_lengths[r]).strip()
         return replies
 
     @torch.inference_mode()
@@ -352,16 +361,36 @@ class HFBackend:
 
 
 class _Settled(StoppingCriteria):
-    """Per row: is the reply generated so far (after the prompt's ``width`` columns) settled?"""
+    """Per row: has the reply generated so far (after the prompt's ``width`` columns) reached its length,
+    or does its rule call it settled? Rows without a rule run to their length (or end of text)."""
 
-    def __init__(self, rule: SettleRule, tokenizer: PreTrainedTokenizerBase, width: int) -> None:
-        self.rule, self.tokenizer, self.width = rule, tokenizer, width
+    def __init__(
+        self,
+        rules: list[SettleRule | None],
+        lengths: list[int],
+        tokenizer: PreTrainedTokenizerBase,
+        width: int,
+    ) -> None:
+        self.rules, self.lengths, self.tokenizer, self.width = rules, lengths, tokenizer, width
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         new = input_ids[:, self.width :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        done = [self.rule(text.strip(), new.shape[1]) for text in texts]
+        tokens = new.shape[1]
+        checked = [r is not None and r.max_tokens is None for r in self.rules]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True) if any(checked) else []
+        done = [
+            tokens >= length or (check and rule(texts[row].strip(), tokens))  # type: ignore[misc]
+            for row, (rule, length, check) in enumerate(zip(self.rules, self.lengths, checked))
+        ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _cut(tokenizer: PreTrainedTokenizerBase, text: str, new: torch.Tensor, length: int) -> str:
+    """A reply of a batch that ran longer than its own length, cut back to that length (a finished row
+    goes on receiving tokens until the batch stops; they are pad tokens unless it stopped on length)."""
+    if new.shape[0] <= length:
+        return text
+    return tokenizer.decode(new[:length], skip_special_tokens=True)
 
 
 def _scored(steps: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:

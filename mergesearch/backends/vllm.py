@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from mergesearch.backends.base import (
     Prompt,
-    SettleRule,
+    Settled,
     check_weights,
     encode_pair,
     render_chat,
     reply_length,
     require_chat_template,
+    rules_per_prompt,
 )
 from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
@@ -258,18 +259,21 @@ class VLLMBackend:
         temperature: float = 0.0,
         seed: int | None = None,
         raw: bool = False,
-        settled: SettleRule | None = None,
+        settled: Settled = None,
     ) -> list[str]:
-        """As ``Backend.generate``; of a ``settled`` rule, vLLM applies only its length (``max_tokens``):
-        its engine takes no per-token Python check."""
+        """As ``Backend.generate``; of a ``settled`` rule (one, or one per prompt), vLLM applies only its
+        length (``max_tokens``, per prompt): its engine takes no per-token Python check."""
         from vllm import SamplingParams
 
-        length = reply_length(max_new_tokens, self.max_new_tokens, settled)
-        params = SamplingParams(
-            temperature=temperature,
-            max_tokens=length,
-            seed=seed if temperature > 0 else None,
-        )
+        rules = rules_per_prompt(settled, len(prompts))
+        params = [
+            SamplingParams(
+                temperature=temperature,
+                max_tokens=reply_length(max_new_tokens, self.max_new_tokens, rule),
+                seed=seed if temperature > 0 else None,
+            )
+            for rule in rules
+        ]
         texts = [p if raw else self.render(p) for p in prompts]
         outputs = self.llm.generate(self._token_prompts(texts), params, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outputs]

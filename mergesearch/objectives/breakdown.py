@@ -16,6 +16,7 @@ from typing import Any
 from mergesearch.backends.base import Backend
 from mergesearch.judges.base import Judge
 from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.objectives.evaluate import answer_parts
 from mergesearch.objectives.task import ChoiceItem, ShortAnswerItem, choice_hits, contains_answer
 
 
@@ -59,8 +60,10 @@ def evaluate_model(
     started = time.perf_counter()
     harm_categories, harmful = _flat(data.harmful)
     benign_categories, benign = _flat(data.benign)
-    harmful_replies = backend.generate(harmful, max_new_tokens=max_new_tokens) if harmful else []
-    benign_replies = backend.generate(benign, max_new_tokens=max_new_tokens) if benign else []
+    short_categories, short = _flat(data.short)
+    harmful_replies, benign_replies, short_replies = answer_parts(
+        backend, [harmful, benign, [item.prompt for item in short]], max_new_tokens
+    )
     timings["generate"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -76,10 +79,7 @@ def evaluate_model(
     correct = [
         (c, acc) for c, (acc, _) in zip(choice_categories, choice_hits(backend, choice) if choice else [])
     ]
-    short_categories, short = _flat(data.short)
-    if short:
-        replies = backend.generate([item.prompt for item in short], max_new_tokens=max_new_tokens)
-        correct += [(c, contains_answer(r, i.answer)) for c, r, i in zip(short_categories, replies, short)]
+    correct += [(c, contains_answer(r, i.answer)) for c, r, i in zip(short_categories, short_replies, short)]
     if correct:
         report["task_accuracy"] = _rates([c for c, _ in correct], [hit for _, hit in correct])
     timings["score"] = time.perf_counter() - started

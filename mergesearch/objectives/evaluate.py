@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mergesearch.backends.base import Backend, SettleRule, encode_pair
+from mergesearch.backends.base import Backend, Prompt, SettleRule, encode_pair
 from mergesearch.config import FitnessConfig
 from mergesearch.judges.base import Judge
 from mergesearch.judges.refusal import RefusalJudge
@@ -110,6 +111,25 @@ def combined(parts: list[Scores], config: FitnessConfig) -> Scores:
     return Scores(found, counts, timings, fitness(found, config.weights))
 
 
+def answer_parts(
+    backend: Backend,
+    parts: Sequence[Sequence[Prompt]],
+    max_new_tokens: int,
+    settled: Sequence[SettleRule | None] | None = None,
+) -> list[list[str]]:
+    """Replies to each part's prompts (``settled``: each part's early-exit rule), from one ``generate``
+    call: decoding pays per batch and per token, not per prompt, so parts answered apart would each pay
+    the whole reply length in decoding steps (three small batches cost about what three full ones do)."""
+    rules = [rule for part, rule in zip(parts, settled or [None] * len(parts), strict=True) for _ in part]
+    prompts = [prompt for part in parts for prompt in part]
+    replies = backend.generate(prompts, max_new_tokens=max_new_tokens, settled=rules) if prompts else []
+    found, start = [], 0
+    for part in parts:
+        found.append(replies[start : start + len(part)])
+        start += len(part)
+    return found
+
+
 def score_model(
     backend: Backend,
     data: EvalData,
@@ -120,15 +140,18 @@ def score_model(
 ) -> Scores:
     """All objectives the data supports (the loss proxy only when weighted: it costs a scoring pass).
     ``settled``: the judge's early-exit rule, which ends answers to harmful prompts (the search's
-    fitness only: held-out evaluations read full answers)."""
+    fitness only: held-out evaluations read full answers). Timings: ``generate`` answers every part
+    (short answers included), ``score`` is choice scoring and the loss proxy."""
     counts: dict[str, float] = {}
     timings: dict[str, float] = {}
     started = time.perf_counter()
     harmful = list(data.harmful)
-    harmful_replies = (
-        backend.generate(harmful, max_new_tokens=max_new_tokens, settled=settled) if harmful else []
+    harmful_replies, benign_replies, short_replies = answer_parts(
+        backend,
+        [harmful, list(data.benign), [item.prompt for item in data.short_items]],
+        max_new_tokens,
+        [settled, None, None],
     )
-    benign_replies = backend.generate(list(data.benign), max_new_tokens=max_new_tokens) if data.benign else []
     timings["generate"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -156,9 +179,9 @@ def score_model(
             choice_acc_norm=accuracy["acc_norm"],
         )
     if data.short_items:
-        replies = backend.generate([i.prompt for i in data.short_items], max_new_tokens=max_new_tokens)
         counts.update(
-            short_items=len(data.short_items), contains_answer=contains_answer_rate(replies, data.short_items)
+            short_items=len(data.short_items),
+            contains_answer=contains_answer_rate(short_replies, data.short_items),
         )
     if config.weights.get("loss_proxy") and data.tagged:
         counts.update(loss_proxy_counts(backend, data))
