@@ -4,10 +4,12 @@
         [--scales toy,smollm2] [--parts stages,agreement,search] [--seeds 5]
 
 - ``stages``: per-stage seconds (merge / generate / judge / score) of one genome's evaluation, before
-  (every answer in full, every choice row scored whole) and after (early exit, prefix reuse), for the
-  same random genomes, alternating before and after so both see the same machine load; one untimed
-  evaluation each first (the load). Both score the same split; the largest objective difference
-  between the two is reported beside the times.
+  (every answer in full, every choice row scored whole, a ``generate`` call per part of the split),
+  with one call for all parts (``one_call``), and after (one call, early exit, prefix reuse), for the
+  same random genomes, in turn so all see the same machine load; one untimed evaluation each first
+  (the load). All score the same split; the largest objective difference from ``before`` is reported
+  beside the times. And a multi-fidelity round's cost: a shard of a third and of a ninth of the
+  split against the whole split (without the merge, which a round of the held genome skips).
 - ``agreement``: early exit against full-length judging. Each genome's answers to the harmful prompts
   are generated in full and with the early-exit rule, and judged: the share of (prompt, answer) pairs
   whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit_tokens``; the
@@ -32,21 +34,26 @@ SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from unittest import mock
 
 import torch
 from scaling import DEMO, SMOLLM2, prepared, random_genomes, smollm2_built, stderr, with_config
 
 from mergesearch.actors import Evaluator
+from mergesearch.backends.base import Backend, Prompt, SettleRule
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.base import settle_rule
+from mergesearch.objectives import evaluate as evaluate_module
+from mergesearch.objectives.evaluate import Scores
 from mergesearch.runtime import offline_and_quiet, ray_session
 from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.search.tuner import run_search
@@ -81,20 +88,62 @@ def quiet(_: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ stages
+@contextlib.contextmanager
+def parts_answered_apart() -> Iterator[None]:
+    """The evaluation as it was before one call answered every part: a ``generate`` call per part."""
+
+    def apart(
+        backend: Backend,
+        parts: Sequence[Sequence[Prompt]],
+        max_new_tokens: int,
+        settled: Sequence[SettleRule | None] | None = None,
+    ) -> list[list[str]]:
+        rules = settled or [None] * len(parts)
+        return [
+            backend.generate(list(part), max_new_tokens=max_new_tokens, settled=rule) if part else []
+            for part, rule in zip(parts, rules)
+        ]
+
+    with mock.patch.object(evaluate_module, "answer_parts", apart):
+        yield
+
+
+STAGE_SETTINGS = {  # name: (config sections, each part answered in a call of its own?)
+    "before": (SETTINGS["before"], True),
+    "one_call": (SETTINGS["before"], False),
+    "after": (SETTINGS["after"], False),
+}
+
+
 def stages_part(setup: SearchSetup, genomes: int) -> dict:
+    """``before``: full answers, no prefix reuse, a call per part (the evaluation before this work);
+    ``one_call``: the same with one call for every part; ``after``: one call, early exit, prefix reuse."""
     evaluators = {
-        name: Evaluator(with_config(setup, **sections), log=quiet) for name, sections in SETTINGS.items()
+        name: Evaluator(with_config(setup, **sections), log=quiet)
+        for name, (sections, _) in STAGE_SETTINGS.items()
     }
-    for evaluator in evaluators.values():
-        evaluator.evaluate(setup.space.uniform())  # the load, untimed
+
+    def evaluate(name: str, genome: dict[str, float], shard: tuple[int, int] | None = None) -> Scores:
+        apart = STAGE_SETTINGS[name][1]
+        with parts_answered_apart() if apart else contextlib.nullcontext():
+            return evaluators[name].evaluate(genome, shard=shard)
+
+    def unmerged(scores: Scores) -> float:  # a shard of the genome the model holds is not merged again
+        return sum(scores.timings[stage] for stage in STAGES if stage != "merge")
+
+    for name in evaluators:
+        evaluate(name, setup.space.uniform())  # the load, untimed
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in evaluators}
+    shard_shares: dict[str, dict[int, list[float]]] = {name: {3: [], 9: []} for name in evaluators}
     differences = []
     for genome in random_genomes(setup, genomes, seed=1):
-        scored = {name: evaluator.evaluate(genome) for name, evaluator in evaluators.items()}
+        scored = {name: evaluate(name, genome) for name in evaluators}
         for name, scores in scored.items():
             rows[name].append({stage: scores.timings[stage] for stage in STAGES})
-        before, after = scored["before"].objectives, scored["after"].objectives
-        differences.append(max(abs(before[k] - after[k]) for k in before))
+            for rounds, shares in shard_shares[name].items():
+                shares.append(unmerged(evaluate(name, genome, (0, rounds))) / unmerged(scores))
+        before = scored["before"].objectives
+        differences.append(max(abs(before[k] - s.objectives[k]) for s in scored.values() for k in before))
     mean = {name: {s: statistics.mean(r[s] for r in timed) for s in STAGES} for name, timed in rows.items()}
     for row in mean.values():
         row["total"] = sum(row[s] for s in STAGES)
@@ -103,6 +152,11 @@ def stages_part(setup: SearchSetup, genomes: int) -> dict:
         "mean_seconds": {name: {s: round(v, 4) for s, v in row.items()} for name, row in mean.items()},
         "speedup": {s: round(mean["before"][s] / max(mean["after"][s], 1e-9), 2) for s in mean["before"]},
         "largest_objective_difference": round(max(differences), 4),
+        # a multi-fidelity round's cost: one shard (a third, a ninth of the split) against the whole
+        "shard_cost_share": {
+            name: {f"1/{n}": round(statistics.mean(v), 3) for n, v in by.items()}
+            for name, by in shard_shares.items()
+        },
     }
 
 
