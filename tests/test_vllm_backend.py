@@ -63,6 +63,18 @@ def genomes(space: GenomeSpace) -> list[dict[str, float]]:
     ]
 
 
+def test_a_length_rule_per_prompt_caps_only_its_own_prompts(engine) -> None:
+    """vLLM applies an early-exit rule's length per prompt: one call, capped and uncapped replies."""
+    from mergesearch.judges.base import settle_rule
+
+    rule = settle_rule(JudgeConfig(kind="llama_guard", model="guard", early_exit=True, early_exit_tokens=3))
+    replies = engine.generate(PROMPTS, max_new_tokens=24, settled=[rule, None] * (len(PROMPTS) // 2))
+    full = engine.generate(PROMPTS, max_new_tokens=24)
+    tokens = [len(engine.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
+    assert all(n <= 3 for n in tokens[0::2]) and replies[1::2] == full[1::2]
+    assert any(len(f) > len(r) for f, r in zip(full[0::2], replies[0::2]))  # the cap did cut
+
+
 def test_in_place_swaps_say_what_a_freshly_loaded_engine_says(engine, pool, zoo_dir, tmp_path) -> None:
     space = GenomeSpace("task_arithmetic", EXPERTS, pool.num_layers)
     merger = ResidentMerger(zoo_dir / "base", {e: zoo_dir / e for e in EXPERTS}, log=lambda _: None)
