@@ -74,7 +74,7 @@ bench-smollm2: $(STAMP)
 	$(BIN)/python benchmarks/smollm2_family.py --out benchmarks/results/smollm2_family.json
 	$(BIN)/python benchmarks/scaling.py --out benchmarks/results/scaling_smollm2.json --parts compact_smollm2
 	$(BIN)/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json --scales smollm2 \
-		--rounds 9 --trials 8 --trials-factor 2
+		--rounds 9 --trials 8 --trials-factor 2 --cold
 
 ## Evaluation throughput with the hf and vllm backends side by side (in the vLLM environment).
 bench-vllm: $(STAMP) $(VLLM_STAMP)
