@@ -147,6 +147,7 @@ class JudgeServer:
         self.judge = CachedJudge(make_judge(setup.config.judge, str(resolve_device(device)), _print))
         self.waiting: list[tuple[list[tuple[str, str]], asyncio.Future[Assessment]]] = []
         self.draining = False
+        self.drainer: asyncio.Task[None] | None = None  # held: a bare task may be garbage-collected
         self.requests = self.judge_calls = 0
 
     async def assess(self, pairs: list[tuple[str, str]]) -> Assessment:
@@ -154,7 +155,7 @@ class JudgeServer:
         self.waiting.append((list(pairs), answer))
         if not self.draining:
             self.draining = True
-            self.drainer = asyncio.create_task(self._drain())  # held: a bare task may be collected
+            self.drainer = asyncio.create_task(self._drain())
         return await answer
 
     async def _drain(self) -> None:
