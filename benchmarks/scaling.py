@@ -111,9 +111,7 @@ def evaluators_part(work: Path, trials: int) -> dict:
             "evaluator_busy_s_per_trial": round(statistics.mean(busy), 3),
             "wall_s": round(wall, 1),
             # the judge actor batches requests that wait while it is busy into one call
-            "evaluator_requests_per_judge_call": (
-                round(judge["requests"] / judge["judge_calls"], 2) if judge.get("judge_calls") else None
-            ),
+            "evaluator_requests_per_judge_call": judge.get("requests_per_call"),
         }
         stderr(f"evaluators {count}: {rows[str(count)]}")
     one = rows["1"]["genomes_per_minute_steady"]

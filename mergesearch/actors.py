@@ -180,7 +180,13 @@ class JudgeServer:
 
     def stats(self) -> dict[str, float]:
         """The verdict cache's figures, and how many evaluator requests the judge's calls carried."""
-        return {**self.judge.stats(), "requests": self.requests, "judge_calls": self.judge_calls}
+        per_call = self.requests / self.judge_calls if self.judge_calls else 0.0
+        return {
+            **self.judge.stats(),
+            "requests": self.requests,
+            "judge_calls": self.judge_calls,
+            "requests_per_call": per_call,
+        }
 
 
 def evaluator_actor(setup: SearchSetup) -> Any:

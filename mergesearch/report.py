@@ -93,11 +93,6 @@ def _baselines(baselines: list[dict[str, Any]]) -> list[str]:
     return ["## Baselines (search split)", "", _table(["baseline", *SHOWN, "weights"], rows)]
 
 
-def _requests_per_call(judge: dict[str, Any]) -> str:
-    """Evaluator requests each judge call carried (the judge actor batches them); "-" before it did."""
-    return _fmt(judge["requests"] / judge["judge_calls"]) if judge.get("judge_calls") else "-"
-
-
 def _efficiency(sessions: list[dict[str, Any]]) -> list[str]:
     rows = [
         [
@@ -106,7 +101,7 @@ def _efficiency(sessions: list[dict[str, Any]]) -> list[str]:
             _fmt(s["evaluator_busy_s"]),
             _fmt(s["idle_share"]),
             _fmt(s["judge_cache"]["hit_rate"]) if "judge_cache" in s else "-",
-            _requests_per_call(s.get("judge_cache", {})),
+            _fmt(s["judge_cache"].get("requests_per_call", "-")) if "judge_cache" in s else "-",
         ]
         for i, s in enumerate(sessions)
     ]

@@ -85,6 +85,7 @@ def test_the_judge_server_answers_requests_that_wait_together_in_one_judge_call(
         "hit_rate": None,
         "requests": 3,
         "judge_calls": 1,
+        "requests_per_call": 3.0,
     }
     later = asyncio.run(server.assess(PAIRS[2:]))  # an idle judge takes a request at once, alone
     assert later.from_cache == (True, True) and server.stats()["judge_calls"] == 2

@@ -372,15 +372,16 @@ class _Settled(StoppingCriteria):
         width: int,
     ) -> None:
         self.rules, self.lengths, self.tokenizer, self.width = rules, lengths, tokenizer, width
+        # rows whose rule reads the text (a length-only rule is its row's length): fixed for the batch
+        self.checked = [r is not None and r.max_tokens is None for r in rules]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         new = input_ids[:, self.width :]
         tokens = new.shape[1]
-        checked = [r is not None and r.max_tokens is None for r in self.rules]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True) if any(checked) else []
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True) if any(self.checked) else []
         done = [
             tokens >= length or (check and rule(texts[row].strip(), tokens))  # type: ignore[misc]
-            for row, (rule, length, check) in enumerate(zip(self.rules, self.lengths, checked))
+            for row, (rule, length, check) in enumerate(zip(self.rules, self.lengths, self.checked))
         ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
