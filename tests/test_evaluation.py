@@ -18,7 +18,7 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
-from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, write_choice_task
+from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, task_manager, write_choice_task
 from mergesearch.objectives.task import ChoiceItem, choice_accuracy, contains_answer, contains_answer_rate
 from mergesearch.runtime import ray_session
 from mergesearch.setup import SearchSetup
@@ -56,6 +56,13 @@ def test_task_accuracy_equals_lm_evals_acc_on_the_same_merged_model(
     )[task]
     assert theirs["acc"] == pytest.approx(ours["acc"], abs=1e-12)
     assert theirs["acc_norm"] == pytest.approx(ours["acc_norm"], abs=1e-12)
+
+
+def test_our_own_lm_eval_tasks_are_run_without_indexing_lm_evals_built_in_ones(tmp_path) -> None:
+    task = write_choice_task([ChoiceItem("2 + 2 =", (" 4", " 5"), 0)], str, tmp_path, "ours_only")
+    assert task_manager([task], tmp_path).all_tasks == [task]
+    with_built_ins = task_manager([task, "arc_easy"], tmp_path).all_tasks
+    assert task in with_built_ins and "arc_easy" in with_built_ins
 
 
 class _ScriptedBackend:

@@ -114,18 +114,29 @@ def check_tasks(tasks: Sequence[str], field: str) -> None:
             raise UserError(f"{field}: {task!r} is not an lm-eval task ({hint})")
 
 
+def task_manager(tasks: Sequence[str], include_path: Path | None) -> Any:
+    """lm-eval's task index: our own tasks alone when every task asked for is one of them, else with
+    lm-eval's built-in tasks too. Indexing the built-ins (thousands of YAML files) costs seconds on every
+    call, more than scoring a toy model's held-out questions."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        local = TaskManager(include_path=str(include_path), include_defaults=False)
+        if set(tasks) <= set(local.all_tasks):
+            return local
+    return TaskManager(include_path=str(include_path) if include_path else None)
+
+
 def run_lm_eval(
     lm: Any, tasks: Sequence[str], include_path: Path | None = None
 ) -> dict[str, dict[str, float]]:
     """lm-eval's ``simple_evaluate`` with ``lm`` (``hf_lm`` or ``backend_lm``); per task, its metrics."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
     results = simple_evaluate(
         model=lm,
         tasks=list(tasks),
-        task_manager=manager,
+        task_manager=task_manager(tasks, include_path),
         log_samples=False,
         bootstrap_iters=0,
         verbosity="ERROR",
