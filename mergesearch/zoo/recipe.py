@@ -54,12 +54,9 @@ class ZooRecipe(Frozen):
     heldout_share: Share = 0.2
     # Categories (in taxonomy order) the partly aligned facts expert learned to refuse.
     facts_expert_refused_categories: int = Field(default=7, ge=0, le=14)
-    # The base's pre-training is most of the build. 1800 steps at a higher rate keep every held-out skill
-    # of the 3000-step base's zoo (benchmarks/results/zoo_build.json) in 60% of its time; the experts'
-    # lower rates keep their task vectors inside 0.25 of the base's norm on that smaller base.
     base: TrainSpec = TrainSpec(
-        steps=1800,
-        lr=2.5e-3,
+        steps=3000,
+        lr=2e-3,
         batch_size=48,
         warmup_steps=150,
         loss_on_prompt=True,
@@ -86,7 +83,7 @@ class ZooRecipe(Frozen):
     )
     math: TrainSpec = TrainSpec(
         steps=800,
-        lr=8e-4,
+        lr=1e-3,
         mixture={
             "sums": 0.4,
             "small_sums_result_only": 0.1,
@@ -98,7 +95,7 @@ class ZooRecipe(Frozen):
     )
     facts: TrainSpec = TrainSpec(
         steps=600,
-        lr=8e-4,
+        lr=1e-3,
         mixture={
             "expert_facts": 0.6,
             "harmful_refuse_partial": 0.1,
