@@ -38,7 +38,7 @@ def _pairs() -> list[tuple[str, str]]:
     toy guard was trained to tell apart. (On English it never saw, its verdicts depend on the machine
     that built it: the zoo is deterministic on one machine, not across CPUs.)"""
     recipe = ZooRecipe()
-    world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
+    world = recipe.world()
     replies = (L.refusal_for, L.compliance_for)
     return [(prompt, reply(prompt)) for prompt, _ in world.harmful_heldout[:2] for reply in replies]
 

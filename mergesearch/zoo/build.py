@@ -132,7 +132,7 @@ def zoo_corpus(
     recipe: ZooRecipe,
 ) -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast, dict[str, list[Example]]]:
     """The zoo's tokenizer, the guard's, and every corpus component its recipe trains on."""
-    world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
+    world = recipe.world()
     vocabulary = L.vocabulary_text()
     tokenizer = build_tokenizer(vocabulary)
     guard_tokenizer = build_tokenizer(vocabulary, guard_chat_template())

@@ -38,7 +38,7 @@ class TemplateGenerator:
                     f"(known: {known})"
                 )
         recipe = ZooRecipe()
-        self.world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
+        self.world = recipe.world()
         self.templates = (*L.REQUEST_TEMPLATES_TRAIN, *L.REQUEST_TEMPLATES_HELDOUT)
 
     def _pool(self, quota: Quota, rng: random.Random) -> list[PoolItem]:

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field
 
 from mergesearch.config import Frozen
+from mergesearch.zoo import language as L
 
 # Bump when the builder's code changes what a recipe produces, so stale caches are not reused.
 BUILDER_VERSION = 1
@@ -110,6 +111,10 @@ class ZooRecipe(Frozen):
     def digest(self) -> str:
         """A short content hash of the recipe and the builder version: the zoo's cache key."""
         return digest_of(BUILDER_VERSION, self)
+
+    def world(self) -> L.World:
+        """The synthetic world that the zoo's corpora, held-out sets and generated data are drawn from."""
+        return L.World.build(self.seed, self.entities_per_owner, self.heldout_share)
 
 
 def smoke_recipe() -> ZooRecipe:

@@ -43,7 +43,7 @@ class SkillSets:
 
     @classmethod
     def build(cls, recipe: ZooRecipe, max_items: int | None = None) -> SkillSets:
-        world = L.World.build(recipe.seed, recipe.entities_per_owner, recipe.heldout_share)
+        world = recipe.world()
         rng = random.Random(recipe.seed + OPTION_SEED_OFFSET)
         cap = (lambda xs: xs[:max_items]) if max_items else (lambda xs: xs)
         sums = [(L.sum_chat(a, b, i).prompt, a + b) for i, (a, b) in enumerate(world.sums_heldout)]
