@@ -4,19 +4,28 @@
 vector into a ResidentMerger, a backend holding the live model the merges are written into, the
 evaluation data and, unless a ``JudgeActor`` serves it, the judge. Each ``evaluate(genome)`` then merges
 in place, generates, judges and scores, and reports the objectives, counts and timings, including the
-weight files it read from disk (measured with ``file_reads``: none, once warm).
+weight files it read from disk (measured with ``file_reads``: none, once warm). The fitness that
+combines the objectives comes with each request, so one evaluator serves searches of any fitness.
+
+Starting these actors is most of a short search's cost (each is a process that imports torch, loads its
+models and compiles the merge kernel on its first genome), so ``KeptActors`` keeps them between the
+searches of one driver that score the same models on the same data (a protocol's searches).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from mergesearch.config import FitnessConfig
 from mergesearch.file_reads import reading_weights
 from mergesearch.judges.base import Assessment, Judge
 from mergesearch.objectives.evaluate import Scores
+from mergesearch.runtime import NAMESPACE
 from mergesearch.setup import SearchSetup
 
 
@@ -97,12 +106,17 @@ class Evaluator:
         return str(resolve_device(self.config.backend.device))
 
     def evaluate(
-        self, genome: Mapping[str, float], seed: int = 0, shard: tuple[int, int] | None = None
+        self,
+        genome: Mapping[str, float],
+        seed: int = 0,
+        shard: tuple[int, int] | None = None,
+        fitness: FitnessConfig | None = None,
     ) -> Scores:
         """Merge ``genome`` into the live model, then score it (on one ``(index, count)`` shard of the
-        data: a multi-fidelity round); timings include the merge, and the load of the resident models on
-        the first call (0 after). The live model that holds this genome's merge already is not merged
-        again (the next round of the same trial, when it comes back here)."""
+        data: a multi-fidelity round) with ``fitness`` (the config's when not given); timings include
+        the merge, and the load of the resident models on the first call (0 after). The live model that
+        holds this genome's merge already is not merged again (the next round of the same trial, when it
+        comes back here)."""
         from mergesearch.objectives.evaluate import score_model
 
         merged = (tuple(sorted(genome.items())), seed)
@@ -117,7 +131,7 @@ class Evaluator:
                 self.backend,
                 self.data if shard is None else self.data.shard(*shard),
                 self.judge,
-                self.config.fitness,
+                fitness or self.config.fitness,
                 self.config.backend.max_new_tokens,
                 self.settled,
             )
@@ -178,6 +192,10 @@ class JudgeServer:
         finally:
             self.draining = False
 
+    def reset_stats(self) -> None:
+        """Count from here (a kept judge starting another search); the cached verdicts stay."""
+        self.judge.hits = self.judge.misses = self.requests = self.judge_calls = 0
+
     def stats(self) -> dict[str, float]:
         """The verdict cache's figures, and how many evaluator requests the judge's calls carried."""
         per_call = self.requests / self.judge_calls if self.judge_calls else 0.0
@@ -219,23 +237,87 @@ def judge_actor(setup: SearchSetup) -> Any:
     return actor(JudgeServer).remote(setup)
 
 
+@dataclass
+class ActorSet:
+    """The evaluator actors of a search and the judge actor serving them (None for pattern judges)."""
+
+    judge: Any
+    evaluators: list[Any]
+
+    @classmethod
+    def start(cls, setup: SearchSetup, count: int | None = None, name: str = "") -> ActorSet:
+        """``count`` evaluators (the config's number by default), named ``evaluator-<name>-<i>`` when
+        ``name`` is given (what the dashboard and ``ray list actors`` show)."""
+        judge = judge_actor(setup)
+        actor = evaluator_actor(setup)
+        evaluators = [
+            (actor.options(name=f"evaluator-{name}-{i}", namespace=NAMESPACE) if name else actor).remote(
+                setup, judge
+            )
+            for i in range(count or setup.config.resources.num_evaluators)
+        ]
+        return cls(judge, evaluators)
+
+    def kill(self) -> None:
+        import ray
+
+        for actor in [*self.evaluators, *([self.judge] if self.judge is not None else [])]:
+            ray.kill(actor)
+
+
+def serves_the_same(setup: SearchSetup) -> str:
+    """What evaluator and judge actors depend on: the config but for the run's name, its fitness (sent
+    with each request), its searcher and its promotion."""
+    kept = setup.config.model_dump(mode="json", exclude={"name", "fitness", "search", "promotion"})
+    return json.dumps(kept, sort_keys=True)
+
+
+class KeptActors:
+    """Actors kept between the searches of one driver: started for the first search, reused by each next
+    one that scores the same models on the same data with the same judge (``serves_the_same``), and
+    replaced for one that does not. The verdict cache is kept with the judge; its figures restart."""
+
+    def __init__(self) -> None:
+        self.actors: ActorSet | None = None
+        self.key = ""
+
+    def for_search(self, setup: SearchSetup, name: str) -> ActorSet:
+        import ray
+
+        key = serves_the_same(setup)
+        if self.actors is not None and key == self.key:
+            if self.actors.judge is not None:
+                ray.get(self.actors.judge.reset_stats.remote())
+            return self.actors
+        self.close()
+        self.actors, self.key = ActorSet.start(setup, name=name), key
+        return self.actors
+
+    def close(self) -> None:
+        if self.actors is not None:
+            self.actors.kill()
+        self.actors, self.key = None, ""
+
+    def __enter__(self) -> KeptActors:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 class EvaluatorPool:
     """N resident evaluators (and a judge actor when the judge is a model); a genome goes to a free one."""
 
     def __init__(self, setup: SearchSetup, num_evaluators: int | None = None) -> None:
         from ray.util import ActorPool
 
-        self.judge = judge_actor(setup)
-        count = num_evaluators or setup.config.resources.num_evaluators
-        self.actors = [evaluator_actor(setup).remote(setup, self.judge) for _ in range(count)]
-        self.pool = ActorPool(self.actors)
+        self.actors = ActorSet.start(setup, num_evaluators)
+        self.judge = self.actors.judge
+        self.pool = ActorPool(self.actors.evaluators)
 
     def evaluate_all(self, genomes: list[Mapping[str, float]], seed: int = 0) -> list[Scores]:
         """Results in input order; each genome ran on whichever evaluator was free first."""
         return list(self.pool.map(lambda actor, genome: actor.evaluate.remote(genome, seed), genomes))
 
     def shutdown(self) -> None:
-        import ray
-
-        for actor in [*self.actors, *([self.judge] if self.judge is not None else [])]:
-            ray.kill(actor)
+        self.actors.kill()

@@ -339,6 +339,43 @@ def test_the_pool_routes_genomes_to_resident_actors_that_load_nothing_once_warm(
     assert all(r.timings["load"] == 0 and r.counts["weight_files_read"] == 0 for r in again)
 
 
+def test_kept_actors_serve_searches_that_differ_only_in_name_fitness_search_and_promotion(
+    toy_dataset,
+) -> None:
+    from mergesearch.actors import serves_the_same
+
+    config = search_config(toy_dataset)
+    same = config.model_copy(
+        update={
+            "name": "another",
+            "fitness": config.fitness.model_copy(update={"weights": {"task_accuracy": 1.0}}),
+            "search": config.search.model_copy(update={"seed": 7, "num_trials": 3}),
+        }
+    )
+    other_data = search_config(toy_dataset).model_copy(
+        update={"data": config.data.model_copy(update={"max_task_prompts": 5})}
+    )
+    other_judge = search_config(toy_dataset, judge={"kind": "refusal", "early_exit": True})
+    setups = [SearchSetup.prepare(c, log=lambda _: None) for c in (config, same, other_data, other_judge)]
+    keys = [serves_the_same(s) for s in setups]
+    assert keys[0] == keys[1]
+    assert len({keys[0], keys[2], keys[3]}) == 3
+
+
+def test_an_evaluator_scores_with_the_fitness_sent_with_the_request(toy_dataset) -> None:
+    from mergesearch.actors import Evaluator
+
+    setup = SearchSetup.prepare(search_config(toy_dataset), log=lambda _: None)
+    evaluator = Evaluator(setup, log=lambda _: None)
+    genome = evaluator.space.uniform()
+    own = evaluator.evaluate(genome)
+    task_only = setup.config.fitness.model_copy(update={"weights": {"task_accuracy": 1.0}})
+    sent = evaluator.evaluate(genome, fitness=task_only)
+    assert sent.objectives == own.objectives
+    assert own.fitness == pytest.approx(fitness(own.objectives, setup.config.fitness.weights))
+    assert sent.fitness == own.objectives["task_accuracy"] != own.fitness
+
+
 def test_a_guard_judge_actor_serves_the_evaluators(zoo_dir, toy_dataset) -> None:
     import ray
 

@@ -11,12 +11,22 @@ from cli_helpers import assert_one_line_error, run
 from demo_configs import DEMO
 
 from mergesearch.config import SearchConfig, load_config
+from mergesearch.objectives.fitness import fitness
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.runner import expectations
 from mergesearch.search.baselines import cocktail_weights
+from mergesearch.search.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ["expert:base", "expert:aligned", "ties_equal", "slerp_grid", "search_task_only", "lm_cocktail_T1"]
+ROWS = [
+    "expert:base",
+    "expert:aligned",
+    "ties_equal",
+    "slerp_grid",
+    "search_task_only",
+    "search_task_alignment",
+    "lm_cocktail_T1",
+]
 
 
 def write_protocol(folder: Path, toy_dataset: Path, **changes) -> Path:
@@ -57,6 +67,13 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert cells["slerp_grid"]["merge"]["experts"] == ["aligned", "math"]
     assert all(0 <= c["heldout"]["lm_eval_acc"] <= 1 for c in cells.values())
     assert (out / "table.md").read_text().startswith("| row |") and (out / "protocol.png").is_file()
+    # one set of actors served both searches: the second loaded nothing, yet scored with its own fitness
+    task_only = RunDir(out / "runs" / "search_task_only-seed0").trials()
+    aligned = RunDir(out / "runs" / "search_task_alignment-seed0").trials()
+    assert max(t.timings["load"] for t in task_only) > 0 and all(t.timings["load"] == 0 for t in aligned)
+    assert all(t.fitness == t.objectives["task_accuracy"] for t in task_only)
+    weights = yaml.safe_load(DEMO.read_text())["fitness"]["weights"]
+    assert all(t.fitness == pytest.approx(fitness(t.objectives, weights)) for t in aligned)
     mergekit = {name: yaml.safe_load((out / c["recipe"]).read_text()) for name, c in cells.items()}
     assert mergekit["ties_equal"]["merge_method"] == "ties"
     assert [m["parameters"]["weight"] for m in mergekit["ties_equal"]["models"]] == [1.0, 1.0, 1.0]

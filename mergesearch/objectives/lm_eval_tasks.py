@@ -58,14 +58,26 @@ def write_choice_task(
 
 def hf_lm(model: Any, tokenizer: Any, batch_size: int = 16, device: str = "cpu") -> Any:
     """lm-eval's own transformers model around an in-memory model. (It warns that an in-memory model is not a
-    name and that it assumes one process: both true and expected here, so its warnings are kept quiet.)"""
+    name and that it assumes one process: both true and expected here, so its warnings are kept quiet.)
+    Its per-request progress bars are off: lm-eval asks for them explicitly, which ``TQDM_DISABLE`` does
+    not override, and our progress lines say enough."""
     import logging
 
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests: list, disable_tqdm: bool = True) -> list:
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = True) -> list:
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests: list, disable_tqdm: bool = True) -> list:
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
 
 def backend_lm(backend: Backend) -> Any:

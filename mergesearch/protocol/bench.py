@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergesearch.actors import Evaluator
+from mergesearch.actors import Evaluator, KeptActors
 from mergesearch.config import MergeSpaceConfig
 from mergesearch.objectives.evaluate import Scores, score_model
 from mergesearch.protocol.config import ProtocolConfig
@@ -35,7 +35,8 @@ class Merge:
 
 
 class Bench:
-    """The protocol's scoring bench: one resident evaluator per (method, experts), built on first use."""
+    """The protocol's scoring bench: one resident evaluator per (method, experts), built on first use,
+    and the searches' actors, kept from one search row to the next (they score the same models)."""
 
     def __init__(self, protocol: ProtocolConfig, setup: SearchSetup, folder: Path, log: Log) -> None:
         self.protocol = protocol
@@ -44,6 +45,7 @@ class Bench:
         self.log = log
         self._evaluators: dict[tuple[str, tuple[str, ...]], Evaluator] = {}
         self._heldout: Any = None
+        self.search_actors = KeptActors()
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -54,6 +56,9 @@ class Bench:
         if key not in self._evaluators:
             self._evaluators[key] = Evaluator(self._merge_setup(method, experts), log=lambda _: None)
         return self._evaluators[key]
+
+    def close(self) -> None:
+        self.search_actors.close()
 
     def recipe_file(self, merge: Merge, seed: int, header: str) -> str:
         """The mergekit config that rebuilds ``merge`` (``mergekit-yaml``), with how to run it."""

@@ -147,7 +147,7 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
             }
         )
         folder = RunDir(bench.folder / "runs" / f"{name}-seed{seed}")
-        run = run_search(dataclasses.replace(setup, config=config), folder, bench.log)
+        run = run_search(dataclasses.replace(setup, config=config), folder, bench.log, bench.search_actors)
         best = max((t for t in run.trials() if t.full), key=lambda t: t.fitness)
         return Merge(rows.method, bench.experts, dict(best.genes)), {
             "search_fitness": best.fitness,

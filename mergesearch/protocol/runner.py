@@ -55,9 +55,12 @@ def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[st
     digest = protocol_digest(protocol, search_path.read_text())
     bench = Bench(protocol, setup, folder, log)
     cells = []
-    for row in rows_of(bench):
-        for seed in protocol.seeds if row.seeded else protocol.seeds[:1]:
-            cells.append(_cell(bench, row, seed, folder / "cells", digest))
+    try:
+        for row in rows_of(bench):
+            for seed in protocol.seeds if row.seeded else protocol.seeds[:1]:
+                cells.append(_cell(bench, row, seed, folder / "cells", digest))
+    finally:
+        bench.close()
     for cell in cells:
         _write_recipe(bench, cell, folder / "cells", protocol.name)
     summary = summarise(protocol, cells)

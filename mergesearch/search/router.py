@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mergesearch.runtime import NAMESPACE
 
 if TYPE_CHECKING:
+    from mergesearch.config import FitnessConfig
     from mergesearch.objectives.evaluate import Scores
 
 
@@ -46,12 +47,16 @@ class Router:
             self.free.put_nowait(handle)
 
     async def evaluate(
-        self, genes: dict[str, float], seed: int, shard: tuple[int, int] | None = None
+        self,
+        genes: dict[str, float],
+        seed: int,
+        shard: tuple[int, int] | None = None,
+        fitness: FitnessConfig | None = None,
     ) -> Evaluation:
         evaluator = await self.free.get()
         started = time.perf_counter()
         try:
-            scores = await evaluator.evaluate.remote(genes, seed, shard)
+            scores = await evaluator.evaluate.remote(genes, seed, shard, fitness)
             return Evaluation(scores, "", time.perf_counter() - started)
         except Exception as error:  # any failed merge/evaluation is a recorded penalty, not a crash
             return Evaluation(None, error_line(error), time.perf_counter() - started)

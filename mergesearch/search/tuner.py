@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mergesearch.actors import KeptActors
 from mergesearch.config import FitnessConfig, MultiFidelityConfig
 from mergesearch.io import refused_write
 from mergesearch.merge.genome import GenomeSpace
@@ -58,7 +59,7 @@ def make_trainable(
         parts, seconds = [], 0.0
         for index in range(rounds):
             shard = (index, rounds) if rounds > 1 else None
-            done = ray.get(router.evaluate.remote(genes, seed, shard))
+            done = ray.get(router.evaluate.remote(genes, seed, shard, fitness))
             seconds += done.seconds
             if done.scores is None:
                 tune.report(TrialResult.failed(done.error, genes, evaluator=seconds).report())
@@ -89,12 +90,12 @@ def warm_starts(space: GenomeSpace, kinds: Sequence[str], log: Log = print) -> l
     return distinct
 
 
-def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
-    """Run (or resume) the search of ``setup`` in ``run``."""
+def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActors | None = None) -> RunDir:
+    """Run (or resume) the search of ``setup`` in ``run``. Its evaluator and judge actors are ``kept``'s
+    when given (started there if it holds none for these models, and left running), else its own."""
     import ray
     from ray import tune
 
-    from mergesearch.actors import evaluator_actor, judge_actor
     from mergesearch.plan import (
         check_plan,
         plan_actors,
@@ -154,14 +155,12 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
         log(f"search: resuming: {replayed.line(config.search.name)}")
     for line in plan_summary(placements):
         log(line)
-    judge = judge_actor(setup)
+    own = kept is None
+    kept = kept or KeptActors()
     tag = f"{run.name}-{os.getpid()}"
-    evaluators = [
-        evaluator_actor(setup).options(name=f"evaluator-{tag}-{i}", namespace=NAMESPACE).remote(setup, judge)
-        for i in range(concurrency)
-    ]
+    actors = kept.for_search(setup, tag)
     router_name = f"router-{tag}"
-    router = start_router(router_name, evaluators)
+    router = start_router(router_name, actors.evaluators)
     rounds = config.search.multi_fidelity.rounds
     trainable = tune.with_resources(
         make_trainable(router_name, gene_names, config.search.seed, config.fitness, rounds), TRIAL_RESOURCES
@@ -171,10 +170,11 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print) -> RunDir:
     started = time.perf_counter()
     try:
         _fit(_new_tuner(trainable, search_alg, spec.objectives, ledger, left, config), run)
-        cache = _judge_stats(judge)
+        cache = _judge_stats(actors.judge)
     finally:
-        for handle in [*evaluators, router, *([judge] if judge is not None else [])]:
-            ray.kill(handle)
+        ray.kill(router)
+        if own:
+            kept.close()
     if cache:
         log(
             f"judge: {cache['cached']} of {cache['verdicts']} verdicts from the cache "
