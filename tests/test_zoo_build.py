@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergesearch.errors import UserError
-from mergesearch.zoo.build import MEMBERS, build_zoo, read_manifest
+from mergesearch.zoo.build import MEMBERS, _fresh_model, build_zoo, read_manifest, zoo_corpus
 from mergesearch.zoo.recipe import ZooRecipe, smoke_recipe
+from mergesearch.zoo.train import SHARED_PREFIX_MIN, collate, full_loss, prefix_once_loss, shared_prefix
 
 FILES = (
     "model.safetensors",
@@ -57,6 +58,36 @@ def test_every_member_is_a_standard_hugging_face_folder(smoke_zoo: Path) -> None
 def test_same_recipe_gives_identical_bytes(smoke_zoo: Path, tmp_path: Path) -> None:
     again = build_zoo(smoke_recipe(), tmp_path / "again", log=lambda _: None)
     assert _digests(again) == _digests(smoke_zoo)
+
+
+def test_members_trained_side_by_side_have_the_bytes_of_members_trained_in_turn(
+    smoke_zoo: Path, tmp_path: Path
+) -> None:
+    in_turn = build_zoo(smoke_recipe(), tmp_path / "in_turn", log=lambda _: None, workers=1)
+    assert _digests(in_turn) == _digests(smoke_zoo)
+
+
+def test_a_shared_opening_trained_once_gives_the_full_batchs_loss_and_gradients() -> None:
+    recipe = smoke_recipe()
+    tokenizer, _, components = zoo_corpus(recipe)
+    batch = components["guard_pairs"][:8]  # every guard pair opens with the same policy text
+    prefix = shared_prefix(batch)
+    assert prefix >= SHARED_PREFIX_MIN
+    assert shared_prefix([*batch, components["sums"][0]]) < SHARED_PREFIX_MIN
+    model = _fresh_model(recipe.shape, len(tokenizer), 0, tokenizer)
+    collated = collate(batch, tokenizer.pad_token_id, loss_on_prompt=False)
+
+    def loss_and_gradients(loss_of) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    full, full_grads = loss_and_gradients(lambda: full_loss(model, collated))
+    once, once_grads = loss_and_gradients(lambda: prefix_once_loss(model, collated, prefix))
+    assert once == pytest.approx(full, rel=1e-5)
+    for a, b in zip(once_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_a_different_recipe_gives_a_different_cache_key() -> None:
