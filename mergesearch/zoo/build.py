@@ -175,8 +175,9 @@ def _build_into(
                 todo.append(member)
         if len(todo) > 1 and workers > 1:
             timings |= _train_side_by_side(staging, recipe, todo, workers, log, corpus)
-        for member in todo if len(todo) == 1 or workers == 1 else []:
-            timings[member.name] = _train_member(staging, recipe, member, corpus, log)
+        else:
+            for member in todo:
+                timings[member.name] = _train_member(staging, recipe, member, corpus, log)
         built |= {m.name for m in wave}
     return timings
 
