@@ -298,12 +298,6 @@ class KeptActors:
             self.actors.kill()
         self.actors, self.key = None, ""
 
-    def __enter__(self) -> KeptActors:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
 
 class EvaluatorPool:
     """N resident evaluators (and a judge actor when the judge is a model); a genome goes to a free one."""
