@@ -12,7 +12,7 @@ from demo_configs import DEMO
 
 from mergesearch.config import SearchConfig, load_config
 from mergesearch.objectives.fitness import fitness
-from mergesearch.protocol.config import ProtocolConfig
+from mergesearch.protocol.config import ProtocolConfig, SearchRows
 from mergesearch.protocol.runner import expectations
 from mergesearch.search.baselines import cocktail_weights
 from mergesearch.search.run_dir import RunDir
@@ -88,6 +88,31 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     changed = write_protocol(tmp_path, toy_dataset, rows=["expert:base"], heldout_max_prompts=4)
     third = run("reproduce", str(changed), "--out", str(out))
     assert third.returncode == 0 and "done before" not in third.stderr  # another protocol: cells re-run
+
+
+def test_a_per_layer_search_with_a_shared_setting_is_scored_and_exported_as_it_was_searched(
+    toy_dataset, tmp_path
+) -> None:
+    search = {"method": "ties", "granularity": "layer", "params": {"normalize": False}, "trials": 2}
+    protocol = write_protocol(tmp_path, toy_dataset, search=search, rows=["search_task_alignment"])
+    out = tmp_path / "out"
+    done = run("reproduce", str(protocol), "--out", str(out), "--json", str(tmp_path / "table.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (cell,) = json.loads((tmp_path / "table.json").read_text())["cells"]
+    assert cell["merge"]["space"] == {"granularity": "layer", "group_size": 1, "params": {"normalize": False}}
+    assert {"w.math.g0", "w.math.g1", "d.math.g1"} <= set(cell["merge"]["genes"])  # one gene per layer
+    mergekit = yaml.safe_load((out / cell["recipe"]).read_text())
+    assert mergekit["merge_method"] == "ties" and mergekit["parameters"] == {"normalize": False}
+    assert all(isinstance(m["parameters"]["weight"], list) for m in mergekit["models"])
+
+
+def test_a_protocols_search_bounds_default_to_what_its_method_searches() -> None:
+    assert set(SearchRows().space().bounds) == {"weight", "density"}  # TIES
+    assert set(SearchRows(method="task_arithmetic").space().bounds) == {"weight"}
+    with pytest.raises(ValueError, match="ties has no shared parameter 'normalise'"):
+        SearchRows(params={"normalise": False})
+    with pytest.raises(ValueError, match="task_arithmetic has no searched parameter 'density'"):
+        SearchRows(method="task_arithmetic", bounds={"density": {"low": 0.1, "high": 1.0}})
 
 
 def test_an_expert_the_search_config_lacks_is_one_line(toy_dataset, tmp_path) -> None:

@@ -27,11 +27,32 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Merge:
-    """What a row hands over to be scored on the held-out split."""
+    """What a row hands over to be scored on the held-out split: a genome of ``space`` over ``experts``.
+    The space travels with the genome because its granularity names the genes and its shared settings
+    (TIES's ``normalize``) change what the genes make."""
 
-    method: str
+    space: MergeSpaceConfig
     experts: tuple[str, ...]
     genes: dict[str, float]
+
+    @classmethod
+    def of(cls, method: str, experts: tuple[str, ...], genes: dict[str, float]) -> Merge:
+        """One set of genes for the whole model, with ``method``'s own settings (the data-free rows)."""
+        return cls(MergeSpaceConfig(method=method), experts, genes)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Merge:
+        space = MergeSpaceConfig(method=record["method"], **record.get("space", {}))
+        return cls(space, tuple(record["experts"]), record["genes"])
+
+    @property
+    def method(self) -> str:
+        return self.space.method
+
+    def record(self) -> dict[str, Any]:
+        """What a cell's JSON keeps of the merge (``from_record`` reads it back)."""
+        space = self.space.model_dump(mode="json", include={"granularity", "group_size", "params"})
+        return {"method": self.method, "experts": list(self.experts), "genes": self.genes, "space": space}
 
 
 class Bench:
@@ -43,7 +64,7 @@ class Bench:
         self.setup = setup
         self.folder = folder
         self.log = log
-        self._evaluators: dict[tuple[str, tuple[str, ...]], Evaluator] = {}
+        self._evaluators: dict[tuple[str, tuple[str, ...]], Evaluator] = {}  # by (space, experts)
         self._heldout: Any = None
         self.search_actors = KeptActors()
 
@@ -51,10 +72,10 @@ class Bench:
     def experts(self) -> tuple[str, ...]:
         return tuple(self.setup.experts)
 
-    def evaluator(self, method: str, experts: tuple[str, ...]) -> Evaluator:
-        key = (method, experts)
+    def evaluator(self, space: MergeSpaceConfig, experts: tuple[str, ...]) -> Evaluator:
+        key = (space.model_dump_json(), experts)
         if key not in self._evaluators:
-            self._evaluators[key] = Evaluator(self._merge_setup(method, experts), log=lambda _: None)
+            self._evaluators[key] = Evaluator(self.setup.with_merge(space, experts), log=lambda _: None)
         return self._evaluators[key]
 
     def close(self) -> None:
@@ -64,22 +85,19 @@ class Bench:
         """The mergekit config that rebuilds ``merge`` (``mergekit-yaml``), with how to run it."""
         from mergesearch.merge.export import recipe_file
 
-        setup = self._merge_setup(merge.method, merge.experts)
+        setup = self.setup.with_merge(merge.space, merge.experts)
         recipe = setup.space.decode(merge.genes)
         return recipe_file(recipe, setup.base, setup.experts, setup.config.models.dtype, header, seed)
 
-    def _merge_setup(self, method: str, experts: tuple[str, ...]) -> SearchSetup:
-        return self.setup.with_merge(MergeSpaceConfig(method=method), experts)
-
     def search_score(self, merge: Merge, seed: int) -> Scores:
-        return self.evaluator(merge.method, merge.experts).evaluate(merge.genes, seed)
+        return self.evaluator(merge.space, merge.experts).evaluate(merge.genes, seed)
 
     def heldout(self, merge: Merge, seed: int) -> dict[str, Any]:
         """The merge's held-out objectives, fitness and lm-eval accuracy."""
         from mergesearch.data.eval_split import load_eval_data
         from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, write_choice_task
 
-        evaluator = self.evaluator(merge.method, merge.experts)
+        evaluator = self.evaluator(merge.space, merge.experts)
         if self._heldout is None:
             cap = self.protocol.heldout_max_prompts
             self._heldout = load_eval_data(str(self.setup.config.data.path), "heldout", cap, cap)

@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from mergesearch.config import Bounds, Frozen
+from mergesearch.config import Bounds, Frozen, MergeSpaceConfig, Params
+from mergesearch.registry import MERGE_METHODS
+
+# The searched ranges when a protocol names none: weights up to 1.5 (a task vector may need more than its
+# own size to survive a merge), densities from 0.1; each applies where the method searches that parameter.
+DEFAULT_BOUNDS = {"weight": Bounds(low=0.0, high=1.5), "density": Bounds(low=0.1, high=1.0)}
 
 
 class SearchRows(Frozen):
-    """The evolutionary rows: one Tune search per (row, seed) over ``method``'s genome."""
+    """The evolutionary rows: one Tune search per (row, seed) over ``method``'s genome, with the
+    method's shared settings ``params`` (TIES's ``normalize``, say) fixed for the search and the held-out
+    merge alike."""
 
     method: str = "ties"
-    granularity: str = "global"
+    granularity: Literal["global", "groups", "layer"] = "global"
+    group_size: int = Field(default=1, ge=1)
     searcher: str = "cma"
     trials: int = Field(default=30, ge=1)
-    bounds: dict[str, Bounds] = {"weight": Bounds(low=0.0, high=1.5), "density": Bounds(low=0.1, high=1.0)}
+    bounds: dict[str, Bounds] | None = None  # None: DEFAULT_BOUNDS for the parameters the method searches
+    params: Params = {}
     loss_alpha: float = 0.3  # the paper's α on the task loss
+
+    @model_validator(mode="after")
+    def _a_valid_space(self) -> SearchRows:
+        self.space()  # an unknown method, bound or setting is named when the protocol loads
+        return self
+
+    def space(self) -> MergeSpaceConfig:
+        """The merge space every search row explores."""
+        fields = self.model_dump(include={"method", "granularity", "group_size", "params"})
+        bounds = self.bounds
+        if bounds is None:
+            MergeSpaceConfig(**fields)  # an unknown method is named here, before the registry is asked
+            searched = {p.name for p in MERGE_METHODS.get(self.method).scoped("expert", "group")}
+            bounds = {name: b for name, b in DEFAULT_BOUNDS.items() if name in searched}
+        return MergeSpaceConfig(**fields, bounds=bounds)
 
 
 class GridRows(Frozen):

@@ -46,7 +46,7 @@ def expert_rows(bench: Bench) -> list[Row]:
     def alone(expert: str | None) -> Callable[[Bench, int], RowResult]:
         def choose(bench: Bench, seed: int) -> RowResult:
             genes = {f"w.{e}.g0": float(e == expert) for e in bench.experts}
-            return Merge("task_arithmetic", bench.experts, genes), {}
+            return Merge.of("task_arithmetic", bench.experts, genes), {}
 
         return choose
 
@@ -72,18 +72,18 @@ def _slerp_pair(bench: Bench) -> tuple[str, ...]:
 @row("ties_equal", "data-free", seeded=False)
 def _ties_equal(bench: Bench, seed: int) -> RowResult:
     experts = bench.experts
-    return Merge("ties", experts, _ties_genes(experts, (1.0,) * len(experts), 0.5)), {}
+    return Merge.of("ties", experts, _ties_genes(experts, (1.0,) * len(experts), 0.5)), {}
 
 
 @row("dare_ties_equal", "data-free", seeded=True)  # DARE drops at random: the seed matters
 def _dare_equal(bench: Bench, seed: int) -> RowResult:
     experts = bench.experts
-    return Merge("dare_ties", experts, _ties_genes(experts, (1.0,) * len(experts), 0.5)), {}
+    return Merge.of("dare_ties", experts, _ties_genes(experts, (1.0,) * len(experts), 0.5)), {}
 
 
 @row("slerp_equal", "data-free", seeded=False)
 def _slerp_equal(bench: Bench, seed: int) -> RowResult:
-    return Merge("slerp", _slerp_pair(bench), {"t.g0": 0.5}), {}
+    return Merge.of("slerp", _slerp_pair(bench), {"t.g0": 0.5}), {}
 
 
 def _grid(bench: Bench, seed: int, candidates: Iterator[Merge]) -> RowResult:
@@ -98,7 +98,7 @@ def _ties_grid(method: str) -> Callable[[Bench, int], RowResult]:
         grid = bench.protocol.grid
         experts = bench.experts
         points = itertools.product(itertools.product(grid.weights, repeat=len(experts)), grid.densities)
-        return _grid(bench, seed, (Merge(method, experts, _ties_genes(experts, w, d)) for w, d in points))
+        return _grid(bench, seed, (Merge.of(method, experts, _ties_genes(experts, w, d)) for w, d in points))
 
     return choose
 
@@ -110,7 +110,7 @@ ROWS.add("dare_ties_grid", Row("dare_ties_grid", "data-free", True, _ties_grid("
 @row("slerp_grid", "data-free", seeded=False)
 def _slerp_grid(bench: Bench, seed: int) -> RowResult:
     pair = _slerp_pair(bench)
-    return _grid(bench, seed, (Merge("slerp", pair, {"t.g0": t}) for t in bench.protocol.grid.slerp_t))
+    return _grid(bench, seed, (Merge.of("slerp", pair, {"t.g0": t}) for t in bench.protocol.grid.slerp_t))
 
 
 # The evolutionary searches: what each one's fitness sees.
@@ -127,7 +127,7 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
         from mergesearch.search.tuner import run_search
 
         rows = bench.protocol.search
-        space = MergeSpaceConfig(method=rows.method, granularity=rows.granularity, bounds=rows.bounds)
+        space = rows.space()
         setup = bench.setup.with_merge(space)
         config = setup.config
         config = config.model_copy(
@@ -149,7 +149,7 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
         folder = RunDir(bench.folder / "runs" / f"{name}-seed{seed}")
         run = run_search(dataclasses.replace(setup, config=config), folder, bench.log, bench.search_actors)
         best = max((t for t in run.trials() if t.full), key=lambda t: t.fitness)
-        return Merge(rows.method, bench.experts, dict(best.genes)), {
+        return Merge(space, bench.experts, dict(best.genes)), {
             "search_fitness": best.fitness,
             "trials": run.trial_count(),
         }
@@ -166,7 +166,7 @@ def _cocktail(types: tuple[str, ...], temperature: float) -> Callable[[Bench, in
 
     def choose(bench: Bench, seed: int) -> RowResult:
         experts = bench.experts
-        evaluator = bench.evaluator("linear", experts)
+        evaluator = bench.evaluator(MergeSpaceConfig(method="linear"), experts)
         rng = random.Random(seed)
         examples = []
         for type_ in types:
@@ -175,7 +175,7 @@ def _cocktail(types: tuple[str, ...], temperature: float) -> Callable[[Bench, in
         losses = expert_losses(evaluator, examples)
         weights = cocktail_weights(losses, temperature)
         genes = {f"w.{e}.g0": w for e, w in weights.items()}
-        return Merge("linear", experts, genes), {"losses": losses, "weights": weights}
+        return Merge.of("linear", experts, genes), {"losses": losses, "weights": weights}
 
     return choose
 

@@ -95,7 +95,7 @@ def _cell(bench: Bench, row: Row, seed: int, cells: Path, digest: str) -> dict[s
         "group": row.group,
         "seed": seed,
         "digest": digest,
-        "merge": {"method": merge.method, "experts": list(merge.experts), "genes": merge.genes},
+        "merge": merge.record(),
         "search_split": seen,
         "heldout": heldout,
         "wall_s": round(time.monotonic() - started, 2),
@@ -113,7 +113,7 @@ def _cell(bench: Bench, row: Row, seed: int, cells: Path, digest: str) -> dict[s
 def _write_recipe(bench: Bench, cell: dict[str, Any], cells: Path, protocol: str) -> None:
     """Each cell's merge as a mergekit config beside it, so any row of the table can be rebuilt with
     ``mergekit-yaml`` (written for cached cells too: it depends only on the cell's merge)."""
-    merge = Merge(cell["merge"]["method"], tuple(cell["merge"]["experts"]), cell["merge"]["genes"])
+    merge = Merge.from_record(cell["merge"])
     header = f"protocol {protocol}: row {cell['row']}, seed {cell['seed']}"
     path = cells / f"{_cell_name(cell['row'], cell['seed'])}.recipe.yaml"
     atomic_write_text(path, bench.recipe_file(merge, cell["seed"], header))
