@@ -27,6 +27,10 @@ class SearchRows(Frozen):
     bounds: dict[str, Bounds] | None = None  # None: DEFAULT_BOUNDS for the parameters the method searches
     params: Params = {}
     loss_alpha: float = 0.3  # the paper's α on the task loss
+    # 0: each proposal follows the last result, so a seed's search takes the same path on every run (a
+    # reproduction table reproduces); 1 keeps the evaluator busy while the searcher turns around, and the
+    # order results reach it then depends on timing.
+    queued_per_evaluator: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _a_valid_space(self) -> SearchRows:

@@ -142,6 +142,7 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
                         "num_trials": rows.trials,
                         "seed": seed,
                         "warm_starts": ["uniform"],
+                        "queued_per_evaluator": rows.queued_per_evaluator,
                     }
                 ),
             }
