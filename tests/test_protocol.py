@@ -61,15 +61,17 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     cells = {c["row"]: c for c in summary["cells"]}
     assert cells["expert:aligned"]["heldout"]["objectives"]["safety"] == 1.0  # the toy's aligned expert
     assert cells["search_task_only"]["search_split"]["trials"] == 2
-    recorded = yaml.safe_load((out / "runs" / "search_task_only-seed0" / "config.yaml").read_text())
+    run_dirs = {name: out / c["search_split"].get("run_dir", "-") for name, c in cells.items()}
+    recorded = yaml.safe_load((run_dirs["search_task_only"] / "config.yaml").read_text())
     SearchConfig.model_validate(recorded)  # a search cell's run dir reads back like any other
+    assert recorded["search"]["queued_per_evaluator"] == 0  # each proposal follows the last result
     assert cells["slerp_grid"]["search_split"]["grid_points"] == 2
     assert cells["slerp_grid"]["merge"]["experts"] == ["aligned", "math"]
     assert all(0 <= c["heldout"]["lm_eval_acc"] <= 1 for c in cells.values())
     assert (out / "table.md").read_text().startswith("| row |") and (out / "protocol.png").is_file()
     # one set of actors served both searches: the second loaded nothing, yet scored with its own fitness
-    task_only = RunDir(out / "runs" / "search_task_only-seed0").trials()
-    aligned = RunDir(out / "runs" / "search_task_alignment-seed0").trials()
+    task_only = RunDir(run_dirs["search_task_only"]).trials()
+    aligned = RunDir(run_dirs["search_task_alignment"]).trials()
     assert max(t.timings["load"] for t in task_only) > 0 and all(t.timings["load"] == 0 for t in aligned)
     assert all(t.fitness == t.objectives["task_accuracy"] for t in task_only)
     weights = yaml.safe_load(DEMO.read_text())["fitness"]["weights"]
@@ -85,9 +87,11 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert again.stderr.count("done before") == len(ROWS)
     assert "| search_task_only | 1 |" in again.stdout
 
-    changed = write_protocol(tmp_path, toy_dataset, rows=["expert:base"], heldout_max_prompts=4)
+    changed = write_protocol(tmp_path, toy_dataset, rows=ROWS[-3:], heldout_max_prompts=4)
     third = run("reproduce", str(changed), "--out", str(out))
-    assert third.returncode == 0 and "done before" not in third.stderr  # another protocol: cells re-run
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "done before" not in third.stderr  # another protocol: its cells re-run, its searches afresh
+    assert RunDir(run_dirs["search_task_only"]).trial_count() == 2  # the first version's run is kept
 
 
 def test_a_per_layer_search_with_a_shared_setting_is_scored_and_exported_as_it_was_searched(

@@ -59,11 +59,14 @@ class Bench:
     """The protocol's scoring bench: one resident evaluator per (method, experts), built on first use,
     and the searches' actors, kept from one search row to the next (they score the same models)."""
 
-    def __init__(self, protocol: ProtocolConfig, setup: SearchSetup, folder: Path, log: Log) -> None:
+    def __init__(
+        self, protocol: ProtocolConfig, setup: SearchSetup, folder: Path, log: Log, digest: str
+    ) -> None:
         self.protocol = protocol
         self.setup = setup
         self.folder = folder
         self.log = log
+        self.digest = digest  # of the protocol: the version of the table being built
         self._evaluators: dict[tuple[str, tuple[str, ...]], Evaluator] = {}  # by (space, experts)
         self._heldout: Any = None
         self.search_actors = KeptActors()
@@ -77,6 +80,11 @@ class Bench:
         if key not in self._evaluators:
             self._evaluators[key] = Evaluator(self.setup.with_merge(space, experts), log=lambda _: None)
         return self._evaluators[key]
+
+    def search_folder(self, row: str, seed: int) -> Path:
+        """Where a search row's run dir lives: one folder per protocol version, so that a changed
+        protocol starts its searches afresh and keeps the old ones (a run dir resumes only its own config)."""
+        return self.folder / "runs" / self.digest[:8] / f"{row}-seed{seed}"
 
     def close(self) -> None:
         self.search_actors.close()

@@ -147,12 +147,15 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
                 ),
             }
         )
-        folder = RunDir(bench.folder / "runs" / f"{name}-seed{seed}")
-        run = run_search(dataclasses.replace(setup, config=config), folder, bench.log, bench.search_actors)
+        folder = bench.search_folder(name, seed)
+        run = run_search(
+            dataclasses.replace(setup, config=config), RunDir(folder), bench.log, bench.search_actors
+        )
         best = max((t for t in run.trials() if t.full), key=lambda t: t.fitness)
         return Merge(space, bench.experts, dict(best.genes)), {
             "search_fitness": best.fitness,
             "trials": run.trial_count(),
+            "run_dir": str(folder.relative_to(bench.folder)),
         }
 
     return choose

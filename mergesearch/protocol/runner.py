@@ -2,7 +2,8 @@
 
 A cell's file is written (atomically) only when the cell is done, so a killed run loses at most the
 cells in flight, and a re-run does only what is missing. A cell records the protocol digest it was run
-under; a changed protocol (budgets, seeds, search config) re-runs its cells instead of mixing results.
+under; a changed protocol (budgets, seeds, search config) re-runs its cells instead of mixing results,
+its searches in a folder of their own.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[st
     folder.mkdir(parents=True, exist_ok=True)
     setup = setup.with_data(prepare_data(config, search_path, RunDir(folder / "data_run"), log))
     digest = protocol_digest(protocol, search_path.read_text())
-    bench = Bench(protocol, setup, folder, log)
+    bench = Bench(protocol, setup, folder, log, digest)
     cells = []
     try:
         for row in rows_of(bench):
