@@ -86,6 +86,10 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done before") == len(ROWS)
     assert "| search_task_only | 1 |" in again.stdout
+    subset = write_protocol(tmp_path, toy_dataset, rows=ROWS[:3], seeds=[0, 1])
+    fewer = run("reproduce", str(subset), "--out", str(out))  # which cells run is not what they hold
+    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    assert fewer.stderr.count("done before") == 3 and "expert:base seed 1" not in fewer.stderr
 
     changed = write_protocol(tmp_path, toy_dataset, rows=ROWS[-3:], heldout_max_prompts=4)
     third = run("reproduce", str(changed), "--out", str(out))

@@ -30,7 +30,10 @@ TASK_METRICS = ("short_answer", "lm_eval_acc")  # each task on its own: short an
 
 
 def protocol_digest(protocol: ProtocolConfig, search_config: str) -> str:
-    text = json.dumps([protocol.model_dump(mode="json"), search_config], sort_keys=True)
+    """What a cell's result depends on: the protocol and its search config, less the lists that only
+    choose which cells run (``rows``, ``seeds``), so that running a subset reuses the cells it shares."""
+    chosen = protocol.model_dump(mode="json", exclude={"rows", "seeds"})
+    text = json.dumps([chosen, search_config], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
