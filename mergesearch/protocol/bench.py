@@ -56,7 +56,7 @@ class Merge:
 
 
 class Bench:
-    """The protocol's scoring bench: one resident evaluator per (method, experts), built on first use,
+    """The protocol's scoring bench: one resident evaluator per (merge space, experts), built on first use,
     and the searches' actors, kept from one search row to the next (they score the same models)."""
 
     def __init__(
