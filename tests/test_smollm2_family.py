@@ -20,8 +20,8 @@ from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.model_refs import resolve_dataset, resolve_model
 from mergesearch.zoo import family_data as D
 from mergesearch.zoo.family_dataset import family_rows
-from mergesearch.zoo.smollm2_family import FamilyRecipe, family_data, smoke_family_recipe
-from mergesearch.zoo.train import full_loss, target_loss
+from mergesearch.zoo.smollm2_family import FamilyRecipe, family_data, freeze_below, smoke_family_recipe
+from mergesearch.zoo.train import FrozenStackLoss, full_loss, target_loss
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,71 @@ def test_the_response_only_loss_is_the_full_causal_lm_loss(zoo_dir) -> None:
     labels[2, 10:] = -100
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     assert target_loss(model, batch).item() == pytest.approx(full_loss(model, batch).item(), rel=1e-5)
+
+
+def _tiny_llama(layers: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).float()
+
+
+def _ragged_chats(opening: int) -> dict[str, torch.Tensor]:
+    """Rows that share their first ``opening`` tokens, right-padded, labels on each row's response."""
+    rows, width = 4, 30
+    ids = torch.randint(5, 120, (rows, width))
+    ids[:, :opening] = ids[0, :opening]
+    lengths, prompts = [30, 27, 24, 26], [22, 20, 21, 19]
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for row, (n, p) in enumerate(zip(lengths, prompts)):
+        ids[row, n:] = 0
+        mask[row, :n] = 1
+        labels[row, p:n] = ids[row, p:n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("opening", [16, 3])  # run once / too short to be worth it
+def test_training_on_the_frozen_layers_remembered_output_gives_the_full_loss_and_gradients(opening) -> None:
+    model = _tiny_llama()
+    freeze_below(model, 2)
+    loss = FrozenStackLoss(frozen=2, opening_min=8)
+
+    def loss_and_gradients(loss_of, batch) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        value = loss_of(model, batch)
+        value.backward()
+        return value.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    for batch in (_ragged_chats(opening), _ragged_chats(opening)):
+        full, full_grads = loss_and_gradients(full_loss, batch)
+        for _ in range(2):  # the lower layers' output computed, then remembered
+            value, grads = loss_and_gradients(loss, batch)
+            assert value == pytest.approx(full, rel=1e-5)
+            for a, b in zip(grads, full_grads, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2, 3]
+    assert len(model.model.layers) == 4 and isinstance(
+        model.model.norm, type(model.model.layers[0].input_layernorm)
+    )
+
+
+def test_the_frozen_stack_loss_refuses_a_model_whose_lower_layers_learn() -> None:
+    model = _tiny_llama()
+    freeze_below(model, 3)
+    with pytest.raises(ValueError, match="lower 2 layers learns"):
+        FrozenStackLoss(frozen=2)(model, _ragged_chats(4))
 
 
 @pytest.fixture(scope="module")

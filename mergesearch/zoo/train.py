@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -50,6 +51,73 @@ def _labelled_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.T
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
 
 
+class FrozenStackLoss:
+    """``target_loss`` for a model whose embeddings and lower ``frozen`` decoder layers do not learn.
+
+    Their output for an example never changes, so it is computed once per distinct example (and shared by
+    every expert trained from the same base with this object) and each step runs only the learning layers
+    on it, the batch's common opening (a chat template's system prompt) once: the same loss and gradients
+    (a test) at a fraction of the compute."""
+
+    def __init__(self, frozen: int, opening_min: int = 16) -> None:
+        self.frozen = frozen
+        self.opening_min = opening_min
+        self._hidden: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        layers = model.model.layers
+        if any(p.requires_grad for layer in layers[: self.frozen] for p in layer.parameters()):
+            raise ValueError(f"FrozenStackLoss: a parameter of the lower {self.frozen} layers learns")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        lengths = mask.sum(dim=1).tolist()
+        keys = [tuple(ids[row, :n].tolist()) for row, n in enumerate(lengths)]
+        self._remember(
+            model, ids, mask, [row for row, key in enumerate(keys) if key not in self._hidden], keys
+        )
+        hidden = torch.zeros(*ids.shape, model.config.hidden_size, dtype=model.dtype)
+        for row, key in enumerate(keys):
+            hidden[row, : lengths[row]] = self._hidden[key]
+        opening = common_opening(ids, min(lengths) - 1)
+        with _only_layers(model, layers[self.frozen :]):
+            if opening >= self.opening_min:
+                last = run_opening_once(model, opening, mask, inputs_embeds=hidden)
+            else:
+                last = model.model(
+                    inputs_embeds=hidden, attention_mask=mask, use_cache=False
+                ).last_hidden_state
+        return _labelled_loss(model, last, batch["labels"])
+
+    def _remember(self, model, ids, mask, rows: list[int], keys: list[tuple[int, ...]]) -> None:
+        """The lower layers' output for ``rows`` (the batch's examples not seen before)."""
+        if not rows:
+            return
+        with (
+            torch.no_grad(),
+            _only_layers(model, model.model.layers[: self.frozen], norm=torch.nn.Identity()),
+        ):
+            out = model.model(input_ids=ids[rows], attention_mask=mask[rows], use_cache=False)
+        for index, row in enumerate(rows):
+            self._hidden[keys[row]] = out.last_hidden_state[index, : len(keys[row])].clone()
+
+
+@contextmanager
+def _only_layers(model: PreTrainedModel, layers, norm: torch.nn.Module | None = None) -> Iterator[None]:
+    """``model.model`` runs just ``layers`` (and ``norm`` in place of its final norm) inside the block, as
+    a model of its own: its attention layers are numbered from 0 (a key-value cache's slots)."""
+    inner = model.model
+    saved = inner.layers, inner.norm, [layer.self_attn.layer_idx for layer in layers]
+    inner.layers = torch.nn.ModuleList(layers)
+    inner.norm = norm if norm is not None else inner.norm
+    for index, layer in enumerate(layers):
+        layer.self_attn.layer_idx = index
+    try:
+        yield
+    finally:
+        inner.layers, inner.norm, numbers = saved
+        for layer, number in zip(layers, numbers, strict=True):
+            layer.self_attn.layer_idx = number
+
+
 # A batch whose examples all open with this many tokens or more (the guard's policy preamble: 121 of its
 # ~200, a guard step 1.87x faster) runs that opening once, not once per row; short openings (a chat
 # template's few tokens) are left to the single forward call.
@@ -66,22 +134,38 @@ def shared_prefix(batch: list[Example]) -> int:
 
 
 def prefix_once_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], prefix: int) -> torch.Tensor:
-    """``target_loss`` with the batch's shared opening (``prefix`` tokens) run once, its keys and values
-    repeated for every row: causal attention never lets the opening see what follows it, so its hidden
-    states are the same in every row, and gradients reach it through the cache. The same loss as
-    ``model(**batch).loss`` (a test compares values and gradients), at a fraction of the tokens."""
-    rows, width = batch["input_ids"].shape
-    opening = model.model(input_ids=batch["input_ids"][:1, :prefix], use_cache=True)
+    """``target_loss`` with the batch's shared opening (``prefix`` tokens) run once (``run_opening_once``).
+    The same loss as ``model(**batch).loss`` (a test compares values and gradients), at a fraction of the
+    tokens."""
+    hidden = run_opening_once(model, prefix, batch["attention_mask"], input_ids=batch["input_ids"])
+    return _labelled_loss(model, hidden, batch["labels"])
+
+
+def run_opening_once(
+    model: PreTrainedModel, prefix: int, mask: torch.Tensor, **inputs: torch.Tensor
+) -> torch.Tensor:
+    """``model.model``'s last hidden states for one batch of ``inputs`` (``input_ids`` or
+    ``inputs_embeds``) whose rows share their first ``prefix`` positions: those run once, their keys and
+    values repeated for every row. Causal attention never lets the opening see what follows it, so its
+    hidden states are the same in every row, and gradients reach it through the cache."""
+    ((name, values),) = inputs.items()
+    rows, width = values.shape[:2]
+    opening = model.model(**{name: values[:1, :prefix]}, use_cache=True)
     cache = opening.past_key_values
     cache.batch_repeat_interleave(rows)
     rest = model.model(
-        input_ids=batch["input_ids"][:, prefix:],
-        attention_mask=batch["attention_mask"],
+        **{name: values[:, prefix:]},
+        attention_mask=mask,
         position_ids=torch.arange(prefix, width).expand(rows, -1),
         past_key_values=cache,
     ).last_hidden_state
-    hidden = torch.cat([opening.last_hidden_state.expand(rows, -1, -1), rest], dim=1)
-    return _labelled_loss(model, hidden, batch["labels"])
+    return torch.cat([opening.last_hidden_state.expand(rows, -1, -1), rest], dim=1)
+
+
+def common_opening(ids: torch.Tensor, limit: int) -> int:
+    """How many leading positions every row of ``ids`` shares, at most ``limit``."""
+    differs = (ids[:, :limit] != ids[:1, :limit]).any(dim=0).nonzero()
+    return int(differs[0]) if len(differs) else limit
 
 
 def lr_factor(step: int, spec: TrainSpec) -> float:
