@@ -258,10 +258,25 @@ class ActorSet:
         ]
         return cls(judge, evaluators)
 
+    @property
+    def handles(self) -> list[Any]:
+        return [*self.evaluators, *([self.judge] if self.judge is not None else [])]
+
+    def alive(self, timeout_s: float = 60.0) -> bool:
+        """Whether every actor still answers: one that died (of memory, say) would fail every trial."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        try:
+            ray.get([actor.__ray_ready__.remote() for actor in self.handles], timeout=timeout_s)
+        except (RayActorError, GetTimeoutError):
+            return False
+        return True
+
     def kill(self) -> None:
         import ray
 
-        for actor in [*self.evaluators, *([self.judge] if self.judge is not None else [])]:
+        for actor in self.handles:
             ray.kill(actor)
 
 
@@ -275,7 +290,8 @@ def serves_the_same(setup: SearchSetup) -> str:
 class KeptActors:
     """Actors kept between the searches of one driver: started for the first search, reused by each next
     one that scores the same models on the same data with the same judge (``serves_the_same``), and
-    replaced for one that does not. The verdict cache is kept with the judge; its figures restart."""
+    replaced for one that does not, or when one of them has died. The verdict cache is kept with the
+    judge; its figures restart."""
 
     def __init__(self) -> None:
         self.actors: ActorSet | None = None
@@ -285,7 +301,7 @@ class KeptActors:
         import ray
 
         key = serves_the_same(setup)
-        if self.actors is not None and key == self.key:
+        if self.actors is not None and key == self.key and self.actors.alive():
             if self.actors.judge is not None:
                 ray.get(self.actors.judge.reset_stats.remote())
             return self.actors

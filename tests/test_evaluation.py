@@ -362,6 +362,30 @@ def test_kept_actors_serve_searches_that_differ_only_in_name_fitness_search_and_
     assert len({keys[0], keys[2], keys[3]}) == 3
 
 
+def test_kept_actors_are_reused_while_they_answer_and_replaced_once_one_has_died(toy_dataset) -> None:
+    import ray
+
+    from mergesearch.actors import KeptActors
+
+    setup = SearchSetup.prepare(
+        search_config(toy_dataset, resources={"num_evaluators": 2}), log=lambda _: None
+    )
+    ray_session(num_cpus=2)
+    kept = KeptActors()
+    try:
+        first = kept.for_search(setup, "a")
+        assert kept.for_search(setup, "b") is first
+        ray.kill(first.evaluators[1])
+        assert not first.alive()
+        second = kept.for_search(setup, "c")
+        assert second is not first and second.alive()
+        scores = ray.get(second.evaluators[1].evaluate.remote(setup.space.uniform()))
+        assert 0 <= scores.objectives["safety"] <= 1
+    finally:
+        kept.close()
+        ray.shutdown()
+
+
 def test_an_evaluator_scores_with_the_fitness_sent_with_the_request(toy_dataset) -> None:
     from mergesearch.actors import Evaluator
 
