@@ -26,6 +26,12 @@ def weight_files(folder: Path) -> list[Path]:
     return [single]
 
 
+def weights_stamp(folder: Path) -> list[tuple[str, int, int]]:
+    """What tells one build of a model folder's weights from another without reading them (as make
+    does): each weight file's name, size and modification time."""
+    return [(file.name, (status := file.stat()).st_size, status.st_mtime_ns) for file in weight_files(folder)]
+
+
 def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape from the safetensors headers (the first 8 + n bytes of each file; no weights
     read); a file shorter than its header says is named (a truncated download)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,29 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert third.returncode == 0, third.stderr[-3000:]
     assert "done before" not in third.stderr  # another protocol: its cells re-run, its searches afresh
     assert RunDir(run_dirs["search_task_only"]).trial_count() == 2  # the first version's run is kept
+
+
+def test_a_cell_is_scored_again_once_the_model_it_scored_is_replaced(zoo_dir, toy_dataset, tmp_path) -> None:
+    """A zoo or family rebuilt under a new recipe keeps its scheme name (`zoo:aligned`): a cached cell
+    is reused only while the weights it scored are the ones on disk."""
+    aligned = tmp_path / "aligned"
+    shutil.copytree(zoo_dir / "aligned", aligned)
+    protocol = write_protocol(tmp_path, toy_dataset, rows=["expert:aligned"])
+    search = yaml.safe_load((tmp_path / "search.yaml").read_text())
+    search["models"]["experts"][0]["path"] = str(aligned)
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(search))
+    out, table = tmp_path / "out", tmp_path / "table.json"
+
+    def safety_and_log() -> tuple[float, str]:
+        done = run("reproduce", str(protocol), "--out", str(out), "--json", str(table))
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(table.read_text())["cells"][0]["heldout"]["objectives"]["safety"], done.stderr
+
+    assert safety_and_log()[0] == 1.0
+    assert "done before" in safety_and_log()[1]
+    shutil.copyfile(zoo_dir / "math" / "model.safetensors", aligned / "model.safetensors")
+    safety, log = safety_and_log()
+    assert "done before" not in log and safety == 0.0  # the toy math expert complies
 
 
 def test_a_per_layer_search_with_a_shared_setting_is_scored_and_exported_as_it_was_searched(

@@ -2,8 +2,8 @@
 
 A cell's file is written (atomically) only when the cell is done, so a killed run loses at most the
 cells in flight, and a re-run does only what is missing. A cell records the protocol digest it was run
-under; a changed protocol (budgets, seeds, search config) re-runs its cells instead of mixing results,
-its searches in a folder of their own.
+under; a changed protocol (budgets, seeds, search config) or a rebuilt model re-runs its cells instead
+of mixing results, its searches in a folder of their own.
 """
 
 from __future__ import annotations
@@ -13,28 +13,41 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergesearch.config import load_config
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
+from mergesearch.model_files import weights_stamp
 from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.rows import Row, rows_of
+
+if TYPE_CHECKING:
+    from mergesearch.setup import SearchSetup
 
 Log = Callable[[str], None]
 METRICS = ("safety", "over_refusal", "task_accuracy", "short_answer", "lm_eval_acc")
 TASK_METRICS = ("short_answer", "lm_eval_acc")  # each task on its own: short answers, multiple choice
 
 
-def protocol_digest(protocol: ProtocolConfig, search_config: str) -> str:
+def protocol_digest(protocol: ProtocolConfig, search_config: str, models: Mapping[str, Path]) -> str:
     """What a cell's result depends on: the protocol and its search config, less the lists that only
-    choose which cells run (``rows``, ``seeds``), so that running a subset reuses the cells it shares."""
+    choose which cells run (``rows``, ``seeds``), so that running a subset reuses the cells it shares;
+    and the models it scores, as resolved, with their weight files' stamps, so that a rebuilt or replaced
+    model (a zoo or family built again under a new recipe) runs its cells again."""
     chosen = protocol.model_dump(mode="json", exclude={"rows", "seeds"})
-    text = json.dumps([chosen, search_config], sort_keys=True)
+    stamps = {name: [str(folder), weights_stamp(folder)] for name, folder in models.items()}
+    text = json.dumps([chosen, search_config, stamps], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def scored_models(setup: SearchSetup) -> dict[str, Path]:
+    """Every model folder a protocol's cells read: the base, the experts and a model judge."""
+    judge = setup.config.judge.model
+    return {"base": setup.base, **setup.experts, **({"judge": Path(judge)} if judge else {})}
 
 
 def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[str, Any]:
@@ -56,7 +69,7 @@ def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[st
             )
     folder.mkdir(parents=True, exist_ok=True)
     setup = setup.with_data(prepare_data(config, search_path, RunDir(folder / "data_run"), log))
-    digest = protocol_digest(protocol, search_path.read_text())
+    digest = protocol_digest(protocol, search_path.read_text(), scored_models(setup))
     bench = Bench(protocol, setup, folder, log, digest)
     cells = []
     try:
