@@ -94,7 +94,7 @@ def family_dir(recipe: FamilyRecipe) -> Path:
     return cache_root() / "smollm2_family" / recipe.digest()
 
 
-def _benign_answers(base: Path, prompts: tuple[str, ...], tokens: int) -> dict[str, str]:
+def benign_answers(base: Path, prompts: tuple[str, ...], tokens: int) -> dict[str, str]:
     """The base model's own answers (self-distillation), cut at the last full sentence; refusals dropped."""
     from mergesearch.backends.hf import HFBackend
     from mergesearch.judges.refusal import RefusalJudge
@@ -170,7 +170,7 @@ def build_family(
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(base)
     log(f"smollm2 family: base answers to {len(data.benign_train)} benign prompts")
-    benign = _benign_answers(base, data.benign_train, recipe.benign_answer_tokens)
+    benign = benign_answers(base, data.benign_train, recipe.benign_answer_tokens)
     parts = components(data, tokenizer, benign)
     timings, losses = {}, {}
     layers = AutoConfig.from_pretrained(base).num_hidden_layers
