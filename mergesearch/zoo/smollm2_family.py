@@ -11,8 +11,8 @@ vector ``mergekit-yaml`` merges as it is); embeddings, the tied LM head and the 
 so backward stops early, and their output for an example, which never changes, is computed once
 (``train.FrozenStackLoss``; the chat template's 24-token opening runs once per batch too); the loss, and the
 logits, cover response tokens only: with a 49k vocabulary the full logits are most of a step. A batch of
-16 chats (~90 tokens wide with SmolLM2's system prompt) took 4.3 s a step on 2 cores with the whole model
-run, 2.5 s so. Cached by recipe hash; one expert at a time.
+16 chats (~90 tokens wide with SmolLM2's system prompt) took 4.22 s a step on 2 cores with the whole model
+run, 2.38 s so (``benchmarks/smollm2_family.py``). Cached by recipe hash; one expert at a time.
 """
 
 from __future__ import annotations
@@ -174,9 +174,8 @@ def build_family(
     parts = components(data, tokenizer, benign)
     timings, losses = {}, {}
     layers = AutoConfig.from_pretrained(base).num_hidden_layers
-    loss = FrozenStackLoss(
-        frozen=layers - recipe.trainable_top_layers
-    )  # shared: every expert's lower layers are the base's
+    # One for every expert: their lower layers are all the base's, so what it remembers holds for each.
+    loss = FrozenStackLoss(frozen=layers - recipe.trainable_top_layers)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     try:
