@@ -16,6 +16,7 @@ remembered: the builder's way).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -25,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,7 +44,7 @@ from mergesearch.zoo.smollm2_family import (
     freeze_below,
     smoke_family_recipe,
 )
-from mergesearch.zoo.train import FrozenStackLoss, collate, target_loss
+from mergesearch.zoo.train import FrozenStackLoss, collate, mixture_batches, target_loss
 
 TARGET_BUILD_SECONDS = 30 * 60
 
@@ -58,16 +58,7 @@ def step_seconds(recipe: FamilyRecipe, family: Path, data, batches: int = 8) -> 
     benign = benign_answers(base, data.benign_train, recipe.benign_answer_tokens)
     parts = components(data, tokenizer, benign)
     spec = recipe.experts["aligned"]
-    rng = np.random.default_rng(recipe.seed)
-    names = sorted(spec.mixture)
-    share = np.array([spec.mixture[n] for n in names]) / sum(spec.mixture.values())
-    chosen = [
-        [
-            parts[names[k]][rng.integers(len(parts[names[k]]))]
-            for k in rng.choice(len(names), spec.batch_size, p=share)
-        ]
-        for _ in range(batches)
-    ]
+    chosen = itertools.islice(mixture_batches(parts, spec, recipe.seed), batches)
     collated = [collate(batch, tokenizer.pad_token_id, spec.loss_on_prompt) for batch in chosen]
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)

@@ -177,6 +177,20 @@ def lr_factor(step: int, spec: TrainSpec) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def mixture_batches(
+    components: dict[str, list[Example]], spec: TrainSpec, seed: int
+) -> Iterator[list[Example]]:
+    """Endless batches of ``spec.batch_size`` examples: each row's component drawn by ``spec.mixture``'s
+    shares, then an example of it uniformly (the same draws for the same seed)."""
+    rng = np.random.default_rng(seed)
+    names = sorted(spec.mixture)
+    probs = np.array([spec.mixture[n] for n in names], dtype=np.float64)
+    probs /= probs.sum()
+    while True:
+        picks = rng.choice(len(names), size=spec.batch_size, p=probs)
+        yield [components[names[k]][rng.integers(len(components[names[k]]))] for k in picks]
+
+
 def train(
     model: PreTrainedModel,
     components: dict[str, list[Example]],
@@ -192,19 +206,14 @@ def train(
     last 10% of steps. ``opening_once``: a batch with a long shared opening runs it once
     (``prefix_once_loss``: the same loss, other rounding, so a builder that turns it on changes its bytes
     and its version)."""
-    rng = np.random.default_rng(seed)
-    names = sorted(spec.mixture)
-    probs = np.array([spec.mixture[n] for n in names], dtype=np.float64)
-    probs /= probs.sum()
+    batches = mixture_batches(components, spec, seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
     model.train()
     tail_losses: list[float] = []
     started = time.monotonic()
-    for step in range(spec.steps):
-        picks = rng.choice(len(names), size=spec.batch_size, p=probs)
-        batch = [components[names[k]][rng.integers(len(components[names[k]]))] for k in picks]
+    for step, batch in zip(range(spec.steps), batches):
         collated = collate(batch, pad_id, spec.loss_on_prompt)
         prefix = shared_prefix(batch) if opening_once else 0
         loss = (
