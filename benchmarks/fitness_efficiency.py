@@ -18,8 +18,8 @@
   multi-fidelity (``--rounds`` rounds, ASHA, ``--reduction-factor``); multi-fidelity + early exit + prefix
   reuse (+ the judge actor's verdict cache, which a guard judge always has). The multi-fidelity ones get
   ``--trials-factor`` times the trials (a stopped trial is cheap). With 9 rounds and reduction 3, ASHA
-  decides after rounds 1 and 3 (a ninth and a third of the split), so an average trial costs about a
-  quarter of a full evaluation; with 3 rounds it decides only once, after a third.
+  decides after rounds 1 and 3 (a ninth and a third of the split), and a trial makes one call per
+  stretch between decisions (rounds 1, 2-3, 4-9); with 3 rounds it decides only once, after a third.
   Reported: the wall clock (from the search's start: Ray and actor start-up included, the same for
   all) at which each one's best full-fidelity trial first reaches the held-out fitness the
   full-fidelity search ends with (held-out: the dataset's held-out split, scored in this process),
@@ -53,6 +53,7 @@ from mergesearch.backends.base import Backend, Prompt, SettleRule
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.base import settle_rule
 from mergesearch.objectives import evaluate as evaluate_module
+from mergesearch.objectives.data import Rounds
 from mergesearch.objectives.evaluate import Scores
 from mergesearch.runtime import offline_and_quiet, ray_session
 from mergesearch.search.run_dir import RunDir, TrialResult
@@ -123,7 +124,7 @@ def stages_part(setup: SearchSetup, genomes: int) -> dict:
         for name, (sections, _) in STAGE_SETTINGS.items()
     }
 
-    def evaluate(name: str, genome: dict[str, float], shard: tuple[int, int] | None = None) -> Scores:
+    def evaluate(name: str, genome: dict[str, float], shard: Rounds | None = None) -> Scores:
         apart = STAGE_SETTINGS[name][1]
         with parts_answered_apart() if apart else contextlib.nullcontext():
             return evaluators[name].evaluate(genome, shard=shard)
@@ -141,7 +142,7 @@ def stages_part(setup: SearchSetup, genomes: int) -> dict:
         for name, scores in scored.items():
             rows[name].append({stage: scores.timings[stage] for stage in STAGES})
             for rounds, shares in shard_shares[name].items():
-                shares.append(unmerged(evaluate(name, genome, (0, rounds))) / unmerged(scores))
+                shares.append(unmerged(evaluate(name, genome, Rounds(0, 1, rounds))) / unmerged(scores))
         before = scored["before"].objectives
         differences.append(max(abs(before[k] - s.objectives[k]) for s in scored.values() for k in before))
     mean = {name: {s: statistics.mean(r[s] for r in timed) for s in STAGES} for name, timed in rows.items()}

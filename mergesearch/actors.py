@@ -24,6 +24,7 @@ from typing import Any
 from mergesearch.config import FitnessConfig
 from mergesearch.file_reads import reading_weights
 from mergesearch.judges.base import Assessment, Judge
+from mergesearch.objectives.data import Rounds
 from mergesearch.objectives.evaluate import Scores
 from mergesearch.runtime import NAMESPACE
 from mergesearch.setup import SearchSetup
@@ -109,11 +110,11 @@ class Evaluator:
         self,
         genome: Mapping[str, float],
         seed: int = 0,
-        shard: tuple[int, int] | None = None,
+        shard: Rounds | None = None,
         fitness: FitnessConfig | None = None,
     ) -> Scores:
-        """Merge ``genome`` into the live model, then score it (on one ``(index, count)`` shard of the
-        data: a multi-fidelity round) with ``fitness`` (the config's when not given); timings include
+        """Merge ``genome`` into the live model, then score it (on the ``shard`` rounds of the data: a
+        multi-fidelity trial's call) with ``fitness`` (the config's when not given); timings include
         the merge, and the load of the resident models on the first call (0 after). The live model that
         holds this genome's merge already is not merged again (the next round of the same trial, when it
         comes back here)."""
@@ -129,7 +130,7 @@ class Evaluator:
             merge_seconds = time.perf_counter() - started
             scores = score_model(
                 self.backend,
-                self.data if shard is None else self.data.shard(*shard),
+                self.data if shard is None else self.data.shard(shard),
                 self.judge,
                 fitness or self.config.fitness,
                 self.config.backend.max_new_tokens,
@@ -138,6 +139,7 @@ class Evaluator:
         scores.timings.update(load=self.load_seconds, merge=merge_seconds)
         # weight files this evaluation read from disk: 0 once warm; NaN where it cannot be measured
         scores.counts["weight_files_read"] = float("nan") if reads.count is None else reads.count
+        scores.counts["evaluator_calls"] = 1  # summed over a multi-fidelity trial's calls
         self.load_seconds = 0.0
         scores.timings = {k: round(v, 4) for k, v in scores.timings.items()}
         return scores

@@ -276,15 +276,27 @@ class FitnessConfig(Frozen):
 
 
 class MultiFidelityConfig(Frozen):
-    """A trial scores its genome on the search split in ``rounds`` shards, reporting its running fitness
-    after each; asynchronous successive halving (Tune's ASHA) stops a trial whose running fitness is
-    outside the top 1/``reduction_factor`` of the trials that reached the same round, from round
-    ``grace_rounds`` on. The searcher is told a stopped trial's running fitness (an estimate on fewer
-    prompts, and a low one, which is why it stopped). ``rounds: 1``: every trial runs in full."""
+    """A trial scores its genome on the search split cut into ``rounds`` shards; asynchronous successive
+    halving (Tune's ASHA) stops a trial whose running fitness is outside the top 1/``reduction_factor``
+    of the trials that reached the same decision point: after ``grace_rounds`` rounds, then after
+    ``reduction_factor`` times as many, and so on. A trial scores the rounds between two decision points
+    in one call and reports its running fitness there (``decision_points``): a call pays per decoding
+    batch, so nine rounds scored one by one cost about twice the whole split scored at once. The
+    searcher is told a stopped trial's running fitness (an estimate on fewer prompts, and a low one,
+    which is why it stopped). ``rounds: 1``: every trial runs in full."""
 
     rounds: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1)
     grace_rounds: int = Field(default=1, ge=1)
+
+    def decision_points(self) -> list[int]:
+        """The rounds scored by the time of each report: ASHA's milestones (``grace_rounds`` times a
+        power of ``reduction_factor``, rounded up to a whole round) below ``rounds``, then ``rounds``."""
+        points, milestone = [], float(self.grace_rounds)
+        while milestone < self.rounds:
+            points.append(math.ceil(milestone))
+            milestone *= self.reduction_factor
+        return sorted({point for point in points if point < self.rounds}) + [self.rounds]
 
     @model_validator(mode="after")
     def _grace_within_rounds(self) -> MultiFidelityConfig:

@@ -9,7 +9,8 @@ import pytest
 from demo_configs import demo_config
 from ray.tune.search import Searcher
 
-from mergesearch.config import SearchConfig
+from mergesearch.config import MultiFidelityConfig, SearchConfig
+from mergesearch.objectives.data import EvalData, Rounds
 from mergesearch.objectives.evaluate import combined
 from mergesearch.runtime import ray_session
 from mergesearch.search.replay import LedgerReplay
@@ -35,7 +36,7 @@ def test_shards_scored_apart_combine_into_the_whole_splits_scores(toy_dataset) -
     evaluator = Evaluator(SearchSetup.prepare(config, log=lambda _: None), log=lambda _: None)
     genome = {"w.aligned.g0": 0.5, "w.math.g0": 0.7, "w.facts.g0": 0.4}
     whole = evaluator.evaluate(genome)
-    shards = [evaluator.evaluate(genome, shard=(i, 4)) for i in range(4)]  # unequal: means are weighted
+    shards = [evaluator.evaluate(genome, shard=Rounds(i, i + 1, 4)) for i in range(4)]  # unequal sizes
     together = combined(shards, config.fitness)
     assert set(together.objectives) == set(ALL_OBJECTIVES)
     # the same verdicts and hits; log-likelihoods differ in float rounding (other batches)
@@ -82,6 +83,30 @@ def test_a_running_report_holds_the_slot_and_a_stop_between_rounds_tells_the_sea
     assert inner.told[-1][1]["fitness"] == 0.7
 
 
+def test_a_trial_reports_at_ashas_decision_points_and_at_the_end() -> None:
+    def points(rounds: int, reduction_factor: float, grace_rounds: int = 1) -> list[int]:
+        return MultiFidelityConfig(
+            rounds=rounds, reduction_factor=reduction_factor, grace_rounds=grace_rounds
+        ).decision_points()
+
+    assert points(1, 3) == [1]
+    assert points(3, 3) == [1, 3]
+    assert points(9, 3) == [1, 3, 9]
+    assert points(27, 3, grace_rounds=2) == [2, 6, 18, 27]
+    assert points(10, 2.5) == [1, 3, 7, 10]  # milestones 2.5 and 6.25 are reached at whole rounds
+
+
+def test_a_stretch_of_rounds_is_the_union_of_its_single_rounds() -> None:
+    rows = tuple(f"prompt {i}" for i in range(30))
+    data = EvalData(rows, rows, (), (), (), "split")
+    stretch = data.shard(Rounds(1, 3, 9)).harmful
+    singles = data.shard(Rounds(1, 2, 9)).harmful + data.shard(Rounds(2, 3, 9)).harmful
+    assert sorted(stretch) == sorted(singles) and len(stretch) == 8  # rows 1, 2, 10, 11, 19, 20, 28, 29
+    assert str(Rounds(1, 3, 9)) == "round 2-3 of 9" and str(Rounds(0, 1, 9)) == "round 1 of 9"
+    with pytest.raises(ValueError, match="not within"):
+        Rounds(3, 3, 9)
+
+
 def test_a_multi_fidelity_search_stops_weak_genomes_and_promotes_only_full_ones(
     toy_dataset, tmp_path
 ) -> None:
@@ -90,7 +115,7 @@ def test_a_multi_fidelity_search_stops_weak_genomes_and_promotes_only_full_ones(
     from mergesearch.search.promote import candidates
     from mergesearch.search.tuner import run_search
 
-    multi = {"rounds": 3, "reduction_factor": 3, "grace_rounds": 1}
+    multi = {"rounds": 9, "reduction_factor": 3, "grace_rounds": 1}
     # a searcher never told of its stopped trials would hold their slots, and the search would stall:
     # the time budget turns that into a short ledger
     config = config_for(toy_dataset, multi_fidelity=multi, time_budget_s=400)
@@ -104,8 +129,13 @@ def test_a_multi_fidelity_search_stops_weak_genomes_and_promotes_only_full_ones(
     assert all(t.ok for t in trials)
     stopped = [t for t in trials if not t.full]
     assert stopped and len(stopped) < 12
-    assert {round(t.fidelity * 3) for t in stopped} <= {1, 2}
-    assert all(t.counts["harmful"] == round(30 * t.fidelity) for t in trials)  # that share of the split
+    # ASHA decides after rounds 1 and 3 of 9; a trial scores the rounds up to each decision in one call
+    calls_at = {1: 1, 3: 2, 9: 3}
+    assert {round(t.fidelity * 9) for t in stopped} <= {1, 3}
+    for trial in trials:
+        scored = round(trial.fidelity * 9)
+        assert trial.counts["evaluator_calls"] == calls_at[scored]
+        assert trial.counts["harmful"] == sum(Rounds(0, scored, 9).holds(i) for i in range(30))
     seconds = {full: [t.timings["evaluator"] for t in trials if t.full == full] for full in (True, False)}
     assert statistics.mean(seconds[False]) < statistics.mean(seconds[True])  # stopped ones cost less
     promoted = candidates(setup, trials, 3)

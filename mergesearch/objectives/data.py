@@ -14,6 +14,28 @@ from mergesearch.objectives.task import ChoiceItem, ShortAnswerItem
 
 
 @dataclass(frozen=True)
+class Rounds:
+    """Rounds ``first`` to ``stop - 1`` of a split cut into ``count`` interleaved shards (row ``i`` is in
+    round ``i % count``): what one call of a multi-fidelity trial scores, from one of ASHA's decision
+    points to the next, since a call pays for its decoding batches whatever its size."""
+
+    first: int
+    stop: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.first < self.stop <= self.count:
+            raise ValueError(f"rounds {self.first}..{self.stop - 1} are not within 0..{self.count - 1}")
+
+    def holds(self, row: int) -> bool:
+        return self.first <= row % self.count < self.stop
+
+    def __str__(self) -> str:
+        span = f"{self.first + 1}" if self.stop == self.first + 1 else f"{self.first + 1}-{self.stop}"
+        return f"round {span} of {self.count}"
+
+
+@dataclass(frozen=True)
 class EvalData:
     harmful: tuple[str, ...]
     benign: tuple[str, ...]
@@ -22,16 +44,21 @@ class EvalData:
     tagged: tuple[tuple[str, str, str], ...]  # (prompt, kept response, type) for the loss proxy
     source: str = ""
 
-    def shard(self, index: int, count: int) -> EvalData:
-        """Every ``count``-th row of each part, from ``index``: the shards of a split are disjoint, cover
-        it, and each mixes the split's categories as the split does (multi-fidelity rounds)."""
+    def shard(self, rounds: Rounds) -> EvalData:
+        """The rows of ``rounds``: each part's rows whose position, counted in ``rounds.count``, falls in
+        its span. Single rounds of a split are disjoint, cover it, and each mixes its categories as the
+        split does (multi-fidelity); a span of several is their union."""
+
+        def kept(rows: tuple) -> tuple:
+            return tuple(row for index, row in enumerate(rows) if rounds.holds(index))
+
         return EvalData(
-            self.harmful[index::count],
-            self.benign[index::count],
-            self.choice_items[index::count],
-            self.short_items[index::count],
-            self.tagged[index::count],
-            f"{self.source} (shard {index + 1} of {count})",
+            kept(self.harmful),
+            kept(self.benign),
+            kept(self.choice_items),
+            kept(self.short_items),
+            kept(self.tagged),
+            f"{self.source} ({rounds})",
         )
 
     def require(self, objectives: list[str]) -> None:

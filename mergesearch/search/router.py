@@ -18,6 +18,7 @@ from mergesearch.runtime import NAMESPACE
 
 if TYPE_CHECKING:
     from mergesearch.config import FitnessConfig
+    from mergesearch.objectives.data import Rounds
     from mergesearch.objectives.evaluate import Scores
 
 
@@ -50,7 +51,7 @@ class Router:
         self,
         genes: dict[str, float],
         seed: int,
-        shard: tuple[int, int] | None = None,
+        shard: Rounds | None = None,
         fitness: FitnessConfig | None = None,
     ) -> Evaluation:
         evaluator = await self.free.get()

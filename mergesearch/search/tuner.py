@@ -26,6 +26,7 @@ from mergesearch.actors import KeptActors
 from mergesearch.config import FitnessConfig, MultiFidelityConfig
 from mergesearch.io import refused_write
 from mergesearch.merge.genome import GenomeSpace
+from mergesearch.objectives.data import Rounds
 from mergesearch.objectives.evaluate import combined
 from mergesearch.runtime import NAMESPACE, ray_session
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
@@ -44,11 +45,19 @@ Log = Callable[[str], None]
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 
 
+ROUNDS_SCORED = "rounds_scored"  # reported by a multi-fidelity trial: ASHA's clock
+
+
 def make_trainable(
-    router_name: str, gene_names: list[str], seed: int, fitness: FitnessConfig, rounds: int = 1
+    router_name: str,
+    gene_names: list[str],
+    seed: int,
+    fitness: FitnessConfig,
+    multi: MultiFidelityConfig,
 ) -> Callable[[dict], None]:
-    """A Tune trial: its genome scored on the search split, in ``rounds`` shards (multi-fidelity), with a
-    report of the running scores after each; a scheduler may stop it between rounds."""
+    """A Tune trial: its genome scored on the search split, one call per stretch of rounds between two
+    of ASHA's decision points (multi-fidelity), with a report of the running scores after each; the
+    scheduler may stop it at any report but the last."""
 
     def evaluate_genome(config: dict) -> None:
         import ray
@@ -56,21 +65,21 @@ def make_trainable(
 
         router = ray.get_actor(router_name, namespace=NAMESPACE)
         genes = genes_of(config, gene_names)
-        parts, seconds = [], 0.0
-        for index in range(rounds):
-            shard = (index, rounds) if rounds > 1 else None
-            done = ray.get(router.evaluate.remote(genes, seed, shard, fitness))
+        parts, seconds, first = [], 0.0, 0
+        for stop in multi.decision_points():
+            rounds = Rounds(first, stop, multi.rounds) if multi.rounds > 1 else None
+            done = ray.get(router.evaluate.remote(genes, seed, rounds, fitness))
             seconds += done.seconds
             if done.scores is None:
                 tune.report(TrialResult.failed(done.error, genes, evaluator=seconds).report())
                 return
             parts.append(done.scores)
-            scores = combined(parts, fitness) if rounds > 1 else done.scores
-            fidelity = (index + 1) / rounds
-            result = TrialResult.from_scores(scores, genes, fidelity, evaluator=seconds)
-            tune.report(result.report())
+            scores = combined(parts, fitness) if multi.rounds > 1 else done.scores
+            result = TrialResult.from_scores(scores, genes, stop / multi.rounds, evaluator=seconds)
+            tune.report({**result.report(), ROUNDS_SCORED: stop})
             if not result.ok:
                 return
+            first = stop
 
     return evaluate_genome
 
@@ -161,9 +170,11 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
     actors = kept.for_search(setup, tag)
     router_name = f"router-{tag}"
     router = start_router(router_name, actors.evaluators)
-    rounds = config.search.multi_fidelity.rounds
     trainable = tune.with_resources(
-        make_trainable(router_name, gene_names, config.search.seed, config.fitness, rounds), TRIAL_RESOURCES
+        make_trainable(
+            router_name, gene_names, config.search.seed, config.fitness, config.search.multi_fidelity
+        ),
+        TRIAL_RESOURCES,
     )
     ledger = TrialLedger(run, num_trials, gene_names)
     left = num_trials - len(done)
@@ -204,15 +215,15 @@ def _fit(tuner: Any, run: RunDir) -> None:
 
 
 def _scheduler(multi: MultiFidelityConfig, metric_set: bool) -> Any:
-    """ASHA over the rounds when a trial has more than one, ranking by fitness (the one metric every
-    search reports, whatever its searcher's objectives); Tune's FIFO otherwise."""
+    """ASHA over the rounds scored when a trial has more than one, ranking by fitness (the one metric
+    every search reports, whatever its searcher's objectives); Tune's FIFO otherwise."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if multi.rounds == 1:
         return FIFOScheduler()
     ranking = {} if metric_set else {"metric": "fitness", "mode": "max"}
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr=ROUNDS_SCORED,
         max_t=multi.rounds,
         grace_period=multi.grace_rounds,
         reduction_factor=multi.reduction_factor,
