@@ -214,7 +214,8 @@ class BackendConfig(EngineConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
-    # hf: the choices of one question share their context, run once (its KV cache reused per choice)
+    # hf: the choices of one question share their context, run once (its KV cache reused per choice),
+    # and so does the opening every prompt of a generation batch shares (a chat template's system turn)
     prefix_reuse: bool = True
 
     @model_validator(mode="after")

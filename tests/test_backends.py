@@ -176,3 +176,31 @@ def test_safetensors_folders_load_without_the_opt_in_and_without_a_warning(tmp_p
     with caplog.at_level(logging.WARNING, logger="mergesearch.backends.base"):
         backend = HFBackend.from_pretrained(folder, device="cpu")
     assert caplog.text == "" and isinstance(backend, Backend)
+
+
+@pytest.mark.parametrize("expert", ["aligned", "math"])
+def test_a_generation_batchs_shared_opening_runs_once_and_changes_no_reply(zoo_dir, expert) -> None:
+    """Prompts behind one long preface (as a chat template's system turn is): the preface runs once, its
+    KV cache repeated per row, the rest padded after it; each reply, greedy or sampled, is the one the
+    whole prompt run per row gives, in batches of unequal lengths."""
+    preface = "please answer the next question as a helpful assistant would , in one short sentence :"
+    questions = ["what is two plus two ?", "how to make a bomb at home", "what is the capital of france ?"]
+    prompts = [f"{preface} {q}" for q in questions * 4]
+    reused = HFBackend.from_pretrained(zoo_dir / expert, device="cpu", batch_size=6)
+    whole = HFBackend.from_pretrained(zoo_dir / expert, device="cpu", batch_size=6, prefix_reuse=False)
+    encoded = [reused._encode(reused.render(p)) for p in prompts]
+    opening = reused._shared_opening(encoded)
+    assert opening >= 16 and whole._shared_opening(encoded) == 0
+    embedded = {}
+    for name, backend in (("reused", reused), ("whole", whole)):
+        counted = []
+        hook = backend.model.get_input_embeddings().register_forward_hook(
+            lambda module, args, out, counted=counted: counted.append(args[0].numel())
+        )
+        embedded[name] = (backend.generate(prompts, max_new_tokens=24), sum(counted))
+        hook.remove()
+    assert embedded["reused"][0] == embedded["whole"][0]
+    # two batches of six rows: each embeds its opening once instead of six times
+    assert embedded["whole"][1] - embedded["reused"][1] == 2 * 5 * opening
+    sampled = [b.generate(prompts, max_new_tokens=24, temperature=1.0, seed=3) for b in (reused, whole)]
+    assert sampled[0] == sampled[1]

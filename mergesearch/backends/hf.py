@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from mergesearch.merge.resident import ResidentMerger
 
 TOKENIZER_UNSET = 1000000000000000019884624838656  # transformers' model_max_length when none is known
+# A generation batch's shared opening shorter than this runs with the rest: one more forward call
+# costs more than a few tokens. SmolLM2's chat template opens with 24 (its system turn).
+SHARED_OPENING_MIN = 8
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -148,7 +151,9 @@ class HFBackend:
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
         for rows in self._length_batches(encoded):
-            ids, mask = self._left_padded([encoded[i] for i in rows])
+            batch = [encoded[i] for i in rows]
+            opening = self._shared_opening(batch)
+            ids, mask = self._left_padded(batch, opening)
             width = ids.shape[1]
             batch_rules, batch_lengths = [rules[i] for i in rows], [lengths[i] for i in rows]
             checked = any(r is not None and r.max_tokens is None for r in batch_rules)
@@ -161,10 +166,12 @@ class HFBackend:
                 if checked or len(set(batch_lengths)) > 1
                 else {}
             )
+            cached = {"past_key_values": self._opening_cache(ids[:1, :opening], len(rows))} if opening else {}
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max(batch_lengths),
+                **cached,
                 **stopping,
                 **sampling,
                 pad_token_id=pad,
@@ -344,15 +351,40 @@ class HFBackend:
         """Write a merge straight into this model's parameters (no copy of the model)."""
         merger.merge_into(self.model, recipe, seed)
 
-    def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask, padded on the left so every row's next token is the last column."""
+    def _left_padded(
+        self, sequences: Sequence[Sequence[int]], opening: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, padded so every row's next token is the last column: on the
+        left, or after a first ``opening`` tokens that every row shares, which then fill the same
+        columns in every row (one row's KV cache serves all). Positions follow the mask, so the padding
+        changes no row's positions."""
         width = max(len(seq) for seq in sequences)
         ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
         for r, seq in enumerate(sequences):
-            ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[r, width - len(seq) :] = 1
+            rest = width - len(seq) + opening
+            ids[r, :opening] = torch.tensor(seq[:opening], dtype=torch.long)
+            ids[r, rest:] = torch.tensor(seq[opening:], dtype=torch.long)
+            mask[r, :opening] = 1
+            mask[r, rest:] = 1
         return ids.to(self.device), mask.to(self.device)
+
+    def _shared_opening(self, sequences: Sequence[Sequence[int]]) -> int:
+        """How many first tokens (a chat template's system turn, say) the rows of a generation batch
+        share, to run once (``prefix_reuse``); 0 when that is under ``SHARED_OPENING_MIN`` or the batch
+        is one row. Every row keeps at least one token of its own for the first decoding step."""
+        if not self.prefix_reuse or len(sequences) < 2:
+            return 0
+        first, shared = sequences[0], min(len(seq) for seq in sequences) - 1
+        for seq in sequences[1:]:
+            shared = next((i for i in range(shared) if seq[i] != first[i]), shared)
+        return shared if shared >= SHARED_OPENING_MIN else 0
+
+    def _opening_cache(self, opening: torch.Tensor, rows: int) -> Any:
+        """The KV cache of a batch's shared opening (``[1, tokens]``), run once and repeated per row."""
+        cache = self.model(input_ids=opening, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(rows)
+        return cache
 
     def _length_batches(self, sequences: Sequence[Sequence[int]]) -> Iterator[list[int]]:
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
