@@ -3,6 +3,7 @@ the searcher learns from the stopped ones, and only trials scored in full are pr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 from pathlib import Path
@@ -16,6 +17,7 @@ from mergesearch.objectives.data import EvalData, Rounds
 from mergesearch.objectives.evaluate import Scores, combined
 from mergesearch.runtime import ray_session
 from mergesearch.search.replay import LedgerReplay
+from mergesearch.search.router import FreeEvaluators
 from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.setup import SearchSetup
 
@@ -107,6 +109,33 @@ def test_a_stretch_of_rounds_is_the_union_of_its_single_rounds() -> None:
     assert str(Rounds(1, 3, 9)) == "round 2-3 of 9" and str(Rounds(0, 1, 9)) == "round 1 of 9"
     with pytest.raises(ValueError, match="not within"):
         Rounds(3, 3, 9)
+
+
+def test_a_freed_evaluator_goes_to_a_trials_later_rounds_before_a_new_trials_first() -> None:
+    """Deepest rounds first, then first come first served; a call cancelled while waiting takes none."""
+
+    async def scenario() -> list[str]:
+        evaluators = FreeEvaluators(["the evaluator"])
+        served: list[str] = []
+
+        async def call(name: str, depth: int) -> None:
+            evaluator = await evaluators.take(depth)
+            served.append(name)
+            await asyncio.sleep(0)
+            evaluators.give_back(evaluator)
+
+        busy = await evaluators.take(0)
+        waits = [("new trial", 0), ("another new trial", 0), ("rounds 2-3", 1), ("rounds 4-9", 3)]
+        calls = [asyncio.create_task(call(name, depth)) for name, depth in waits]
+        gone = asyncio.create_task(call("a stopped trial's rounds 2-3", 1))
+        await asyncio.sleep(0)  # every call is waiting now
+        gone.cancel()
+        evaluators.give_back(busy)
+        await asyncio.gather(*calls)
+        assert evaluators.free == ["the evaluator"]
+        return served
+
+    assert asyncio.run(scenario()) == ["rounds 4-9", "rounds 2-3", "new trial", "another new trial"]
 
 
 def test_a_multi_fidelity_search_stops_weak_genomes_and_promotes_only_full_ones(

@@ -10,6 +10,8 @@ It is pinned to the driver's node: a node that can die without the driver never 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,13 +41,42 @@ def error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
-class Router:
-    """Free evaluators in a queue, first come first served."""
+class FreeEvaluators:
+    """Evaluators handed to waiting calls deepest first: a call for a trial's later rounds (it has passed
+    a decision point) goes before a new trial's first round, so a promising genome's full fitness comes
+    soonest, as successive halving's promotions go first; at equal depth, first come first served."""
 
     def __init__(self, evaluators: list[Any]) -> None:
-        self.free: asyncio.Queue = asyncio.Queue()
-        for handle in evaluators:
-            self.free.put_nowait(handle)
+        self.free = list(evaluators)
+        self.waiting: list[tuple[int, int, asyncio.Future]] = []  # a heap of (-depth, arrival, call)
+        self.arrivals = itertools.count()
+
+    async def take(self, depth: int) -> Any:
+        if self.free:
+            return self.free.pop()
+        call = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiting, (-depth, next(self.arrivals), call))
+        try:
+            return await call
+        except asyncio.CancelledError:  # cancelled just after it was handed one: pass that one on
+            if call.done() and not call.cancelled():
+                self.give_back(call.result())
+            raise
+
+    def give_back(self, evaluator: Any) -> None:
+        while self.waiting:
+            *_, call = heapq.heappop(self.waiting)
+            if not call.done():  # a call cancelled while it waited takes nothing
+                call.set_result(evaluator)
+                return
+        self.free.append(evaluator)
+
+
+class Router:
+    """Runs each call on a free evaluator (``FreeEvaluators``: later rounds of a trial first)."""
+
+    def __init__(self, evaluators: list[Any]) -> None:
+        self.evaluators = FreeEvaluators(evaluators)
 
     async def evaluate(
         self,
@@ -54,7 +85,7 @@ class Router:
         shard: Rounds | None = None,
         fitness: FitnessConfig | None = None,
     ) -> Evaluation:
-        evaluator = await self.free.get()
+        evaluator = await self.evaluators.take(depth=shard.first if shard else 0)
         started = time.perf_counter()
         try:
             scores = await evaluator.evaluate.remote(genes, seed, shard, fitness)
@@ -62,7 +93,7 @@ class Router:
         except Exception as error:  # any failed merge/evaluation is a recorded penalty, not a crash
             return Evaluation(None, error_line(error), time.perf_counter() - started)
         finally:
-            self.free.put_nowait(evaluator)
+            self.evaluators.give_back(evaluator)
 
 
 def start_router(name: str, evaluators: list[Any]) -> Any:
