@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,9 +42,17 @@ def clean_env() -> dict[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: their sockets are held open together, so the system cannot hand
+    one out twice (ports taken one at a time can repeat, and Ray refuses a port given to two parts)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset, tmp_path) -> None:
@@ -122,7 +131,14 @@ def stop_head(gcs_port: int) -> None:
 def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_dataset, tmp_path) -> None:
     config = write_config(toy_dataset, tmp_path, num_trials=4, prompts=12)
     run = tmp_path / "run"
-    dashboard, gcs = free_port(), free_port()
+    agent_flags = (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "ray-client-server-port",
+    )
+    dashboard, gcs, *agent_ports = free_ports(2 + len(agent_flags))
     env = {**clean_env(), "RAY_AUTH_MODE": "token"}  # as our documented clusters run: token authentication on
     subprocess.run(
         [str(BIN / "ray"), "get-auth-token", "--generate"],
@@ -144,16 +160,7 @@ def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_datas
             "--disable-usage-stats",
             # Ray's fixed default ports clash with any other Ray on the machine (its agent then cannot bind
             # and jobs are refused with "No available agent"): this head takes free ones.
-            *(
-                f"--{flag}={free_port()}"
-                for flag in (
-                    "dashboard-agent-listen-port",
-                    "dashboard-agent-grpc-port",
-                    "metrics-export-port",
-                    "runtime-env-agent-port",
-                    "ray-client-server-port",
-                )
-            ),
+            *(f"--{flag}={port}" for flag, port in zip(agent_flags, agent_ports)),
         ],
         env=env,
         capture_output=True,
