@@ -254,6 +254,6 @@ def test_a_multi_fidelity_search_converges_as_full_fidelity_does_on_fewer_rows(t
 
     assert len(full) == len(multi) == 36 and any(not t.full for t in multi)
     assert best(multi) >= best(full) - 0.005  # 0.9996 against 0.9998 when written
-    assert best(multi) > 0.99  # a random genome of the unit square is 0.87 on average
+    assert best(multi) > 0.998  # the best of 36 random genomes gets there about one time in five
     # 64% when written: near the optimum, genomes tie on a round's 30 rows, and ASHA keeps a tie going
     assert rows(multi) < 0.75 * rows(full)
