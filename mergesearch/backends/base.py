@@ -49,6 +49,15 @@ Settled = SettleRule | Sequence[SettleRule | None] | None
 """What ``generate`` takes as ``settled``: one rule for every prompt, or one per prompt (None: none)."""
 
 
+def common_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """How many first tokens every sequence has in common (a chat template's opening, say): what
+    generation and training run once for a batch."""
+    first, shared = sequences[0], min(len(seq) for seq in sequences)
+    for seq in sequences[1:]:
+        shared = next((i for i in range(shared) if seq[i] != first[i]), shared)
+    return shared
+
+
 def rules_per_prompt(settled: Settled, prompts: int) -> list[SettleRule | None]:
     """``settled`` as one rule (or None) per prompt."""
     if settled is None or not isinstance(settled, Sequence):

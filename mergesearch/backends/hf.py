@@ -27,6 +27,7 @@ from mergesearch.backends.base import (
     Settled,
     SettleRule,
     check_weights,
+    common_prefix,
     encode_pair,
     render_chat,
     reply_length,
@@ -375,9 +376,7 @@ class HFBackend:
         is one row. Every row keeps at least one token of its own for the first decoding step."""
         if not self.prefix_reuse or len(sequences) < 2:
             return 0
-        first, shared = sequences[0], min(len(seq) for seq in sequences) - 1
-        for seq in sequences[1:]:
-            shared = next((i for i in range(shared) if seq[i] != first[i]), shared)
+        shared = min(common_prefix(sequences), min(len(seq) for seq in sequences) - 1)
         return shared if shared >= SHARED_OPENING_MIN else 0
 
     def _opening_cache(self, opening: torch.Tensor, rows: int) -> Any:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from mergesearch.backends.base import common_prefix
 from mergesearch.zoo.corpus import Example
 from mergesearch.zoo.recipe import TrainSpec
 
@@ -128,11 +129,7 @@ SHARED_PREFIX_MIN = 32
 
 def shared_prefix(batch: list[Example]) -> int:
     """How many opening tokens every example of ``batch`` has in common (prompt tokens only)."""
-    first = batch[0].prompt_ids
-    length = min(len(e.prompt_ids) for e in batch)
-    for example in batch[1:]:
-        length = next((i for i in range(length) if example.prompt_ids[i] != first[i]), length)
-    return length
+    return common_prefix([example.prompt_ids for example in batch])
 
 
 def prefix_once_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], prefix: int) -> torch.Tensor:
