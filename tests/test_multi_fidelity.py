@@ -16,6 +16,7 @@ from mergesearch.config import FitnessConfig, MultiFidelityConfig, SearchConfig
 from mergesearch.objectives.data import EvalData, Rounds
 from mergesearch.objectives.evaluate import Scores, combined
 from mergesearch.runtime import ray_session
+from mergesearch.search.halving import ROUNDS_SCORED, halving_scheduler, tie_breaker
 from mergesearch.search.replay import LedgerReplay
 from mergesearch.search.router import FreeEvaluators
 from mergesearch.search.run_dir import RunDir, TrialResult
@@ -51,6 +52,38 @@ def test_shards_scored_apart_combine_into_the_whole_splits_scores(toy_dataset) -
     assert [s.counts["harmful"] for s in shards] == [8, 8, 7, 7]  # disjoint, covering the 30
     # the live model already held this genome: the shards did not merge it again
     assert max(s.timings["merge"] for s in shards) < whole.timings["merge"] / 10
+
+
+class ScheduledTrial:
+    """What ASHA reads of a Tune trial: its id, and its config (the genome)."""
+
+    def __init__(self, number: int) -> None:
+        self.trial_id, self.config = f"t{number}", {"a": number / 100}
+
+
+def halving_decisions(scheduler, scores: list[float]) -> list[str]:
+    """ASHA's decision for each new trial, in turn, reporting ``score`` after its first round."""
+    decisions = []
+    for number, score in enumerate(scores):
+        trial = ScheduledTrial(number)
+        scheduler.on_trial_add(None, trial)
+        decisions.append(scheduler.on_trial_result(None, trial, {"fitness": score, ROUNDS_SCORED: 1}))
+    return decisions
+
+
+def test_asha_lets_about_one_in_reduction_factor_of_a_tie_go_on_not_all_of_it() -> None:
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    multi = MultiFidelityConfig(rounds=9, reduction_factor=3)
+    tied = halving_decisions(halving_scheduler(multi, metric_set=False), [0.5] * 30)
+    went_on = tied.count(TrialScheduler.CONTINUE)
+    assert 5 <= went_on <= 15  # asynchronous: the first ones go on against fewer; 11 when written
+    plain = ASHAScheduler(time_attr=ROUNDS_SCORED, max_t=9, metric="fitness", mode="max")
+    assert halving_decisions(plain, [0.5] * 30).count(TrialScheduler.CONTINUE) == 30  # Tune's own
+    # the tie-breaker ranks equal scores only: a better one still goes on, a worse one still stops
+    after = halving_decisions(halving_scheduler(multi, metric_set=False), [0.5] * 10 + [0.6, 0.4])
+    assert after[-2:] == [TrialScheduler.CONTINUE, TrialScheduler.STOP]
+    assert tie_breaker({"a": 0.1}) == tie_breaker({"a": 0.1}) != tie_breaker({"a": 0.2})
 
 
 class Recording(Searcher):
@@ -255,5 +288,5 @@ def test_a_multi_fidelity_search_converges_as_full_fidelity_does_on_fewer_rows(t
     assert len(full) == len(multi) == 36 and any(not t.full for t in multi)
     assert best(multi) >= best(full) - 0.005  # 0.9996 against 0.9998 when written
     assert best(multi) > 0.998  # the best of 36 random genomes gets there about one time in five
-    # 64% when written: near the optimum, genomes tie on a round's 30 rows, and ASHA keeps a tie going
-    assert rows(multi) < 0.75 * rows(full)
+    # 54% when written (64% with Tune's ASHA, which lets every genome tied on a round's 30 rows go on)
+    assert rows(multi) < 0.6 * rows(full)

@@ -29,6 +29,7 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.objectives.data import Rounds
 from mergesearch.objectives.evaluate import combined
 from mergesearch.runtime import NAMESPACE, ray_session
+from mergesearch.search.halving import ROUNDS_SCORED, halving_scheduler
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
 from mergesearch.search.replay import LedgerReplay
 from mergesearch.search.router import start_router
@@ -43,9 +44,6 @@ Log = Callable[[str], None]
 # the evaluators and the judge hold every core (a 2-core machine with a guard judge waited forever). Tune
 # refuses an empty request, so a trial asks for one byte of Ray's `memory` resource, which every node has.
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
-
-
-ROUNDS_SCORED = "rounds_scored"  # reported by a multi-fidelity trial: ASHA's clock
 
 
 def make_trainable(
@@ -214,23 +212,6 @@ def _fit(tuner: Any, run: RunDir) -> None:
         raise (cause if cause.filename else refused_write(cause, str(run.root))) from None
 
 
-def _scheduler(multi: MultiFidelityConfig, metric_set: bool) -> Any:
-    """ASHA over the rounds scored when a trial has more than one, ranking by fitness (the one metric
-    every search reports, whatever its searcher's objectives); Tune's FIFO otherwise."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if multi.rounds == 1:
-        return FIFOScheduler()
-    ranking = {} if metric_set else {"metric": "fitness", "mode": "max"}
-    return ASHAScheduler(
-        time_attr=ROUNDS_SCORED,
-        max_t=multi.rounds,
-        grace_period=multi.grace_rounds,
-        reduction_factor=multi.reduction_factor,
-        **ranking,
-    )
-
-
 def _judge_stats(judge: Any) -> dict[str, float] | None:
     """The judge actor's verdict cache and batching figures; None without a judge actor, or if it died
     once the search was over (the trials are safe in the ledger by then)."""
@@ -260,7 +241,7 @@ def _new_tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,  # a LedgerReplay: also the concurrency limit
-            scheduler=_scheduler(config.search.multi_fidelity, bool(single)),
+            scheduler=halving_scheduler(config.search.multi_fidelity, bool(single)),
             num_samples=left,
             time_budget_s=config.search.time_budget_s,
             reuse_actors=True,

@@ -1,0 +1,59 @@
+"""The multi-fidelity scheduler: Tune's asynchronous successive halving (ASHA), with ties broken.
+
+A round's fitness is a ratio of counts over a few prompts, so many genomes score exactly alike, and
+ASHA lets a trial go on when its score equals the cutoff: with coarse rounds, whole ties pass every
+decision point (a search over a known landscape spent 64% of full fidelity's rows). Here the score
+ASHA ranks gets a tie-breaker far below any difference two fitnesses can have, a fixed function of
+the genome (a resumed search decides alike), so about 1 / ``reduction_factor`` of a tie goes on, as
+halving means. Only the scheduler sees it: the searcher, the ledger and promotion get the fitness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from mergesearch.config import MultiFidelityConfig
+
+ROUNDS_SCORED = "rounds_scored"  # reported by a multi-fidelity trial: ASHA's clock
+# Two fitnesses on n-row shards differ by at least about 1/n² (weighted count ratios) when they differ.
+TIE_BREAK_SCALE = 1e-10
+
+
+def tie_breaker(config: dict[str, Any]) -> float:
+    """A number in [0, TIE_BREAK_SCALE) fixed by the trial's config (its genome)."""
+    digest = hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2**64 * TIE_BREAK_SCALE
+
+
+class TieBreakingASHA(ASHAScheduler):
+    """ASHA that ranks equal scores by ``tie_breaker`` instead of letting every one of them go on."""
+
+    def _broken(self, trial: Any, result: dict) -> dict:
+        if self._metric not in result:
+            return result
+        return {**result, self._metric: result[self._metric] + tie_breaker(trial.config)}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return super().on_trial_result(tune_controller, trial, self._broken(trial, result))
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, self._broken(trial, result))
+
+
+def halving_scheduler(multi: MultiFidelityConfig, metric_set: bool) -> TrialScheduler:
+    """Tie-breaking ASHA over the rounds scored when a trial has more than one, ranking by fitness (the
+    one metric every search reports, whatever its searcher's objectives); Tune's FIFO otherwise."""
+    if multi.rounds == 1:
+        return FIFOScheduler()
+    ranking = {} if metric_set else {"metric": "fitness", "mode": "max"}
+    return TieBreakingASHA(
+        time_attr=ROUNDS_SCORED,
+        max_t=multi.rounds,
+        grace_period=multi.grace_rounds,
+        reduction_factor=multi.reduction_factor,
+        **ranking,
+    )
