@@ -9,7 +9,9 @@
   same random genomes, in turn so all see the same machine load; one untimed evaluation each first
   (the load). All score the same split; the largest objective difference from ``before`` is reported
   beside the times. And a multi-fidelity round's cost: a shard of a third and of a ninth of the
-  split against the whole split (without the merge, which a round of the held genome skips).
+  split against the whole split (without the merge, which a round of the held genome skips), and the
+  seconds per decoding step by batch size (``decoding_step_seconds``): on a CPU a step costs nearly as
+  much for 4 prompts as for 32, which sets a round's cost floor.
 - ``agreement``: early exit against full-length judging. Each genome's answers to the harmful prompts
   are generated in full and with the early-exit rule, and judged: the share of (prompt, answer) pairs
   whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit_tokens``; the
@@ -145,6 +147,8 @@ def stages_part(setup: SearchSetup, genomes: int) -> dict:
                 shares.append(unmerged(evaluate(name, genome, Rounds(0, 1, rounds))) / unmerged(scores))
         before = scored["before"].objectives
         differences.append(max(abs(before[k] - s.objectives[k]) for s in scored.values() for k in before))
+    largest = setup.config.backend.batch_size
+    steps = decoding_step_seconds(evaluators["after"], [n for n in (4, 8, 16, 32, 64) if n <= largest])
     mean = {name: {s: statistics.mean(r[s] for r in timed) for s in STAGES} for name, timed in rows.items()}
     for row in mean.values():
         row["total"] = sum(row[s] for s in STAGES)
@@ -158,7 +162,27 @@ def stages_part(setup: SearchSetup, genomes: int) -> dict:
             name: {f"1/{n}": round(statistics.mean(v), 3) for n, v in by.items()}
             for name, by in shard_shares.items()
         },
+        "decoding_step_seconds": steps,
     }
+
+
+def decoding_step_seconds(evaluator: Evaluator, batches: Sequence[int]) -> dict[str, float]:
+    """Seconds per decoding step for one batch of n prompts (the split's first n, repeated when it has
+    fewer, answered to the reply length, less the same answered to one token, over the steps
+    between; a batch whose answers all end sooner makes it an underestimate): why a round of few
+    prompts costs more than its share of them."""
+    data, length = evaluator.data, evaluator.config.backend.max_new_tokens
+    prompts = [*data.benign, *data.harmful] or [item.prompt for item in data.short_items]
+    found = {}
+    for size in batches:
+        batch = [prompts[i % len(prompts)] for i in range(size)]
+        seconds = {}
+        for tokens in (1, length):
+            started = time.perf_counter()
+            evaluator.backend.generate(batch, max_new_tokens=tokens)
+            seconds[tokens] = time.perf_counter() - started
+        found[f"batch {size}"] = round((seconds[length] - seconds[1]) / max(length - 1, 1), 4)
+    return found
 
 
 # ------------------------------------------------------------------------------------ agreement

@@ -16,7 +16,7 @@ from mergesearch.config import FitnessConfig, MultiFidelityConfig, SearchConfig
 from mergesearch.objectives.data import EvalData, Rounds
 from mergesearch.objectives.evaluate import Scores, combined
 from mergesearch.runtime import ray_session
-from mergesearch.search.halving import ROUNDS_SCORED, halving_scheduler, tie_breaker
+from mergesearch.search.halving import ROUNDS_SCORED, halving_scheduler, small_rounds_hint, tie_breaker
 from mergesearch.search.replay import LedgerReplay
 from mergesearch.search.router import FreeEvaluators
 from mergesearch.search.run_dir import RunDir, TrialResult
@@ -84,6 +84,17 @@ def test_asha_lets_about_one_in_reduction_factor_of_a_tie_go_on_not_all_of_it() 
     after = halving_decisions(halving_scheduler(multi, metric_set=False), [0.5] * 10 + [0.6, 0.4])
     assert after[-2:] == [TrialScheduler.CONTINUE, TrialScheduler.STOP]
     assert tie_breaker({"a": 0.1}) == tie_breaker({"a": 0.1}) != tie_breaker({"a": 0.2})
+
+
+def test_the_log_says_when_a_first_round_answers_fewer_prompts_than_a_decoding_batch() -> None:
+    rows = tuple(f"prompt {i}" for i in range(30))
+    data = EvalData(rows, rows, (), (), (), "split")  # 60 prompts to answer
+    nine = MultiFidelityConfig(rounds=9, reduction_factor=3)  # the first round answers 4 + 4
+    assert "answer 8 prompts" in small_rounds_hint(data, nine, batch_size=32)
+    assert small_rounds_hint(data, nine, batch_size=8) is None
+    three = MultiFidelityConfig(rounds=3, reduction_factor=3)  # 10 + 10
+    assert small_rounds_hint(data, three, batch_size=16) is None
+    assert small_rounds_hint(data, MultiFidelityConfig(), batch_size=64) is None  # one round: no rounds
 
 
 class Recording(Searcher):

@@ -17,6 +17,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from mergesearch.config import MultiFidelityConfig
+from mergesearch.objectives.data import EvalData, Rounds
 
 ROUNDS_SCORED = "rounds_scored"  # reported by a multi-fidelity trial: ASHA's clock
 # Two fitnesses on n-row shards differ by at least about 1/n² (weighted count ratios) when they differ.
@@ -56,4 +57,22 @@ def halving_scheduler(multi: MultiFidelityConfig, metric_set: bool) -> TrialSche
         grace_period=multi.grace_rounds,
         reduction_factor=multi.reduction_factor,
         **ranking,
+    )
+
+
+def small_rounds_hint(data: EvalData, multi: MultiFidelityConfig, batch_size: int) -> str | None:
+    """A line for the log when the rounds before ASHA's first decision answer fewer prompts than one
+    decoding batch holds. Decoding pays per step, nearly whatever the batch (on 2 CPU cores a SmolLM2
+    step for 4 prompts costs two thirds of one for 32), so such a round costs well over its share of
+    the split, and multi-fidelity saves less than the share suggests."""
+    if multi.rounds == 1:
+        return None
+    first = data.shard(Rounds(0, multi.decision_points()[0], multi.rounds))
+    answered = len(first.harmful) + len(first.benign) + len(first.short_items)
+    if not answered or answered >= batch_size:
+        return None
+    return (
+        f"search.multi_fidelity: the rounds before the first decision answer {answered} prompts, fewer "
+        f"than a decoding batch (backend.batch_size {batch_size}), and cost about what a batch does: "
+        "fewer rounds, or more prompts per evaluation, save more"
     )

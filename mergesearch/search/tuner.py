@@ -29,7 +29,7 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.objectives.data import Rounds
 from mergesearch.objectives.evaluate import combined
 from mergesearch.runtime import NAMESPACE, ray_session
-from mergesearch.search.halving import ROUNDS_SCORED, halving_scheduler
+from mergesearch.search.halving import ROUNDS_SCORED, halving_scheduler, small_rounds_hint
 from mergesearch.search.ledger import BudgetStopper, TrialLedger
 from mergesearch.search.replay import LedgerReplay
 from mergesearch.search.router import start_router
@@ -115,12 +115,15 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
     config = setup.config
     run.check_config(config)
     run.trials()  # a torn ledger is named before Ray starts
-    setup.eval_data()  # and a dataset the fitness cannot score on
+    data = setup.eval_data()  # and a dataset the fitness cannot score on
     spec = searcher(config.search.name)
     kinds = config.search.warm_starts if spec.takes_warm_starts else []
     if config.search.warm_starts and not kinds:
         log(f"search.warm_starts: unused, {config.search.name} makes its own first proposals")
     starts = tuple(warm_starts(setup.space, kinds, log))
+    hint = small_rounds_hint(data, config.search.multi_fidelity, config.backend.batch_size)
+    if hint:
+        log(hint)
     ray_session()
     actors, nodes = plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes)
     joined = bool(os.environ.get("RAY_ADDRESS"))  # a cluster's autoscaler may add nodes; a local Ray won't
