@@ -63,7 +63,7 @@ def halving_scheduler(multi: MultiFidelityConfig, metric_set: bool) -> TrialSche
 def small_rounds_hint(data: EvalData, multi: MultiFidelityConfig, batch_size: int) -> str | None:
     """A line for the log when the rounds before ASHA's first decision answer fewer prompts than one
     decoding batch holds. Decoding pays per step, nearly whatever the batch (on 2 CPU cores a SmolLM2
-    step for 4 prompts costs two thirds of one for 32), so such a round costs well over its share of
+    step for 4 prompts costs 57% of one for 32), so such a round costs well over its share of
     the split, and multi-fidelity saves less than the share suggests."""
     if multi.rounds == 1:
         return None
