@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import statistics
 from pathlib import Path
 
@@ -84,6 +85,74 @@ def test_asha_lets_about_one_in_reduction_factor_of_a_tie_go_on_not_all_of_it() 
     after = halving_decisions(halving_scheduler(multi, metric_set=False), [0.5] * 10 + [0.6, 0.4])
     assert after[-2:] == [TrialScheduler.CONTINUE, TrialScheduler.STOP]
     assert tie_breaker({"a": 0.1}) == tie_breaker({"a": 0.1}) != tie_breaker({"a": 0.2})
+
+
+def halved(scheduler, runs: dict[int, dict[int, float]]) -> dict[int, TrialResult]:
+    """Each trial in turn reports its running fitness by rounds scored until ASHA stops it (Tune then
+    completes it); returns what the ledger records of each: its last report and the scores reported."""
+    from ray.tune.schedulers import TrialScheduler
+
+    ledgered = {}
+    for number, scores in runs.items():
+        trial, reported = ScheduledTrial(number), {}
+        scheduler.on_trial_add(None, trial)
+        for rounds, fitness in scores.items():
+            reported[rounds] = fitness
+            result = {"fitness": fitness, ROUNDS_SCORED: rounds}
+            if scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+                break
+        scheduler.on_trial_complete(None, trial, result)
+        ledgered[number] = TrialResult(
+            genes=trial.config, fitness=fitness, fidelity=rounds / 9, running=reported, index=number
+        )
+    return ledgered
+
+
+def test_a_resumed_search_halves_as_the_uninterrupted_one_would_from_its_ledger() -> None:
+    rng = random.Random(0)
+    runs = {n: {1: rng.random(), 3: rng.random(), 9: rng.random()} for n in range(30)}
+    first, rest = dict(list(runs.items())[:20]), dict(list(runs.items())[20:])
+    multi = MultiFidelityConfig(rounds=9, reduction_factor=3)
+
+    def fidelities(ledgered: dict[int, TrialResult]) -> list[float]:
+        return [t.fidelity for t in ledgered.values()]
+
+    uninterrupted = halved(halving_scheduler(multi, metric_set=False), runs)
+    killed = halved(halving_scheduler(multi, metric_set=False), first)
+    assert killed == {n: uninterrupted[n] for n in first}
+    ledger = [TrialResult.from_row(t.to_row()) for t in killed.values()]  # through the ledger's columns
+    resumed = halved(halving_scheduler(multi, metric_set=False, ledgered=ledger), rest)
+    assert fidelities(resumed) == fidelities({n: uninterrupted[n] for n in rest})
+    # a scheduler started empty, as Tune's would be, lets more of them go on
+    forgetful = halved(halving_scheduler(multi, metric_set=False), rest)
+    assert sum(fidelities(forgetful)) > sum(fidelities(resumed))
+
+
+def test_a_resumed_searchs_tune_experiment_gets_asha_with_the_ledgers_scores(tmp_path, monkeypatch) -> None:
+    from ray import tune
+    from ray.tune.schedulers import TrialScheduler
+
+    from mergesearch.search.ledger import TrialLedger
+    from mergesearch.search.tuner import _new_tuner
+
+    monkeypatch.setattr(tune, "Tuner", lambda trainable, tune_config, run_config: tune_config)
+    config = demo_config(resolved=False)
+    config["search"] = {
+        "name": "cma",
+        "num_trials": 12,
+        "multi_fidelity": {"rounds": 9, "reduction_factor": 3},
+    }
+    config = SearchConfig.model_validate(config)
+    run = RunDir(tmp_path / "run")
+    good = [
+        TrialResult(genes={"a": n / 10}, fitness=0.9, fidelity=1 / 9, running={1: 0.9}, index=n)
+        for n in range(6)
+    ]
+    run.write_trials(good, ["a"])
+    tune_config = _new_tuner(None, None, ("fitness",), TrialLedger(run, 12, ["a"]), 6, config)
+    tune_config.scheduler.set_search_properties("fitness", "max")  # as Tune does
+    # an ASHA started empty lets a first trial go on, whatever its score
+    assert halving_decisions(tune_config.scheduler, [0.5]) == [TrialScheduler.STOP]
 
 
 def test_the_log_says_when_a_first_round_answers_fewer_prompts_than_a_decoding_batch() -> None:
@@ -211,6 +280,9 @@ def test_a_multi_fidelity_search_stops_weak_genomes_and_promotes_only_full_ones(
         scored = round(trial.fidelity * 9)
         assert trial.counts["evaluator_calls"] == calls_at[scored]
         assert trial.counts["harmful"] == sum(Rounds(0, scored, 9).holds(i) for i in range(30))
+        # the ledger keeps its running fitness at each decision point: a resumed ASHA starts from it
+        assert sorted(trial.running) == [point for point in calls_at if point <= scored]
+        assert trial.running[scored] == trial.fitness
     seconds = {full: [t.timings["evaluator"] for t in trials if t.full == full] for full in (True, False)}
     assert statistics.mean(seconds[False]) < statistics.mean(seconds[True])  # stopped ones cost less
     promoted = candidates(setup, trials, 3)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from mergesearch.config import MultiFidelityConfig
 from mergesearch.objectives.data import EvalData, Rounds
+from mergesearch.search.run_dir import TrialResult
 
 ROUNDS_SCORED = "rounds_scored"  # reported by a multi-fidelity trial: ASHA's clock
 # Two fitnesses on n-row shards differ by at least about 1/n² (weighted count ratios) when they differ.
@@ -26,12 +29,38 @@ TIE_BREAK_SCALE = 1e-10
 
 def tie_breaker(config: dict[str, Any]) -> float:
     """A number in [0, TIE_BREAK_SCALE) fixed by the trial's config (its genome)."""
-    digest = hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=8)
+    # numpy scalars as floats: a resumed search hashes the ledger's genome (floats) to the same number
+    digest = hashlib.blake2b(json.dumps(config, sort_keys=True, default=float).encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big") / 2**64 * TIE_BREAK_SCALE
 
 
 class TieBreakingASHA(ASHAScheduler):
-    """ASHA that ranks equal scores by ``tie_breaker`` instead of letting every one of them go on."""
+    """ASHA that ranks equal scores by ``tie_breaker`` instead of letting every one of them go on, and
+    that starts from the ``ledgered`` trials' running fitness at each decision point they reached.
+
+    Tune keeps a scheduler's state only in its pickled experiment, which a resumed search never loads
+    (``replay.py``); without the ledger a resumed ASHA would hold no scores, and every trial of the new
+    session would pass its first decision points unranked."""
+
+    def __init__(self, ledgered: Iterable[TrialResult] = (), **asha: Any) -> None:
+        super().__init__(**asha)
+        self._ledgered = [t for t in ledgered if t.running]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """The ledgered scores go in at the first trial: by then Tune has told the scheduler its metric."""
+        ledgered, self._ledgered = self._ledgered, []
+        for past in ledgered:
+            self._record(past)
+        super().on_trial_add(tune_controller, trial)
+
+    def _record(self, past: TrialResult) -> None:
+        """A ledgered trial's reports, as Tune made them: each running one, then its completion."""
+        stand_in = SimpleNamespace(trial_id=f"ledger-{past.index}", config=past.genes)
+        super().on_trial_add(None, stand_in)
+        reports = [{self._metric: fitness, ROUNDS_SCORED: t} for t, fitness in sorted(past.running.items())]
+        for result in reports:
+            self.on_trial_result(None, stand_in, result)
+        self.on_trial_complete(None, stand_in, reports[-1])
 
     def _broken(self, trial: Any, result: dict) -> dict:
         if self._metric not in result:
@@ -45,13 +74,17 @@ class TieBreakingASHA(ASHAScheduler):
         super().on_trial_complete(tune_controller, trial, self._broken(trial, result))
 
 
-def halving_scheduler(multi: MultiFidelityConfig, metric_set: bool) -> TrialScheduler:
+def halving_scheduler(
+    multi: MultiFidelityConfig, metric_set: bool, ledgered: Iterable[TrialResult] = ()
+) -> TrialScheduler:
     """Tie-breaking ASHA over the rounds scored when a trial has more than one, ranking by fitness (the
-    one metric every search reports, whatever its searcher's objectives); Tune's FIFO otherwise."""
+    one metric every search reports, whatever its searcher's objectives) and starting from the
+    ``ledgered`` trials of earlier sessions; Tune's FIFO otherwise."""
     if multi.rounds == 1:
         return FIFOScheduler()
     ranking = {} if metric_set else {"metric": "fitness", "mode": "max"}
     return TieBreakingASHA(
+        ledgered,
         time_attr=ROUNDS_SCORED,
         max_t=multi.rounds,
         grace_period=multi.grace_rounds,

@@ -50,6 +50,9 @@ class TrialResult(BaseModel):
     # The share of the search split it was scored on: below 1, a multi-fidelity trial stopped early
     # (its fitness is a running one); promotion and the best trial use full-fidelity trials only.
     fidelity: float = 1.0
+    # Its running fitness at each of ASHA's decision points it reached, by rounds scored (multi-fidelity):
+    # a resumed search's scheduler is rebuilt from these, as its searcher is from the rest.
+    running: dict[int, float] = {}
     trial_id: str = ""
     index: int = -1
     finished_at: float = 0.0
@@ -120,6 +123,7 @@ class TrialResult(BaseModel):
             **self.genes,
             "genes_json": json.dumps(self.genes),
             "counts_json": json.dumps(self.counts),
+            "running_json": json.dumps(self.running),
         }
 
     @classmethod
@@ -136,6 +140,7 @@ class TrialResult(BaseModel):
             timings={k: row[f"{k}_s"] for k in TIMINGS if row.get(f"{k}_s") is not None},
             genes=json.loads(row["genes_json"]),
             counts=json.loads(row["counts_json"]),
+            running=json.loads(row.get("running_json") or "{}"),  # ledgers written before: none
         )
 
 
@@ -151,6 +156,7 @@ def row_schema(gene_names: list[str]) -> pa.Schema:
             *((name, pa.float64()) for name in numbers),
             ("genes_json", pa.string()),
             ("counts_json", pa.string()),
+            ("running_json", pa.string()),
         ]
     )
 

@@ -55,7 +55,8 @@ def make_trainable(
 ) -> Callable[[dict], None]:
     """A Tune trial: its genome scored on the search split, one call per stretch of rounds between two
     of ASHA's decision points (multi-fidelity), with a report of the running scores after each; the
-    scheduler may stop it at any report but the last."""
+    scheduler may stop it at any report but the last. Each report carries the running fitness at every
+    decision point so far: the ledger keeps the last, and a resumed search rebuilds ASHA from it."""
 
     def evaluate_genome(config: dict) -> None:
         import ray
@@ -63,18 +64,25 @@ def make_trainable(
 
         router = ray.get_actor(router_name, namespace=NAMESPACE)
         genes = genes_of(config, gene_names)
-        parts, seconds, first = [], 0.0, 0
+        parts, running, seconds, first = [], {}, 0.0, 0
+
+        def report(result: TrialResult, stop: int | None = None) -> None:
+            clock = {ROUNDS_SCORED: stop} if stop else {}
+            tune.report({**result.model_copy(update={"running": dict(running)}).report(), **clock})
+
         for stop in multi.decision_points():
             rounds = Rounds(first, stop, multi.rounds) if multi.rounds > 1 else None
             done = ray.get(router.evaluate.remote(genes, seed, rounds, fitness))
             seconds += done.seconds
             if done.scores is None:
-                tune.report(TrialResult.failed(done.error, genes, evaluator=seconds).report())
+                report(TrialResult.failed(done.error, genes, evaluator=seconds))
                 return
             parts.append(done.scores)
             scores = combined(parts, fitness) if multi.rounds > 1 else done.scores
             result = TrialResult.from_scores(scores, genes, stop / multi.rounds, evaluator=seconds)
-            tune.report({**result.report(), ROUNDS_SCORED: stop})
+            if multi.rounds > 1 and result.ok:
+                running[stop] = result.fitness
+            report(result, stop)
             if not result.ok:
                 return
             first = stop
@@ -162,7 +170,9 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
         f"{concurrency} evaluator(s); run dir {run.root}"
     )
     if done:
-        log(f"search: resuming: {replayed.line(config.search.name)}")
+        ranked = sum(1 for t in done if t.running)
+        halving = f"; ASHA starts from {ranked} ledgered trial(s)' running fitness" if ranked else ""
+        log(f"search: resuming: {replayed.line(config.search.name)}{halving}")
     for line in plan_summary(placements):
         log(line)
     own = kept is None
@@ -244,7 +254,7 @@ def _new_tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,  # a LedgerReplay: also the concurrency limit
-            scheduler=halving_scheduler(config.search.multi_fidelity, bool(single)),
+            scheduler=halving_scheduler(config.search.multi_fidelity, bool(single), ledger.trials.values()),
             num_samples=left,
             time_budget_s=config.search.time_budget_s,
             reuse_actors=True,
