@@ -1,6 +1,8 @@
 """Benchmark: SIGKILL `mergesearch search` (the driver and its local Ray) at random moments, re-run it (JSON).
 
     .venv/bin/python benchmarks/kill_points.py --out benchmarks/results/kill_points.json [--kills 20]
+    .venv/bin/python benchmarks/kill_points.py --out benchmarks/results/kill_points_multi_fidelity.json \
+        --rounds 3 --trials 12 --phases trials
 
 The command is the demo search as a user runs it (`mergesearch search CONFIG --run-dir DIR`): its data
 spec generated into the run dir, a CMA search, promotion (a held-out evaluation through lm-eval), the
@@ -13,11 +15,12 @@ start-up: Ray, Tune and the actors, trials, promotion, report writing) from the 
 prints. Then episodes, each in a fresh run dir: the command is started, killed at a random moment inside
 one phase (uniform over the shortest time that phase has taken so far, after the line that opens it;
 the phase it landed in is the last one opened before the kill), started again and killed in the next
-phase, and so on; the last start runs to the end. A kill that does not land (the command finished
+phase (of those ``--phases`` names), and so on; the last start runs to the end. A kill that does not land (the command finished
 first) is counted as tried, not landed, and the kills go on until --kills have landed. Every episode
 must end with exactly the budgeted trials, none repeated, the same genomes in the same order as the
-reference (the searcher rebuilt, not restarted), and promotion and the report complete with the
-reference's winner.
+reference (the searcher rebuilt, not restarted), each stopped at the same fidelity (with ``--rounds``
+above 1, a multi-fidelity search: ASHA rebuilt from the ledger too), and promotion and the report
+complete with the reference's winner.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ PHASES = (
 )
 
 
-def write_config(folder: Path, trials: int, seed: int) -> Path:
+def write_config(folder: Path, trials: int, seed: int, rounds: int) -> Path:
     config = yaml.safe_load(DEMO.read_text())
     config["name"] = "killpoints"
     config["data"] |= {"spec": str(REPO / config["data"]["spec"]), "max_alignment_prompts": 30}
@@ -69,6 +72,7 @@ def write_config(folder: Path, trials: int, seed: int) -> Path:
         "seed": seed,
         "warm_starts": ["uniform"],
         "queued_per_evaluator": 0,
+        "multi_fidelity": {"rounds": rounds, "reduction_factor": 3, "grace_rounds": 1},
     }
     config["promotion"] = {"top_k": 1}
     path = folder / "config.yaml"
@@ -197,6 +201,7 @@ def check(run: Path, reference_run: Path, trials: int) -> dict:
         "exact_budget": len(ledger) == trials,
         "none_repeated": len(set(genomes)) == len(genomes) == len(ids),
         "same_proposals": [t.genes for t in ledger] == [t.genes for t in expected],
+        "same_fidelities": [t.fidelity for t in ledger] == [t.fidelity for t in expected],
         "first_differing_trial": next(
             (i for i, (a, b) in enumerate(zip(ledger, expected)) if a.genes != b.genes), None
         ),
@@ -213,6 +218,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kills", type=int, default=20, help="kills that land, one phase after another")
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1, help="multi-fidelity rounds (1: full fidelity)")
+    names = [name for name, _ in PHASES]
+    parser.add_argument("--phases", nargs="+", choices=names, default=names, help="where kills land")
     parser.add_argument("--seed", type=int, default=0, help="draws the kill moments (the search's is 0)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_kill_points"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds one start may take")
@@ -220,7 +228,7 @@ def main() -> None:
     work = args.work.resolve()
     if work.exists():  # this benchmark's own scratch folder, from an earlier run
         shutil.rmtree(work)
-    config = write_config(work, args.trials, seed=0)
+    config = write_config(work, args.trials, seed=0, rounds=args.rounds)
     rng = random.Random(args.seed)
 
     began = time.time()
@@ -231,18 +239,19 @@ def main() -> None:
 
     # Episodes: kill phase after phase in one run dir, then let it finish and check it. A kill that did not
     # land (the command finished first) ends its episode; the next episode goes on from the next phase.
-    episodes, landed, phase, number = [], 0, 0, 0
+    phases = [i for i, name in enumerate(names) if name in args.phases]
+    episodes, landed, at, number = [], 0, 0, 0
     while landed < args.kills:
         run = work / f"episode-{number}"
         log = work / f"episode-{number}.log"
         cmd = command(config, run)
         kills = []
         while landed < args.kills:
-            kills.append(kill_in(cmd, phase, lengths, rng, log, args.timeout))
+            kills.append(kill_in(cmd, phases[at], lengths, rng, log, args.timeout))
             print(f"episode {number}: {kills[-1]}", file=sys.stderr)
-            phase = (phase + 1) % len(PHASES)
+            at = (at + 1) % len(phases)
             landed += kills[-1]["killed"]
-            if not kills[-1]["killed"] or phase == 0:
+            if not kills[-1]["killed"] or at == 0:
                 break
         started = time.time()
         proc, last = start(cmd, log)
@@ -262,6 +271,7 @@ def main() -> None:
         "episodes": len(episodes),
         "episodes_recovered": len(recovered),
         "proposals_identical": sum(e["outcome"]["same_proposals"] for e in episodes),
+        "fidelities_identical": sum(e["outcome"]["same_fidelities"] for e in episodes),
     }
     result = {
         "benchmark": "kill_points",
@@ -278,7 +288,8 @@ def main() -> None:
 
 
 def _all_true(outcome: dict) -> bool:
-    keys = ("exact_budget", "none_repeated", "same_proposals", "promotion_complete", "same_winner")
+    keys = ("exact_budget", "none_repeated", "same_proposals", "same_fidelities", "promotion_complete")
+    keys += ("same_winner",)
     return all(outcome[k] for k in (*keys, "report_complete"))
 
 
