@@ -15,8 +15,9 @@ start-up: Ray, Tune and the actors, trials, promotion, report writing) from the 
 prints. Then episodes, each in a fresh run dir: the command is started, killed at a random moment inside
 one phase (uniform over the shortest time that phase has taken so far, after the line that opens it;
 the phase it landed in is the last one opened before the kill), started again and killed in the next
-phase (of those ``--phases`` names), and so on; the last start runs to the end. A kill that does not land (the command finished
-first) is counted as tried, not landed, and the kills go on until --kills have landed. Every episode
+phase (of those ``--phases`` names), and so on; the last start runs to the end. A kill that does not
+land (the command finished first) is counted as tried, not landed, and the kills go on until --kills
+have landed. Every episode
 must end with exactly the budgeted trials, none repeated, the same genomes in the same order as the
 reference (the searcher rebuilt, not restarted), each stopped at the same fidelity (with ``--rounds``
 above 1, a multi-fidelity search: ASHA rebuilt from the ledger too), and promotion and the report
