@@ -288,10 +288,19 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
 
 
+RECOVERED = (
+    "exact_budget",
+    "none_repeated",
+    "same_proposals",
+    "same_fidelities",
+    "promotion_complete",
+    "same_winner",
+    "report_complete",
+)
+
+
 def _all_true(outcome: dict) -> bool:
-    keys = ("exact_budget", "none_repeated", "same_proposals", "same_fidelities", "promotion_complete")
-    keys += ("same_winner",)
-    return all(outcome[k] for k in (*keys, "report_complete"))
+    return all(outcome[k] for k in RECOVERED)
 
 
 if __name__ == "__main__":
