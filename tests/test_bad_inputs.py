@@ -22,6 +22,8 @@ import pytest
 import yaml
 from demo_configs import demo_config
 
+from mergesearch.search.run_dir import RunDir, TrialResult
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
 
@@ -210,6 +212,15 @@ def _torn_ledger(c: Ctx) -> list[str]:
 def _foreign_ledger(c: Ctx) -> list[str]:
     run = c.run_dir(c.config())
     pq.write_table(pa.table({"trial_id": ["t1"], "fitness": [0.5]}), run / "trials.parquet")
+    return ["report", str(run)]
+
+
+def _ledger_bad_cell(c: Ctx) -> list[str]:
+    run = c.run_dir(c.config())
+    RunDir(run).write_trials([TrialResult(genes={"a": 0.5}, running={1: 0.5}, index=0)], ["a"])
+    rows = pq.read_table(run / "trials.parquet").to_pylist()
+    rows[0]["running_json"] = '{"1": "high"}'
+    pq.write_table(pa.Table.from_pylist(rows), run / "trials.parquet")
     return ["report", str(run)]
 
 
@@ -579,6 +590,13 @@ CASES = [
         "a trials.parquet with columns of another version",
         _foreign_ledger,
         ("trials.parquet", "not a trial ledger of this version"),
+    ),
+    Case(
+        "run-ledger-bad-cell",
+        "run dirs",
+        "a trials.parquet whose running fitness cell holds a word, not a number",
+        _ledger_bad_cell,
+        ("trials.parquet", "running.1: Input should be a valid number", "(got 'high')"),
     ),
     Case(
         "run-changed-config",

@@ -17,9 +17,9 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mergesearch.config import SearchConfig, load_config
+from mergesearch.config import SearchConfig, describe_validation_error, load_config
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_bytes, atomic_write_text
 from mergesearch.objectives.evaluate import Scores
@@ -236,6 +236,9 @@ class RunDir:
         except (pa.ArrowException, OSError) as err:
             reason = str(err).splitlines()[0]
             raise UserError(f"{self.trials_file}: not a readable trial ledger ({reason})") from None
+        except ValidationError as err:  # a column that does not hold what its field does
+            reason = describe_validation_error(err)
+            raise UserError(f"{self.trials_file}: not a trial ledger of this version ({reason})") from None
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{self.trials_file}: not a trial ledger of this version ({err!r})") from None
 
