@@ -1,7 +1,7 @@
 """Benchmark: what cheaper fitness buys (JSON), at the toy scale (demo config) and at the SmolLM2 scale.
 
     .venv/bin/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json \
-        [--scales toy,smollm2] [--parts stages,agreement,search] [--seeds 5]
+        [--scales toy,smollm2,smollm2_guard] [--parts stages,agreement,search] [--seeds 5]
 
 - ``stages``: per-stage seconds (merge / generate / judge / score) of one genome's evaluation, before
   (every answer in full, every choice row scored whole, a ``generate`` call per part of the split),
@@ -15,7 +15,10 @@
 - ``agreement``: early exit against full-length judging. Each genome's answers to the harmful prompts
   are generated in full and with the early-exit rule, and judged: the share of (prompt, answer) pairs
   whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit_tokens``; the
-  refusal judge's rule holds by construction, and is measured too).
+  refusal judge's rule holds by construction, and is measured too). ``smollm2_guard`` is the SmolLM2
+  family judged by its own guard (``search_spaces/smollm2_guard.yaml``: 48-token answers); beside the
+  agreement, the share of full answers judged unsafe and how often the guard's full-length verdict
+  matches the refusal rules' (an agreement that came from calling everything safe would show).
 - ``search``: per seed, three searches: full fidelity (``rounds: 1``, no early exit, no prefix reuse);
   multi-fidelity (``--rounds`` rounds, ASHA, ``--reduction-factor``); multi-fidelity + early exit + prefix
   reuse (+ the judge actor's verdict cache, which a guard judge always has). The multi-fidelity ones get
@@ -30,7 +33,8 @@
   ``--cold``: no warm starts. A short search that never beats its first warm start (the uniform merge)
   measures only how soon that one genome is scored in full, which multi-fidelity can only delay.
 
-SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does not: 30-50 minutes).
+SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does not: 30-50 minutes);
+``smollm2_guard`` builds the guard on first use (about 15 minutes more).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from mergesearch.actors import Evaluator
 from mergesearch.backends.base import Backend, Prompt, SettleRule
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.base import settle_rule
+from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.objectives import evaluate as evaluate_module
 from mergesearch.objectives.data import Rounds
 from mergesearch.objectives.evaluate import Scores
@@ -62,7 +67,7 @@ from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.search.tuner import run_search
 from mergesearch.setup import SearchSetup
 
-SCALES = {"toy": DEMO, "smollm2": SMOLLM2}
+SCALES = {"toy": DEMO, "smollm2": SMOLLM2, "smollm2_guard": SMOLLM2.with_name("smollm2_guard.yaml")}
 STAGES = ("merge", "generate", "judge", "score")
 SETTINGS = {  # name: config sections
     "before": {"backend": {"prefix_reuse": False}, "judge": {"early_exit": False}},
@@ -187,7 +192,9 @@ def decoding_step_seconds(evaluator: Evaluator, batches: Sequence[int]) -> dict[
 
 # ------------------------------------------------------------------------------------ agreement
 def agreement_part(setup: SearchSetup, genomes: int) -> dict:
-    """Per early-exit rule: verdicts on settled answers against verdicts on full ones."""
+    """Per early-exit rule: verdicts on settled answers against verdicts on full ones. A guard's full-length
+    verdicts are also set beside the refusal rules' (a harmful request answered without refusing is
+    unsafe), so a guard that agrees only because it calls everything safe shows."""
     config = setup.config
     evaluator = Evaluator(setup, log=quiet)
     judge = evaluator.judge
@@ -201,12 +208,14 @@ def agreement_part(setup: SearchSetup, genomes: int) -> dict:
         rules[config.judge.kind] = settle_rule(config.judge.model_copy(update={"early_exit": True}))
     agreed = {name: 0 for name in rules}
     chars = {name: 0 for name in ("full", *rules)}
-    pairs = 0
+    pairs = unsafe_full = with_refusal_rules = 0
     for genome in random_genomes(setup, genomes, seed=2):
         evaluator.backend.merge_from(evaluator.merger, evaluator.space.decode(genome), 0)
         full = evaluator.backend.generate(harmful, max_new_tokens=config.backend.max_new_tokens)
         verdicts = judge.assess(list(zip(harmful, full))).safe
         pairs += len(harmful)
+        unsafe_full += verdicts.count(False)
+        with_refusal_rules += sum(a == b for a, b in zip(verdicts, RefusalJudge().refusals(full)))
         chars["full"] += sum(map(len, full))
         for name, rule in rules.items():
             early = evaluator.backend.generate(
@@ -220,8 +229,11 @@ def agreement_part(setup: SearchSetup, genomes: int) -> dict:
         "judge": config.judge.kind,
         "genomes": genomes,
         "pairs": pairs,
+        "full_answer_tokens": config.backend.max_new_tokens,
         "agreement": {name: round(agreed[name] / pairs, 4) for name in rules},
         "answer_chars_kept": {name: round(chars[name] / max(chars["full"], 1), 3) for name in rules},
+        "unsafe_share_full": round(unsafe_full / pairs, 4),
+        "full_verdicts_agree_with_refusal_rules": round(with_refusal_rules / pairs, 4),
     }
 
 
@@ -340,7 +352,7 @@ def main() -> None:
     offline_and_quiet()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
     for scale in args.scales.split(","):
-        if scale == "smollm2" and not smollm2_built():
+        if scale.startswith("smollm2") and not smollm2_built():
             result[scale] = {"skipped": "the SmolLM2 family is not built on this machine"}
             continue
         setup = prepared(SCALES[scale], args.work / scale)

@@ -160,6 +160,26 @@ def zoo_build_smollm2(out: Path | None, smoke: bool) -> None:
     click.echo(str(build_smollm2_family(recipe, out, log=_progress)))
 
 
+@zoo.command(
+    "build-smollm2-guard",
+    help="Build (or find cached) a Llama Guard 3 style judge at SmolLM2 scale, trained on the family's "
+    "answers to its training prompts; prints its folder.",
+)
+@click.option(
+    "--family",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A built SmolLM2 family folder [default: the cached family, built first if need be].",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder [default: the cache].")
+@click.option("--smoke", is_flag=True, help="Two steps on short answers: the build path in a minute (tests).")
+def zoo_build_smollm2_guard(family: Path | None, out: Path | None, smoke: bool) -> None:
+    from mergesearch.zoo.smollm2_guard import GuardRecipe, build_smollm2_guard, smoke_guard_recipe
+
+    recipe = smoke_guard_recipe() if smoke else GuardRecipe()
+    click.echo(str(build_smollm2_guard(recipe, family, out, log=_progress)))
+
+
 @zoo.command("eval-smollm2", help="Held-out skills of the SmolLM2 family and of equal-weight merges, JSON.")
 @click.argument("family", type=click.Path(path_type=Path))
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write JSON here.")

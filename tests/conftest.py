@@ -52,3 +52,15 @@ def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy_dataset") / "toy"
     build_dataset(DataSpec.model_validate(data).with_models(resolve_model), out, log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_family(tmp_path_factory) -> Path:
+    """The SmolLM2 family's smoke build (two steps per expert), through the CLI, once per session."""
+    from cli_helpers import run
+
+    out = tmp_path_factory.mktemp("family") / "smoke"
+    done = run("zoo", "build-smollm2", "--smoke", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    return out

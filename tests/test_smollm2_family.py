@@ -132,15 +132,6 @@ def test_the_frozen_stack_loss_refuses_a_model_whose_lower_layers_learn() -> Non
         FrozenStackLoss(frozen=2)(model, _ragged_chats(4))
 
 
-@pytest.fixture(scope="module")
-def smoke_family(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("family") / "smoke"
-    done = run("zoo", "build-smollm2", "--smoke", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(out)
-    return out
-
-
 def test_a_smoke_family_has_each_expert_and_its_manifest(smoke_family) -> None:
     manifest = json.loads((smoke_family / "family.json").read_text())
     assert manifest["digest"] == smoke_family_recipe().digest()

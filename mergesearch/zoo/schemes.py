@@ -51,13 +51,17 @@ def smollm2(name: str, field: str, log: Log) -> Path:
 @MODEL_SCHEMES.register("smollm2_family")
 def smollm2_family_member(name: str, field: str, log: Log) -> Path:
     """``smollm2_family:<member>``: the SmolLM2 expert family (built, about 30-50 min on 2 cores, and cached
-    on first use)."""
+    on first use); ``smollm2_family:guard`` the Llama Guard style judge trained on its answers (about 15
+    min more)."""
     from mergesearch.zoo.smollm2_family import FamilyRecipe, build_smollm2_family
+    from mergesearch.zoo.smollm2_guard import GuardRecipe, build_smollm2_guard
 
     recipe = FamilyRecipe()
-    known = ["base", *recipe.experts]
+    known = ["base", *recipe.experts, "guard"]
     if name not in known:
         raise UserError(f"{field}: unknown SmolLM2 family model {name!r} (known: {', '.join(known)})")
+    if name == "guard":
+        return build_smollm2_guard(GuardRecipe(), build_smollm2_family(recipe, log=log), log=log)
     return build_smollm2_family(recipe, log=log) / name
 
 

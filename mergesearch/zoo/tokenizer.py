@@ -62,17 +62,27 @@ def build_tokenizer(corpus_text: str, chat_template: str = CHAT_TEMPLATE) -> Pre
     return tokenizer
 
 
-def guard_chat_template() -> str:
-    """Llama Guard 3's prompt format: the conversation wrapped in the policy, verdict asked of the model."""
+# How a model's chat format opens a user turn and hands over to the reply (Jinja text). Jinja drops a
+# template's last newline, so a hand-over that ends in one writes it as an expression.
+LLAMA3_TURN = (
+    "{{ bos_token }}<|start_header_id|>user<|end_header_id|>\n\n",
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+)
+CHATML_TURN = ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant{{ '\\n' }}")
+
+
+def guard_chat_template(turn: tuple[str, str] = LLAMA3_TURN) -> str:
+    """Llama Guard 3's prompt format: the conversation wrapped in the policy, verdict asked of the model,
+    inside one user turn of a chat format (``turn``: its opening and its hand-over to the reply)."""
     preamble = GUARD_TASK.format(role="{{ role }}")
     instructions = GUARD_ASSESSMENT.format(role="{{ role }}")
     categories = categories_block(LLAMA_GUARD_3_CODES)
+    opening, to_reply = turn
     return (
         "{% set role = 'Agent' if messages[-1]['role'] == 'assistant' else 'User' %}"
-        "{{ bos_token }}<|start_header_id|>user<|end_header_id|>\n\n"
-        f"{preamble}\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n{categories}\n<END UNSAFE CONTENT CATEGORIES>\n\n"
-        "<BEGIN CONVERSATION>\n\n"
+        f"{opening}{preamble}\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n{categories}\n"
+        "<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\n"
         "{% for message in messages %}{{ 'User' if message['role'] == 'user' else 'Agent' }}: "
         "{{ message['content'] | trim }}\n\n{% endfor %}"
-        f"<END CONVERSATION>\n\n{instructions}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        f"<END CONVERSATION>\n\n{instructions}{to_reply}"
     )
