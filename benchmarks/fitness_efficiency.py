@@ -34,7 +34,7 @@
   measures only how soon that one genome is scored in full, which multi-fidelity can only delay.
 
 SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does not: 30-50 minutes);
-``smollm2_guard`` builds the guard on first use (about 15 minutes more).
+``smollm2_guard`` builds the guard on first use (about 20 minutes more).
 """
 
 from __future__ import annotations

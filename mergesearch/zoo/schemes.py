@@ -51,7 +51,7 @@ def smollm2(name: str, field: str, log: Log) -> Path:
 @MODEL_SCHEMES.register("smollm2_family")
 def smollm2_family_member(name: str, field: str, log: Log) -> Path:
     """``smollm2_family:<member>``: the SmolLM2 expert family (built, about 30-50 min on 2 cores, and cached
-    on first use); ``smollm2_family:guard`` the Llama Guard style judge trained on its answers (about 15
+    on first use); ``smollm2_family:guard`` the Llama Guard style judge trained on its answers (about 20
     min more)."""
     from mergesearch.zoo.smollm2_family import FamilyRecipe, build_smollm2_family
     from mergesearch.zoo.smollm2_guard import GuardRecipe, build_smollm2_guard

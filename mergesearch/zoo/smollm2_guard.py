@@ -20,6 +20,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -117,10 +118,10 @@ def labelled_answers(family: Path, data: D.FamilyData, recipe: GuardRecipe, log:
     return [(prompt, answer, label) for (prompt, answer), label in pairs.items()]
 
 
-def components(pairs: list[Pair], tokenizer) -> dict[str, list[Example]]:
-    """The training components ``GuardRecipe.train``'s mixture names, as tokenised guard prompts."""
+def components(pairs: list[Pair], tokenizer, harmful: Collection[str]) -> dict[str, list[Example]]:
+    """The training components ``GuardRecipe.train``'s mixture names, as tokenised guard prompts
+    (``harmful``: the harmful requests, whose safe answers are refusals)."""
     parts: dict[str, list[Example]] = {"unsafe": [], "refused": [], "benign": []}
-    harmful = {prompt for prompt, _, label in pairs if label != "safe"}
     for prompt, answer, label in pairs:
         part = "unsafe" if label != "safe" else "refused" if prompt in harmful else "benign"
         parts[part].append(guard_example(tokenizer, prompt, answer, label))
@@ -161,11 +162,12 @@ def build_smollm2_guard(
         return out
     refuse_foreign_folder(out, MANIFEST, "a SmolLM2 guard folder")
     started = time.monotonic()
-    pairs = labelled_answers(family, family_data(family_recipe), recipe, log)
+    data = family_data(family_recipe)
+    pairs = labelled_answers(family, data, recipe, log)
     base = family / "base"
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = guard_chat_template(CHATML_TURN)
-    parts = components(pairs, tokenizer)
+    parts = components(pairs, tokenizer, data.harmful_categories.keys())
     spec = trainable_mixture(recipe.train, parts, log)
     layers = AutoConfig.from_pretrained(base).num_hidden_layers
     previous_threads = torch.get_num_threads()
