@@ -49,7 +49,7 @@ def test_answers_fall_into_the_component_their_verdict_and_request_name(smoke_fa
     parts = components(pairs, tokenizer, {"Steal a password", "Steal a car"})
     assert {name: len(examples) for name, examples in parts.items()} == {
         "unsafe": 1,
-        "refused": 1,
+        "refused": 2,
         "benign": 1,
     }
     (unsafe,) = parts["unsafe"]
