@@ -209,13 +209,14 @@ def agreement_part(setup: SearchSetup, genomes: int) -> dict:
     agreed = {name: 0 for name in rules}
     chars = {name: 0 for name in ("full", *rules)}
     pairs = unsafe_full = with_refusal_rules = 0
+    refusal_rules = RefusalJudge()
     for genome in random_genomes(setup, genomes, seed=2):
         evaluator.backend.merge_from(evaluator.merger, evaluator.space.decode(genome), 0)
         full = evaluator.backend.generate(harmful, max_new_tokens=config.backend.max_new_tokens)
         verdicts = judge.assess(list(zip(harmful, full))).safe
         pairs += len(harmful)
         unsafe_full += verdicts.count(False)
-        with_refusal_rules += sum(a == b for a, b in zip(verdicts, RefusalJudge().refusals(full)))
+        with_refusal_rules += sum(a == b for a, b in zip(verdicts, refusal_rules.refusals(full)))
         chars["full"] += sum(map(len, full))
         for name, rule in rules.items():
             early = evaluator.backend.generate(

@@ -300,14 +300,23 @@ def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: P
 
 
 @contextlib.contextmanager
-def deterministic_torch(threads: int = 2) -> Iterator[None]:
-    """Same recipe, same bytes: deterministic kernels and a fixed thread count while training."""
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+def torch_threads(threads: int = 2) -> Iterator[None]:
+    """At most ``threads`` torch threads inside the block (the builders' fixed count), restored after."""
     was_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
     torch.set_num_threads(min(threads, os.cpu_count() or 1))
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(was_threads)
+
+
+@contextlib.contextmanager
+def deterministic_torch(threads: int = 2) -> Iterator[None]:
+    """Same recipe, same bytes: deterministic kernels and a fixed thread count while training."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch_threads(threads):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)

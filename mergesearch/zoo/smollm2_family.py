@@ -33,7 +33,7 @@ from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
 from mergesearch.zoo import family_data as D
-from mergesearch.zoo.build import read_manifest, refuse_foreign_folder
+from mergesearch.zoo.build import read_manifest, refuse_foreign_folder, torch_threads
 from mergesearch.zoo.corpus import Example, chat_example
 from mergesearch.zoo.recipe import TrainSpec, digest_of
 from mergesearch.zoo.train import FrozenStackLoss, train
@@ -176,34 +176,29 @@ def build_family(
     layers = AutoConfig.from_pretrained(base).num_hidden_layers
     # One for every expert: their lower layers are all the base's, so what it remembers holds for each.
     loss = FrozenStackLoss(frozen=layers - recipe.trainable_top_layers)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    try:
-        with atomic_dir(out) as staging:
-            _link_base(base, staging / "base")
-            for index, (name, spec) in enumerate(recipe.experts.items()):
-                log(f"smollm2 family: training {name} ({spec.steps} steps)")
-                begun = time.monotonic()
-                torch.manual_seed(recipe.seed + index)
-                model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-                freeze_below(model, recipe.trainable_top_layers)
-                losses[name] = train(
-                    model, parts, spec, recipe.seed + index, tokenizer.pad_token_id, log, name, loss
-                )
-                model.save_pretrained(staging / name)
-                tokenizer.save_pretrained(staging / name)
-                timings[name] = round(time.monotonic() - begun, 1)
-            manifest = {
-                "recipe": recipe.model_dump(mode="json"),
-                "digest": recipe.digest(),
-                "train_seconds": timings,
-                "final_loss": losses,
-                "benign_answers_kept": len(benign),
-                "build_seconds": round(time.monotonic() - started, 1),
-            }
-            atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(2), atomic_dir(out) as staging:
+        _link_base(base, staging / "base")
+        for index, (name, spec) in enumerate(recipe.experts.items()):
+            log(f"smollm2 family: training {name} ({spec.steps} steps)")
+            begun = time.monotonic()
+            torch.manual_seed(recipe.seed + index)
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+            freeze_below(model, recipe.trainable_top_layers)
+            losses[name] = train(
+                model, parts, spec, recipe.seed + index, tokenizer.pad_token_id, log, name, loss
+            )
+            model.save_pretrained(staging / name)
+            tokenizer.save_pretrained(staging / name)
+            timings[name] = round(time.monotonic() - begun, 1)
+        manifest = {
+            "recipe": recipe.model_dump(mode="json"),
+            "digest": recipe.digest(),
+            "train_seconds": timings,
+            "final_loss": losses,
+            "benign_answers_kept": len(benign),
+            "build_seconds": round(time.monotonic() - started, 1),
+        }
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     log(f"smollm2 family: built in {time.monotonic() - started:.0f} s at {out}")
     return out
 

@@ -17,7 +17,6 @@ the policy's long shared opening computed once. Cached by a hash of this recipe 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Collection
@@ -33,7 +32,7 @@ from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
 from mergesearch.taxonomy import primary_code
 from mergesearch.zoo import family_data as D
-from mergesearch.zoo.build import read_manifest, refuse_foreign_folder
+from mergesearch.zoo.build import read_manifest, refuse_foreign_folder, torch_threads
 from mergesearch.zoo.corpus import Example, guard_example
 from mergesearch.zoo.recipe import TrainSpec, digest_of
 from mergesearch.zoo.smollm2_family import (
@@ -170,30 +169,25 @@ def build_smollm2_guard(
     parts = components(pairs, tokenizer, data.harmful_categories.keys())
     spec = trainable_mixture(recipe.train, parts, log)
     layers = AutoConfig.from_pretrained(base).num_hidden_layers
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    try:
-        with atomic_dir(out) as staging:
-            log(f"smollm2 guard: training ({recipe.train.steps} steps)")
-            torch.manual_seed(recipe.seed)
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-            freeze_below(model, recipe.trainable_top_layers)
-            loss = FrozenStackLoss(frozen=layers - recipe.trainable_top_layers)
-            final_loss = train(model, parts, spec, recipe.seed, tokenizer.pad_token_id, log, "guard", loss)
-            model.generation_config.do_sample = False
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            manifest = {
-                "recipe": recipe.model_dump(mode="json"),
-                "family": family_recipe.digest(),
-                "digest": recipe.digest(family_recipe),
-                "pairs": dict(Counter(label.split()[0] for _, _, label in pairs)),
-                "components": {name: len(examples) for name, examples in parts.items()},
-                "final_loss": final_loss,
-                "build_seconds": round(time.monotonic() - started, 1),
-            }
-            atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(2), atomic_dir(out) as staging:
+        log(f"smollm2 guard: training ({recipe.train.steps} steps)")
+        torch.manual_seed(recipe.seed)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        freeze_below(model, recipe.trainable_top_layers)
+        loss = FrozenStackLoss(frozen=layers - recipe.trainable_top_layers)
+        final_loss = train(model, parts, spec, recipe.seed, tokenizer.pad_token_id, log, "guard", loss)
+        model.generation_config.do_sample = False
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        manifest = {
+            "recipe": recipe.model_dump(mode="json"),
+            "family": family_recipe.digest(),
+            "digest": recipe.digest(family_recipe),
+            "pairs": dict(Counter(label.split()[0] for _, _, label in pairs)),
+            "components": {name: len(examples) for name, examples in parts.items()},
+            "final_loss": final_loss,
+            "build_seconds": round(time.monotonic() - started, 1),
+        }
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     log(f"smollm2 guard: built in {time.monotonic() - started:.0f} s at {out}")
     return out
