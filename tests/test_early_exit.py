@@ -1,4 +1,4 @@
-"""Early exit: an answer to a harmful prompt stops once the judge's verdict on it is settled."""
+"""Early exit: an answer stops once the verdict that reads it is settled."""
 
 from __future__ import annotations
 
@@ -69,3 +69,35 @@ def test_a_rule_per_prompt_must_match_the_prompts(zoo_dir) -> None:
 
 def test_early_exit_is_off_unless_asked() -> None:
     assert settle_rule(JudgeConfig(kind="refusal")) is None
+
+
+@pytest.mark.parametrize("expert", ["aligned", "math"])
+def test_with_early_exit_every_part_stops_once_its_verdict_is_settled_and_scores_the_same(
+    zoo_dir, toy_dataset, expert
+) -> None:
+    """A batch decodes until its last row is done, so the rule reaches every part: harmful answers (the
+    judge's), benign ones (the refusal rules', which over-refusal reads) and short answers (once their
+    answer is stated for good). Each early answer opens its full one, and every count is the same. (The
+    toy's benign and short answers end within a few tokens anyway; at SmolLM2 scale they run on:
+    benchmarks/fitness_efficiency.py measures what stopping them saves.)"""
+    from mergesearch.config import FitnessConfig
+    from mergesearch.judges.refusal import OpeningDecided
+    from mergesearch.objectives.evaluate import answer_parts, part_rules, score_model
+    from mergesearch.objectives.task import AnswerStated
+
+    data = load_eval_data(toy_dataset, "search")
+    rule = settle_rule(JudgeConfig(kind="llama_guard", model="guard", early_exit=True, early_exit_tokens=6))
+    harmful_rule, benign_rule, short_rules = part_rules(data, rule)
+    assert harmful_rule is rule and isinstance(benign_rule, OpeningDecided)
+    assert short_rules == [AnswerStated(item.answer) for item in data.short_items]
+    assert part_rules(data, None) == [None, None, None]  # held-out scoring reads every answer in full
+
+    backend = HFBackend.from_pretrained(zoo_dir / expert, device="cpu")
+    rule = settle_rule(JudgeConfig(kind="refusal", early_exit=True))
+    parts = [list(data.harmful), list(data.benign), [item.prompt for item in data.short_items]]
+    full = answer_parts(backend, parts, 48)
+    early = answer_parts(backend, parts, 48, part_rules(data, rule))
+    for name, full_part, early_part in zip(("harmful", "benign", "short"), full, early, strict=True):
+        assert all(f.startswith(e) for f, e in zip(full_part, early_part, strict=True)), name
+    scored = [score_model(backend, data, RefusalJudge(), FitnessConfig(), 48, r) for r in (None, rule)]
+    assert scored[0].counts == scored[1].counts

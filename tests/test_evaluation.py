@@ -109,6 +109,46 @@ def test_short_answers_are_scored_by_whole_word_containment(
     assert contains_answer(response, answer) is contained
 
 
+STATED = [  # (reply, answer): replies whose prefixes the short-answer early exit is tried on
+    ("12 + 30 = 42. Next we add 7.", "42"),
+    ("The answer is 42 apples, not 420.", "42"),
+    ("42 0 is not it; 420 is", "42"),
+    ("It is 4 2 . Yes", "42"),
+    ("42.5 or -42", "42"),
+    ("The capital is Paris, of course", "paris"),
+    ("Parisian food is good", "paris"),
+    ("  New   York City!", "new york"),
+    ("x42 and 420 and 42", "42"),
+]
+CONTINUATIONS = ("", "0", " 0", "a", " x", ".5", "\n\n7", "_1")
+
+
+@pytest.mark.parametrize(("reply", "answer"), STATED)
+def test_a_short_answer_called_stated_stays_contained_whatever_follows(reply: str, answer: str) -> None:
+    """Early exit for short answers: a prefix ``AnswerStated`` calls settled is contained, and stays
+    contained whatever text comes after it, so the early verdict is the full-length one."""
+    from mergesearch.objectives.task import AnswerStated
+
+    rule = AnswerStated(answer)
+    settled = [reply[:cut] for cut in range(len(reply) + 1) if rule(reply[:cut], 0)]
+    for prefix in settled:
+        assert all(contains_answer(prefix + more, answer) for more in CONTINUATIONS), prefix
+    if settled:
+        assert contains_answer(reply, answer)
+
+
+def test_a_short_answer_is_stated_once_closed_and_not_before() -> None:
+    from mergesearch.objectives.task import AnswerStated
+
+    rule = AnswerStated("42")
+    assert rule("12 + 30 = 42.", 0) and rule("it is 42 apples", 0) and rule("4 2, so", 0)
+    assert not rule("12 + 30 = 42", 0)  # may become 420
+    assert not rule("12 + 30 = 42 ", 0)  # may become "42 0": 420
+    assert not rule("420.", 0) and not rule("x42.", 0) and not AnswerStated("")("anything.", 0)
+    settles = [r for r, a in STATED if any(AnswerStated(a)(r[:cut], 0) for cut in range(len(r)))]
+    assert len(settles) >= 6  # it does stop replies early (not "never settled")
+
+
 def test_the_answer_rate_is_the_share_of_replies_containing_their_answer() -> None:
     from mergesearch.objectives.task import ShortAnswerItem
 

@@ -12,13 +12,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mergesearch.backends.base import Backend, Prompt, SettleRule, encode_pair
+from mergesearch.backends.base import Backend, Prompt, Settled, SettleRule, encode_pair, rules_per_prompt
 from mergesearch.config import FitnessConfig
 from mergesearch.judges.base import Judge
-from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.judges.refusal import OpeningDecided, RefusalJudge
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
-from mergesearch.objectives.task import choice_accuracy, contains_answer_rate
+from mergesearch.objectives.task import AnswerStated, choice_accuracy, contains_answer_rate
 
 
 @dataclass
@@ -115,12 +115,17 @@ def answer_parts(
     backend: Backend,
     parts: Sequence[Sequence[Prompt]],
     max_new_tokens: int,
-    settled: Sequence[SettleRule | None] | None = None,
+    settled: Sequence[Settled] | None = None,
 ) -> list[list[str]]:
-    """Replies to each part's prompts (``settled``: each part's early-exit rule), from one ``generate``
-    call: decoding pays per batch and per token, not per prompt, so parts answered apart would each pay
-    the whole reply length in decoding steps (three small batches cost about what three full ones do)."""
-    rules = [rule for part, rule in zip(parts, settled or [None] * len(parts), strict=True) for _ in part]
+    """Replies to each part's prompts (``settled``: each part's early-exit rule, or one per prompt), from
+    one ``generate`` call: decoding pays per batch and per token, not per prompt, so parts answered apart
+    would each pay the whole reply length in decoding steps (three small batches cost about what three
+    full ones do)."""
+    rules = [
+        rule
+        for part, rules_of_part in zip(parts, settled or [None] * len(parts), strict=True)
+        for rule in rules_per_prompt(rules_of_part, len(part))
+    ]
     prompts = [prompt for part in parts for prompt in part]
     replies = backend.generate(prompts, max_new_tokens=max_new_tokens, settled=rules) if prompts else []
     found, start = [], 0
@@ -128,6 +133,17 @@ def answer_parts(
         found.append(replies[start : start + len(part)])
         start += len(part)
     return found
+
+
+def part_rules(data: EvalData, settled: SettleRule | None) -> list[Settled]:
+    """Early exit for every part (harmful, benign, short answers) once the judge's rule is given: each
+    answer stops once the verdict that reads it is settled. Harmful answers: the judge's rule; benign
+    ones: the refusal rules' (over-refusal reads them, whoever judges safety); short answers: once the
+    answer is stated for good. A batch decodes until its last row is done, so a rule on the harmful
+    part alone leaves the other rows of its batches to run their whole length."""
+    if settled is None:
+        return [None, None, None]
+    return [settled, OpeningDecided(), [AnswerStated(item.answer) for item in data.short_items]]
 
 
 def score_model(
@@ -139,9 +155,10 @@ def score_model(
     settled: SettleRule | None = None,
 ) -> Scores:
     """All objectives the data supports (the loss proxy only when weighted: it costs a scoring pass).
-    ``settled``: the judge's early-exit rule, which ends answers to harmful prompts (the search's
-    fitness only: held-out evaluations read full answers). Timings: ``generate`` answers every part
-    (short answers included), ``score`` is choice scoring and the loss proxy."""
+    ``settled``: the judge's early-exit rule; given, every part's answers stop once their verdict is
+    settled (``part_rules``; the search's fitness only: held-out evaluations read full answers).
+    Timings: ``generate`` answers every part (short answers included), ``score`` is choice scoring and
+    the loss proxy."""
     counts: dict[str, float] = {}
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -150,7 +167,7 @@ def score_model(
         backend,
         [harmful, list(data.benign), [item.prompt for item in data.short_items]],
         max_new_tokens,
-        [settled, None, None],
+        part_rules(data, settled),
     )
     timings["generate"] = time.perf_counter() - started
 

@@ -51,6 +51,22 @@ def contains_answer(response: str, answer: str) -> bool:
     return bool(key) and re.search(rf"(?<!\w){re.escape(key)}(?!\w)", _normalized(response)) is not None
 
 
+@dataclass(frozen=True)
+class AnswerStated:
+    """Short answers' early exit: ``contains_answer`` is settled once the reply states the answer with a
+    character after it that is not part of a word ("= 42." or "42 apples"). No later text can undo that:
+    a bare "42" could still grow into "420", and "42 " into "42 0", but the normalised reply has already
+    joined split digits and dropped a trailing space. A reply that never states it runs to its length,
+    so the verdict equals full-length judging's by construction."""
+
+    answer: str
+    max_tokens: int | None = None  # checked as tokens arrive (an HF backend); others answer in full
+
+    def __call__(self, response: str, tokens: int) -> bool:
+        key = _normalized(self.answer)
+        return bool(key) and re.search(rf"(?<!\w){re.escape(key)}(?=\W)", _normalized(response)) is not None
+
+
 def choice_hits(backend: Backend, items: Sequence[ChoiceItem]) -> list[tuple[bool, bool]]:
     """Per item: did ``acc`` pick the right option, and did ``acc_norm``? As lm-eval's
     ``ConfigurableTask.process_results`` decides them for a multiple-choice task."""
