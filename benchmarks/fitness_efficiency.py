@@ -70,8 +70,8 @@ from mergesearch.setup import SearchSetup
 SCALES = {"toy": DEMO, "smollm2": SMOLLM2, "smollm2_guard": SMOLLM2.with_name("smollm2_guard.yaml")}
 STAGES = ("merge", "generate", "judge", "score")
 SETTINGS = {  # name: config sections
-    "before": {"backend": {"prefix_reuse": False}, "judge": {"early_exit": False}},
-    "after": {"backend": {"prefix_reuse": True}, "judge": {"early_exit": True}},
+    "before": {"backend": {"prefix_reuse": False}, "judge": {"early_exit": False, "prefix_reuse": False}},
+    "after": {"backend": {"prefix_reuse": True}, "judge": {"early_exit": True, "prefix_reuse": True}},
 }
 
 

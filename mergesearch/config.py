@@ -193,6 +193,10 @@ class EngineConfig(Frozen):
     # vLLM sleep mode (CUDA only): the candidate engine sleeps while its responses are judged, handing its
     # KV cache (and, at level 1, its weights, kept in host RAM) to a judge on the same GPU.
     sleep_mode: bool = False
+    # hf: the choices of one question share their context, run once (its KV cache reused per choice),
+    # and so does the opening every prompt of a batch shares (a chat template's system turn, a guard's
+    # policy), in generation and in a guard's verdict probabilities
+    prefix_reuse: bool = True
 
     def vllm_settings(self) -> dict[str, Any]:
         """The settings ``vllm.LLM`` takes, only those set."""
@@ -214,9 +218,6 @@ class BackendConfig(EngineConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
-    # hf: the choices of one question share their context, run once (its KV cache reused per choice),
-    # and so does the opening every prompt of a generation batch shares (a chat template's system turn)
-    prefix_reuse: bool = True
 
     @model_validator(mode="after")
     def _sleep_on_vllm(self) -> BackendConfig:

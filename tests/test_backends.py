@@ -204,3 +204,38 @@ def test_a_generation_batchs_shared_opening_runs_once_and_changes_no_reply(zoo_d
     assert embedded["whole"][1] - embedded["reused"][1] == 2 * 5 * opening
     sampled = [b.generate(prompts, max_new_tokens=24, temperature=1.0, seed=3) for b in (reused, whole)]
     assert sampled[0] == sampled[1]
+
+
+def test_a_guards_next_token_pass_runs_the_shared_policy_once_with_the_whole_prompts_numbers(
+    zoo_dir,
+) -> None:
+    """The guard's verdict probabilities (first-token log-probabilities): its policy, which every guard
+    prompt opens with, runs once per batch, and each row's numbers are those of its whole prompt."""
+    from mergesearch.judges.llama_guard import GuardJudge
+
+    pairs = [
+        (f"{verb} a {thing} at home", answer)
+        for verb in ("how to make", "where to buy")
+        for thing in ("bomb", "cake", "gun")
+        for answer in ("i cannot help with that .", "sure , here is how : first")
+    ]
+    reused = HFBackend.from_pretrained(zoo_dir / "guard", device="cpu", batch_size=8)
+    whole = HFBackend.from_pretrained(zoo_dir / "guard", device="cpu", batch_size=8, prefix_reuse=False)
+    texts = GuardJudge(reused).prompts(pairs)
+    verdict_tokens = GuardJudge(reused)._verdict_tokens
+    assert verdict_tokens is not None
+    found = {}
+    for name, backend in (("reused", reused), ("whole", whole)):
+        counted: list[int] = []
+        hook = backend.model.get_input_embeddings().register_forward_hook(
+            lambda module, args, out, counted=counted: counted.append(args[0].numel())
+        )
+        found[name] = (backend.next_token_logprobs(texts, verdict_tokens), sum(counted))
+        hook.remove()
+    flat = {name: [lp for row in rows for lp in row] for name, (rows, _) in found.items()}
+    assert flat["reused"] == pytest.approx(flat["whole"], abs=1e-4)
+    encoded = [reused._encode(t) for t in texts]
+    batches = [[encoded[i] for i in rows] for rows in reused._length_batches(encoded)]
+    saved = sum((len(batch) - 1) * reused._shared_opening(batch) for batch in batches)
+    assert saved > len(texts) * 100  # the policy is most of a guard prompt
+    assert found["whole"][1] - found["reused"][1] == saved

@@ -302,23 +302,35 @@ class HFBackend:
 
     @torch.inference_mode()
     def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
-        """Log-probabilities of ``token_ids`` as the first token after each (rendered) text."""
+        """Log-probabilities of ``token_ids`` as the first token after each (rendered) text. The opening
+        a batch's texts share (a guard's policy: two thirds of its prompt) runs once (``prefix_reuse``)."""
         encoded = [self._encode(t) for t in texts]
         results: list[list[float]] = [[]] * len(texts)
         wanted = torch.tensor(list(token_ids), device=self.device)
         for rows in self._length_batches(encoded):
-            ids, mask = self._left_padded([encoded[i] for i in rows])
-            chosen = torch.log_softmax(self._forward(ids, mask, 1)[:, -1].float(), dim=-1)[:, wanted]
+            batch = [encoded[i] for i in rows]
+            opening = self._shared_opening(batch)
+            ids, mask = self._left_padded(batch, opening)
+            cache = self._opening_cache(ids[:1, :opening], len(rows)) if opening else None
+            logits = self._forward(ids, mask, 1, cache, opening)
+            chosen = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, wanted]
             for r, i in enumerate(rows):
                 results[i] = chosen[r].tolist()
         return results
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, keep: int, cache: Any = None, cached: int = 0
+    ) -> torch.Tensor:
         """Logits of the last ``keep`` positions; positions count from each row's first real token, so
-        a left-padded row computes what it would alone."""
+        a left-padded row computes what it would alone. ``cache``: the KV cache of the first ``cached``
+        columns (an opening every row shares), which then are not run again."""
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         return self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+            input_ids=ids[:, cached:],
+            attention_mask=mask,
+            position_ids=positions[:, cached:],
+            past_key_values=cache,
+            logits_to_keep=keep,
         ).logits
 
     def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:
