@@ -240,7 +240,8 @@ class JudgeConfig(EngineConfig):
     # Early exit: in the search, an answer to a harmful prompt stops once this judge's verdict on it is
     # settled (the refusal judge: its opening is decided; a guard: `early_exit_tokens` generated, a
     # length measured to agree with full-length verdicts: on the toy guard 16 tokens agree on 99.4% of
-    # pairs, 24 on 99.7%; benchmarks/fitness_efficiency.py). Held-out evaluation reads full answers.
+    # pairs, 24 on 99.7%; benchmarks/fitness_efficiency.py). Benign and short answers then stop once
+    # their own verdicts are settled (objectives/evaluate.part_rules). Held-out evaluation reads full answers.
     early_exit: bool = False
     early_exit_tokens: int = Field(default=24, ge=1)
 
