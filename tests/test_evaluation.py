@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -415,8 +416,11 @@ def test_kept_actors_are_reused_while_they_answer_and_replaced_once_one_has_died
     try:
         first = kept.for_search(setup, "a")
         assert kept.for_search(setup, "b") is first
-        ray.kill(first.evaluators[1])
-        assert not first.alive()
+        ray.kill(first.evaluators[1])  # asynchronous: a call sent at once may still be answered
+        deadline = time.monotonic() + 60
+        while first.alive(timeout_s=5) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not first.alive(timeout_s=5)
         second = kept.for_search(setup, "c")
         assert second is not first and second.alive()
         scores = ray.get(second.evaluators[1].evaluate.remote(setup.space.uniform()))
