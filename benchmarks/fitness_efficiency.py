@@ -45,14 +45,16 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from unittest import mock
 
 import torch
-from scaling import DEMO, SMOLLM2, prepared, random_genomes, smollm2_built, stderr, with_config
+from scaling import DEMO, ROOT, SMOLLM2, prepared, random_genomes, smollm2_built, stderr, with_config
 
 from mergesearch.actors import Evaluator
 from mergesearch.backends.base import Backend, Prompt, SettleRule
@@ -263,20 +265,36 @@ def best_so_far(trials: list[TrialResult], started: float) -> list[tuple[float, 
     return steps
 
 
+def code_version() -> str:
+    """The commit measured (``+dirty`` when the tree has changes): seeds resumed later name theirs."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
+
+
+def recorded_seeds(earlier: dict, shown: dict) -> list[dict]:
+    """``--resume``: the seeds an earlier run of this part recorded, if it searched with these settings."""
+    same = all(earlier.get(key) == value for key, value in shown.items())
+    return list(earlier.get("seeds", [])) if same else []
+
+
 def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: Keep) -> dict:
-    """Seed by seed; what the seeds so far show is kept (``keep``) as each one ends: hours at SmolLM2."""
+    """Seed by seed; what the seeds so far show is kept (``keep``) as each one ends: hours at SmolLM2.
+    Every search starts in an empty run dir: a resumed one would time only its remaining trials."""
     multi = {"rounds": args.rounds, "reduction_factor": args.reduction_factor, "grace_rounds": 1}
     searches = variants(multi, args.trials_factor)
     heldout = HeldOut(setup)
-    per_seed: list[dict] = []
     shown = {
         "trials_full_fidelity": args.trials,
         "trials_factor_multi_fidelity": args.trials_factor,
         "multi_fidelity": multi,
         "warm_starts": [] if args.cold else list(setup.config.search.warm_starts),
     }
-    measured = {**shown, "seeds": per_seed, "summary": {}}
-    for seed in range(args.seeds):
+    per_seed = recorded_seeds(args.earlier.get("search", {}), shown) if args.resume else []
+    measured = {**shown, "seeds": per_seed, "summary": summary(per_seed, list(searches))}
+    for seed in range(len(per_seed), args.seeds):
         runs = {}
         for name, (sections, factor) in searches.items():
             search = {**sections["search"], "seed": seed, "num_trials": args.trials * factor}
@@ -284,6 +302,7 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: 
                 search["warm_starts"] = []
             changed = with_config(setup, **{**sections, "search": search})
             run = RunDir(work / f"{name}_seed{seed}")
+            shutil.rmtree(run.root, ignore_errors=True)
             started = time.time()
             run_search(changed, run, log=quiet)
             done = run.trials()
@@ -302,7 +321,14 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: 
             row["final_heldout_fitness"] = round(row["steps"][-1][1], 4)
             reached = [s for s, fitness in row.pop("steps") if fitness >= target - 1e-9]
             row["seconds_to_target"] = round(reached[0], 1) if reached else None
-        per_seed.append({"seed": seed, "target_heldout_fitness": round(target, 4), "variants": runs})
+        per_seed.append(
+            {
+                "seed": seed,
+                "commit": code_version(),
+                "target_heldout_fitness": round(target, 4),
+                "variants": runs,
+            }
+        )
         measured = {**shown, "seeds": per_seed, "summary": summary(per_seed, list(searches))}
         keep(measured)
     return measured
@@ -349,6 +375,9 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=int, default=3, help="ASHA's eta")
     parser.add_argument("--cold", action="store_true", help="searches without the config's warm starts")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_fitness_efficiency"))
+    parser.add_argument(
+        "--resume", action="store_true", help="search: keep the seeds --out holds for these settings"
+    )
     args = parser.parse_args()
     offline_and_quiet()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
@@ -357,6 +386,7 @@ def main() -> None:
             result[scale] = {"skipped": "the SmolLM2 family is not built on this machine"}
             continue
         setup = prepared(SCALES[scale], args.work / scale)
+        args.earlier = result.get(scale, {})
         for part in args.parts.split(","):
             if part == "search":
                 ray_session(num_cpus=os.cpu_count())
