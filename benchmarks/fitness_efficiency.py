@@ -266,12 +266,14 @@ def best_so_far(trials: list[TrialResult], started: float) -> list[tuple[float, 
 
 
 def code_version() -> str:
-    """The commit measured (``+dirty`` when the tree has changes): seeds resumed later name theirs."""
+    """The commit measured (``+dirty`` when tracked files other than results differ from it): seeds
+    resumed later name theirs."""
 
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
+    changed = git("status", "--porcelain", "-uno", "--", ".", ":(exclude)benchmarks/results")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if changed else "")
 
 
 def recorded_seeds(earlier: dict, shown: dict) -> list[dict]:
