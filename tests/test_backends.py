@@ -4,7 +4,9 @@ on a tokenizer that adds a BOS token, and the safetensors-only weights rule (on 
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -204,6 +206,64 @@ def test_a_generation_batchs_shared_opening_runs_once_and_changes_no_reply(zoo_d
     assert embedded["whole"][1] - embedded["reused"][1] == 2 * 5 * opening
     sampled = [b.generate(prompts, max_new_tokens=24, temperature=1.0, seed=3) for b in (reused, whole)]
     assert sampled[0] == sampled[1]
+
+
+def _decoding_steps(batches: list[list[int]], budgets: list[int]) -> int:
+    """What a generation pays in decoding steps: each batch runs as long as its longest reply."""
+    return sum(max(budgets[i] for i in rows) for rows in batches)
+
+
+def _fewest_steps(budgets: list[int], batch_size: int) -> int:
+    """The least decoding steps any split of the rows into batches of at most ``batch_size`` gives."""
+    best = math.inf
+
+    def split(rest: tuple[int, ...], steps: int) -> None:
+        nonlocal best
+        if not rest:
+            best = min(best, steps)
+            return
+        first, others = rest[0], rest[1:]  # the first row left joins a batch of up to size - 1 others
+        for size in range(min(batch_size, len(rest))):
+            for mates in itertools.combinations(others, size):
+                left = tuple(i for i in others if i not in mates)
+                split(left, steps + max(budgets[i] for i in (first, *mates)))
+
+    split(tuple(range(len(budgets))), 0)
+    return int(best)
+
+
+@pytest.mark.parametrize(
+    ("budgets", "batch_size"),
+    [([48, 16, 48, 16, 48, 16], 2), ([16, 48, 48, 16, 16, 48, 16], 3), ([8, 32, 16, 32, 8], 2)],
+)
+def test_generation_batches_rows_by_reply_budget_for_the_fewest_decoding_steps(budgets, batch_size):
+    """Rows whose replies stop early (a guard reads an answer's first 16 tokens) batch together, so their
+    batches end early: the batches' decoding steps are the fewest any split gives, wherever the prompt
+    lengths would put the rows. Without budgets, rows batch by prompt length alone."""
+    backend = HFBackend(tiny_model(), tiny_tokenizer(), batch_size=batch_size)
+    prompts = [[1] * (2 + (i * 5) % 7) for i in range(len(budgets))]
+    by_budget = list(backend._length_batches(prompts, budgets))
+    assert sorted(i for rows in by_budget for i in rows) == list(range(len(budgets)))
+    assert _decoding_steps(by_budget, budgets) == _fewest_steps(budgets, batch_size)
+    by_prompt = list(backend._length_batches(prompts))
+    assert [len(prompts[i]) for rows in by_prompt for i in rows] == sorted(map(len, prompts))
+
+
+def test_replies_with_unequal_budgets_decode_only_their_batches_steps_and_keep_their_text() -> None:
+    """Two long and two short budgets whose prompt lengths alternate: the short ones share a batch that
+    stops at their length, and each reply is the one its prompt gets alone."""
+    from mergesearch.judges.llama_guard import OpeningTokens
+
+    backend = HFBackend(tiny_model(64), tiny_tokenizer(), batch_size=2)
+    prompts = ["yes", "the dog sat", "what ? paris rome", "what did the cat sat on a mat ?"]
+    rules = [OpeningTokens(12), OpeningTokens(3), OpeningTokens(12), OpeningTokens(3)]
+    forwards: list[int] = []
+    hook = backend.model.register_forward_hook(lambda *_: forwards.append(1))
+    replies = backend.generate(prompts, max_new_tokens=12, settled=rules)
+    hook.remove()
+    assert len(forwards) == 12 + 3  # by prompt length alone: two mixed batches, 12 + 12
+    alone = [backend.generate([p], max_new_tokens=r.max_tokens)[0] for p, r in zip(prompts, rules)]
+    assert replies == alone
 
 
 def test_a_guards_next_token_pass_runs_the_shared_policy_once_with_the_whole_prompts_numbers(

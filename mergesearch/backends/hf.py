@@ -134,7 +134,8 @@ class HFBackend:
         raw: bool = False,
         settled: Settled = None,
     ) -> list[str]:
-        """Replies to each prompt, in order; batches are formed from similar lengths. Greedy unless
+        """Replies to each prompt, in order; batches are formed from similar reply budgets and prompt
+        lengths (``_length_batches``). Greedy unless
         ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible). ``raw``:
         the prompts are already rendered text (a guard prompt, say), not chat turns. ``settled`` (one
         rule, or one per prompt): a reply stops at its rule's length, or once its rule says so (checked
@@ -151,7 +152,7 @@ class HFBackend:
         lengths = [reply_length(max_new_tokens, self.max_new_tokens, rule) for rule in rules]
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
-        for rows in self._length_batches(encoded):
+        for rows in self._length_batches(encoded, lengths):
             batch = [encoded[i] for i in rows]
             opening = self._shared_opening(batch)
             ids, mask = self._left_padded(batch, opening)
@@ -397,8 +398,15 @@ class HFBackend:
         cache.batch_repeat_interleave(rows)
         return cache
 
-    def _length_batches(self, sequences: Sequence[Sequence[int]]) -> Iterator[list[int]]:
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    def _length_batches(
+        self, sequences: Sequence[Sequence[int]], budgets: Sequence[int] | None = None
+    ) -> Iterator[list[int]]:
+        """Rows in batches of ``batch_size``, similar prompt lengths together (less padding). With the
+        rows' reply ``budgets`` (tokens each may generate), longest budgets first: a batch decodes as
+        many steps as its longest reply, and cutting the sorted rows in order gives the fewest steps in
+        all, so rows that stop early (a guard's opening) share batches rather than wait in long ones."""
+        budget = budgets or [0] * len(sequences)
+        order = sorted(range(len(sequences)), key=lambda i: (-budget[i], len(sequences[i])))
         for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
 
