@@ -134,12 +134,12 @@ class HFBackend:
         raw: bool = False,
         settled: Settled = None,
     ) -> list[str]:
-        """Replies to each prompt, in order; batches are formed from similar reply budgets and prompt
-        lengths (``_length_batches``). Greedy unless
-        ``temperature`` > 0, then sampled from a stream seeded by ``seed`` (reproducible). ``raw``:
-        the prompts are already rendered text (a guard prompt, say), not chat turns. ``settled`` (one
-        rule, or one per prompt): a reply stops at its rule's length, or once its rule says so (checked
-        after every token; a batch ends when all of its replies have)."""
+        """Replies to each prompt, in order; batches are formed from similar reply budgets, then prompt
+        lengths (``_length_batches``). Greedy unless ``temperature`` > 0, then sampled from a stream
+        seeded by ``seed`` (reproducible). ``raw``: the prompts are already rendered text (a guard
+        prompt, say), not chat turns. ``settled`` (one rule, or one per prompt): a reply stops at its
+        rule's length, or once its rule says so (checked after every token; a batch ends when all of its
+        replies have)."""
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
             if temperature > 0
