@@ -1,7 +1,7 @@
 """Benchmark: what cheaper fitness buys (JSON), at the toy scale (demo config) and at the SmolLM2 scale.
 
     .venv/bin/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json \
-        [--scales toy,smollm2,smollm2_guard] [--parts stages,agreement,search] [--seeds 5]
+        [--scales toy,smollm2,smollm2_guard] [--parts stages,agreement,search] [--seeds 5] [--resume]
 
 - ``stages``: per-stage seconds (merge / generate / judge / score) of one genome's evaluation, before
   (every answer in full, every choice row scored whole, a ``generate`` call per part of the split),
@@ -30,8 +30,10 @@
   full-fidelity search ends with (held-out: the dataset's held-out split, scored in this process),
   genomes evaluated in full and trials stopped (counted apart), and per seed the ratio of the
   full-fidelity search's time to reach it to each variant's; mean and spread over seeds.
-  ``--cold``: no warm starts. A short search that never beats its first warm start (the uniform merge)
-  measures only how soon that one genome is scored in full, which multi-fidelity can only delay.
+  ``--resume``: the seeds ``--out`` already holds for these settings are kept, and only the rest run
+  (each seed names the commit it ran at). ``--cold``: no warm starts. A short search that never beats
+  its first warm start (the uniform merge) measures only how soon that one genome is scored in full,
+  which multi-fidelity can only delay.
 
 SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does not: 30-50 minutes);
 ``smollm2_guard`` builds the guard on first use (about 20 minutes more).
