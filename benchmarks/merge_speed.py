@@ -14,7 +14,8 @@ task arithmetic (bytes it must read and write / time), and resident-set growth p
 
 Targets: resident ties >= 20x faster than run_merge per genome; resident task_arithmetic >= 50% of the
 copy bandwidth. SmolLM2 "experts" are the imported model plus seeded random task vectors (latency does
-not depend on the values); the toy zoo's experts are real.
+not depend on the values); the toy zoo's experts are real. ``magnitude_sort``: the load's sort of every
+task vector's magnitudes, the engine's (numpy's on a CPU) against ``torch.sort``, same values.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from transformers import AutoModelForCausalLM
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.merge.export import recipe_to_mergekit
 from mergesearch.merge.genome import GenomeSpace
-from mergesearch.merge.resident import ResidentMerger
+from mergesearch.merge.resident import ResidentMerger, sorted_magnitudes
 from mergesearch.merge.spec import get_method
 from mergesearch.runtime import cache_root, offline_and_quiet
 from mergesearch.zoo.build import EXPERTS, build_zoo
@@ -160,6 +161,31 @@ def mergekit_in_memory(config: dict, model: torch.nn.Module) -> float:
     return time.perf_counter() - started
 
 
+def magnitude_sort(merger: ResidentMerger) -> dict:
+    """Sorting every task vector's magnitudes (part of the load, for TIES): the engine's sort (numpy's on
+    a CPU) against ``torch.sort``, side by side on the same tensors, which must give the same values."""
+    taus = [tau for taus in merger.task_vectors.values() for tau in taus.values()]
+    timed: dict[str, float] = {}
+    for name, sort in (
+        ("engine", sorted_magnitudes),
+        ("torch_sort", lambda t: t.abs().reshape(-1).float().sort().values),
+    ):
+        started = time.perf_counter()
+        found = [sort(tau) for tau in taus]
+        timed[name] = time.perf_counter() - started
+        if name == "engine":
+            engine = found
+        elif not all(torch.equal(a, b) for a, b in zip(engine, found)):
+            raise AssertionError("the engine's sorted magnitudes differ from torch.sort's")
+    return {
+        "values": sum(t.numel() for t in taus),
+        "torch_threads": torch.get_num_threads(),
+        "engine_s": round(timed["engine"], 2),
+        "torch_sort_s": round(timed["torch_sort"], 2),
+        "speedup": round(timed["torch_sort"] / timed["engine"], 2),
+    }
+
+
 def bench_pool(
     label: str, base: Path, experts: dict[str, Path], methods: list[str], genomes: int, mergekit_genomes: int
 ) -> dict:
@@ -175,6 +201,7 @@ def bench_pool(
         "experts": len(experts),
         "load_seconds": round(load_seconds, 2),
         "rss_after_load_mib": round(rss_after_load, 1),
+        "magnitude_sort": magnitude_sort(merger),
         "methods": {},
     }
     for method in methods:

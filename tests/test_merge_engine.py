@@ -16,7 +16,7 @@ from mergesearch.errors import UserError
 from mergesearch.merge.export import materialize, recipe_to_mergekit, run_mergekit_yaml
 from mergesearch.merge.genome import GenomeSpace, layer_groups
 from mergesearch.merge.recipe import MergeRecipe
-from mergesearch.merge.resident import ResidentMerger
+from mergesearch.merge.resident import ResidentMerger, sorted_magnitudes
 from mergesearch.merge.spec import get_method
 
 EXPERTS = ("aligned", "math", "facts")
@@ -233,6 +233,18 @@ def test_methods_mergekit_lacks_are_refused_at_export(zoo_dir, expert_dirs) -> N
     recipe = GenomeSpace("tsvm", EXPERTS, 4).decode({f"w.{e}.g0": 1.0 for e in EXPERTS})
     with pytest.raises(UserError, match="mergekit has no 'tsvm' merge method"):
         recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sorted_magnitudes_are_torchs_sort_of_the_absolute_values(dtype) -> None:
+    generator = torch.Generator().manual_seed(0)
+    tau = torch.randn(300, 70, generator=generator).to(dtype)
+    tau[0, :10] = 0.25  # ties
+    tau[1, :10] = -0.25
+    tau[2, :5] = -0.0
+    found = sorted_magnitudes(tau)
+    assert found.dtype == torch.float32 and found.shape == (tau.numel(),)
+    assert torch.equal(found, tau.abs().reshape(-1).float().sort().values)
 
 
 def test_sorted_magnitude_cache_gives_the_same_ties_merge(zoo_dir, expert_dirs, merger) -> None:

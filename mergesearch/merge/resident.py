@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -42,6 +43,19 @@ def read_tensors(
                 tensor = fh.get_tensor(key).to(device=device, dtype=dtype)
                 tensors[key] = tensor.pin_memory() if pin else tensor
     return tensors
+
+
+def sorted_magnitudes(tensor: torch.Tensor) -> torch.Tensor:
+    """|tensor|, flattened and sorted ascending, in float32 (the order TIES' cut is looked up in).
+
+    On a CPU the sort goes through numpy: its vectorised sort (x86-simd-sort) sorts these magnitudes 2.4x
+    faster than ``torch.sort`` on this project's 2-core machine (28M values: 1.44 s against 3.50 s), and a
+    SmolLM2 pool sorts three experts' worth, about 18 s with torch, before its first merge. Sorted values
+    are the same whichever sort made them (``test_merge_engine``)."""
+    magnitudes = tensor.detach().abs().reshape(-1).float()
+    if magnitudes.device.type != "cpu":
+        return magnitudes.sort().values
+    return torch.from_numpy(np.sort(magnitudes.numpy()))
 
 
 class DiskTensors(Mapping[str, torch.Tensor]):
@@ -173,9 +187,7 @@ class ResidentMerger:
         self._factors: dict[str, Any] = {}
         self.sorted_magnitudes: dict[str, dict[str, torch.Tensor]] = (
             {
-                name: {
-                    k: tau.abs().reshape(-1).float().sort().values.to(self.dtype) for k, tau in taus.items()
-                }
+                name: {k: sorted_magnitudes(tau).to(self.dtype) for k, tau in taus.items()}
                 for name, taus in self.task_vectors.items()
             }
             if sort_magnitudes
