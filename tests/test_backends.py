@@ -266,11 +266,12 @@ def test_replies_with_unequal_budgets_decode_only_their_batches_steps_and_keep_t
     assert replies == alone
 
 
-def test_a_guards_next_token_pass_runs_the_shared_policy_once_with_the_whole_prompts_numbers(
+def test_a_guards_verdict_pass_gives_each_prompts_own_first_token_numbers_running_the_policy_once(
     zoo_dir,
 ) -> None:
-    """The guard's verdict probabilities (first-token log-probabilities): its policy, which every guard
-    prompt opens with, runs once per batch, and each row's numbers are those of its whole prompt."""
+    """The guard's verdicts and their probabilities come from one pass: each reply's first-token
+    log-probabilities are those a forward over its whole prompt alone gives, and the policy, which
+    every guard prompt opens with, runs once per batch."""
     from mergesearch.judges.llama_guard import GuardJudge
 
     pairs = [
@@ -290,10 +291,20 @@ def test_a_guards_next_token_pass_runs_the_shared_policy_once_with_the_whole_pro
         hook = backend.model.get_input_embeddings().register_forward_hook(
             lambda module, args, out, counted=counted: counted.append(args[0].numel())
         )
-        found[name] = (backend.next_token_logprobs(texts, verdict_tokens), sum(counted))
+        found[name] = (backend.generate_with_first_logprobs(texts, verdict_tokens, 10), sum(counted))
         hook.remove()
-    flat = {name: [lp for row in rows for lp in row] for name, (rows, _) in found.items()}
-    assert flat["reused"] == pytest.approx(flat["whole"], abs=1e-4)
+    assert found["reused"][0][0] == found["whole"][0][0] == whole.generate(texts, 10, raw=True)
+    with torch.inference_mode():
+        alone = [
+            torch.log_softmax(whole.model(torch.tensor([whole._encode(t)])).logits[0, -1], -1)[
+                list(verdict_tokens)
+            ].tolist()
+            for t in texts
+        ]
+    for name, ((_, logprobs), _) in found.items():
+        assert [lp for row in logprobs for lp in row] == pytest.approx(
+            [lp for row in alone for lp in row], abs=1e-4
+        ), name
     encoded = [reused._encode(t) for t in texts]
     batches = [[encoded[i] for i in rows] for rows in reused._length_batches(encoded)]
     saved = sum((len(batch) - 1) * reused._shared_opening(batch) for batch in batches)

@@ -111,8 +111,11 @@ class Backend(Protocol):
         continuation is the greedy one; tokenised as lm-eval does (``encode_pair``)."""
         ...
 
-    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
-        """Log-probabilities of ``token_ids`` as the first token after each (rendered) text."""
+    def generate_with_first_logprobs(
+        self, texts: Sequence[str], token_ids: Sequence[int], max_new_tokens: int | None = None
+    ) -> tuple[list[str], list[list[float]]]:
+        """Greedy replies to rendered ``texts``, and the log-probabilities of ``token_ids`` as each
+        reply's first token, from one pass (a guard's verdict and its probability)."""
         ...
 
     def resident_merger(

@@ -140,6 +140,30 @@ class HFBackend:
         prompt, say), not chat turns. ``settled`` (one rule, or one per prompt): a reply stops at its
         rule's length, or once its rule says so (checked after every token; a batch ends when all of its
         replies have)."""
+        encoded = [self._encode(p if raw else self.render(p)) for p in prompts]
+        return self._generated(encoded, max_new_tokens, temperature, seed, settled)[0]
+
+    @torch.inference_mode()
+    def generate_with_first_logprobs(
+        self, texts: Sequence[str], token_ids: Sequence[int], max_new_tokens: int | None = None
+    ) -> tuple[list[str], list[list[float]]]:
+        """Greedy replies to rendered ``texts``, and the log-probabilities of ``token_ids`` as each reply's
+        first token, from the same forward passes: a guard's verdict and its probability in one pass (a
+        second pass over the prompts would cost as much as the generation; the opening a batch shares,
+        a guard's policy, runs once either way)."""
+        return self._generated([self._encode(t) for t in texts], max_new_tokens, first_token_ids=token_ids)
+
+    def _generated(
+        self,
+        encoded: Sequence[list[int]],
+        max_new_tokens: int | None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        settled: Settled = None,
+        first_token_ids: Sequence[int] | None = None,
+    ) -> tuple[list[str], list[list[float]]]:
+        """``generate`` on token ids; with ``first_token_ids``, also those tokens' log-probabilities at
+        each reply's first step (from the logits that step computed)."""
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
             if temperature > 0
@@ -147,10 +171,13 @@ class HFBackend:
         )
         if temperature > 0 and seed is not None:
             torch.manual_seed(seed)
-        encoded = [self._encode(p if raw else self.render(p)) for p in prompts]
-        rules = rules_per_prompt(settled, len(prompts))
+        scored = (
+            {"output_logits": True, "return_dict_in_generate": True} if first_token_ids is not None else {}
+        )
+        rules = rules_per_prompt(settled, len(encoded))
         lengths = [reply_length(max_new_tokens, self.max_new_tokens, rule) for rule in rules]
-        replies: list[str] = [""] * len(prompts)
+        replies: list[str] = [""] * len(encoded)
+        firsts: list[list[float]] = [[] for _ in encoded] if first_token_ids is not None else []
         pad = self.tokenizer.pad_token_id
         for rows in self._length_batches(encoded, lengths):
             batch = [encoded[i] for i in rows]
@@ -176,13 +203,20 @@ class HFBackend:
                 **cached,
                 **stopping,
                 **sampling,
+                **scored,
                 pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
-            texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            sequences = out.sequences if scored else out
+            texts = self.tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)
             for r, i in enumerate(rows):
-                replies[i] = _cut(self.tokenizer, texts[r], out[r, width:], batch_lengths[r]).strip()
-        return replies
+                replies[i] = _cut(self.tokenizer, texts[r], sequences[r, width:], batch_lengths[r]).strip()
+            if first_token_ids is not None:
+                wanted = torch.tensor(list(first_token_ids), device=self.device)
+                chosen = torch.log_softmax(out.logits[0].float(), dim=-1)[:, wanted]
+                for r, i in enumerate(rows):
+                    firsts[i] = chosen[r].tolist()
+        return replies, firsts
 
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -301,37 +335,12 @@ class HFBackend:
             return int(model_max)
         return 2048
 
-    @torch.inference_mode()
-    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
-        """Log-probabilities of ``token_ids`` as the first token after each (rendered) text. The opening
-        a batch's texts share (a guard's policy: two thirds of its prompt) runs once (``prefix_reuse``)."""
-        encoded = [self._encode(t) for t in texts]
-        results: list[list[float]] = [[]] * len(texts)
-        wanted = torch.tensor(list(token_ids), device=self.device)
-        for rows in self._length_batches(encoded):
-            batch = [encoded[i] for i in rows]
-            opening = self._shared_opening(batch)
-            ids, mask = self._left_padded(batch, opening)
-            cache = self._opening_cache(ids[:1, :opening], len(rows)) if opening else None
-            logits = self._forward(ids, mask, 1, cache, opening)
-            chosen = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, wanted]
-            for r, i in enumerate(rows):
-                results[i] = chosen[r].tolist()
-        return results
-
-    def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, keep: int, cache: Any = None, cached: int = 0
-    ) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
         """Logits of the last ``keep`` positions; positions count from each row's first real token, so
-        a left-padded row computes what it would alone. ``cache``: the KV cache of the first ``cached``
-        columns (an opening every row shares), which then are not run again."""
+        a left-padded row computes what it would alone."""
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         return self.model(
-            input_ids=ids[:, cached:],
-            attention_mask=mask,
-            position_ids=positions[:, cached:],
-            past_key_values=cache,
-            logits_to_keep=keep,
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
         ).logits
 
     def score_choices(self, prompt: Prompt, choices: Sequence[str]) -> list[float]:

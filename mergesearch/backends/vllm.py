@@ -130,7 +130,7 @@ class WorkerPool:
 
 
 class VLLMBackend:
-    """generate / loglikelihood / next_token_logprobs / load_weights over a resident vLLM engine."""
+    """generate / loglikelihood / generate_with_first_logprobs / load_weights over a resident vLLM engine."""
 
     def __init__(
         self,
@@ -298,16 +298,20 @@ class VLLMBackend:
             results.append((total, greedy))
         return results
 
-    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
+    def generate_with_first_logprobs(
+        self, texts: Sequence[str], token_ids: Sequence[int], max_new_tokens: int | None = None
+    ) -> tuple[list[str], list[list[float]]]:
+        """Greedy replies and, from the same request, the log-probabilities of ``token_ids`` as each
+        reply's first token, read from vLLM's top 20 there."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, logprobs=20, temperature=0.0)
+        params = SamplingParams(
+            max_tokens=max_new_tokens or self.max_new_tokens, logprobs=20, temperature=0.0
+        )
         outputs = self.llm.generate(self._token_prompts(texts), params, use_tqdm=False)
         floor = -1e4  # a verdict token outside the top 20 is as good as impossible
-        return [
-            [
-                o.outputs[0].logprobs[0][t].logprob if t in o.outputs[0].logprobs[0] else floor
-                for t in token_ids
-            ]
-            for o in outputs
-        ]
+        firsts = [o.outputs[0].logprobs[0] for o in outputs]
+        return (
+            [o.outputs[0].text.strip() for o in outputs],
+            [[first[t].logprob if t in first else floor for t in token_ids] for first in firsts],
+        )

@@ -35,8 +35,8 @@ _CODE = re.compile(r"\b([SO]\d{1,2})\b")
 
 
 class GuardBackend(Protocol):
-    """What the judge needs of a backend (``HFBackend`` has it): a tokenizer, raw generation, first-token
-    log-probabilities."""
+    """What the judge needs of a backend (``HFBackend`` has it): a tokenizer, raw generation, and raw
+    generation with the first token's log-probabilities."""
 
     name: str
     tokenizer: Any  # a Hugging Face tokenizer
@@ -45,7 +45,9 @@ class GuardBackend(Protocol):
         self, prompts: Sequence[str], max_new_tokens: int | None = None, raw: bool = False
     ) -> list[str]: ...
 
-    def next_token_logprobs(self, texts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]: ...
+    def generate_with_first_logprobs(
+        self, texts: Sequence[str], token_ids: Sequence[int], max_new_tokens: int | None = None
+    ) -> tuple[list[str], list[list[float]]]: ...
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,13 @@ class GuardJudge:
         if not pairs:
             return []
         texts = self.prompts(pairs)
-        outputs = self.backend.generate(texts, max_new_tokens=self.max_new_tokens, raw=True)
+        scored = with_probability and self._verdict_tokens is not None
+        if scored:  # one pass: the verdict's first step holds its probability
+            outputs, logprobs = self.backend.generate_with_first_logprobs(
+                texts, self._verdict_tokens, max_new_tokens=self.max_new_tokens
+            )
+        else:
+            outputs, logprobs = self.backend.generate(texts, max_new_tokens=self.max_new_tokens, raw=True), []
         verdicts = [parse_verdict(o) for o in outputs]
         unparsed = [o for o, v in zip(outputs, verdicts, strict=True) if not v.parsed]
         self.unparsed_total += len(unparsed)
@@ -208,8 +216,7 @@ class GuardJudge:
                 "are not a Llama Guard verdict "
                 f"(e.g. {unparsed[0][:60]!r}); is it a Llama Guard model, and is `version` right?"
             )
-        if with_probability and self._verdict_tokens is not None:
-            logprobs = self.backend.next_token_logprobs(texts, self._verdict_tokens)
+        if scored:
             verdicts = [
                 GuardVerdict(v.unsafe, v.codes, _share(lp[1], lp[0]))
                 for v, lp in zip(verdicts, logprobs, strict=True)
