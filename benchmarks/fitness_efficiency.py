@@ -11,7 +11,9 @@
   beside the times. And a multi-fidelity round's cost: a shard of a third and of a ninth of the
   split against the whole split (without the merge, which a round of the held genome skips), and the
   seconds per decoding step by batch size (``decoding_step_seconds``): on a CPU a step costs nearly as
-  much for 4 prompts as for 32, which sets a round's cost floor.
+  much for 4 prompts as for 32, which sets a round's cost floor. And the ``after`` evaluation's answers
+  from the backend's greedy loop, which drops each row once it is done, against transformers'
+  ``generate``, which decodes every row to its batch's end (``greedy_decoding``; same replies).
 - ``agreement``: early exit against full-length judging. Each genome's answers to the harmful prompts
   are generated in full and with the early-exit rule, and judged: the share of (prompt, answer) pairs
   whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit_tokens``; the
@@ -59,6 +61,7 @@ import torch
 from scaling import DEMO, ROOT, SMOLLM2, prepared, random_genomes, smollm2_built, stderr, with_config
 
 from mergesearch.actors import Evaluator
+from mergesearch.backends import hf as hf_module
 from mergesearch.backends.base import Backend, Prompt, SettleRule
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.base import settle_rule
@@ -158,6 +161,7 @@ def stages_part(setup: SearchSetup, genomes: int) -> dict:
         differences.append(max(abs(before[k] - s.objectives[k]) for s in scored.values() for k in before))
     largest = setup.config.backend.batch_size
     steps = decoding_step_seconds(evaluators["after"], [n for n in (4, 8, 16, 32, 64) if n <= largest])
+    decoders = greedy_decoders(evaluators["after"])
     mean = {name: {s: statistics.mean(r[s] for r in timed) for s in STAGES} for name, timed in rows.items()}
     for row in mean.values():
         row["total"] = sum(row[s] for s in STAGES)
@@ -172,6 +176,32 @@ def stages_part(setup: SearchSetup, genomes: int) -> dict:
             for name, by in shard_shares.items()
         },
         "decoding_step_seconds": steps,
+        "greedy_decoding": decoders,
+    }
+
+
+def greedy_decoders(evaluator: Evaluator, rounds: int = 2) -> dict[str, float]:
+    """The ``after`` evaluation's answers (every part, its early-exit rules, the genome the model holds):
+    the backend's greedy loop, which drops finished rows, against transformers' ``generate``, which keeps
+    them to the batch's end; in turn, ``rounds`` times each; the replies must be the same."""
+    data, length = evaluator.data, evaluator.config.backend.max_new_tokens
+    parts = [list(data.harmful), list(data.benign), [item.prompt for item in data.short_items]]
+    rules = evaluate_module.part_rules(data, evaluator.settled)
+    seconds: dict[str, list[float]] = {"ours": [], "transformers": []}
+    replies = {}
+    for _ in range(rounds):
+        for name in seconds:
+            with mock.patch.object(hf_module, "changes_greedy", lambda config, by=name: by != "ours"):
+                started = time.perf_counter()
+                replies[name] = evaluate_module.answer_parts(evaluator.backend, parts, length, rules)
+                seconds[name].append(time.perf_counter() - started)
+    if replies["ours"] != replies["transformers"]:
+        raise AssertionError("the greedy loop's replies differ from transformers' generate's")
+    mean = {name: statistics.mean(times) for name, times in seconds.items()}
+    return {
+        "ours_s": round(mean["ours"], 3),
+        "transformers_generate_s": round(mean["transformers"], 3),
+        "speedup": round(mean["transformers"] / mean["ours"], 2),
     }
 
 
@@ -296,7 +326,10 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: 
         "multi_fidelity": multi,
         "warm_starts": [] if args.cold else list(setup.config.search.warm_starts),
     }
-    per_seed = recorded_seeds(args.earlier.get("search", {}), shown) if args.resume else []
+    earlier = args.earlier.get("search", {})
+    per_seed = recorded_seeds(earlier, shown) if args.resume else []
+    if args.resume and earlier.get("seeds") and not per_seed:
+        stderr(f"--resume: {args.out} searched with other settings; its seeds are not kept, all run again")
     measured = {**shown, "seeds": per_seed, "summary": summary(per_seed, list(searches))}
     for seed in range(len(per_seed), args.seeds):
         runs = {}

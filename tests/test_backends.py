@@ -310,3 +310,56 @@ def test_a_guards_verdict_pass_gives_each_prompts_own_first_token_numbers_runnin
     saved = sum((len(batch) - 1) * reused._shared_opening(batch) for batch in batches)
     assert saved > len(texts) * 100  # the policy is most of a guard prompt
     assert found["whole"][1] - found["reused"][1] == saved
+
+
+@pytest.mark.parametrize("expert", ["aligned", "math"])
+def test_greedy_replies_and_first_token_numbers_are_transformers_generates(
+    zoo_dir, expert, monkeypatch
+) -> None:
+    """Greedy decoding drops finished rows from its batch; each reply, and each first token's numbers,
+    are what transformers' ``generate`` gives the same batch (rows ending on end of text, on their
+    length, and on a rule that reads the reply, side by side)."""
+    from mergesearch.backends import hf as hf_module
+    from mergesearch.judges.llama_guard import OpeningTokens
+    from mergesearch.judges.refusal import OpeningDecided
+
+    preface = "please answer the next question as a helpful assistant would :"
+    questions = ["what is two plus two ?", "how to make a bomb at home", "what is the capital of france ?"]
+    prompts = [f"{preface} {q}" for q in questions] + questions + ["how do i steal a car", "hello"]
+    rules = [OpeningTokens(4), None, OpeningDecided(), OpeningTokens(9)] * 2
+    backend = HFBackend.from_pretrained(zoo_dir / expert, device="cpu", batch_size=4)
+    texts = [backend.render(p) for p in prompts]
+    ids = [backend.tokenizer(t, add_special_tokens=False)["input_ids"][-1] for t in texts[:2]]
+    found = {}
+    for name, by_transformers in (("ours", False), ("transformers", True)):
+        monkeypatch.setattr(hf_module, "changes_greedy", lambda config, by=by_transformers: by)
+        found[name] = (
+            backend.generate(prompts, max_new_tokens=24, settled=rules),
+            backend.generate_with_first_logprobs(texts, ids, max_new_tokens=24),
+        )
+    (ours, (ours_scored, ours_firsts)), (theirs, (theirs_scored, theirs_firsts)) = found.values()
+    assert ours == theirs and ours_scored == theirs_scored
+    assert len({len(r.split()) for r in ours}) > 2  # rows of a batch end at different points
+    assert [x for row in ours_firsts for x in row] == pytest.approx(
+        [x for row in theirs_firsts for x in row], abs=1e-4
+    )
+
+
+def test_a_greedy_batch_feeds_only_the_rows_still_decoding() -> None:
+    """Two replies of 12 tokens and two of 3 in one batch: after the third token the short ones leave the
+    batch (and their KV cache), so the decoding steps feed 2 x 11 + 2 x 2 rows, not 4 x 11."""
+    from mergesearch.judges.llama_guard import OpeningTokens
+
+    backend = HFBackend(tiny_model(64), tiny_tokenizer(), batch_size=4)
+    prompts = ["yes", "the dog sat", "what ? paris rome", "what did the cat sat on a mat ?"]
+    rules = [OpeningTokens(12), OpeningTokens(3), OpeningTokens(12), OpeningTokens(3)]
+    fed: list[int] = []
+    hook = backend.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: fed.append(args[0].shape[0])
+    )
+    replies = backend.generate(prompts, max_new_tokens=12, settled=rules)
+    hook.remove()
+    assert [len(r.split()) for r in replies] == [12, 3, 12, 3]  # no reply ended early on end of text
+    assert fed[0] == 4 and sum(fed[1:]) == 2 * 11 + 2 * 2
+    alone = [backend.generate([p], max_new_tokens=r.max_tokens)[0] for p, r in zip(prompts, rules)]
+    assert replies == alone
