@@ -205,9 +205,10 @@ def bench_pool(
         "methods": {},
     }
     for method in methods:
-        space = GenomeSpace(
-            method, list(experts), num_layers, "global", bounds={"weight": (0.2, 1.0), "density": (0.3, 0.9)}
-        )
+        wanted = {"weight": (0.2, 1.0), "density": (0.3, 0.9)}
+        declared = {p.name for p in get_method(method).params}  # linear, slerp, ... have no density
+        bounds = {name: span for name, span in wanted.items() if name in declared}
+        space = GenomeSpace(method, list(experts), num_layers, "global", bounds=bounds)
         recipes = [space.decode(g) for g in random_genomes(space, genomes + 1, seed=len(method))]
         started = time.perf_counter()
         with RssGrowth() as first_merge:  # the first merge of a method: kernel compilation, TSV-M's SVDs
