@@ -9,6 +9,7 @@ continuation's token log-probabilities, as lm-eval's ``HFLM.loglikelihood`` does
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,16 +176,15 @@ class HFBackend:
         replies: list[str] = [""] * len(encoded)
         firsts: list[list[float]] = [[] for _ in encoded] if first_token_ids is not None else []
         for rows in self._length_batches(encoded, lengths):
-            batch = [encoded[i] for i in rows]
-            opening = self._shared_opening(batch)
-            ids, mask = self._left_padded(batch, opening)
-            batch_rules, batch_lengths = [rules[i] for i in rows], [lengths[i] for i in rows]
+            prompts = [encoded[i] for i in rows]
+            opening = self._shared_opening(prompts)
+            ids, mask = self._left_padded(prompts, opening)
+            batch_lengths = [lengths[i] for i in rows]
+            batch = _Batch(ids, mask, opening, batch_lengths, [rules[i] for i in rows])
             new, first = (
-                self._greedy(ids, mask, opening, batch_lengths, batch_rules)
+                self._greedy(batch)
                 if ours
-                else self._transformers_generate(
-                    ids, mask, opening, batch_lengths, batch_rules, temperature, first_token_ids is not None
-                )
+                else self._transformers_generate(batch, temperature, first_token_ids is not None)
             )
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             chosen = self._chosen(first, first_token_ids) if first is not None and first_token_ids else None
@@ -199,22 +199,15 @@ class HFBackend:
         wanted = torch.tensor(list(token_ids), device=logits.device)
         return torch.log_softmax(logits.float(), dim=-1)[:, wanted]
 
-    def _greedy(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        opening: int,
-        lengths: Sequence[int],
-        rules: Sequence[SettleRule | None],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy decoding of one left-padded batch (its first ``opening`` columns shared by every row),
-        each row dropped from the batch, KV cache included, as soon as it is done: end of text, its
-        length, or its rule settles it. On a CPU a decoding step costs about 4 ms per row beside 50 ms
-        for the weights (SmolLM2-135M, 1 thread), and early exit leaves most rows of a batch done well
-        before the last (``benchmarks/fitness_efficiency.py``, stages). Tokens as transformers'
-        greedy ``generate`` picks them (``test_backends``). Returns the new tokens ([rows, longest],
-        padded after each row's end) and the first step's logits ([rows, vocab])."""
+    def _greedy(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding of one batch, each row dropped from it, KV cache included, as soon as it is
+        done: end of text, its length, or its rule settles it. On a CPU a decoding step costs about 4 ms
+        per row beside 50 ms for the weights (SmolLM2-135M, 1 thread), and early exit leaves most rows
+        of a batch done well before the last (``benchmarks/fitness_efficiency.py``, stages). Tokens as
+        transformers' greedy ``generate`` picks them (``test_backends``). Returns the new tokens ([rows,
+        longest], padded after each row's end) and the first step's logits ([rows, vocab])."""
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        ids, mask, opening, lengths, rules = batch.ids, batch.mask, batch.opening, batch.lengths, batch.rules
         rows = ids.shape[0]
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = self._opening_cache(ids[:1, :opening], rows) if opening else None
@@ -269,14 +262,7 @@ class HFBackend:
         return settled
 
     def _transformers_generate(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        opening: int,
-        lengths: Sequence[int],
-        rules: Sequence[SettleRule | None],
-        temperature: float,
-        scored: bool,
+        self, batch: _Batch, temperature: float, scored: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One batch through transformers' ``generate`` (sampling, with ``top_k``/``top_p`` off; or a model
         whose generation config changes greedy tokens), rows stopping as ``_greedy``'s do; the new
@@ -286,6 +272,7 @@ class HFBackend:
             if temperature > 0
             else {"do_sample": False}
         )
+        ids, mask, opening, lengths, rules = batch.ids, batch.mask, batch.opening, batch.lengths, batch.rules
         width = ids.shape[1]
         stopping = (
             {"stopping_criteria": StoppingCriteriaList([_Settled(rules, lengths, self.tokenizer, width)])}
@@ -507,6 +494,18 @@ class HFBackend:
         order = sorted(range(len(sequences)), key=lambda i: (-budget[i], len(sequences[i])))
         for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One batch to decode: left-padded ids and mask (the first ``opening`` columns shared by every row,
+    whose KV cache runs once), and each row's reply length and early-exit rule."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    opening: int
+    lengths: Sequence[int]
+    rules: Sequence[SettleRule | None]
 
 
 class _Settled(StoppingCriteria):
