@@ -48,10 +48,11 @@ def read_tensors(
 def sorted_magnitudes(tensor: torch.Tensor) -> torch.Tensor:
     """|tensor|, flattened and sorted ascending, in float32 (the order TIES' cut is looked up in).
 
-    On a CPU the sort goes through numpy: its vectorised sort (x86-simd-sort) sorts these magnitudes 2.4x
-    faster than ``torch.sort`` on this project's 2-core machine (28M values: 1.44 s against 3.50 s), and a
-    SmolLM2 pool sorts three experts' worth, about 18 s with torch, before its first merge. Sorted values
-    are the same whichever sort made them (``test_merge_engine``)."""
+    On a CPU the sort goes through numpy: its vectorised sort (x86-simd-sort) sorts these magnitudes
+    2.5x faster than ``torch.sort`` on this project's 2-core machine (``benchmarks/merge_speed.py``,
+    ``magnitude_sort``), and a SmolLM2 pool sorts three experts' worth before its first merge: about 24 s
+    with torch on one core, 9 s with numpy. Sorted values are the same whichever sort made them
+    (``test_merge_engine``)."""
     magnitudes = tensor.detach().abs().reshape(-1).float()
     if magnitudes.device.type != "cpu":
         return magnitudes.sort().values
