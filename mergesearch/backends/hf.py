@@ -228,7 +228,10 @@ class HFBackend:
         for step in range(max(lengths)):
             token = logits.argmax(-1)
             new[live, step] = token
-            done = (limit[live] <= step + 1) | self._settled_rows(new, live, rules, step + 1)
+            live_rules = [rules[row] for row in live.tolist()]
+            done = (limit[live] <= step + 1) | _settled_by_rules(
+                self.tokenizer, new[live, : step + 1], live_rules, step + 1
+            )
             if eos is not None:
                 done |= token == eos
             if bool(done.all()):
@@ -247,19 +250,6 @@ class HFBackend:
                 use_cache=True,
             ).logits[:, -1]
         return new, first
-
-    def _settled_rows(
-        self, new: torch.Tensor, live: torch.Tensor, rules: Sequence[SettleRule | None], tokens: int
-    ) -> torch.Tensor:
-        """Which live rows their rule calls settled, reading the reply so far (length-only rules are
-        their row's length, checked apart)."""
-        settled = torch.zeros(len(live), dtype=torch.bool, device=new.device)
-        read = [r for r, row in enumerate(live.tolist()) if _reads_text(rules[row])]
-        if read:
-            texts = self.tokenizer.batch_decode(new[live[read], :tokens], skip_special_tokens=True)
-            for r, text in zip(read, texts):
-                settled[r] = bool(rules[int(live[r])](text.strip(), tokens))  # type: ignore[misc]
-        return settled
 
     def _transformers_generate(
         self, batch: _Batch, temperature: float, scored: bool
@@ -520,18 +510,27 @@ class _Settled(StoppingCriteria):
         width: int,
     ) -> None:
         self.rules, self.lengths, self.tokenizer, self.width = rules, lengths, tokenizer, width
-        # rows whose rule reads the text (a length-only rule is its row's length): fixed for the batch
-        self.checked = [_reads_text(r) for r in rules]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         new = input_ids[:, self.width :]
         tokens = new.shape[1]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True) if any(self.checked) else []
-        done = [
-            tokens >= length or (check and rule(texts[row].strip(), tokens))  # type: ignore[misc]
-            for row, (rule, length, check) in enumerate(zip(self.rules, self.lengths, self.checked))
-        ]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        at_length = torch.tensor([tokens >= length for length in self.lengths], device=input_ids.device)
+        return at_length | _settled_by_rules(self.tokenizer, new, self.rules, tokens)
+
+
+def _settled_by_rules(
+    tokenizer: PreTrainedTokenizerBase, replies: torch.Tensor, rules: Sequence[SettleRule | None], tokens: int
+) -> torch.Tensor:
+    """Which rows of ``replies`` (their first ``tokens`` new tokens) their rule calls settled, reading the
+    reply so far; a row without a rule, or whose rule only caps its length, is not (its length is
+    checked apart). Both decoders stop rows by it."""
+    settled = torch.zeros(len(rules), dtype=torch.bool, device=replies.device)
+    read = [row for row, rule in enumerate(rules) if _reads_text(rule)]
+    if read:
+        texts = tokenizer.batch_decode(replies[read], skip_special_tokens=True)
+        for row, text in zip(read, texts):
+            settled[row] = bool(rules[row](text.strip(), tokens))  # type: ignore[misc]
+    return settled
 
 
 def _reads_text(rule: SettleRule | None) -> bool:
