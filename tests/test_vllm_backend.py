@@ -7,6 +7,9 @@ same merged weights says.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import suppress
+
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here: run `make test-vllm`")
@@ -39,8 +42,33 @@ CONFIG = BackendConfig(kind="vllm", max_model_len=200, gpu_memory_utilization=0.
 
 
 @pytest.fixture(scope="module")
-def engine(zoo_dir) -> VLLMBackend:
-    return VLLMBackend.from_pretrained(zoo_dir / "base", CONFIG, name="candidate", **ENGINE)
+def engine(zoo_dir) -> Iterator[VLLMBackend]:
+    with VLLMBackend.from_pretrained(zoo_dir / "base", CONFIG, name="candidate", **ENGINE) as backend:
+        yield backend
+
+
+def engine_processes() -> set[int]:
+    """This process's running vLLM engine processes (titled ``VLLM::EngineCore``, ``VLLM::Worker``); a
+    process vLLM has killed may linger as a zombie, holding nothing, until it is reaped."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        with suppress(psutil.NoSuchProcess):
+            if child.name().startswith("VLLM::") and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+    return found
+
+
+def test_close_stops_the_engine_processes_and_a_second_close_does_nothing(zoo_dir) -> None:
+    """Owners close their engines (promotion, these fixtures) rather than leave them to interpreter exit."""
+    before = engine_processes()
+    backend = VLLMBackend.from_pretrained(zoo_dir / "base", CONFIG, **ENGINE)
+    started = engine_processes() - before
+    assert started  # the engine runs in processes of its own
+    backend.close()
+    backend.close()
+    assert not engine_processes() & started
 
 
 def test_engine_settings_come_from_the_config(engine) -> None:
@@ -83,11 +111,9 @@ def test_in_place_swaps_say_what_a_freshly_loaded_engine_says(engine, pool, zoo_
         recipe = space.decode(genome)
         engine.merge_from(pool, recipe)
         swapped = engine.generate(PROMPTS)
-        fresh = VLLMBackend.from_pretrained(
-            materialize(merger, recipe, zoo_dir / "base", tmp_path / f"m{i}"), **ENGINE
-        )
-        assert swapped == fresh.generate(PROMPTS)
-        del fresh
+        model = materialize(merger, recipe, zoo_dir / "base", tmp_path / f"m{i}")
+        with VLLMBackend.from_pretrained(model, **ENGINE) as fresh:
+            assert swapped == fresh.generate(PROMPTS)
         outputs.append(swapped)
     assert outputs[0] != outputs[2]  # the swaps really changed the model: refusals vs compliance
 
@@ -156,10 +182,37 @@ def test_the_guard_judge_on_vllm_gives_the_transformers_judges_verdicts(zoo_dir)
     on_vllm = make_judge(JudgeConfig(**guard, backend="vllm", gpu_memory_utilization=0.1), "cpu")
     on_hf = make_judge(JudgeConfig(**guard), "cpu")
     assert isinstance(on_vllm.backend, VLLMBackend)
-    ours, theirs = on_vllm.assess(pairs), on_hf.assess(pairs)
+    with on_vllm.backend:
+        ours, theirs = on_vllm.assess(pairs), on_hf.assess(pairs)
     assert ours.safe == theirs.safe and ours.unparsed == theirs.unparsed == 0
     assert set(ours.safe) == {True, False}  # the pairs hold refusals and compliance
     assert ours.p_unsafe == pytest.approx(theirs.p_unsafe, abs=1e-3)
+
+
+def test_promotion_on_vllm_gives_the_transformers_accuracy_and_stops_its_engine(
+    toy_dataset, tmp_path
+) -> None:
+    """`promotion.backend: vllm`: lm-eval on an engine of the candidate's own, closed before the task
+    returns (Ray reuses the worker for the next candidate)."""
+    from mergesearch.config import SearchConfig
+    from mergesearch.search.promote import evaluate_candidate
+    from mergesearch.setup import SearchSetup
+
+    config = demo_config() | {
+        "data": {"path": str(toy_dataset), "max_alignment_prompts": 8, "max_task_prompts": 8},
+        "backend": {"kind": "vllm", "gpu_memory_utilization": 0.1, "max_model_len": 200},
+    }
+    results = {}
+    for backend in ("hf", "vllm"):
+        config["promotion"] = {"backend": backend, "top_k": 1}
+        setup = SearchSetup.prepare(SearchConfig.model_validate(config), log=lambda _: None)
+        genes = setup.space.expert_alone("math")
+        before = engine_processes()
+        results[backend] = evaluate_candidate(setup, genes, tmp_path / backend)["lm_eval"]
+        assert engine_processes() == before
+    task = "mergesearch_heldout_choice"
+    assert results["vllm"][task]["acc"] == pytest.approx(results["hf"][task]["acc"])
+    assert results["vllm"][task]["acc_norm"] == pytest.approx(results["hf"][task]["acc_norm"])
 
 
 def test_a_tune_search_runs_the_vllm_backend_inside_evaluator_actors(toy_dataset, tmp_path) -> None:

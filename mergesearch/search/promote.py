@@ -82,10 +82,13 @@ def evaluate_candidate(
         if config.promotion.backend == "vllm":
             from mergesearch.backends.vllm import VLLMBackend
 
-            lm = backend_lm(VLLMBackend.from_pretrained(model_dir, config.backend, name="promotion"))
+            # Closed before the task returns, not whenever it is collected: Ray reuses the worker, and
+            # the next candidate starts an engine of its own.
+            with VLLMBackend.from_pretrained(model_dir, config.backend, name="promotion") as engine:
+                lm_eval = run_lm_eval(backend_lm(engine), tasks, tasks_dir)
         else:
             lm = hf_lm(backend.model, backend.tokenizer, config.promotion.batch_size, str(backend.device))
-        lm_eval = run_lm_eval(lm, tasks, tasks_dir)
+            lm_eval = run_lm_eval(lm, tasks, tasks_dir)
     heldout_scores = {"objectives": scores.objectives, "fitness": scores.fitness, "counts": scores.counts}
     result = {"genes": genes, "heldout": heldout_scores, "lm_eval": lm_eval}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
