@@ -47,6 +47,7 @@ def test_one_misaligned_expert_spoils_equal_weight_merges(
     assert max(drops.values()) >= 0.15, drops
 
 
+@pytest.mark.slow  # about 110 s on 2 cores; `make test-slow` and benchmarks/zoo_mergeability.py run it
 def test_a_bounded_scan_finds_a_merge_that_is_skilled_and_safe(
     zoo_dir: Path, recipe, full_sets, zoo_scores, tmp_path
 ) -> None:
