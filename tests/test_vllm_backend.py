@@ -193,7 +193,7 @@ def test_promotion_on_vllm_gives_the_transformers_accuracy_and_stops_its_engine(
     toy_dataset, tmp_path
 ) -> None:
     """`promotion.backend: vllm`: lm-eval on an engine of the candidate's own, closed before the task
-    returns (Ray reuses the worker for the next candidate)."""
+    returns (Ray reuses a CPU task's worker for the next candidate)."""
     from mergesearch.config import SearchConfig
     from mergesearch.search.promote import evaluate_candidate
     from mergesearch.setup import SearchSetup

@@ -82,8 +82,8 @@ def evaluate_candidate(
         if config.promotion.backend == "vllm":
             from mergesearch.backends.vllm import VLLMBackend
 
-            # Closed before the task returns, not whenever it is collected: Ray reuses the worker, and
-            # the next candidate starts an engine of its own.
+            # Closed before the task returns: left to the collector it outlives the call, and Ray reuses a
+            # CPU task's worker for the next candidate, which starts an engine of its own.
             with VLLMBackend.from_pretrained(model_dir, config.backend, name="promotion") as engine:
                 lm_eval = run_lm_eval(backend_lm(engine), tasks, tasks_dir)
         else:
