@@ -245,7 +245,7 @@ class VLLMBackend:
         self.llm.wake_up()
 
     def close(self) -> None:
-        """Stop the engine's process now; a second call does nothing. Left to interpreter exit, vLLM
+        """Stop the engine's processes now; a second call does nothing. Left to interpreter exit, vLLM
         stops it from an exit hook, beside its engine-monitor thread, while Python finalises: a CI run
         of the vLLM tests printed "9 passed" and still failed there."""
         self.llm.llm_engine.engine_core.shutdown()
