@@ -41,6 +41,9 @@ class RemoteJudge:
 
         return ray.get(self.handle.assess.remote(pairs))
 
+    def close(self) -> None:
+        """The judge actor is the search's: its owner (``ActorSet``) stops it."""
+
 
 class SleepsWhileJudging:
     """vLLM sleep mode (CUDA): the candidate engine sleeps while its responses are judged (level 1: its
@@ -56,6 +59,9 @@ class SleepsWhileJudging:
             return self.judge.assess(pairs)
         finally:
             self.backend.wake_up()
+
+    def close(self) -> None:
+        self.judge.close()
 
 
 def _print(message: str) -> None:

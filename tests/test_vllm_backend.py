@@ -8,7 +8,7 @@ same merged weights says.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import closing, suppress
 
 import pytest
 
@@ -182,18 +182,19 @@ def test_the_guard_judge_on_vllm_gives_the_transformers_judges_verdicts(zoo_dir)
     on_vllm = make_judge(JudgeConfig(**guard, backend="vllm", gpu_memory_utilization=0.1), "cpu")
     on_hf = make_judge(JudgeConfig(**guard), "cpu")
     assert isinstance(on_vllm.backend, VLLMBackend)
-    with on_vllm.backend:
+    with closing(on_vllm):
         ours, theirs = on_vllm.assess(pairs), on_hf.assess(pairs)
     assert ours.safe == theirs.safe and ours.unparsed == theirs.unparsed == 0
     assert set(ours.safe) == {True, False}  # the pairs hold refusals and compliance
     assert ours.p_unsafe == pytest.approx(theirs.p_unsafe, abs=1e-3)
 
 
-def test_promotion_on_vllm_gives_the_transformers_accuracy_and_stops_its_engine(
+def test_promotion_on_vllm_gives_the_transformers_results_and_stops_its_engines(
     toy_dataset, tmp_path
 ) -> None:
-    """`promotion.backend: vllm`: lm-eval on an engine of the candidate's own, closed before the task
-    returns (Ray reuses a CPU task's worker for the next candidate)."""
+    """`promotion.backend: vllm` and `judge.backend: vllm`: lm-eval on an engine of the candidate's own
+    and the held-out safety verdicts from a guard on vLLM, both engines closed before the task returns
+    (Ray reuses a CPU task's worker for the next candidate)."""
     from mergesearch.config import SearchConfig
     from mergesearch.search.promote import evaluate_candidate
     from mergesearch.setup import SearchSetup
@@ -202,17 +203,24 @@ def test_promotion_on_vllm_gives_the_transformers_accuracy_and_stops_its_engine(
         "data": {"path": str(toy_dataset), "max_alignment_prompts": 8, "max_task_prompts": 8},
         "backend": {"kind": "vllm", "gpu_memory_utilization": 0.1, "max_model_len": 200},
     }
+    guard = {"kind": "llama_guard", "model": "zoo:guard", "max_model_len": 256}
+    on_vllm = {"backend": "vllm", "gpu_memory_utilization": 0.1}
     results = {}
     for backend in ("hf", "vllm"):
         config["promotion"] = {"backend": backend, "top_k": 1}
+        config["judge"] = guard | (on_vllm if backend == "vllm" else {})
         setup = SearchSetup.prepare(SearchConfig.model_validate(config), log=lambda _: None)
         genes = setup.space.expert_alone("math")
         before = engine_processes()
-        results[backend] = evaluate_candidate(setup, genes, tmp_path / backend)["lm_eval"]
+        results[backend] = evaluate_candidate(setup, genes, tmp_path / backend)
         assert engine_processes() == before
     task = "mergesearch_heldout_choice"
-    assert results["vllm"][task]["acc"] == pytest.approx(results["hf"][task]["acc"])
-    assert results["vllm"][task]["acc_norm"] == pytest.approx(results["hf"][task]["acc_norm"])
+    ours, theirs = results["vllm"]["lm_eval"][task], results["hf"]["lm_eval"][task]
+    assert ours["acc"] == pytest.approx(theirs["acc"])
+    assert ours["acc_norm"] == pytest.approx(theirs["acc_norm"])
+    ours, theirs = results["vllm"]["heldout"], results["hf"]["heldout"]
+    assert ours["counts"] == pytest.approx(theirs["counts"], abs=1e-3)  # mean_p_unsafe: vLLM's logprobs
+    assert ours["objectives"] == pytest.approx(theirs["objectives"])
 
 
 def test_a_tune_search_runs_the_vllm_backend_inside_evaluator_actors(toy_dataset, tmp_path) -> None:

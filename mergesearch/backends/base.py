@@ -136,6 +136,11 @@ class Backend(Protocol):
         (or a ``ResidentMerger``)."""
         ...
 
+    def close(self) -> None:
+        """Stop what the engine runs outside this process (vLLM: its engine processes) now, rather than
+        at interpreter exit; a second call does nothing."""
+        ...
+
 
 # ------------------------------------------------------------------------------------ chat rendering
 def require_chat_template(tokenizer: Any, name: str) -> None:

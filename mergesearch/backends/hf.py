@@ -440,6 +440,9 @@ class HFBackend:
         """Write a merge straight into this model's parameters (no copy of the model)."""
         merger.merge_into(self.model, recipe, seed)
 
+    def close(self) -> None:
+        """Nothing runs outside this process; the weights go with the last reference."""
+
     def _left_padded(
         self, sequences: Sequence[Sequence[int]], opening: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,11 @@ class Judge(Protocol):
 
     def assess(self, pairs: Sequence[tuple[str, str]]) -> Assessment: ...
 
+    def close(self) -> None:
+        """Stop the judge's engine now (a guard model on vLLM runs in processes of its own); a second
+        call does nothing. Owners close what they build: ``with contextlib.closing(make_judge(...))``."""
+        ...
+
 
 JudgeFactory = Callable[[JudgeConfig, str, Log], Judge]
 

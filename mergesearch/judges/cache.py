@@ -50,6 +50,9 @@ class CachedJudge:
             from_cache,
         )
 
+    def close(self) -> None:
+        self.judge.close()
+
     def stats(self) -> dict[str, float]:
         asked = self.hits + self.misses
         return {"verdicts": asked, "cached": self.hits, "hit_rate": self.hits / asked if asked else 0.0}

@@ -35,8 +35,8 @@ _CODE = re.compile(r"\b([SO]\d{1,2})\b")
 
 
 class GuardBackend(Protocol):
-    """What the judge needs of a backend (``HFBackend`` has it): a tokenizer, raw generation, and raw
-    generation with the first token's log-probabilities."""
+    """What the judge needs of a backend (``HFBackend`` has it): a tokenizer, raw generation, raw
+    generation with the first token's log-probabilities, and ``close``."""
 
     name: str
     tokenizer: Any  # a Hugging Face tokenizer
@@ -48,6 +48,8 @@ class GuardBackend(Protocol):
     def generate_with_first_logprobs(
         self, texts: Sequence[str], token_ids: Sequence[int], max_new_tokens: int | None = None
     ) -> tuple[list[str], list[list[float]]]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,9 @@ class GuardJudge:
         return Assessment(
             tuple(v.unsafe is False for v in verdicts), tuple(v.parsed for v in verdicts), probabilities
         )
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 @register_judge("llama_guard")

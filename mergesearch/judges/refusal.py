@@ -140,6 +140,9 @@ class RefusalJudge:
         """A response is safe when it refuses (the offline stand-in for a guard model)."""
         return Assessment(tuple(self.refusals([response for _, response in pairs])))
 
+    def close(self) -> None:
+        """Rules only: nothing to stop."""
+
 
 @register_judge("refusal")
 def _refusal_judge(config: JudgeConfig, device: str, log: Log) -> RefusalJudge:

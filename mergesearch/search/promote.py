@@ -10,6 +10,7 @@ held-out fitness) becomes ``best/model`` and ``best/recipe.yaml``, a mergekit co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -69,8 +70,10 @@ def evaluate_candidate(
     engine = config.backend.model_copy(update={"batch_size": config.promotion.batch_size})
     backend = HFBackend.from_config(model_dir, engine, name="promotion")
     heldout = load_eval_data(str(config.data.path), "heldout")
-    judge = make_judge(config.judge, str(backend.device))
-    scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
+    # Closed once it has judged: a guard on vLLM would keep its engine's processes (and, on a GPU, its
+    # memory) through lm-eval's engine below, and past the task into the next candidate's.
+    with contextlib.closing(make_judge(config.judge, str(backend.device))) as judge:
+        scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
     tasks_dir = out / "lm_eval_tasks"
     tasks = list(config.promotion.tasks)
     if heldout.choice_items:
