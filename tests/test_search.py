@@ -19,10 +19,10 @@ from mergesearch.search.run_dir import PENALTY, RunDir
 from mergesearch.setup import SearchSetup
 
 
-def search(config: SearchConfig, path: Path, log=lambda _: None) -> RunDir:
+def search(config: SearchConfig, path: Path, log=lambda _: None, kept=None) -> RunDir:
     from mergesearch.search.tuner import run_search
 
-    return run_search(SearchSetup.prepare(config, log), RunDir(path), log=log)
+    return run_search(SearchSetup.prepare(config, log), RunDir(path), log=log, kept=kept)
 
 
 def config_for(toy_dataset: Path, **changes) -> SearchConfig:
@@ -44,12 +44,23 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def kept_actors(local_ray):
+    """Evaluators kept from one searcher's search to the next, as `reproduce` keeps them: what differs
+    between searchers is the proposals, not the actors that score them."""
+    from mergesearch.actors import KeptActors
+
+    kept = KeptActors()
+    yield kept
+    kept.close()
+
+
 @pytest.mark.parametrize("searcher", sorted(SEARCHERS))
-def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, local_ray, tmp_path) -> None:
+def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, kept_actors, tmp_path) -> None:
     spec = SEARCHERS.get(searcher)
     merge = {"gates": {"kind": "threshold"}} if spec.needs_gates else {}  # it selects experts
     config = config_for(toy_dataset, search={"name": searcher}, merge=merge)
-    trials = search(config, tmp_path / "run").trials()
+    trials = search(config, tmp_path / "run", kept=kept_actors).trials()
     assert len({t.trial_id for t in trials}) == len(trials) == 4
     assert all(t.ok and 0 <= t.fitness <= 1 and 0 <= t.objectives["safety"] <= 1 for t in trials)
     assert len({json.dumps(t.genes, sort_keys=True) for t in trials}) == 4  # four different genomes
@@ -57,6 +68,15 @@ def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, loc
     if searcher != "grid" and spec.takes_warm_starts:  # the others start from the uniform merge
         uniform = {f"w.{e}.g0": 1 / 3 for e in ("aligned", "math", "facts")}
         assert any(all(math.isclose(t.genes[k], v, abs_tol=1e-6) for k, v in uniform.items()) for t in trials)
+
+
+def test_a_search_starts_its_own_actors_beside_those_another_keeps_for_a_run_of_the_same_name(
+    toy_dataset, kept_actors, tmp_path
+) -> None:
+    config = config_for(toy_dataset, search={"num_trials": 2})
+    search(config, tmp_path / "kept" / "run", kept=kept_actors)
+    assert len(search(config, tmp_path / "own" / "run").trials()) == 2
+    assert kept_actors.actors is not None and kept_actors.actors.alive()
 
 
 def test_a_failing_merge_is_a_recorded_penalty_and_the_search_finishes(
@@ -74,7 +94,7 @@ def test_a_failing_merge_is_a_recorded_penalty_and_the_search_finishes(
     assert all(t.fitness == PENALTY and "epsilon" in t.error for t in failed)
 
 
-def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, local_ray, tmp_path) -> None:
+def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, kept_actors, tmp_path) -> None:
     from mergesearch.backends.hf import HFBackend
     from mergesearch.data.eval_split import load_eval_data
     from mergesearch.judges.base import make_judge
@@ -84,7 +104,7 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, l
     from mergesearch.search.promote import promote
 
     config = config_for(toy_dataset, search={"num_trials": 5})
-    run = search(config, tmp_path / "run")
+    run = search(config, tmp_path / "run", kept=kept_actors)
     board = promote(run, log=lambda _: None)
     write_report(run)
     for path in (
@@ -112,14 +132,14 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, l
 
 
 def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refused(
-    toy_dataset, local_ray, tmp_path
+    toy_dataset, kept_actors, tmp_path
 ) -> None:
     from mergesearch.errors import UserError
 
     config = config_for(toy_dataset, search={"num_trials": 2})
-    before = search(config, tmp_path / "run").trials()
+    before = search(config, tmp_path / "run", kept=kept_actors).trials()
     messages: list[str] = []
-    assert search(config, tmp_path / "run", log=messages.append).trials() == before
+    assert search(config, tmp_path / "run", log=messages.append, kept=kept_actors).trials() == before
     assert "nothing to run" in messages[-1]
     with pytest.raises(UserError, match="different config"):
         search(config_for(toy_dataset, search={"num_trials": 3, "seed": 1}), tmp_path / "run")
@@ -181,11 +201,11 @@ class RunsCodeWhenUnpickled:
         return (open, (str(self.marker), "w"))
 
 
-def test_resuming_a_run_dir_never_unpickles_what_is_in_it(toy_dataset, local_ray, tmp_path) -> None:
+def test_resuming_a_run_dir_never_unpickles_what_is_in_it(toy_dataset, kept_actors, tmp_path) -> None:
     import pickle
 
     config = config_for(toy_dataset, search={"num_trials": 5, "queued_per_evaluator": 0})
-    run = search(config, tmp_path / "run")
+    run = search(config, tmp_path / "run", kept=kept_actors)
     whole = run.trials()
     run.write_trials(whole[:3], list(whole[0].genes))  # as if the driver died after three trials
     marker = tmp_path / "code-ran"
@@ -193,7 +213,7 @@ def test_resuming_a_run_dir_never_unpickles_what_is_in_it(toy_dataset, local_ray
     for path in planted:
         path.write_bytes(pickle.dumps(RunsCodeWhenUnpickled(marker)))
     messages: list[str] = []
-    resumed = search(config, run.root, log=messages.append).trials()
+    resumed = search(config, run.root, log=messages.append, kept=kept_actors).trials()
     assert not marker.exists()
     assert any("3 finished trial(s) replayed into a fresh cma searcher" in m for m in messages)
     assert [t.genes for t in resumed] == [t.genes for t in whole]  # the same searcher, rebuilt
@@ -234,10 +254,11 @@ def test_a_time_budget_ends_the_search_early(toy_dataset, local_ray, tmp_path) -
 
 
 def test_a_guard_judge_search_runs_when_the_actors_hold_every_core(
-    zoo_dir, toy_dataset, local_ray, tmp_path
+    zoo_dir, toy_dataset, kept_actors, tmp_path
 ) -> None:
     """Evaluator (1 CPU) + guard judge actor (1 CPU) on a 2-CPU Ray: trials must need no CPU of their own,
     or Tune waits forever for a slot (the time budget turns that wait into a failure here)."""
+    kept_actors.close()  # the kept evaluator gives its core back
     config = config_for(
         toy_dataset,
         judge={"kind": "llama_guard", "model": str(zoo_dir / "guard")},

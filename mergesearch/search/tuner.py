@@ -17,6 +17,7 @@ The trials that were in flight when the driver died are proposed again, first; f
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -105,6 +106,9 @@ def warm_starts(space: GenomeSpace, kinds: Sequence[str], log: Log = print) -> l
     return distinct
 
 
+_SEARCHES = itertools.count()  # this driver's searches, for the names of their actors
+
+
 def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActors | None = None) -> RunDir:
     """Run (or resume) the search of ``setup`` in ``run``. Its evaluator and judge actors are ``kept``'s
     when given (started there if it holds none for these models, and left running), else its own."""
@@ -177,7 +181,9 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
         log(line)
     own = kept is None
     kept = kept or KeptActors()
-    tag = f"{run.name}-{os.getpid()}"
+    # Named actors share the cluster's namespace: the tag tells this search's apart from another
+    # driver's and from those an earlier search of this driver keeps (which may have the same run name).
+    tag = f"{run.name}-{os.getpid()}-{next(_SEARCHES)}"
     actors = kept.for_search(setup, tag)
     router_name = f"router-{tag}"
     router = start_router(router_name, actors.evaluators)
