@@ -377,24 +377,30 @@ def data_stats(path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ search
 def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, baseline: bool) -> Path:
+    # Each check imports only what it needs, so a bad input is answered before Tune, Ray and lm-eval's
+    # runner are imported (they take seconds to load, longer than most checks take to run).
     from mergesearch.config import load_config
-    from mergesearch.objectives.lm_eval_tasks import check_tasks
-    from mergesearch.plan import check_plan, plan_actors, this_machine
+
+    config = load_config(config_path)
+    from mergesearch.search.run_dir import RunDir
+    from mergesearch.setup import SearchSetup
+
+    run = RunDir(run_dir or Path("runs") / config.name)
+    setup = SearchSetup.prepare(config, log=_progress)  # every model checked before the run dir is made
+    if promote:  # a mistyped lm-eval task is named now, not after the search
+        from mergesearch.objectives.lm_eval_tasks import check_tasks
+
+        check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
+    if not os.environ.get("RAY_ADDRESS"):  # a local search's plan, before minutes of data generation
+        from mergesearch.plan import check_plan, plan_actors, this_machine
+
+        check_plan(plan_actors(setup), [this_machine()], "this machine", together=True)
     from mergesearch.report import summary_table, write_report
     from mergesearch.search.baselines import run_baselines
     from mergesearch.search.pipeline import prepare_data
     from mergesearch.search.promote import promote as promote_run
-    from mergesearch.search.run_dir import RunDir
     from mergesearch.search.tuner import run_search
-    from mergesearch.setup import SearchSetup
 
-    config = load_config(config_path)
-    run = RunDir(run_dir or Path("runs") / config.name)
-    setup = SearchSetup.prepare(config, log=_progress)  # every model checked before the run dir is made
-    if promote:  # a mistyped lm-eval task is named now, not after the search
-        check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
-    if not os.environ.get("RAY_ADDRESS"):  # a local search's plan, before minutes of data generation
-        check_plan(plan_actors(setup), [this_machine()], "this machine", together=True)
     setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
     run_search(setup, run, log=_progress)
     if baseline:
