@@ -65,6 +65,11 @@ class Answerer:
         self.refusal = RefusalJudge()
         self.judge = make_judge(spec.judge, device, log)
 
+    def close(self) -> None:
+        """Stops the judge's engine (a guard on vLLM runs processes of its own); the experts, in
+        transformers, hold nothing to stop. A second call does nothing."""
+        self.judge.close()
+
     def answer(self, rows: Sequence[Row]) -> list[Row]:
         """Each row answered (response set) or dropped (response None, reason in provenance), in order."""
         done: dict[int, Row] = {}

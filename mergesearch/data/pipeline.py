@@ -3,15 +3,18 @@
 Generation and answering run in *workers* that load their models once (``GenerateWorker``,
 ``AnswerWorker``). Locally they are called in-process batch by batch; on a cluster the very same classes
 run as Ray Data ``map_batches`` actor pools, fed the same batches, so both paths give the same rows.
+A worker is closed when its batches are done: in-process by ``_run``, in a pool through ``__del__``,
+which Ray Data calls as it shuts each actor down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -23,6 +26,12 @@ from mergesearch.errors import UserError
 from mergesearch.runtime import ray_session
 
 Log = Callable[[str], None]
+
+
+class Worker(Protocol):
+    def __call__(self, batch: pa.Table) -> pa.Table: ...
+
+    def close(self) -> None: ...
 
 
 class GenerateWorker:
@@ -42,6 +51,9 @@ class GenerateWorker:
             out["report"].append(json.dumps(report.to_dict()))
         return pa.table(out)
 
+    def close(self) -> None:
+        """Nothing to stop: generators run in transformers or from templates."""
+
 
 class AnswerWorker:
     """Holds the experts (and guard); answers a batch of prompt rows."""
@@ -59,13 +71,20 @@ class AnswerWorker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table(self.answerer.answer(from_table(batch)))
 
+    def close(self) -> None:
+        self.answerer.close()
+
+    def __del__(self) -> None:  # Ray Data's pool: its graceful actor shutdown calls this
+        if "answerer" in vars(self):  # not when __init__ raised
+            self.close()
+
 
 def _chunks(table: pa.Table, size: int) -> list[pa.Table]:
     return [table.slice(start, size) for start in range(0, table.num_rows, size)] or [table]
 
 
 def _run(
-    worker: type,
+    worker: Callable[..., Worker],
     args: dict[str, Any],
     tables: list[pa.Table],
     use_ray: bool,
@@ -75,12 +94,12 @@ def _run(
 ) -> pa.Table:
     """Apply ``worker`` to each table: in-process, or as a Ray Data actor pool with one table per batch."""
     if not use_ray:
-        instance = worker(**args)
         done = []
-        for i, table in enumerate(tables, 1):
-            done.append(instance(table))
-            if i == len(tables) or i % 10 == 0:
-                log(f"{what}: batch {i}/{len(tables)}")
+        with contextlib.closing(worker(**args)) as instance:
+            for i, table in enumerate(tables, 1):
+                done.append(instance(table))
+                if i == len(tables) or i % 10 == 0:
+                    log(f"{what}: batch {i}/{len(tables)}")
         return pa.concat_tables(done)
     import ray
 
