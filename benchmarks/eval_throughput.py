@@ -58,8 +58,8 @@ def dataset(zoo: Path) -> Path:
     return folder
 
 
-def make(kind: str, base: Path, batch_size: int, max_new_tokens: int) -> Backend:
-    config = BackendConfig(kind=kind, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens)
+def make(kind: str, base: Path, batch_size: int, max_new_tokens: int, device: str) -> Backend:
+    config = BackendConfig(kind=kind, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return make_backend(base, config, name=kind)
 
 
@@ -71,9 +71,10 @@ def bench(
     genomes: int,
     batch_size: int,
     max_new_tokens: int,
+    device: str,
 ) -> dict:
     started = time.perf_counter()
-    backend = make(kind, base, batch_size, max_new_tokens)
+    backend = make(kind, base, batch_size, max_new_tokens, device)
     merger = backend.resident_merger(base, experts, "float32")
     load_s = time.perf_counter() - started
     space = GenomeSpace("task_arithmetic", list(experts), merger.num_layers, bounds={"weight": (0.2, 1.0)})
@@ -84,6 +85,8 @@ def bench(
         genome = {name: rng.uniform(*bounds) for name, bounds in space.gene_bounds().items()}
         t = time.perf_counter()
         backend.merge_from(merger, space.decode(genome))
+        if device == "cuda":  # the merge's kernels run asynchronously: count them in the merge
+            torch.cuda.synchronize()
         merge_s = time.perf_counter() - t
         scores = score_model(backend, data, judge, FITNESS, max_new_tokens)
         runs.append({"merge": merge_s, **scores.timings, "fitness": scores.fitness})
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--backends", default="hf,vllm")
     parser.add_argument("--genomes", type=int, default=3, help="timed genomes after the warm-up one")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument(
         "--prompts", type=int, default=64, help="harmful prompts and task items per kind (benign: half)"
@@ -156,7 +160,9 @@ def main() -> None:
     for label in args.models.split(","):
         base, experts = (zoo / "base", {e: zoo / e for e in EXPERTS}) if label == "toy" else smollm2_pool()
         pools[label] = {
-            kind: bench(kind, base, experts, data, args.genomes, args.batch_size, args.max_new_tokens)
+            kind: bench(
+                kind, base, experts, data, args.genomes, args.batch_size, args.max_new_tokens, args.device
+            )
             for kind in backends
         }
         if {"hf", "vllm"} <= set(pools[label]):
@@ -167,7 +173,7 @@ def main() -> None:
 
     result = {
         "benchmark": "eval_throughput",
-        "device": "cpu",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "data": {
             "harmful": len(data.harmful),
             "benign": len(data.benign),

@@ -224,6 +224,7 @@ def main() -> None:
         result["pool_on_device"] = measure(
             base, two, device, "gpu", args.repeats, model, pool_bytes, bandwidth
         )
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")  # kept if the host part dies
         if cuda:
             h2d = host_to_device_bandwidth()
             result["host_to_device_gib_s"] = round(h2d / 2**30, 1)
