@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from mergesearch.errors import UserError
@@ -78,3 +79,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> None
         configure_logging=False,
         **({} if address else local),
     )
+
+
+def withheld_gpu() -> bool:
+    """Whether this process is a Ray worker (actor or task) that Ray gave no GPU share. Ray 2.60 leaves
+    such a worker's CUDA_VISIBLE_DEVICES as it found it, so torch still sees the node's GPUs, and a
+    device of ``auto`` would take one the scheduler never counted (seen on an H100: tests/test_cuda.py)."""
+    ray = sys.modules.get("ray")  # a process that never imported Ray is no Ray worker
+    if ray is None or not ray.is_initialized():
+        return False
+    return ray.get_runtime_context().worker.mode == ray.WORKER_MODE and not ray.get_gpu_ids()

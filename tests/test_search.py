@@ -55,6 +55,16 @@ def kept_actors(local_ray):
     kept.close()
 
 
+def test_auto_never_takes_a_gpu_that_ray_did_not_give_the_worker(local_ray) -> None:
+    """Ray leaves a GPU visible to a worker given no GPU share (tests/test_cuda.py sees it on a GPU)."""
+    import ray
+
+    from mergesearch.runtime import withheld_gpu
+
+    assert not withheld_gpu()  # the driver computes on its own machine's devices
+    assert ray.get(ray.remote(num_cpus=0, num_gpus=0)(withheld_gpu).remote())
+
+
 @pytest.mark.parametrize("searcher", sorted(SEARCHERS))
 def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, kept_actors, tmp_path) -> None:
     spec = SEARCHERS.get(searcher)

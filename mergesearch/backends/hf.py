@@ -38,6 +38,7 @@ from mergesearch.backends.base import (
 )
 from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
+from mergesearch.runtime import withheld_gpu
 
 if TYPE_CHECKING:
     from mergesearch.merge.recipe import MergeRecipe
@@ -50,9 +51,10 @@ SHARED_OPENING_MIN = 8
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when there is one; ``cuda`` on a machine without it is named, not a torch assertion."""
+    """``auto``: CUDA when there is one that this process may take (a Ray worker given no GPU share
+    computes on the CPU); ``cuda`` on a machine without it is named, not a torch assertion."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() and not withheld_gpu() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r}: this machine has no CUDA GPU (or torch was built without CUDA)")
     return torch.device(device)
