@@ -24,12 +24,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig
 
+from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
@@ -81,19 +83,23 @@ def tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def write_models(root: Path, config: LlamaConfig, experts: int) -> tuple[Path, dict[str, Path]]:
-    """base + 2 distinct experts on disk; further experts are folders linking to those files."""
-    generator = torch.Generator().manual_seed(0)
+def write_models(
+    root: Path, config: LlamaConfig, experts: int, device: torch.device
+) -> tuple[Path, dict[str, Path]]:
+    """base + 2 distinct experts on disk; further experts are folders linking to those files. The values
+    are drawn on ``device`` (an 8B model's draws take minutes on a CPU) and written from host RAM."""
+    generator = torch.Generator(device).manual_seed(0)
+
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device).cpu()
+
     shapes = tensor_shapes(config)
-    base_state = {k: torch.randn(s, generator=generator).mul_(0.02).bfloat16() for k, s in shapes.items()}
+    base_state = {k: draw(s).mul_(0.02).bfloat16() for k, s in shapes.items()}
     folders: dict[str, Path] = {}
     for name in ("base", "e0", "e1"):
         state = base_state
         if name != "base":
-            state = {
-                k: (v.float() + 0.002 * torch.randn(v.shape, generator=generator)).bfloat16()
-                for k, v in base_state.items()
-            }
+            state = {k: (v.float() + 0.002 * draw(v.shape)).bfloat16() for k, v in base_state.items()}
         folder = root / name
         folder.mkdir()
         config.save_pretrained(folder)
@@ -161,13 +167,17 @@ def host_to_device_bandwidth() -> float:
     return source.numel() / best
 
 
-def measure(base, experts, device, pool, repeats, model, model_bytes, limit_bytes_per_s) -> dict:
+def measure(
+    base, experts, device, pool, repeats, model, model_bytes, limit_bytes_per_s, methods, keep
+) -> dict:
     """Per method: ms per genome, the bytes the limit counts, and the share of that limit reached. The
     device pool's limit is the device copy bandwidth over base + task vectors read and the result written;
-    the host pool's is the host-to-device bandwidth over base + task vectors crossing."""
+    the host pool's is the host-to-device bandwidth over base + task vectors crossing. A pool that the
+    merger's own check refuses (TIES keeps sorted magnitudes too) is recorded with that check's line;
+    ``keep`` is called with the rows after each method (a long run keeps what it measured)."""
     rows: dict = {}
     moved = model_bytes * (len(experts) + (2 if pool == "gpu" else 1))
-    for method in METHODS:
+    for method in methods:
         merger = None
         try:
             merger = ResidentMerger(
@@ -182,6 +192,8 @@ def measure(base, experts, device, pool, repeats, model, model_bytes, limit_byte
             seconds = time_merges(merger, model, method, tuple(experts), repeats)
         except torch.cuda.OutOfMemoryError as error:
             rows[method] = {"error": f"out of memory: {str(error).splitlines()[0]}"}
+        except UserError as error:  # the pool-fit check, before anything is loaded
+            rows[method] = {"error": str(error)}
         else:
             rows[method] = {
                 "per_genome_ms": round(seconds * 1000, 2),
@@ -191,6 +203,7 @@ def measure(base, experts, device, pool, repeats, model, model_bytes, limit_byte
         del merger
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        keep(rows)
     return rows
 
 
@@ -202,6 +215,12 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: llama3-8b on CUDA")
     parser.add_argument("--host-experts", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS), help="for the pool on the device")
+    parser.add_argument(
+        "--host-methods",
+        default=",".join(METHODS),
+        help="for the pool in host RAM (TIES sorts its magnitudes there, on the CPU: minutes at 8B)",
+    )
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -217,24 +236,49 @@ def main() -> None:
         "includes": "merge into the live model's parameters only; warm-up (and compilation) untimed",
     }
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        base, experts = write_models(Path(tmp), config, max(2, args.host_experts if cuda else 2))
+        base, experts = write_models(Path(tmp), config, max(2, args.host_experts if cuda else 2), device)
         model = live_model(config, device)
         pool_bytes = params * 2
         two = {k: experts[k] for k in ("e0", "e1")}
+
+        def keep(section: str) -> Callable[[dict], None]:
+            return lambda rows: save(args.out, result | {section: rows})
+
         result["pool_on_device"] = measure(
-            base, two, device, "gpu", args.repeats, model, pool_bytes, bandwidth
+            base,
+            two,
+            device,
+            "gpu",
+            args.repeats,
+            model,
+            pool_bytes,
+            bandwidth,
+            args.methods.split(","),
+            keep("pool_on_device"),
         )
-        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")  # kept if the host part dies
         if cuda:
             h2d = host_to_device_bandwidth()
             result["host_to_device_gib_s"] = round(h2d / 2**30, 1)
             result["pool_in_host_ram"] = measure(
-                base, experts, device, "host", args.repeats, model, pool_bytes, h2d
+                base,
+                experts,
+                device,
+                "host",
+                args.repeats,
+                model,
+                pool_bytes,
+                h2d,
+                args.host_methods.split(","),
+                keep("pool_in_host_ram"),
             )
         else:
             result["note"] = "no CUDA: the pool is in host RAM either way; host-pool rows skipped"
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     json.dump(result, sys.stdout, indent=2)
+
+
+def save(out: Path, result: dict) -> None:
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
