@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from mergesearch.config import DTYPE_BYTES, EngineConfig, read_yaml
 from mergesearch.errors import UserError
-from mergesearch.merge.compact import expansion_bytes
+from mergesearch.merge.compact import expansion_bytes, load_bytes
 from mergesearch.merge.compact import pool_bytes as compact_pool_bytes
 from mergesearch.merge.spec import get_method
 from mergesearch.model_files import model_config, tensor_shapes
@@ -173,8 +173,12 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
         Holding(f"base ({dtype}{pinned})", pool, pool_bytes),
         Holding(f"{n} task vectors ({form.form}, {dtype}{pinned})", pool, n * tau_bytes),
     ]
-    if method.uses_magnitude_order and form.form == "dense":
+    sorts = method.uses_magnitude_order and form.form == "dense"
+    if sorts:
         evaluator.append(Holding(f"{n} sorted |task vector|s ({dtype})", pool, n * pool_bytes))
+    load = load_bytes(base.shapes) - (n * pool_bytes if sorts else 0)  # the sorted copies come after it
+    if load > 0:
+        evaluator.append(Holding("load: an expert's tensor and the base's (float32)", pool, load))
     if form.form != "dense":
         merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"
         work = expansion_bytes(base.shapes, DTYPE_BYTES[dtype], n, form)

@@ -17,6 +17,7 @@ from mergesearch.config import FitnessConfig, SearchConfig
 from mergesearch.data.eval_split import load_eval_data
 from mergesearch.judges.llama_guard import GuardJudge
 from mergesearch.merge.genome import GenomeSpace
+from mergesearch.merge.resident import ResidentMerger
 from mergesearch.merge.spec import get_method
 from mergesearch.objectives.evaluate import Scores, score_model
 
@@ -70,6 +71,18 @@ def test_a_pool_in_host_ram_merges_what_a_pool_on_the_gpu_merges(zoo_dir, method
     drawn on the GPU either way) must not depend on where the pool lives."""
     on_gpu = weights(merged_backend(zoo_dir, method, "cuda", pool="gpu"))
     assert_same_weights(weights(merged_backend(zoo_dir, method, "cuda", pool="host")), on_gpu)
+
+
+def test_the_pool_loads_within_what_its_fit_check_counts(zoo_dir) -> None:
+    """The check counts the pool and the load's work, one expert tensor at a time. A load that held a
+    whole expert in float32 ran an 8B pool out of memory on an 80 GB H100 that the check let through."""
+    experts = {e: zoo_dir / e for e in EXPERTS}
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    merger = ResidentMerger(zoo_dir / "base", experts, "bfloat16", "cuda", log=lambda _: None)
+    peak = torch.cuda.max_memory_allocated() - before
+    assert merger.estimate_bytes <= peak <= merger.estimate_bytes + merger.load_bytes
 
 
 def scores_on(device: str, zoo_dir: Path, toy_dataset: Path) -> tuple[Scores, list[str]]:

@@ -81,6 +81,12 @@ def expansion_bytes(
     return experts * element * max(math.prod(shape) for shape in shapes.values())
 
 
+def load_bytes(shapes: Mapping[str, Shape]) -> int:
+    """Work memory the pool's load needs where the pool is kept: an expert's tensor and the base's in
+    float32 (the task vector is their difference, taken in float32), one tensor at a time."""
+    return 2 * 4 * max(math.prod(shape) for shape in shapes.values())
+
+
 class CompactTaskVectors(Mapping[str, torch.Tensor]):
     """One expert's task vector by tensor name; reading a tensor moves its parts to ``device`` (the
     merge's: a host pool sends the compact parts, not the expansion) and expands it there."""

@@ -24,7 +24,13 @@ from safetensors import safe_open
 
 from mergesearch.config import TaskVectorsConfig
 from mergesearch.errors import UserError
-from mergesearch.merge.compact import CompactTaskVectors, expansion_bytes, get_form, pool_bytes
+from mergesearch.merge.compact import (
+    CompactTaskVectors,
+    expansion_bytes,
+    get_form,
+    load_bytes,
+    pool_bytes,
+)
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import MergeMethod, get_method
 from mergesearch.model_files import model_config, tensor_shapes, weight_files
@@ -33,16 +39,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PoolPlace = Literal["gpu", "host", "disk"]
 
 
-def read_tensors(
-    folder: Path, dtype: torch.dtype, device: torch.device, pin: bool = False
-) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
+def iter_tensors(
+    folder: Path, dtype: torch.dtype, device: torch.device
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A model's tensors one at a time, each in ``dtype`` on ``device``."""
     for file in weight_files(folder):
         with safe_open(str(file), "pt", device="cpu") as fh:
             for key in fh.keys():
-                tensor = fh.get_tensor(key).to(device=device, dtype=dtype)
-                tensors[key] = tensor.pin_memory() if pin else tensor
-    return tensors
+                yield key, fh.get_tensor(key).to(device=device, dtype=dtype)
+
+
+def read_tensors(
+    folder: Path, dtype: torch.dtype, device: torch.device, pin: bool = False
+) -> dict[str, torch.Tensor]:
+    return {key: t.pin_memory() if pin else t for key, t in iter_tensors(folder, dtype, device)}
 
 
 def sorted_magnitudes(tensor: torch.Tensor) -> torch.Tensor:
@@ -159,10 +169,14 @@ class ResidentMerger:
         self.estimate_bytes = 0 if pool == "disk" else dense_bytes + len(expert_dirs) * per_expert
         # Work memory on the merge's device: compact task vectors expanded one tensor at a time.
         self.expansion_bytes = expansion_bytes(shapes, element, len(expert_dirs), self.form)
+        # and on the pool's while it loads, beyond the sorted magnitudes that come after the load
+        sorted_bytes = len(expert_dirs) * dense_bytes if sort_magnitudes else 0
+        self.load_bytes = max(0, load_bytes(shapes) - sorted_bytes)
         storage = self.device if pool == "gpu" else torch.device("cpu")
         if pool != "disk":
             limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(storage)
-            needed = self.estimate_bytes + (self.expansion_bytes if storage == self.device else 0)
+            work = max(self.load_bytes, self.expansion_bytes if storage == self.device else 0)
+            needed = self.estimate_bytes + work
             log(
                 f"resident merger: base + {len(expert_dirs)} {self.form.form} task vectors need about "
                 f"{needed / 2**20:.0f} MiB on {storage} ({limit / 2**20:.0f} MiB available)"
@@ -201,11 +215,12 @@ class ResidentMerger:
         self.task_vectors = {}
         form = get_form(self.form.form)
         for name, folder in expert_dirs.items():
-            weights = read_tensors(folder, torch.float32, storage)  # subtract in fp32, store in dtype
-            self._check_finite(name, weights)
             held: dict[str, Any] = {}
-            for key in list(weights):
-                tau = weights.pop(key).sub_(self.base[key].float())  # the expert becomes its task vector
+            # Tensor by tensor: a whole expert in float32 next to the pool would not fit where the pool
+            # just does (an 8B expert is 32 GB: out of memory on an 80 GB H100 with a 45 GB pool).
+            for key, weight in iter_tensors(folder, torch.float32, storage):  # subtract in fp32
+                self._check_finite(name, {key: weight})
+                tau = weight.sub_(self.base[key].float())  # the expert's tensor becomes its task vector
                 kept = form.compress(tau, self.dtype, self.form)
                 held[key] = kept.pin_memory() if pin else kept
             self.task_vectors[name] = (
