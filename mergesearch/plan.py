@@ -176,8 +176,8 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
     sorts = method.uses_magnitude_order and form.form == "dense"
     if sorts:
         evaluator.append(Holding(f"{n} sorted |task vector|s ({dtype})", pool, n * pool_bytes))
-    load = load_bytes(base.shapes) - (n * pool_bytes if sorts else 0)  # the sorted copies come after it
-    if load > 0:
+    load = load_bytes(base.shapes, n * pool_bytes if sorts else 0)
+    if load:
         evaluator.append(Holding("load: an expert's tensor and the base's (float32)", pool, load))
     if form.form != "dense":
         merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"

@@ -81,10 +81,11 @@ def expansion_bytes(
     return experts * element * max(math.prod(shape) for shape in shapes.values())
 
 
-def load_bytes(shapes: Mapping[str, Shape]) -> int:
+def load_bytes(shapes: Mapping[str, Shape], sorted_bytes: int = 0) -> int:
     """Work memory the pool's load needs where the pool is kept: an expert's tensor and the base's in
-    float32 (the task vector is their difference, taken in float32), one tensor at a time."""
-    return 2 * 4 * max(math.prod(shape) for shape in shapes.values())
+    float32 (the task vector is their difference, taken in float32), one tensor at a time; beyond the
+    ``sorted_bytes`` of sorted magnitudes, which are made after the load, in memory it gave back."""
+    return max(0, 2 * 4 * max(math.prod(shape) for shape in shapes.values()) - sorted_bytes)
 
 
 class CompactTaskVectors(Mapping[str, torch.Tensor]):

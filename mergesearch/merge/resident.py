@@ -169,9 +169,8 @@ class ResidentMerger:
         self.estimate_bytes = 0 if pool == "disk" else dense_bytes + len(expert_dirs) * per_expert
         # Work memory on the merge's device: compact task vectors expanded one tensor at a time.
         self.expansion_bytes = expansion_bytes(shapes, element, len(expert_dirs), self.form)
-        # and on the pool's while it loads, beyond the sorted magnitudes that come after the load
-        sorted_bytes = len(expert_dirs) * dense_bytes if sort_magnitudes else 0
-        self.load_bytes = max(0, load_bytes(shapes) - sorted_bytes)
+        # and on the pool's while it loads
+        self.load_bytes = load_bytes(shapes, len(expert_dirs) * dense_bytes if sort_magnitudes else 0)
         storage = self.device if pool == "gpu" else torch.device("cpu")
         if pool != "disk":
             limit = memory_limit_bytes if memory_limit_bytes is not None else available_memory(storage)
