@@ -30,6 +30,7 @@
   Reported: the wall clock (from the search's start: Ray and actor start-up included, the same for
   all) at which each one's best full-fidelity trial first reaches the held-out fitness the
   full-fidelity search ends with (held-out: the dataset's held-out split, scored in this process),
+  the start-up before the first evaluation began (``startup_s``, part of that wall clock),
   genomes evaluated in full and trials stopped (counted apart), and per seed the ratio of the
   full-fidelity search's time to reach it to each variant's; mean and spread over seeds.
   ``--resume``: the seeds ``--out`` already holds for these settings are kept, and only the rest run
@@ -297,6 +298,12 @@ def best_so_far(trials: list[TrialResult], started: float) -> list[tuple[float, 
     return steps
 
 
+def first_evaluation_began(trials: list[TrialResult]) -> float:
+    """When the evaluator began its first genome: the search's start-up (Ray, actors, loads) lies before.
+    A trial's evaluator seconds leave out its waits, so for a later trial this is a time after its start."""
+    return min(t.finished_at - t.timings.get("evaluator", 0.0) for t in trials)
+
+
 def code_version() -> str:
     """The commit measured (``+dirty`` when tracked files other than results differ from it): seeds
     resumed later name theirs."""
@@ -350,6 +357,7 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: 
                 "stopped_early": sum(t.ok and not t.full for t in done),
                 "failed": sum(not t.ok for t in done),
                 "wall_s": round(max(t.finished_at for t in done) - started, 1),
+                "startup_s": round(first_evaluation_began(done) - started, 1),
                 "steps": [(s, heldout(t.genes)) for s, t in steps],
             }
             stderr(f"search {name} seed {seed}: {len(done)} trials, {runs[name]['wall_s']} s")
