@@ -30,9 +30,10 @@
   Reported: the wall clock (from the search's start: Ray and actor start-up included, the same for
   all) at which each one's best full-fidelity trial first reaches the held-out fitness the
   full-fidelity search ends with (held-out: the dataset's held-out split, scored in this process),
-  the start-up before the evaluator's first call began (``startup_s``, part of that wall clock: Ray and
-  the actors; the one-off work inside the first evaluation, the pool's load, its first TIES sort and
-  the guard's load, is not in it: the first trial's ``load``, ``merge`` and ``judge`` timings show it),
+  the start-up before the evaluator's first call began (``startup_s``, at most; part of that wall
+  clock: Ray and the actors; the one-off work inside the first evaluation, the pool's load, its first
+  TIES sort and the guard's load, is not in it: the first trial's ``load``, ``merge`` and ``judge``
+  timings show it),
   genomes evaluated in full and trials stopped (counted apart), and per seed the ratio of the
   full-fidelity search's time to reach it to each variant's; mean and spread over seeds.
   ``--resume``: the seeds ``--out`` already holds for these settings are kept, and only the rest run
@@ -301,8 +302,9 @@ def best_so_far(trials: list[TrialResult], started: float) -> list[tuple[float, 
 
 
 def first_evaluation_began(trials: list[TrialResult]) -> float:
-    """When the evaluator began its first call: Ray's and the actors' start-up lie before it. A trial's
-    evaluator seconds leave out its waits, so for a later trial this is a time after its start."""
+    """When the evaluator began its first call (at most): Ray's and the actors' start-up lie before it.
+    A trial's evaluator seconds leave out the waits between its calls (multi-fidelity), so for such a
+    trial this is a time after its start."""
     return min(t.finished_at - t.timings.get("evaluator", 0.0) for t in trials)
 
 
