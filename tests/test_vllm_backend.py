@@ -74,6 +74,20 @@ def test_close_stops_the_engine_processes_and_a_second_close_does_nothing(zoo_di
     assert not engine_processes() & started
 
 
+def test_close_returns_once_the_engine_processes_vllm_killed_have_exited(zoo_dir) -> None:
+    """vLLM SIGKILLs an engine that outlives its grace period and returns at once, its worker still
+    holding the model (on a GPU, the memory the next engine needs): close waits for them to exit."""
+    import psutil
+
+    before = engine_processes()
+    backend = VLLMBackend.from_pretrained(zoo_dir / "base", CONFIG, **ENGINE)
+    started = [psutil.Process(pid) for pid in engine_processes() - before]
+    backend.llm.llm_engine.engine_core.shutdown(timeout=0)  # no grace period: vLLM kills them now
+    backend.close()
+    assert started
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_engine_settings_come_from_the_config(engine) -> None:
     model_config = engine.llm.llm_engine.model_config
     assert model_config.max_model_len == 200 == engine.max_model_len

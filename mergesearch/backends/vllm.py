@@ -16,8 +16,11 @@ left truncation); ``sleep`` / ``wake_up`` free the accelerator for a judge shari
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +38,7 @@ from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
 
 if TYPE_CHECKING:
+    import psutil
     import torch
 
     from mergesearch.merge.recipe import MergeRecipe
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
 
 
 UNTESTED_OK = "MERGESEARCH_UNTESTED_VLLM"
+ENGINE_EXIT_S = 30.0  # how long ``close`` waits for the engine's processes once vLLM has stopped them
+
+log = logging.getLogger(__name__)
 
 
 def tested_vllm() -> str:
@@ -248,7 +255,13 @@ class VLLMBackend:
         """Stop the engine's processes now; a second call does nothing. Left to interpreter exit, vLLM
         stops it from an exit hook, beside its engine-monitor thread, while Python finalises: a CI run
         of the vLLM tests printed "9 passed" and still failed there."""
-        self.llm.llm_engine.engine_core.shutdown()
+        engine_core = self.llm.llm_engine.engine_core
+        processes = engine_processes(engine_core)
+        engine_core.shutdown()
+        # vLLM SIGKILLs an engine that outlives its grace period and returns at once: its worker may
+        # still hold the model (and, on a GPU, its memory) when the next engine starts.
+        for left in still_running(processes, ENGINE_EXIT_S):
+            log.warning("vLLM engine process %d still runs %.0f s after close", left.pid, ENGINE_EXIT_S)
 
     def __enter__(self) -> VLLMBackend:
         return self
@@ -327,3 +340,35 @@ class VLLMBackend:
             [o.outputs[0].text.strip() for o in outputs],
             [[first[t].logprob if t in first else floor for t in token_ids] for first in firsts],
         )
+
+
+def engine_processes(engine_core: Any) -> list[psutil.Process]:
+    """The engine's processes and their children (its workers). vLLM's process manager holds the
+    engine cores; an in-process engine, or one Ray places, has none here."""
+    import psutil  # a dependency of vLLM's
+
+    manager = getattr(getattr(engine_core, "resources", None), "engine_manager", None)
+    found: list[psutil.Process] = []
+    for proc in getattr(manager, "processes", ()):
+        with suppress(psutil.NoSuchProcess):
+            core = psutil.Process(proc.pid)
+            found += [core, *core.children(recursive=True)]
+    return found
+
+
+def still_running(processes: Iterable[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to ``timeout_s`` for every process to exit; those still running then. A zombie has
+    exited (it holds no memory): its reaping is its parent's business."""
+    import psutil
+
+    def running(process: psutil.Process) -> bool:
+        with suppress(psutil.NoSuchProcess):
+            return process.status() != psutil.STATUS_ZOMBIE
+        return False
+
+    deadline = time.monotonic() + timeout_s
+    left = [p for p in processes if running(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if running(p)]
+    return left
