@@ -129,7 +129,8 @@ class Evaluator:
         merged = (tuple(sorted(genome.items())), seed)
         with reading_weights(*self.weight_roots) as reads:
             started = time.perf_counter()
-            if merged != self.merged:
+            merging = merged != self.merged
+            if merging:
                 self.merged = None  # a merge that fails half-way leaves no genome in the model
                 self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
                 self.merged = merged
@@ -146,6 +147,7 @@ class Evaluator:
         # weight files this evaluation read from disk: 0 once warm; NaN where it cannot be measured
         scores.counts["weight_files_read"] = float("nan") if reads.count is None else reads.count
         scores.counts["evaluator_calls"] = 1  # summed over a multi-fidelity trial's calls
+        scores.counts["merges"] = int(merging)  # 1 per trial when its rounds come back to this model
         self.load_seconds = 0.0
         scores.timings = {k: round(v, 4) for k, v in scores.timings.items()}
         return scores
