@@ -37,7 +37,8 @@
   genomes evaluated in full and trials stopped (counted apart), and per seed the ratio of the
   full-fidelity search's time to reach it to each variant's; mean and spread over seeds.
   ``--resume``: the seeds ``--out`` already holds for these settings are kept, and only the rest run
-  (each seed names the commit it ran at). ``--cold``: no warm starts. A short search that never beats
+  (each seed names the commit it ran at). ``--variants``: the searches to run beside full fidelity
+  (all three by default). ``--cold``: no warm starts. A short search that never beats
   its first warm start (the uniform merge) measures only how soon that one genome is scored in full,
   which multi-fidelity can only delay.
 
@@ -321,7 +322,8 @@ def code_version() -> str:
 
 def recorded_seeds(earlier: dict, shown: dict) -> list[dict]:
     """``--resume``: the seeds an earlier run of this part recorded, if it searched with these settings."""
-    same = all(earlier.get(key) == value for key, value in shown.items())
+    before = {"variants": list(variants({}, 1)), **earlier}  # recorded before --variants: all three ran
+    same = all(before.get(key) == value for key, value in shown.items())
     return list(earlier.get("seeds", [])) if same else []
 
 
@@ -329,12 +331,13 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: 
     """Seed by seed; what the seeds so far show is kept (``keep``) as each one ends: hours at SmolLM2.
     Every search starts in an empty run dir: a resumed one would time only its remaining trials."""
     multi = {"rounds": args.rounds, "reduction_factor": args.reduction_factor, "grace_rounds": 1}
-    searches = variants(multi, args.trials_factor)
+    searches = {name: v for name, v in variants(multi, args.trials_factor).items() if name in args.variants}
     heldout = HeldOut(setup)
     shown = {
         "trials_full_fidelity": args.trials,
         "trials_factor_multi_fidelity": args.trials_factor,
         "multi_fidelity": multi,
+        "variants": list(searches),
         "warm_starts": [] if args.cold else list(setup.config.search.warm_starts),
     }
     earlier = args.earlier.get("search", {})
@@ -427,7 +430,15 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="search: keep the seeds --out holds for these settings"
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(variants({}, 1)),
+        help="search: the searches per seed (full_fidelity, which sets the target, always runs)",
+    )
     args = parser.parse_args()
+    args.variants = {"full_fidelity", *args.variants.split(",")}
+    if unknown := args.variants - set(variants({}, 1)):
+        parser.error(f"--variants: no search named {', '.join(sorted(unknown))}")
     offline_and_quiet()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
     for scale in args.scales.split(","):

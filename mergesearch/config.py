@@ -285,8 +285,9 @@ class MultiFidelityConfig(Frozen):
     ``reduction_factor`` times as many, and so on. A trial scores the rounds between two decision points
     in one call and reports its running fitness there (``decision_points``): a call pays per decoding
     batch, so nine rounds scored one by one cost about twice the whole split scored at once. The
-    searcher is told a stopped trial's running fitness (an estimate on fewer prompts, and a low one,
-    which is why it stopped). ``rounds: 1``: every trial runs in full."""
+    searcher is told a stopped trial's running fitness moved onto the whole split's scale by the gap
+    full trials showed at the same point (``search/imputation.py``). ``rounds: 1``: every trial runs
+    in full."""
 
     rounds: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1)

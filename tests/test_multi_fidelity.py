@@ -179,8 +179,8 @@ class Recording(Searcher):
         self.told.append((trial_id, result))
 
 
-def report(genes: dict, fidelity: float, fitness: float) -> dict:
-    result = TrialResult(genes=genes, fitness=fitness, fidelity=fidelity)
+def report(genes: dict, fidelity: float, fitness: float, running: dict[int, float] | None = None) -> dict:
+    result = TrialResult(genes=genes, fitness=fitness, fidelity=fidelity, running=running or {})
     return {**result.report(), "training_iteration": round(fidelity * 3)}
 
 
@@ -197,6 +197,40 @@ def test_a_running_report_holds_the_slot_and_a_stop_between_rounds_tells_the_sea
     assert search.suggest("t1") is not None  # and the slot is free
     search.on_trial_result("t1", report(genes, 1.0, fitness=0.7))  # a last round: told at once
     assert inner.told[-1][1]["fitness"] == 0.7
+
+
+def test_a_stopped_trial_is_told_its_running_fitness_plus_the_full_trials_gap_there() -> None:
+    """A decision point's rows may be easier than the split's: its running fitness then reads high for
+    every genome. The searcher ranks stopped trials among full ones, so it is told a stopped trial's
+    running fitness plus the mean gap (full - running) at that point of the full trials told before
+    it; before any, the running fitness as it is. A replay of the ledger tells the same values."""
+    genes = {"a": 0.5, "b": 0.25}
+    ledger = [  # (fidelity, fitness, running by rounds scored of 9)
+        (1 / 9, 0.40, {1: 0.40}),  # no full trial yet: told as it is
+        (1.0, 0.70, {1: 0.65, 3: 0.90, 9: 0.70}),
+        (3 / 9, 0.85, {1: 0.50, 3: 0.85}),  # 0.85 + (0.70 - 0.90)
+        (1.0, 0.60, {1: 0.75, 3: 0.70, 9: 0.60}),
+        (1 / 9, 0.55, {1: 0.55}),  # 0.55 + mean(0.05, -0.15)
+        (3 / 9, 0.80, {1: 0.60, 3: 0.80}),  # 0.80 + mean(-0.20, -0.10)
+    ]
+    expected = [0.40, 0.70, 0.65, 0.60, 0.50, 0.65]
+    inner = Recording()
+    search = LedgerReplay(inner, ["a", "b"], in_flight=1, budget=len(ledger))
+    for number, (fidelity, fitness, running) in enumerate(ledger):
+        search.suggest(f"t{number}")
+        reported = report(genes, fidelity, fitness, running)
+        search.on_trial_result(f"t{number}", reported)
+        if fidelity < 1:  # ASHA stopped it
+            search.on_trial_complete(f"t{number}", reported)
+    assert [told["fitness"] for _, told in inner.told] == pytest.approx(expected)
+
+    replayed = Recording()
+    trials = [TrialResult.from_report(report(genes, *row)) for row in ledger]
+    LedgerReplay(replayed, ["a", "b"], in_flight=1, budget=len(ledger)).replay(trials)
+    assert [told["fitness"] for _, told in replayed.told] == pytest.approx(expected)
+
+    failed = TrialResult.failed("the merge failed", genes)  # told its penalty, as it is
+    assert search.gaps.told(failed) == failed
 
 
 def test_a_trial_reports_at_ashas_decision_points_and_at_the_end() -> None:
@@ -352,7 +386,7 @@ def searched(tmp_path, name: str, multi: dict, trials: int = 36) -> list[TrialRe
 
 
 def test_a_multi_fidelity_search_converges_as_full_fidelity_does_on_fewer_rows(tmp_path, monkeypatch) -> None:
-    """The searcher is told each stopped trial's running fitness: it still closes in on the optimum,
+    """The searcher is told each stopped trial's imputed fitness: it still closes in on the optimum,
     and ends as near it as the full-fidelity search with the same number of trials."""
     import ray
 
@@ -374,7 +408,7 @@ def test_a_multi_fidelity_search_converges_as_full_fidelity_does_on_fewer_rows(t
         return sum(t.counts["harmful"] for t in trials)
 
     assert len(full) == len(multi) == 36 and any(not t.full for t in multi)
-    assert best(multi) >= best(full) - 0.005  # 0.9996 against 0.9998 when written
+    assert best(multi) >= best(full) - 0.005  # 0.9993 against 0.9998 when written
     assert best(multi) > 0.998  # the best of 36 random genomes gets there about one time in five
-    # 54% when written (64% with Tune's ASHA, which lets every genome tied on a round's 30 rows go on)
+    # 47% when written (64% with Tune's ASHA, which lets every genome tied on a round's 30 rows go on)
     assert rows(multi) < 0.6 * rows(full)

@@ -14,6 +14,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from mergesearch.registry import OBJECTIVES
+from mergesearch.search.imputation import FidelityGaps
 from mergesearch.search.run_dir import REPORTED, RunDir, TrialResult, genes_of
 
 
@@ -68,7 +69,9 @@ class TrialLedger(Callback):
         self._log(finished, best)
         status = "" if finished.ok else f"  FAILED: {finished.error}"
         if finished.ok and not finished.full:
-            status = f"  stopped at {finished.fidelity:.0%} of the split"
+            gaps = FidelityGaps()
+            told = [gaps.told(t) for t in ordered][-1]  # as the searcher learnt, trial by trial
+            status = f"  stopped at {finished.fidelity:.0%} of the split (searcher told {told.fitness:.4f})"
         shown = " ".join(f"{k}={v:.3f}" for k, v in finished.objectives.items() if k != "loss_proxy")
         seconds = finished.timings.get("evaluator", 0.0)
         print(

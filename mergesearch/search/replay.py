@@ -22,6 +22,7 @@ from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from mergesearch.search.imputation import FidelityGaps
 from mergesearch.search.run_dir import REPORTED, TrialResult, genes_of
 
 
@@ -54,6 +55,7 @@ class LedgerReplay(ConcurrencyLimiter):
         self.open: dict[str, dict[str, Any]] = {}  # replay id -> proposal, not yet handed to Tune
         self.inner_id: dict[str, str] = {}  # Tune's trial id -> the id the inner searcher knows it by
         self.genes: dict[str, dict[str, float]] = {}  # Tune's trial id -> its genome, while live
+        self.gaps = FidelityGaps()  # what a stopped trial is told: its running fitness, on full's scale
 
     # ------------------------------------------------------------------------------------ replay
     def replay(self, trials: list[TrialResult]) -> ReplaySummary:
@@ -84,7 +86,7 @@ class LedgerReplay(ConcurrencyLimiter):
         return next((i for i, cfg in self.open.items() if genes_of(cfg, self.gene_names) == genes), None)
 
     def _tell_inner(self, inner_id: str, report: dict[str, Any]) -> None:
-        result = {**report, "training_iteration": 1}
+        result = {**self.gaps.told(TrialResult.from_report(report)).report(), "training_iteration": 1}
         self.searcher.on_trial_result(inner_id, result)
         self.searcher.on_trial_complete(inner_id, result=result)
 
@@ -94,7 +96,7 @@ class LedgerReplay(ConcurrencyLimiter):
             self.searcher.on_trial_complete(replay_id, None)  # withdrawn: Tune never ran them
         self.open.clear()
         metric = self.searcher.metric
-        for told, trial in enumerate(trials):
+        for told, trial in enumerate(map(self.gaps.told, trials)):
             value = [trial.metric(m) for m in metric] if isinstance(metric, list) else trial.metric(metric)
             try:
                 self.searcher.add_evaluated_point(trial.genes, value)
