@@ -68,6 +68,8 @@ from scaling import DEMO, ROOT, SMOLLM2, prepared, random_genomes, smollm2_built
 from mergesearch.actors import Evaluator
 from mergesearch.backends import hf as hf_module
 from mergesearch.backends.base import Backend, Prompt, SettleRule
+from mergesearch.config import MultiFidelityConfig, validate_mapping
+from mergesearch.errors import ConfigError
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.base import settle_rule
 from mergesearch.judges.refusal import RefusalJudge
@@ -330,7 +332,7 @@ def recorded_seeds(earlier: dict, shown: dict) -> list[dict]:
 def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: Keep) -> dict:
     """Seed by seed; what the seeds so far show is kept (``keep``) as each one ends: hours at SmolLM2.
     Every search starts in an empty run dir: a resumed one would time only its remaining trials."""
-    multi = {"rounds": args.rounds, "reduction_factor": args.reduction_factor, "grace_rounds": 1}
+    multi = args.multi
     searches = {name: v for name, v in variants(multi, args.trials_factor).items() if name in args.variants}
     heldout = HeldOut(setup)
     shown = {
@@ -439,6 +441,15 @@ def main() -> None:
     args.variants = {"full_fidelity", *args.variants.split(",")}
     if unknown := args.variants - set(variants({}, 1)):
         parser.error(f"--variants: no search named {', '.join(sorted(unknown))}")
+    for flag, named, known in (("--scales", args.scales, SCALES), ("--parts", args.parts, PARTS)):
+        if unknown := set(named.split(",")) - set(known):
+            parser.error(f"{flag}: nothing named {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+    # Checked here, by the product's own config, not an hour in, when the multi-fidelity search starts.
+    args.multi = {"rounds": args.rounds, "reduction_factor": args.reduction_factor, "grace_rounds": 1}
+    try:
+        validate_mapping(MultiFidelityConfig, args.multi, "--rounds/--reduction-factor")
+    except ConfigError as error:
+        parser.error(str(error))
     offline_and_quiet()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
     for scale in args.scales.split(","):
