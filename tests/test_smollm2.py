@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from safetensors import safe_open
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.zoo.smollm2 import import_smollm2
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory) -> Path:
-    return import_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct", log=lambda _: None)
 
 
 def test_import_writes_a_float32_safetensors_folder(smollm2_dir: Path) -> None:
