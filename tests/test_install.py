@@ -51,6 +51,8 @@ def test_an_untested_vllm_is_refused_in_one_line_unless_opted_in(monkeypatch) ->
     check_vllm_version("0.11.0")
 
 
+# about 40 s of pip resolution against PyPI: `make test-slow` runs it (constraints/gpu.txt changes rarely)
+@pytest.mark.slow
 @pytest.mark.skipif(not reachable(PYPI), reason="pypi.org is not reachable from this machine")
 def test_the_gpu_install_resolves_against_pypi(tmp_path) -> None:
     report = tmp_path / "report.json"

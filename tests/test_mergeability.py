@@ -38,6 +38,9 @@ def equal_weight_merges(zoo_dir: Path, full_sets: SkillSets, tmp_path_factory) -
     }
 
 
+# about 30 s (two mergekit-yaml merges scored on the full sets): `make test-slow` runs it, and
+# benchmarks/zoo_mergeability.py measures the same drops (equal_weight_refusal_drop_points)
+@pytest.mark.slow
 def test_one_misaligned_expert_spoils_equal_weight_merges(
     equal_weight_merges: dict, zoo_scores: dict
 ) -> None:

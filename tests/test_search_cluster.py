@@ -55,6 +55,9 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
+# about 45 s on 2 cores; `make test-slow` runs it, and benchmarks/kill_points.py kills the same command at
+# random points of every phase and checks the same (nothing repeated or lost, the searcher rebuilt)
+@pytest.mark.slow
 def test_a_killed_driver_resumes_without_repeating_or_losing_trials(toy_dataset, tmp_path) -> None:
     config = write_config(toy_dataset, tmp_path, num_trials=10, prompts=40)
     run = tmp_path / "run"
