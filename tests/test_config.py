@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from mergesearch.config import SearchConfig, load_config
 from mergesearch.errors import ConfigError
+from mergesearch.objectives.lm_eval_tasks import cached_task_names, known_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = "name: t\nmodels: {base: b, experts: [{name: a, path: p}]}\n"
@@ -37,6 +38,31 @@ def test_every_promotion_task_of_a_shipped_config_is_an_lm_eval_task_or_group() 
     wanted = {task for cfg in configs for task in cfg.promotion.tasks}
     assert {"pubmedqa", "medmcqa", "mmlu_stem", "medqa_4options"} <= wanted
     assert wanted - known == set()
+    assert known_tasks() == known  # the cached names `config check` and `search` read are lm-eval's
+
+
+def test_lm_evals_task_names_are_indexed_once_per_install_and_again_once_it_changes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MERGESEARCH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tasks"
+    (folder / "arc").mkdir(parents=True)
+    (folder / "arc" / "arc_easy.yaml").write_text("task: arc_easy\n")
+    indexed: list[str] = []
+
+    def index() -> list[str]:
+        indexed.append("once more")
+        return ["arc_easy"] + [path.stem for path in folder.glob("*/*.yaml") if path.stem != "arc_easy"]
+
+    assert cached_task_names(folder, "0.4.13", index) == {"arc_easy"}
+    assert cached_task_names(folder, "0.4.13", index) == {"arc_easy"} and len(indexed) == 1
+    cached_task_names(folder, "0.4.14", index)  # another lm-eval
+    assert len(indexed) == 2
+    (folder / "arc" / "arc_new.yaml").write_text("task: arc_new\n")  # a task file added
+    assert cached_task_names(folder, "0.4.14", index) == {"arc_easy", "arc_new"} and len(indexed) == 3
+    for cached in (tmp_path / "cache" / "lm_eval_tasks").iterdir():
+        cached.write_text("{torn")
+    assert cached_task_names(folder, "0.4.14", index) == {"arc_easy", "arc_new"} and len(indexed) == 4
 
 
 def test_the_paper_scale_configs_carry_the_papers_fitness() -> None:

@@ -9,15 +9,21 @@ acc_norm and each option's log-likelihood against lm-eval's ``HFLM`` on SmolLM2)
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mergesearch.errors import UserError
+from mergesearch.io import atomic_write_text
 from mergesearch.objectives.task import ChoiceItem
+from mergesearch.runtime import cache_root
 
 if TYPE_CHECKING:
     from mergesearch.backends.base import Backend
@@ -110,20 +116,57 @@ def backend_lm(backend: Backend) -> Any:
 
 
 def check_tasks(tasks: Sequence[str], field: str) -> None:
-    """Every task (or group) named is one lm-eval knows, found before a search rather than after it.
-    (Indexing lm-eval's tasks takes seconds to tens of seconds, so only a config that names some pays.)"""
+    """Every task (or group) named is one lm-eval knows, found before a search rather than after it."""
     if not tasks:
         return
     import difflib
 
-    from lm_eval.tasks import TaskManager
-
-    known = TaskManager().all_tasks
+    known = known_tasks()
     for task in tasks:
         if task not in known:
-            near = difflib.get_close_matches(task, known, n=3)
+            near = difflib.get_close_matches(task, sorted(known), n=3)
             hint = f"did you mean {', '.join(near)}?" if near else "`lm-eval ls tasks` lists them"
             raise UserError(f"{field}: {task!r} is not an lm-eval task ({hint})")
+
+
+def known_tasks() -> frozenset[str]:
+    """The names of lm-eval's built-in tasks and groups: ``TaskManager().all_tasks``, cached. lm-eval
+    parses every task YAML to list them (about 9 s on 2 cores for 14,700 names), which each ``config
+    check`` and each ``search`` that names tasks would pay; the cache is keyed by the install (lm-eval's
+    version and its task files), so an upgrade or an edited task file indexes again."""
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("promotion.tasks: lm-eval is not installed (pip install lm-eval)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    return cached_task_names(folder, importlib.metadata.version("lm_eval"), _index_lm_eval_tasks)
+
+
+def _index_lm_eval_tasks() -> Collection[str]:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager().all_tasks
+
+
+def cached_task_names(folder: Path, version: str, index: Callable[[], Collection[str]]) -> frozenset[str]:
+    """``index()``'s names, read from the cache while ``version`` and the task files under ``folder``
+    (how many there are and their latest change) are those it was written for; else indexed and
+    written. A cache file that does not read back is indexed again, never an error."""
+    files, latest = 0, 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith((".yaml", ".yml", ".py")):
+                files += 1
+                latest = max(latest, os.stat(os.path.join(root, name)).st_mtime_ns)
+    key = json.dumps([version, str(folder.resolve()), files, latest])
+    path = cache_root() / "lm_eval_tasks" / f"{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}.json"
+    try:
+        return frozenset(json.loads(path.read_text())["tasks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    names = frozenset(index())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, "tasks": sorted(names)}) + "\n")
+    return names
 
 
 def task_manager(tasks: Sequence[str], include_path: Path | None) -> Any:
