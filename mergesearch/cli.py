@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -501,11 +502,15 @@ def eval_model(
         "model": judge_model and str(resolve_model(judge_model, "--judge-model")),
     }
     judge_config = validate_mapping(JudgeConfig, judge_fields, "--judge")
-    backend = make_backend(folder, BackendConfig(device=device, max_new_tokens=max_new_tokens), name=model)
-    judge = make_judge(judge_config, str(resolve_device(device)), _progress)
-    _progress(f"eval: {model} on {data.size()} items of {data.source}")
-    report = {"model": str(folder), "data": data.source, "judge": judge_fields}
-    report |= evaluate_model(backend, judge, data, max_new_tokens)
+    engine = BackendConfig(device=device, max_new_tokens=max_new_tokens)
+    # Owners close what they build: an engine (a vLLM one, say) may hold processes beyond this one.
+    with (
+        contextlib.closing(make_backend(folder, engine, name=model)) as backend,
+        contextlib.closing(make_judge(judge_config, str(resolve_device(device)), _progress)) as judge,
+    ):
+        _progress(f"eval: {model} on {data.size()} items of {data.source}")
+        report = {"model": str(folder), "data": data.source, "judge": judge_fields}
+        report |= evaluate_model(backend, judge, data, max_new_tokens)
     click.echo(format_report(report))
     if json_out:
         atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")

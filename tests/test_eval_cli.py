@@ -96,3 +96,27 @@ def test_a_selection_with_nothing_to_score_is_one_line(tmp_path) -> None:
     rows = [Row("what is the capital of france ?", "task", "geography", "hand")]  # a question, no answer
     write_rows(tmp_path / "set", rows, {"kind": "prompt_set", "name": "hand"})
     assert_one_line_error(run("eval", "zoo:aligned", "--data", str(tmp_path / "set")), "nothing to score")
+
+
+def test_eval_closes_the_model_and_the_guard_it_built(zoo_dir, toy_dataset, tmp_path, monkeypatch) -> None:
+    """Owners close what they build: a vLLM engine would otherwise outlive the command's report."""
+    from click.testing import CliRunner
+
+    from mergesearch.backends import registry
+    from mergesearch.cli import cli
+
+    built, closed = [], []
+
+    def recorded(*args, **kwargs):
+        backend = real(*args, **kwargs)
+        built.append(backend.name)
+        backend.close = lambda name=backend.name: closed.append(name)
+        return backend
+
+    real = registry.make_backend
+    monkeypatch.setattr(registry, "make_backend", recorded)
+    model, guard = str(zoo_dir / "aligned"), str(zoo_dir / "guard")
+    args = ["eval", model, "--data", str(toy_dataset), "--judge", "llama_guard", "--judge-model", guard]
+    done = CliRunner().invoke(cli, [*args, "--device", "cpu", "--per-category", "1"])
+    assert done.exit_code == 0, done.output
+    assert len(built) == 2 and sorted(closed) == sorted(built)
