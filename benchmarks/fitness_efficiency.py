@@ -38,7 +38,9 @@
   full-fidelity search's time to reach it to each variant's; mean and spread over seeds.
   ``--resume``: the seeds ``--out`` already holds for these settings are kept, and only the rest run
   (each seed names the commit it ran at). ``--variants``: the searches to run beside full fidelity
-  (all three by default). ``--cold``: no warm starts. A short search that never beats
+  (all three by default). ``--search-prompts A,T``: the searches score up to A harmful and A benign
+  prompts and T questions of each task per evaluation (the config's caps otherwise; held-out scoring
+  keeps the config's). ``--cold``: no warm starts. A short search that never beats
   its first warm start (the uniform merge) measures only how soon that one genome is scored in full,
   which multi-fidelity can only delay.
 
@@ -341,6 +343,7 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: 
         "multi_fidelity": multi,
         "variants": list(searches),
         "warm_starts": [] if args.cold else list(setup.config.search.warm_starts),
+        **({"search_data": args.search_data} if args.search_data else {}),
     }
     earlier = args.earlier.get("search", {})
     per_seed = recorded_seeds(earlier, shown) if args.resume else []
@@ -353,7 +356,8 @@ def search_part(setup: SearchSetup, work: Path, args: argparse.Namespace, keep: 
             search = {**sections["search"], "seed": seed, "num_trials": args.trials * factor}
             if args.cold:
                 search["warm_starts"] = []
-            changed = with_config(setup, **{**sections, "search": search})
+            data = {"data": args.search_data} if args.search_data else {}
+            changed = with_config(setup, **{**sections, "search": search, **data})
             run = RunDir(work / f"{name}_seed{seed}")
             shutil.rmtree(run.root, ignore_errors=True)
             started = time.time()
@@ -428,6 +432,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="multi-fidelity rounds per trial")
     parser.add_argument("--reduction-factor", type=int, default=3, help="ASHA's eta")
     parser.add_argument("--cold", action="store_true", help="searches without the config's warm starts")
+    parser.add_argument(
+        "--search-prompts",
+        default=None,
+        metavar="ALIGNMENT,TASK",
+        help="search: data.max_alignment_prompts,max_task_prompts per evaluation [default: the config's]; "
+        "held-out scoring keeps the config's",
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/bench_fitness_efficiency"))
     parser.add_argument(
         "--resume", action="store_true", help="search: keep the seeds --out holds for these settings"
@@ -450,6 +461,12 @@ def main() -> None:
         validate_mapping(MultiFidelityConfig, args.multi, "--rounds/--reduction-factor")
     except ConfigError as error:
         parser.error(str(error))
+    args.search_data = {}
+    if args.search_prompts:
+        counts = args.search_prompts.split(",")
+        if len(counts) != 2 or not all(c.isdigit() and int(c) > 0 for c in counts):
+            parser.error(f"--search-prompts: two positive counts, ALIGNMENT,TASK (got {args.search_prompts})")
+        args.search_data = {"max_alignment_prompts": int(counts[0]), "max_task_prompts": int(counts[1])}
     offline_and_quiet()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
     for scale in args.scales.split(","):
