@@ -63,6 +63,8 @@ def test_lm_evals_task_names_are_indexed_once_per_install_and_again_once_it_chan
     for cached in (tmp_path / "cache" / "lm_eval_tasks").iterdir():
         cached.write_text("{torn")
     assert cached_task_names(folder, "0.4.14", index) == {"arc_easy", "arc_new"} and len(indexed) == 4
+    monkeypatch.setenv("MERGESEARCH_CACHE", str(folder / "arc" / "arc_easy.yaml"))  # a file: not writable
+    assert cached_task_names(folder, "0.4.14", index) == {"arc_easy", "arc_new"} and len(indexed) == 5
 
 
 def test_the_paper_scale_configs_carry_the_papers_fitness() -> None:

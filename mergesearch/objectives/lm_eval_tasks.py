@@ -9,6 +9,7 @@ acc_norm and each option's log-likelihood against lm-eval's ``HFLM`` on SmolLM2)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -150,7 +151,8 @@ def _index_lm_eval_tasks() -> Collection[str]:
 def cached_task_names(folder: Path, version: str, index: Callable[[], Collection[str]]) -> frozenset[str]:
     """``index()``'s names, read from the cache while ``version`` and the task files under ``folder``
     (how many there are and their latest change) are those it was written for; else indexed and
-    written. A cache file that does not read back is indexed again, never an error."""
+    written. A cache file that does not read back is indexed again, and one that cannot be written
+    (a read-only cache) is skipped: neither is an error."""
     files, latest = 0, 0
     for root, _, names in os.walk(folder):
         for name in names:
@@ -164,8 +166,9 @@ def cached_task_names(folder: Path, version: str, index: Callable[[], Collection
     except (OSError, ValueError, KeyError, TypeError):
         pass
     names = frozenset(index())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"key": key, "tasks": sorted(names)}) + "\n")
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": key, "tasks": sorted(names)}) + "\n")
     return names
 
 
