@@ -70,7 +70,7 @@ from scaling import DEMO, ROOT, SMOLLM2, prepared, random_genomes, smollm2_built
 from mergesearch.actors import Evaluator
 from mergesearch.backends import hf as hf_module
 from mergesearch.backends.base import Backend, Prompt, SettleRule
-from mergesearch.config import MultiFidelityConfig, validate_mapping
+from mergesearch.config import DataConfig, MultiFidelityConfig, validate_mapping
 from mergesearch.errors import ConfigError
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.base import settle_rule
@@ -462,11 +462,16 @@ def main() -> None:
     except ConfigError as error:
         parser.error(str(error))
     args.search_data = {}
-    if args.search_prompts:
+    if args.search_prompts:  # the bounds are DataConfig's, checked by it
         counts = args.search_prompts.split(",")
-        if len(counts) != 2 or not all(c.isdigit() and int(c) > 0 for c in counts):
-            parser.error(f"--search-prompts: two positive counts, ALIGNMENT,TASK (got {args.search_prompts})")
-        args.search_data = {"max_alignment_prompts": int(counts[0]), "max_task_prompts": int(counts[1])}
+        if len(counts) != 2:
+            parser.error(f"--search-prompts: two counts, ALIGNMENT,TASK (got {args.search_prompts})")
+        args.search_data = dict(zip(("max_alignment_prompts", "max_task_prompts"), counts))
+        try:
+            data = validate_mapping(DataConfig, args.search_data, "--search-prompts")
+        except ConfigError as error:
+            parser.error(str(error))
+        args.search_data = data.model_dump(include=set(args.search_data))
     offline_and_quiet()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
     for scale in args.scales.split(","):
