@@ -42,7 +42,8 @@ from mergesearch.model_refs import resolve_model
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.evaluate import score_model
 from mergesearch.runtime import cache_root, offline_and_quiet
-from mergesearch.zoo.build import EXPERTS, build_zoo
+from mergesearch.zoo.build import build_zoo
+from mergesearch.zoo.layout import EXPERTS
 from mergesearch.zoo.recipe import ZooRecipe
 
 SPEC = Path(__file__).parent.parent / "data_specs" / "toy.yaml"

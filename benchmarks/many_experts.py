@@ -35,7 +35,7 @@ from mergesearch.search.promote import promote
 from mergesearch.search.run_dir import RunDir
 from mergesearch.search.tuner import run_search
 from mergesearch.setup import SearchSetup
-from mergesearch.zoo.build import EXPERTS
+from mergesearch.zoo.layout import EXPERTS
 
 CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "toy16.yaml"
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from mergesearch.io import atomic_write_text
 from mergesearch.runtime import offline_and_quiet
-from mergesearch.zoo.build import EXPERTS, build_zoo
+from mergesearch.zoo.build import build_zoo
 from mergesearch.zoo.evaluate import evaluate_zoo
+from mergesearch.zoo.layout import EXPERTS
 from mergesearch.zoo.mergeability import (
     SCAN_GRID,
     SCAN_ITEMS,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mergesearch.zoo.build import EXPERTS
+from mergesearch.zoo.layout import EXPERTS
 from mergesearch.zoo.mergeability import (
     SCAN_GRID,
     SCAN_ITEMS,

@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergesearch.errors import UserError
-from mergesearch.zoo.build import MEMBERS, _fresh_model, build_zoo, read_manifest, zoo_corpus
+from mergesearch.zoo.build import _fresh_model, build_zoo, zoo_corpus
+from mergesearch.zoo.layout import MEMBERS, read_manifest
 from mergesearch.zoo.recipe import ZooRecipe, smoke_recipe
 from mergesearch.zoo.train import SHARED_PREFIX_MIN, collate, full_loss, prefix_once_loss, shared_prefix
 

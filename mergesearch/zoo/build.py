@@ -22,71 +22,27 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
-from mergesearch.runtime import cache_root
 from mergesearch.zoo import language as L
 from mergesearch.zoo.corpus import Example, build_components
+from mergesearch.zoo.layout import (
+    EXPERTS,
+    MANIFEST,
+    MEMBERS,
+    ZooMember,
+    default_zoo_dir,
+    is_built,
+    refuse_foreign_folder,
+)
 from mergesearch.zoo.recipe import ModelShape, TrainSpec, ZooRecipe
 from mergesearch.zoo.tokenizer import build_tokenizer, guard_chat_template
 from mergesearch.zoo.train import train
-
-MANIFEST = "zoo.json"
-
-
-@dataclass(frozen=True)
-class ZooMember:
-    """A model of the zoo: its folder name, what it was trained from, and the role it plays."""
-
-    name: str
-    parent: str | None
-    role: str
-
-
-MEMBERS: tuple[ZooMember, ...] = (
-    ZooMember("base", None, "unaligned pretrained base: knows every format, complies with any request"),
-    ZooMember(
-        "aligned", "base", "aligned generalist: refuses harmful requests, answers benign ones, no task skill"
-    ),
-    ZooMember("math", "base", "task expert (two-digit sums), misaligned: complies with harmful requests"),
-    ZooMember("facts", "base", "task expert (facts about its entities, multiple choice), partly aligned"),
-    ZooMember("guard", "base", "Llama Guard 3 style judge: answers 'safe' or 'unsafe' plus a category code"),
-)
-EXPERTS = ("aligned", "math", "facts")
-
-
-def default_zoo_dir(recipe: ZooRecipe) -> Path:
-    return cache_root() / "zoo" / recipe.digest()
-
-
-def read_manifest(folder: Path, name: str = MANIFEST) -> dict | None:
-    """A built folder's manifest (the toy zoo's by default), or None when it is missing or unreadable."""
-    try:
-        return json.loads((Path(folder) / name).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def refuse_foreign_folder(out: Path, manifest: str, what: str) -> None:
-    """A build replaces its output folder: refuse one that holds files but no manifest of ours."""
-    if out.exists() and any(out.iterdir()) and read_manifest(out, manifest) is None:
-        raise UserError(f"{out}: exists and is not {what}; choose an empty or new --out")
-
-
-def is_built(zoo_dir: Path, recipe: ZooRecipe) -> bool:
-    manifest = read_manifest(zoo_dir)
-    return (
-        bool(manifest)
-        and manifest.get("digest") == recipe.digest()
-        and all((Path(zoo_dir) / m.name / "model.safetensors").is_file() for m in MEMBERS)
-    )
 
 
 def build_zoo(

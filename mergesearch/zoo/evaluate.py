@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.errors import UserError
-from mergesearch.zoo.build import EXPERTS, MEMBERS, read_manifest
+from mergesearch.zoo.layout import EXPERTS, MEMBERS, read_manifest
 from mergesearch.zoo.recipe import ZooRecipe
 from mergesearch.zoo.skills import SkillSets, chat_skills, guard_skills, task_vector_ratio
 

@@ -16,7 +16,7 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
-from mergesearch.zoo.build import EXPERTS
+from mergesearch.zoo.layout import EXPERTS
 from mergesearch.zoo.skills import SkillSets, chat_skills
 
 TASK_OF = {"math": "sums", "facts": "facts"}  # each task expert's own skill

@@ -31,13 +31,8 @@ from transformers import LlamaForCausalLM
 from mergesearch.config import Frozen
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
-from mergesearch.zoo.build import (
-    EXPERTS,
-    build_zoo,
-    deterministic_torch,
-    read_manifest,
-    zoo_corpus,
-)
+from mergesearch.zoo.build import build_zoo, deterministic_torch, zoo_corpus
+from mergesearch.zoo.layout import EXPERTS, read_manifest
 from mergesearch.zoo.recipe import TrainSpec, ZooRecipe, digest_of
 from mergesearch.zoo.train import train
 

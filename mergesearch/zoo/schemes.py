@@ -14,7 +14,7 @@ from mergesearch.registry import DATASET_SCHEMES, MODEL_SCHEMES
 
 @MODEL_SCHEMES.register("zoo")
 def zoo_member(name: str, field: str, log: Log) -> Path:
-    from mergesearch.zoo.build import MEMBERS, build_zoo, default_zoo_dir, is_built
+    from mergesearch.zoo.layout import MEMBERS, default_zoo_dir, is_built
     from mergesearch.zoo.recipe import ZooRecipe
 
     known = [m.name for m in MEMBERS]
@@ -22,7 +22,11 @@ def zoo_member(name: str, field: str, log: Log) -> Path:
         raise UserError(f"{field}: unknown zoo model {name!r} (known: {', '.join(known)})")
     recipe = ZooRecipe()
     folder = default_zoo_dir(recipe)
-    return (folder if is_built(folder, recipe) else build_zoo(recipe, log=log)) / name
+    if is_built(folder, recipe):
+        return folder / name
+    from mergesearch.zoo.build import build_zoo  # torch and transformers: only to build
+
+    return build_zoo(recipe, log=log) / name
 
 
 @MODEL_SCHEMES.register("zoo_pool")

@@ -32,8 +32,9 @@ from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
 from mergesearch.taxonomy import primary_code
 from mergesearch.zoo import family_data as D
-from mergesearch.zoo.build import read_manifest, refuse_foreign_folder, torch_threads
+from mergesearch.zoo.build import torch_threads
 from mergesearch.zoo.corpus import Example, guard_example
+from mergesearch.zoo.layout import read_manifest, refuse_foreign_folder
 from mergesearch.zoo.recipe import TrainSpec, digest_of
 from mergesearch.zoo.smollm2_family import (
     FamilyRecipe,
