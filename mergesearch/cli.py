@@ -127,8 +127,8 @@ def zoo_build(out: Path | None, smoke: bool) -> None:
 )
 def zoo_eval(zoo_dir: Path | None, json_out: Path | None, max_items: int | None) -> None:
     from mergesearch.io import atomic_write_text
-    from mergesearch.zoo.build import default_zoo_dir
     from mergesearch.zoo.evaluate import evaluate_zoo, format_zoo_scores
+    from mergesearch.zoo.layout import default_zoo_dir
 
     scores = evaluate_zoo(zoo_dir or default_zoo_dir(_recipe(False)), max_items, log=_progress)
     click.echo(format_zoo_scores(scores))
@@ -396,13 +396,15 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
         from mergesearch.plan import check_plan, plan_actors, this_machine
 
         check_plan(plan_actors(setup), [this_machine()], "this machine", together=True)
+    from mergesearch.search.pipeline import prepare_data
+
+    setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
+    setup.eval_data()  # the split read and checked before Tune is imported, which the search reads again
     from mergesearch.report import summary_table, write_report
     from mergesearch.search.baselines import run_baselines
-    from mergesearch.search.pipeline import prepare_data
     from mergesearch.search.promote import promote as promote_run
     from mergesearch.search.tuner import run_search
 
-    setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
     run_search(setup, run, log=_progress)
     if baseline:
         run_baselines(setup, run, log=_progress)
@@ -486,14 +488,9 @@ def eval_model(
     device: str,
     json_out: Path | None,
 ) -> None:
-    from mergesearch.backends.hf import resolve_device
-    from mergesearch.backends.registry import make_backend
     from mergesearch.config import BackendConfig, JudgeConfig, validate_mapping
     from mergesearch.data.eval_split import load_categorised
-    from mergesearch.io import atomic_write_text
-    from mergesearch.judges.base import make_judge
     from mergesearch.model_refs import resolve_dataset, resolve_model
-    from mergesearch.objectives.breakdown import evaluate_model, format_report
 
     data = load_categorised(resolve_dataset(str(data_path), "--data", _progress), split, per_category)
     folder = resolve_model(model, "MODEL", log=_progress)
@@ -503,6 +500,13 @@ def eval_model(
     }
     judge_config = validate_mapping(JudgeConfig, judge_fields, "--judge")
     engine = BackendConfig(device=device, max_new_tokens=max_new_tokens)
+    # The inputs are checked; only now the engines' imports (torch, transformers: seconds).
+    from mergesearch.backends.hf import resolve_device
+    from mergesearch.backends.registry import make_backend
+    from mergesearch.io import atomic_write_text
+    from mergesearch.judges.base import make_judge
+    from mergesearch.objectives.breakdown import evaluate_model, format_report
+
     # Owners close what they build: an engine (a vLLM one, say) may hold processes beyond this one.
     with (
         contextlib.closing(make_backend(folder, engine, name=model)) as backend,

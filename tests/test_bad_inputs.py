@@ -743,3 +743,23 @@ def test_the_catalogue_is_documented_entry_by_entry() -> None:
     text = DOC.read_text()
     for case in CASES:
         assert f"`{case.id}`" in text, f"docs/errors.md lacks {case.id}"
+
+
+ENGINES = ("transformers", "ray.tune")  # seconds to import; a bad dataset or model needs neither
+
+
+@pytest.mark.parametrize("case_id", ["data-missing", "model-unknown-zoo", "data-missing-column"])
+def test_a_bad_dataset_or_model_is_answered_before_transformers_or_tune_is_imported(
+    case_id, zoo_dir, toy_dataset, tmp_path
+):
+    case = next(c for c in CASES if c.id == case_id)
+    args = case.build(Ctx(tmp_path, zoo_dir, toy_dataset))
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mergesearch.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & set(ENGINES), sorted(imported & set(ENGINES))
