@@ -16,10 +16,15 @@ def offline_and_quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # lm-eval's local tasks load as datasets
     os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request bars: our progress lines say enough
-    from transformers.utils import logging as transformers_logging
+    # Read when transformers is imported (and by Ray workers, which inherit them): importing it here to
+    # quiet it would cost every command half a second, one that fails on a bad input included.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported before this call: too late for the variables
+        from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
 
 
 def cache_root() -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,19 @@ def test_smoke_build_through_the_cli_prints_the_zoo_path(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "zoo")
     assert "training base" in done.stderr  # progress is visible
+
+
+def test_loading_a_model_after_the_entry_points_set_up_prints_no_bars_or_warnings(zoo_dir) -> None:
+    """``offline_and_quiet`` quiets transformers through its environment, without importing it first."""
+    script = (
+        "import sys; from mergesearch.runtime import offline_and_quiet; offline_and_quiet(); "
+        "assert 'transformers' not in sys.modules; "
+        "from transformers import AutoModelForCausalLM, logging; "
+        f"AutoModelForCausalLM.from_pretrained({str(zoo_dir / 'aligned')!r}); "
+        "logging.get_logger('transformers').warning('a warning')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 def test_missing_smollm2_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
