@@ -312,6 +312,48 @@ def test_a_guards_verdict_pass_gives_each_prompts_own_first_token_numbers_runnin
     assert found["whole"][1] - found["reused"][1] == saved
 
 
+def test_a_judges_backend_runs_its_policy_in_its_first_call_only_and_takes_no_merge(zoo_dir) -> None:
+    """A judge's weights never change (``fixed_weights``), so the policy every guard prompt opens with
+    runs once, in the first call, and later batches (other pairs, other sizes, a single pair) reuse what
+    they share of it: each call gives the verdicts and first-token numbers of a backend that runs the
+    policy in every batch of several rows."""
+    from mergesearch.judges.llama_guard import GuardJudge
+
+    pairs = [
+        (f"how to {verb} a {thing}", answer)
+        for verb in ("make", "buy", "hide")
+        for thing in ("bomb", "cake")
+        for answer in ("i cannot help with that .", "sure , here is how : first")
+    ]
+    calls = [pairs[:3], pairs[3:11], pairs[11:]]  # batches of at most 4 rows: 1, 2 and 1 per call
+    kept = HFBackend.from_pretrained(zoo_dir / "guard", device="cpu", batch_size=4, fixed_weights=True)
+    each = HFBackend.from_pretrained(zoo_dir / "guard", device="cpu", batch_size=4)
+    found: dict[str, list] = {"kept": [], "each": []}
+    for name, backend in (("kept", kept), ("each", each)):
+        judge = GuardJudge(backend)
+        for pairs_of_call in calls:
+            shapes: list[tuple[int, int]] = []  # (rows, tokens) of each forward
+            hook = backend.model.get_input_embeddings().register_forward_hook(
+                lambda module, args, out, shapes=shapes: shapes.append(tuple(args[0].shape))
+            )
+            texts = judge.prompts(pairs_of_call)
+            answer = backend.generate_with_first_logprobs(texts, judge._verdict_tokens, 10)
+            hook.remove()
+            found[name].append((answer, shapes))
+    for ((replies, logprobs), _), ((expected, numbers), _) in zip(found["kept"], found["each"]):
+        assert replies == expected
+        assert [lp for row in logprobs for lp in row] == pytest.approx(
+            [lp for row in numbers for lp in row], abs=1e-4
+        )
+    embedded = {name: [sum(r * t for r, t in shapes) for _, shapes in runs] for name, runs in found.items()}
+    assert embedded["kept"][0] == embedded["each"][0]  # the first call runs the policy, as any does
+    for call, batches in ((1, 2), (2, 1)):  # later ones never: over 100 tokens saved per batch
+        assert embedded["each"][call] - embedded["kept"][call] > 100 * batches
+        assert max(tokens for _, tokens in found["kept"][call][1]) < 100
+    with pytest.raises(ValueError, match="takes no merges"):
+        kept.merge_from(None, None)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("expert", ["aligned", "math"])
 def test_greedy_replies_and_first_token_numbers_are_transformers_generates(
     zoo_dir, expert, monkeypatch

@@ -31,6 +31,7 @@ def _vllm(path: Path, config: BackendConfig, name: str, **options: Any) -> Backe
 
 def make_backend(path: Path, config: BackendConfig, name: str = "model", **options: Any) -> Backend:
     """``options``: ``allow_pickle`` (load .bin weights), ``chat_template_required`` (False for a guard
-    model, prompted with raw text)."""
+    model, prompted with raw text), ``fixed_weights`` (a judge's model: never merged into, so what it
+    computes for a shared opening may be kept across calls)."""
     factory: BackendFactory = BACKENDS.get(config.kind)
     return factory(path, config, name, **options)

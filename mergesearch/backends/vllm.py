@@ -163,10 +163,12 @@ class VLLMBackend:
         name: str = "model",
         allow_pickle: bool = False,
         chat_template_required: bool = True,
+        fixed_weights: bool = False,
         **engine: Any,
     ) -> VLLMBackend:
         """An engine on a local model folder, started with the config's engine settings (``engine``
-        overrides them); safetensors weights only, unless ``allow_pickle``."""
+        overrides them); safetensors weights only, unless ``allow_pickle``. ``fixed_weights`` (a
+        judge's model) changes nothing here: vLLM caches shared prefixes itself."""
         check_weights(Path(path), allow_pickle)
         try:
             import vllm
