@@ -75,8 +75,9 @@ class Evaluator:
         self, setup: SearchSetup, judge_handle: Any = None, log: Callable[[str], None] = _print
     ) -> None:
         from mergesearch.backends.registry import make_backend
-        from mergesearch.judges.base import make_judge, settle_rule
+        from mergesearch.judges.base import make_judge
         from mergesearch.merge.spec import get_method
+        from mergesearch.objectives.evaluate import EarlyExit
 
         started = time.perf_counter()
         setup.activate()
@@ -100,7 +101,7 @@ class Evaluator:
         )
         if config.backend.sleep_mode:
             self.judge = SleepsWhileJudging(self.judge, self.backend)
-        self.settled = settle_rule(config.judge)  # early exit, when the config asks
+        self.settled = EarlyExit.of(config.judge)  # early exit, when the config asks
         self.merged: tuple | None = None  # the (genome, seed) the live model holds
         judge_folder = [config.judge.model] if config.judge.model and judge_handle is None else []
         self.weight_roots = [setup.base, *setup.experts.values(), *judge_folder]
@@ -168,7 +169,8 @@ class JudgeServer:
         from mergesearch.judges.cache import CachedJudge
 
         setup.activate()
-        self.judge = CachedJudge(make_judge(setup.config.judge, str(resolve_device(device)), _print))
+        judge = setup.config.judge
+        self.judge = CachedJudge(make_judge(judge, str(resolve_device(device)), _print), judge.verdict_cache)
         self.waiting: list[tuple[list[tuple[str, str]], asyncio.Future[Assessment]]] = []
         self.draining = False
         self.drainer: asyncio.Task[None] | None = None  # held: a bare task may be garbage-collected

@@ -241,9 +241,16 @@ class JudgeConfig(EngineConfig):
     # settled (the refusal judge: its opening is decided; a guard: `early_exit_tokens` generated, a
     # length measured to agree with full-length verdicts: on the toy guard 16 tokens agree on 99.4% of
     # pairs, 24 on 99.7%; benchmarks/fitness_efficiency.py). Benign and short answers then stop once
-    # their own verdicts are settled (objectives/evaluate.part_rules). Held-out evaluation reads full answers.
+    # their own verdicts are settled, or, when set, after `early_exit_benign_tokens` and
+    # `early_exit_answer_tokens`: openings chosen, as a guard's, where verdicts agree with full-length
+    # ones (objectives/evaluate.EarlyExit). Held-out evaluation reads full answers.
     early_exit: bool = False
     early_exit_tokens: int = Field(default=24, ge=1)
+    early_exit_benign_tokens: int | None = Field(default=None, ge=1)
+    early_exit_answer_tokens: int | None = Field(default=None, ge=1)
+    # A guard's actor keeps every verdict by (prompt, response) for the search (judges/cache.py); off
+    # only to measure what that saves.
+    verdict_cache: bool = True
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(JUDGES, kind))
     _known_backend = field_validator("backend")(lambda cls, kind: registered(BACKENDS, kind))

@@ -101,3 +101,32 @@ def test_with_early_exit_every_part_stops_once_its_verdict_is_settled_and_scores
         assert all(f.startswith(e) for f, e in zip(full_part, early_part, strict=True)), name
     scored = [score_model(backend, data, RefusalJudge(), FitnessConfig(), 48, r) for r in (None, rule)]
     assert scored[0].counts == scored[1].counts
+
+
+def test_benign_and_short_answers_also_stop_at_their_opening_lengths_when_set(zoo_dir, toy_dataset) -> None:
+    """``judge.early_exit_benign_tokens`` and ``early_exit_answer_tokens``: benign and short answers stop
+    once their verdict is settled or at that length, whichever comes first; each is the opening of its
+    full answer (greedy) and no longer than its length. Without ``early_exit`` neither applies."""
+    from mergesearch.judges.refusal import OpeningDecided
+    from mergesearch.objectives.evaluate import EarlyExit, answer_parts
+    from mergesearch.objectives.task import AnswerStated
+
+    config = JudgeConfig(
+        kind="refusal", early_exit=True, early_exit_benign_tokens=3, early_exit_answer_tokens=2
+    )
+    early = EarlyExit.of(config)
+    assert early == EarlyExit(settle_rule(config), benign_tokens=3, answer_tokens=2)
+    data = load_eval_data(toy_dataset, "search")
+    rules = early.part_rules(data)
+    assert rules[1] == OpeningDecided(max_tokens=3)
+    assert rules[2] == [AnswerStated(item.answer, 2) for item in data.short_items]
+    assert EarlyExit.of(config.model_copy(update={"early_exit": False})) is None
+
+    backend = HFBackend.from_pretrained(zoo_dir / "math", device="cpu")
+    parts = [list(data.harmful), list(data.benign), [item.prompt for item in data.short_items]]
+    full = answer_parts(backend, parts, 48)
+    cut = answer_parts(backend, parts, 48, rules)
+    for length, full_part, cut_part in ((3, full[1], cut[1]), (2, full[2], cut[2])):
+        assert all(f.startswith(c) for f, c in zip(full_part, cut_part, strict=True))
+        assert all(len(backend._encode(c)) <= length for c in cut_part)
+        assert sum(c != f for f, c in zip(full_part, cut_part)) >= len(full_part) // 2  # the lengths cut

@@ -9,6 +9,7 @@ whitespace moved into the continuation, so "\\n" + "  Paris" is not "\\n" then "
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from mergesearch.backends.base import encode_pair
 from mergesearch.backends.hf import HFBackend
 from mergesearch.backends.vllm import VLLMBackend
 from mergesearch.objectives.lm_eval_tasks import hf_lm, write_choice_task
@@ -152,21 +154,32 @@ def test_an_empty_context_is_scored_after_the_prefix_token_as_lm_eval_does(smoll
 
 
 def test_prefix_reuse_runs_each_context_once_and_keeps_the_plain_paths_numbers(smollm2) -> None:
-    """The choices of a question share its context: run once, its KV cache reused for each choice, with
-    the log-likelihoods of scoring every (context, choice) row whole (which lm-eval's are, above)."""
-    fed: list[int] = []
+    """The choices of a question share its context: run once, its KV cache reused for each choice, and
+    the questions share the chat template's opening (SmolLM2's system turn), run once for the batch;
+    with the log-likelihoods of scoring every (context, choice) row whole (which lm-eval's are, above)."""
+    fed: list[tuple[int, ...]] = []
     hook = smollm2.model.register_forward_hook(
-        lambda module, args, kwargs, out: fed.append(kwargs["input_ids"].numel()), with_kwargs=True
+        lambda module, args, kwargs, out: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
+    asked = requests(smollm2)
     try:
-        reused = smollm2.loglikelihood(requests(smollm2))
-        reused_tokens, fed[:] = sum(fed), []
+        reused = smollm2.loglikelihood(asked)
+        reused_shapes, fed[:] = list(fed), []
         smollm2.prefix_reuse = False
-        plain = smollm2.loglikelihood(requests(smollm2))
-        plain_tokens = sum(fed)
+        plain = smollm2.loglikelihood(asked)
+        plain_shapes = list(fed)
     finally:
         hook.remove()
         smollm2.prefix_reuse = True
     assert [ll for ll, _ in reused] == pytest.approx([ll for ll, _ in plain], abs=1e-4)
     assert [greedy for _, greedy in reused] == [greedy for _, greedy in plain]
-    assert reused_tokens < plain_tokens / 2  # four choices per question: the context ran once, not four times
+    tokens = {
+        name: sum(math.prod(s) for s in shapes)
+        for name, shapes in (("reused", reused_shapes), ("plain", plain_shapes))
+    }
+    assert (
+        tokens["reused"] < tokens["plain"] / 2
+    )  # four choices a question: its context ran once, not four times
+    contexts = [encode_pair(smollm2.tokenizer, context, choice)[0] for context, choice in asked]
+    opening = smollm2._shared_opening(contexts)
+    assert opening >= 16 and (1, opening) in reused_shapes  # the system turn, once

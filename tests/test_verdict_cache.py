@@ -60,6 +60,17 @@ def test_a_cached_verdict_is_the_judges_and_each_pair_is_judged_once(guard) -> N
     assert plain.safe != (plain.safe[0],) * 4  # the guard tells these apart: the check above can fail
 
 
+def test_a_disabled_cache_sends_every_pair_to_the_judge(guard) -> None:
+    """``judge.verdict_cache: false`` (what the cache saves is measured against it): repeats included."""
+    watched = Watched(guard)
+    uncached = CachedJudge(watched, enabled=False)
+    asked = [PAIRS[0], PAIRS[1], PAIRS[0]]
+    first, again = uncached.assess(asked), uncached.assess(asked)
+    assert first.safe == again.safe == guard.assess(asked).safe and first.cached == again.cached == 0
+    assert watched.asked == [asked, asked]
+    assert uncached.stats() == {"verdicts": 6, "cached": 0, "hit_rate": 0.0}
+
+
 def test_a_verdict_the_judge_could_not_parse_is_not_kept() -> None:
     class FirstUnparsed:
         def assess(self, pairs: Sequence[tuple[str, str]]) -> Assessment:

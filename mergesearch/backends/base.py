@@ -37,10 +37,14 @@ class MergePool(Protocol):
 
 class SettleRule(Protocol):
     """Whether a judge's verdict on a growing answer is settled, so that its generation may stop
-    (early exit; the judges declare theirs). ``max_tokens``: a length every backend can apply; a rule
-    without one needs a backend that checks it as it decodes (HF), and others generate in full."""
+    (early exit; the judges declare theirs). ``max_tokens``: the longest the answer runs, a length every
+    backend applies. ``reads_text``: the rule also reads the answer as it grows, which needs a backend
+    that checks it as it decodes (HF); others stop at ``max_tokens`` (or the reply length) only."""
 
     max_tokens: int | None
+
+    @property
+    def reads_text(self) -> bool: ...
 
     def __call__(self, response: str, tokens: int) -> bool: ...
 

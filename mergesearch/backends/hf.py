@@ -8,6 +8,7 @@ continuation's token log-probabilities, as lm-eval's ``HFLM.loglikelihood`` does
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ class HFBackend:
         name: str = "model",
         chat_template_required: bool = True,
         prefix_reuse: bool = True,
+        fixed_weights: bool = False,
     ) -> None:
         if chat_template_required:
             require_chat_template(tokenizer, name)
@@ -79,6 +81,11 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.prefix_reuse = prefix_reuse
+        # A judge's model (``fixed_weights``) never takes new weights, so the last opening it ran is kept
+        # (its token ids and KV cache) for later batches to reuse what they share of it: a guard's
+        # policy, about 200 tokens, otherwise run once per call (``_shared_opening``).
+        self.fixed_weights = fixed_weights
+        self.kept_opening: tuple[tuple[int, ...], Any] | None = None
         self.max_new_tokens = max_new_tokens
         self.name = name
         if tokenizer.pad_token_id is None:
@@ -349,14 +356,18 @@ class HFBackend:
         """lm-eval's log-likelihoods of requests grouped by context, each context run once (prefix
         reuse): one forward over the contexts (left-padded) keeps their KV cache and the logits that
         predict each continuation's first token; the cache is repeated per continuation, and one more
-        forward feeds the continuations but their last token, right-padded. Parity with the plain path
-        (and lm-eval): ``test_lm_eval_parity``."""
+        forward feeds the continuations but their last token, right-padded. The opening the contexts
+        share (a chat template's system turn: a third of a short question) runs once for the batch, as
+        a generation batch's does. Parity with the plain path (and lm-eval): ``test_lm_eval_parity``."""
         contexts = [pairs[group[0]][0] for group in groups]
-        ids, mask = self._left_padded(contexts)
+        opening = self._shared_opening(contexts)
+        ids, mask = self._left_padded(contexts, opening)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = self.model(
-            input_ids=ids,
+            input_ids=ids[:, opening:],
             attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+            position_ids=positions[:, opening:],
+            past_key_values=self._opening_cache(ids[:1, :opening], len(contexts)) if opening else None,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -440,6 +451,8 @@ class HFBackend:
 
     def merge_from(self, merger: ResidentMerger, recipe: MergeRecipe, seed: int | None = None) -> None:
         """Write a merge straight into this model's parameters (no copy of the model)."""
+        if self.fixed_weights:
+            raise ValueError(f"{self.name}: a fixed-weights backend (a judge's) takes no merges")
         merger.merge_into(self.model, recipe, seed)
 
     def close(self) -> None:
@@ -465,16 +478,31 @@ class HFBackend:
 
     def _shared_opening(self, sequences: Sequence[Sequence[int]]) -> int:
         """How many first tokens (a chat template's system turn, say) the rows of a generation batch
-        share, to run once (``prefix_reuse``); 0 when that is under ``SHARED_OPENING_MIN`` or the batch
-        is one row. Every row keeps at least one token of its own for the first decoding step."""
-        if not self.prefix_reuse or len(sequences) < 2:
+        share, to run once (``prefix_reuse``); 0 when that is under ``SHARED_OPENING_MIN``. Every row
+        keeps at least one token of its own for the first decoding step. A batch of one row shares
+        nothing, unless the backend has fixed weights: then it shares what it has in common with the
+        kept opening (``_opening_cache``), and so does every batch once one is kept."""
+        if not self.prefix_reuse or (len(sequences) < 2 and not self.fixed_weights):
             return 0
-        shared = min(common_prefix(sequences), min(len(seq) for seq in sequences) - 1)
+        kept = [self.kept_opening[0]] if self.kept_opening is not None else []
+        shared = min(common_prefix([*kept, *sequences]), min(len(seq) for seq in sequences) - 1)
+        if kept and shared < SHARED_OPENING_MIN and len(sequences) > 1:  # nothing in common with it
+            shared = min(common_prefix(sequences), min(len(seq) for seq in sequences) - 1)
         return shared if shared >= SHARED_OPENING_MIN else 0
 
     def _opening_cache(self, opening: torch.Tensor, rows: int) -> Any:
-        """The KV cache of a batch's shared opening (``[1, tokens]``), run once and repeated per row."""
-        cache = self.model(input_ids=opening, use_cache=True, logits_to_keep=1).past_key_values
+        """The KV cache of a batch's shared opening (``[1, tokens]``), run once and repeated per row.
+        With fixed weights, an opening the kept one starts with is copied from it, and any other, once
+        run, is kept in its place."""
+        ids = tuple(opening[0].tolist())
+        if self.kept_opening is not None and self.kept_opening[0][: len(ids)] == ids:
+            cache = copy.deepcopy(self.kept_opening[1])  # decoding extends the copy; the kept one stays
+            if len(ids) < len(self.kept_opening[0]):
+                cache.crop(len(ids) - len(self.kept_opening[0]))  # transformers: a negative count drops
+        else:
+            cache = self.model(input_ids=opening, use_cache=True, logits_to_keep=1).past_key_values
+            if self.fixed_weights:
+                self.kept_opening = (ids, copy.deepcopy(cache))
         cache.batch_repeat_interleave(rows)
         return cache
 
@@ -539,8 +567,8 @@ def _settled_by_rules(
 
 
 def _reads_text(rule: SettleRule | None) -> bool:
-    """A rule that reads the reply (one with a ``max_tokens`` only caps its row's length)."""
-    return rule is not None and rule.max_tokens is None
+    """A rule that reads the reply (a guard's opening only caps its row's length)."""
+    return rule is not None and rule.reads_text
 
 
 # Generation-config settings with which transformers' greedy ``generate`` picks other tokens than the

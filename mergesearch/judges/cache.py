@@ -27,12 +27,19 @@ def _key(prompt: str, response: str) -> bytes:
 
 @dataclass
 class CachedJudge:
+    """``judge`` behind the cache; ``enabled`` False: every pair goes to the judge (what the cache saves
+    is measured against that)."""
+
     judge: Judge
+    enabled: bool = True
     verdicts: dict[bytes, Verdict] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
 
     def assess(self, pairs: Sequence[tuple[str, str]]) -> Assessment:
+        if not self.enabled:
+            self.misses += len(pairs)
+            return self.judge.assess(list(pairs))
         keys = [_key(prompt, response) for prompt, response in pairs]
         fresh = {key: pair for key, pair in zip(keys, pairs) if key not in self.verdicts}
         found = dict(zip(fresh, _verdicts(self.judge.assess(list(fresh.values()))))) if fresh else {}

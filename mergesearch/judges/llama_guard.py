@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from mergesearch.config import JudgeConfig
 from mergesearch.errors import UserError
@@ -259,6 +259,7 @@ def _guard_judge(config: JudgeConfig, device: str, log: Log) -> GuardJudge:
         name=f"judge {path.name}",
         chat_template_required=False,
         allow_pickle=config.allow_pickle,
+        fixed_weights=True,
     )
     return GuardJudge(backend, version=config.version, excluded=config.excluded_categories)
 
@@ -270,6 +271,7 @@ class OpeningTokens:
     full-length ones (``benchmarks/fitness_efficiency.py`` measures the agreement)."""
 
     max_tokens: int
+    reads_text: ClassVar[bool] = False  # its length is all of it
 
     def __call__(self, response: str, tokens: int) -> bool:
         return tokens >= self.max_tokens

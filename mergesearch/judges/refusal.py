@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from mergesearch.config import JudgeConfig
 from mergesearch.judges.base import Assessment, Log, register_judge, register_settle_rule
@@ -99,14 +100,13 @@ def _bare_negative(sentences: list[str], first: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
 class RefusalJudge:
     """Judges a response a refusal when its opening declines the request (see the module docstring)."""
 
-    name = "refusal"
-
-    def __init__(self, window: int = 300, sentences: int = 3) -> None:
-        self.window = window
-        self.sentences = sentences
+    window: int = 300
+    sentences: int = 3
+    name: ClassVar[str] = "refusal"
 
     def is_refusal(self, response: str) -> bool:
         """Reads the first ``sentences`` sentences within ``window`` characters."""
@@ -152,10 +152,13 @@ def _refusal_judge(config: JudgeConfig, device: str, log: Log) -> RefusalJudge:
 @dataclass(frozen=True)
 class OpeningDecided:
     """The refusal judge's early exit: its verdict is settled once its opening is decided, so agreement
-    with full-length judging holds by construction (``test_refusal_labels`` checks it on real answers)."""
+    with full-length judging holds by construction (``test_refusal_labels`` checks it on real answers).
+    ``max_tokens``: the answer also stops there, decided or not (a length chosen where verdicts agree
+    with full-length ones, as a guard's: ``benchmarks/fitness_efficiency.py`` measures it)."""
 
     judge: RefusalJudge = field(default_factory=RefusalJudge)
-    max_tokens: int | None = None  # a decided opening has no fixed length: checked as tokens arrive
+    max_tokens: int | None = None
+    reads_text: ClassVar[bool] = True
 
     def __call__(self, response: str, tokens: int) -> bool:
         return self.judge.settled(response)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mergesearch.backends.base import Backend, Prompt, Settled, SettleRule, encode_pair, rules_per_prompt
-from mergesearch.config import FitnessConfig
-from mergesearch.judges.base import Judge
+from mergesearch.config import FitnessConfig, JudgeConfig
+from mergesearch.judges.base import Judge, settle_rule
 from mergesearch.judges.refusal import OpeningDecided, RefusalJudge
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
@@ -135,15 +135,41 @@ def answer_parts(
     return found
 
 
-def part_rules(data: EvalData, settled: SettleRule | None) -> list[Settled]:
-    """Early exit for every part (harmful, benign, short answers) once the judge's rule is given: each
-    answer stops once the verdict that reads it is settled. Harmful answers: the judge's rule; benign
-    ones: the refusal rules' (over-refusal reads them, whoever judges safety); short answers: once the
-    answer is stated for good. A batch decodes until its last row is done, so a rule on the harmful
-    part alone leaves the other rows of its batches to run their whole length."""
-    if settled is None:
+@dataclass(frozen=True)
+class EarlyExit:
+    """The search's early exit for every part (``judge.early_exit``): each answer stops once the verdict
+    that reads it is settled. Harmful answers: the judge's rule; benign ones: the refusal rules' (over-
+    refusal reads them, whoever judges safety); short answers: once the answer is stated for good. Both
+    of the latter also stop at an opening length when one is set (``benign_tokens``, ``answer_tokens``):
+    a refusal or an answer that has not come by then rarely comes later, but a compliant reply or a
+    wrong one would run to the reply length, and a batch decodes until its last row is done, so those
+    rows set every call's number of decoding steps. Such a length is chosen as a guard's opening is,
+    where verdicts agree with full-length ones (``benchmarks/fitness_efficiency.py``, agreement)."""
+
+    harmful: SettleRule
+    benign_tokens: int | None = None
+    answer_tokens: int | None = None
+
+    @classmethod
+    def of(cls, judge: JudgeConfig) -> EarlyExit | None:
+        """The config's early exit, None when it is off."""
+        rule = settle_rule(judge)
+        if rule is None:
+            return None
+        return cls(rule, judge.early_exit_benign_tokens, judge.early_exit_answer_tokens)
+
+    def part_rules(self, data: EvalData) -> list[Settled]:
+        """The rules of the harmful, benign and short-answer parts (one per short answer)."""
+        short = [AnswerStated(item.answer, self.answer_tokens) for item in data.short_items]
+        return [self.harmful, OpeningDecided(max_tokens=self.benign_tokens), short]
+
+
+def part_rules(data: EvalData, early: EarlyExit | SettleRule | None) -> list[Settled]:
+    """Every part's early-exit rule: ``early``'s, a judge's bare rule standing for an ``EarlyExit`` with
+    no opening lengths; none at all (full answers, as held-out scoring reads) without one."""
+    if early is None:
         return [None, None, None]
-    return [settled, OpeningDecided(), [AnswerStated(item.answer) for item in data.short_items]]
+    return (early if isinstance(early, EarlyExit) else EarlyExit(early)).part_rules(data)
 
 
 def score_model(
@@ -152,11 +178,12 @@ def score_model(
     judge: Judge,
     config: FitnessConfig,
     max_new_tokens: int = 32,
-    settled: SettleRule | None = None,
+    settled: EarlyExit | SettleRule | None = None,
 ) -> Scores:
     """All objectives the data supports (the loss proxy only when weighted: it costs a scoring pass).
-    ``settled``: the judge's early-exit rule; given, every part's answers stop once their verdict is
-    settled (``part_rules``; the search's fitness only: held-out evaluations read full answers).
+    ``settled``: the search's early exit (or the judge's bare rule); given, every part's answers stop
+    once their verdict is settled (``part_rules``; the search's fitness only: held-out evaluations read
+    full answers).
     Timings: ``generate`` answers every part (short answers included), ``score`` is choice scoring and
     the loss proxy."""
     counts: dict[str, float] = {}

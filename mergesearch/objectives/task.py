@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -57,10 +57,13 @@ class AnswerStated:
     character after it that is not part of a word ("= 42." or "42 apples"). No later text can undo that:
     a bare "42" could still grow into "420", and "42 " into "42 0", but the normalised reply has already
     joined split digits and dropped a trailing space. A reply that never states it runs to its length,
-    so the verdict equals full-length judging's by construction."""
+    so the verdict equals full-length judging's by construction. ``max_tokens``: the reply also stops
+    there, stated or not (a length chosen where verdicts agree with full-length ones: measured by
+    ``benchmarks/fitness_efficiency.py``)."""
 
     answer: str
-    max_tokens: int | None = None  # checked as tokens arrive (an HF backend); others answer in full
+    max_tokens: int | None = None
+    reads_text: ClassVar[bool] = True  # checked as tokens arrive (an HF backend)
 
     def __call__(self, response: str, tokens: int) -> bool:
         key = _normalized(self.answer)
