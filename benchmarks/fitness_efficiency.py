@@ -1,7 +1,7 @@
 """Benchmark: what cheaper fitness buys (JSON), at the toy scale (demo config) and at the SmolLM2 scale.
 
     .venv/bin/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json \
-        [--scales toy,smollm2,smollm2_guard] [--parts stages,agreement,search] [--seeds 5] [--resume]
+        [--scales toy,smollm2,smollm2_guard] [--parts stages,agreement,openings,search] [--seeds 5] [--resume]
 
 - ``stages``: per-stage seconds (merge / generate / judge / score) of one genome's evaluation, before
   (every answer in full, every choice row scored whole, a ``generate`` call per part of the split),
@@ -21,9 +21,11 @@
   family judged by its own guard (``search_spaces/smollm2_guard.yaml``: 48-token answers); beside the
   agreement, the share of full answers judged unsafe and how often the guard's full-length verdict
   matches the refusal rules' (an agreement that came from calling everything safe would show).
-- ``search``: per seed, three searches: full fidelity (``rounds: 1``, no early exit, no prefix reuse);
-  multi-fidelity (``--rounds`` rounds, ASHA, ``--reduction-factor``); multi-fidelity + early exit + prefix
-  reuse (+ the judge actor's verdict cache, which a guard judge always has). The multi-fidelity ones get
+- ``openings``: benign and short answers stopped at an opening length (``ANSWER_OPENINGS``) against
+  full ones: the share whose verdict (refusal; answer contained) is the full answer's, per length.
+- ``search``: per seed, three searches: full fidelity (``rounds: 1``, no early exit, no prefix reuse,
+  no verdict cache); multi-fidelity (``--rounds`` rounds, ASHA, ``--reduction-factor``); multi-fidelity
+  + early exit + prefix reuse + the judge actor's verdict cache. The multi-fidelity ones get
   ``--trials-factor`` times the trials (a stopped trial is cheap). With 9 rounds and reduction 3, ASHA
   decides after rounds 1 and 3 (a ninth and a third of the split), and a trial makes one call per
   stretch between decisions (rounds 1, 2-3, 4-9); with 3 rounds it decides only once, after a third.
@@ -62,6 +64,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
@@ -74,10 +77,12 @@ from mergesearch.config import DataConfig, MultiFidelityConfig, validate_mapping
 from mergesearch.errors import ConfigError
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.base import settle_rule
-from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.judges.labelled import labelled_responses
+from mergesearch.judges.refusal import OpeningDecided, RefusalJudge
 from mergesearch.objectives import evaluate as evaluate_module
 from mergesearch.objectives.data import Rounds
 from mergesearch.objectives.evaluate import Scores
+from mergesearch.objectives.task import AnswerStated, contains_answer
 from mergesearch.runtime import offline_and_quiet, ray_session
 from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.search.tuner import run_search
@@ -86,8 +91,14 @@ from mergesearch.setup import SearchSetup
 SCALES = {"toy": DEMO, "smollm2": SMOLLM2, "smollm2_guard": SMOLLM2.with_name("smollm2_guard.yaml")}
 STAGES = ("merge", "generate", "judge", "score")
 SETTINGS = {  # name: config sections
-    "before": {"backend": {"prefix_reuse": False}, "judge": {"early_exit": False, "prefix_reuse": False}},
-    "after": {"backend": {"prefix_reuse": True}, "judge": {"early_exit": True, "prefix_reuse": True}},
+    "before": {
+        "backend": {"prefix_reuse": False},
+        "judge": {"early_exit": False, "prefix_reuse": False, "verdict_cache": False},
+    },
+    "after": {
+        "backend": {"prefix_reuse": True},
+        "judge": {"early_exit": True, "prefix_reuse": True, "verdict_cache": True},
+    },
 }
 
 
@@ -281,6 +292,77 @@ def agreement_part(setup: SearchSetup, genomes: int) -> dict:
     }
 
 
+def openings_part(setup: SearchSetup, genomes: int) -> dict:
+    """Benign and short answers stopped at an opening length (``judge.early_exit_benign_tokens``,
+    ``early_exit_answer_tokens``) against full ones, per length: the share of benign answers whose
+    refusal verdict (over-refusal) is the full answer's, and of short answers whose containment verdict
+    is; beside them, how often the full verdict is a refusal / a correct answer (an agreement that came
+    from every answer being the same would show), and the tokens the full answers ran to."""
+    evaluator = Evaluator(setup, log=quiet)
+    data, length, backend = evaluator.data, setup.config.backend.max_new_tokens, evaluator.backend
+    benign, short = list(data.benign), list(data.short_items)
+    questions = [item.prompt for item in short]
+    refusal = RefusalJudge()
+    counts: dict[str, dict] = {part: {"agree": dict.fromkeys(ANSWER_OPENINGS, 0)} for part in PARTS_CUT}
+    positives = {part: 0 for part in PARTS_CUT}
+    tokens = {part: 0 for part in PARTS_CUT}
+    for genome in random_genomes(setup, genomes, seed=3):
+        backend.merge_from(evaluator.merger, evaluator.space.decode(genome), 0)
+        full_benign, full_short = evaluate_module.answer_parts(backend, [benign, questions], length)
+        full = {"benign": refusal.refusals(full_benign), "short_answers": verdicts_of(full_short, short)}
+        for part, replies in (("benign", full_benign), ("short_answers", full_short)):
+            positives[part] += sum(full[part])
+            tokens[part] += sum(len(backend.tokenizer(r)["input_ids"]) for r in replies)
+        for opening in ANSWER_OPENINGS:
+            rules = [OpeningDecided(max_tokens=opening), [AnswerStated(i.answer, opening) for i in short]]
+            cut_benign, cut_short = evaluate_module.answer_parts(backend, [benign, questions], length, rules)
+            cut = {"benign": refusal.refusals(cut_benign), "short_answers": verdicts_of(cut_short, short)}
+            for part in PARTS_CUT:
+                counts[part]["agree"][opening] += sum(a == b for a, b in zip(full[part], cut[part]))
+    rows = {"benign": len(benign) * genomes, "short_answers": len(short) * genomes}
+    return {
+        "genomes": genomes,
+        "full_answer_tokens": length,
+        "labelled_refusals": labelled_agreement(backend.tokenizer, length),
+        **{
+            part: {
+                "pairs": rows[part],
+                "agreement": {
+                    f"opening {n} tokens": round(agreed / rows[part], 4)
+                    for n, agreed in counts[part]["agree"].items()
+                },
+                # refusals (benign) or correct answers (short answers) among the full ones
+                "positive_share_full": round(positives[part] / rows[part], 4),
+                "mean_full_tokens": round(tokens[part] / rows[part], 1),
+            }
+            for part in PARTS_CUT
+            if rows[part]
+        },
+    }
+
+
+ANSWER_OPENINGS = (12, 16, 24, 32)
+PARTS_CUT = ("benign", "short_answers")
+
+
+def labelled_agreement(tokenizer: Any, length: int) -> dict:
+    """Merged models rarely refuse a benign request, so the search's benign answers hold few refusals to
+    cut: the refusal rules' verdict on the labelled set's generated responses (real SmolLM2-family
+    answers, refusals among them) cut to each opening length, against the same cut to ``length``."""
+    judge, rows = RefusalJudge(), [r for r in labelled_responses() if r.origin == "generated"]
+    tokens = [tokenizer(r.response, add_special_tokens=False)["input_ids"] for r in rows]
+    full = [judge.is_refusal(tokenizer.decode(ids[:length])) for ids in tokens]
+    agreement = {}
+    for opening in ANSWER_OPENINGS:
+        cut = [judge.is_refusal(tokenizer.decode(ids[:opening])) for ids in tokens]
+        agreement[f"opening {opening} tokens"] = round(sum(a == b for a, b in zip(full, cut)) / len(rows), 4)
+    return {"responses": len(rows), "refusals_full": sum(full), "agreement": agreement}
+
+
+def verdicts_of(replies: Sequence[str], items: Sequence) -> list[bool]:
+    return [contains_answer(reply, item.answer) for reply, item in zip(replies, items, strict=True)]
+
+
 # ------------------------------------------------------------------------------------ search
 class HeldOut:
     """Held-out fitness of genomes, scored in this process on the dataset's held-out split (cached)."""
@@ -414,6 +496,7 @@ def summary(per_seed: list[dict], names: list[str]) -> dict:
 PARTS: dict[str, Callable[[SearchSetup, Path, argparse.Namespace, Keep], dict]] = {
     "stages": lambda setup, work, a, keep: stages_part(setup, a.genomes),
     "agreement": lambda setup, work, a, keep: agreement_part(setup, a.genomes),
+    "openings": lambda setup, work, a, keep: openings_part(setup, a.genomes),
     "search": search_part,
 }
 
@@ -424,7 +507,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scales", default="toy")
-    parser.add_argument("--parts", default="stages,agreement,search")
+    parser.add_argument("--parts", default="stages,agreement,openings,search")
     parser.add_argument("--genomes", type=int, default=6, help="per stages / agreement part")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=24, help="the full-fidelity search's budget")
