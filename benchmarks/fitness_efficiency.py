@@ -46,6 +46,9 @@
   its first warm start (the uniform merge) measures only how soon that one genome is scored in full,
   which multi-fidelity can only delay.
 
+The parts run in this process (stages, agreement, openings) compute on ``--threads`` torch threads: 1 by
+default, as a search's evaluator actor of one CPU does (results before this option used both cores).
+
 SmolLM2 needs its family built (any SmolLM2 run builds it; this benchmark does not: 30-50 minutes);
 ``smollm2_guard`` builds the guard on first use (about 20 minutes more).
 """
@@ -522,6 +525,13 @@ def main() -> None:
         help="search: data.max_alignment_prompts,max_task_prompts per evaluation [default: the config's]; "
         "held-out scoring keeps the config's",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the parts run in this process (stages, agreement, openings): 1, as an "
+        "evaluator actor of one CPU computes in a search",
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/bench_fitness_efficiency"))
     parser.add_argument(
         "--resume", action="store_true", help="search: keep the seeds --out holds for these settings"
@@ -555,6 +565,9 @@ def main() -> None:
         except ConfigError as error:
             parser.error(str(error))
         args.search_data = data.model_dump(include=set(args.search_data))
+    if args.threads < 1:
+        parser.error(f"--threads: at least 1 (got {args.threads})")
+    torch.set_num_threads(args.threads)
     offline_and_quiet()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "fitness_efficiency"}
     for scale in args.scales.split(","):
@@ -576,7 +589,12 @@ def main() -> None:
 
             keep(PARTS[part](setup, args.work / scale, args, keep))
             stderr(f"{scale} {part}: done")
-    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "threads_in_process": args.threads,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

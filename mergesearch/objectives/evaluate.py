@@ -144,7 +144,7 @@ class EarlyExit:
     a refusal or an answer that has not come by then rarely comes later, but a compliant reply or a
     wrong one would run to the reply length, and a batch decodes until its last row is done, so those
     rows set every call's number of decoding steps. Such a length is chosen as a guard's opening is,
-    where verdicts agree with full-length ones (``benchmarks/fitness_efficiency.py``, agreement)."""
+    where verdicts agree with full-length ones (``benchmarks/fitness_efficiency.py``, openings)."""
 
     harmful: SettleRule
     benign_tokens: int | None = None
