@@ -78,8 +78,11 @@ bench: $(STAMP)
 bench-smollm2: $(STAMP)
 	$(BIN)/python benchmarks/smollm2_family.py --out benchmarks/results/smollm2_family.json
 	$(BIN)/python benchmarks/scaling.py --out benchmarks/results/scaling_smollm2.json --parts compact_smollm2
-	$(BIN)/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json --scales smollm2 \
-		--rounds 9 --trials 8 --trials-factor 2 --cold
+	$(BIN)/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency.json \
+		--scales smollm2_guard --parts stages,agreement,openings
+	$(BIN)/python benchmarks/fitness_efficiency.py --out benchmarks/results/fitness_efficiency_search_openings.json \
+		--scales smollm2_guard --parts search --cold --trials 24 --trials-factor 3 --rounds 9 --reduction-factor 9 \
+		--seeds 5 --variants multi_fidelity_early_exit_prefix_reuse --resume
 
 ## Evaluation throughput with the hf and vllm backends side by side (in the vLLM environment).
 bench-vllm: $(STAMP) $(VLLM_STAMP)
