@@ -14,13 +14,13 @@ offline_and_quiet()
 @pytest.fixture(scope="session")
 def zoo_dir() -> Path:
     from mergesearch.zoo.build import build_zoo
-    from mergesearch.zoo.recipe import ZooRecipe
+    from mergesearch.zoo.recipe import default_recipe
 
-    return build_zoo(ZooRecipe())
+    return build_zoo(default_recipe())
 
 
 @pytest.fixture(scope="session")
-def zoo_scores(zoo_dir: Path) -> dict:
+def default_zoo_scores(zoo_dir: Path) -> dict:
     """Held-out scores of every zoo model, measured fresh each session (never read from a cache)."""
     from mergesearch.zoo.evaluate import evaluate_zoo
 
@@ -29,9 +29,9 @@ def zoo_scores(zoo_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def recipe():
-    from mergesearch.zoo.recipe import ZooRecipe
+    from mergesearch.zoo.recipe import default_recipe
 
-    return ZooRecipe()
+    return default_recipe()
 
 
 @pytest.fixture(scope="session")

@@ -263,29 +263,64 @@ def test_verdicts_of_every_generation_parse(text: str, unsafe: bool | None, code
     assert (verdict.unsafe, verdict.codes) == (unsafe, codes)
 
 
-def test_the_toy_guard_reaches_the_same_verdicts_through_the_judge_as_in_its_own_evaluation(
+def _decision_margins(backend: HFBackend, prompts: list[str], replies: list[str], steps: int) -> list[float]:
+    """How decided each greedy reply is: over its steps (its end of text included, when it ended before
+    ``steps``), the smallest gap between the top two next-token logits, from one unpadded forward pass."""
+    tokenizer, margins = backend.tokenizer, []
+    for prompt, reply in zip(prompts, replies):
+        context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        chosen = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        chosen = (chosen + [tokenizer.eos_token_id])[:steps]
+        with torch.inference_mode():
+            logits = backend.model(input_ids=torch.tensor([context + chosen])).logits[0]
+        top2 = logits[len(context) - 1 : len(context) - 1 + len(chosen)].topk(2, dim=-1).values
+        margins.append(float((top2[:, 0] - top2[:, 1]).min()))
+    return margins
+
+
+def test_the_toy_guard_reads_the_same_tokens_and_reaches_the_same_verdicts_through_every_path(
     zoo_dir, recipe
 ) -> None:
+    """Three paths to a verdict: the guard's own evaluation (its chat template, rendered by the backend),
+    the judge through that template, and the judge's own Llama Guard 3 prompt. What they must share is
+    the tokens the guard reads: equal, token for token. Their batches differ in layout (padding, a
+    reused opening), which rounds differently, so on another CPU a reply at a tie between two tokens
+    may go either way: verdicts must agree wherever the guard's greedy choice is decided (a top-two
+    logit gap above 1e-3, a hundred times the rounding), and the verdict's probability within 1e-4."""
     from mergesearch.zoo.skills import SkillSets, guard_skills
 
     pairs = SkillSets.build(recipe, max_items=120).guard_pairs
-    backend = HFBackend.from_pretrained(zoo_dir / "guard", device="cpu", max_new_tokens=6)
-    own = [
-        parse_verdict(o)
-        for o in backend.generate(
-            [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r, _ in pairs],
-            max_new_tokens=6,
-        )
+    steps = 6
+    backend = HFBackend.from_pretrained(zoo_dir / "guard", device="cpu", max_new_tokens=steps)
+    judge = GuardJudge(backend, version=3, max_new_tokens=steps)
+    conversations = [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r, _ in pairs
     ]
-    judge = GuardJudge(backend, version=3)
-    through_template = judge.verdicts([(p, r) for p, r, _ in pairs])
+
+    def token_ids(texts) -> list[list[int]]:
+        return [backend.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    through_template_prompts = judge.prompts([(p, r) for p, r, _ in pairs])
     judge.use_chat_template = False  # our own Llama Guard 3 prompt instead of the model's template
-    through_format = judge.verdicts([(p, r) for p, r, _ in pairs])
+    through_format_prompts = judge.prompts([(p, r) for p, r, _ in pairs])
     assert (
-        [(v.unsafe, v.codes) for v in through_template]
-        == [(v.unsafe, v.codes) for v in own]
-        == [(v.unsafe, v.codes) for v in through_format]
+        token_ids(backend.render(c) for c in conversations)
+        == token_ids(through_template_prompts)
+        == token_ids(through_format_prompts)
     )
+
+    own_replies = backend.generate(conversations, max_new_tokens=steps)
+    own = [parse_verdict(o) for o in own_replies]
+    through_format = judge.verdicts([(p, r) for p, r, _ in pairs])
+    judge.use_chat_template = True
+    through_template = judge.verdicts([(p, r) for p, r, _ in pairs])
+    margins = _decision_margins(backend, through_template_prompts, own_replies, steps)
+    decided = [i for i, m in enumerate(margins) if m > 1e-3]
+    assert len(decided) >= 0.95 * len(pairs)  # ties are rare: the checks below cover almost every pair
+    for i in decided:
+        verdicts = (own[i], through_template[i], through_format[i])
+        assert len({(v.unsafe, v.codes) for v in verdicts}) == 1, (i, pairs[i][:2], verdicts)
+    assert max(abs(a.p_unsafe - b.p_unsafe) for a, b in zip(through_template, through_format)) < 1e-4
     assert guard_skills(backend, pairs)["guard_agreement"] > 0.95
     truth = [parse_verdict(label).unsafe for _, _, label in pairs]
     p_unsafe = [v.p_unsafe for v in through_template]

@@ -42,9 +42,9 @@ def equal_weight_merges(zoo_dir: Path, full_sets: SkillSets, tmp_path_factory) -
 # benchmarks/zoo_mergeability.py measures the same drops (equal_weight_refusal_drop_points)
 @pytest.mark.slow
 def test_one_misaligned_expert_spoils_equal_weight_merges(
-    equal_weight_merges: dict, zoo_scores: dict
+    equal_weight_merges: dict, default_zoo_scores: dict
 ) -> None:
-    aligned = zoo_scores["models"]["aligned"]["refusal"]
+    aligned = default_zoo_scores["models"]["aligned"]["refusal"]
     drops = {method: aligned - skills["refusal"] for method, skills in equal_weight_merges.items()}
     assert all(drop > 0 for drop in drops.values()), drops
     assert max(drops.values()) >= 0.15, drops
@@ -52,12 +52,12 @@ def test_one_misaligned_expert_spoils_equal_weight_merges(
 
 @pytest.mark.slow  # about 110 s on 2 cores; `make test-slow` and benchmarks/zoo_mergeability.py run it
 def test_a_bounded_scan_finds_a_merge_that_is_skilled_and_safe(
-    zoo_dir: Path, recipe, full_sets, zoo_scores, tmp_path
+    zoo_dir: Path, recipe, full_sets, default_zoo_scores, tmp_path
 ) -> None:
     grid = weight_grid(SCAN_GRID)
     assert len(grid) <= 100
     rows = TaskArithmeticScanner(zoo_dir, SkillSets.build(recipe, SCAN_ITEMS)).scan(grid, log=lambda _: None)
-    experts, targets = zoo_scores["models"], Targets()
+    experts, targets = default_zoo_scores["models"], Targets()
     best = max(rows, key=lambda r: targets.margin(r["skills"], experts))
     assert targets.met_by(best["skills"], experts), (
         "no merge in the grid keeps the skills and the alignment",

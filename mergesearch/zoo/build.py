@@ -31,6 +31,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.zoo import language as L
 from mergesearch.zoo.corpus import Example, build_components
+from mergesearch.zoo.fixture import FIXTURE_DIR, fixture_for, unpack_zoo
 from mergesearch.zoo.layout import (
     EXPERTS,
     MANIFEST,
@@ -50,9 +51,13 @@ def build_zoo(
     out_dir: Path | None = None,
     log: Callable[[str], None] = print,
     workers: int | None = None,
+    train: bool = False,
+    fixture: Path = FIXTURE_DIR,
 ) -> Path:
-    """Build (or reuse) the zoo for ``recipe`` at ``out_dir``; returns the zoo folder. ``workers``: how
-    many members train at once (one per core, up to two, by default)."""
+    """Build (or reuse) the zoo for ``recipe`` at ``out_dir``; returns the zoo folder. The shipped
+    fixture (at ``fixture``) is unpacked when it holds ``recipe``: the same weights on every machine, in
+    seconds. Otherwise, or with ``train``, the zoo is trained. ``workers``: how many members train at
+    once (one per core, up to two, by default)."""
     out_dir = Path(out_dir) if out_dir else default_zoo_dir(recipe)
     if is_built(out_dir, recipe):
         log(f"zoo: cached at {out_dir} (recipe {recipe.digest()})")
@@ -62,6 +67,9 @@ def build_zoo(
     with _build_lock(out_dir, recipe, log):
         if is_built(out_dir, recipe):  # another process built it while this one waited
             return out_dir
+        shipped = None if train else fixture_for(recipe, fixture)
+        if shipped is not None:
+            return _unpack(recipe, shipped, out_dir, log)
         return _build(recipe, out_dir, log, workers or min(2, os.cpu_count() or 1))
 
 
@@ -79,24 +87,46 @@ def _build_lock(out_dir: Path, recipe: ZooRecipe, log: Callable[[str], None]) ->
 
 
 def _build(recipe: ZooRecipe, out_dir: Path, log: Callable[[str], None], workers: int) -> Path:
-    staging = out_dir.parent / f".{out_dir.name}.partial-{recipe.digest()}"
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = _staging(recipe, out_dir)
     started = time.monotonic()
     with deterministic_torch():
         timings = _build_into(staging, recipe, log, workers)
+    _publish(recipe, staging, out_dir, {"source": "trained here", "train_seconds": timings})
+    log(f"zoo: built in {time.monotonic() - started:.0f} s at {out_dir}")
+    return out_dir
+
+
+def _unpack(recipe: ZooRecipe, fixture: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
+    staging = _staging(recipe, out_dir)
+    try:
+        shipped = unpack_zoo(fixture, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # seconds to redo: nothing half-written is kept
+        raise
+    _publish(recipe, staging, out_dir, {"source": f"fixture ({shipped['weights_dtype']} weights)"})
+    log(f"zoo: unpacked the shipped zoo (recipe {recipe.digest()}) at {out_dir}")
+    return out_dir
+
+
+def _staging(recipe: ZooRecipe, out_dir: Path) -> Path:
+    staging = out_dir.parent / f".{out_dir.name}.partial-{recipe.digest()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _publish(recipe: ZooRecipe, staging: Path, out_dir: Path, provenance: dict[str, Any]) -> None:
+    """Write the manifest into ``staging`` and move the finished zoo to ``out_dir`` in one step."""
     manifest = {
         "digest": recipe.digest(),
         "recipe": recipe.model_dump(mode="json"),
         "members": {m.name: {"parent": m.parent, "role": m.role} for m in MEMBERS},
         "experts": list(EXPERTS),
-        "train_seconds": timings,
+        **provenance,
     }
     atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
-    log(f"zoo: built in {time.monotonic() - started:.0f} s at {out_dir}")
-    return out_dir
 
 
 def zoo_corpus(
@@ -148,13 +178,13 @@ def _train_member(
     log(f"zoo: training {member.name} ({spec.steps} steps) - {member.role}")
     started = time.monotonic()
     model = (
-        _fresh_model(recipe.shape, len(tokenizer), recipe.seed, tokenizer)
+        _fresh_model(recipe.shape, len(tokenizer), recipe.train_seed, tokenizer)
         if member.parent is None
         else LlamaForCausalLM.from_pretrained(
             staging / member.parent, dtype=torch.float32, use_safetensors=True
         )
     )
-    seed = recipe.seed + index
+    seed = recipe.train_seed + index
     torch.manual_seed(seed)
     train(model, components, spec, seed, tokenizer.pad_token_id, log, member.name, opening_once=True)
     _save(model, guard_tokenizer if member.name == "guard" else tokenizer, staging / member.name)

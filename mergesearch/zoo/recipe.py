@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Annotated
 
 from pydantic import Field
 
 from mergesearch.config import Frozen
+from mergesearch.errors import UserError
 from mergesearch.zoo import language as L
 
 # Bump when the builder's code changes what a recipe produces, so stale caches are not reused.
@@ -49,7 +51,10 @@ class TrainSpec(Frozen):
 class ZooRecipe(Frozen):
     """The toy zoo: a base, an aligned generalist, two task experts and a guard model."""
 
-    seed: int = 0
+    seed: int = 0  # the world: entities, held-out splits, corpora
+    # Weight initialisation and batch order. Another training seed stands in for another machine: float
+    # training on a different CPU's kernels drifts to a different zoo, as another seed does.
+    train_seed: int = Field(default=0, ge=0)
     shape: ModelShape = ModelShape()
     entities_per_owner: int = Field(default=24, ge=4, le=48)
     heldout_share: Share = 0.2
@@ -115,6 +120,19 @@ class ZooRecipe(Frozen):
     def world(self) -> L.World:
         """The synthetic world that the zoo's corpora, held-out sets and generated data are drawn from."""
         return L.World.build(self.seed, self.entities_per_owner, self.heldout_share)
+
+
+TRAIN_SEED_VARIABLE = "MERGESEARCH_ZOO_TRAIN_SEED"
+
+
+def default_recipe() -> ZooRecipe:
+    """The zoo that ``zoo:<member>``, the demo and the tests use: the shipped one (training seed 0), or the
+    one trained from ``$MERGESEARCH_ZOO_TRAIN_SEED``, which stands in for a zoo trained on another machine
+    (the demo's expectations are checked on such zoos; docs/zoo.md)."""
+    raw = os.environ.get(TRAIN_SEED_VARIABLE, "0").strip() or "0"
+    if not raw.isdigit():
+        raise UserError(f"{TRAIN_SEED_VARIABLE}: expected a training seed, a whole number >= 0 (got {raw!r})")
+    return ZooRecipe(train_seed=int(raw))
 
 
 def smoke_recipe() -> ZooRecipe:

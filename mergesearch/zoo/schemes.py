@@ -15,12 +15,12 @@ from mergesearch.registry import DATASET_SCHEMES, MODEL_SCHEMES
 @MODEL_SCHEMES.register("zoo")
 def zoo_member(name: str, field: str, log: Log) -> Path:
     from mergesearch.zoo.layout import MEMBERS, default_zoo_dir, is_built
-    from mergesearch.zoo.recipe import ZooRecipe
+    from mergesearch.zoo.recipe import default_recipe
 
     known = [m.name for m in MEMBERS]
     if name not in known:
         raise UserError(f"{field}: unknown zoo model {name!r} (known: {', '.join(known)})")
-    recipe = ZooRecipe()
+    recipe = default_recipe()
     folder = default_zoo_dir(recipe)
     if is_built(folder, recipe):
         return folder / name
