@@ -604,8 +604,9 @@ def _reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> 
 
 # ------------------------------------------------------------------------------------------ demo
 @cli.command(
-    help="The offline demo: build the toy zoo, then the paper's protocol at a reduced budget (experts, TIES, "
-    "searches with and without alignment data, LM-Cocktail) as a table. Re-running resumes cell by cell."
+    help="The offline demo: unpack the shipped toy zoo, then the paper's protocol at a reduced budget "
+    "(experts, TIES, searches with and without alignment data, LM-Cocktail) as a table. Re-running resumes "
+    "cell by cell."
 )
 @click.option(
     "--protocol",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from demo_claims import demo_claims
 
 from mergesearch.config import load_config
 from mergesearch.protocol.config import ProtocolConfig
@@ -34,9 +35,7 @@ def test_the_demo_prints_the_papers_table_and_alignment_data_makes_the_search_sa
         cells = [c for c in summary["cells"] if c["row"] == name]
         assert sorted(c["seed"] for c in cells) == protocol.seeds
         assert all(c["search_split"]["trials"] == protocol.search.trials for c in cells)
-    assert summary["expectations"]["task-only search is less safe than the aligned expert"]
-    means = {r["row"]: {k: v["mean"] for k, v in r.items() if isinstance(v, dict)} for r in summary["rows"]}
-    task_only, aligned = means["search_task_only"], means["search_task_alignment"]
-    assert aligned["safety"] > task_only["safety"] + 0.1  # what alignment data buys (measured: +18 points)
-    assert aligned["short_answer"] >= 0.5  # without giving up the misaligned expert's sums (76.5%)
+    # The README's claims, set on zoos of training seeds 0-2 and checked on seed 3 (demo_claims.py).
+    claims = demo_claims(summary)
+    assert all(claims.values()), claims
     assert (out / "protocol.png").is_file()
