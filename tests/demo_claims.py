@@ -20,13 +20,16 @@ def row_means(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def demo_claims(summary: dict[str, Any]) -> dict[str, bool]:
+    """Only what held on every zoo of seeds 0-2. What did not is left out, and docs/zoo.md gives its
+    spread: alignment data's safety gain (+17, +38, +0.8 points) and the short answers the
+    alignment-aware search keeps (76.5%, 10.3%, 73.5%): at 12 trials a search's end point depends on
+    the zoo."""
     means = row_means(summary)
-    aligned, math = means["expert:aligned"], means["expert:math"]
+    aligned = means["expert:aligned"]
     task_only, searched = means["search_task_only"], means["search_task_alignment"]
+    cocktail = means["lm_cocktail_aligned_T1"]
     return {
         "task-only search is less safe than the aligned expert": task_only["safety"] < aligned["safety"],
-        "alignment data makes the search safer by >= 10 points": searched["safety"]
-        >= task_only["safety"] + 0.10,
-        "the alignment-aware search keeps >= half the math expert's short answers": searched["short_answer"]
-        >= 0.5 * math["short_answer"],
+        "alignment data makes the search no less safe": searched["safety"] >= task_only["safety"],
+        "LM-Cocktail with alignment examples is >= 90% safe": cocktail["safety"] >= 0.90,
     }

@@ -7,8 +7,9 @@ enough to turn a test red, and to change the demo's story. Every machine unpacks
 gets the same weights, and the build is seconds, not 9 minutes. Inference still rounds differently across
 CPUs, so no test hangs on an exact greedy tie (docs/zoo.md).
 
-Half precision keeps the fixture at about 11 MB. A zoo unpacked from it is stored as float32 (the
-widening is exact), like a trained one, so every loader and merge sees the dtype it always saw. The
+Half precision keeps the fixture at about 10 MB. A zoo unpacked from it is stored as float32, like a
+trained one, so every loader and merge sees the dtype it always saw (``dithered`` says how it is
+widened). The
 fixture names its recipe's digest; a recipe that no longer matches it is trained (``zoo build --train``)
 and packed again (``zoo pack``).
 """
@@ -20,6 +21,8 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
@@ -45,7 +48,6 @@ def fixture_for(recipe: ZooRecipe, fixture: Path = FIXTURE_DIR) -> Path | None:
 def pack_zoo(zoo_dir: Path, out: Path = FIXTURE_DIR, log: Callable[[str], None] = print) -> Path:
     """Write a built zoo as the fixture: every member's files, its weights in float16, and a manifest
     with the recipe, its digest and each file's SHA-256 (checked when unpacked)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     zoo_dir = Path(zoo_dir)
@@ -77,7 +79,6 @@ def pack_zoo(zoo_dir: Path, out: Path = FIXTURE_DIR, log: Callable[[str], None] 
 def unpack_zoo(fixture: Path, staging: Path) -> dict:
     """Write the fixture's zoo into ``staging`` with float32 weights; returns the fixture's manifest.
     A file that does not match its recorded hash (a damaged checkout) is named, and nothing is kept."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     manifest = read_manifest(fixture, FIXTURE_MANIFEST)
@@ -95,10 +96,27 @@ def unpack_zoo(fixture: Path, staging: Path) -> dict:
             shutil.rmtree(target)
         shutil.copytree(fixture / member.name, target, ignore=shutil.ignore_patterns(WEIGHTS))
         tensors = load_file(fixture / member.name / WEIGHTS)
-        save_file(
-            {name: t.to(torch.float32) for name, t in tensors.items()},
-            target / WEIGHTS,
-            metadata={"format": "pt"},
-        )
+        widened = {name: dithered(t, f"{member.name}/{name}") for name, t in sorted(tensors.items())}
+        save_file(widened, target / WEIGHTS, metadata={"format": "pt"})
     assert set(manifest["experts"]) == set(EXPERTS)
     return manifest
+
+
+# A weight moves by at most this share of itself: under half of float16's smallest relative step
+# (2^-11), so the unpacked weight still rounds to the stored one.
+DITHER = 2.0**-13
+
+
+def dithered(half: torch.Tensor, name: str) -> torch.Tensor:
+    """A float16 tensor widened to float32, each value moved by a seeded share of itself, under half a
+    float16 step. Why: float16 keeps 11 bits, so an expert's task vector (expert - base) is quantised and
+    many of its entries tie in magnitude, where a trained zoo has almost none; TIES and Breadcrumbs trim
+    by magnitude, and at a tie which entry survives is a sort's choice (mergekit's is unstable). The
+    shift restores distinct magnitudes. It is the same on every machine: numpy's PCG64 stream from a seed
+    made of the tensor's name, and one float32 multiply per value (exactly rounded, no sums)."""
+    import numpy as np
+
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    shares = np.random.default_rng(seed).random(half.numel(), dtype=np.float32) * 2 - 1
+    scale = torch.from_numpy(1 + np.float32(DITHER) * shares).reshape(half.shape)
+    return half.to(torch.float32) * scale
