@@ -70,7 +70,7 @@ def spread(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
     for row in runs[0]["means"]:
         for metric in runs[0]["means"][row]:
             values = [r["means"][row][metric] for r in runs if metric in r["means"].get(row, {})]
-            out.setdefault(row, {})[metric] = [round(min(values), 4), round(max(values), 4)]
+            out.setdefault(row, {})[metric] = [min(values), max(values)]
     return out
 
 
