@@ -160,8 +160,10 @@ def test_near_duplicates_never_straddle_the_split() -> None:
 def test_ray_data_with_two_actors_gives_the_same_rows_as_the_local_run(local_dataset, tmp_path) -> None:
     import ray
 
+    from mergesearch.runtime import ray_session
+
     spec, local_out, local_card = local_dataset
-    ray.init(num_cpus=2, include_dashboard=False, namespace="mergesearch-test", log_to_driver=False)
+    ray_session(num_cpus=2)  # a fresh local Ray, never the last `ray start` head on this machine
     try:
         ray_card = build_dataset(spec, tmp_path / "ray", use_ray=True, actors=2, log=lambda _: None)
     finally:
