@@ -27,6 +27,19 @@ def default_zoo_scores(zoo_dir: Path) -> dict:
     return evaluate_zoo(zoo_dir)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs) for a module's tests, started as the CLI starts it: a start costs 6-9 s on
+    2 cores, so tests that only need a Ray share one rather than starting their own."""
+    import ray
+
+    from mergesearch.runtime import ray_session
+
+    ray_session(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def recipe():
     from mergesearch.zoo.recipe import default_recipe

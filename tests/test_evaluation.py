@@ -21,7 +21,6 @@ from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
 from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, task_manager, write_choice_task
 from mergesearch.objectives.task import ChoiceItem, choice_accuracy, contains_answer, contains_answer_rate
-from mergesearch.runtime import ray_session
 from mergesearch.setup import SearchSetup
 
 EXPERTS = ("aligned", "math", "facts")
@@ -388,9 +387,9 @@ def test_objectives_move_the_way_the_experts_say(zoo_dir, toy_dataset) -> None:
 
 
 # ------------------------------------------------------------------------------------ Ray actors
-def test_the_pool_routes_genomes_to_resident_actors_that_load_nothing_once_warm(toy_dataset) -> None:
-    import ray
-
+def test_the_pool_routes_genomes_to_resident_actors_that_load_nothing_once_warm(
+    toy_dataset, local_ray
+) -> None:
     from mergesearch.actors import Evaluator, EvaluatorPool
 
     setup = SearchSetup.prepare(search_config(toy_dataset), log=lambda _: None)
@@ -402,14 +401,12 @@ def test_the_pool_routes_genomes_to_resident_actors_that_load_nothing_once_warm(
         local.space.expert_alone("math"),
     ]
     expected = [local.evaluate(g) for g in genomes]
-    ray_session(num_cpus=2)
+    pool = EvaluatorPool(setup, num_evaluators=2)
     try:
-        pool = EvaluatorPool(setup, num_evaluators=2)
         results = pool.evaluate_all(genomes)
         again = pool.evaluate_all(genomes[:2])
-        pool.shutdown()
     finally:
-        ray.shutdown()
+        pool.shutdown()
     assert [r.objectives for r in results] == [e.objectives for e in expected]
     assert sum(r.timings["load"] > 0 for r in results) == 2  # each actor loaded once, on its first genome
     assert all(r.timings["load"] == 0 and r.counts["weight_files_read"] == 0 for r in again)
@@ -438,7 +435,9 @@ def test_kept_actors_serve_searches_that_differ_only_in_name_fitness_search_and_
     assert len({keys[0], keys[2], keys[3]}) == 3
 
 
-def test_kept_actors_are_reused_while_they_answer_and_replaced_once_one_has_died(toy_dataset) -> None:
+def test_kept_actors_are_reused_while_they_answer_and_replaced_once_one_has_died(
+    toy_dataset, local_ray
+) -> None:
     import ray
 
     from mergesearch.actors import KeptActors
@@ -446,7 +445,6 @@ def test_kept_actors_are_reused_while_they_answer_and_replaced_once_one_has_died
     setup = SearchSetup.prepare(
         search_config(toy_dataset, resources={"num_evaluators": 2}), log=lambda _: None
     )
-    ray_session(num_cpus=2)
     kept = KeptActors()
     try:
         first = kept.for_search(setup, "a")
@@ -462,7 +460,6 @@ def test_kept_actors_are_reused_while_they_answer_and_replaced_once_one_has_died
         assert 0 <= scores.objectives["safety"] <= 1
     finally:
         kept.close()
-        ray.shutdown()
 
 
 def test_an_evaluator_scores_with_the_fitness_sent_with_the_request(toy_dataset) -> None:
@@ -479,9 +476,7 @@ def test_an_evaluator_scores_with_the_fitness_sent_with_the_request(toy_dataset)
     assert sent.fitness == own.objectives["task_accuracy"] != own.fitness
 
 
-def test_a_guard_judge_actor_serves_the_evaluators(zoo_dir, toy_dataset) -> None:
-    import ray
-
+def test_a_guard_judge_actor_serves_the_evaluators(zoo_dir, toy_dataset, local_ray) -> None:
     from mergesearch.actors import Evaluator, EvaluatorPool
 
     config = search_config(toy_dataset, judge={"kind": "llama_guard", "model": str(zoo_dir / "guard")})
@@ -489,13 +484,11 @@ def test_a_guard_judge_actor_serves_the_evaluators(zoo_dir, toy_dataset) -> None
     local = Evaluator(setup, log=lambda _: None)
     genome = local.space.uniform()
     expected = local.evaluate(genome)
-    ray_session(num_cpus=2)
+    pool = EvaluatorPool(setup, num_evaluators=1)
     try:
-        pool = EvaluatorPool(setup, num_evaluators=1)
         (result,) = pool.evaluate_all([genome])
-        pool.shutdown()
     finally:
-        ray.shutdown()
+        pool.shutdown()
     assert pool.judge is not None
     assert result.objectives == expected.objectives and result.counts["judge_unparsed"] == 0
 

@@ -14,7 +14,7 @@ from faults import full_disk
 
 from mergesearch.config import SearchConfig
 from mergesearch.registry import SEARCHERS
-from mergesearch.runtime import NAMESPACE, ray_session
+from mergesearch.runtime import NAMESPACE
 from mergesearch.search.run_dir import PENALTY, RunDir
 from mergesearch.setup import SearchSetup
 
@@ -33,15 +33,6 @@ def config_for(toy_dataset: Path, **changes) -> SearchConfig:
     for key, value in changes.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return SearchConfig.model_validate(config)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray_session(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
