@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from cli_helpers import run
 from demo_configs import demo_config
 
 from mergesearch.search.run_dir import RunDir, TrialResult
@@ -86,20 +87,6 @@ class Case:
     says: tuple[str, ...]  # fragments of the one error line
     env: dict[str, str] = field(default_factory=dict)
     disk_bytes: int | None = None  # the disk refuses any file growing past this (RLIMIT_FSIZE)
-
-
-def disk_that_fills(limit: int) -> Callable[[], None]:
-    """A child process whose writes past ``limit`` bytes per file fail part-way with EFBIG, the way a full
-    disk fails them with ENOSPC (a real tmpfs would need root)."""
-
-    def limit_writes() -> None:
-        import resource
-        import signal
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return limit_writes
 
 
 def search(config: str) -> list[str]:
@@ -718,15 +705,7 @@ def test_a_bad_input_gets_one_line_naming_it_and_leaves_nothing_behind(case, zoo
             pytest.skip("this machine has CUDA")
     args = case.build(Ctx(tmp_path, zoo_dir, toy_dataset))
     before = _files(tmp_path)
-    env = {**os.environ, **case.env}
-    done = subprocess.run(
-        [sys.executable, "-m", "mergesearch.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        preexec_fn=disk_that_fills(case.disk_bytes) if case.disk_bytes else None,
-    )
+    done = run(*args, cwd=tmp_path, env={**os.environ, **case.env}, file_size_limit=case.disk_bytes)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]

@@ -84,3 +84,33 @@ def test_a_search_with_an_unknown_expert_is_one_line_and_leaves_no_run_dir(
 def test_the_demo_names_a_missing_protocol_before_touching_the_zoo(tmp_path: Path) -> None:
     done = run("demo", "--protocol", str(tmp_path / "nope.yaml"))
     assert_one_line_error(done, "nope.yaml", "not found")  # no zoo line: nothing built or looked up first
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["config", "check", "no/such/config.yaml"], ["zoo", "eval", "--zoo", "nowhere"]],
+    ids=["help", "missing-config", "not-a-zoo"],
+)
+def test_the_forked_cli_the_tests_use_answers_as_a_fresh_interpreter_does(args: list[str], tmp_path) -> None:
+    """``cli_helpers.run`` forks from a process that imported torch: it must print, write and exit exactly as
+    ``python -m mergesearch.cli`` does, or every CLI test would be checking something a user never runs."""
+    fresh = subprocess.run(
+        [sys.executable, "-m", "mergesearch.cli", *args], capture_output=True, text=True, cwd=tmp_path
+    )
+    forked = run(*args, cwd=tmp_path)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+
+
+def test_a_crash_in_the_forked_cli_is_a_traceback_and_exit_1_as_in_a_fresh_interpreter(tmp_path) -> None:
+    """So that the tests' "no traceback" checks can fail: a ``mergesearch`` package in the working directory
+    comes first on ``sys.path`` under ``python -m``, and this one raises."""
+    (tmp_path / "mergesearch").mkdir()
+    (tmp_path / "mergesearch" / "__init__.py").write_text("")
+    (tmp_path / "mergesearch" / "cli.py").write_text("raise RuntimeError('boom')\n")
+    fresh = subprocess.run(
+        [sys.executable, "-m", "mergesearch.cli"], capture_output=True, text=True, cwd=tmp_path
+    )
+    forked = run(cwd=tmp_path)
+    for done in (fresh, forked):
+        assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == "RuntimeError: boom"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 from pydantic import ValidationError
 
 from mergesearch.config import SearchConfig, load_config
@@ -178,11 +177,7 @@ def test_missing_file_and_broken_yaml_are_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("extra", ["bogus_key: 1\n", "search: {num_trials: -1}\n", "search: {seed: abc}\n"])
 def test_cli_prints_one_error_line_without_traceback_and_exits_nonzero(tmp_path: Path, extra: str) -> None:
     path = write(tmp_path, VALID + extra)
-    done = subprocess.run(
-        [sys.executable, "-m", "mergesearch.cli", "config", "check", str(path)],
-        capture_output=True,
-        text=True,
-    )
+    done = run("config", "check", str(path))
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

@@ -4,7 +4,6 @@ its own (named in the config, as a user would) runs a real search with real acto
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -68,20 +67,13 @@ def test_a_plugin_method_runs_a_real_search_with_real_actors(toy_dataset: Path, 
     """The user's way: the module on PYTHONPATH (so Ray's workers import it too), named in the config."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mergesearch.cli",
-            "search",
-            str(plugin_config(tmp_path, toy_dataset)),
-            "--run-dir",
-            str(run_dir),
-            "--no-promote",
-            "--no-baseline",
-        ],
-        capture_output=True,
-        text=True,
+    done = run(
+        "search",
+        str(plugin_config(tmp_path, toy_dataset)),
+        "--run-dir",
+        str(run_dir),
+        "--no-promote",
+        "--no-baseline",
         env=env,
         cwd=tmp_path,
     )
