@@ -11,6 +11,24 @@ from mergesearch.runtime import offline_and_quiet
 offline_and_quiet()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mergekit_yaml_forked():
+    """Every ``mergekit-yaml`` run (the reference of the parity tests) forks from one process that imported
+    mergekit: 7.5 s of a toy run's 8 s were the import (fork_server.py). The forked run writes the tensors a
+    fresh one writes (test_merge_engine)."""
+    from fork_server import ForkServer
+
+    from mergesearch.merge import export
+
+    server = ForkServer(
+        "mergekit.scripts.run_yaml", preload=("mergekit.config", "mergekit.merge", "mergekit.options")
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "_mergekit_yaml", lambda arguments: server.run(arguments))
+        yield
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def zoo_dir() -> Path:
     from mergesearch.zoo.build import build_zoo

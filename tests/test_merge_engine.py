@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from merge_helpers import ambiguous_entries, worst_relative_difference
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from mergesearch.errors import UserError
-from mergesearch.merge.export import materialize, recipe_to_mergekit, run_mergekit_yaml
+from mergesearch.merge.export import materialize, mergekit_executable, recipe_to_mergekit, run_mergekit_yaml
 from mergesearch.merge.genome import GenomeSpace, layer_groups
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.resident import ResidentMerger, sorted_magnitudes
@@ -379,3 +381,25 @@ def test_warm_starts_that_bounds_make_coincide_are_evaluated_once_and_the_log_sa
         "search.warm_starts: 4 starts (uniform, experts) are 1 distinct point(s) inside merge.bounds; "
         "each is evaluated once"
     ]
+
+
+def test_the_forked_mergekit_yaml_the_tests_use_writes_what_a_fresh_one_writes(
+    zoo_dir, expert_dirs, tmp_path
+) -> None:
+    """The parity tests run ``mergekit-yaml`` forked from a process that imported mergekit (conftest): it must
+    write, bit for bit, what the console script writes in a fresh interpreter, random masks included."""
+    recipe = MergeRecipe(
+        method="dare_ties",
+        experts=EXPERTS,
+        groups=((0, 1, 2, 3),),
+        expert_params={"weight": ((0.6, 0.8, 0.4),), "density": ((0.5, 0.7, 0.3),)},
+    )
+    config = recipe_to_mergekit(recipe, zoo_dir / "base", expert_dirs)
+    forked = load_file(str(run_mergekit_yaml(config, tmp_path / "forked", seed=3) / "model.safetensors"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [mergekit_executable(), str(tmp_path / "config.yaml"), str(tmp_path / "fresh"), "--quiet"]
+    subprocess.run([*command, "--random-seed", "3"], check=True, capture_output=True)
+    fresh = load_file(str(tmp_path / "fresh" / "model.safetensors"))
+    assert set(forked) == set(fresh)
+    for key in fresh:
+        assert torch.equal(forked[key], fresh[key]), key

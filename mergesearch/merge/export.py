@@ -154,17 +154,23 @@ def mergekit_executable() -> str:
     return found
 
 
+def _mergekit_yaml(arguments: list[str]) -> subprocess.CompletedProcess:
+    """``mergekit-yaml ARGUMENTS``, the console script beside this interpreter, as a process of its own (the
+    tests run it forked from a process that imported mergekit once: tests/fork_server.py)."""
+    return subprocess.run([mergekit_executable(), *arguments], capture_output=True, text=True)
+
+
 def run_mergekit_yaml(config: Mapping, out_dir: Path, seed: int | None = None) -> Path:
     """Materialise ``config`` with the ``mergekit-yaml`` CLI into ``out_dir`` (atomically)."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         config_path = tmp.parent / f".{out_dir.name}.mergekit.yaml"
         atomic_write_text(config_path, yaml.safe_dump(dict(config), sort_keys=False))
-        command = [mergekit_executable(), str(config_path), str(tmp / "model"), "--quiet"]
+        arguments = [str(config_path), str(tmp / "model"), "--quiet"]
         if seed is not None:
-            command += ["--random-seed", str(seed)]
+            arguments += ["--random-seed", str(seed)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = _mergekit_yaml(arguments)
         finally:
             config_path.unlink(missing_ok=True)
         if done.returncode != 0:
