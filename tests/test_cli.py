@@ -88,8 +88,8 @@ def test_the_demo_names_a_missing_protocol_before_touching_the_zoo(tmp_path: Pat
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["config", "check", "no/such/config.yaml"], ["zoo", "eval", "--zoo", "nowhere"]],
-    ids=["help", "missing-config", "not-a-zoo"],
+    [["--help"], ["config", "check", "no/such/config.yaml"]],
+    ids=["help", "missing-config"],
 )
 def test_the_forked_cli_the_tests_use_answers_as_a_fresh_interpreter_does(args: list[str], tmp_path) -> None:
     """``cli_helpers.run`` forks from a process that imported torch: it must print, write and exit exactly as

@@ -385,6 +385,8 @@ def searched(tmp_path, name: str, multi: dict, trials: int = 36) -> list[TrialRe
     return run.trials()
 
 
+# The default run keeps the smaller case: a multi-fidelity search stops weak genomes (above).
+@pytest.mark.slow  # ~50 s, two searches side by side: `make test-slow` (CI)
 def test_a_multi_fidelity_search_converges_as_full_fidelity_does_on_fewer_rows(tmp_path, monkeypatch) -> None:
     """The searcher is told each stopped trial's imputed fitness: it still closes in on the optimum,
     and ends as near it as the full-fidelity search with the same number of trials."""

@@ -116,6 +116,8 @@ def wait_restarted(class_name: str, count: int) -> list[dict]:
     raise AssertionError(f"no {class_name} came back within 120 s")
 
 
+# The default run keeps the one-node case: test_search kills an evaluator mid-search.
+@pytest.mark.slow  # ~50 s on a 3-node cluster: `make test-slow` (CI)
 def test_a_node_killed_under_an_evaluator_loses_no_trial(cluster, zoo_dir, toy_dataset, tmp_path) -> None:
     seen: dict[str, list] = {}
 
@@ -134,6 +136,8 @@ def test_a_node_killed_under_an_evaluator_loses_no_trial(cluster, zoo_dir, toy_d
     assert sum(t.timings["load"] > 0 for t in trials) == 3  # two loads at start, one after the restart
 
 
+# The default run keeps the one-node case: test_search kills an evaluator mid-search.
+@pytest.mark.slow  # ~50 s on a 3-node cluster: `make test-slow` (CI)
 def test_a_node_killed_under_the_judge_and_a_killed_router_lose_no_trial(
     cluster, zoo_dir, toy_dataset, tmp_path
 ) -> None:

@@ -52,6 +52,8 @@ def write_protocol(folder: Path, toy_dataset: Path, **changes) -> Path:
     return path
 
 
+# The default run keeps smaller reproduce runs: the per-layer and replaced-model tests below.
+@pytest.mark.slow  # ~95 s, four reproduce runs: `make test-slow` (CI)
 def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dataset, tmp_path) -> None:
     protocol = write_protocol(tmp_path, toy_dataset)
     out = tmp_path / "out"

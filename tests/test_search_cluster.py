@@ -131,6 +131,7 @@ def stop_head(gcs_port: int) -> None:
         LATEST_HEAD.unlink()  # as `ray stop` does: no stale pointer to a head that is gone
 
 
+@pytest.mark.slow  # ~85 s, a `ray start` head and `ray job submit`: `make test-slow` (CI)
 def test_a_search_submitted_through_the_jobs_api_completes_its_run_dir(toy_dataset, tmp_path) -> None:
     config = write_config(toy_dataset, tmp_path, num_trials=4, prompts=12)
     run = tmp_path / "run"

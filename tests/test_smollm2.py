@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from mergesearch.backends.hf import HFBackend
@@ -11,10 +12,12 @@ from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.zoo.smollm2 import import_smollm2
 
 
-def test_import_writes_a_float32_safetensors_folder(smollm2_dir: Path) -> None:
+@pytest.mark.slow  # about 30 s; the default run reads the cached import (conftest's smollm2_dir)
+def test_import_writes_a_float32_safetensors_folder(tmp_path: Path) -> None:
+    folder = import_smollm2(tmp_path / "SmolLM2-135M-Instruct", log=lambda _: None)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
-        assert (smollm2_dir / name).is_file(), name
-    with safe_open(str(smollm2_dir / "model.safetensors"), "pt") as fh:
+        assert (folder / name).is_file(), name
+    with safe_open(str(folder / "model.safetensors"), "pt") as fh:
         keys = list(fh.keys())
         assert "model.layers.0.self_attn.q_proj.weight" in keys
         assert str(fh.get_tensor(keys[0]).dtype) == "torch.float32"

@@ -132,6 +132,7 @@ def test_the_frozen_stack_loss_refuses_a_model_whose_lower_layers_learn() -> Non
         FrozenStackLoss(frozen=2)(model, _ragged_chats(4))
 
 
+@pytest.mark.slow  # builds the SmolLM2 family at smoke size (~25 s): `make test-slow`, run by CI
 def test_a_smoke_family_has_each_expert_and_its_manifest(smoke_family) -> None:
     manifest = json.loads((smoke_family / "family.json").read_text())
     assert manifest["digest"] == smoke_family_recipe().digest()
@@ -140,6 +141,7 @@ def test_a_smoke_family_has_each_expert_and_its_manifest(smoke_family) -> None:
         assert (smoke_family / name / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # builds the SmolLM2 family at smoke size (~25 s): `make test-slow`, run by CI
 def test_only_the_top_layers_move(smoke_family) -> None:
     """Embeddings, the tied head and the lower layers stay the base's, bit for bit; the top layers learn."""
     top = smoke_family_recipe().trainable_top_layers
@@ -153,11 +155,13 @@ def test_only_the_top_layers_move(smoke_family) -> None:
     assert moved and moved == trainable
 
 
+@pytest.mark.slow  # builds the SmolLM2 family at smoke size (~25 s): `make test-slow`, run by CI
 def test_a_second_build_is_the_cached_one(smoke_family) -> None:
     done = run("zoo", "build-smollm2", "--smoke", "--out", str(smoke_family))
     assert done.returncode == 0 and "cached" in done.stderr
 
 
+@pytest.mark.slow  # builds the SmolLM2 family at smoke size (~25 s): `make test-slow`, run by CI
 def test_another_recipe_is_not_the_cached_family_and_a_foreign_folder_is_refused(
     smoke_family, tmp_path
 ) -> None:

@@ -36,6 +36,7 @@ def test_a_harmful_request_answered_without_refusing_is_unsafe_in_its_categorys_
     assert verdict(None, refused=True) == "safe"  # over-refusal is not the guard's business
 
 
+@pytest.mark.slow  # builds the smoke family and its guard (~70 s): `make test-slow`, run by CI
 def test_answers_fall_into_the_component_their_verdict_and_request_name(smoke_family) -> None:
     """Refusals of harmful requests are apart from benign exchanges: the mixture weighs them apart."""
     tokenizer = AutoTokenizer.from_pretrained(smoke_family / "base")
@@ -92,6 +93,7 @@ def smoke_guard(smoke_family, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # builds the smoke family and its guard (~70 s): `make test-slow`, run by CI
 def test_a_smoke_guard_is_labelled_from_its_familys_answers_and_says_so(smoke_guard) -> None:
     manifest = json.loads((smoke_guard / "guard.json").read_text())
     assert manifest["digest"] == smoke_guard_recipe().digest(smoke_family_recipe())
@@ -100,6 +102,7 @@ def test_a_smoke_guard_is_labelled_from_its_familys_answers_and_says_so(smoke_gu
     assert sum(manifest["components"].values()) == sum(manifest["pairs"].values())
 
 
+@pytest.mark.slow  # builds the smoke family and its guard (~70 s): `make test-slow`, run by CI
 def test_the_guard_judge_renders_the_policy_through_the_guards_own_template(smoke_guard) -> None:
     judge = GuardJudge(HFBackend.from_pretrained(smoke_guard, device="cpu"))
     assert judge.use_chat_template
@@ -109,6 +112,7 @@ def test_the_guard_judge_renders_the_policy_through_the_guards_own_template(smok
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+@pytest.mark.slow  # builds the smoke family and its guard (~70 s): `make test-slow`, run by CI
 def test_only_the_guards_top_layers_move(smoke_guard, smoke_family) -> None:
     top = smoke_guard_recipe().trainable_top_layers
     with (
@@ -120,6 +124,7 @@ def test_only_the_guards_top_layers_move(smoke_guard, smoke_family) -> None:
     assert moved and all(int(k.split(".")[2]) >= layers - top for k in moved)
 
 
+@pytest.mark.slow  # builds the smoke family and its guard (~70 s): `make test-slow`, run by CI
 def test_a_second_guard_build_is_the_cached_one_and_other_folders_are_refused(
     smoke_guard, smoke_family, tmp_path
 ) -> None:
