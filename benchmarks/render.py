@@ -1,0 +1,61 @@
+"""Benchmark figures as the docs and the README show them, rendered from ``benchmarks/results/*.json``
+(never copied by hand): each names the commit it ran at, and a figure whose code has changed since says
+so (``stamps.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from stamps import RESULTS, Stamp, stamp, stamps
+
+
+def minutes(seconds: float) -> str:
+    """``2 min 58 s`` (rounded to the second; under a minute: ``10 s``)."""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"
+
+
+def _pytest_seconds(summary: str) -> float:
+    return float(re.search(r" in ([0-9.]+)s", summary).group(1))
+
+
+def _stale_note(item: Stamp) -> str:
+    return f" (code measured has changed since: {len(item.changed)} files)" if item.changed else ""
+
+
+def fresh_clone_timings(path: Path = RESULTS / "fresh_clone.json", say_if_stale: bool = True) -> str:
+    """The timings of the README's own commands from a fresh clone (one paragraph; the README states it
+    without the staleness note, which any later commit would make true)."""
+    data, item = json.loads(path.read_text()), stamp(path)
+    steps = data["steps"]
+
+    def step(name: str) -> dict:
+        return steps[name]
+
+    commit = step("test_empty_cache").get("commit", data["commit"])
+    demo_commit = step("demo_empty_cache").get("commit", data["commit"])
+    parts = [
+        f"How long they take from a fresh clone on {data['machine']['cpus']} idle cores "
+        f"(`benchmarks/results/fresh_clone.json`): the install {minutes(step('install')['wall_seconds'])}; "
+        f"`make demo` {minutes(step('demo_empty_cache')['wall_seconds'])} with an empty model cache, "
+        f"{minutes(step('demo_models_cached')['wall_seconds'])} with the models cached, "
+        f"{minutes(step('demo_resumed')['wall_seconds'])} re-run (every cell resumes), at {demo_commit[:7]}; "
+        f"`make test` {minutes(step('test_empty_cache')['wall_seconds'])} with an empty model cache and "
+        f"{minutes(step('test_models_cached')['wall_seconds'])} with the models cached (pytest alone "
+        f"{minutes(_pytest_seconds(step('test_empty_cache')['pytest']))} and "
+        f"{minutes(_pytest_seconds(step('test_models_cached')['pytest']))}), install not included, "
+        f"at {commit[:7]}{_stale_note(item) if say_if_stale else ''}."
+    ]
+    return "".join(parts)
+
+
+def results_table() -> str:
+    """Every result file with its commit, date and whether its code changed since (Markdown)."""
+    rows = ["| result | benchmark | commit | date | status |", "|---|---|---|---|---|"]
+    for item in stamps():
+        commit = f"`{item.commit[:9]}`" if item.commit else "-"
+        rows.append(f"| `{item.result}` | {item.benchmark} | {commit} | {item.date or '-'} | {item.status} |")
+    return "\n".join(rows)

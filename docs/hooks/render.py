@@ -1,0 +1,41 @@
+"""mkdocs hook: fills in the generated parts of the docs when the site is built.
+
+``{{ config_reference }}``: every config field, from the schema (``mergesearch.config_reference``);
+``{{ fresh_clone_timings }}`` and ``{{ benchmark_results }}``: figures from ``benchmarks/results/*.json``,
+each with its commit (``benchmarks/render.py``); ``{{ demo_table }}``: the table ``make demo`` prints, as the
+README shows it (kept there, once). Nothing here is written twice, so none of it drifts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import render  # noqa: E402  (benchmarks/render.py: a script folder, not a package)
+
+from mergesearch import config_reference  # noqa: E402
+
+
+def demo_table() -> str:
+    """The README's demo table: its first fenced block that starts with a table row."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```\n| row |")
+    return readme[start : readme.index("```\n", start + 4) + 4]
+
+
+GENERATED = {
+    "{{ demo_table }}": demo_table,
+    "{{ config_reference }}": config_reference.render,
+    "{{ fresh_clone_timings }}": render.fresh_clone_timings,
+    "{{ benchmark_results }}": render.results_table,
+}
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    for placeholder, make in GENERATED.items():
+        if placeholder in markdown:
+            markdown = markdown.replace(placeholder, make())
+    return markdown
