@@ -103,7 +103,7 @@ def _recipe(smoke: bool):
 @click.option(
     "--train",
     is_flag=True,
-    help="Train the zoo from its recipe (about 9 minutes on 2 cores) instead of unpacking the shipped one.",
+    help="Train the zoo from its recipe (minutes, not seconds) instead of unpacking the shipped one.",
 )
 def zoo_build(out: Path | None, smoke: bool, train: bool) -> None:
     from mergesearch.zoo.build import build_zoo

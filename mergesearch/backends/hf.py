@@ -210,9 +210,10 @@ class HFBackend:
 
     def _greedy(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding of one batch, each row dropped from it, KV cache included, as soon as it is
-        done: end of text, its length, or its rule settles it. On a CPU a decoding step costs about 4 ms
-        per row beside 50 ms for the weights (SmolLM2-135M, 1 thread), and early exit leaves most rows
-        of a batch done well before the last (``benchmarks/fitness_efficiency.py``, stages). Tokens as
+        done: end of text, its length, or its rule settles it. On a CPU a decoding step's cost is mostly
+        reading the weights, little per row, so a row that stays in the batch after it is done costs
+        little, but early exit leaves most rows of a batch done well before the last (docs/benchmarks,
+        one-off measurements; docs/benchmarks/fitness-efficiency.md). Tokens as
         transformers' greedy ``generate`` picks them (``test_backends``). Returns the new tokens ([rows,
         longest], padded after each row's end) and the first step's logits ([rows, vocab])."""
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id

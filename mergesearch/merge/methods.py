@@ -62,7 +62,7 @@ def magnitude_topk(
     larger, so where several entries tie at the threshold the ones with the lowest flat indices are kept.
     The cut is found by linear-time selection, or looked up in ``sorted_abs`` (|δ| sorted ascending; the
     resident engine sorts each task vector once, as the order does not depend on the genome). mergekit
-    argsorts every tensor instead (measured 6x slower on SmolLM2's embedding) and keeps exactly k too,
+    argsorts every tensor instead (slower: docs/benchmarks, one-off measurements) and keeps exactly k too,
     but picks among tied entries by an unstable sort, so which tied entry it keeps is not defined: the
     two agree everywhere except at entries tied at the threshold.
     """
@@ -368,8 +368,8 @@ def _ties_elementwise(
 
 class _Fused:
     """``torch.compile`` of an elementwise kernel, compiled on first use (a few seconds, once per process
-    and expert count; shapes are dynamic). Measured on SmolLM2's embedding (28M entries, 2 experts, 2 CPU
-    cores): 13 ms fused against 1.3 s for the same steps as separate torch ops, and no temporaries. Where
+    and expert count; shapes are dynamic): one pass over the tensors instead of a temporary per step,
+    much faster than the same steps as separate torch ops (docs/benchmarks, one-off measurements). Where
     compilation is unavailable (no C++ compiler, no Triton on a GPU) the same function runs eagerly."""
 
     def __init__(self, fn: Callable[..., None]) -> None:

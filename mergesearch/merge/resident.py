@@ -58,11 +58,10 @@ def read_tensors(
 def sorted_magnitudes(tensor: torch.Tensor) -> torch.Tensor:
     """|tensor|, flattened and sorted ascending, in float32 (the order TIES' cut is looked up in).
 
-    On a CPU the sort goes through numpy: its vectorised sort (x86-simd-sort) sorts these magnitudes
-    2.5x faster than ``torch.sort`` on this project's 2-core machine (``benchmarks/merge_speed.py``,
-    ``magnitude_sort``), and a SmolLM2 pool sorts three experts' worth before its first merge: about 24 s
-    with torch on one core, 9 s with numpy. Sorted values are the same whichever sort made them
-    (``test_merge_engine``)."""
+    On a CPU the sort goes through numpy: its vectorised sort (x86-simd-sort) is faster than
+    ``torch.sort`` on these magnitudes (``benchmarks/merge_speed.py``, ``magnitude_sort``), and a pool
+    sorts every expert's worth before its first merge. Sorted values are the same whichever sort made
+    them (``test_merge_engine``)."""
     magnitudes = tensor.detach().abs().reshape(-1).float()
     if magnitudes.device.type != "cpu":
         return magnitudes.sort().values
@@ -216,7 +215,7 @@ class ResidentMerger:
         for name, folder in expert_dirs.items():
             held: dict[str, Any] = {}
             # Tensor by tensor: a whole expert in float32 next to the pool would not fit where the pool
-            # just does (an 8B expert is 32 GB: out of memory on an 80 GB H100 with a 45 GB pool).
+            # just does (an 8B expert in float32 is four times its bfloat16 pool share).
             for key, weight in iter_tensors(folder, torch.float32, storage):  # subtract in fp32
                 self._check_finite(name, {key: weight})
                 tau = weight.sub_(self.base[key].float())  # the expert's tensor becomes its task vector

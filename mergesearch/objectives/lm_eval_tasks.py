@@ -132,8 +132,8 @@ def check_tasks(tasks: Sequence[str], field: str) -> None:
 
 def known_tasks() -> frozenset[str]:
     """The names of lm-eval's built-in tasks and groups: ``TaskManager().all_tasks``, cached. lm-eval
-    parses every task YAML to list them (about 9 s on 2 cores for 14,700 names), which each ``config
-    check`` and each ``search`` that names tasks would pay; the cache is keyed by the install (lm-eval's
+    parses every task YAML to list them (seconds, for thousands of names), which each ``config check``
+    and each ``search`` that names tasks would pay; the cache is keyed by the install (lm-eval's
     version and its task files), so an upgrade or an edited task file indexes again."""
     spec = importlib.util.find_spec("lm_eval")
     if spec is None or not spec.submodule_search_locations:
