@@ -3,9 +3,9 @@
 ``Evaluator`` (run in-process, or as ``EvaluatorActor``) loads once: the base and every expert's task
 vector into a ResidentMerger, a backend holding the live model the merges are written into, the
 evaluation data and, unless a ``JudgeActor`` serves it, the judge. Each ``evaluate(genome)`` then merges
-in place, generates, judges and scores, and reports the objectives, counts and timings, including the
-weight files it read from disk (measured with ``file_reads``: none, once warm). The fitness that
-combines the objectives comes with each request, so one evaluator serves searches of any fitness.
+in place, generates, judges and scores, and reports the objectives, counts and timings, and, when asked
+(``trace_reads``), the weight files it read from disk (measured with ``file_reads``: none, once warm). The
+fitness that combines the objectives comes with each request, so one evaluator serves searches of any fitness.
 
 Starting these actors is most of a short search's cost (each is a process that imports torch, loads its
 models and compiles the merge kernel on its first genome), so ``KeptActors`` keeps them between the
@@ -15,6 +15,7 @@ searches of one driver that score the same models on the same data (a protocol's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -72,8 +73,15 @@ class Evaluator:
     """Everything one evaluation needs, loaded once."""
 
     def __init__(
-        self, setup: SearchSetup, judge_handle: Any = None, log: Callable[[str], None] = _print
+        self,
+        setup: SearchSetup,
+        judge_handle: Any = None,
+        log: Callable[[str], None] = _print,
+        trace_reads: bool = False,
     ) -> None:
+        """``trace_reads``: count the weight files each evaluation reads from disk (``file_reads``, a
+        diagnostic: it watches every model file, so it stays off in a search; tests and benchmarks that
+        check residency turn it on)."""
         from mergesearch.backends.registry import make_backend
         from mergesearch.judges.base import make_judge
         from mergesearch.merge.spec import get_method
@@ -104,7 +112,7 @@ class Evaluator:
         self.settled = EarlyExit.of(config.judge)  # early exit, when the config asks
         self.merged: tuple | None = None  # the (genome, seed) the live model holds
         judge_folder = [config.judge.model] if config.judge.model and judge_handle is None else []
-        self.weight_roots = [setup.base, *setup.experts.values(), *judge_folder]
+        self.weight_roots = [setup.base, *setup.experts.values(), *judge_folder] if trace_reads else None
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -128,7 +136,8 @@ class Evaluator:
         from mergesearch.objectives.evaluate import score_model
 
         merged = (tuple(sorted(genome.items())), seed)
-        with reading_weights(*self.weight_roots) as reads:
+        tracing = reading_weights(*self.weight_roots) if self.weight_roots else contextlib.nullcontext()
+        with tracing as reads:
             started = time.perf_counter()
             merging = merged != self.merged
             if merging:
@@ -145,8 +154,10 @@ class Evaluator:
                 self.settled,
             )
         scores.timings.update(load=self.load_seconds, merge=merge_seconds)
-        # weight files this evaluation read from disk: 0 once warm; NaN where it cannot be measured
-        scores.counts["weight_files_read"] = float("nan") if reads.count is None else reads.count
+        if (
+            reads is not None
+        ):  # weight files this evaluation read from disk: 0 once warm; NaN where unmeasurable
+            scores.counts["weight_files_read"] = float("nan") if reads.count is None else reads.count
         scores.counts["evaluator_calls"] = 1  # summed over a multi-fidelity trial's calls
         scores.counts["merges"] = int(merging)  # 1 per trial when its rounds come back to this model
         self.load_seconds = 0.0
@@ -257,14 +268,17 @@ class ActorSet:
     evaluators: list[Any]
 
     @classmethod
-    def start(cls, setup: SearchSetup, count: int | None = None, name: str = "") -> ActorSet:
+    def start(
+        cls, setup: SearchSetup, count: int | None = None, name: str = "", trace_reads: bool = False
+    ) -> ActorSet:
         """``count`` evaluators (the config's number by default), named ``evaluator-<name>-<i>`` when
-        ``name`` is given (what the dashboard and ``ray list actors`` show)."""
+        ``name`` is given (what the dashboard and ``ray list actors`` show); ``trace_reads``: see
+        ``Evaluator``."""
         judge = judge_actor(setup)
         actor = evaluator_actor(setup)
         evaluators = [
             (actor.options(name=f"evaluator-{name}-{i}", namespace=NAMESPACE) if name else actor).remote(
-                setup, judge
+                setup, judge, trace_reads=trace_reads
             )
             for i in range(count or setup.config.resources.num_evaluators)
         ]
@@ -330,10 +344,12 @@ class KeptActors:
 class EvaluatorPool:
     """N resident evaluators (and a judge actor when the judge is a model); a genome goes to a free one."""
 
-    def __init__(self, setup: SearchSetup, num_evaluators: int | None = None) -> None:
+    def __init__(
+        self, setup: SearchSetup, num_evaluators: int | None = None, trace_reads: bool = False
+    ) -> None:
         from ray.util import ActorPool
 
-        self.actors = ActorSet.start(setup, num_evaluators)
+        self.actors = ActorSet.start(setup, num_evaluators, trace_reads=trace_reads)
         self.judge = self.actors.judge
         self.pool = ActorPool(self.actors.evaluators)
 

@@ -401,13 +401,14 @@ def test_the_pool_routes_genomes_to_resident_actors_that_load_nothing_once_warm(
         local.space.expert_alone("math"),
     ]
     expected = [local.evaluate(g) for g in genomes]
-    pool = EvaluatorPool(setup, num_evaluators=2)
+    pool = EvaluatorPool(setup, num_evaluators=2, trace_reads=True)
     try:
         results = pool.evaluate_all(genomes)
         again = pool.evaluate_all(genomes[:2])
     finally:
         pool.shutdown()
     assert [r.objectives for r in results] == [e.objectives for e in expected]
+    assert all("weight_files_read" not in e.counts for e in expected)  # a diagnostic asked for
     assert sum(r.timings["load"] > 0 for r in results) == 2  # each actor loaded once, on its first genome
     assert all(r.timings["load"] == 0 and r.counts["weight_files_read"] == 0 for r in again)
 

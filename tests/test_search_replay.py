@@ -90,3 +90,31 @@ def test_a_ledger_the_searcher_did_not_propose_is_told_as_evaluated_points() -> 
         summary = make(name, 2).replay(foreign)
         assert (summary.exact, summary.told) == (0, 4), name
         assert "told as evaluated points" in summary.line(name)
+
+
+def test_every_private_ray_hook_the_search_reaches_into_holds_on_this_ray() -> None:
+    """Each hook builds a small live Ray object and reads the attribute (ray_internals.py): an upgrade
+    that renames one fails here, naming it, and `search` refuses to start in one line."""
+    from mergesearch.search.ray_internals import HOOKS, broken_hooks
+
+    assert len(HOOKS) == 3
+    assert broken_hooks() == []
+
+
+def test_a_hook_that_a_changed_ray_broke_is_named_and_refuses_the_search(monkeypatch) -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from mergesearch.errors import UserError
+    from mergesearch.search import ray_internals
+
+    real = ASHAScheduler.__init__
+
+    def renamed(self, *args, **kwargs):  # as if a Ray release renamed the attribute
+        real(self, *args, **kwargs)
+        self._ranking_metric = self.__dict__.pop("_metric")
+
+    monkeypatch.setattr(ASHAScheduler, "__init__", renamed)
+    (broken,) = ray_internals.broken_hooks()
+    assert broken.startswith("ASHAScheduler._metric (multi-fidelity halving resumed from the ledger)")
+    with pytest.raises(UserError, match=r"lacks what mergesearch reaches into .*ASHAScheduler\._metric"):
+        ray_internals.check_ray_hooks()

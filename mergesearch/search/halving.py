@@ -20,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from mergesearch.config import MultiFidelityConfig
 from mergesearch.objectives.data import EvalData, Rounds
+from mergesearch.search.ray_internals import scheduler_metric
 from mergesearch.search.run_dir import TrialResult
 
 ROUNDS_SCORED = "rounds_scored"  # reported by a multi-fidelity trial: ASHA's clock
@@ -57,15 +58,17 @@ class TieBreakingASHA(ASHAScheduler):
         """A ledgered trial's reports, as Tune made them: each running one, then its completion."""
         stand_in = SimpleNamespace(trial_id=f"ledger-{past.index}", config=past.genes)
         super().on_trial_add(None, stand_in)
-        reports = [{self._metric: fitness, ROUNDS_SCORED: t} for t, fitness in sorted(past.running.items())]
+        metric = scheduler_metric(self)
+        reports = [{metric: fitness, ROUNDS_SCORED: t} for t, fitness in sorted(past.running.items())]
         for result in reports:
             self.on_trial_result(None, stand_in, result)
         self.on_trial_complete(None, stand_in, reports[-1])
 
     def _broken(self, trial: Any, result: dict) -> dict:
-        if self._metric not in result:
+        metric = scheduler_metric(self)
+        if metric not in result:
             return result
-        return {**result, self._metric: result[self._metric] + tie_breaker(trial.config)}
+        return {**result, metric: result[metric] + tie_breaker(trial.config)}
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         return super().on_trial_result(tune_controller, trial, self._broken(trial, result))

@@ -7,9 +7,11 @@ from typing import Any
 
 from ray.tune.search.nevergrad import NevergradSearch
 
+from mergesearch.search.ray_internals import nevergrad_optimizer
+
 
 class NevergradWithPoints(NevergradSearch):
     def add_evaluated_point(self, parameters: dict, value: float, *args: Any, **kwargs: Any) -> None:
-        optimizer = self._nevergrad_opt
+        optimizer, sign = nevergrad_optimizer(self)
         candidate = optimizer.parametrization.spawn_child(new_value=parameters)
-        optimizer.tell(candidate, self._metric_op * value)
+        optimizer.tell(candidate, sign * value)

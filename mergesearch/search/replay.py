@@ -23,6 +23,7 @@ from typing import Any
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from mergesearch.search.imputation import FidelityGaps
+from mergesearch.search.ray_internals import live_trials
 from mergesearch.search.run_dir import REPORTED, TrialResult, genes_of
 
 
@@ -106,7 +107,7 @@ class LedgerReplay(ConcurrencyLimiter):
 
     # ------------------------------------------------------------------------------------ Tune's API
     def suggest(self, trial_id: str) -> dict | None:
-        if len(self.live_trials) >= self.max_concurrent:
+        if len(live_trials(self)) >= self.max_concurrent:
             return None
         if self.open:
             replay_id = next(iter(self.open))
@@ -115,7 +116,7 @@ class LedgerReplay(ConcurrencyLimiter):
             replay_id, proposal = trial_id, self.searcher.suggest(trial_id)
             if not isinstance(proposal, dict):
                 return proposal  # None (not yet) or FINISHED
-        self.live_trials.add(trial_id)
+        live_trials(self).add(trial_id)
         self.inner_id[trial_id] = replay_id
         self.genes[trial_id] = genes_of(proposal, self.gene_names)
         return proposal
@@ -123,11 +124,11 @@ class LedgerReplay(ConcurrencyLimiter):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The trial's last report, recorded by the ledger in this event: told now, and its slot freed
         (a running report of a multi-fidelity trial is not its last)."""
-        if trial_id in self.live_trials and REPORTED in result and TrialResult.from_report(result).final:
+        if trial_id in live_trials(self) and REPORTED in result and TrialResult.from_report(result).final:
             self._finish(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self.live_trials:
+        if trial_id not in live_trials(self):
             return  # told at its report
         if error:  # crashed with no report: the ledger records it failed, and so is the searcher told
             self._finish(trial_id, TrialResult.crashed(self.genes[trial_id]).report())
@@ -142,7 +143,7 @@ class LedgerReplay(ConcurrencyLimiter):
         self._forget(trial_id)
 
     def _forget(self, trial_id: str) -> None:
-        self.live_trials.discard(trial_id)
+        live_trials(self).discard(trial_id)
         self.inner_id.pop(trial_id)
         self.genes.pop(trial_id)
 

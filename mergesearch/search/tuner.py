@@ -123,10 +123,12 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
         this_machine,
         together_shortfall,
     )
+    from mergesearch.search.ray_internals import check_ray_hooks
 
     config = setup.config
     run.check_config(config)
     run.trials()  # a torn ledger is named before Ray starts
+    check_ray_hooks()  # a Ray that changed what the replay reaches into fails here, in one line
     data = setup.eval_data()  # and a dataset the fitness cannot score on
     spec = searcher(config.search.name)
     kinds = config.search.warm_starts if spec.takes_warm_starts else []
