@@ -30,11 +30,9 @@ from pathlib import Path
 from mergesearch.config import SearchConfig, load_config
 from mergesearch.io import atomic_write_text
 from mergesearch.runtime import offline_and_quiet, ray_session
-from mergesearch.search.pipeline import prepare_data
-from mergesearch.search.promote import promote
 from mergesearch.search.run_dir import RunDir
-from mergesearch.search.tuner import run_search
 from mergesearch.setup import SearchSetup
+from mergesearch.workflow import Steps, prepare, search_to_report
 from mergesearch.zoo.layout import EXPERTS
 
 CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "toy16.yaml"
@@ -63,8 +61,8 @@ def one_search(base: SearchConfig, data, variant: str, seed: int, trials: int, w
     config = variant_config(base, variant, seed, trials)
     setup = SearchSetup.prepare(config, log=lambda _: None).with_data(data)
     started = time.perf_counter()
-    run_search(setup, run, log=lambda _: None)
-    board = promote(run, top_k=1, log=lambda _: None, setup=setup)
+    promoted = Steps(baselines=False, promote=True, report=False, top_k=1)
+    board = search_to_report(setup, run, lambda _: None, promoted)
     wall = time.perf_counter() - started
     winner = board[0]
     merged = setup.space.open_experts(winner["genes"])
@@ -110,8 +108,8 @@ def main() -> None:
     offline_and_quiet()
     ray_session(num_cpus=os.cpu_count())
     base = load_config(CONFIG)
-    setup = SearchSetup.prepare(base, log=lambda m: print(m, file=sys.stderr))  # builds the pool if needed
-    data = prepare_data(base, CONFIG, RunDir(args.work / "shared"), log=lambda m: None)
+    shared = prepare(base, CONFIG, RunDir(args.work / "shared"), lambda m: print(m, file=sys.stderr))
+    data = shared.config.data  # the pool built if needed, the data made once for every variant
     variants: dict[str, dict] = {}
     for entry in args.variants.split(","):
         variant, _, seeds = entry.partition(":")
@@ -123,7 +121,7 @@ def main() -> None:
     result = {
         "benchmark": "many_experts",
         "config": CONFIG.name,
-        "pool": {"experts": len(setup.experts), "real": list(EXPERTS)},
+        "pool": {"experts": len(shared.experts), "real": list(EXPERTS)},
         "trials_per_search": args.trials,
         "seeds": {name: v["seeds"] for name, v in variants.items()},
         "target": "every real expert and at most one distractor in each seed's winner",

@@ -49,10 +49,11 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.merge.spec import get_method
 from mergesearch.runtime import offline_and_quiet, ray_session
-from mergesearch.search.pipeline import prepare_data
 from mergesearch.search.run_dir import RunDir
-from mergesearch.search.tuner import run_search
 from mergesearch.setup import SearchSetup
+from mergesearch.workflow import Steps, prepare, search_to_report
+
+SEARCH_ONLY = Steps(baselines=False, promote=False, report=False)  # what is timed: the search
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO, SMOLLM2 = ROOT / "search_spaces" / "demo.yaml", ROOT / "search_spaces" / "smollm2.yaml"
@@ -74,9 +75,7 @@ def stderr(message: str) -> None:
 
 
 def prepared(config_path: Path, work: Path) -> SearchSetup:
-    config = load_config(config_path)
-    setup = SearchSetup.prepare(config, log=lambda _: None)
-    return setup.with_data(prepare_data(config, config_path, RunDir(work / "data"), log=stderr))
+    return prepare(load_config(config_path), config_path, RunDir(work / "data"), stderr)
 
 
 def with_config(setup: SearchSetup, **sections: dict) -> SearchSetup:
@@ -98,7 +97,9 @@ def evaluators_part(work: Path, trials: int) -> dict:
         search = {"name": "cma", "seed": 0, "num_trials": trials, "warm_starts": []}
         run = RunDir(work / f"evaluators_{count}")
         started = time.perf_counter()
-        run_search(with_config(setup, resources=resources, search=search), run, log=lambda _: None)
+        search_to_report(
+            with_config(setup, resources=resources, search=search), run, lambda _: None, SEARCH_ONLY
+        )
         wall = time.perf_counter() - started
         done = run.trials()
         busy = [t.timings["evaluator"] for t in done]

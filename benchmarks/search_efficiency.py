@@ -28,10 +28,10 @@ import numpy as np
 from mergesearch.config import load_config
 from mergesearch.io import atomic_write_text
 from mergesearch.runtime import offline_and_quiet, ray_session
-from mergesearch.search.pipeline import prepare_data
 from mergesearch.search.run_dir import RunDir, TrialResult
-from mergesearch.search.tuner import run_search
-from mergesearch.setup import SearchSetup
+from mergesearch.workflow import Steps, prepare, search_to_report
+
+SEARCH_ONLY = Steps(baselines=False, promote=False, report=False)  # what is timed: the search
 
 CONFIG = Path(__file__).parent.parent / "search_spaces" / "demo.yaml"
 
@@ -57,8 +57,7 @@ def main() -> None:
     offline_and_quiet()
     ray_session(num_cpus=os.cpu_count())
     base = load_config(CONFIG)
-    setup = SearchSetup.prepare(base, log=lambda m: print(m, file=sys.stderr))
-    setup = setup.with_data(prepare_data(base, CONFIG, RunDir(args.work / "shared"), log=lambda m: None))
+    setup = prepare(base, CONFIG, RunDir(args.work / "shared"), lambda m: print(m, file=sys.stderr))
     runs: dict[str, list[dict]] = {}
     for name in args.searchers.split(","):
         for seed in range(args.seeds):
@@ -68,7 +67,7 @@ def main() -> None:
             config = setup.config.model_copy(update={"search": search})
             run = RunDir(args.work / f"{name}_seed{seed}")
             started = time.perf_counter()
-            run_search(dataclasses.replace(setup, config=config), run, log=lambda m: None)
+            search_to_report(dataclasses.replace(setup, config=config), run, lambda m: None, SEARCH_ONLY)
             wall = time.perf_counter() - started
             trials = run.trials()
             efficiency = run.efficiency()[-1]

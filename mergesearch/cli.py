@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -402,33 +401,13 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
 
     config = load_config(config_path)
     from mergesearch.search.run_dir import RunDir
-    from mergesearch.setup import SearchSetup
+    from mergesearch.workflow import Steps, prepare, search_to_report
 
     run = RunDir(run_dir or Path("runs") / config.name)
-    setup = SearchSetup.prepare(config, log=_progress)  # every model checked before the run dir is made
-    if promote:  # a mistyped lm-eval task is named now, not after the search
-        from mergesearch.objectives.lm_eval_tasks import check_tasks
+    setup = prepare(config, config_path, run, _progress, check_promotion=promote, check_local_plan=True)
+    search_to_report(setup, run, _progress, Steps(baselines=baseline, promote=promote))
+    from mergesearch.report import summary_table
 
-        check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
-    if not os.environ.get("RAY_ADDRESS"):  # a local search's plan, before minutes of data generation
-        from mergesearch.plan import check_plan, plan_actors, this_machine
-
-        check_plan(plan_actors(setup), [this_machine()], "this machine", together=True)
-    from mergesearch.search.pipeline import prepare_data
-
-    setup = setup.with_data(prepare_data(config, config_path, run, log=_progress))
-    setup.eval_data()  # the split read and checked before Tune is imported, which the search reads again
-    from mergesearch.report import summary_table, write_report
-    from mergesearch.search.baselines import run_baselines
-    from mergesearch.search.promote import promote as promote_run
-    from mergesearch.search.tuner import run_search
-
-    run_search(setup, run, log=_progress)
-    if baseline:
-        run_baselines(setup, run, log=_progress)
-    if promote and config.promotion.top_k:
-        promote_run(run, log=_progress, setup=setup)
-    write_report(run)
     click.echo(summary_table(run))
     click.echo(f"report: {run.report_file}")
     return run.root

@@ -52,23 +52,24 @@ def scored_models(setup: SearchSetup) -> dict[str, Path]:
 
 def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[str, Any]:
     """Every cell of the protocol at ``protocol_path``, resumed in ``folder``; returns the summary."""
-    from mergesearch.search.pipeline import prepare_data
     from mergesearch.search.run_dir import RunDir
-    from mergesearch.setup import SearchSetup
+    from mergesearch.workflow import prepare
 
     protocol = load_config(protocol_path, ProtocolConfig)
     search_path = _beside(protocol_path, protocol.search_config)
     config = load_config(search_path)
-    setup = SearchSetup.prepare(config, log)
-    for field in ("aligned", "misaligned"):
-        name = getattr(protocol, field)
-        if name not in setup.experts:
-            known = ", ".join(setup.experts)
-            raise UserError(
-                f"{protocol_path}: {field}: {name!r} is not an expert of the search config ({known})"
-            )
+
+    def names_its_experts(setup: SearchSetup) -> None:
+        for field in ("aligned", "misaligned"):
+            name = getattr(protocol, field)
+            if name not in setup.experts:
+                known = ", ".join(setup.experts)
+                raise UserError(
+                    f"{protocol_path}: {field}: {name!r} is not an expert of the search config ({known})"
+                )
+
+    setup = prepare(config, search_path, RunDir(folder / "data_run"), log, check=names_its_experts)
     folder.mkdir(parents=True, exist_ok=True)
-    setup = setup.with_data(prepare_data(config, search_path, RunDir(folder / "data_run"), log))
     digest = protocol_digest(protocol, search_path.read_text(), scored_models(setup))
     bench = Bench(protocol, setup, folder, log, digest)
     cells = []
