@@ -117,7 +117,7 @@ class Evaluator:
 
     @property
     def device(self) -> str:
-        from mergesearch.backends.hf import resolve_device
+        from mergesearch.runtime import resolve_device
 
         return str(resolve_device(self.config.backend.device))
 
@@ -175,9 +175,9 @@ class JudgeServer:
     runs in a worker thread, so the actor keeps taking requests while it does."""
 
     def __init__(self, setup: SearchSetup, device: str = "auto") -> None:
-        from mergesearch.backends.hf import resolve_device
         from mergesearch.judges.base import make_judge
         from mergesearch.judges.cache import CachedJudge
+        from mergesearch.runtime import resolve_device
 
         setup.activate()
         judge = setup.config.judge

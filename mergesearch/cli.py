@@ -498,11 +498,11 @@ def eval_model(
     judge_config = validate_mapping(JudgeConfig, judge_fields, "--judge")
     engine = BackendConfig(device=device, max_new_tokens=max_new_tokens)
     # The inputs are checked; only now the engines' imports (torch, transformers: seconds).
-    from mergesearch.backends.hf import resolve_device
     from mergesearch.backends.registry import make_backend
     from mergesearch.io import atomic_write_text
     from mergesearch.judges.base import make_judge
     from mergesearch.objectives.breakdown import evaluate_model, format_report
+    from mergesearch.runtime import resolve_device
 
     # Owners close what they build: an engine (a vLLM one, say) may hold processes beyond this one.
     with (

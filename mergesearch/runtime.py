@@ -6,8 +6,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergesearch.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def offline_and_quiet() -> None:
@@ -94,3 +98,17 @@ def withheld_gpu() -> bool:
     if ray is None or not ray.is_initialized():
         return False
     return ray.get_runtime_context().worker.mode == ray.WORKER_MODE and not ray.get_gpu_ids()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device a backend, judge or merge computes on. ``auto``: CUDA when there is one that this
+    process may take (a Ray worker given no GPU share computes on the CPU); ``cuda`` on a machine without
+    it is named, not a torch assertion. Here, below every backend, so that actors and the CLI choose a
+    device without importing one backend's module."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and not withheld_gpu() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: this machine has no CUDA GPU (or torch was built without CUDA)")
+    return torch.device(device)

@@ -530,3 +530,23 @@ def test_the_candidate_sleeps_exactly_while_its_answers_are_judged() -> None:
     with pytest.raises(RuntimeError, match="judge died"):
         judge.assess([])
     assert engine.calls[3:] == ["sleep 1", "judge", "wake"]  # awake again even when judging fails
+
+
+def test_lm_eval_metrics_keep_their_own_names_and_filters() -> None:
+    """What promotion's leaderboard shows: gsm8k's exact_match under each filter, not only acc."""
+    from mergesearch.objectives.lm_eval_tasks import task_metrics
+
+    reported = {
+        "gsm8k": {
+            "alias": "gsm8k",
+            "exact_match,strict-match": 0.25,
+            "exact_match_stderr,strict-match": 0.01,
+            "exact_match,flexible-extract": 0.5,
+            "exact_match_stderr,flexible-extract": 0.02,
+        },
+        "arc_easy": {"acc,none": 0.7, "acc_stderr,none": 0.01, "acc_norm,none": 0.72},
+    }
+    assert task_metrics(reported) == {
+        "gsm8k": {"exact_match (strict-match)": 0.25, "exact_match (flexible-extract)": 0.5},
+        "arc_easy": {"acc": 0.7, "acc_norm": 0.72},
+    }

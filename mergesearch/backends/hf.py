@@ -39,7 +39,7 @@ from mergesearch.backends.base import (
 )
 from mergesearch.config import BackendConfig, TaskVectorsConfig
 from mergesearch.errors import UserError
-from mergesearch.runtime import withheld_gpu
+from mergesearch.runtime import resolve_device
 
 if TYPE_CHECKING:
     from mergesearch.merge.recipe import MergeRecipe
@@ -49,16 +49,6 @@ TOKENIZER_UNSET = 1000000000000000019884624838656  # transformers' model_max_len
 # A generation batch's shared opening shorter than this runs with the rest: one more forward call
 # costs more than a few tokens. SmolLM2's chat template opens with 24 (its system turn).
 SHARED_OPENING_MIN = 8
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when there is one that this process may take (a Ray worker given no GPU share
-    computes on the CPU); ``cuda`` on a machine without it is named, not a torch assertion."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and not withheld_gpu() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r}: this machine has no CUDA GPU (or torch was built without CUDA)")
-    return torch.device(device)
 
 
 class HFBackend:

@@ -199,11 +199,19 @@ def run_lm_eval(
         bootstrap_iters=0,
         verbosity="ERROR",
     )
-    return {
-        task: {
-            k.split(",")[0]: v
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not k.endswith("_stderr,none")
-        }
-        for task, metrics in results["results"].items()
-    }
+    return task_metrics(results["results"])
+
+
+def task_metrics(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per task, every metric lm-eval reported, by its own name (``acc``, ``exact_match``), with the
+    filter it went through when there is one (gsm8k's ``exact_match (strict-match)`` and ``exact_match
+    (flexible-extract)`` are two numbers, not one); standard errors left out."""
+    named = {}
+    for task, metrics in results.items():
+        named[task] = {}
+        for key, value in metrics.items():
+            metric, _, applied = key.partition(",")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or metric.endswith("_stderr"):
+                continue
+            named[task][metric if applied in ("", "none") else f"{metric} ({applied})"] = value
+    return named

@@ -120,11 +120,10 @@ def promote(
     board = []
     for trial, result in zip(chosen, ray.get(refs)):
         heldout = result["heldout"]
-        lm_eval = {
+        lm_eval = {  # every metric by its own name: gsm8k's exact_match as much as mmlu's acc
             f"{task}/{metric}": value
             for task, metrics in result["lm_eval"].items()
             for metric, value in metrics.items()
-            if metric in ("acc", "acc_norm")
         }
         board.append(
             {
