@@ -185,7 +185,10 @@ class RunDir:
     baselines_file = property(lambda self: self.root / "baselines.json")
     efficiency_file = property(lambda self: self.root / "efficiency.json")
     report_file = property(lambda self: self.root / "report.md")
+    report_html = property(lambda self: self.root / "report.html")  # the same, pictures inline
     pareto_file = property(lambda self: self.root / "pareto.png")
+    genome_file = property(lambda self: self.root / "genome.png")  # the winner's genome as a heat map
+    progress_file = property(lambda self: self.root / "progress.png")  # fitness by trial, best so far
 
     def new_tune_session(self) -> str:
         """A fresh folder name under ``tune/`` for this session's Tune experiment (never restored from)."""
