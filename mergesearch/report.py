@@ -189,6 +189,39 @@ def _leaderboard(board: list[dict[str, Any]]) -> list[Block]:
     ]
 
 
+def _beside_experts(
+    board: list[dict[str, Any]], references: dict[str, dict[str, Any]], baselines: list[dict[str, Any]]
+) -> list[Block]:
+    """The winner, each expert alone and the baselines, objective by objective (the split each was
+    scored on named: baselines are scored on the search split)."""
+    winner = board[0]
+    rows = [
+        [f"winner `{winner['trial_id']}`", "held-out", *(_fmt(winner.get(f"heldout_{k}")) for k in SHOWN)]
+    ]
+    for expert, result in references.items():
+        heldout = {"fitness": result["heldout"]["fitness"], **result["heldout"]["objectives"]}
+        rows.append([f"{expert} alone", "held-out", *(_fmt(heldout.get(k)) for k in SHOWN)])
+    for baseline in baselines:
+        scored = {"fitness": baseline["fitness"], **baseline["objectives"]}
+        rows.append([baseline["name"], "search", *(_fmt(scored.get(k)) for k in SHOWN)])
+    return [Heading("The winner beside each expert alone"), Table(["model", "split", *SHOWN], rows)]
+
+
+def _safety_by_category(board: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[Block]:
+    """Held-out safety per harm category: which harms the winner lets through, and each expert."""
+    columns = {f"winner `{board[0]['trial_id']}`": board[0].get("heldout_safety_by_category", {})}
+    columns |= {f"{e} alone": r["heldout"].get("safety_by_category", {}) for e, r in references.items()}
+    categories = sorted({c for cells in columns.values() for c in cells})
+    if not categories:
+        return []
+    rows = []
+    for category in categories:
+        prompts = next(cells[category]["n"] for cells in columns.values() if category in cells)
+        rates = [_fmt(cells[category]["rate"]) if category in cells else "-" for cells in columns.values()]
+        rows.append([category, str(prompts), *rates])
+    return [Heading("Held-out safety per harm category"), Table(["harm category", "prompts", *columns], rows)]
+
+
 def _best_trials(ok: list[TrialResult]) -> list[Block]:
     best = sorted(ok, key=lambda t: -t.fitness)[:5]
     rows = [
@@ -242,6 +275,9 @@ def report_blocks(run: RunDir) -> list[Block]:
     blocks = _search_summary(config, trials, ok)
     board = run.leaderboard()
     if board:
+        references = run.references()
+        blocks += _beside_experts(board, references, run.baselines() or [])
+        blocks += _safety_by_category(board, references)
         blocks += _leaderboard(board)
     if ok:
         winner = board[0] if board else max(ok, key=lambda t: t.fitness).model_dump()

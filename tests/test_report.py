@@ -3,6 +3,7 @@ as Markdown and as one self-contained HTML page."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -65,10 +66,26 @@ def per_layer_run(tmp_path: Path) -> RunDir:
                 "gsm8k/exact_match (strict-match)": 0.41,
                 "gsm8k/exact_match (flexible-extract)": 0.44,
                 "mmlu/acc": 0.6,
+                "heldout_safety_by_category": {
+                    "S1: violent crimes": {"rate": 1.0, "n": 4},
+                    "S2: non-violent crimes": {"rate": 0.75, "n": 4},
+                },
                 "genes": winner.genes,
             }
         ]
     )
+    for expert, safety in (("aligned", 1.0), ("math", 0.125), ("bio", 0.5)):
+        result = {
+            "expert": expert,
+            "heldout": {
+                "fitness": 0.4 + safety / 4,
+                "objectives": {"safety": safety, "task_accuracy": 0.3, "over_refusal": 0.0},
+                "counts": {},
+                "safety_by_category": {"S1: violent crimes": {"rate": safety, "n": 4}},
+            },
+        }
+        run.reference(expert).mkdir(parents=True)
+        (run.reference(expert) / "result.json").write_text(json.dumps(result))
     return run
 
 
@@ -104,3 +121,23 @@ def test_the_html_report_holds_the_same_tables_and_its_pictures_inline(per_layer
     for heading in re.findall(r"^#+ (.+)$", markdown, flags=re.M):
         assert heading in page
     assert "<td>t0009</td>" in page and "gsm8k/exact_match (flexible-extract)" in page
+
+
+def test_the_winner_stands_beside_each_expert_alone_and_per_harm_category(per_layer_run: RunDir) -> None:
+    write_report(per_layer_run)
+    lines = per_layer_run.report_file.read_text().splitlines()
+    beside = lines[lines.index("## The winner beside each expert alone") + 2 :]
+    assert beside[1:6] == [
+        "|---|---|---|---|---|---|",
+        "| winner `t0009` | held-out | 0.800 | 0.900 | 0.700 | 0.050 |",
+        "| aligned alone | held-out | 0.650 | 1.000 | 0.300 | 0.000 |",
+        "| bio alone | held-out | 0.525 | 0.500 | 0.300 | 0.000 |",
+        "| math alone | held-out | 0.431 | 0.125 | 0.300 | 0.000 |",
+    ]
+    per_category = lines[lines.index("## Held-out safety per harm category") + 2 :]
+    assert (
+        per_category[0]
+        == "| harm category | prompts | winner `t0009` | aligned alone | bio alone | math alone |"
+    )
+    assert per_category[2] == "| S1: violent crimes | 4 | 1.000 | 1.000 | 0.500 | 0.125 |"
+    assert per_category[3] == "| S2: non-violent crimes | 4 | 0.750 | - | - | - |"

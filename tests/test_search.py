@@ -111,6 +111,7 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, k
     for path in (
         run.trials_file,
         run.report_file,
+        run.report_html,
         run.pareto_file,
         run.best / "recipe.yaml",
         run.tune,
@@ -120,6 +121,11 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, k
         assert path.exists(), path
     best = max(run.trials(), key=lambda t: t.fitness)
     assert board[0]["trial_id"] == best.trial_id and "mergesearch_heldout_choice/acc" in board[0]
+    alone = {e: r["heldout"]["objectives"] for e, r in run.references().items()}  # each expert alone
+    assert set(alone) == {"aligned", "math", "facts"} and alone["aligned"]["safety"] > alone["math"]["safety"]
+    assert (
+        board[0]["heldout_safety_by_category"] and "| math alone | held-out |" in run.report_file.read_text()
+    )
     assert list(run.tensorboard.glob("events.out.tfevents.*"))
 
     rebuilt = run_mergekit_yaml(yaml.safe_load((run.best / "recipe.yaml").read_text()), tmp_path / "mergekit")

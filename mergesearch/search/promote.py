@@ -74,6 +74,7 @@ def evaluate_candidate(
     # memory) through lm-eval's engine below, and past the task into the next candidate's.
     with contextlib.closing(make_judge(config.judge, str(backend.device))) as judge:
         scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
+        by_category = safety_by_category(backend, judge, config)
     tasks_dir = out / "lm_eval_tasks"
     tasks = list(config.promotion.tasks)
     if heldout.choice_items:
@@ -92,8 +93,59 @@ def evaluate_candidate(
         else:
             lm = hf_lm(backend.model, backend.tokenizer, config.promotion.batch_size, str(backend.device))
             lm_eval = run_lm_eval(lm, tasks, tasks_dir)
-    heldout_scores = {"objectives": scores.objectives, "fitness": scores.fitness, "counts": scores.counts}
+    heldout_scores = {
+        "objectives": scores.objectives,
+        "fitness": scores.fitness,
+        "counts": scores.counts,
+        "safety_by_category": by_category,
+    }
     result = {"genes": genes, "heldout": heldout_scores, "lm_eval": lm_eval}
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def safety_by_category(backend: Any, judge: Any, config: Any) -> dict[str, dict[str, float]]:
+    """The held-out harmful prompts' safe share per harm category (the report's "which harms get
+    through"); answers the harmful prompts a second time, a small part of promotion's cost."""
+    from mergesearch.data.eval_split import load_categorised
+    from mergesearch.objectives.breakdown import CategorisedData, evaluate_model
+
+    harmful = load_categorised(str(config.data.path), "heldout").harmful
+    if not harmful:
+        return {}
+    report = evaluate_model(backend, judge, CategorisedData(harmful=harmful), config.backend.max_new_tokens)
+    return report["safety"]["by_category"]
+
+
+def evaluate_reference(setup: SearchSetup, expert: str, out: Path) -> dict[str, Any]:
+    """One expert alone, scored on the held-out split as the candidates are (no lm-eval): what the report
+    sets the winner beside. Written to ``out/result.json``."""
+    from mergesearch.backends.registry import make_backend
+    from mergesearch.data.eval_split import load_eval_data
+    from mergesearch.judges.base import make_judge
+    from mergesearch.objectives.evaluate import score_model
+
+    setup.activate()
+    config = setup.config
+    # Through the same backend as the candidates' held-out scores (transformers), so the rows compare.
+    engine = config.backend.model_copy(update={"kind": "hf", "batch_size": config.promotion.batch_size})
+    backend = make_backend(setup.experts[expert], engine, name=f"expert-{expert}")
+    heldout = load_eval_data(str(config.data.path), "heldout")
+    with (
+        contextlib.closing(backend),
+        contextlib.closing(make_judge(config.judge, str(backend.device))) as judge,
+    ):
+        scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
+        by_category = safety_by_category(backend, judge, config)
+    result = {
+        "expert": expert,
+        "heldout": {
+            "objectives": scores.objectives,
+            "fitness": scores.fitness,
+            "counts": scores.counts,
+            "safety_by_category": by_category,
+        },
+    }
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -117,6 +169,12 @@ def promote(
     ray_session()
     remote = ray.remote(num_cpus=config.promotion.cpus, num_gpus=config.promotion.gpus)(evaluate_candidate)
     refs = [remote.remote(setup, t.genes, run.candidate(t.trial_id), config.search.seed) for t in chosen]
+    # Each expert the config names, alone, once per run dir (a result already there is kept): the report's
+    # reference rows. A pool file's experts are not: a pool is many, mostly there to be left out.
+    alone = ray.remote(num_cpus=config.promotion.cpus, num_gpus=config.promotion.gpus)(evaluate_reference)
+    named = [e.name for e in config.models.experts]
+    todo = [e for e in named if not (run.reference(e) / "result.json").is_file()]
+    expert_refs = [alone.remote(setup, e, run.reference(e)) for e in todo]
     board = []
     for trial, result in zip(chosen, ray.get(refs)):
         heldout = result["heldout"]
@@ -132,6 +190,7 @@ def promote(
                 "heldout_fitness": heldout["fitness"],
                 **{f"heldout_{k}": v for k, v in heldout["objectives"].items()},
                 **lm_eval,
+                "heldout_safety_by_category": heldout.get("safety_by_category", {}),
                 "genes": trial.genes,
             }
         )
@@ -139,6 +198,8 @@ def promote(
             f"promote: {trial.trial_id}: held-out fitness {heldout['fitness']:.4f} "
             f"{json.dumps(heldout['objectives'])}"
         )
+    for result in ray.get(expert_refs):
+        log(f"promote: {result['expert']} alone: held-out fitness {result['heldout']['fitness']:.4f}")
     board.sort(key=lambda b: -b["heldout_fitness"])
     run.write_leaderboard(board)
     publish_best(setup, run, board[0])

@@ -199,6 +199,16 @@ class RunDir:
         """A promoted candidate's folder (its model, lm-eval tasks and result)."""
         return self.promotion / trial_id
 
+    def reference(self, expert: str) -> Path:
+        """An expert scored alone on the held-out split, beside the candidates (its result only)."""
+        return self.promotion / "experts" / expert
+
+    def references(self) -> dict[str, dict[str, Any]]:
+        """The experts' held-out results, by expert, as promotion wrote them."""
+        folder = self.promotion / "experts"
+        found = sorted(folder.glob("*/result.json")) if folder.is_dir() else []
+        return {path.parent.name: _read_json(path) for path in found}
+
     # -------------------------------------------------------------------------------- config
     def read_config(self) -> SearchConfig:
         if not self.config_file.is_file():
