@@ -16,7 +16,7 @@
   ``generate``, which decodes every row to its batch's end (``greedy_decoding``; same replies).
 - ``agreement``: early exit against full-length judging. Each genome's answers to the harmful prompts
   are generated in full and with the early-exit rule, and judged: the share of (prompt, answer) pairs
-  whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit_tokens``; the
+  whose verdicts agree, per rule (with a guard judge, per opening length ``early_exit.guard_tokens``; the
   refusal judge's rule holds by construction, and is measured too). ``smollm2_guard`` is the SmolLM2
   family judged by its own guard (``search_spaces/smollm2_guard.yaml``: 48-token answers); beside the
   agreement, the share of full answers judged unsafe and how often the guard's full-length verdict
@@ -79,11 +79,11 @@ from mergesearch.backends.base import Backend, Prompt, SettleRule
 from mergesearch.config import DataConfig, MultiFidelityConfig, validate_mapping
 from mergesearch.errors import ConfigError
 from mergesearch.io import atomic_write_text
-from mergesearch.judges.base import settle_rule
 from mergesearch.judges.labelled import labelled_responses
 from mergesearch.judges.refusal import OpeningDecided, RefusalJudge
 from mergesearch.objectives import evaluate as evaluate_module
 from mergesearch.objectives.data import Rounds
+from mergesearch.objectives.early_exit import settle_rule
 from mergesearch.objectives.evaluate import Scores
 from mergesearch.objectives.task import AnswerStated, contains_answer
 from mergesearch.runtime import offline_and_quiet, ray_session
@@ -96,11 +96,13 @@ STAGES = ("merge", "generate", "judge", "score")
 SETTINGS = {  # name: config sections
     "before": {
         "backend": {"prefix_reuse": False},
-        "judge": {"early_exit": False, "prefix_reuse": False, "verdict_cache": False},
+        "judge": {"prefix_reuse": False, "verdict_cache": False},
+        "early_exit": {"enabled": False},
     },
     "after": {
         "backend": {"prefix_reuse": True},
-        "judge": {"early_exit": True, "prefix_reuse": True, "verdict_cache": True},
+        "judge": {"prefix_reuse": True, "verdict_cache": True},
+        "early_exit": {"enabled": True},
     },
 }
 
@@ -259,10 +261,11 @@ def agreement_part(setup: SearchSetup, genomes: int) -> dict:
     rules: dict[str, Callable] = {}
     if config.judge.model:
         for tokens in GUARD_OPENINGS:
-            changed = config.judge.model_copy(update={"early_exit": True, "early_exit_tokens": tokens})
-            rules[f"{config.judge.kind} opening {tokens} tokens"] = settle_rule(changed)
+            opening = config.early_exit.model_copy(update={"enabled": True, "guard_tokens": tokens})
+            rules[f"{config.judge.kind} opening {tokens} tokens"] = settle_rule(config.judge, opening)
     else:
-        rules[config.judge.kind] = settle_rule(config.judge.model_copy(update={"early_exit": True}))
+        on = config.early_exit.model_copy(update={"enabled": True})
+        rules[config.judge.kind] = settle_rule(config.judge, on)
     agreed = {name: 0 for name in rules}
     chars = {name: 0 for name in ("full", *rules)}
     pairs = unsafe_full = with_refusal_rules = 0
@@ -296,8 +299,8 @@ def agreement_part(setup: SearchSetup, genomes: int) -> dict:
 
 
 def openings_part(setup: SearchSetup, genomes: int) -> dict:
-    """Benign and short answers stopped at an opening length (``judge.early_exit_benign_tokens``,
-    ``early_exit_answer_tokens``) against full ones, per length: the share of benign answers whose
+    """Benign and short answers stopped at an opening length (``early_exit.benign_tokens``,
+    ``answer_tokens``) against full ones, per length: the share of benign answers whose
     refusal verdict (over-refusal) is the full answer's, and of short answers whose containment verdict
     is; beside them, how often the full verdict is a refusal / a correct answer (an agreement that came
     from every answer being the same would show), and the tokens the full answers ran to."""

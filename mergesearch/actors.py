@@ -85,7 +85,7 @@ class Evaluator:
         from mergesearch.backends.registry import make_backend
         from mergesearch.judges.base import make_judge
         from mergesearch.merge.spec import get_method
-        from mergesearch.objectives.evaluate import EarlyExit
+        from mergesearch.objectives.early_exit import EarlyExit
 
         started = time.perf_counter()
         setup.activate()
@@ -109,7 +109,7 @@ class Evaluator:
         )
         if config.backend.sleep_mode:
             self.judge = SleepsWhileJudging(self.judge, self.backend)
-        self.settled = EarlyExit.of(config.judge)  # early exit, when the config asks
+        self.settled = EarlyExit.of(config)  # early exit, when the config asks
         self.merged: tuple | None = None  # the (genome, seed) the live model holds
         judge_folder = [config.judge.model] if config.judge.model and judge_handle is None else []
         self.weight_roots = [setup.base, *setup.experts.values(), *judge_folder] if trace_reads else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -228,9 +229,6 @@ class EngineConfig(Frozen):
     """vLLM: GPUs per engine."""
     enforce_eager: bool = True
     """vLLM: run without CUDA graphs (faster start, slower steps)."""
-    sleep_mode: bool = False
-    """vLLM on CUDA: the candidate engine sleeps while its answers are judged, handing its KV cache (and, at
-    level 1, its weights, kept in host RAM) to a judge on the same GPU."""
     prefix_reuse: bool = True
     """hf: the choices of one question share their context, run once; so does the opening every prompt of a
     batch shares (a chat template's system turn, a guard's policy)."""
@@ -243,12 +241,13 @@ class EngineConfig(Frozen):
             "max_model_len": self.max_model_len,
             "tensor_parallel_size": self.tensor_parallel_size,
             "enforce_eager": self.enforce_eager,
-            "enable_sleep_mode": self.sleep_mode or None,
         }
         return {k: v for k, v in settings.items() if v is not None}
 
 
 class BackendConfig(EngineConfig):
+    """What runs each candidate merge: the engine settings, and what only a candidate's engine does."""
+
     kind: str = "hf"
     """What runs the candidate model: `hf` (transformers) or `vllm` (a registry)."""
 
@@ -259,6 +258,12 @@ class BackendConfig(EngineConfig):
     """Prompts per generation batch."""
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
     """The longest answer generated, in tokens."""
+    sleep_mode: bool = False
+    """vLLM on CUDA: the candidate engine sleeps while its answers are judged, handing its KV cache (and, at
+    level 1, its weights, kept in host RAM) to a judge on the same GPU."""
+
+    def vllm_settings(self) -> dict[str, Any]:
+        return {**super().vllm_settings(), **({"enable_sleep_mode": True} if self.sleep_mode else {})}
 
     @model_validator(mode="after")
     def _sleep_on_vllm(self) -> BackendConfig:
@@ -285,19 +290,6 @@ class JudgeConfig(EngineConfig):
     """Pairs per guard call."""
     allow_pickle: bool = False
     """Load a `.bin` (pickle) guard model: pickle runs code, so only when asked."""
-    early_exit: bool = False
-    """In the search, stop an answer once the verdict that reads it is settled: a harmful prompt's by this
-    judge's rule (the refusal judge: its opening decided; a guard: `early_exit_tokens` generated), benign
-    and short answers by their own rules. Held-out evaluation reads full answers."""
-    early_exit_tokens: int = Field(default=24, ge=1)
-    """A guard's verdict is read on answers cut to this many tokens, a length measured to agree with full-
-    length verdicts (docs/concepts/cheaper-fitness.md)."""
-    early_exit_benign_tokens: int | None = Field(default=None, ge=1)
-    """With early exit: benign answers also stop after this many tokens; unset: only once their refusal
-    verdict is settled."""
-    early_exit_answer_tokens: int | None = Field(default=None, ge=1)
-    """With early exit: short answers also stop after this many tokens; unset: only once they state their
-    answer."""
     verdict_cache: bool = True
     """The judge's actor keeps every verdict by (prompt, response) for the search; off only to measure what
     that saves."""
@@ -309,13 +301,60 @@ class JudgeConfig(EngineConfig):
     def _model_for_guard(self) -> JudgeConfig:
         if self.kind == "llama_guard" and not self.model:
             raise ValueError("a llama_guard judge needs `model` (a Llama Guard style model folder)")
-        if self.early_exit and self.kind not in SETTLE_RULES:
-            raise ValueError(f"early_exit: the {self.kind} judge declares no early-exit rule")
-        if self.sleep_mode:
-            raise ValueError(
-                "sleep_mode: the judge serves every evaluator and never sleeps (set it on backend)"
-            )
         return self
+
+
+class EarlyExitConfig(Frozen):
+    """In the search, an answer stops once the verdict that reads it is settled: a harmful prompt's by the
+    judge's rule (the refusal judge: its opening decided; a guard: ``guard_tokens`` generated), a benign
+    one by the refusal rules' (over-refusal reads them, whoever judges safety), a short answer once it is
+    stated for good. Held-out evaluation and promotion read full answers (objectives/early_exit.py)."""
+
+    enabled: bool = False
+    """Stop each answer of the search's evaluations once its verdict is settled."""
+    guard_tokens: int = Field(default=24, ge=1)
+    """A guard judge reads answers cut to this many tokens: a length chosen where its verdicts agree with
+    full-length ones (docs/concepts/cheaper-fitness.md)."""
+    benign_tokens: int | None = Field(default=None, ge=1)
+    """Benign answers also stop after this many tokens; unset: only once their refusal verdict is
+    settled."""
+    answer_tokens: int | None = Field(default=None, ge=1)
+    """Short answers also stop after this many tokens; unset: only once they state their answer."""
+
+
+# Keys an earlier version wrote under `judge` (a run dir's config.yaml holds them all): read as the new ones.
+MOVED_KEYS = {
+    "early_exit": "enabled",
+    "early_exit_tokens": "guard_tokens",
+    "early_exit_benign_tokens": "benign_tokens",
+    "early_exit_answer_tokens": "answer_tokens",
+}
+_warned: set[tuple[str, ...]] = set()
+
+
+def migrate_judge_keys(data: Any) -> Any:
+    """A config of an earlier version, its early-exit settings moved from ``judge`` to ``early_exit`` and
+    its judge's ``sleep_mode`` (always off: a judge never slept) dropped, said once per process in one
+    warning line on stderr."""
+    judge = data.get("judge") if isinstance(data, dict) else None
+    if not isinstance(judge, dict) or not (set(judge) & {*MOVED_KEYS, "sleep_mode"}):
+        return data
+    if judge.get("sleep_mode"):
+        raise ValueError(
+            "judge.sleep_mode: the judge serves every evaluator and never sleeps (set it on backend)"
+        )
+    moved = {new: judge[old] for old, new in MOVED_KEYS.items() if old in judge}
+    if moved and isinstance(data.get("early_exit"), dict):
+        raise ValueError("judge.early_exit*: set them under `early_exit` only (both are given)")
+    old = tuple(sorted(set(judge) & {*MOVED_KEYS, "sleep_mode"}))
+    if old not in _warned:
+        _warned.add(old)
+        moves = [f"judge.{k} -> early_exit.{MOVED_KEYS[k]}" for k in old if k in MOVED_KEYS]
+        moves += ["judge.sleep_mode dropped (a judge never sleeps)"] if "sleep_mode" in old else []
+        said = "; ".join(moves)
+        print(f"warning: a config of an earlier version, read as this one: {said}", file=sys.stderr)
+    kept = {k: v for k, v in judge.items() if k not in MOVED_KEYS and k != "sleep_mode"}
+    return {**data, "judge": kept, **({"early_exit": moved} if moved else {})}
 
 
 class FitnessConfig(Frozen):
@@ -443,6 +482,8 @@ class SearchConfig(Frozen):
     """What runs each candidate merge."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """Who decides whether an answer to a harmful prompt is safe."""
+    early_exit: EarlyExitConfig = Field(default_factory=EarlyExitConfig)
+    """Answers in the search stop once their verdict is settled."""
     fitness: FitnessConfig = Field(default_factory=FitnessConfig)
     """How the objectives combine into one fitness."""
     search: SearcherConfig = Field(default_factory=SearcherConfig)
@@ -465,6 +506,11 @@ class SearchConfig(Frozen):
 
     @model_validator(mode="before")
     @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        return migrate_judge_keys(data)
+
+    @model_validator(mode="before")
+    @classmethod
     def _engines_default_to_pool_dtype(cls, data: Any) -> Any:
         """An engine whose ``dtype`` is unset runs in the pool's (``models.dtype``)."""
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
@@ -476,6 +522,12 @@ class SearchConfig(Frozen):
             if isinstance(section, dict) and section.get("dtype") is None:
                 data[part] = {**section, "dtype": dtype}
         return data
+
+    @model_validator(mode="after")
+    def _judge_declares_early_exit(self) -> SearchConfig:
+        if self.early_exit.enabled and self.judge.kind not in SETTLE_RULES:
+            raise ValueError(f"early_exit: the {self.judge.kind} judge declares no early-exit rule")
+        return self
 
     @model_validator(mode="after")
     def _searcher_fits_space(self) -> SearchConfig:

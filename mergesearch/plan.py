@@ -152,7 +152,7 @@ def engine_holdings(
             inside=weights + shape.kv_bytes(context, dtype),
         )
     ]
-    if engine.sleep_mode:
+    if getattr(engine, "sleep_mode", False):  # a candidate engine only
         held.append(Holding(f"{what}: weights while the engine sleeps", "host", weights))
     return held
 

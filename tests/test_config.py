@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VALID = "name: t\nmodels: {base: b, experts: [{name: a, path: p}]}\n"
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cfg.yaml"
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -138,7 +138,7 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
         ("judge: {backend: onnx}\n", "judge.backend: unknown backend 'onnx'; known: hf, vllm"),
         ("backend: {gpu_memory_utilization: 1.5}\n", "backend.gpu_memory_utilization: Input should be less"),
         ("backend: {sleep_mode: true}\n", "backend: sleep_mode is a vLLM feature"),
-        ("judge: {sleep_mode: true}\n", "judge: sleep_mode: the judge serves every evaluator"),
+        ("judge: {sleep_mode: true}\n", "judge.sleep_mode: the judge serves every evaluator"),
         ("merge: {pool_device: disk}\n", "merge.pool_device: Input should be 'gpu' or 'host'"),
         (
             "merge: {task_vectors: {form: pruned}}\n",
@@ -183,3 +183,54 @@ def test_cli_prints_one_error_line_without_traceback_and_exits_nonzero(tmp_path:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ")
     assert "Traceback" not in done.stderr
+
+
+def test_early_exit_settings_written_under_judge_by_an_earlier_version_are_read_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A config file or run dir of an earlier version kept early exit on ``judge`` (and a judge's
+    ``sleep_mode: false``): it loads as the same search, and says so once."""
+    import mergesearch.config as config_module
+    from mergesearch.search.run_dir import RunDir
+
+    config_module._warned.clear()
+    old = (
+        "judge: {kind: refusal, early_exit: true, early_exit_tokens: 12, early_exit_benign_tokens: 16,"
+        " early_exit_answer_tokens: 24, sleep_mode: false}\n"
+    )
+    path = write(tmp_path, VALID + old)
+    config = load_config(path)
+    assert config.early_exit.model_dump() == {
+        "enabled": True,
+        "guard_tokens": 12,
+        "benign_tokens": 16,
+        "answer_tokens": 24,
+    }
+    section = "early_exit: {enabled: true, guard_tokens: 12, benign_tokens: 16, answer_tokens: 24}\n"
+    new = load_config(write(tmp_path, VALID + "judge: {kind: refusal}\n" + section, "new.yaml"))
+    assert config == new
+    load_config(path)  # a second read of the same keys says nothing more
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: a config of an earlier version")
+    assert "judge.early_exit_tokens -> early_exit.guard_tokens" in warnings[0]
+
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    (run.config_file).write_text(path.read_text())  # as an earlier version recorded it
+    run.check_config(new)  # the same search: it resumes
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "judge: {kind: refusal, early_exit: true}\nearly_exit: {enabled: false}\n",
+        "judge: {kind: llama_guard, model: g, sleep_mode: true}\n",
+    ],
+)
+def test_old_and_new_early_exit_keys_together_or_a_sleeping_judge_are_one_line(
+    tmp_path: Path, extra: str
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"judge\.(early_exit\*: set them under `early_exit` only|sleep_mode)"
+    ):
+        load_config(write(tmp_path, VALID + extra))

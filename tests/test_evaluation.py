@@ -429,7 +429,7 @@ def test_kept_actors_serve_searches_that_differ_only_in_name_fitness_search_and_
     other_data = search_config(toy_dataset).model_copy(
         update={"data": config.data.model_copy(update={"max_task_prompts": 5})}
     )
-    other_judge = search_config(toy_dataset, judge={"kind": "refusal", "early_exit": True})
+    other_judge = search_config(toy_dataset, judge={"kind": "refusal"}, early_exit={"enabled": True})
     setups = [SearchSetup.prepare(c, log=lambda _: None) for c in (config, same, other_data, other_judge)]
     keys = [serves_the_same(s) for s in setups]
     assert keys[0] == keys[1]

@@ -110,9 +110,12 @@ def genomes(space: GenomeSpace) -> list[dict[str, float]]:
 
 def test_a_length_rule_per_prompt_caps_only_its_own_prompts(engine) -> None:
     """vLLM applies an early-exit rule's length per prompt: one call, capped and uncapped replies."""
-    from mergesearch.judges.base import settle_rule
+    from mergesearch.config import EarlyExitConfig
+    from mergesearch.objectives.early_exit import settle_rule
 
-    rule = settle_rule(JudgeConfig(kind="llama_guard", model="guard", early_exit=True, early_exit_tokens=3))
+    rule = settle_rule(
+        JudgeConfig(kind="llama_guard", model="guard"), EarlyExitConfig(enabled=True, guard_tokens=3)
+    )
     replies = engine.generate(PROMPTS, max_new_tokens=24, settled=[rule, None] * (len(PROMPTS) // 2))
     full = engine.generate(PROMPTS, max_new_tokens=24)
     tokens = [len(engine.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]

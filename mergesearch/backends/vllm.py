@@ -189,7 +189,7 @@ class VLLMBackend:
             "enable_prefix_caching": True,
             "load_format": "auto" if allow_pickle else "safetensors",
         }
-        if config.sleep_mode and not torch.cuda.is_available():
+        if getattr(config, "sleep_mode", False) and not torch.cuda.is_available():
             raise UserError("backend.sleep_mode: vLLM sleeps only on a CUDA GPU; this engine runs on the CPU")
         if not torch.cuda.is_available():
             # The CPU build reserves `gpu_memory_utilization` of a NUMA node's RAM at start-up and refuses to

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mergesearch.backends.base import SettleRule
-from mergesearch.config import JudgeConfig
+from mergesearch.config import EarlyExitConfig, JudgeConfig
 from mergesearch.registry import JUDGES, SETTLE_RULES
 
 Log = Callable[[str], None]
@@ -67,14 +67,10 @@ def register_judge(kind: str) -> Callable[[JudgeFactory], JudgeFactory]:
     return JUDGES.register(kind)
 
 
-def register_settle_rule(kind: str) -> Callable[[Callable[[JudgeConfig], SettleRule]], Any]:
-    """Decorator: ``factory(config)`` is the early-exit rule of judge ``kind`` (no model is loaded)."""
+def register_settle_rule(kind: str) -> Callable[[Callable[[EarlyExitConfig], SettleRule]], Any]:
+    """Decorator: ``factory(early_exit)`` is the early-exit rule of judge ``kind`` (no model is loaded);
+    objectives/early_exit.py says when it applies."""
     return SETTLE_RULES.register(kind)
-
-
-def settle_rule(config: JudgeConfig) -> SettleRule | None:
-    """The judge's early-exit rule when ``judge.early_exit`` is on, else None."""
-    return SETTLE_RULES.get(config.kind)(config) if config.early_exit else None
 
 
 def make_judge(config: JudgeConfig, device: str = "cpu", log: Log = print) -> Judge:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from mergesearch.config import JudgeConfig
+from mergesearch.config import EarlyExitConfig, JudgeConfig
 from mergesearch.errors import UserError
 from mergesearch.judges.base import Assessment, Log, register_judge, register_settle_rule
 from mergesearch.model_refs import check_model_folder
@@ -278,8 +278,8 @@ class OpeningTokens:
 
 
 @register_settle_rule("llama_guard")
-def _guard_settles(config: JudgeConfig) -> OpeningTokens:
-    return OpeningTokens(config.early_exit_tokens)
+def _guard_settles(early: EarlyExitConfig) -> OpeningTokens:
+    return OpeningTokens(early.guard_tokens)
 
 
 def _share(log_a: float, log_b: float) -> float:

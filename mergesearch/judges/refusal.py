@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mergesearch.config import JudgeConfig
+from mergesearch.config import EarlyExitConfig, JudgeConfig
 from mergesearch.judges.base import Assessment, Log, register_judge, register_settle_rule
 
 _CONTRACTIONS = {
@@ -165,5 +165,5 @@ class OpeningDecided:
 
 
 @register_settle_rule("refusal")
-def _refusal_settles(config: JudgeConfig) -> OpeningDecided:
+def _refusal_settles(early: EarlyExitConfig) -> OpeningDecided:
     return OpeningDecided()

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mergesearch.backends.base import Backend, Prompt, Settled, SettleRule, encode_pair, rules_per_prompt
-from mergesearch.config import FitnessConfig, JudgeConfig
-from mergesearch.judges.base import Judge, settle_rule
-from mergesearch.judges.refusal import OpeningDecided, RefusalJudge
+from mergesearch.config import FitnessConfig
+from mergesearch.judges.base import Judge
+from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.objectives.data import EvalData
+from mergesearch.objectives.early_exit import EarlyExit, part_rules
 from mergesearch.objectives.fitness import fitness
-from mergesearch.objectives.task import AnswerStated, choice_accuracy, contains_answer_rate
+from mergesearch.objectives.task import choice_accuracy, contains_answer_rate
 
 
 @dataclass
@@ -133,43 +134,6 @@ def answer_parts(
         found.append(replies[start : start + len(part)])
         start += len(part)
     return found
-
-
-@dataclass(frozen=True)
-class EarlyExit:
-    """The search's early exit for every part (``judge.early_exit``): each answer stops once the verdict
-    that reads it is settled. Harmful answers: the judge's rule; benign ones: the refusal rules' (over-
-    refusal reads them, whoever judges safety); short answers: once the answer is stated for good. Both
-    of the latter also stop at an opening length when one is set (``benign_tokens``, ``answer_tokens``):
-    a refusal or an answer that has not come by then rarely comes later, but a compliant reply or a
-    wrong one would run to the reply length, and a batch decodes until its last row is done, so those
-    rows set every call's number of decoding steps. Such a length is chosen as a guard's opening is,
-    where verdicts agree with full-length ones (``benchmarks/fitness_efficiency.py``, openings)."""
-
-    harmful: SettleRule
-    benign_tokens: int | None = None
-    answer_tokens: int | None = None
-
-    @classmethod
-    def of(cls, judge: JudgeConfig) -> EarlyExit | None:
-        """The config's early exit, None when it is off."""
-        rule = settle_rule(judge)
-        if rule is None:
-            return None
-        return cls(rule, judge.early_exit_benign_tokens, judge.early_exit_answer_tokens)
-
-    def part_rules(self, data: EvalData) -> list[Settled]:
-        """The rules of the harmful, benign and short-answer parts (one per short answer)."""
-        short = [AnswerStated(item.answer, self.answer_tokens) for item in data.short_items]
-        return [self.harmful, OpeningDecided(max_tokens=self.benign_tokens), short]
-
-
-def part_rules(data: EvalData, early: EarlyExit | SettleRule | None) -> list[Settled]:
-    """Every part's early-exit rule: ``early``'s, a judge's bare rule standing for an ``EarlyExit`` with
-    no opening lengths; none at all (full answers, as held-out scoring reads) without one."""
-    if early is None:
-        return [None, None, None]
-    return (early if isinstance(early, EarlyExit) else EarlyExit(early)).part_rules(data)
 
 
 def score_model(
