@@ -38,7 +38,7 @@ def fresh_clone_timings(path: Path = RESULTS / "fresh_clone.json", say_if_stale:
     commit = step("test_empty_cache").get("commit", data["commit"])
     demo_commit = step("demo_empty_cache").get("commit", data["commit"])
     parts = [
-        f"How long they take from a fresh clone on {data['machine']['cpus']} idle cores "
+        f"How long they take from a fresh clone on {data['machine']['cpus']} cores "
         f"(`benchmarks/results/fresh_clone.json`): the install {minutes(step('install')['wall_seconds'])}; "
         f"`make demo` {minutes(step('demo_empty_cache')['wall_seconds'])} with an empty model cache, "
         f"{minutes(step('demo_models_cached')['wall_seconds'])} with the models cached, "
