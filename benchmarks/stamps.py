@@ -23,7 +23,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 PACKAGE = "mergesearch"
 
 # Results not written by a script of their own name: the module that writes them.
-WRITERS = {"protocol": "mergesearch/protocol.py"}
+WRITERS = {"protocol": "mergesearch/protocol/runner.py"}
 # Results that time the README's commands: they measure everything those commands run.
 WHOLE_TREE = {
     "fresh_clone": ("mergesearch", "tests", "fixtures", "Makefile", "pyproject.toml", "constraints")

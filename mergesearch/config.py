@@ -344,7 +344,7 @@ def migrate_judge_keys(data: Any) -> Any:
             "judge.sleep_mode: the judge serves every evaluator and never sleeps (set it on backend)"
         )
     moved = {new: judge[old] for old, new in MOVED_KEYS.items() if old in judge}
-    if moved and isinstance(data.get("early_exit"), dict):
+    if moved and "early_exit" in data:
         raise ValueError("judge.early_exit*: set them under `early_exit` only (both are given)")
     old = tuple(sorted(set(judge) & {*MOVED_KEYS, "sleep_mode"}))
     if old not in _warned:

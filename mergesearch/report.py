@@ -21,7 +21,8 @@ from mergesearch.search.promote import pareto_front
 from mergesearch.search.run_dir import RunDir, TrialResult
 
 SHOWN = ("fitness", "safety", "task_accuracy", "over_refusal")
-GENE = re.compile(r"^(?P<param>[a-z_]+)\.(?P<expert>.+)\.g(?P<group>\d+)$")  # w.math.g3, gate.facts.g0
+# w.math.g3 (per expert and group), t.g2 (per group: slerp's t), gate.math (per expert, no group)
+GENE = re.compile(r"^(?P<param>[a-z_]+)(?:\.(?P<expert>.+?))??(?:\.g(?P<group>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -125,16 +126,18 @@ def plot_progress(trials: list[TrialResult], path: Path) -> None:
 
 
 def genome_matrix(genes: dict[str, float]) -> tuple[list[str], list[int], list[list[float | None]]]:
-    """Rows ``param · expert`` (weights, densities, gates ...), columns the layer groups, one cell per gene
-    (None where a row has no gene for that group, as a gate's single group)."""
-    cells: dict[tuple[str, str], dict[int, float]] = {}  # in the genome's own order of rows
+    """Rows ``param · expert`` (weights, densities), ``param`` (a per-group setting such as slerp's ``t``)
+    and ``gate · expert``; columns the layer groups; one cell per gene. A gene without a group (a gate)
+    sits in group 0, and a row has None where it has no gene for a group."""
+    cells: dict[str, dict[int, float]] = {}  # in the genome's own order of rows
     for name, value in genes.items():
         match = GENE.match(name)
-        if match:
-            cells.setdefault((match["param"], match["expert"]), {})[int(match["group"])] = value
+        if match is None:
+            continue
+        row = f"{match['param']} · {match['expert']}" if match["expert"] else match["param"]
+        cells.setdefault(row, {})[int(match["group"] or 0)] = value
     groups = sorted({g for row in cells.values() for g in row})
-    labels = [f"{param} · {expert}" for param, expert in cells]
-    return labels, groups, [[row.get(g) for g in groups] for row in cells.values()]
+    return list(cells), groups, [[row.get(g) for g in groups] for row in cells.values()]
 
 
 def plot_genome(genes: dict[str, float], title: str, path: Path) -> None:
@@ -281,12 +284,15 @@ def report_blocks(run: RunDir) -> list[Block]:
         blocks += _leaderboard(board)
     if ok:
         winner = board[0] if board else max(ok, key=lambda t: t.fitness).model_dump()
-        plot_genome(winner["genes"], f"genome of {winner['trial_id']}", run.genome_file)
         plot_progress(trials, run.progress_file)
         plot_pareto(ok, run.pareto_file)
+        if genome_matrix(winner["genes"])[0]:  # a genome of genes it can place (every searched one)
+            plot_genome(winner["genes"], f"genome of {winner['trial_id']}", run.genome_file)
+            blocks += [
+                Heading("Genome of the " + ("winner" if board else "best trial")),
+                Picture(run.genome_file, f"genome of {winner['trial_id']}"),
+            ]
         blocks += [
-            Heading("Genome of the " + ("winner" if board else "best trial")),
-            Picture(run.genome_file, f"genome of {winner['trial_id']}"),
             *_best_trials(ok),
             Heading("Search progress"),
             Picture(run.progress_file, "fitness by trial, and the best so far"),

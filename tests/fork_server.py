@@ -8,7 +8,10 @@ mergekit ~30 times. A server imports those libraries once and forks a child per 
 process with its own exit status, its own file descriptors 0-2, working directory, environment and
 file-size limit, and it ends the way an interpreter ends (``atexit`` handlers run; an uncaught exception
 prints its traceback and exits 1). The module itself is not imported before the fork, so a run sees the
-plugins and settings of its own environment, as a fresh process would.
+plugins and settings of its own environment, as a fresh process would. What differs: settings the
+preloaded libraries read when imported come from the server's environment (the session's), a file-size
+limit applies to the captured stdout and stderr too (they are files, not pipes), and a working directory
+that does not exist is the child's error (exit 1), not the caller's.
 
 Server: ``python fork_server.py MODULE [PRELOAD ...]``; one JSON request per line on stdin (``args``,
 ``cwd``, ``env``, ``stdout``, ``stderr``: the files the child writes to, ``file_size_limit``), one JSON line
@@ -18,6 +21,7 @@ back per request (``returncode``). Client: ``ForkServer``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import json
 import os
@@ -53,16 +57,20 @@ class ForkServer:
             out, err = Path(scratch, "stdout"), Path(scratch, "stderr")
             request = {
                 "args": list(args),
-                "cwd": str(cwd or os.getcwd()),
+                "cwd": str(Path(cwd or os.getcwd()).resolve()),
                 "env": dict(os.environ if env is None else env),
                 "stdout": str(out),
                 "stderr": str(err),
                 "file_size_limit": file_size_limit,
             }
             process = self._started()
-            process.stdin.write(json.dumps(request) + "\n")
-            process.stdin.flush()
-            reply = process.stdout.readline()
+            try:
+                process.stdin.write(json.dumps(request) + "\n")
+                process.stdin.flush()
+                reply = process.stdout.readline()
+            except BaseException:  # a timeout or ^C mid-run: its reply would answer the next request
+                self._kill()
+                raise
             if not reply:
                 raise RuntimeError(f"the fork server for {self.module} died (exit {process.wait()})")
             return subprocess.CompletedProcess(
@@ -79,6 +87,7 @@ class ForkServer:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                start_new_session=True,  # its own process group: killed with the run it is serving
             )
             atexit.register(self.close)
         return self._process
@@ -88,19 +97,29 @@ class ForkServer:
             self._process.stdin.close()
             self._process.wait(timeout=30)
 
+    def _kill(self) -> None:
+        """The server and the run it was serving, gone; the next run starts a fresh server."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+            self._process = None
+
 
 def _become(module: str, request: dict) -> None:
     """In the child: take the request's process state, then run ``module`` as ``python -m`` would."""
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    # `python -m` puts the working directory first on sys.path; PYTHONPATH comes next.
-    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:0] = [request["cwd"], *extra]
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-    if request.get("file_size_limit"):
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    tempfile.tempdir = None  # importing torch fixed it from the server's TMPDIR: read this run's
+    # `python -m` puts the working directory first on sys.path (where this script's folder was), then
+    # PYTHONPATH.
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:1] = [request["cwd"], *extra]
+    if request.get("file_size_limit") is not None:
         limit = request["file_size_limit"]
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -163,7 +163,7 @@ def test_a_warm_evaluation_reads_no_weight_file_and_a_reload_does(zoo_dir, toy_d
     every_file = {str(models / name / "model.safetensors") for name in ("base", *EXPERTS)}
 
     with reading_weights(models) as cold:
-        evaluator = Evaluator(setup, log=lambda _: None)
+        evaluator = Evaluator(setup, log=lambda _: None, trace_reads=True)
     assert cold.files == every_file  # the positive control: loading them is seen
     genome = evaluator.space.uniform()
     evaluator.evaluate(genome)  # the first call may page in the base's mapped weights

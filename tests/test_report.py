@@ -24,8 +24,19 @@ def test_the_genome_is_a_matrix_of_parameters_and_experts_by_layer_group() -> No
     assert labels == [f"{p} · {e}" for p in ("w", "d") for e in EXPERTS]
     assert groups == list(range(LAYERS))
     assert values[1][3] == per_layer_genes(0.0)["w.math.g3"]
-    gated = genome_matrix({"w.a.g0": 0.5, "w.a.g1": 0.6, "gate.a.g0": 0.9})
-    assert gated[0] == ["w · a", "gate · a"] and gated[2][1] == [0.9, None]  # a gate has one group
+    gated = genome_matrix({"w.a.g0": 0.5, "w.a.g1": 0.6, "gate.a": 0.9})  # a gate: per expert, no group
+    assert gated[0] == ["w · a", "gate · a"] and gated[2][1] == [0.9, None]
+    slerp = genome_matrix({"t.g0": 0.2, "t.g1": 0.7})  # slerp's t: per group, no expert
+    assert slerp == (["t"], [0, 1], [[0.2, 0.7]])
+
+
+def test_a_slerp_searchs_report_draws_its_per_group_genes(per_layer_run: RunDir) -> None:
+    """Every searched gene has a place in the picture: a method with per-group genes only is drawn too."""
+    board = per_layer_run.leaderboard()
+    board[0]["genes"] = {f"t.g{g}": g / 30 for g in range(LAYERS)}
+    per_layer_run.write_leaderboard(board)
+    write_report(per_layer_run)
+    assert "](genome.png)" in per_layer_run.report_file.read_text()
 
 
 def test_a_per_layer_search_is_reported_with_its_genome_as_a_picture_not_a_column_per_gene(

@@ -67,9 +67,12 @@ def register_judge(kind: str) -> Callable[[JudgeFactory], JudgeFactory]:
     return JUDGES.register(kind)
 
 
-def register_settle_rule(kind: str) -> Callable[[Callable[[EarlyExitConfig], SettleRule]], Any]:
-    """Decorator: ``factory(early_exit)`` is the early-exit rule of judge ``kind`` (no model is loaded);
-    objectives/early_exit.py says when it applies."""
+def register_settle_rule(
+    kind: str,
+) -> Callable[[Callable[[JudgeConfig, EarlyExitConfig], SettleRule]], Any]:
+    """Decorator: ``factory(judge, early_exit)`` is the early-exit rule of judge ``kind`` from the judge's
+    settings and the ``early_exit`` section (no model is loaded); objectives/early_exit.py says when it
+    applies."""
     return SETTLE_RULES.register(kind)
 
 

@@ -278,7 +278,7 @@ class OpeningTokens:
 
 
 @register_settle_rule("llama_guard")
-def _guard_settles(early: EarlyExitConfig) -> OpeningTokens:
+def _guard_settles(judge: JudgeConfig, early: EarlyExitConfig) -> OpeningTokens:
     return OpeningTokens(early.guard_tokens)
 
 

@@ -165,5 +165,5 @@ class OpeningDecided:
 
 
 @register_settle_rule("refusal")
-def _refusal_settles(early: EarlyExitConfig) -> OpeningDecided:
+def _refusal_settles(judge: JudgeConfig, early: EarlyExitConfig) -> OpeningDecided:
     return OpeningDecided()

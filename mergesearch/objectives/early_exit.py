@@ -26,7 +26,7 @@ from mergesearch.registry import SETTLE_RULES
 
 def settle_rule(judge: JudgeConfig, early: EarlyExitConfig) -> SettleRule | None:
     """The judge's early-exit rule when early exit is on, else None."""
-    return SETTLE_RULES.get(judge.kind)(early) if early.enabled else None
+    return SETTLE_RULES.get(judge.kind)(judge, early) if early.enabled else None
 
 
 @dataclass(frozen=True)

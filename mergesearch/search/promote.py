@@ -198,11 +198,17 @@ def promote(
             f"promote: {trial.trial_id}: held-out fitness {heldout['fitness']:.4f} "
             f"{json.dumps(heldout['objectives'])}"
         )
-    for result in ray.get(expert_refs):
-        log(f"promote: {result['expert']} alone: held-out fitness {result['heldout']['fitness']:.4f}")
     board.sort(key=lambda b: -b["heldout_fitness"])
     run.write_leaderboard(board)
     publish_best(setup, run, board[0])
+    for expert, ref in zip(todo, expert_refs):  # report rows only: a failure here costs no result
+        try:
+            result = ray.get(ref)
+        except Exception as err:  # whatever the task raised (out of memory, a bad folder): logged
+            first = (str(err).splitlines() or [""])[0][:200]
+            log(f"promote: {expert} alone: not scored ({type(err).__name__}: {first})")
+            continue
+        log(f"promote: {expert} alone: held-out fitness {result['heldout']['fitness']:.4f}")
     return board
 
 
