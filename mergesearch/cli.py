@@ -232,6 +232,15 @@ def config_check(path: Path) -> None:
     click.echo(f"{path}: ok ({cfg.name}: {experts}, {cfg.merge.method}, searcher {cfg.search.name})")
 
 
+@config.command(
+    "reference", help="Every field of a search config: type, default, meaning (Markdown, from the schema)."
+)
+def config_reference() -> None:
+    from mergesearch.config_reference import render
+
+    click.echo(render())
+
+
 # ------------------------------------------------------------------------------------------ data
 @cli.group(help="Alignment and task data: generate, import, answer, inspect (Parquet + a JSON card).")
 def data() -> None:

@@ -100,3 +100,10 @@ def test_a_result_is_stale_once_the_code_it_measured_changes(history) -> None:
     assert stamps.changed_since(commit, ["other.py"], root=root) == []
     unknown = "0" * 40  # a commit this history lacks (a shallow clone): nothing can be called current
     assert stamps.changed_since(unknown, ["other.py"], root=root) == ["other.py"]
+
+
+def test_the_cli_prints_the_same_reference() -> None:
+    from cli_helpers import run
+
+    done = run("config", "reference")
+    assert done.returncode == 0 and done.stdout.strip() == render().strip()
