@@ -51,9 +51,7 @@ from mergesearch.merge.spec import get_method
 from mergesearch.runtime import offline_and_quiet, ray_session
 from mergesearch.search.run_dir import RunDir
 from mergesearch.setup import SearchSetup
-from mergesearch.workflow import Steps, prepare, search_to_report
-
-SEARCH_ONLY = Steps(baselines=False, promote=False, report=False)  # what is timed: the search
+from mergesearch.workflow import SEARCH_ONLY, prepare, search_to_report
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO, SMOLLM2 = ROOT / "search_spaces" / "demo.yaml", ROOT / "search_spaces" / "smollm2.yaml"

@@ -29,9 +29,7 @@ from mergesearch.config import load_config
 from mergesearch.io import atomic_write_text
 from mergesearch.runtime import offline_and_quiet, ray_session
 from mergesearch.search.run_dir import RunDir, TrialResult
-from mergesearch.workflow import Steps, prepare, search_to_report
-
-SEARCH_ONLY = Steps(baselines=False, promote=False, report=False)  # what is timed: the search
+from mergesearch.workflow import SEARCH_ONLY, prepare, search_to_report
 
 CONFIG = Path(__file__).parent.parent / "search_spaces" / "demo.yaml"
 

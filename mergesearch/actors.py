@@ -154,9 +154,8 @@ class Evaluator:
                 self.settled,
             )
         scores.timings.update(load=self.load_seconds, merge=merge_seconds)
-        if (
-            reads is not None
-        ):  # weight files this evaluation read from disk: 0 once warm; NaN where unmeasurable
+        if reads is not None:
+            # weight files this evaluation read from disk: 0 once warm; NaN where it cannot be measured
             scores.counts["weight_files_read"] = float("nan") if reads.count is None else reads.count
         scores.counts["evaluator_calls"] = 1  # summed over a multi-fidelity trial's calls
         scores.counts["merges"] = int(merging)  # 1 per trial when its rounds come back to this model

@@ -49,6 +49,7 @@ class Picture:
 
 
 Block = Heading | Text | Table | Picture
+GenomeMatrix = tuple[list[str], list[int], list[list[float | None]]]  # rows, layer groups, cells
 
 
 def _fmt(value: Any) -> str:
@@ -125,7 +126,7 @@ def plot_progress(trials: list[TrialResult], path: Path) -> None:
     _save(fig, path)
 
 
-def genome_matrix(genes: dict[str, float]) -> tuple[list[str], list[int], list[list[float | None]]]:
+def genome_matrix(genes: dict[str, float]) -> GenomeMatrix:
     """Rows ``param · expert`` (weights, densities), ``param`` (a per-group setting such as slerp's ``t``)
     and ``gate · expert``; columns the layer groups; one cell per gene. A gene without a group (a gate)
     sits in group 0, and a row has None where it has no gene for a group."""
@@ -140,12 +141,15 @@ def genome_matrix(genes: dict[str, float]) -> tuple[list[str], list[int], list[l
     return list(cells), groups, [[row.get(g) for g in groups] for row in cells.values()]
 
 
-def plot_genome(genes: dict[str, float], title: str, path: Path) -> None:
-    """The genome as a heat map: one row per parameter and expert, one column per layer group."""
+def plot_genome(
+    matrix: tuple[list[str], list[int], list[list[float | None]]], title: str, path: Path
+) -> None:
+    """The genome (its ``genome_matrix``) as a heat map: one row per parameter and expert, one column per
+    layer group."""
     import numpy as np
 
     plt = _pyplot()
-    labels, groups, values = genome_matrix(genes)
+    labels, groups, values = matrix
     grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     width = min(16.0, 3.0 + 0.28 * len(groups))
     fig, ax = plt.subplots(figsize=(width, 1.2 + 0.32 * len(labels)))
@@ -286,8 +290,9 @@ def report_blocks(run: RunDir) -> list[Block]:
         winner = board[0] if board else max(ok, key=lambda t: t.fitness).model_dump()
         plot_progress(trials, run.progress_file)
         plot_pareto(ok, run.pareto_file)
-        if genome_matrix(winner["genes"])[0]:  # a genome of genes it can place (every searched one)
-            plot_genome(winner["genes"], f"genome of {winner['trial_id']}", run.genome_file)
+        matrix = genome_matrix(winner["genes"])
+        if matrix[0]:  # a genome of genes it can place (every searched one)
+            plot_genome(matrix, f"genome of {winner['trial_id']}", run.genome_file)
             blocks += [
                 Heading("Genome of the " + ("winner" if board else "best trial")),
                 Picture(run.genome_file, f"genome of {winner['trial_id']}"),

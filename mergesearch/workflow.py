@@ -67,6 +67,9 @@ class Steps:
     top_k: int | None = None  # candidates promoted; None: the config's ``promotion.top_k``
 
 
+SEARCH_ONLY = Steps(baselines=False, promote=False, report=False)  # a protocol cell, a timed search
+
+
 def search_to_report(
     setup: SearchSetup,
     run: RunDir,

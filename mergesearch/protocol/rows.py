@@ -124,7 +124,7 @@ SEARCH_FITNESS: dict[str, Callable[[Bench], dict[str, float]]] = {
 def _search(name: str) -> Callable[[Bench, int], RowResult]:
     def choose(bench: Bench, seed: int) -> RowResult:
         from mergesearch.search.run_dir import RunDir
-        from mergesearch.workflow import Steps, search_to_report
+        from mergesearch.workflow import SEARCH_ONLY, search_to_report
 
         rows = bench.protocol.search
         space = rows.space()
@@ -149,9 +149,9 @@ def _search(name: str) -> Callable[[Bench, int], RowResult]:
         )
         folder = bench.search_folder(name, seed)
         run = RunDir(folder)
-        search_only = Steps(baselines=False, promote=False, report=False)  # the cell scores it held out
+        # the search alone: the cell scores its best genome on the held-out split itself
         search_to_report(
-            dataclasses.replace(setup, config=config), run, bench.log, search_only, bench.search_actors
+            dataclasses.replace(setup, config=config), run, bench.log, SEARCH_ONLY, bench.search_actors
         )
         best = max((t for t in run.trials() if t.full), key=lambda t: t.fitness)
         return Merge(space, bench.experts, dict(best.genes)), {

@@ -52,12 +52,9 @@ def evaluate_candidate(
     setup: SearchSetup, genes: dict[str, float], out: Path, seed: int = 0
 ) -> dict[str, Any]:
     """Materialise one genome into ``out/model``; lm-eval and held-out safety results into ``out``."""
-    from mergesearch.backends.hf import HFBackend
     from mergesearch.data.eval_split import load_eval_data
-    from mergesearch.judges.base import make_judge
     from mergesearch.merge.export import materialize
     from mergesearch.merge.resident import ResidentMerger
-    from mergesearch.objectives.evaluate import score_model
     from mergesearch.objectives.lm_eval_tasks import backend_lm, hf_lm, run_lm_eval, write_choice_task
 
     setup.activate()
@@ -67,14 +64,9 @@ def evaluate_candidate(
         setup.base, setup.experts, dtype=config.models.dtype, log=lambda _: None, pool="disk"
     )
     model_dir = materialize(merger, setup.space.decode(genes), setup.base, out / "model", seed=seed)
-    engine = config.backend.model_copy(update={"batch_size": config.promotion.batch_size})
-    backend = HFBackend.from_config(model_dir, engine, name="promotion")
+    backend = promotion_backend(model_dir, config, "promotion")
     heldout = load_eval_data(str(config.data.path), "heldout")
-    # Closed once it has judged: a guard on vLLM would keep its engine's processes (and, on a GPU, its
-    # memory) through lm-eval's engine below, and past the task into the next candidate's.
-    with contextlib.closing(make_judge(config.judge, str(backend.device))) as judge:
-        scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
-        by_category = safety_by_category(backend, judge, config)
+    scores = heldout_scores(backend, heldout, config)
     tasks_dir = out / "lm_eval_tasks"
     tasks = list(config.promotion.tasks)
     if heldout.choice_items:
@@ -93,15 +85,36 @@ def evaluate_candidate(
         else:
             lm = hf_lm(backend.model, backend.tokenizer, config.promotion.batch_size, str(backend.device))
             lm_eval = run_lm_eval(lm, tasks, tasks_dir)
-    heldout_scores = {
+    result = {"genes": genes, "heldout": scores, "lm_eval": lm_eval}
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def promotion_backend(folder: Path, config: Any, name: str) -> Any:
+    """The engine that scores a promoted model, and each expert beside it, on the held-out split
+    (transformers, at the promotion's batch size): one for both, so their rows compare."""
+    from mergesearch.backends.hf import HFBackend
+
+    engine = config.backend.model_copy(update={"batch_size": config.promotion.batch_size})
+    return HFBackend.from_config(folder, engine, name=name)
+
+
+def heldout_scores(backend: Any, heldout: Any, config: Any) -> dict[str, Any]:
+    """A model's held-out objectives, fitness and counts, and its safety per harm category."""
+    from mergesearch.judges.base import make_judge
+    from mergesearch.objectives.evaluate import score_model
+
+    # Closed once it has judged: a guard on vLLM would keep its engine's processes (and, on a GPU, its
+    # memory) through lm-eval's engine after it, and past the task into the next candidate's.
+    with contextlib.closing(make_judge(config.judge, str(backend.device))) as judge:
+        scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
+        by_category = safety_by_category(backend, judge, config)
+    return {
         "objectives": scores.objectives,
         "fitness": scores.fitness,
         "counts": scores.counts,
         "safety_by_category": by_category,
     }
-    result = {"genes": genes, "heldout": heldout_scores, "lm_eval": lm_eval}
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def safety_by_category(backend: Any, judge: Any, config: Any) -> dict[str, dict[str, float]]:
@@ -120,32 +133,13 @@ def safety_by_category(backend: Any, judge: Any, config: Any) -> dict[str, dict[
 def evaluate_reference(setup: SearchSetup, expert: str, out: Path) -> dict[str, Any]:
     """One expert alone, scored on the held-out split as the candidates are (no lm-eval): what the report
     sets the winner beside. Written to ``out/result.json``."""
-    from mergesearch.backends.registry import make_backend
     from mergesearch.data.eval_split import load_eval_data
-    from mergesearch.judges.base import make_judge
-    from mergesearch.objectives.evaluate import score_model
 
     setup.activate()
     config = setup.config
-    # Through the same backend as the candidates' held-out scores (transformers), so the rows compare.
-    engine = config.backend.model_copy(update={"kind": "hf", "batch_size": config.promotion.batch_size})
-    backend = make_backend(setup.experts[expert], engine, name=f"expert-{expert}")
-    heldout = load_eval_data(str(config.data.path), "heldout")
-    with (
-        contextlib.closing(backend),
-        contextlib.closing(make_judge(config.judge, str(backend.device))) as judge,
-    ):
-        scores = score_model(backend, heldout, judge, config.fitness, config.backend.max_new_tokens)
-        by_category = safety_by_category(backend, judge, config)
-    result = {
-        "expert": expert,
-        "heldout": {
-            "objectives": scores.objectives,
-            "fitness": scores.fitness,
-            "counts": scores.counts,
-            "safety_by_category": by_category,
-        },
-    }
+    with contextlib.closing(promotion_backend(setup.experts[expert], config, f"expert-{expert}")) as backend:
+        scores = heldout_scores(backend, load_eval_data(str(config.data.path), "heldout"), config)
+    result = {"expert": expert, "heldout": scores}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
