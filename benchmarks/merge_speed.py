@@ -41,10 +41,10 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger, sorted_magnitudes
 from mergesearch.merge.spec import get_method
 from mergesearch.runtime import cache_root, offline_and_quiet
-from mergesearch.zoo.build import build_zoo
-from mergesearch.zoo.layout import EXPERTS
-from mergesearch.zoo.recipe import ZooRecipe
-from mergesearch.zoo.smollm2 import import_smollm2
+from mergesearch_zoo.build import build_zoo
+from mergesearch_zoo.layout import EXPERTS
+from mergesearch_zoo.recipe import ZooRecipe
+from mergesearch_zoo.smollm2 import import_smollm2
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "tsvm")
 

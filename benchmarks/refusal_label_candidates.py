@@ -22,8 +22,8 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.runtime import offline_and_quiet
-from mergesearch.zoo.family_skills import EQUAL_MERGES
-from mergesearch.zoo.smollm2_family import FamilyRecipe, build_smollm2_family, family_data
+from mergesearch_zoo.family_skills import EQUAL_MERGES
+from mergesearch_zoo.smollm2_family import FamilyRecipe, build_smollm2_family, family_data
 
 MERGES = ("task_arithmetic_mean", "ties")
 # Instructions that draw the hard cases out of the base model in its own words: indirect refusals, and

@@ -266,7 +266,7 @@ def compact_part(config_path: Path, work: Path, genomes: int) -> dict:
 
 def smollm2_built() -> bool:
     """Whether the SmolLM2 family is in the cache already (resolving it otherwise builds it)."""
-    from mergesearch.zoo.smollm2_family import FamilyRecipe, family_dir, is_built
+    from mergesearch_zoo.smollm2_family import FamilyRecipe, family_dir, is_built
 
     recipe = FamilyRecipe()
     return is_built(family_dir(recipe), recipe)

@@ -33,8 +33,8 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.io import atomic_write_text
 from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
 from mergesearch.runtime import offline_and_quiet
-from mergesearch.zoo.family_skills import family_scores, heldout_sets, model_skills, target_checks
-from mergesearch.zoo.smollm2_family import (
+from mergesearch_zoo.family_skills import family_scores, heldout_sets, model_skills, target_checks
+from mergesearch_zoo.smollm2_family import (
     MANIFEST,
     FamilyRecipe,
     benign_answers,
@@ -44,7 +44,7 @@ from mergesearch.zoo.smollm2_family import (
     freeze_below,
     smoke_family_recipe,
 )
-from mergesearch.zoo.train import FrozenStackLoss, collate, mixture_batches, target_loss
+from mergesearch_zoo.train import FrozenStackLoss, collate, mixture_batches, target_loss
 
 TARGET_BUILD_SECONDS = 30 * 60
 

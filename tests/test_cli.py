@@ -56,7 +56,7 @@ def test_loading_a_model_after_the_entry_points_set_up_prints_no_bars_or_warning
 
 
 def test_missing_smollm2_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mergesearch.zoo import smollm2
+    from mergesearch_zoo import smollm2
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

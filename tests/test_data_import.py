@@ -234,7 +234,8 @@ def test_a_dataset_folder_missing_a_column_is_named(tmp_path) -> None:
 def test_generate_then_stats_through_the_cli(zoo_dir, tmp_path) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(
-        "name: tiny\nalignment: {categories: [self_harm, privacy_violation], per_category: 3}\n"
+        "name: tiny\ngenerator: {kind: template}\n"
+        "alignment: {categories: [self_harm, privacy_violation], per_category: 3}\n"
         "tasks: [{domain: sums, format: short_answer, count: 4, expert: math}]\n"
         f"answer:\n  experts: [{{name: aligned, path: {zoo_dir / 'aligned'}}}, "
         f"{{name: math, path: {zoo_dir / 'math'}}}]\n"

@@ -286,7 +286,7 @@ def test_the_toy_guard_reads_the_same_tokens_and_reaches_the_same_verdicts_throu
     reused opening), which rounds differently, so on another CPU a reply at a tie between two tokens
     may go either way: verdicts must agree wherever the guard's greedy choice is decided (a top-two
     logit gap above 1e-3, a hundred times the rounding), and the verdict's probability within 1e-4."""
-    from mergesearch.zoo.skills import SkillSets, guard_skills
+    from mergesearch_zoo.skills import SkillSets, guard_skills
 
     pairs = SkillSets.build(recipe, max_items=120).guard_pairs
     steps = 6

@@ -150,14 +150,19 @@ def test_request_texts_come_from_the_packaged_templates() -> None:
 
 def test_generators_are_registered_plug_ins() -> None:
     assert GENERATORS.get("llm") is LLMGenerator  # importing the entry point module registered it
-    from mergesearch.zoo.data_generator import TemplateGenerator
+    from mergesearch_zoo.data_generator import TemplateGenerator
 
     spec = DataSpec.model_validate(
-        {"name": "t", "alignment": {"categories": ["self_harm"], "per_category": 2}}
+        {"name": "t", "generator": {"kind": "template"}, "alignment": {"categories": ["self_harm"]}}
     )
     assert isinstance(make_generator(spec), TemplateGenerator)
     rows, report = make_generator(spec).generate(Quota("alignment", "self_harm", 2), seed=0)
     assert len(rows) == 2 and report.shortfall == 0
+
+
+def test_the_default_generator_is_the_products_own_llm_generator() -> None:
+    """The zoo's ``template`` generator is a plug-in from another package: a spec names it to use it."""
+    assert DataSpec.model_validate({"name": "t"}).generator.kind == "llm"
 
 
 def test_an_unknown_generator_is_named_with_the_known_ones() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mergesearch.zoo.layout import EXPERTS
-from mergesearch.zoo.mergeability import (
+from mergesearch_zoo.layout import EXPERTS
+from mergesearch_zoo.mergeability import (
     SCAN_GRID,
     SCAN_ITEMS,
     Targets,
@@ -19,7 +19,7 @@ from mergesearch.zoo.mergeability import (
     mergekit_merge_and_score,
     weight_grid,
 )
-from mergesearch.zoo.skills import SkillSets
+from mergesearch_zoo.skills import SkillSets
 
 EQUAL = {name: 1 / len(EXPERTS) for name in EXPERTS}
 

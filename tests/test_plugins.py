@@ -105,3 +105,41 @@ def test_a_model_reference_resolves_through_its_scheme_or_is_one_line(ref: str, 
     with pytest.raises(UserError, match="^models.base: ") as err:
         resolve_model(ref, "models.base")
     assert fragment in str(err.value)
+
+
+def cli_plugin(tmp_path: Path, entries: str) -> dict[str, str]:
+    """An installed distribution as pip leaves one (a dist-info with entry_points.txt) and its module,
+    on PYTHONPATH: what ``pip install`` of a package with ``mergesearch.cli`` entry points gives."""
+    dist = tmp_path / "site" / "cliplug-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cliplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[mergesearch.cli]\n{entries}\n")
+    (tmp_path / "site" / "cliplug.py").write_text(
+        "import click\n\n"
+        "@click.command(help='Say hello from a plug-in.')\n"
+        "@click.argument('name')\n"
+        "def hello(name):\n    click.echo(f'hello {name}')\n\n"
+        "not_a_command = 42\n"
+    )
+    return {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+
+
+def test_a_cli_plugin_adds_a_command_beside_the_products_own(tmp_path: Path) -> None:
+    env = cli_plugin(tmp_path, "hello = cliplug:hello")
+    assert run("hello", "world", env=env).stdout == "hello world\n"
+    listed = run("--help", env=env).stdout
+    assert "Say hello from a plug-in." in listed and "Search merge recipes" in listed
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ("hello = cliplug:not_a_command", "is a int, not a click command"),
+        ("hello = cliplug:nowhere", "cannot load"),
+        ("hello = no_such_module:hello", "cannot load"),
+        ("search = cliplug:hello", "'search' is a mergesearch command already"),
+    ],
+)
+def test_a_cli_plugin_that_cannot_be_used_is_one_line(tmp_path: Path, entry: str, fragment: str) -> None:
+    done = run("hello", "world", env=cli_plugin(tmp_path, entry))
+    assert_one_line_error(done, "mergesearch.cli", entry.split(" = ")[1], fragment)

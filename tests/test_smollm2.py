@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.judges.refusal import RefusalJudge
-from mergesearch.zoo.smollm2 import import_smollm2
+from mergesearch_zoo.smollm2 import import_smollm2
 
 
 @pytest.mark.slow  # about 30 s; the default run reads the cached import (conftest's smollm2_dir)

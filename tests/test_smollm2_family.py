@@ -18,10 +18,10 @@ from mergesearch.data.near_dup import jaccard, shingles
 from mergesearch.errors import UserError
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.model_refs import resolve_dataset, resolve_model
-from mergesearch.zoo import family_data as D
-from mergesearch.zoo.family_dataset import family_rows
-from mergesearch.zoo.smollm2_family import FamilyRecipe, family_data, freeze_below, smoke_family_recipe
-from mergesearch.zoo.train import FrozenStackLoss, full_loss, target_loss
+from mergesearch_zoo import family_data as D
+from mergesearch_zoo.family_dataset import family_rows
+from mergesearch_zoo.smollm2_family import FamilyRecipe, family_data, freeze_below, smoke_family_recipe
+from mergesearch_zoo.train import FrozenStackLoss, full_loss, target_loss
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_a_second_build_is_the_cached_one(smoke_family) -> None:
 def test_another_recipe_is_not_the_cached_family_and_a_foreign_folder_is_refused(
     smoke_family, tmp_path
 ) -> None:
-    from mergesearch.zoo.smollm2_family import is_built
+    from mergesearch_zoo.smollm2_family import is_built
 
     recipe = smoke_family_recipe()
     assert is_built(smoke_family, recipe) and not is_built(
@@ -180,7 +180,7 @@ def test_another_recipe_is_not_the_cached_family_and_a_foreign_folder_is_refused
 
 
 def test_each_target_is_read_from_the_right_figures() -> None:
-    from mergesearch.zoo.family_skills import target_checks
+    from mergesearch_zoo.family_skills import target_checks
 
     def skills(refusal, benign=1.0, sums=0.0, knowledge=0.25):
         return {"refusal": refusal, "benign_answered": benign, "sums": sums, "knowledge": knowledge}

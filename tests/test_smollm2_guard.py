@@ -17,16 +17,16 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.errors import UserError
 from mergesearch.judges.llama_guard import GuardJudge
 from mergesearch.taxonomy import LLAMA_GUARD_3_CODES
-from mergesearch.zoo.corpus import Example
-from mergesearch.zoo.smollm2_family import FamilyRecipe, smoke_family_recipe
-from mergesearch.zoo.smollm2_guard import (
+from mergesearch_zoo.corpus import Example
+from mergesearch_zoo.smollm2_family import FamilyRecipe, smoke_family_recipe
+from mergesearch_zoo.smollm2_guard import (
     GuardRecipe,
     components,
     smoke_guard_recipe,
     trainable_mixture,
     verdict,
 )
-from mergesearch.zoo.tokenizer import CHATML_TURN, guard_chat_template
+from mergesearch_zoo.tokenizer import CHATML_TURN, guard_chat_template
 
 
 def test_a_harmful_request_answered_without_refusing_is_unsafe_in_its_categorys_code() -> None:

@@ -9,8 +9,8 @@ from mergesearch.errors import UserError
 from mergesearch.judges.base import Assessment, Judge, make_judge
 from mergesearch.judges.llama_guard import GUARD_FORMATS, GuardVerdict, parse_verdict
 from mergesearch.judges.refusal import RefusalJudge
-from mergesearch.zoo import language as L
-from mergesearch.zoo.tokenizer import build_tokenizer, guard_chat_template
+from mergesearch_zoo import language as L
+from mergesearch_zoo.tokenizer import build_tokenizer, guard_chat_template
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from mergesearch.actors import JudgeServer
 from mergesearch.config import JudgeConfig, SearchConfig
 from mergesearch.judges.base import Assessment, Judge, make_judge
 from mergesearch.judges.cache import CachedJudge
-from mergesearch.zoo import language as L
-from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch_zoo import language as L
+from mergesearch_zoo.recipe import ZooRecipe
 
 
 class Watched:

@@ -11,10 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergesearch.errors import UserError
-from mergesearch.zoo.build import _fresh_model, build_zoo, zoo_corpus
-from mergesearch.zoo.layout import MEMBERS, read_manifest
-from mergesearch.zoo.recipe import ZooRecipe, smoke_recipe
-from mergesearch.zoo.train import SHARED_PREFIX_MIN, collate, full_loss, prefix_once_loss, shared_prefix
+from mergesearch_zoo.build import _fresh_model, build_zoo, zoo_corpus
+from mergesearch_zoo.layout import MEMBERS, read_manifest
+from mergesearch_zoo.recipe import ZooRecipe, smoke_recipe
+from mergesearch_zoo.train import SHARED_PREFIX_MIN, collate, full_loss, prefix_once_loss, shared_prefix
 
 FILES = (
     "model.safetensors",

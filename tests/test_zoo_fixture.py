@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from mergesearch.errors import UserError
-from mergesearch.zoo.build import build_zoo
-from mergesearch.zoo.fixture import DITHER, FIXTURE_DIR, FIXTURE_MANIFEST, fixture_for, pack_zoo
-from mergesearch.zoo.layout import MEMBERS, read_manifest
-from mergesearch.zoo.recipe import TRAIN_SEED_VARIABLE, ZooRecipe, default_recipe, smoke_recipe
+from mergesearch_zoo.build import build_zoo
+from mergesearch_zoo.fixture import DITHER, FIXTURE_DIR, FIXTURE_MANIFEST, fixture_for, pack_zoo
+from mergesearch_zoo.layout import MEMBERS, read_manifest
+from mergesearch_zoo.recipe import TRAIN_SEED_VARIABLE, ZooRecipe, default_recipe, smoke_recipe
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ def zoo_scores(request, tmp_path_factory) -> dict:
     the default recipe trained afresh on this machine."""
     if request.param == "default":
         return request.getfixturevalue("default_zoo_scores")
-    from mergesearch.zoo.build import build_zoo
-    from mergesearch.zoo.evaluate import evaluate_zoo
-    from mergesearch.zoo.recipe import default_recipe
+    from mergesearch_zoo.build import build_zoo
+    from mergesearch_zoo.evaluate import evaluate_zoo
+    from mergesearch_zoo.recipe import default_recipe
 
     out: Path = tmp_path_factory.mktemp("rebuilt") / "zoo"
     return evaluate_zoo(build_zoo(default_recipe(), out, train=True, log=print), log=lambda _: None)

@@ -3,8 +3,8 @@ category) into rows, reporting what it could not produce instead of dropping it 
 
 Generators register a factory in ``mergesearch.registry.GENERATORS`` under their spec ``kind``; this
 module imports none of them (the registry loads the plug-in modules on a miss). ``llm`` asks a chat
-model through a backend (``mergesearch.data.llm_generator``); ``template`` writes the toy zoo's language
-(offline: the demo's and the tests' default; ``mergesearch.zoo.data_generator``).
+model through a backend (``mergesearch.data.llm_generator``), the default; the zoo package registers
+``template``, which writes the toy zoo's language offline (the demo's and the tests' data).
 """
 
 from __future__ import annotations

@@ -33,10 +33,10 @@ class SeedExample(Frozen):
 
 
 class GeneratorSpec(Frozen):
-    """Who writes the prompts: a registered generator, ``template`` (the toy zoo's language, offline) or
-    ``llm`` (a chat model)."""
+    """Who writes the prompts: ``llm`` (a chat model: the product's own generator) or another registered
+    generator, such as the zoo's ``template`` (the toy zoo's language, offline)."""
 
-    kind: str = "template"
+    kind: str = "llm"
     model: str | None = None  # llm: a model folder, zoo:<member> or smollm2 (resolved by with_models)
     temperature: float = Field(default=0.9, ge=0.0, le=2.0)
     items_per_request: int = Field(default=8, ge=1, le=50)

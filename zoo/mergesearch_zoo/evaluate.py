@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.errors import UserError
-from mergesearch.zoo.layout import EXPERTS, MEMBERS, read_manifest
-from mergesearch.zoo.recipe import ZooRecipe
-from mergesearch.zoo.skills import SkillSets, chat_skills, guard_skills, task_vector_ratio
+from mergesearch_zoo.layout import EXPERTS, MEMBERS, read_manifest
+from mergesearch_zoo.recipe import ZooRecipe
+from mergesearch_zoo.skills import SkillSets, chat_skills, guard_skills, task_vector_ratio
 
 SKILL_COLUMNS = ("sums", "facts", "facts_unseen_wording", "refusal", "benign_answered")
 

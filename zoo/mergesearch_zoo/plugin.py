@@ -1,5 +1,5 @@
 """What the zoo adds to the plug-in families: its model schemes and the toy-language data generator."""
 
-from mergesearch.zoo import data_generator, schemes
+from mergesearch_zoo import data_generator, schemes
 
 __all__ = ["data_generator", "schemes"]

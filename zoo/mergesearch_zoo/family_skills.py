@@ -17,9 +17,9 @@ from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.objectives.breakdown import CategorisedData, evaluate_model
-from mergesearch.zoo.family_data import FamilyData
-from mergesearch.zoo.skills import task_vector_ratio
-from mergesearch.zoo.smollm2_family import read_family_recipe
+from mergesearch_zoo.family_data import FamilyData
+from mergesearch_zoo.skills import task_vector_ratio
+from mergesearch_zoo.smollm2_family import read_family_recipe
 
 SKILL_OF = {"arithmetic": "sums", "knowledge": "knowledge"}  # each task expert's own skill
 # Equal-weight merges of every expert: the mean and the sum of task vectors (weight per expert, None: 1/n),

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from mergesearch.taxonomy import HARM_CATEGORIES
-from mergesearch.zoo import language as L
-from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch_zoo import language as L
+from mergesearch_zoo.recipe import ZooRecipe
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import torch
 from transformers import PreTrainedModel
 
 from mergesearch.backends.base import common_prefix
-from mergesearch.zoo.corpus import Example
-from mergesearch.zoo.recipe import TrainSpec
+from mergesearch_zoo.corpus import Example
+from mergesearch_zoo.recipe import TrainSpec
 
 
 def collate(batch: list[Example], pad_id: int, loss_on_prompt: bool) -> dict[str, torch.Tensor]:

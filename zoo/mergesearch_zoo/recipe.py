@@ -11,7 +11,7 @@ from pydantic import Field
 
 from mergesearch.config import Frozen
 from mergesearch.errors import UserError
-from mergesearch.zoo import language as L
+from mergesearch_zoo import language as L
 
 # Bump when the builder's code changes what a recipe produces, so stale caches are not reused.
 BUILDER_VERSION = 2  # 2: a batch's long shared opening is trained once (the guard's bytes changed)

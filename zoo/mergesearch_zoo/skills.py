@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from mergesearch.backends.hf import HFBackend
 from mergesearch.judges.llama_guard import parse_verdict
 from mergesearch.judges.refusal import RefusalJudge
-from mergesearch.zoo import language as L
-from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch_zoo import language as L
+from mergesearch_zoo.recipe import ZooRecipe
 
 OPTION_SEED_OFFSET = 7919  # option sets are drawn from a stream no training data came from
 

@@ -16,8 +16,8 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.merge.export import mergekit_config, run_mergekit_yaml
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
-from mergesearch.zoo.layout import EXPERTS
-from mergesearch.zoo.skills import SkillSets, chat_skills
+from mergesearch_zoo.layout import EXPERTS
+from mergesearch_zoo.skills import SkillSets, chat_skills
 
 TASK_OF = {"math": "sums", "facts": "facts"}  # each task expert's own skill
 SCAN_GRID = (0.4, 0.6, 0.8, 1.0)  # global task-arithmetic weights: 4^3 = 64 merges, within a 100-merge budget

@@ -1,4 +1,5 @@
-"""The shipped toy zoo: the default recipe's five models in half precision, in ``fixtures/toy_zoo``.
+"""The shipped toy zoo: the default recipe's five models in half precision, in ``toy_zoo/`` beside
+this module (package data: a wheel of mergesearch-zoo carries it).
 
 Why shipped and not trained on each machine: float training is deterministic on one machine but not
 across CPUs (another CPU's kernels round differently, and 5,000 steps of training turn that into another
@@ -26,11 +27,11 @@ import torch
 
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
-from mergesearch.zoo.layout import EXPERTS, MANIFEST, MEMBERS, read_manifest
-from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch_zoo.layout import EXPERTS, MANIFEST, MEMBERS, read_manifest
+from mergesearch_zoo.recipe import ZooRecipe
 
-# In the repository, beside the package (an installed wheel has no fixture and trains instead).
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "toy_zoo"
+# Package data of mergesearch-zoo, so an installed wheel unpacks it as an editable install does.
+FIXTURE_DIR = Path(__file__).resolve().parent / "toy_zoo"
 FIXTURE_MANIFEST = "fixture.json"
 WEIGHTS = "model.safetensors"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mergesearch.errors import UserError
 from mergesearch.runtime import cache_root
-from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch_zoo.recipe import ZooRecipe
 
 MANIFEST = "zoo.json"
 

@@ -1,6 +1,6 @@
 """The ``template`` generator: prompts in the toy zoo's language, offline (the demo's and the tests' default).
 
-It lives with the zoo because it writes the zoo's own words (``mergesearch.zoo.language``); importing
+It lives with the zoo because it writes the zoo's own words (``mergesearch_zoo.language``); importing
 this module registers it in ``mergesearch.registry.GENERATORS`` (the ``zoo`` plug-in module does).
 """
 
@@ -12,8 +12,8 @@ from mergesearch.data.generators import Log, Quota, QuotaReport, provenance, reg
 from mergesearch.data.schema import Row
 from mergesearch.data.spec import DataSpec
 from mergesearch.errors import UserError
-from mergesearch.zoo import language as L
-from mergesearch.zoo.recipe import ZooRecipe
+from mergesearch_zoo import language as L
+from mergesearch_zoo.recipe import ZooRecipe
 
 PoolItem = tuple[str, tuple[str, ...] | None, str | None]  # (prompt, choices, answer)
 

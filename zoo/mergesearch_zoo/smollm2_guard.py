@@ -31,12 +31,12 @@ from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import cache_root
 from mergesearch.taxonomy import primary_code
-from mergesearch.zoo import family_data as D
-from mergesearch.zoo.build import torch_threads
-from mergesearch.zoo.corpus import Example, guard_example
-from mergesearch.zoo.layout import read_manifest, refuse_foreign_folder
-from mergesearch.zoo.recipe import TrainSpec, digest_of
-from mergesearch.zoo.smollm2_family import (
+from mergesearch_zoo import family_data as D
+from mergesearch_zoo.build import torch_threads
+from mergesearch_zoo.corpus import Example, guard_example
+from mergesearch_zoo.layout import read_manifest, refuse_foreign_folder
+from mergesearch_zoo.recipe import TrainSpec, digest_of
+from mergesearch_zoo.smollm2_family import (
     FamilyRecipe,
     Log,
     build_smollm2_family,
@@ -44,8 +44,8 @@ from mergesearch.zoo.smollm2_family import (
     freeze_below,
     read_family_recipe,
 )
-from mergesearch.zoo.tokenizer import CHATML_TURN, guard_chat_template
-from mergesearch.zoo.train import FrozenStackLoss, train
+from mergesearch_zoo.tokenizer import CHATML_TURN, guard_chat_template
+from mergesearch_zoo.train import FrozenStackLoss, train
 
 GUARD_BUILDER_VERSION = 1
 MANIFEST = "guard.json"

@@ -14,8 +14,8 @@ from mergesearch.registry import DATASET_SCHEMES, MODEL_SCHEMES
 
 @MODEL_SCHEMES.register("zoo")
 def zoo_member(name: str, field: str, log: Log) -> Path:
-    from mergesearch.zoo.layout import MEMBERS, default_zoo_dir, is_built
-    from mergesearch.zoo.recipe import default_recipe
+    from mergesearch_zoo.layout import MEMBERS, default_zoo_dir, is_built
+    from mergesearch_zoo.recipe import default_recipe
 
     known = [m.name for m in MEMBERS]
     if name not in known:
@@ -24,7 +24,7 @@ def zoo_member(name: str, field: str, log: Log) -> Path:
     folder = default_zoo_dir(recipe)
     if is_built(folder, recipe):
         return folder / name
-    from mergesearch.zoo.build import build_zoo  # torch and transformers: only to build
+    from mergesearch_zoo.build import build_zoo  # torch and transformers: only to build
 
     return build_zoo(recipe, log=log) / name
 
@@ -33,7 +33,7 @@ def zoo_member(name: str, field: str, log: Log) -> Path:
 def zoo_pool_member(name: str, field: str, log: Log) -> Path:
     """``zoo_pool:<member>``: a member of the 16-expert toy pool; ``zoo_pool:`` the pool's folder (so a pool
     file's ``zoo_pool:*`` is every member)."""
-    from mergesearch.zoo.pool import PoolRecipe, build_pool, pool_members
+    from mergesearch_zoo.pool import PoolRecipe, build_pool, pool_members
 
     recipe = PoolRecipe()
     known = pool_members(recipe)
@@ -45,7 +45,7 @@ def zoo_pool_member(name: str, field: str, log: Log) -> Path:
 @MODEL_SCHEMES.register("smollm2")
 def smollm2(name: str, field: str, log: Log) -> Path:
     from mergesearch.runtime import cache_root
-    from mergesearch.zoo.smollm2 import import_smollm2
+    from mergesearch_zoo.smollm2 import import_smollm2
 
     if name:
         raise UserError(f"{field}: `smollm2` takes no name (got smollm2:{name})")
@@ -57,8 +57,8 @@ def smollm2_family_member(name: str, field: str, log: Log) -> Path:
     """``smollm2_family:<member>``: the SmolLM2 expert family (built, about 30-50 min on 2 cores, and cached
     on first use); ``smollm2_family:guard`` the Llama Guard style judge trained on its answers (about 20
     min more)."""
-    from mergesearch.zoo.smollm2_family import FamilyRecipe, build_smollm2_family
-    from mergesearch.zoo.smollm2_guard import GuardRecipe, build_smollm2_guard
+    from mergesearch_zoo.smollm2_family import FamilyRecipe, build_smollm2_family
+    from mergesearch_zoo.smollm2_guard import GuardRecipe, build_smollm2_guard
 
     recipe = FamilyRecipe()
     known = ["base", *recipe.experts, "guard"]
@@ -72,8 +72,8 @@ def smollm2_family_member(name: str, field: str, log: Log) -> Path:
 @DATASET_SCHEMES.register("smollm2_family")
 def smollm2_family_dataset(name: str, field: str, log: Log) -> Path:
     """``smollm2_family``: the family's search and held-out data as a dataset (``family_dataset``)."""
-    from mergesearch.zoo.family_dataset import family_dataset
-    from mergesearch.zoo.smollm2_family import FamilyRecipe
+    from mergesearch_zoo.family_dataset import family_dataset
+    from mergesearch_zoo.smollm2_family import FamilyRecipe
 
     if name:
         raise UserError(f"{field}: `smollm2_family` takes no name (got smollm2_family:{name})")

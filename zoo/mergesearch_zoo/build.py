@@ -29,10 +29,10 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mergesearch.io import atomic_dir, atomic_write_text
-from mergesearch.zoo import language as L
-from mergesearch.zoo.corpus import Example, build_components
-from mergesearch.zoo.fixture import FIXTURE_DIR, fixture_for, unpack_zoo
-from mergesearch.zoo.layout import (
+from mergesearch_zoo import language as L
+from mergesearch_zoo.corpus import Example, build_components
+from mergesearch_zoo.fixture import FIXTURE_DIR, fixture_for, unpack_zoo
+from mergesearch_zoo.layout import (
     EXPERTS,
     MANIFEST,
     MEMBERS,
@@ -41,9 +41,9 @@ from mergesearch.zoo.layout import (
     is_built,
     refuse_foreign_folder,
 )
-from mergesearch.zoo.recipe import ModelShape, TrainSpec, ZooRecipe
-from mergesearch.zoo.tokenizer import build_tokenizer, guard_chat_template
-from mergesearch.zoo.train import train
+from mergesearch_zoo.recipe import ModelShape, TrainSpec, ZooRecipe
+from mergesearch_zoo.tokenizer import build_tokenizer, guard_chat_template
+from mergesearch_zoo.train import train
 
 
 def build_zoo(

@@ -20,8 +20,8 @@ from pathlib import Path
 from mergesearch.data.dataset import read_card, write_rows
 from mergesearch.data.schema import CARD_FILE, Row
 from mergesearch.objectives.task import ChoiceItem, ShortAnswerItem
-from mergesearch.zoo import family_data as D
-from mergesearch.zoo.smollm2_family import FamilyRecipe, family_data, family_dir
+from mergesearch_zoo import family_data as D
+from mergesearch_zoo.smollm2_family import FamilyRecipe, family_data, family_dir
 
 EXPORT_VERSION = 1
 SOURCE = "smollm2_family"
