@@ -24,8 +24,8 @@ import torch
 
 from mergesearch.backends.hf import HFBackend
 from mergesearch.config import load_config
-from mergesearch.data.pipeline import generate_prompts
-from mergesearch.data.spec import DataSpec
+from mergesearch.datagen.pipeline import generate_prompts
+from mergesearch.datagen.spec import DataSpec
 from mergesearch.io import atomic_write_text
 from mergesearch.model_refs import resolve_model
 from mergesearch.runtime import offline_and_quiet

@@ -33,8 +33,8 @@ from mergesearch.backends.base import Backend
 from mergesearch.backends.registry import make_backend
 from mergesearch.config import BackendConfig, FitnessConfig, load_config
 from mergesearch.data.eval_split import load_eval_data
-from mergesearch.data.pipeline import build_dataset
-from mergesearch.data.spec import DataSpec
+from mergesearch.datagen.pipeline import build_dataset
+from mergesearch.datagen.spec import DataSpec
 from mergesearch.io import atomic_write_text
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.merge.genome import GenomeSpace

@@ -146,7 +146,7 @@ def data() -> None:
 def _spec(path: Path, generating: bool = True, answering: bool = True):
     """The data spec at ``path``, its model references resolved to folders (the sections asked for)."""
     from mergesearch.config import load_config
-    from mergesearch.data.spec import DataSpec
+    from mergesearch.datagen.spec import DataSpec
     from mergesearch.model_refs import resolve_model
 
     return load_config(path, DataSpec).with_models(
@@ -195,7 +195,7 @@ def _report(card: dict, out: Path) -> None:
 @_ray_option
 @_actors_option
 def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool, actors: int) -> None:
-    from mergesearch.data.pipeline import build_dataset
+    from mergesearch.datagen.pipeline import build_dataset
 
     spec = _spec(spec_path, answering=not prompts_only)
     _report(build_dataset(spec, out, use_ray, actors, prompts_only, log=progress), out)
@@ -217,7 +217,7 @@ def data_generate(spec_path: Path, out: Path, prompts_only: bool, use_ray: bool,
 @_ray_option
 @_actors_option
 def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, actors: int) -> None:
-    from mergesearch.data.pipeline import answer_prompt_set
+    from mergesearch.datagen.pipeline import answer_prompt_set
 
     spec = _spec(spec_path, generating=False)
     _report(answer_prompt_set(spec, prompt_set, out, use_ray, actors, log=progress), out)
@@ -255,7 +255,7 @@ def data_import(
     field: str | None,
 ) -> None:
     from mergesearch.data.dataset import write_rows
-    from mergesearch.data.importers import import_prompts, read_category_map
+    from mergesearch.datagen.importers import import_prompts, read_category_map
 
     mapping = None if category_map is None else read_category_map(category_map)
     rows, report = import_prompts(file, type_, category, category_column, mapping, field)
@@ -272,7 +272,7 @@ def data_import(
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")
 def data_import_public(name: str, out: Path) -> None:
     from mergesearch.data.dataset import write_rows
-    from mergesearch.data.public import public_set
+    from mergesearch.datagen.public import public_set
 
     rows, report = public_set(name).load()
     _report(write_rows(out, rows, {"kind": "prompt_set", "name": name, "import": report}), out)

@@ -245,15 +245,25 @@ class EngineConfig(Frozen):
         return {k: v for k, v in settings.items() if v is not None}
 
 
-class BackendConfig(EngineConfig):
-    """What runs each candidate merge: the engine settings, and what only a candidate's engine does."""
+class RunnerConfig(EngineConfig):
+    """What runs a model: a backend from the registry, on a device, with the engine settings. Data
+    generation's models take this alone (their batch size and answer length are the data spec's)."""
 
     kind: str = "hf"
-    """What runs the candidate model: `hf` (transformers) or `vllm` (a registry)."""
+    """What runs the model: `hf` (transformers) or `vllm` (a registry)."""
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(BACKENDS, kind))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: the GPU Ray gave the actor, else the CPU."""
+
+    def with_batches(self, batch_size: int, max_new_tokens: int) -> BackendConfig:
+        """The backend settings for this runner at a batch size and answer length of the caller's."""
+        return BackendConfig(**self.model_dump(), batch_size=batch_size, max_new_tokens=max_new_tokens)
+
+
+class BackendConfig(RunnerConfig):
+    """What runs each candidate merge: the engine settings, and what only a candidate's engine does."""
+
     batch_size: int = Field(default=64, ge=1)
     """Prompts per generation batch."""
     max_new_tokens: int = Field(default=32, ge=1, le=4096)

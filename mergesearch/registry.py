@@ -104,3 +104,4 @@ MODEL_SCHEMES: Registry[Any] = Registry("model scheme")
 DATASET_SCHEMES: Registry[Any] = Registry("dataset scheme")
 TASK_VECTOR_FORMS: Registry[Any] = Registry("task-vector form")
 SETTLE_RULES: Registry[Any] = Registry("early-exit rule")  # by judge kind
+LM_EVAL_MODELS: Registry[Any] = Registry("lm-eval model")  # by backend kind

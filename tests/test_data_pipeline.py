@@ -13,9 +13,9 @@ from mergesearch.backends.hf import HFBackend
 from mergesearch.config import load_config
 from mergesearch.data.dataset import assign_splits, stats
 from mergesearch.data.eval_split import load_eval_data
-from mergesearch.data.pipeline import build_dataset
 from mergesearch.data.schema import ROWS_FILE, Row, normalize_prompt, read_rows
-from mergesearch.data.spec import DataSpec
+from mergesearch.datagen.pipeline import build_dataset
+from mergesearch.datagen.spec import DataSpec
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.model_refs import resolve_model
 
@@ -190,3 +190,35 @@ def test_near_duplicate_groups_are_exact_on_small_sets_and_lsh_finds_close_pairs
     close = many[3] + " please"
     labels = near_duplicate_groups([*many, close], 0.7)
     assert labels[-1] == labels[3] and len(set(labels)) == len(many)
+
+
+def test_experts_answer_on_the_backend_and_settings_the_spec_names(zoo_dir) -> None:
+    """Answering makes its experts through the backend registry, with the spec's engine settings (dtype,
+    device) at the spec's batch size and answer length, as the search makes its candidate engine."""
+    import torch
+
+    from mergesearch.datagen.answer import Answerer
+    from mergesearch.datagen.spec import AnswerSpec
+
+    spec = AnswerSpec.model_validate(
+        {
+            "experts": [{"name": "math", "path": str(zoo_dir / "math")}],
+            "backend": {"kind": "hf", "device": "cpu", "dtype": "bfloat16"},
+            "batch_size": 3,
+            "max_new_tokens": 5,
+        }
+    )
+    answerer = Answerer(spec, [], log=lambda _: None)
+    math = answerer.experts["math"]
+    assert isinstance(math, HFBackend) and math.name == "math"
+    assert next(math.model.parameters()).dtype == torch.bfloat16
+    assert (math.batch_size, math.max_new_tokens, str(math.device)) == (3, 5, "cpu")
+    answerer.close()
+    answerer.close()  # a second close does nothing
+
+
+def test_an_unknown_answer_backend_is_named_at_the_edge() -> None:
+    from mergesearch.datagen.spec import AnswerSpec
+
+    with pytest.raises(ValueError, match=r"backend\.kind[\s\S]*unknown backend 'tgi'; known: hf, vllm"):
+        AnswerSpec.model_validate({"experts": [{"name": "a", "path": "x"}], "backend": {"kind": "tgi"}})

@@ -19,7 +19,13 @@ from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.fitness import fitness
-from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, task_manager, write_choice_task
+from mergesearch.objectives.lm_eval_tasks import (
+    hf_lm,
+    lm_eval_model,
+    run_lm_eval,
+    task_manager,
+    write_choice_task,
+)
 from mergesearch.objectives.task import ChoiceItem, choice_accuracy, contains_answer, contains_answer_rate
 from mergesearch.setup import SearchSetup
 
@@ -56,6 +62,23 @@ def test_task_accuracy_equals_lm_evals_acc_on_the_same_merged_model(
     )[task]
     assert theirs["acc"] == pytest.approx(ours["acc"], abs=1e-12)
     assert theirs["acc_norm"] == pytest.approx(ours["acc_norm"], abs=1e-12)
+
+
+def test_each_backend_kind_gets_its_lm_eval_model_through_the_registry(
+    merged_backend, toy_dataset, tmp_path
+) -> None:
+    """hf: lm-eval's own HFLM; a kind that registers no adapter (a plug-in backend; vLLM registers this
+    one too) gets the one over the Backend protocol, which scores the same merged model the same."""
+    from lm_eval.models.huggingface import HFLM
+
+    items = load_eval_data(toy_dataset, "search").choice_items
+    task = write_choice_task(items, merged_backend.render, tmp_path, "mergesearch_facts_adapters")
+    reference, generic = lm_eval_model("hf", merged_backend), lm_eval_model("a_plugin", merged_backend)
+    assert isinstance(reference, HFLM) and not isinstance(generic, HFLM)
+    theirs = run_lm_eval(reference, [task], include_path=tmp_path)[task]
+    ours = run_lm_eval(generic, [task], include_path=tmp_path)[task]
+    assert ours["acc"] == pytest.approx(theirs["acc"], abs=1e-12)
+    assert ours["acc_norm"] == pytest.approx(theirs["acc_norm"], abs=1e-12)
 
 
 def test_our_own_lm_eval_tasks_are_run_without_indexing_lm_evals_built_in_ones(tmp_path) -> None:

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from mergesearch.data.generators import Quota, make_generator
-from mergesearch.data.llm_generator import LLMGenerator, parse_items, request_text
-from mergesearch.data.spec import DataSpec, TaskSpec
+from mergesearch.datagen.generators import Quota, make_generator
+from mergesearch.datagen.llm_generator import LLMGenerator, parse_items, request_text
+from mergesearch.datagen.spec import DataSpec, TaskSpec
 from mergesearch.errors import UserError
 from mergesearch.registry import GENERATORS
 
@@ -173,3 +173,16 @@ def test_an_unknown_generator_is_named_with_the_known_ones() -> None:
 def test_the_generator_takes_a_folder_not_a_reference() -> None:
     with pytest.raises(UserError, match=r"^generator.model: smollm2 is not a Hugging Face model folder"):
         LLMGenerator(llm_spec(model="smollm2"), log=lambda _: None)
+
+
+def test_the_generator_model_runs_on_the_backend_the_spec_names(zoo_dir) -> None:
+    import torch
+
+    from mergesearch.backends.hf import HFBackend
+
+    spec = llm_spec(model=str(zoo_dir / "aligned"), backend={"device": "cpu", "dtype": "bfloat16"})
+    generator = LLMGenerator(spec, log=lambda _: None)
+    assert isinstance(generator.backend, HFBackend)
+    assert next(generator.backend.model.parameters()).dtype == torch.bfloat16
+    assert generator.backend.batch_size == spec.generator.requests_per_attempt
+    generator.close()

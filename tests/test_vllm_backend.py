@@ -290,8 +290,8 @@ def test_data_answered_with_the_guard_on_vllm_keeps_the_transformers_guards_rows
     """`answer.judge.backend: vllm` in the data pipeline: the guard's engine is stopped once the
     in-process answering has done its batches, and the rows it keeps are the ones the HF guard keeps."""
     from mergesearch.config import load_config
-    from mergesearch.data.pipeline import answer_rows, generate_prompts
-    from mergesearch.data.spec import DataSpec
+    from mergesearch.datagen.pipeline import answer_rows, generate_prompts
+    from mergesearch.datagen.spec import DataSpec
     from mergesearch.model_refs import resolve_model
 
     data = load_config(SPECS / "toy.yaml", DataSpec).model_dump(mode="json")

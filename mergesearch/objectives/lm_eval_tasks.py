@@ -24,6 +24,7 @@ import yaml
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
 from mergesearch.objectives.task import ChoiceItem
+from mergesearch.registry import LM_EVAL_MODELS
 from mergesearch.runtime import cache_root
 
 if TYPE_CHECKING:
@@ -114,6 +115,27 @@ def backend_lm(backend: Backend) -> Any:
             raise UserError("promotion: perplexity-style lm-eval tasks need `promotion.backend: hf`")
 
     return BackendLM()
+
+
+# lm-eval's model over a backend, by the backend's kind: a plug-in backend may register its own adapter;
+# one that registers none gets ``backend_lm``, which needs only the Backend protocol.
+register_lm_eval_model = LM_EVAL_MODELS.register
+
+
+@register_lm_eval_model("hf")
+def _hf_model(backend: Any) -> Any:
+    """lm-eval's own ``HFLM`` around the transformers backend's model: lm-eval's reference implementation,
+    perplexity-style tasks included, at the backend's batch size."""
+    return hf_lm(backend.model, backend.tokenizer, backend.batch_size, str(backend.device))
+
+
+register_lm_eval_model("vllm")(backend_lm)
+
+
+def lm_eval_model(kind: str, backend: Backend) -> Any:
+    """The lm-eval model for a backend of ``kind``: its registered adapter, else ``backend_lm``."""
+    factory = LM_EVAL_MODELS.get(kind) if kind in LM_EVAL_MODELS else backend_lm
+    return factory(backend)
 
 
 def check_tasks(tasks: Sequence[str], field: str) -> None:

@@ -103,7 +103,7 @@ class Bench:
     def heldout(self, merge: Merge, seed: int) -> dict[str, Any]:
         """The merge's held-out objectives, fitness and lm-eval accuracy."""
         from mergesearch.data.eval_split import load_eval_data
-        from mergesearch.objectives.lm_eval_tasks import hf_lm, run_lm_eval, write_choice_task
+        from mergesearch.objectives.lm_eval_tasks import lm_eval_model, run_lm_eval, write_choice_task
 
         evaluator = self.evaluator(merge.space, merge.experts)
         if self._heldout is None:
@@ -124,6 +124,6 @@ class Bench:
                 task = write_choice_task(
                     self._heldout.choice_items, backend.render, Path(tmp), "protocol_heldout_choice"
                 )
-                lm = hf_lm(backend.model, backend.tokenizer, config.backend.batch_size, str(backend.device))
+                lm = lm_eval_model(config.backend.kind, backend)
                 result["lm_eval_acc"] = run_lm_eval(lm, [task], Path(tmp))[task]["acc"]
         return result

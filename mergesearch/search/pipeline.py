@@ -23,8 +23,8 @@ def prepare_data(
             )
         folder = resolve_dataset(config.data.path, f"{config_path}: data.path", log)
         return config.data.model_copy(update={"path": str(folder)})
-    from mergesearch.data.pipeline import build_dataset
-    from mergesearch.data.spec import DataSpec
+    from mergesearch.datagen.pipeline import build_dataset
+    from mergesearch.datagen.spec import DataSpec
 
     candidates = [Path(config.data.spec), Path(config_path).resolve().parent.parent / config.data.spec]
     spec_path = next((c for c in candidates if c.is_file()), None)

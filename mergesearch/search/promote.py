@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def evaluate_candidate(
     from mergesearch.data.eval_split import load_eval_data
     from mergesearch.merge.export import materialize
     from mergesearch.merge.resident import ResidentMerger
-    from mergesearch.objectives.lm_eval_tasks import backend_lm, hf_lm, run_lm_eval, write_choice_task
+    from mergesearch.objectives.lm_eval_tasks import lm_eval_model, run_lm_eval, write_choice_task
 
     setup.activate()
     config = setup.config
@@ -75,28 +75,41 @@ def evaluate_candidate(
         )
     lm_eval = {}
     if tasks:
-        if config.promotion.backend == "vllm":
-            from mergesearch.backends.vllm import VLLMBackend
-
-            # Closed before the task returns: left to the collector it outlives the call, and Ray reuses a
-            # CPU task's worker for the next candidate, which starts an engine of its own.
-            with VLLMBackend.from_pretrained(model_dir, config.backend, name="promotion") as engine:
-                lm_eval = run_lm_eval(backend_lm(engine), tasks, tasks_dir)
-        else:
-            lm = hf_lm(backend.model, backend.tokenizer, config.promotion.batch_size, str(backend.device))
-            lm_eval = run_lm_eval(lm, tasks, tasks_dir)
+        with lm_eval_engine(backend, model_dir, config) as engine:
+            lm_eval = run_lm_eval(lm_eval_model(config.promotion.backend, engine), tasks, tasks_dir)
     result = {"genes": genes, "heldout": scores, "lm_eval": lm_eval}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
-def promotion_backend(folder: Path, config: Any, name: str) -> Any:
-    """The engine that scores a promoted model, and each expert beside it, on the held-out split
-    (transformers, at the promotion's batch size): one for both, so their rows compare."""
-    from mergesearch.backends.hf import HFBackend
+# The backend kind that scores held-out data: one kind for every promoted model and each expert beside
+# them, so their rows compare; transformers, whose model leaves room for the guard beside it on one GPU
+# (an engine of `promotion.backend` starts after the guard is closed: ``lm_eval_engine``).
+HELDOUT_BACKEND = "hf"
 
-    engine = config.backend.model_copy(update={"batch_size": config.promotion.batch_size})
-    return HFBackend.from_config(folder, engine, name=name)
+
+def promotion_backend(folder: Path, config: Any, name: str) -> Any:
+    """The engine that scores a promoted model, and each expert beside it, on the held-out split (the
+    run's engine settings, at the promotion's batch size), made through the backend registry."""
+    from mergesearch.backends.registry import make_backend
+
+    update = {"kind": HELDOUT_BACKEND, "batch_size": config.promotion.batch_size, "sleep_mode": False}
+    return make_backend(folder, config.backend.model_copy(update=update), name)
+
+
+@contextlib.contextmanager
+def lm_eval_engine(heldout_backend: Any, folder: Path, config: Any) -> Iterator[Any]:
+    """The engine lm-eval runs a promoted model on: the held-out one when ``promotion.backend`` is its
+    kind, else one of that kind from the registry, closed before the task returns (left to the collector it
+    outlives the call, and Ray reuses a CPU task's worker for the next candidate, which starts its own)."""
+    from mergesearch.backends.registry import make_backend
+
+    if config.promotion.backend == HELDOUT_BACKEND:
+        yield heldout_backend
+        return
+    engine_config = config.backend.model_copy(update={"kind": config.promotion.backend})
+    with contextlib.closing(make_backend(folder, engine_config, "promotion")) as engine:
+        yield engine
 
 
 def heldout_scores(backend: Any, heldout: Any, config: Any) -> dict[str, Any]:

@@ -49,7 +49,8 @@ def zoo_build(out: Path | None, smoke: bool, train: bool) -> None:
 
 
 @zoo.command(
-    "pack", help="Write a built zoo as the shipped fixture (toy_zoo/ in this package): float16 weights and hashes."
+    "pack",
+    help="Write a built zoo as the shipped fixture (toy_zoo/ in this package): float16 weights and hashes.",
 )
 @click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option(

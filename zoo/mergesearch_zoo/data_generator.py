@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 
-from mergesearch.data.generators import Log, Quota, QuotaReport, provenance, register_generator
 from mergesearch.data.schema import Row
-from mergesearch.data.spec import DataSpec
+from mergesearch.datagen.generators import Log, Quota, QuotaReport, provenance, register_generator
+from mergesearch.datagen.spec import DataSpec
 from mergesearch.errors import UserError
 from mergesearch_zoo import language as L
 from mergesearch_zoo.recipe import ZooRecipe
@@ -70,6 +70,9 @@ class TemplateGenerator:
             return pool
         pairs = rng.sample([(a, b) for a in range(10, 100) for b in range(10, 100)], min(quota.count, 8100))
         return [(L.SUM_PROMPTS[i % 2].format(a=a, b=b), None, str(a + b)) for i, (a, b) in enumerate(pairs)]
+
+    def close(self) -> None:
+        """Templates run nothing to stop."""
 
     def generate(self, quota: Quota, seed: int) -> tuple[list[Row], QuotaReport]:
         rng = random.Random(seed)

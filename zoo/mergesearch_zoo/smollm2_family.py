@@ -207,7 +207,7 @@ def build_family(
 def family_data(recipe: FamilyRecipe) -> D.FamilyData:
     """The family's train and held-out data (the same every time for one recipe): AdvBench from pyrit's
     wheel, the rest from our templates."""
-    from mergesearch.data.public import public_set
+    from mergesearch.datagen.public import public_set
 
     advbench, _ = public_set("advbench").load()
     return D.build_family_data(advbench, recipe.seed, recipe.people, recipe.sums)

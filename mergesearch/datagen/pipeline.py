@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from mergesearch.data.dataset import assign_splits, drop_duplicates, read_card, write_rows
-from mergesearch.data.generators import Quota, make_generator, plan_quotas
 from mergesearch.data.schema import Row, from_table, read_rows, to_table
-from mergesearch.data.spec import DataSpec
+from mergesearch.datagen.generators import Quota, make_generator, plan_quotas
+from mergesearch.datagen.spec import DataSpec
 from mergesearch.errors import UserError
 from mergesearch.runtime import ray_session
 
@@ -52,21 +52,25 @@ class GenerateWorker:
         return pa.table(out)
 
     def close(self) -> None:
-        """Nothing to stop: generators run in transformers or from templates."""
+        self.generator.close()
+
+    def __del__(self) -> None:  # Ray Data's pool: its graceful actor shutdown calls this
+        if "generator" in vars(self):  # not when __init__ raised
+            self.close()
 
 
 class AnswerWorker:
     """Holds the experts (and guard); answers a batch of prompt rows."""
 
-    def __init__(self, spec_json: str, device: str = "cpu") -> None:
-        from mergesearch.data.answer import Answerer
+    def __init__(self, spec_json: str) -> None:
+        from mergesearch.datagen.answer import Answerer
 
         spec = DataSpec.model_validate_json(spec_json)
         if spec.answer is None:
             raise UserError(
                 f"{spec.name}: the spec has no `answer` section (which experts answer, which judge)"
             )
-        self.answerer = Answerer(spec.answer, spec.tasks, device=device, log=lambda m: print(m, flush=True))
+        self.answerer = Answerer(spec.answer, spec.tasks, log=lambda m: print(m, flush=True))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table(self.answerer.answer(from_table(batch)))

@@ -18,14 +18,15 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mergesearch.backends.hf import HFBackend
+from mergesearch.backends.registry import make_backend
 from mergesearch.data.schema import Row, normalize_prompt
-from mergesearch.data.spec import AnswerSpec, TaskSpec
+from mergesearch.datagen.spec import AnswerSpec, TaskSpec
 from mergesearch.errors import UserError
 from mergesearch.judges.base import make_judge
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.model_refs import check_model_folder
 from mergesearch.objectives.task import contains_answer
+from mergesearch.runtime import resolve_device
 
 
 def choice_correct(response: str, answer: str) -> bool:
@@ -41,18 +42,12 @@ class Answerer:
         self,
         spec: AnswerSpec,
         tasks: Sequence[TaskSpec],
-        device: str = "cpu",
         log: Callable[[str], None] = print,
     ) -> None:
         self.spec = spec
+        engine = spec.backend.with_batches(spec.batch_size, spec.max_new_tokens)
         self.experts = {
-            e.name: HFBackend.from_pretrained(
-                check_model_folder(Path(e.path), f"answer.experts.{e.name}"),
-                device=device,
-                batch_size=spec.batch_size,
-                max_new_tokens=spec.max_new_tokens,
-                name=e.name,
-            )
+            e.name: make_backend(check_model_folder(Path(e.path), f"answer.experts.{e.name}"), engine, e.name)
             for e in spec.experts
         }
         self.task_experts = {t.domain: t.expert for t in tasks}
@@ -63,11 +58,13 @@ class Answerer:
                     f"which is not in answer.experts ({', '.join(self.experts)})"
                 )
         self.refusal = RefusalJudge()
-        self.judge = make_judge(spec.judge, device, log)
+        self.judge = make_judge(spec.judge, str(resolve_device(spec.backend.device)), log)
 
     def close(self) -> None:
-        """Stops the judge's engine (a guard on vLLM runs processes of its own); the experts, in
-        transformers, hold nothing to stop. A second call does nothing."""
+        """Stops every engine (on vLLM each runs processes of its own; in transformers there is nothing
+        to stop). A second call does nothing."""
+        for backend in self.experts.values():
+            backend.close()
         self.judge.close()
 
     def answer(self, rows: Sequence[Row]) -> list[Row]:

@@ -22,9 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mergesearch.data.generators import Quota, QuotaReport, provenance, register_generator
 from mergesearch.data.schema import Row, normalize_prompt
-from mergesearch.data.spec import DataSpec
+from mergesearch.datagen.generators import Quota, QuotaReport, provenance, register_generator
+from mergesearch.datagen.spec import DataSpec
 from mergesearch.errors import UserError
 from mergesearch.model_refs import check_model_folder
 from mergesearch.taxonomy import CATEGORY_BY_NAME, LLAMA_GUARD_3_CODES
@@ -173,7 +173,7 @@ def _validate(element: Any, question_format: str | None) -> dict[str, Any] | str
 def request_text(quota: Quota, n: int) -> str:
     """The instruction sent to the generating model, from the templates kept as package data."""
     name = quota.task.format if quota.task else quota.type
-    template = resources.files("mergesearch.data").joinpath(f"prompts/{name}.txt").read_text()
+    template = resources.files("mergesearch.datagen").joinpath(f"prompts/{name}.txt").read_text()
     fields: dict[str, Any] = {"n": n}
     if quota.type == "alignment":
         category = CATEGORY_BY_NAME[quota.category]
@@ -199,18 +199,17 @@ class LLMGenerator:
                 raise UserError(
                     "generator.model: the llm generator needs a chat model (a folder, zoo:<member>, smollm2)"
                 )
-            from mergesearch.backends.hf import HFBackend
+            from mergesearch.backends.registry import make_backend
 
             path = check_model_folder(Path(self.spec.model), "generator.model")
-            backend = HFBackend.from_pretrained(
-                path,
-                device="auto",
-                batch_size=self.spec.requests_per_attempt,
-                max_new_tokens=self.spec.max_new_tokens,
-            )
+            engine = self.spec.backend.with_batches(self.spec.requests_per_attempt, self.spec.max_new_tokens)
+            backend = make_backend(path, engine, path.name)
         self.backend = backend
         self.model_name = getattr(backend, "name", "model")
         self.log = log
+
+    def close(self) -> None:
+        self.backend.close()
 
     def generate(self, quota: Quota, seed: int) -> tuple[list[Row], QuotaReport]:
         report = QuotaReport(quota.key, quota.count)

@@ -4,7 +4,7 @@
 * ``.jsonl``: one object per line with a ``prompt`` field (or ``--field``);
 * ``.csv``: a ``goal`` (AdvBench) or ``prompt`` column (or ``--field``);
 * ``.prompt``: a PyRIT seed dataset (YAML, a ``seeds`` list of ``value`` + ``harm_categories``), the
-  format AdvBench ships in inside the ``pyrit`` wheel (``mergesearch.data.public``).
+  format AdvBench ships in inside the ``pyrit`` wheel (``mergesearch.datagen.public``).
 
 Categories: one ``category`` for every row, or ``category_column`` with an optional ``category_map``
 from the file's labels to categories. A column holding a list of labels needs the map: its entries are
@@ -25,8 +25,8 @@ from pathlib import Path
 import yaml
 
 from mergesearch.data.dataset import drop_duplicates
-from mergesearch.data.generators import provenance
 from mergesearch.data.schema import TYPES, Row
+from mergesearch.datagen.generators import provenance
 from mergesearch.errors import UserError
 from mergesearch.taxonomy import harm_category
 

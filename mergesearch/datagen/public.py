@@ -12,9 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergesearch.data.importers import import_prompts, read_category_map
-from mergesearch.data.packaged import PackagedFile
 from mergesearch.data.schema import Row
+from mergesearch.datagen.importers import import_prompts, read_category_map
+from mergesearch.datagen.packaged import PackagedFile
 from mergesearch.errors import UserError
 
 MAPS = Path(__file__).parent / "category_maps"

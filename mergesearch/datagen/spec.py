@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, Unit, registered
+from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, RunnerConfig, Unit, registered
 from mergesearch.data.near_dup import GROUPING_VERSION
 from mergesearch.errors import UserError
 from mergesearch.registry import GENERATORS
@@ -43,6 +43,8 @@ class GeneratorSpec(Frozen):
     requests_per_attempt: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=6, ge=1, description="per quota: the retry budget")
     max_new_tokens: int = Field(default=512, ge=16)
+    backend: RunnerConfig = Field(default_factory=RunnerConfig)
+    """What runs the generator's model (a backend from the registry, its device and engine settings)."""
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(GENERATORS, kind))
 
@@ -90,6 +92,9 @@ class AnswerSpec(Frozen):
     task_correct_only: bool = True
     batch_size: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=24, ge=1)
+    backend: RunnerConfig = Field(default_factory=RunnerConfig)
+    """What runs the experts (a backend from the registry, its device and engine settings); the guard runs
+    as `judge` says."""
 
 
 class SplitSpec(Frozen):

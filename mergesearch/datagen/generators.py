@@ -3,7 +3,7 @@ category) into rows, reporting what it could not produce instead of dropping it 
 
 Generators register a factory in ``mergesearch.registry.GENERATORS`` under their spec ``kind``; this
 module imports none of them (the registry loads the plug-in modules on a miss). ``llm`` asks a chat
-model through a backend (``mergesearch.data.llm_generator``), the default; the zoo package registers
+model through a backend (``mergesearch.datagen.llm_generator``), the default; the zoo package registers
 ``template``, which writes the toy zoo's language offline (the demo's and the tests' data).
 """
 
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from mergesearch.data.schema import Row
-from mergesearch.data.spec import DataSpec, TaskSpec
+from mergesearch.datagen.spec import DataSpec, TaskSpec
 from mergesearch.registry import GENERATORS
 
 Log = Callable[[str], None]
@@ -94,6 +94,10 @@ def plan_quotas(spec: DataSpec) -> list[Quota]:
 
 class Generator(Protocol):
     def generate(self, quota: Quota, seed: int) -> tuple[list[Row], QuotaReport]: ...
+
+    def close(self) -> None:
+        """Stop whatever runs outside this process (a vLLM engine's processes); a second call does
+        nothing."""
 
 
 GeneratorFactory = Callable[[DataSpec, Log], Generator]
