@@ -22,6 +22,7 @@ from mergesearch.registry import (
     JUDGES,
     MERGE_METHODS,
     OBJECTIVES,
+    REFUSAL_DETECTORS,
     SEARCHERS,
     SETTLE_RULES,
     TASK_VECTOR_FORMS,
@@ -377,6 +378,13 @@ class FitnessConfig(Frozen):
     """lm-eval's multiple-choice metric: `acc` or `acc_norm`."""
     loss_alpha: float = Field(default=1.0, ge=0.0)
     """The loss proxy's task weight: NLL_alignment + alpha × NLL_task."""
+    refusal_detector: str = "refusal"
+    """What reads a reply to a benign request as a refusal, for `over_refusal`: `refusal` (the refusal
+    patterns) or a plug-in's detector (a registry)."""
+
+    _known_detector = field_validator("refusal_detector")(
+        lambda cls, name: registered(REFUSAL_DETECTORS, name)
+    )
 
     @field_validator("weights")
     @classmethod

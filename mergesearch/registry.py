@@ -105,3 +105,4 @@ DATASET_SCHEMES: Registry[Any] = Registry("dataset scheme")
 TASK_VECTOR_FORMS: Registry[Any] = Registry("task-vector form")
 SETTLE_RULES: Registry[Any] = Registry("early-exit rule")  # by judge kind
 LM_EVAL_MODELS: Registry[Any] = Registry("lm-eval model")  # by backend kind
+REFUSAL_DETECTORS: Registry[Any] = Registry("refusal detector")  # over-refusal: is a benign reply a refusal

@@ -11,7 +11,7 @@ from demo_configs import demo_config
 from transformers import AutoTokenizer
 
 from mergesearch.backends.hf import HFBackend
-from mergesearch.config import SearchConfig
+from mergesearch.config import FitnessConfig, SearchConfig
 from mergesearch.data.eval_split import load_eval_data
 from mergesearch.errors import UserError
 from mergesearch.judges.llama_guard import GUARD_FORMATS, GuardJudge, parse_verdict
@@ -79,6 +79,33 @@ def test_each_backend_kind_gets_its_lm_eval_model_through_the_registry(
     ours = run_lm_eval(generic, [task], include_path=tmp_path)[task]
     assert ours["acc"] == pytest.approx(theirs["acc"], abs=1e-12)
     assert ours["acc_norm"] == pytest.approx(theirs["acc_norm"], abs=1e-12)
+
+
+def test_over_refusal_reads_benign_replies_with_the_detector_the_fitness_names(
+    merged_backend, toy_dataset
+) -> None:
+    """The refusal patterns by default; a plug-in detector named in `fitness.refusal_detector` instead."""
+    from mergesearch.judges.base import register_refusal_detector
+    from mergesearch.judges.refusal import RefusalJudge
+    from mergesearch.objectives.evaluate import score_model
+    from mergesearch.registry import REFUSAL_DETECTORS
+
+    class EveryReplyARefusal:
+        def refusals(self, responses):
+            return [True] * len(responses)
+
+    if "every_reply" not in REFUSAL_DETECTORS:
+        register_refusal_detector("every_reply")(EveryReplyARefusal)
+    data = EvalData(tuple(), load_eval_data(toy_dataset, "search").benign[:6], (), (), ())
+    weights = {"weights": {"over_refusal": 1.0}}
+    default = score_model(merged_backend, data, RefusalJudge(), FitnessConfig(**weights), 8)
+    plugged = score_model(
+        merged_backend, data, RefusalJudge(), FitnessConfig(**weights, refusal_detector="every_reply"), 8
+    )
+    assert plugged.counts["benign_refused"] == plugged.counts["benign"] == 6
+    assert default.counts["benign_refused"] < 6  # the patterns do not read every toy reply as a refusal
+    with pytest.raises(ValueError, match=r"unknown refusal detector 'nope'; known: .*refusal"):
+        FitnessConfig(refusal_detector="nope")
 
 
 def test_our_own_lm_eval_tasks_are_run_without_indexing_lm_evals_built_in_ones(tmp_path) -> None:

@@ -22,8 +22,7 @@ from mergesearch.backends.registry import make_backend
 from mergesearch.data.schema import Row, normalize_prompt
 from mergesearch.datagen.spec import AnswerSpec, TaskSpec
 from mergesearch.errors import UserError
-from mergesearch.judges.base import make_judge
-from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.judges.base import make_judge, refusal_detector
 from mergesearch.model_refs import check_model_folder
 from mergesearch.objectives.task import contains_answer
 from mergesearch.runtime import resolve_device
@@ -57,7 +56,7 @@ class Answerer:
                     f"tasks: domain {domain!r} names expert {expert!r}, "
                     f"which is not in answer.experts ({', '.join(self.experts)})"
                 )
-        self.refusal = RefusalJudge()
+        self.refusal = refusal_detector(spec.refusal_detector)
         self.judge = make_judge(spec.judge, str(resolve_device(spec.backend.device)), log)
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, RunnerConfig, Unit, registered
 from mergesearch.data.near_dup import GROUPING_VERSION
 from mergesearch.errors import UserError
-from mergesearch.registry import GENERATORS
+from mergesearch.registry import GENERATORS, REFUSAL_DETECTORS
 from mergesearch.taxonomy import CATEGORY_BY_NAME, check_category
 
 QUESTION_FORMATS = ("multiple_choice", "short_answer")
@@ -92,6 +92,13 @@ class AnswerSpec(Frozen):
     task_correct_only: bool = True
     batch_size: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=24, ge=1)
+    refusal_detector: str = "refusal"
+    """What reads an expert's reply to a benign request as a refusal (such replies are not kept):
+    `refusal` (the refusal patterns) or a plug-in's detector."""
+
+    _known_detector = field_validator("refusal_detector")(
+        lambda cls, name: registered(REFUSAL_DETECTORS, name)
+    )
     backend: RunnerConfig = Field(default_factory=RunnerConfig)
     """What runs the experts (a backend from the registry, its device and engine settings); the guard runs
     as `judge` says."""

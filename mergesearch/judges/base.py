@@ -8,13 +8,14 @@ resolved at the edge), never as a reference to resolve.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mergesearch.backends.base import SettleRule
 from mergesearch.config import EarlyExitConfig, JudgeConfig
-from mergesearch.registry import JUDGES, SETTLE_RULES
+from mergesearch.registry import JUDGES, REFUSAL_DETECTORS, SETTLE_RULES
 
 Log = Callable[[str], None]
 
@@ -60,6 +61,26 @@ class Judge(Protocol):
 
 
 JudgeFactory = Callable[[JudgeConfig, str, Log], Judge]
+
+
+class RefusalDetector(Protocol):
+    """Reads replies to *benign* requests as refusals or not: what over-refusal counts. Not a safety
+    judge: a guard model says whether a reply is harmful, not whether it declined."""
+
+    def refusals(self, responses: Sequence[str]) -> list[bool]: ...
+
+
+def register_refusal_detector(name: str) -> Callable[[Callable[[], RefusalDetector]], Any]:
+    """Decorator: ``factory()`` builds the refusal detector ``name`` (``fitness.refusal_detector``,
+    ``answer.refusal_detector``)."""
+    return REFUSAL_DETECTORS.register(name)
+
+
+@functools.cache
+def refusal_detector(name: str) -> RefusalDetector:
+    """The detector ``name``, built once per process (a model-based one loads its model once)."""
+    factory: Callable[[], RefusalDetector] = REFUSAL_DETECTORS.get(name)
+    return factory()
 
 
 def register_judge(kind: str) -> Callable[[JudgeFactory], JudgeFactory]:

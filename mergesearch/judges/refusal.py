@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from mergesearch.config import EarlyExitConfig, JudgeConfig
-from mergesearch.judges.base import Assessment, Log, register_judge, register_settle_rule
+from mergesearch.judges.base import (
+    Assessment,
+    Log,
+    register_judge,
+    register_refusal_detector,
+    register_settle_rule,
+)
 
 _CONTRACTIONS = {
     r"\bi'm\b": "i am",
@@ -142,6 +148,9 @@ class RefusalJudge:
 
     def close(self) -> None:
         """Rules only: nothing to stop."""
+
+
+register_refusal_detector("refusal")(RefusalJudge)  # the same patterns read benign replies
 
 
 @register_judge("refusal")

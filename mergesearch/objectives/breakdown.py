@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergesearch.backends.base import Backend
-from mergesearch.judges.base import Judge
-from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.judges.base import Judge, refusal_detector
 from mergesearch.objectives.evaluate import answer_parts
 from mergesearch.objectives.task import ChoiceItem, ShortAnswerItem, choice_hits, contains_answer
 
@@ -52,9 +51,14 @@ def _rates(categories: Sequence[str], hits: Sequence[bool]) -> dict[str, Any]:
 
 
 def evaluate_model(
-    backend: Backend, judge: Judge, data: CategorisedData, max_new_tokens: int = 32
+    backend: Backend,
+    judge: Judge,
+    data: CategorisedData,
+    max_new_tokens: int = 32,
+    refusals: str = "refusal",
 ) -> dict[str, Any]:
-    """Every measure ``data`` supports, overall and per category, with where the time went."""
+    """Every measure ``data`` supports, overall and per category, with where the time went; benign
+    replies read as refusals by the detector ``refusals`` names (``fitness.refusal_detector``)."""
     report: dict[str, Any] = {}
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -71,7 +75,9 @@ def evaluate_model(
         verdicts = judge.assess(list(zip(harmful, harmful_replies)))
         report["safety"] = _rates(harm_categories, verdicts.safe) | {"judge_unparsed": verdicts.unparsed}
     if benign:
-        report["over_refusal"] = _rates(benign_categories, RefusalJudge().refusals(benign_replies))
+        report["over_refusal"] = _rates(
+            benign_categories, refusal_detector(refusals).refusals(benign_replies)
+        )
     timings["judge"] = time.perf_counter() - started
 
     started = time.perf_counter()

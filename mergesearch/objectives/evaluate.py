@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from mergesearch.backends.base import Backend, Prompt, Settled, SettleRule, encode_pair, rules_per_prompt
 from mergesearch.config import FitnessConfig
-from mergesearch.judges.base import Judge
-from mergesearch.judges.refusal import RefusalJudge
+from mergesearch.judges.base import Judge, refusal_detector
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.early_exit import EarlyExit, part_rules
 from mergesearch.objectives.fitness import fitness
@@ -174,7 +173,7 @@ def score_model(
         if assessment.p_unsafe:
             counts["mean_p_unsafe"] = sum(assessment.p_unsafe) / len(assessment.p_unsafe)
     if data.benign:  # over-refusal is about refusing, whoever judges safety
-        refused = RefusalJudge().refusals(benign_replies)
+        refused = refusal_detector(config.refusal_detector).refusals(benign_replies)
         counts.update(benign=len(data.benign), benign_refused=sum(refused))
     timings["judge"] = time.perf_counter() - started
 
