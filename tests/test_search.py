@@ -165,7 +165,44 @@ def test_a_run_dir_recorded_before_a_setting_existed_resumes_and_another_search_
     run.config_file.write_text(yaml.safe_dump(recorded))
     run.check_config(config)
     with pytest.raises(UserError, match="different config"):
-        run.check_config(config_for(toy_dataset, search={"queued_per_evaluator": 0}))
+        run.check_config(config_for(toy_dataset, search={"seed": 1}))
+
+
+def test_a_resumed_search_may_change_how_much_it_searches_but_not_what_a_trial_is(
+    toy_dataset, tmp_path
+) -> None:
+    from mergesearch.errors import UserError
+
+    run = RunDir(tmp_path / "run")
+    run.write_config(config_for(toy_dataset, search={"num_trials": 3}))
+    run.check_config(
+        config_for(
+            toy_dataset,
+            search={"num_trials": 5, "time_budget_s": 60.0, "queued_per_evaluator": 0},
+            resources={"num_evaluators": 2},
+            promotion={"top_k": 1},
+        )
+    )
+    for changes, named in [
+        ({"search": {"num_trials": 5, "seed": 1}}, r"search\.seed: 0 -> 1"),
+        ({"fitness": {"task_metric": "acc_norm"}}, r"fitness\.task_metric: 'acc' -> 'acc_norm'"),
+        ({"merge": {"method": "ties"}}, r"merge\.method: 'task_arithmetic' -> 'ties'"),
+    ]:
+        with pytest.raises(
+            UserError, match=rf"different config \({named}, .*may change only search\.num_trials"
+        ):
+            run.check_config(config_for(toy_dataset, **changes))
+
+
+def test_a_finished_search_rerun_with_more_trials_runs_only_the_new_ones(
+    toy_dataset, kept_actors, tmp_path
+) -> None:
+    first = search(config_for(toy_dataset, search={"num_trials": 2}), tmp_path / "run", kept=kept_actors)
+    before = first.trials()
+    after = search(config_for(toy_dataset, search={"num_trials": 3}), tmp_path / "run", kept=kept_actors)
+    trials = after.trials()
+    assert len(trials) == 3 and trials[:2] == before  # the finished ones kept as they were, one more run
+    assert yaml.safe_load(after.config_file.read_text())["search"]["num_trials"] == 3
 
 
 def test_an_evaluator_killed_mid_search_is_restarted_and_its_trial_retried(

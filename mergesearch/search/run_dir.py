@@ -161,6 +161,34 @@ def row_schema(gene_names: list[str]) -> pa.Schema:
     )
 
 
+# What a resumed search may change: how much it searches and on what, never what a trial is (the models,
+# the space, the data, the scoring, the searcher and its seed). Ray's actors are started per session, so
+# the evaluator count and shares apply from the next one; promotion runs after the search.
+RESUMABLE_CHANGES = (
+    "search.num_trials",
+    "search.time_budget_s",
+    "search.queued_per_evaluator",
+    "resources",
+    "promotion",
+)
+_ABSENT = "<absent>"
+
+
+def resumable_change(key: str) -> bool:
+    """Whether the setting at dotted ``key`` is one a resumed search may change."""
+    return any(key == field or key.startswith(f"{field}.") for field in RESUMABLE_CHANGES)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A config's settings by dotted path (``search.num_trials``); lists are compared whole."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat |= _flat(item, f"{prefix}.{key}" if prefix else str(key))
+    return flat
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A search's folder: every path in it, and the reading and writing of its files."""
@@ -216,13 +244,25 @@ class RunDir:
         return load_config(self.config_file)
 
     def check_config(self, config: SearchConfig) -> None:
-        """Refuse, before anything starts, a run dir that is not a folder or holds another search."""
+        """Refuse, before anything starts, a run dir that is not a folder or holds another search: one
+        whose config differs in a setting outside ``RESUMABLE_CHANGES`` (named, with both values)."""
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root}: is a file, not a run dir")
-        if self.config_file.is_file() and self._recorded_config() != config.model_dump(mode="json"):
+        if not self.config_file.is_file():
+            return
+        recorded, wanted = _flat(self._recorded_config()), _flat(config.model_dump(mode="json"))
+        changed = [
+            key
+            for key in sorted(recorded.keys() | wanted.keys())
+            if recorded.get(key, _ABSENT) != wanted.get(key, _ABSENT) and not resumable_change(key)
+        ]
+        if changed:
+            key = changed[0]
+            was, now = recorded.get(key, _ABSENT), wanted.get(key, _ABSENT)
             raise UserError(
-                f"{self.root}: already holds a search with a different config ({self.config_file}); "
-                "pick another run name or resume it as it is"
+                f"{self.root}: already holds a search with a different config ({key}: {was!r} -> {now!r}, "
+                f"{self.config_file}); a resumed search may change only {', '.join(RESUMABLE_CHANGES)}: "
+                "pick another run name for another search"
             )
 
     def _recorded_config(self) -> Any:
