@@ -137,6 +137,27 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, k
     assert scores.fitness == pytest.approx(board[0]["heldout_fitness"], abs=1e-9)
     assert scores.objectives["safety"] == board[0]["heldout_safety"]
 
+    # `promote` after it (the README's cluster commands) redoes nothing: the same board from the results kept
+    results = sorted(run.promotion.rglob("result.json"))
+    stamps = [(p, p.stat().st_mtime_ns) for p in results + [run.best / "recipe.yaml"]]
+    said: list[str] = []
+    assert promote(run, log=said.append) == board
+    assert any("promoted before with these settings, kept" in line for line in said), said
+    assert [(p, p.stat().st_mtime_ns) for p, _ in stamps] == stamps
+
+
+def test_a_promotion_result_is_kept_only_for_the_settings_it_was_made_with(toy_dataset) -> None:
+    from mergesearch.search.promote import result_settings
+
+    genes = {"w.math.g0": 0.5}
+    same = result_settings(config_for(toy_dataset), genes=genes, seed=0)
+    # how many are promoted, on what share of a node, and how the search went change no result
+    for changes in ({"promotion": {"top_k": 3, "cpus": 2.0}}, {"search": {"num_trials": 9}}):
+        assert result_settings(config_for(toy_dataset, **changes), genes=genes, seed=0) == same
+    for changes in ({"promotion": {"tasks": ["arc_easy"]}}, {"backend": {"max_new_tokens": 8}}):
+        assert result_settings(config_for(toy_dataset, **changes), genes=genes, seed=0) != same
+    assert result_settings(config_for(toy_dataset), genes={"w.math.g0": 0.6}, seed=0) != same
+
 
 def test_rerunning_a_finished_search_runs_nothing_and_a_changed_config_is_refused(
     toy_dataset, kept_actors, tmp_path

@@ -11,6 +11,7 @@ held-out fitness) becomes ``best/model`` and ``best/recipe.yaml``, a mergekit co
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,42 @@ def candidates(setup: SearchSetup, trials: list[TrialResult], top_k: int) -> lis
     return sorted(ok, key=lambda t: -t.fitness)[:top_k]
 
 
+# What a promoted result depends on besides its genome: the models, the merge, the data, the engines, the
+# judge, the fitness and what promotion runs. Not how the search went (search, resources, early_exit: the
+# held-out evaluation reads whole answers), nor how many are promoted or on what share of a node.
+RESULT_SECTIONS = ("models", "merge", "data", "backend", "judge", "fitness")
+PROMOTION_SETTINGS = ("tasks", "batch_size", "backend")
+
+
+def result_settings(config: Any, **extra: Any) -> str:
+    """A digest of what a promotion result depends on (``extra``: the genes and seed of a candidate, the
+    expert of a reference): a result recorded with the same digest is that result, and is kept."""
+    settings = {section: getattr(config, section).model_dump(mode="json") for section in RESULT_SECTIONS}
+    settings["promotion"] = config.promotion.model_dump(mode="json", include=set(PROMOTION_SETTINGS))
+    text = json.dumps({**settings, **extra}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recorded_result(folder: Path, settings: str) -> dict[str, Any] | None:
+    """The result in ``folder`` when it was made with ``settings`` (else None: it is made again)."""
+    path = folder / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("settings") == settings else None
+
+
+def promoted_before(run: RunDir, trial: TrialResult, config: Any, seed: int) -> dict[str, Any] | None:
+    """The trial's promotion result when it was made with these settings and its model is there."""
+    folder = run.candidate(trial.trial_id)
+    if not (folder / "model").is_dir():
+        return None
+    return recorded_result(folder, result_settings(config, genes=trial.genes, seed=seed))
+
+
 def evaluate_candidate(
     setup: SearchSetup, genes: dict[str, float], out: Path, seed: int = 0
 ) -> dict[str, Any]:
@@ -77,7 +114,8 @@ def evaluate_candidate(
     if tasks:
         with lm_eval_engine(backend, model_dir, config) as engine:
             lm_eval = run_lm_eval(lm_eval_model(config.promotion.backend, engine), tasks, tasks_dir)
-    result = {"genes": genes, "heldout": scores, "lm_eval": lm_eval}
+    settings = result_settings(config, genes=genes, seed=seed)
+    result = {"genes": genes, "heldout": scores, "lm_eval": lm_eval, "settings": settings}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -152,7 +190,7 @@ def evaluate_reference(setup: SearchSetup, expert: str, out: Path) -> dict[str, 
     config = setup.config
     with contextlib.closing(promotion_backend(setup.experts[expert], config, f"expert-{expert}")) as backend:
         scores = heldout_scores(backend, load_eval_data(str(config.data.path), "heldout"), config)
-    result = {"expert": expert, "heldout": scores}
+    result = {"expert": expert, "heldout": scores, "settings": result_settings(config, expert=expert)}
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -173,17 +211,29 @@ def promote(
     if not chosen:
         raise UserError(f"{run.root}: no successful trial to promote")
     log(f"promote: {len(chosen)} candidate(s): {', '.join(t.trial_id for t in chosen)}")
-    ray_session()
-    remote = ray.remote(num_cpus=config.promotion.cpus, num_gpus=config.promotion.gpus)(evaluate_candidate)
-    refs = [remote.remote(setup, t.genes, run.candidate(t.trial_id), config.search.seed) for t in chosen]
-    # Each expert the config names, alone, once per run dir (a result already there is kept): the report's
-    # reference rows. A pool file's experts are not: a pool is many, mostly there to be left out.
-    alone = ray.remote(num_cpus=config.promotion.cpus, num_gpus=config.promotion.gpus)(evaluate_reference)
+    seed = config.search.seed
+    # A candidate promoted before with the same settings (its model written, its result recorded) is kept:
+    # `promote` after `search` redoes nothing, and a changed setting redoes only what it changes.
+    done = {t.trial_id: result for t in chosen if (result := promoted_before(run, t, config, seed))}
+    if done:
+        log(f"promote: {', '.join(done)}: promoted before with these settings, kept")
+    todo_trials = [t for t in chosen if t.trial_id not in done]
+    # Each expert the config names, alone, once per run dir and settings: the report's reference rows. A
+    # pool file's experts are not: a pool is many, mostly there to be left out.
     named = [e.name for e in config.models.experts]
-    todo = [e for e in named if not (run.reference(e) / "result.json").is_file()]
-    expert_refs = [alone.remote(setup, e, run.reference(e)) for e in todo]
+    todo = [e for e in named if not recorded_result(run.reference(e), result_settings(config, expert=e))]
+    expert_refs: list[Any] = []
+    if todo_trials or todo:  # nothing left to do starts no Ray session
+        ray_session()
+        resources = {"num_cpus": config.promotion.cpus, "num_gpus": config.promotion.gpus}
+        remote = ray.remote(**resources)(evaluate_candidate)
+        refs = [remote.remote(setup, t.genes, run.candidate(t.trial_id), seed) for t in todo_trials]
+        alone = ray.remote(**resources)(evaluate_reference)
+        expert_refs = [alone.remote(setup, e, run.reference(e)) for e in todo]
+        done |= {t.trial_id: result for t, result in zip(todo_trials, ray.get(refs))}
     board = []
-    for trial, result in zip(chosen, ray.get(refs)):
+    for trial in chosen:
+        result = done[trial.trial_id]
         heldout = result["heldout"]
         lm_eval = {  # every metric by its own name: gsm8k's exact_match as much as mmlu's acc
             f"{task}/{metric}": value
@@ -227,9 +277,12 @@ def publish_best(setup: SearchSetup, run: RunDir, winner: dict[str, Any]) -> Non
     header = (
         f"{setup.config.name}: trial {winner['trial_id']}, held-out fitness {winner['heldout_fitness']:.4f}"
     )
+    text = recipe_file(
+        recipe, setup.base, setup.experts, setup.config.models.dtype, header, setup.config.search.seed
+    )
+    recipe_path = run.best / "recipe.yaml"
+    if (run.best / "model").is_dir() and recipe_path.is_file() and recipe_path.read_text() == text:
+        return  # this winner is published already (a model folder may be many GB to copy again)
     with atomic_dir(run.best) as tmp:
         shutil.copytree(run.candidate(winner["trial_id"]) / "model", tmp / "model")
-        text = recipe_file(
-            recipe, setup.base, setup.experts, setup.config.models.dtype, header, setup.config.search.seed
-        )
         (tmp / "recipe.yaml").write_text(text)
