@@ -91,8 +91,10 @@ class ModelsConfig(Frozen):
     pool: str | None = None
     """A pool file listing more experts (a YAML list; globs over folders, or `<scheme>:*`), expanded after
     `experts`."""
-    dtype: Dtype = "float32"
-    """The merge pool's precision (base and task vectors); engines default to it too."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """The merge pool's precision (base and task vectors); engines default to it too. `auto`: bfloat16
+    when the evaluators run on a GPU (a GPU share, or `backend.device: cuda`), else float32; the run dir
+    records the dtype it resolved to."""
 
     @field_validator("experts")
     @classmethod
@@ -371,7 +373,11 @@ def migrate_judge_keys(data: Any) -> Any:
 class FitnessConfig(Frozen):
     """Weights of the objectives summed into the single fitness the searchers maximise."""
 
-    weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"safety": 1.0, "task_accuracy": 1.0}
+    weights: dict[str, Annotated[float, Field(ge=0.0)]] = {
+        "safety": 1.0,
+        "task_accuracy": 1.0,
+        "over_refusal": 0.5,
+    }
     """Each objective's weight in the fitness the searchers maximise (`safety`, `task_accuracy`,
     `over_refusal`, `loss_proxy`, ...)."""
     task_metric: Literal["acc", "acc_norm"] = "acc"
@@ -530,16 +536,35 @@ class SearchConfig(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _engines_default_to_pool_dtype(cls, data: Any) -> Any:
-        """An engine whose ``dtype`` is unset runs in the pool's (``models.dtype``)."""
+        """``models.dtype: auto`` resolved (``_gpu_evaluators``), and an engine whose ``dtype`` is unset
+        runs in the pool's."""
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
             return data
         dtype = data["models"].get("dtype", ModelsConfig.model_fields["dtype"].default)
-        data = dict(data)
+        if dtype == "auto":
+            dtype = "bfloat16" if _gpu_evaluators(data) else "float32"
+        data = {**data, "models": {**data["models"], "dtype": dtype}}
         for part in ("backend", "judge"):
             section = data.get(part, {})
             if isinstance(section, dict) and section.get("dtype") is None:
                 data[part] = {**section, "dtype": dtype}
         return data
+
+    @model_validator(mode="after")
+    def _gpu_engines_get_gpus(self) -> SearchConfig:
+        """An engine told to use CUDA runs in a Ray actor or task, which sees a GPU only if given a share:
+        one without would start, find no GPU and fail (or take one the scheduler never counted)."""
+        if self.backend.device == "cuda" and not self.resources.gpus_per_evaluator:
+            raise ValueError("backend.device: cuda needs resources.gpus_per_evaluator above 0")
+        if self.backend.device == "cuda" and self.promotion.top_k and not self.promotion.gpus:
+            raise ValueError("backend.device: cuda needs promotion.gpus above 0 (promotion runs its engine)")
+        for part in ("backend", "judge"):
+            if getattr(self, part).tensor_parallel_size > 1:
+                raise ValueError(
+                    f"{part}.tensor_parallel_size: an engine holds at most one GPU here (GPU shares are "
+                    "0-1), so tensor parallelism is not supported yet: use 1"
+                )
+        return self
 
     @model_validator(mode="after")
     def _judge_declares_early_exit(self) -> SearchConfig:
@@ -552,6 +577,17 @@ class SearchConfig(Frozen):
         gates = self.merge.gates.kind if self.merge.gates else None
         SEARCHERS.get(self.search.name).check(self.merge.granularity, gates)
         return self
+
+
+def _gpu_evaluators(data: dict[str, Any]) -> bool:
+    """Whether a raw config's evaluators run on a GPU: a GPU share, or a backend told to use CUDA (refused
+    without a share, in one line, once validated)."""
+    resources, backend = data.get("resources") or {}, data.get("backend") or {}
+    try:
+        share = float(resources.get("gpus_per_evaluator", 0) or 0) if isinstance(resources, dict) else 0.0
+    except (TypeError, ValueError):  # named by the field's own validation
+        share = 0.0
+    return share > 0 or (isinstance(backend, dict) and backend.get("device") == "cuda")
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -234,3 +234,59 @@ def test_old_and_new_early_exit_keys_together_or_a_sleeping_judge_are_one_line(
         ConfigError, match=r"judge\.(early_exit\*: set them under `early_exit` only|sleep_mode)"
     ):
         load_config(write(tmp_path, VALID + extra))
+
+
+# ------------------------------------------------------------------------------------ GPU defaults
+def config_with(**sections) -> SearchConfig:
+    return SearchConfig.model_validate(
+        {"name": "t", "models": {"base": "b", "experts": [{"name": "a", "path": "p"}]}, **sections}
+    )
+
+
+@pytest.mark.parametrize(
+    ("sections", "dtype"),
+    [
+        ({}, "float32"),  # CPU evaluators
+        ({"resources": {"gpus_per_evaluator": 0.5}, "promotion": {"gpus": 1}}, "bfloat16"),
+        ({"resources": {"gpus_per_evaluator": 1}, "models_dtype": "float32"}, "float32"),  # as written
+        ({"resources": {"gpus_per_evaluator": 1}, "models_dtype": "float16"}, "float16"),
+    ],
+)
+def test_the_pool_dtype_is_bfloat16_on_gpu_evaluators_and_float32_on_cpu_unless_written(
+    sections: dict, dtype: str
+) -> None:
+    written = sections.pop("models_dtype", None)
+    models = {"base": "b", "experts": [{"name": "a", "path": "p"}], **({"dtype": written} if written else {})}
+    config = SearchConfig.model_validate({"name": "t", "models": models, **sections})
+    assert config.models.dtype == config.backend.dtype == config.judge.dtype == dtype
+
+
+def test_the_default_fitness_weighs_over_refusal() -> None:
+    """A merge that refuses everything is perfectly safe: by default it pays for refusing benign ones."""
+    assert config_with().fitness.weights["over_refusal"] > 0
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"backend": {"device": "cuda"}}, "backend.device: cuda needs resources.gpus_per_evaluator above 0"),
+        (
+            {"backend": {"device": "cuda"}, "resources": {"gpus_per_evaluator": 1}},
+            "backend.device: cuda needs promotion.gpus above 0",
+        ),
+        (
+            {"backend": {"tensor_parallel_size": 2}},
+            "backend.tensor_parallel_size: an engine holds at most one GPU here",
+        ),
+        ({"judge": {"tensor_parallel_size": 4}}, "judge.tensor_parallel_size"),
+    ],
+)
+def test_a_gpu_layout_that_cannot_run_is_refused_when_the_config_is_read(
+    tmp_path: Path, sections: dict, message: str
+) -> None:
+    import yaml
+
+    models = {"base": "b", "experts": [{"name": "a", "path": "p"}]}
+    path = write(tmp_path, yaml.safe_dump({"name": "t", "models": models, **sections}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

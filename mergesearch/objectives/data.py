@@ -71,4 +71,7 @@ class EvalData:
         }
         for name in objectives:
             if not needs.get(name, (1,)):
-                raise UserError(f"{self.source}: objective {name!r} has no rows to score on in this split")
+                raise UserError(
+                    f"{self.source}: objective {name!r} has no rows to score on in this split "
+                    f"(fitness.weights.{name}: give the data such rows, or weigh it 0)"
+                )
