@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from mergesearch.config import DTYPE_BYTES, EngineConfig, read_yaml
 from mergesearch.errors import UserError
-from mergesearch.merge.compact import expansion_bytes, load_bytes
+from mergesearch.merge.compact import expansion_bytes, host_pool_merge_bytes, load_bytes
 from mergesearch.merge.compact import pool_bytes as compact_pool_bytes
 from mergesearch.merge.spec import get_method
 from mergesearch.model_files import model_config, tensor_shapes
@@ -183,6 +183,10 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
         merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"
         work = expansion_bytes(base.shapes, DTYPE_BYTES[dtype], n, form)
         evaluator.append(Holding(f"{n} expanded copies of the largest tensor", merging_on, work))
+    elif pool == "host" and res.gpus_per_evaluator > 0:  # each tensor's slices go to the GPU to be merged
+        work = host_pool_merge_bytes(base.shapes, DTYPE_BYTES[dtype], n, sorts)
+        what = f"merge work: the largest tensor's base + {n} task vectors{' + sorted' if sorts else ''}"
+        evaluator.append(Holding(f"{what} on the GPU ({dtype})", "gpu", work))
     if method.factorize is not None:
         evaluator.append(Holding("factor cache (at most)", pool, factor_bytes(base.shapes)))
     tokens = ASSUMED["prompt_tokens"] + backend.max_new_tokens

@@ -76,6 +76,18 @@ def test_every_shipped_gpu_config_fits_the_shipped_cluster(config, models, tmp_p
     assert ("\njudge x" in done.stdout) == bool(guard)  # a judge actor only for a guard model
 
 
+# The machine most researchers have: one node, 4 GPUs of 48 GB (45 GiB usable), 64 cores, 512 GiB of RAM
+# of which Ray's heap is about 70%.
+FOUR_GPU_NODE = NodeType("4-GPU node", 64, 4, 350 * GIB, 45 * GIB)
+
+
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_gpu_config_fits_a_single_4_gpu_node_all_at_once(config, models, tmp_path) -> None:
+    actors = plan_actors(setup_of(localized(config, models, tmp_path)))
+    placements = check_plan(actors, [FOUR_GPU_NODE], "a 4-GPU node", together=True)
+    assert all(p.node == FOUR_GPU_NODE for p in placements)
+
+
 def test_the_plan_counts_the_pool_exactly_from_the_headers(models, tmp_path) -> None:
     config = localized(GPU_CONFIGS[0], models, tmp_path, merge={"method": "ties", "pool_device": "host"})
     evaluator = plan_actors(setup_of(config))[0]
@@ -83,7 +95,22 @@ def test_the_plan_counts_the_pool_exactly_from_the_headers(models, tmp_path) -> 
     assert held["base"].bytes == EIGHT_B * 2 and held["base"].memory == "host"
     assert held["3 task vectors"].bytes == 3 * EIGHT_B * 2
     assert held["3 sorted |task vector|s"].bytes == 3 * EIGHT_B * 2  # TIES keeps sorted magnitudes
-    assert evaluator.need("gpu", 48 * GIB) == pytest.approx(0.9 * 48 * GIB, abs=1)  # vLLM's share only
+    # merged on the GPU, one tensor at a time: the largest's base, task vectors and sorted magnitudes
+    largest = max(math.prod(shape) for shape in llama_tensors(LLAMA3_8B).values())  # the embeddings
+    merging = held["merge work: the largest tensor's base + 3 task vectors + sorted on the GPU"]
+    assert merging.bytes == (1 + 3 + 3) * largest * 2 and merging.memory == "gpu"
+    vllm_share = 0.8 * 48 * GIB
+    assert evaluator.need("gpu", 48 * GIB) == pytest.approx(vllm_share + merging.bytes, abs=1)
+
+
+def test_a_host_pool_whose_merge_work_does_not_fit_beside_vllm_is_refused(models, tmp_path) -> None:
+    """0.9 of a 45 GiB GPU for vLLM leaves 4.5 GiB; TIES copies 7 embeddings-sized tensors (6.8 GiB)."""
+    config = localized(
+        GPU_CONFIGS[0], models, tmp_path, merge={"method": "ties"}, backend={"gpu_memory_utilization": 0.9}
+    )
+    done = run("plan", str(config), "--cluster", str(ROOT / "cluster.yaml"))
+    assert_one_line_error(done, "evaluator does not fit", "GiB of GPU memory", "short")
+    assert "merge work" in done.stdout
 
 
 def compact_bytes(shape: list[int], form: dict) -> int:

@@ -81,6 +81,14 @@ def expansion_bytes(
     return experts * element * max(math.prod(shape) for shape in shapes.values())
 
 
+def host_pool_merge_bytes(shapes: Mapping[str, Shape], element: int, experts: int, sorts: bool) -> int:
+    """GPU memory a merge from a host pool needs beside the live model: the largest tensor's base and
+    every expert's task vector (and sorted magnitudes, for methods that rank by them) copied to the GPU
+    at once, in the pool's dtype."""
+    copies = 1 + experts * (2 if sorts else 1)
+    return copies * element * max(math.prod(shape) for shape in shapes.values())
+
+
 def load_bytes(shapes: Mapping[str, Shape], sorted_bytes: int = 0) -> int:
     """Work memory the pool's load needs where the pool is kept: an expert's tensor and the base's in
     float32 (the task vector is their difference, taken in float32), one tensor at a time; beyond the
