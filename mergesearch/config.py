@@ -458,14 +458,19 @@ class SearcherConfig(Frozen):
 
 
 class ResourcesConfig(Frozen):
-    num_evaluators: int = Field(default=1, ge=1)
-    """Evaluator actors, each holding the pool and a live model."""
+    num_evaluators: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    """Evaluator actors, each holding the pool and a live model; `auto`: as many as the Ray cluster holds
+    at once beside the judge (at most `search.num_trials`), settled when the search sees the cluster (the
+    run dir records the number)."""
     cpus_per_evaluator: float = Field(default=1.0, gt=0)
     """CPU cores Ray gives each evaluator."""
     gpus_per_evaluator: Unit = 0.0
     """GPU share of each evaluator (0-1)."""
     gpus_per_judge: Unit = 0.0
     """GPU share of the judge actor (0-1)."""
+    placement_timeout_s: float = Field(default=300.0, ge=0)
+    """On a joined cluster, how long a search whose actors the cluster cannot hold waits for an autoscaler
+    to add nodes before it fails (0: fails at once). A local Ray has all its nodes: it fails at once."""
 
 
 class PromotionConfig(Frozen):

@@ -197,7 +197,7 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
     actors = [
         ActorPlan(
             "evaluator",
-            res.num_evaluators,
+            1 if res.num_evaluators == "auto" else res.num_evaluators,  # auto: settled on the cluster
             res.cpus_per_evaluator,
             res.gpus_per_evaluator,
             (*evaluator, overhead),
@@ -349,6 +349,7 @@ def _shortfall(actor: ActorPlan, node: NodeType) -> str:
     return ""
 
 
+RESOURCE_REMEDIES = "remedies: a smaller CPU or GPU share in resources (or promotion), or nodes that have it"
 REMEDIES = (
     "remedies: models.dtype bfloat16, merge.pool_device host (GPU short) or gpu (host short), fewer experts, "
     "a smaller gpu_memory_utilization / max_model_len / batch_size, or bigger nodes"
@@ -364,7 +365,12 @@ def place(actors: Sequence[ActorPlan], nodes: Sequence[NodeType]) -> list[Placem
         if fits:
             placements.append(Placement(actor, fits[0]))
             continue
-        hostable = [(n, reason) for n, reason in reasons if n.hosts(actor) >= 1] or reasons
+        hostable = [(n, reason) for n, reason in reasons if n.hosts(actor) >= 1]
+        if not hostable:  # no node has the CPUs and GPUs it asks for: say what there is
+            there = ", ".join(dict.fromkeys(n.describe() for n in nodes)) or "no node"
+            shortfall = f"asks for {actor.cpus:g} CPU + {actor.gpus:g} GPU, no node has that ({there})"
+            placements.append(Placement(actor, None, shortfall))
+            continue
         placements.append(Placement(actor, None, hostable[0][1]))
     return placements
 
@@ -373,7 +379,8 @@ def refuse_unplaced(placements: Sequence[Placement], source: str) -> None:
     """One UserError line naming the first actor that fits nowhere, the memory and the shortfall."""
     for p in placements:
         if p.node is None:
-            raise UserError(f"plan ({source}): {p.actor.role} does not fit: {p.shortfall}; {REMEDIES}")
+            remedies = RESOURCE_REMEDIES if "no node has that" in p.shortfall else REMEDIES
+            raise UserError(f"plan ({source}): {p.actor.role} does not fit: {p.shortfall}; {remedies}")
 
 
 SEARCH_ROLES = ("evaluator", "judge")  # the actors that live together through a search

@@ -115,14 +115,8 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
     import ray
     from ray import tune
 
-    from mergesearch.plan import (
-        check_plan,
-        plan_actors,
-        plan_summary,
-        ray_nodes,
-        this_machine,
-        together_shortfall,
-    )
+    from mergesearch.plan import plan_summary
+    from mergesearch.search.placement import place_search
     from mergesearch.search.ray_internals import check_ray_hooks
 
     config = setup.config
@@ -139,12 +133,8 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
     if hint:
         log(hint)
     ray_session()
-    actors, nodes = plan_actors(setup), ray_nodes(ray.nodes(), this_machine().gpu_bytes)
-    joined = bool(os.environ.get("RAY_ADDRESS"))  # a cluster's autoscaler may add nodes; a local Ray won't
-    placements = check_plan(actors, nodes, "the Ray cluster", together=not joined)  # before any load
-    shortfall = together_shortfall(actors, nodes) if joined else ""
-    if shortfall:
-        log(f"plan: {shortfall} now: the search waits for more nodes")
+    setup, placements = place_search(setup, log)  # before any actor loads a model
+    config = setup.config
     run.write_config(config)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
