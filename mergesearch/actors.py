@@ -121,6 +121,12 @@ class Evaluator:
 
         return str(resolve_device(self.config.backend.device))
 
+    def close(self) -> None:
+        """Stop its engines now (on vLLM each runs processes of its own): an evaluator made in a task,
+        whose worker Ray reuses, must not leave them to the collector. A judge actor's owner stops it."""
+        self.judge.close()
+        self.backend.close()
+
     def evaluate(
         self,
         genome: Mapping[str, float],

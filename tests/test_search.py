@@ -340,3 +340,21 @@ def test_a_guard_judge_search_runs_when_the_actors_hold_every_core(
     assert cache["cached"] == sum(t.counts["judge_cached"] for t in trials)
     # one evaluator: no request waits for another, so each judge call carries one
     assert cache["requests"] == len(trials) and cache["judge_calls"] == len(trials)
+
+
+def test_the_lm_cocktail_baselines_run_in_a_ray_task_once_per_settings(
+    toy_dataset, local_ray, tmp_path
+) -> None:
+    from mergesearch.search.baselines import run_baselines
+
+    setup = SearchSetup.prepare(config_for(toy_dataset), log=lambda _: None)
+    run = RunDir(tmp_path / "run")
+    said: list[str] = []
+    made = run_baselines(setup, run, log=said.append)
+    assert [b["name"] for b in made] == ["lm_cocktail", "lm_cocktail_aligned"]
+    assert all(sum(b["weights"].values()) == pytest.approx(1.0) and 0 <= b["fitness"] <= 1 for b in made)
+    assert run.baselines() == made
+    assert run_baselines(setup, run, log=said.append) == made
+    assert "made before with these settings, kept" in said[-1]
+    changed = run_baselines(setup, run, temperature=1.0, log=said.append)  # other settings: made again
+    assert changed[0]["temperature"] == 1.0 and run.baselines() == changed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -43,9 +44,39 @@ def run_baselines(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """LM-Cocktail (linear merge, weights from each expert's loss on a few examples per type), with and
-    without alignment examples, scored like a trial on the search split; into ``baselines.json``."""
+    without alignment examples, scored like a trial on the search split; into ``baselines.json``.
+
+    The merges run in a Ray task with an evaluator's resources, never in the driver (on a cluster the
+    driver is a small head node: it would hold the whole pool and the guard). Baselines already made
+    with the same settings are kept."""
+    import ray
+
+    from mergesearch.runtime import ray_session
+    from mergesearch.search.promote import result_settings
+
+    settings = result_settings(setup.config, temperature=temperature, examples=examples)
+    recorded = run.baselines()
+    if recorded and all(b.get("settings") == settings for b in recorded):
+        log(f"baselines: {', '.join(b['name'] for b in recorded)} made before with these settings, kept")
+        return recorded
+    ray_session()
+    resources = setup.config.resources
+    task = ray.remote(num_cpus=resources.cpus_per_evaluator, num_gpus=resources.gpus_per_evaluator)
+    results = ray.get(task(cocktail_baselines).remote(setup, temperature, examples))
+    for result in results:
+        result["settings"] = settings
+        shown = json.dumps({k: round(v, 3) for k, v in result["weights"].items()})
+        log(f"baseline {result['name']}: weights {shown} fitness {result['fitness']:.4f}")
+    run.write_baselines(results)
+    return results
+
+
+def cocktail_baselines(setup: SearchSetup, temperature: float, examples: int) -> list[dict[str, Any]]:
+    """The two LM-Cocktail merges of ``setup``'s experts, each scored like a trial (in the calling
+    process: a Ray task's)."""
     from mergesearch.actors import Evaluator
 
+    setup.activate()
     experts = list(setup.experts)
     space = GenomeSpace("linear", experts, setup.space.num_layers)
     linear = dataclasses.replace(
@@ -59,7 +90,11 @@ def run_baselines(
         ),
         space=space,
     )
-    evaluator = Evaluator(linear, log=lambda _: None)
+    with contextlib.closing(Evaluator(linear, log=lambda _: None)) as evaluator:
+        return _cocktails(evaluator, temperature, examples)
+
+
+def _cocktails(evaluator: Any, temperature: float, examples: int) -> list[dict[str, Any]]:
     few: dict[str, list[tuple[str, str, str]]] = {}
     for row in evaluator.data.tagged:
         few.setdefault(row[2], []).append(row)
@@ -81,7 +116,4 @@ def run_baselines(
                 "objectives": scores.objectives,
             }
         )
-        shown = json.dumps({k: round(v, 3) for k, v in weights.items()})
-        log(f"baseline {name}: weights {shown} fitness {scores.fitness:.4f}")
-    run.write_baselines(results)
     return results
