@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -32,6 +33,20 @@ from mergesearch.registry import (
 
 NAME_LENGTH = 40  # names go into gene names, run dirs and report columns
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=NAME_LENGTH)]
+# An expert's name as a researcher writes it (`OpenBioLLM-8B`, `Llama-3.1-8B`): a folder name, then, so no
+# path separator or control character; genes use its gene id.
+EXPERT_NAME_LENGTH = 64
+ExpertName = Annotated[str, Field(pattern=r"^[^/\\\x00-\x1f]+$", max_length=EXPERT_NAME_LENGTH)]
+
+
+def gene_id(expert: str) -> str:
+    """The name an expert goes by in gene names (``w.<gene id>.g0``) and the mergekit recipe's keys: its
+    name with every character but letters, digits and ``_`` made ``_`` (and ``e_`` first where it would not
+    start with a letter), so a gene name always parses; the report shows the expert's own name."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", expert)
+    return safe if safe[:1].isalpha() else f"e_{safe}"
+
+
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 Params = dict[str, Any]
@@ -69,11 +84,11 @@ class Bounds(Frozen):
 
 
 class ExpertSpec(Frozen):
-    """One expert: a name used in gene names (``w.<name>.g0``) and a Hugging Face folder."""
+    """One expert: its name and a Hugging Face folder."""
 
-    name: Name
-    """Short name used in gene names (`w.<name>.g0`), reports and the mergekit recipe: a letter, then letters,
-    digits or `_`."""
+    name: ExpertName
+    """The expert's name as reports show it (`OpenBioLLM-8B`): anything but `/`, up to 64 characters; gene
+    names use it with every character but letters, digits and `_` made `_` (`w.OpenBioLLM_8B.g0`)."""
     path: str = Field(min_length=1)
     """The expert's Hugging Face folder, or a model scheme such as `zoo:math`."""
 
@@ -103,6 +118,11 @@ class ModelsConfig(Frozen):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"expert names must be unique, repeated: {', '.join(duplicates)}")
+        by_gene: dict[str, str] = {}
+        for name in names:
+            other = by_gene.setdefault(gene_id(name), name)
+            if other != name:
+                raise ValueError(f"experts {other!r} and {name!r} both go by {gene_id(name)!r} in gene names")
         return experts
 
     @model_validator(mode="after")
@@ -468,6 +488,9 @@ class ResourcesConfig(Frozen):
     """GPU share of each evaluator (0-1)."""
     gpus_per_judge: Unit = 0.0
     """GPU share of the judge actor (0-1)."""
+    _evaluators = field_validator("num_evaluators", mode="before")(
+        lambda cls, value: _count_or_auto(value, "an integer of at least 1, or `auto`")
+    )
     placement_timeout_s: float = Field(default=300.0, ge=0)
     """On a joined cluster, how long a search whose actors the cluster cannot hold waits for an autoscaler
     to add nodes before it fails (0: fails at once). A local Ray has all its nodes: it fails at once."""
@@ -582,6 +605,16 @@ class SearchConfig(Frozen):
         gates = self.merge.gates.kind if self.merge.gates else None
         SEARCHERS.get(self.search.name).check(self.merge.granularity, gates)
         return self
+
+
+def _count_or_auto(value: Any, expected: str) -> Any:
+    """``auto``, or a whole number (as YAML or a string gives it); else one message, not one per
+    alternative of the union."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ValueError(f"{expected} (got {value!r})")
 
 
 def _gpu_evaluators(data: dict[str, Any]) -> bool:

@@ -20,7 +20,14 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mergesearch.config import NAME_LENGTH, ExpertSpec, Frozen, ModelsConfig, read_yaml, validate_mapping
+from mergesearch.config import (
+    EXPERT_NAME_LENGTH,
+    ExpertSpec,
+    Frozen,
+    ModelsConfig,
+    read_yaml,
+    validate_mapping,
+)
 from mergesearch.errors import UserError
 from mergesearch.model_refs import Log
 from mergesearch.registry import MODEL_SCHEMES
@@ -33,10 +40,9 @@ class PoolFile(Frozen):
 
 
 def folder_name(folder: Path) -> str:
-    """A gene-safe expert name from a folder name (``Llama-3-8B-sft`` → ``Llama_3_8B_sft``), at most 40
+    """An expert's name from its folder's (``Llama-3-8B-sft``: genes use its gene id), at most 64
     characters (two folders that agree that far are named as repeating: name them with {name, path})."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", folder.name)
-    return (name if name[:1].isalpha() else f"m_{name}")[:NAME_LENGTH]
+    return folder.name[:EXPERT_NAME_LENGTH]
 
 
 def _matches(pattern: str, relative_to: Path, field: str, log: Log) -> list[Path]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergesearch.config import gene_id
 from mergesearch.io import atomic_write_bytes, atomic_write_text
 from mergesearch.search.promote import pareto_front
 from mergesearch.search.run_dir import RunDir, TrialResult
@@ -126,16 +127,19 @@ def plot_progress(trials: list[TrialResult], path: Path) -> None:
     _save(fig, path)
 
 
-def genome_matrix(genes: dict[str, float]) -> GenomeMatrix:
+def genome_matrix(genes: dict[str, float], names: Mapping[str, str] | None = None) -> GenomeMatrix:
     """Rows ``param · expert`` (weights, densities), ``param`` (a per-group setting such as slerp's ``t``)
     and ``gate · expert``; columns the layer groups; one cell per gene. A gene without a group (a gate)
-    sits in group 0, and a row has None where it has no gene for a group."""
+    sits in group 0, and a row has None where it has no gene for a group. ``names``: each expert's own
+    name by its gene id (``OpenBioLLM_8B`` -> ``OpenBioLLM-8B``), as the rows show it."""
+    names = names or {}
     cells: dict[str, dict[int, float]] = {}  # in the genome's own order of rows
     for name, value in genes.items():
         match = GENE.match(name)
         if match is None:
             continue
-        row = f"{match['param']} · {match['expert']}" if match["expert"] else match["param"]
+        expert = match["expert"] and names.get(match["expert"], match["expert"])
+        row = f"{match['param']} · {expert}" if expert else match["param"]
         cells.setdefault(row, {})[int(match["group"] or 0)] = value
     groups = sorted({g for row in cells.values() for g in row})
     return list(cells), groups, [[row.get(g) for g in groups] for row in cells.values()]
@@ -290,7 +294,7 @@ def report_blocks(run: RunDir) -> list[Block]:
         winner = board[0] if board else max(ok, key=lambda t: t.fitness).model_dump()
         plot_progress(trials, run.progress_file)
         plot_pareto(ok, run.pareto_file)
-        matrix = genome_matrix(winner["genes"])
+        matrix = genome_matrix(winner["genes"], {gene_id(e.name): e.name for e in config.models.experts})
         if matrix[0]:  # a genome of genes it can place (every searched one)
             plot_genome(matrix, f"genome of {winner['trial_id']}", run.genome_file)
             blocks += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,10 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
     ("extra", "expected"),
     [
         ("search: {num_trails: 5}\n", "search.num_trails: unknown key (did you mean 'num_trials'?)"),
-        ("resources: {num_evaluators: many}\n", "resources.num_evaluators: Input should be a valid integer"),
+        (
+            "resources: {num_evaluators: many}\n",
+            "resources.num_evaluators: an integer of at least 1, or `auto` (got 'many')",
+        ),
         (
             "search: {num_trials: 0}\n",
             "search.num_trials: Input should be greater than or equal to 1 (got 0)",
@@ -290,3 +294,37 @@ def test_a_gpu_layout_that_cannot_run_is_refused_when_the_config_is_read(
     path = write(tmp_path, yaml.safe_dump({"name": "t", "models": models, **sections}))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+# ------------------------------------------------------------------------------------ expert names
+def test_an_expert_goes_by_the_name_a_researcher_writes_and_genes_by_its_gene_id(tmp_path: Path) -> None:
+    from mergesearch.merge.genome import GenomeSpace
+    from mergesearch.report import genome_matrix
+
+    experts = [{"name": "OpenBioLLM-8B", "path": "p"}, {"name": "Llama-3.1-8B-Instruct", "path": "q"}]
+    config = load_config(write(tmp_path, f"name: t\nmodels: {{base: b, experts: {experts}}}\n"))
+    names = [e.name for e in config.models.experts]
+    assert names == ["OpenBioLLM-8B", "Llama-3.1-8B-Instruct"]
+    space = GenomeSpace("task_arithmetic", tuple(names), 2)
+    assert space.gene_names() == ["w.OpenBioLLM_8B.g0", "w.Llama_3_1_8B_Instruct.g0"]
+    recipe = space.decode(space.expert_alone("OpenBioLLM-8B"))
+    assert recipe.experts == tuple(names)  # the recipe, the merge and the export keep the names
+    labels, _, _ = genome_matrix(space.uniform(), {"OpenBioLLM_8B": "OpenBioLLM-8B"})
+    assert labels[0] == "w · OpenBioLLM-8B"  # the report shows the expert's own name
+
+
+@pytest.mark.parametrize(
+    ("experts", "message"),
+    [
+        (
+            "[{name: a-b, path: p}, {name: a.b, path: q}]",
+            "experts 'a-b' and 'a.b' both go by 'a_b' in gene names",
+        ),
+        ("[{name: org/model, path: p}]", "models.experts.0.name: String should match pattern"),
+    ],
+)
+def test_expert_names_that_cannot_be_told_apart_or_be_a_folder_are_one_line(
+    tmp_path: Path, experts: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, f"name: t\nmodels: {{base: b, experts: {experts}}}\n"))

@@ -11,7 +11,7 @@ import yaml
 from cli_helpers import assert_one_line_error, run
 from tiny_pools import write_pool
 
-from mergesearch.config import GatesConfig, SearchConfig, load_config
+from mergesearch.config import GatesConfig, SearchConfig, gene_id, load_config
 from mergesearch.errors import ConfigError, UserError
 from mergesearch.merge.export import recipe_to_mergekit
 from mergesearch.merge.genome import GenomeSpace
@@ -45,7 +45,7 @@ def test_a_pool_file_expands_globs_and_named_entries_in_order(pool_dir, tmp_path
         {"experts": [{"name": "legal", "path": "law"}, "*-sft", "[cn]o*", str(pool_dir / "base")]},
     )
     experts = expand_pool(pool)
-    assert [e.name for e in experts] == ["legal", "med_sft", "code", "noise", "base"]
+    assert [e.name for e in experts] == ["legal", "med-sft", "code", "noise", "base"]  # the folder's name
     assert [Path(e.path) for e in experts] == [
         pool_dir / "law", pool_dir / "med-sft", pool_dir / "code", pool_dir / "noise", pool_dir / "base"
     ]  # fmt: skip
@@ -98,13 +98,13 @@ def gated(kind: str = "threshold", k: int | None = None, groups: int = 2, **kw) 
 
 
 def genome_of(space: GenomeSpace, weights: list[float], gates: list[float]) -> dict[str, float]:
-    genome = {f"w.{e}.g{g}": w for e, w in zip(POOL, weights) for g in range(len(space.groups))}
-    return genome | {f"gate.{e}": v for e, v in zip(POOL, gates)}
+    genome = {space.gene("weight", e, g): w for e, w in zip(POOL, weights) for g in range(len(space.groups))}
+    return genome | {f"gate.{gene_id(e)}": v for e, v in zip(POOL, gates)}
 
 
 def test_threshold_gates_close_experts_below_one_half_in_every_group() -> None:
     space = gated()
-    assert space.gene_names()[-4:] == ["gate.law", "gate.med-sft", "gate.code", "gate.noise"]
+    assert space.gene_names()[-4:] == ["gate.law", "gate.med_sft", "gate.code", "gate.noise"]  # gene ids
     genome = genome_of(space, [0.3, 0.8, 1.2, 0.9], [0.9, 0.49, 0.5, 0.1])
     assert space.open_experts(genome) == ("law", "code")
     recipe = space.decode(genome)
@@ -186,7 +186,7 @@ def test_a_closed_expert_merges_as_if_it_were_not_in_the_pool(pool_dir, method) 
     without = ("law", "code")
     some = ResidentMerger(pool_dir / "base", {e: pool_dir / e for e in without}, log=lambda _: None)
     space = GenomeSpace(method, POOL, 2, gates=GatesConfig())
-    genome = {g: 0.7 for g in space.gene_names()} | {"gate.med-sft": 0.2, "gate.noise": 0.0}
+    genome = {g: 0.7 for g in space.gene_names()} | {"gate.med_sft": 0.2, "gate.noise": 0.0}
     small = GenomeSpace(method, without, 2)
     small_genome = {g: 0.7 for g in small.gene_names()}
     mine = dict(everyone.merged_tensors(space.decode(genome)))
@@ -292,17 +292,20 @@ def test_a_merge_reads_only_the_experts_that_take_part_unless_it_draws_masks(
 @pytest.mark.parametrize(("method", "kept"), [("ties", ["law", "code"]), ("dare_ties", list(POOL))])
 def test_a_gated_winners_mergekit_recipe_names_only_the_experts_it_merges(pool_dir, method, kept) -> None:
     space = GenomeSpace(method, POOL, 2, gates=GatesConfig())
-    genome = {g: 0.7 for g in space.gene_names()} | {"gate.med-sft": 0.1, "gate.noise": 0.3}
+    genome = {g: 0.7 for g in space.gene_names()} | {
+        "gate.med_sft": 0.1,
+        "gate.noise": 0.3,
+    }  # med-sft's gene id
     config = recipe_to_mergekit(space.decode(genome), pool_dir / "base", {e: pool_dir / e for e in POOL})
     assert [Path(m["model"]).name for m in config["models"]] == kept
 
 
-def test_pool_names_that_break_the_name_rules_are_one_line(pool_dir, tmp_path) -> None:
+def test_a_pool_expert_keeps_its_folders_name_and_repeated_names_are_one_line(pool_dir, tmp_path) -> None:
     long = pool_dir.parent / "Meta-Llama-3.1-8B-Instruct-abliterated-law-sft"
     if not long.exists():
         long.symlink_to(pool_dir / "law", target_is_directory=True)
     assert [e.name for e in expand_pool(write(tmp_path / "p.yaml", {"experts": [str(long)]}))] == [
-        "Meta_Llama_3_1_8B_Instruct_abliterated_l"
+        "Meta-Llama-3.1-8B-Instruct-abliterated-law-sft"  # genes say Meta_Llama_3_1_8B_Instruct_...
     ]
     pool = write(tmp_path / "pool.yaml", {"experts": [str(pool_dir / "law")]})
     models = {"base": str(pool_dir / "base"), "experts": [{"name": "law", "path": "x"}], "pool": str(pool)}

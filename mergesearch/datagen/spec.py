@@ -15,7 +15,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from mergesearch.config import ExpertSpec, Frozen, JudgeConfig, Name, RunnerConfig, Unit, registered
+from mergesearch.config import (
+    ExpertName,
+    ExpertSpec,
+    Frozen,
+    JudgeConfig,
+    Name,
+    RunnerConfig,
+    Unit,
+    registered,
+)
 from mergesearch.data.near_dup import GROUPING_VERSION
 from mergesearch.errors import UserError
 from mergesearch.registry import GENERATORS, REFUSAL_DETECTORS
@@ -79,7 +88,7 @@ class TaskSpec(Frozen):
     domain: Name
     format: Literal[QUESTION_FORMATS] = "multiple_choice"  # type: ignore[valid-type]
     count: int = Field(default=20, ge=1)
-    expert: Name
+    expert: ExpertName
     description: str = ""  # llm generator: what the domain covers
     examples: list[SeedExample] = []  # llm generator: few-shot seeds
 

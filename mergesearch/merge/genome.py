@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from mergesearch.config import GatesConfig
+from mergesearch.config import GatesConfig, gene_id
 from mergesearch.errors import UserError
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import ParamSpec, get_method
@@ -205,14 +205,18 @@ class GenomeSpace:
 
     @staticmethod
     def _gate(expert: str) -> str:
-        return f"{GATE_PREFIX}.{expert}"
+        return f"{GATE_PREFIX}.{gene_id(expert)}"
 
     def _bounds_of(self, gene: str) -> tuple[float, float]:
         return (0.0, 1.0) if gene.startswith(f"{GATE_PREFIX}.") else self.bounds[self.param_of(gene)]
 
+    def gene(self, param: str, expert: str | None = None, group: int = 0) -> str:
+        """The gene of ``param`` (``weight``, ``density``...) for ``expert`` (by its name) in ``group``."""
+        return self._gene(param, expert, group)
+
     def _gene(self, param: str, expert: str | None, group: int) -> str:
         prefix = self._prefix[param]
-        return f"{prefix}.{expert}.g{group}" if expert else f"{prefix}.g{group}"
+        return f"{prefix}.{gene_id(expert)}.g{group}" if expert else f"{prefix}.g{group}"
 
     def _clip(self, gene: str, value: float) -> float:
         low, high = self._bounds_of(gene)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mergesearch.config import MergeSpaceConfig
+from mergesearch.config import MergeSpaceConfig, gene_id
 from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.registry import Registry
 from mergesearch.search.baselines import cocktail_weights, expert_losses
@@ -45,7 +45,7 @@ def expert_rows(bench: Bench) -> list[Row]:
 
     def alone(expert: str | None) -> Callable[[Bench, int], RowResult]:
         def choose(bench: Bench, seed: int) -> RowResult:
-            genes = {f"w.{e}.g0": float(e == expert) for e in bench.experts}
+            genes = {f"w.{gene_id(e)}.g0": float(e == expert) for e in bench.experts}
             return Merge.of("task_arithmetic", bench.experts, genes), {}
 
         return choose
@@ -61,7 +61,9 @@ def rows_of(bench: Bench) -> list[Row]:
 
 
 def _ties_genes(experts: tuple[str, ...], weights: tuple[float, ...], density: float) -> dict[str, float]:
-    return {f"w.{e}.g0": w for e, w in zip(experts, weights)} | {f"d.{e}.g0": density for e in experts}
+    return {f"w.{gene_id(e)}.g0": w for e, w in zip(experts, weights)} | {
+        f"d.{gene_id(e)}.g0": density for e in experts
+    }
 
 
 def _slerp_pair(bench: Bench) -> tuple[str, ...]:
@@ -180,7 +182,7 @@ def _cocktail(types: tuple[str, ...], temperature: float) -> Callable[[Bench, in
             examples += rng.sample(pool, min(bench.protocol.cocktail.examples, len(pool)))
         losses = expert_losses(evaluator, examples)
         weights = cocktail_weights(losses, temperature)
-        genes = {f"w.{e}.g0": w for e, w in weights.items()}
+        genes = {f"w.{gene_id(e)}.g0": w for e, w in weights.items()}
         return Merge.of("linear", experts, genes), {"losses": losses, "weights": weights}
 
     return choose

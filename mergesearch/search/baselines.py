@@ -103,7 +103,7 @@ def _cocktails(evaluator: Any, temperature: float, examples: int) -> list[dict[s
         rows = [r for t in types for r in few.get(t, [])[:examples]]
         losses = expert_losses(evaluator, rows)
         weights = cocktail_weights(losses, temperature)
-        scores = evaluator.evaluate({f"w.{e}.g0": w for e, w in weights.items()})
+        scores = evaluator.evaluate({evaluator.space.gene("weight", e): w for e, w in weights.items()})
         results.append(
             {
                 "name": name,
