@@ -92,7 +92,7 @@ class Evaluator:
         config = self.config = setup.config
         self.space = setup.space
         self.data = setup.eval_data()
-        self.backend = make_backend(setup.base, config.backend, name="candidate")
+        self.backend = make_backend(setup.engine_model(), config.backend, name="candidate")
         sort = get_method(config.merge.method).uses_magnitude_order
         self.merger = self.backend.resident_merger(
             setup.base,

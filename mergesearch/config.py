@@ -106,6 +106,13 @@ class ModelsConfig(Frozen):
     pool: str | None = None
     """A pool file listing more experts (a YAML list; globs over folders, or `<scheme>:*`), expanded after
     `experts`."""
+    tokenizer_source: str = "base"
+    """Whose tokenizer the merged model takes (mergekit's `tokenizer_source`): `base`, an expert's name, or
+    a model folder. The candidate engine, the saved model and `best/recipe.yaml` use it."""
+    chat_template: str | None = None
+    """The merged model's chat template (mergekit's `chat_template`): one of mergekit's (`llama3`, `chatml`,
+    `alpaca`, `mistral`, `exaone`) or a Jinja file; unset: the tokenizer's own. A base without one
+    (Meta-Llama-3-8B) needs it: every prompt is rendered through it."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """The merge pool's precision (base and task vectors); engines default to it too. `auto`: bfloat16
     when the evaluators run on a GPU (a GPU share, or `backend.device: cuda`), else float32; the run dir

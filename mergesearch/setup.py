@@ -15,11 +15,13 @@ from mergesearch.data.eval_split import load_eval_data
 from mergesearch.errors import UserError
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import check_compatible
+from mergesearch.merge.tokenizer import TokenizerChoice, engine_folder
 from mergesearch.model_files import model_config
 from mergesearch.model_refs import resolve_model
 from mergesearch.objectives.data import EvalData
 from mergesearch.pool_file import with_pool
 from mergesearch.registry import load_plugins
+from mergesearch.runtime import cache_root
 
 Log = Callable[[str], None]
 
@@ -38,6 +40,16 @@ class SearchSetup:
     @property
     def experts(self) -> dict[str, Path]:
         return {e.name: Path(e.path) for e in self.config.models.experts}
+
+    @property
+    def tokenizer(self) -> TokenizerChoice:
+        """The merged model's tokenizer and chat template (``models.tokenizer_source``, ``chat_template``)."""
+        models = self.config.models
+        return TokenizerChoice.of(models.tokenizer_source, models.chat_template, self.base, self.experts)
+
+    def engine_model(self) -> Path:
+        """The folder the candidate engine starts from: the base, under the chosen tokenizer."""
+        return engine_folder(self.base, self.tokenizer, cache_root())
 
     @classmethod
     def prepare(cls, config: SearchConfig, log: Log = print) -> SearchSetup:
@@ -67,7 +79,9 @@ class SearchSetup:
                 "judge": config.judge.model_copy(update={"model": judge or None}),
             }
         )
-        return cls(resolved, genome_space(resolved, model_config(base)["num_hidden_layers"]))
+        setup = cls(resolved, genome_space(resolved, model_config(base)["num_hidden_layers"]))
+        _ = setup.tokenizer  # a tokenizer source or chat template that cannot be used is named here
+        return setup
 
     def with_merge(self, merge: MergeSpaceConfig, experts: tuple[str, ...] | None = None) -> SearchSetup:
         """The same models and data with another merge space (and, given ``experts``, only those)."""

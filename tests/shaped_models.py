@@ -48,6 +48,7 @@ def shaped_checkpoint(folder: Path, config: dict = LLAMA3_8B, dtype: str = "BF16
     """``folder`` with config.json and a sparse model.safetensors: a real header, no data on disk."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     header, offset = {}, 0
     width = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
     for name, shape in llama_tensors(config).items():

@@ -22,6 +22,7 @@ from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.merge.recipe import INPUT_SIDE, MergeRecipe
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.merge.spec import get_method
+from mergesearch.merge.tokenizer import TokenizerChoice
 from mergesearch.model_files import weight_files
 
 
@@ -55,15 +56,8 @@ def _setting(recipe: MergeRecipe, per_group: Sequence[float]) -> float | list[di
     return conditions + [{"value": float(per_group[-1])}]
 
 
-# Files a merged model folder takes from the base model (everything but the weights).
-MODEL_SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
+# Files a merged model folder takes from the base model besides its tokenizer's (``merge/tokenizer.py``).
+MODEL_SIDE_FILES = ("config.json", "generation_config.json")
 
 
 def _weightless(recipe: MergeRecipe, expert: int) -> bool:
@@ -118,6 +112,7 @@ def recipe_file(
     dtype: str,
     header: str,
     seed: int | None = None,
+    tokenizer: TokenizerChoice | None = None,
 ) -> str:
     """``best/recipe.yaml``: the mergekit config, or our recipe where mergekit has no such method, with a
     comment that says whether ``mergekit-yaml`` rebuilds the very weights (of ``best/model``, of a protocol
@@ -142,7 +137,7 @@ def recipe_file(
             else f"{recipe.method} draws random masks: `mergekit-yaml --random-seed {seed} recipe.yaml OUT` "
             "rebuilds these merged weights exactly (same masks, CPU)"
         )
-    body = recipe_to_mergekit(recipe, base, experts, dtype)
+    body = recipe_to_mergekit(recipe, base, experts, dtype) | (tokenizer.mergekit_keys() if tokenizer else {})
     return f"# {header}\n# {note}\n" + yaml.safe_dump(body, sort_keys=False)
 
 
@@ -186,11 +181,18 @@ SHARD_BYTES = 2 * 2**30  # a materialised model is written in shards of this siz
 
 
 def materialize(
-    merger: ResidentMerger, recipe: MergeRecipe, base: str | Path, out_dir: Path, seed: int | None = None
+    merger: ResidentMerger,
+    recipe: MergeRecipe,
+    base: str | Path,
+    out_dir: Path,
+    seed: int | None = None,
+    tokenizer: TokenizerChoice | None = None,
 ) -> Path:
-    """Write the merge of ``recipe`` as a model folder (weights from the engine, the rest from the base):
-    ``model.safetensors``, or shards of ``SHARD_BYTES`` with their index when the model is larger."""
+    """Write the merge of ``recipe`` as a model folder (weights from the engine, the config from the base,
+    the tokenizer as ``tokenizer`` says: the base's by default): ``model.safetensors``, or shards of
+    ``SHARD_BYTES`` with their index when the model is larger."""
     base, out_dir = Path(base), Path(out_dir)
+    tokenizer = tokenizer or TokenizerChoice(base, "base")
     with atomic_dir(out_dir) as tmp:
         shards = _write_shards(merger.merged_tensors(recipe, seed), tmp)
         if len(shards) == 1:
@@ -206,6 +208,7 @@ def materialize(
         for name in MODEL_SIDE_FILES:
             if (base / name).is_file():
                 shutil.copyfile(base / name, tmp / name)
+        tokenizer.write_tokenizer_files(tmp)
         atomic_write_text(tmp / "mergesearch_recipe.json", recipe.model_dump_json(indent=2) + "\n")
     return out_dir
 

@@ -95,7 +95,8 @@ class Bench:
 
         setup = self.setup.with_merge(merge.space, merge.experts)
         recipe = setup.space.decode(merge.genes)
-        return recipe_file(recipe, setup.base, setup.experts, setup.config.models.dtype, header, seed)
+        models = setup.config.models
+        return recipe_file(recipe, setup.base, setup.experts, models.dtype, header, seed, setup.tokenizer)
 
     def search_score(self, merge: Merge, seed: int) -> Scores:
         return self.evaluator(merge.space, merge.experts).evaluate(merge.genes, seed)

@@ -100,7 +100,8 @@ def evaluate_candidate(
     merger = ResidentMerger(
         setup.base, setup.experts, dtype=config.models.dtype, log=lambda _: None, pool="disk"
     )
-    model_dir = materialize(merger, setup.space.decode(genes), setup.base, out / "model", seed=seed)
+    recipe = setup.space.decode(genes)
+    model_dir = materialize(merger, recipe, setup.base, out / "model", seed=seed, tokenizer=setup.tokenizer)
     backend = promotion_backend(model_dir, config, "promotion")
     heldout = load_eval_data(str(config.data.path), "heldout")
     scores = heldout_scores(backend, heldout, config)
@@ -273,12 +274,10 @@ def publish_best(setup: SearchSetup, run: RunDir, winner: dict[str, Any]) -> Non
     """``best/model`` (the winner's folder) and ``best/recipe.yaml`` (how to rebuild it)."""
     from mergesearch.merge.export import recipe_file
 
-    recipe = setup.space.decode(winner["genes"])
-    header = (
-        f"{setup.config.name}: trial {winner['trial_id']}, held-out fitness {winner['heldout_fitness']:.4f}"
-    )
+    recipe, config = setup.space.decode(winner["genes"]), setup.config
+    header = f"{config.name}: trial {winner['trial_id']}, held-out fitness {winner['heldout_fitness']:.4f}"
     text = recipe_file(
-        recipe, setup.base, setup.experts, setup.config.models.dtype, header, setup.config.search.seed
+        recipe, setup.base, setup.experts, config.models.dtype, header, config.search.seed, setup.tokenizer
     )
     recipe_path = run.best / "recipe.yaml"
     if (run.best / "model").is_dir() and recipe_path.is_file() and recipe_path.read_text() == text:
