@@ -120,10 +120,11 @@ def config() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 def config_check(path: Path) -> None:
     from mergesearch.config import load_config
-    from mergesearch.objectives.lm_eval_tasks import check_tasks
+    from mergesearch.objectives.lm_eval_tasks import check_task_datasets, check_tasks
 
     cfg = load_config(path)
     check_tasks(cfg.promotion.tasks, f"{path}: promotion.tasks")
+    check_task_datasets(cfg.promotion.tasks, f"{path}: promotion.tasks")
     experts = f"{len(cfg.models.experts)} experts" + (f" + pool {cfg.models.pool}" if cfg.models.pool else "")
     click.echo(f"{path}: ok ({cfg.name}: {experts}, {cfg.merge.method}, searcher {cfg.search.name})")
 
@@ -346,13 +347,38 @@ def search(config_path: Path, run_dir: Path | None, no_promote: bool, baseline: 
 )
 def plan(config_path: Path, cluster: Path | None) -> None:
     from mergesearch.config import load_config
+    from mergesearch.objectives.lm_eval_tasks import check_task_datasets, check_tasks
     from mergesearch.plan import plan_for, refuse_unplaced, render_plan
     from mergesearch.setup import SearchSetup
 
-    setup = SearchSetup.prepare(load_config(config_path), log=progress)
+    config = load_config(config_path)
+    check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
+    check_task_datasets(config.promotion.tasks, f"{config_path}: promotion.tasks")
+    setup = SearchSetup.prepare(config, log=progress)
     placements, source = plan_for(setup, cluster)
     click.echo(render_plan(placements, source))
     refuse_unplaced(placements, source)
+
+
+@cli.command(
+    help="Fetch into the Hugging Face cache the datasets a config's promotion.tasks read, on a machine that "
+    "reaches the hub (each node reads its cache: point HF_HOME at shared storage); `config check`, `plan` "
+    "and `search` name a missing one in one line. Model folders are fetched as you fetch any model "
+    "(`huggingface-cli download REPO --local-dir /shared/models/NAME`)."
+)
+@click.argument("config_path", type=click.Path(path_type=Path))
+def prefetch(config_path: Path) -> None:
+    import os
+
+    # The one command that reaches the hub: lifted before huggingface_hub and datasets read these.
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "0"
+    from mergesearch.config import load_config
+    from mergesearch.objectives.lm_eval_tasks import check_tasks, fetch_task_datasets
+
+    config = load_config(config_path)
+    check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
+    fetched = fetch_task_datasets(config.promotion.tasks, progress)
+    click.echo(f"{config_path}: {len(fetched)} dataset(s) fetched; every promotion task's dataset is cached")
 
 
 @cli.command(

@@ -45,9 +45,10 @@ def prepare(
     if check is not None:
         check(setup)
     if check_promotion:
-        from mergesearch.objectives.lm_eval_tasks import check_tasks
+        from mergesearch.objectives.lm_eval_tasks import check_task_datasets, check_tasks
 
         check_tasks(config.promotion.tasks, f"{config_path}: promotion.tasks")
+        check_task_datasets(config.promotion.tasks, f"{config_path}: promotion.tasks")
     if check_local_plan and not os.environ.get("RAY_ADDRESS"):
         from mergesearch.plan import check_plan, plan_actors, this_machine
 

@@ -54,6 +54,8 @@ def localized(config: Path, shaped: Path, tmp_path: Path, **changes: dict) -> Pa
         expert["path"] = str(shaped / Path(expert["path"]).name)
     if data.get("judge", {}).get("model"):
         data["judge"]["model"] = str(shaped / Path(data["judge"]["model"]).name)
+    # lm-eval's datasets are not cached here (no hub): `plan` would name them first (test_lm_eval_datasets.py)
+    data["promotion"]["tasks"] = []
     for section, values in changes.items():
         data[section] = {**data.get(section, {}), **values}
     out = tmp_path / config.name

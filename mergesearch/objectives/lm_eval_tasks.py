@@ -152,6 +152,107 @@ def check_tasks(tasks: Sequence[str], field: str) -> None:
             raise UserError(f"{field}: {task!r} is not an lm-eval task ({hint})")
 
 
+def check_task_datasets(tasks: Sequence[str], field: str) -> None:
+    """Every dataset the tasks read is in this machine's Hugging Face cache (the hub is not reached at run
+    time): one line naming the task and the dataset that is not, before any actor starts, rather than an
+    error after an hour of search. ``mergesearch prefetch`` fetches them where the hub is reachable."""
+    for task, needed in task_datasets(tasks).items():
+        for path, name in needed:
+            if not dataset_cached(path, name):
+                shown = f"{path} ({name})" if name else path
+                raise UserError(
+                    f"{field}: {task} reads the dataset {shown}, which is not in this machine's Hugging Face "
+                    f"cache ({datasets_cache()}); fetch it where the hub is reachable: `mergesearch prefetch "
+                    "CONFIG` (docs/cluster.md)"
+                )
+
+
+def fetch_task_datasets(tasks: Sequence[str], log: Callable[[str], None]) -> list[str]:
+    """Fetch into the Hugging Face cache every dataset the tasks read that is not there yet (with the hub
+    reachable: ``HF_HUB_OFFLINE`` is lifted for this call); returns what was fetched. One that cannot be
+    fetched is one line naming it."""
+    import datasets
+
+    fetched = []
+    for task, needed in task_datasets(tasks).items():
+        for path, name in needed:
+            shown = f"{path} ({name})" if name else path
+            if dataset_cached(path, name):
+                continue
+            log(f"prefetch: {task}: {shown}")
+            offline = datasets.config.HF_HUB_OFFLINE
+            datasets.config.HF_HUB_OFFLINE = False
+            try:
+                datasets.load_dataset(path, name)
+            except Exception as err:  # the hub unreachable, a gated dataset, a wrong name: said as it is
+                first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+                raise UserError(f"prefetch: {task}: cannot fetch {shown} ({first})") from None
+            finally:
+                datasets.config.HF_HUB_OFFLINE = offline
+            fetched.append(shown)
+    return fetched
+
+
+def datasets_cache() -> str:
+    return os.environ.get("HF_DATASETS_CACHE") or str(
+        Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "datasets"
+    )
+
+
+def dataset_cached(path: str, name: str | None) -> bool:
+    """Whether ``datasets`` finds the dataset without the hub (its own offline look-up)."""
+    import datasets
+
+    offline = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True
+    try:
+        datasets.load_dataset_builder(path, name)
+    except Exception:  # any failure to find it offline means: not there
+        return False
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
+    return True
+
+
+def task_datasets(tasks: Sequence[str]) -> dict[str, list[tuple[str, str | None]]]:
+    """The hub datasets (path, config name) each task or group reads, its subtasks' included, from lm-eval's
+    task configs (cached like ``known_tasks``). Local data (``json`` with files) needs no fetching."""
+    spec = importlib.util.find_spec("lm_eval")
+    if not tasks or spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    index = cached_index(folder, importlib.metadata.version("lm_eval"), "datasets", _index_task_datasets)
+    return {task: [tuple(pair) for pair in index.get(task, [])] for task in tasks}
+
+
+def _index_task_datasets() -> dict[str, list[list[str | None]]]:
+    """Every task, group and tag lm-eval knows, with the hub datasets its leaf tasks read."""
+    from lm_eval.tasks import TaskManager
+
+    index = TaskManager().task_index
+    tagged: dict[str, list[str]] = {}
+    for entry in index.values():
+        for tag in entry.tags or ():
+            tagged.setdefault(tag, []).append(entry.name)
+
+    def leaves(name: str, seen: frozenset[str]) -> set[tuple[str, str | None]]:
+        if name in seen:
+            return set()
+        entry = index.get(name)
+        if entry is None or entry.kind.name == "TAG":  # every task that carries the tag
+            return {pair for member in tagged.get(name, []) for pair in leaves(member, seen | {name})}
+        cfg = entry.cfg or {}
+        if "dataset_path" in cfg:
+            local = cfg["dataset_path"] in ("json", "csv", "parquet", "text", "arrow")
+            return set() if local else {(cfg["dataset_path"], cfg.get("dataset_name"))}
+        members = cfg.get("task", [])
+        members = members if isinstance(members, list) else [members]
+        return {pair for m in members if isinstance(m, str) for pair in leaves(m, seen | {name})}
+
+    names = set(index) | set(tagged)
+    return {name: sorted(map(list, leaves(name, frozenset())), key=str) for name in names}
+
+
 def known_tasks() -> frozenset[str]:
     """The names of lm-eval's built-in tasks and groups: ``TaskManager().all_tasks``, cached. lm-eval
     parses every task YAML to list them (seconds, for thousands of names), which each ``config check``
@@ -171,7 +272,12 @@ def _index_lm_eval_tasks() -> Collection[str]:
 
 
 def cached_task_names(folder: Path, version: str, index: Callable[[], Collection[str]]) -> frozenset[str]:
-    """``index()``'s names, read from the cache while ``version`` and the task files under ``folder``
+    """``index()``'s names, cached as ``cached_index`` caches."""
+    return frozenset(cached_index(folder, version, "tasks", lambda: sorted(index())))
+
+
+def cached_index(folder: Path, version: str, kind: str, index: Callable[[], Any]) -> Any:
+    """``index()`` (JSON), read from the cache while ``version`` and the task files under ``folder``
     (how many there are and their latest change) are those it was written for; else indexed and
     written. A cache file that does not read back is indexed again, and one that cannot be written
     (a read-only cache) is skipped: neither is an error."""
@@ -182,16 +288,17 @@ def cached_task_names(folder: Path, version: str, index: Callable[[], Collection
                 files += 1
                 latest = max(latest, os.stat(os.path.join(root, name)).st_mtime_ns)
     key = json.dumps([version, str(folder.resolve()), files, latest])
-    path = cache_root() / "lm_eval_tasks" / f"{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}.json"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    path = cache_root() / "lm_eval_tasks" / (f"{digest}.json" if kind == "tasks" else f"{digest}-{kind}.json")
     try:
-        return frozenset(json.loads(path.read_text())["tasks"])
+        return json.loads(path.read_text())[kind]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    names = frozenset(index())
+    found = index()
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"key": key, "tasks": sorted(names)}) + "\n")
-    return names
+        atomic_write_text(path, json.dumps({"key": key, kind: found}) + "\n")
+    return found
 
 
 def task_manager(tasks: Sequence[str], include_path: Path | None) -> Any:
