@@ -164,12 +164,19 @@ def test_ray_data_with_two_actors_gives_the_same_rows_as_the_local_run(local_dat
 
     spec, local_out, local_card = local_dataset
     ray_session(num_cpus=2)  # a fresh local Ray, never the last `ray start` head on this machine
+    said: list[str] = []
     try:
-        ray_card = build_dataset(spec, tmp_path / "ray", use_ray=True, actors=2, log=lambda _: None)
+        ray_card = build_dataset(spec, tmp_path / "ray", use_ray=True, actors=2, log=said.append)
     finally:
         ray.shutdown()
     assert read_rows(tmp_path / "ray") == read_rows(local_out)
     assert ray_card["rows_sha256"] == local_card["rows_sha256"]
+    # one pool per model, one after another: each actor holds one expert, or the judge
+    pools = [
+        line.split(":")[1].strip() for line in said if "Ray Data pool" in line and line.startswith("answer")
+    ]
+    assert pools == [e.name for e in spec.answer.experts]
+    assert any(line.startswith("judge: ") and "Ray Data pool" in line for line in said)
 
 
 def test_near_duplicate_groups_are_exact_on_small_sets_and_lsh_finds_close_pairs_on_large_ones() -> None:
@@ -193,11 +200,11 @@ def test_near_duplicate_groups_are_exact_on_small_sets_and_lsh_finds_close_pairs
 
 
 def test_experts_answer_on_the_backend_and_settings_the_spec_names(zoo_dir) -> None:
-    """Answering makes its experts through the backend registry, with the spec's engine settings (dtype,
-    device) at the spec's batch size and answer length, as the search makes its candidate engine."""
+    """Answering makes each expert alone through the backend registry, with the spec's engine settings
+    (dtype, device) at the spec's batch size and answer length, as the search makes its candidate engine."""
     import torch
 
-    from mergesearch.datagen.answer import Answerer
+    from mergesearch.datagen.answer import ExpertReplies
     from mergesearch.datagen.spec import AnswerSpec
 
     spec = AnswerSpec.model_validate(
@@ -208,13 +215,23 @@ def test_experts_answer_on_the_backend_and_settings_the_spec_names(zoo_dir) -> N
             "max_new_tokens": 5,
         }
     )
-    answerer = Answerer(spec, [], log=lambda _: None)
-    math = answerer.experts["math"]
+    math = ExpertReplies(spec, "math", []).backend
     assert isinstance(math, HFBackend) and math.name == "math"
     assert next(math.model.parameters()).dtype == torch.bfloat16
     assert (math.batch_size, math.max_new_tokens, str(math.device)) == (3, 5, "cpu")
-    answerer.close()
-    answerer.close()  # a second close does nothing
+
+
+def test_on_a_gpu_share_the_models_default_to_bfloat16_and_to_float32_on_the_cpu(zoo_dir) -> None:
+    from mergesearch.datagen.spec import AnswerSpec
+
+    experts = [{"name": "math", "path": "p"}]
+    judge = {"kind": "llama_guard", "model": "guard"}
+    gpu = AnswerSpec.model_validate({"experts": experts, "gpus": 1, "judge": judge})
+    assert gpu.engine().dtype == gpu.judge_engine().dtype == "bfloat16"
+    cpu = AnswerSpec.model_validate({"experts": experts})
+    assert cpu.engine().dtype == cpu.judge_engine().dtype == "float32"
+    written = AnswerSpec.model_validate({"experts": experts, "gpus": 1, "backend": {"dtype": "float16"}})
+    assert written.engine().dtype == "float16"
 
 
 def test_an_unknown_answer_backend_is_named_at_the_edge() -> None:

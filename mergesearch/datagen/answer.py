@@ -1,5 +1,9 @@
 """Answering and selection: experts answer every prompt in batches; the judge picks what to keep.
 
+Each expert is loaded alone (``ExpertReplies``), then the judge (``Verdicts``), then the rows are selected
+(``select``, no model): a process never holds more than one model, so three 8B experts and an 8B guard
+need one GPU's worth of memory at a time, not four.
+
 * alignment: every expert answers; the first expert (in the configured order) whose response the judge
   deems a refusal (``refusal``) or safe (``llama_guard``) supplies the kept response. A prompt that no
   expert refuses is dropped and counted (``no_refusal`` / ``no_safe_response``).
@@ -34,127 +38,142 @@ def choice_correct(response: str, answer: str) -> bool:
     return bool(key) and (reply == key or reply.startswith(key + " "))
 
 
-class Answerer:
-    """The experts (and a guard model, when the judge is ``llama_guard``), loaded once."""
+def answers(row: Row, expert: str, task_experts: dict[str, str]) -> bool:
+    """Whether ``expert`` answers ``row``: every expert answers alignment and benign prompts, a task's
+    questions go to its domain's expert."""
+    return row.type != "task" or task_experts.get(row.category) == expert
 
-    def __init__(
-        self,
-        spec: AnswerSpec,
-        tasks: Sequence[TaskSpec],
-        log: Callable[[str], None] = print,
-    ) -> None:
-        self.spec = spec
-        engine = spec.backend.with_batches(spec.batch_size, spec.max_new_tokens)
-        self.experts = {
-            e.name: make_backend(check_model_folder(Path(e.path), f"answer.experts.{e.name}"), engine, e.name)
-            for e in spec.experts
-        }
-        self.task_experts = {t.domain: t.expert for t in tasks}
-        for domain, expert in self.task_experts.items():
-            if expert not in self.experts:
-                raise UserError(
-                    f"tasks: domain {domain!r} names expert {expert!r}, "
-                    f"which is not in answer.experts ({', '.join(self.experts)})"
-                )
-        self.refusal = refusal_detector(spec.refusal_detector)
-        self.judge = make_judge(spec.judge, str(resolve_device(spec.backend.device)), log)
+
+def task_experts(spec: AnswerSpec, tasks: Sequence[TaskSpec]) -> dict[str, str]:
+    """Each task domain's answering expert, checked against ``answer.experts``."""
+    named = [e.name for e in spec.experts]
+    by_domain = {t.domain: t.expert for t in tasks}
+    for domain, expert in by_domain.items():
+        if expert not in named:
+            raise UserError(
+                f"tasks: domain {domain!r} names expert {expert!r}, "
+                f"which is not in answer.experts ({', '.join(named)})"
+            )
+    return by_domain
+
+
+class ExpertReplies:
+    """One expert, loaded alone (an actor holds one model, never the whole set): its replies to the rows
+    it answers, one generation call per part of a batch (its alignment, benign and each domain's task
+    prompts), the calls an answering of every expert at once made, so the replies are those."""
+
+    def __init__(self, spec: AnswerSpec, expert: str, tasks: Sequence[TaskSpec]) -> None:
+        self.name, self.task_experts = expert, task_experts(spec, tasks)
+        (entry,) = [e for e in spec.experts if e.name == expert]
+        engine = spec.engine().with_batches(spec.batch_size, spec.max_new_tokens)
+        folder = check_model_folder(Path(entry.path), f"answer.experts.{expert}")
+        self.backend = make_backend(folder, engine, expert)
+
+    def replies(self, rows: Sequence[Row]) -> list[str | None]:
+        """A reply to each row this expert answers, None for the others, in order."""
+        found: list[str | None] = [None] * len(rows)
+        parts: dict[tuple[str, str], list[int]] = {}
+        for i, row in enumerate(rows):
+            if answers(row, self.name, self.task_experts):
+                parts.setdefault((row.type, row.category if row.type == "task" else ""), []).append(i)
+        for _, members in sorted(parts.items(), key=lambda item: PART_ORDER.get(item[0][0], 3)):
+            for i, reply in zip(members, self.backend.generate([rows[i].prompt for i in members])):
+                found[i] = reply
+        return found
 
     def close(self) -> None:
-        """Stops every engine (on vLLM each runs processes of its own; in transformers there is nothing
-        to stop). A second call does nothing."""
-        for backend in self.experts.values():
-            backend.close()
+        """Stops its engine (on vLLM, processes of its own); a second call does nothing."""
+        self.backend.close()
+
+
+PART_ORDER = {"alignment": 0, "benign": 1, "task": 2}
+
+
+class Verdicts:
+    """The judge (a guard model, when it is ``llama_guard``) and the refusal detector, loaded once: which
+    replies count. An alignment reply counts when the judge deems it a refusal (``refusal``) or safe
+    (``llama_guard``); a benign one when the detector reads no refusal in it."""
+
+    def __init__(self, spec: AnswerSpec, log: Callable[[str], None] = print) -> None:
+        self.refusal = refusal_detector(spec.refusal_detector)
+        self.judge = make_judge(spec.judge_engine(), str(resolve_device(spec.backend.device)), log)
+
+    def accepted(self, rows: Sequence[Row], replies: Sequence[str]) -> list[bool]:
+        """One expert's replies to ``rows`` (alignment and benign): whether each counts."""
+        found = [False] * len(rows)
+        harmful = [i for i, r in enumerate(rows) if r.type == "alignment"]
+        benign = [i for i, r in enumerate(rows) if r.type == "benign"]
+        if harmful:
+            safe = self.judge.assess([(rows[i].prompt, replies[i]) for i in harmful]).safe
+            for i, ok in zip(harmful, safe):
+                found[i] = bool(ok)
+        if benign:
+            for i, refused in zip(benign, self.refusal.refusals([replies[i] for i in benign])):
+                found[i] = not refused
+        return found
+
+    def close(self) -> None:
+        """Stops the judge's engine (a guard on vLLM runs processes of its own)."""
         self.judge.close()
 
-    def answer(self, rows: Sequence[Row]) -> list[Row]:
-        """Each row answered (response set) or dropped (response None, reason in provenance), in order."""
-        done: dict[int, Row] = {}
-        by_type: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            by_type.setdefault(row.type, []).append(i)
-        for i, row in zip(
-            by_type.get("alignment", []), self._alignment([rows[i] for i in by_type.get("alignment", [])])
-        ):
-            done[i] = row
-        for i, row in zip(
-            by_type.get("benign", []), self._benign([rows[i] for i in by_type.get("benign", [])])
-        ):
-            done[i] = row
-        tasks = by_type.get("task", [])
-        for domain in dict.fromkeys(rows[i].category for i in tasks):
-            members = [i for i in tasks if rows[i].category == domain]
-            for i, row in zip(members, self._task(domain, [rows[i] for i in members])):
-                done[i] = row
-        return [done[i] for i in range(len(rows))]
 
-    def _replies(self, rows: Sequence[Row]) -> dict[str, list[str]]:
-        prompts = [r.prompt for r in rows]
-        return {name: backend.generate(prompts) for name, backend in self.experts.items()} if rows else {}
-
-    def _alignment(self, rows: Sequence[Row]) -> list[Row]:
-        replies = self._replies(rows)
-        accepted = {
-            name: list(self.judge.assess([(r.prompt, t) for r, t in zip(rows, texts)]).safe)
-            for name, texts in replies.items()
-        }
-        judge = self.spec.judge.kind
-        reason = "no_refusal" if judge == "refusal" else "no_safe_response"
-        return [
-            self._pick(
-                row, {n: replies[n][i] for n in replies}, {n: accepted[n][i] for n in accepted}, reason, judge
-            )
-            for i, row in enumerate(rows)
-        ]
-
-    def _benign(self, rows: Sequence[Row]) -> list[Row]:
-        replies = self._replies(rows)
-        complied = {name: [not r for r in self.refusal.refusals(texts)] for name, texts in replies.items()}
-        return [
-            self._pick(
-                row,
-                {n: replies[n][i] for n in replies},
-                {n: complied[n][i] for n in complied},
-                "all_refused",
-                "refusal",
-            )
-            for i, row in enumerate(rows)
-        ]
-
-    def _pick(
-        self, row: Row, replies: dict[str, str], accepted: dict[str, bool], reason: str, judge: str
-    ) -> Row:
-        chosen = next((name for name in self.experts if accepted[name]), None)
-        record = {**json.loads(row.provenance), "judge": judge, "accepted": accepted}
-        if chosen is None:
-            return row.with_(
-                response=None, provenance=json.dumps({**record, "dropped": reason}, sort_keys=True)
-            )
-        return row.with_(
-            response=replies[chosen], provenance=json.dumps({**record, "answered_by": chosen}, sort_keys=True)
-        )
-
-    def _task(self, domain: str, rows: Sequence[Row]) -> list[Row]:
-        if domain not in self.task_experts:
-            raise UserError(
-                f"task domain {domain!r} has no answering expert (add it to `tasks` with an `expert`)"
-            )
-        expert = self.task_experts[domain]
-        replies = self.experts[expert].generate([r.prompt for r in rows])
-        out = []
-        for row, reply in zip(rows, replies):
-            correct = None
-            if row.answer is not None:
-                correct = (
-                    choice_correct(reply, row.answer) if row.choices else contains_answer(reply, row.answer)
+def select(
+    spec: AnswerSpec,
+    tasks: Sequence[TaskSpec],
+    rows: Sequence[Row],
+    replies: dict[str, dict[str, str]],
+    accepted: dict[str, dict[str, bool]],
+) -> list[Row]:
+    """Each row answered (response set) or dropped (response None, reason in provenance), in order, from
+    every expert's replies (by row id) and which of them count."""
+    by_domain = task_experts(spec, tasks)
+    names = [e.name for e in spec.experts]
+    judge = spec.judge.kind
+    out = []
+    for row in rows:
+        if row.type == "task":
+            if row.category not in by_domain:
+                raise UserError(
+                    f"task domain {row.category!r} has no answering expert "
+                    "(add it to `tasks` with an `expert`)"
                 )
-            record = {**json.loads(row.provenance), "answered_by": expert, "correct": correct}
-            if self.spec.task_correct_only and correct is False:
-                out.append(
-                    row.with_(
-                        response=None,
-                        provenance=json.dumps({**record, "dropped": "wrong_answer"}, sort_keys=True),
-                    )
-                )
-            else:
-                out.append(row.with_(response=reply, provenance=json.dumps(record, sort_keys=True)))
-        return out
+            out.append(_task(spec, row, by_domain[row.category], replies[by_domain[row.category]][row.id]))
+            continue
+        said = {n: replies[n][row.id] for n in names}
+        counts = {n: accepted[n][row.id] for n in names}
+        if row.type == "alignment":
+            reason = "no_refusal" if judge == "refusal" else "no_safe_response"
+            out.append(_pick(names, row, said, counts, reason, judge))
+        else:
+            out.append(_pick(names, row, said, counts, "all_refused", "refusal"))
+    return out
+
+
+def _pick(
+    names: Sequence[str],
+    row: Row,
+    replies: dict[str, str],
+    accepted: dict[str, bool],
+    reason: str,
+    judge: str,
+) -> Row:
+    """The first expert (in the configured order) whose reply counts supplies the response."""
+    chosen = next((name for name in names if accepted[name]), None)
+    record = {**json.loads(row.provenance), "judge": judge, "accepted": accepted}
+    if chosen is None:
+        return row.with_(response=None, provenance=json.dumps({**record, "dropped": reason}, sort_keys=True))
+    return row.with_(
+        response=replies[chosen], provenance=json.dumps({**record, "answered_by": chosen}, sort_keys=True)
+    )
+
+
+def _task(spec: AnswerSpec, row: Row, expert: str, reply: str) -> Row:
+    """The domain's expert's reply; with ``task_correct_only`` a wrong one is dropped."""
+    correct = None
+    if row.answer is not None:
+        correct = choice_correct(reply, row.answer) if row.choices else contains_answer(reply, row.answer)
+    record = {**json.loads(row.provenance), "answered_by": expert, "correct": correct}
+    if spec.task_correct_only and correct is False:
+        dropped = json.dumps({**record, "dropped": "wrong_answer"}, sort_keys=True)
+        return row.with_(response=None, provenance=dropped)
+    return row.with_(response=reply, provenance=json.dumps(record, sort_keys=True))

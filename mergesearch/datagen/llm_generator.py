@@ -202,7 +202,7 @@ class LLMGenerator:
             from mergesearch.backends.registry import make_backend
 
             path = check_model_folder(Path(self.spec.model), "generator.model")
-            engine = self.spec.backend.with_batches(self.spec.requests_per_attempt, self.spec.max_new_tokens)
+            engine = self.spec.engine().with_batches(self.spec.requests_per_attempt, self.spec.max_new_tokens)
             backend = make_backend(path, engine, path.name)
         self.backend = backend
         self.model_name = getattr(backend, "name", "model")

@@ -1,8 +1,10 @@
 """The data pipeline: generate prompts per quota, answer them, select, split, write.
 
-Generation and answering run in *workers* that load their models once (``GenerateWorker``,
-``AnswerWorker``). Locally they are called in-process batch by batch; on a cluster the very same classes
-run as Ray Data ``map_batches`` actor pools, fed the same batches, so both paths give the same rows.
+Generation, answering and judging run in *workers* that load their model once (``GenerateWorker``;
+``ReplyWorker``, one per expert, the experts one after another; ``VerdictWorker``, the judge), so no
+process holds more than one model. Locally they are called in-process batch by batch; on a cluster the
+very same classes run as Ray Data ``map_batches`` actor pools (with ``answer.gpus`` of a GPU each), fed
+the same batches, so both paths give the same rows. Selecting what to keep needs no model (``select``).
 A worker is closed when its batches are done: in-process by ``_run``, in a pool through ``__del__``,
 which Ray Data calls as it shuts each actor down.
 """
@@ -59,28 +61,55 @@ class GenerateWorker:
             self.close()
 
 
-class AnswerWorker:
-    """Holds the experts (and guard); answers a batch of prompt rows."""
+class ReplyWorker:
+    """Holds one expert; a batch of prompt rows in, the expert's replies out (id, response; null for a
+    row it does not answer)."""
 
-    def __init__(self, spec_json: str) -> None:
-        from mergesearch.datagen.answer import Answerer
+    def __init__(self, spec_json: str, expert: str) -> None:
+        from mergesearch.datagen.answer import ExpertReplies
 
-        spec = DataSpec.model_validate_json(spec_json)
-        if spec.answer is None:
-            raise UserError(
-                f"{spec.name}: the spec has no `answer` section (which experts answer, which judge)"
-            )
-        self.answerer = Answerer(spec.answer, spec.tasks, log=lambda m: print(m, flush=True))
+        spec = answering_spec(spec_json)
+        self.expert = ExpertReplies(spec.answer, expert, spec.tasks)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return to_table(self.answerer.answer(from_table(batch)))
+        rows = from_table(batch)
+        return pa.table({"id": [r.id for r in rows], "response": self.expert.replies(rows)})
 
     def close(self) -> None:
-        self.answerer.close()
+        self.expert.close()
 
     def __del__(self) -> None:  # Ray Data's pool: its graceful actor shutdown calls this
-        if "answerer" in vars(self):  # not when __init__ raised
+        if "expert" in vars(self):  # not when __init__ raised
             self.close()
+
+
+class VerdictWorker:
+    """Holds the judge (and the refusal detector); a batch of one expert's replies in (the rows, with the
+    reply as response), whether each counts out (id, accepted)."""
+
+    def __init__(self, spec_json: str) -> None:
+        from mergesearch.datagen.answer import Verdicts
+
+        self.verdicts = Verdicts(answering_spec(spec_json).answer, log=lambda m: print(m, flush=True))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = from_table(batch.drop_columns(["expert"]))
+        accepted = self.verdicts.accepted(rows, [r.response or "" for r in rows])
+        return pa.table({"expert": batch.column("expert"), "id": [r.id for r in rows], "accepted": accepted})
+
+    def close(self) -> None:
+        self.verdicts.close()
+
+    def __del__(self) -> None:
+        if "verdicts" in vars(self):
+            self.close()
+
+
+def answering_spec(spec_json: str) -> DataSpec:
+    spec = DataSpec.model_validate_json(spec_json)
+    if spec.answer is None:
+        raise UserError(f"{spec.name}: the spec has no `answer` section (which experts answer, which judge)")
+    return spec
 
 
 def _chunks(table: pa.Table, size: int) -> list[pa.Table]:
@@ -95,8 +124,10 @@ def _run(
     actors: int,
     log: Log,
     what: str,
+    gpus: float = 0.0,
 ) -> pa.Table:
-    """Apply ``worker`` to each table: in-process, or as a Ray Data actor pool with one table per batch."""
+    """Apply ``worker`` to each table: in-process, or as a Ray Data actor pool with one table per batch
+    (each actor with ``gpus`` of a GPU)."""
     if not use_ray:
         done = []
         with contextlib.closing(worker(**args)) as instance:
@@ -117,11 +148,26 @@ def _run(
         batch_size=max(sizes),
         concurrency=actors,
         num_cpus=1,
+        num_gpus=gpus,
         zero_copy_batch=True,
     )
-    log(f"{what}: {len(tables)} batches on a Ray Data pool of {actors} actors")
+    shares = f", {gpus:g} GPU each" if gpus else ""
+    log(f"{what}: {len(tables)} batches on a Ray Data pool of {actors} actors{shares}")
     parts = [ray.get(ref) for ref in mapped.to_arrow_refs()]
     return pa.concat_tables([p for p in parts if p.num_rows]) if parts else pa.table({})
+
+
+def _asked(chunk: pa.Table, expert: str, by_domain: dict[str, str]) -> pa.Table:
+    """The rows of ``chunk`` that ``expert`` answers."""
+    from mergesearch.datagen.answer import answers
+
+    return to_table([r for r in from_table(chunk) if answers(r, expert, by_domain)])
+
+
+def _judged(chunk: pa.Table, expert: str, replies: dict[str, str]) -> pa.Table:
+    """The alignment and benign rows of ``chunk`` with ``expert``'s replies as responses, and its name."""
+    rows = [r.with_(response=replies[r.id]) for r in from_table(chunk) if r.type in ("alignment", "benign")]
+    return to_table(rows).append_column("expert", pa.array([expert] * len(rows), pa.string()))
 
 
 def generate_prompts(
@@ -134,9 +180,9 @@ def generate_prompts(
             f"{spec.name}: nothing to generate (no alignment categories, benign prompts or tasks)"
         )
     tables = [pa.table({"quota": [q.to_json()]}) for q in quotas]
-    done = _run(
-        GenerateWorker, {"spec_json": spec.model_dump_json()}, tables, use_ray, actors, log, "generate"
-    )
+    gpus = spec.generator.gpus if spec.generator.model else 0.0  # a template generator holds no model
+    worker = {"spec_json": spec.model_dump_json()}
+    done = _run(GenerateWorker, worker, tables, use_ray, actors, log, "generate", gpus)
     by_quota = {
         q: (json.loads(r), json.loads(rep))
         for q, r, rep in zip(
@@ -159,13 +205,33 @@ def answer_rows(
     spec: DataSpec, rows: Sequence[Row], use_ray: bool = False, actors: int = 2, log: Log = print
 ) -> tuple[list[Row], dict[str, dict[str, int]]]:
     """Answered rows (dropped ones removed) and the drops: reason → type/category → count."""
-    if spec.answer is None:
-        raise UserError(f"{spec.name}: the spec has no `answer` section (which experts answer, which judge)")
+    from mergesearch.datagen.answer import select, task_experts
+
+    answer = answering_spec(spec.model_dump_json()).answer
+    spec_json = spec.model_dump_json()
     ordered = sorted(rows, key=lambda r: r.id)
-    tables = _chunks(to_table(ordered), spec.answer.batch_size)
-    answered = from_table(
-        _run(AnswerWorker, {"spec_json": spec.model_dump_json()}, tables, use_ray, actors, log, "answer")
-    )
+    chunks = _chunks(to_table(ordered), answer.batch_size)
+    by_domain = task_experts(answer, spec.tasks)
+    replies: dict[str, dict[str, str]] = {}
+    accepted: dict[str, dict[str, bool]] = {}
+    for expert in (e.name for e in answer.experts):  # one model per actor: the experts one after another
+        asked = [t for c in chunks if (t := _asked(c, expert, by_domain)).num_rows]
+        if not asked:
+            continue
+        worker = {"spec_json": spec_json, "expert": expert}
+        said = _run(ReplyWorker, worker, asked, use_ray, actors, log, f"answer: {expert}", answer.gpus)
+        replies[expert] = dict(zip(said.column("id").to_pylist(), said.column("response").to_pylist()))
+    # The judge last, batch by batch on each expert's replies to the prompts whose replies it judges (the
+    # calls an answering of every expert at once made).
+    judged = [t for chunk in chunks for e in replies if (t := _judged(chunk, e, replies[e])).num_rows]
+    if judged:
+        gpus = answer.gpus if answer.judge.model else 0.0  # refusal patterns hold no model
+        verdicts = _run(VerdictWorker, {"spec_json": spec_json}, judged, use_ray, actors, log, "judge", gpus)
+        for expert, row_id, ok in zip(
+            *(verdicts.column(c).to_pylist() for c in ("expert", "id", "accepted"))
+        ):
+            accepted.setdefault(expert, {})[row_id] = ok
+    answered = select(answer, spec.tasks, ordered, replies, accepted)
     kept, drops = [], Counter()
     for row in answered:
         reason = json.loads(row.provenance).get("dropped")

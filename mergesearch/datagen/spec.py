@@ -41,7 +41,29 @@ class SeedExample(Frozen):
     answer: str = Field(min_length=1)
 
 
-class GeneratorSpec(Frozen):
+class ModelRunner(Frozen):
+    """What runs a data-generation model: a backend from the registry with its device and engine settings,
+    and, with `--ray`, each actor's GPU share (an actor holds one model)."""
+
+    backend: RunnerConfig = Field(default_factory=RunnerConfig)
+    """The backend (`hf`, `vllm`, a plug-in's), its device and engine settings; an unset `dtype` is
+    bfloat16 on a GPU, float32 on the CPU."""
+    gpus: Unit = 0.0
+    """With `--ray`: the GPU share of each actor that holds a model."""
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpus > 0 or self.backend.device == "cuda"
+
+    def default_dtype(self) -> str:
+        return "bfloat16" if self.on_gpu else "float32"
+
+    def engine(self) -> RunnerConfig:
+        """``backend`` with its dtype settled."""
+        return self.backend.model_copy(update={"dtype": self.backend.dtype or self.default_dtype()})
+
+
+class GeneratorSpec(ModelRunner):
     """Who writes the prompts: ``llm`` (a chat model: the product's own generator) or another registered
     generator, such as the zoo's ``template`` (the toy zoo's language, offline)."""
 
@@ -52,8 +74,6 @@ class GeneratorSpec(Frozen):
     requests_per_attempt: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=6, ge=1, description="per quota: the retry budget")
     max_new_tokens: int = Field(default=512, ge=16)
-    backend: RunnerConfig = Field(default_factory=RunnerConfig)
-    """What runs the generator's model (a backend from the registry, its device and engine settings)."""
 
     _known_kind = field_validator("kind")(lambda cls, kind: registered(GENERATORS, kind))
 
@@ -93,8 +113,9 @@ class TaskSpec(Frozen):
     examples: list[SeedExample] = []  # llm generator: few-shot seeds
 
 
-class AnswerSpec(Frozen):
-    """Experts answer every prompt; the judge decides which alignment answers count as refusals."""
+class AnswerSpec(ModelRunner):
+    """Experts answer every prompt; the judge decides which alignment answers count as refusals. The
+    experts run as `backend` says, each alone, the guard as `judge` says."""
 
     experts: list[ExpertSpec] = Field(min_length=1)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -108,9 +129,10 @@ class AnswerSpec(Frozen):
     _known_detector = field_validator("refusal_detector")(
         lambda cls, name: registered(REFUSAL_DETECTORS, name)
     )
-    backend: RunnerConfig = Field(default_factory=RunnerConfig)
-    """What runs the experts (a backend from the registry, its device and engine settings); the guard runs
-    as `judge` says."""
+
+    def judge_engine(self) -> JudgeConfig:
+        """The judge's settings, its guard model's dtype settled as the experts' is."""
+        return self.judge.model_copy(update={"dtype": self.judge.dtype or self.default_dtype()})
 
 
 class SplitSpec(Frozen):
