@@ -59,3 +59,19 @@ def results_table() -> str:
         commit = f"`{item.commit[:9]}`" if item.commit else "-"
         rows.append(f"| `{item.result}` | {item.benchmark} | {commit} | {item.date or '-'} | {item.status} |")
     return "\n".join(rows)
+
+
+def protocol_table(name: str) -> str:
+    """A protocol run's table (``benchmarks/results/protocol_<name>.json``), as ``mergesearch reproduce``
+    prints it, under the commit it ran at (or the note that it records none)."""
+    from mergesearch.protocol.runner import table_markdown
+
+    path = RESULTS / f"protocol_{name}.json"
+    item = stamp(path)
+    ran = (
+        f"ran at `{item.commit[:9]}`{_stale_note(item)}"
+        if item.commit
+        else "records no commit (older code)"
+    )
+    table = table_markdown(json.loads(path.read_text()))
+    return f"`{path.relative_to(RESULTS.parents[1])}`, {ran}:\n\n{table}\n"

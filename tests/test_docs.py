@@ -3,6 +3,7 @@ README's timings are the fresh-clone benchmark's, and a benchmark result says wh
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -107,3 +108,17 @@ def test_the_cli_prints_the_same_reference() -> None:
 
     done = run("config", "reference")
     assert done.returncode == 0 and done.stdout.strip() == render().strip()
+
+
+def test_the_paper_page_renders_each_protocols_table_from_its_json_and_copies_no_figure() -> None:
+    page = (ROOT / "docs" / "paper.md").read_text()
+    names = re.findall(r"\{\{ protocol_table:([a-z0-9_]+) \}\}", page)
+    assert names == ["toy", "toy_ties", "smollm2", "smollm2_ta"]
+    for name in names:
+        rendered = figures.protocol_table(name)
+        data = json.loads((ROOT / "benchmarks" / "results" / f"protocol_{name}.json").read_text())
+        stamped = "ran at `" in rendered or "records no commit" in rendered
+        assert f"protocol_{name}.json" in rendered and stamped
+        assert all(f"| {row['row']} |" in rendered for row in data["rows"])
+    prose = re.sub(r"\{\{[^}]*\}\}", "", page)
+    assert not re.search(r"\d+\.\d+ ?%|± ?\d", prose)  # no measured figure typed into the prose

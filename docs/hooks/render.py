@@ -2,12 +2,14 @@
 
 ``{{ config_reference }}``: every config field, from the schema (``mergesearch.config_reference``);
 ``{{ fresh_clone_timings }}`` and ``{{ benchmark_results }}``: figures from ``benchmarks/results/*.json``,
-each with its commit (``benchmarks/render.py``); ``{{ demo_table }}``: the table ``make demo`` prints, as the
+each with its commit (``benchmarks/render.py``); ``{{ protocol_table:NAME }}``: a protocol run's table, with
+its commit; ``{{ demo_table }}``: the table ``make demo`` prints, as the
 README shows it (kept there, once). Nothing here is written twice, so none of it drifts.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -34,8 +36,12 @@ GENERATED = {
 }
 
 
+# ``{{ protocol_table:NAME }}``: benchmarks/results/protocol_NAME.json's table, with its commit.
+PROTOCOL_TABLE = re.compile(r"\{\{ protocol_table:([a-z0-9_]+) \}\}")
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     for placeholder, make in GENERATED.items():
         if placeholder in markdown:
             markdown = markdown.replace(placeholder, make())
-    return markdown
+    return PROTOCOL_TABLE.sub(lambda match: render.protocol_table(match[1]), markdown)
