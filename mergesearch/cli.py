@@ -227,7 +227,9 @@ def data_answer(prompt_set: Path, spec_path: Path, out: Path, use_ray: bool, act
 @data.command(
     "import",
     help="Import prompts from a .txt (one per line), .jsonl (`prompt` field), .csv (`goal`/`prompt` "
-    "column) or .prompt (PyRIT seed YAML: `value`, `harm_categories`).",
+    "column), .parquet (`prompt` column) or .prompt (PyRIT seed YAML: `value`, `harm_categories`). Task "
+    "questions (--type task) keep their `choices` (a list, or columns A, B, ...) and `answer` (text, "
+    "letter or index).",
 )
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Prompt set folder to write.")

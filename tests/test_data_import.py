@@ -335,3 +335,51 @@ def test_advbench_is_fetched_from_the_pyrit_wheel_once_and_imported_onto_the_tax
     assert_one_line_error(
         run("data", "import-public", "harmbench", "--out", str(tmp_path / "x")), "known: advbench"
     )
+
+
+def test_task_questions_keep_their_choices_and_answers_from_jsonl_csv_and_parquet(tmp_path) -> None:
+    """Imported questions are scored as generated ones are: options and key kept, the key as the option's
+    text whether the file gives the text, the letter or the index (MMLU's files give letters or indices)."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mergesearch.datagen.importers import import_prompts
+
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text(
+        json.dumps({"prompt": "Capital of France?", "choices": ["Rome", "Paris"], "answer": "Paris"})
+        + "\n"
+        + json.dumps({"prompt": "2+2?", "answer": "4"})  # a short-answer question
+        + "\n"
+    )
+    with (tmp_path / "q.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prompt", "A", "B", "C", "answer"])
+        writer.writerow(["Largest planet?", "Mars", "Jupiter", "Venus", "B"])
+    pq.write_table(
+        pa.table({"prompt": ["Boiling point of water in C?"], "choices": [["90", "100"]], "answer": [1]}),
+        tmp_path / "q.parquet",
+    )
+    found = {}
+    for name in ("q.jsonl", "q.csv", "q.parquet"):
+        rows, _ = import_prompts(tmp_path / name, "task", category="trivia")
+        found |= {r.prompt: (r.choices, r.answer) for r in rows}
+    assert found == {
+        "Capital of France?": (("Rome", "Paris"), "Paris"),
+        "2+2?": (None, "4"),
+        "Largest planet?": (("Mars", "Jupiter", "Venus"), "Jupiter"),
+        "Boiling point of water in C?": (("90", "100"), "100"),
+    }
+
+
+def test_a_task_answer_that_names_no_choice_is_one_line_naming_the_line(tmp_path) -> None:
+    from mergesearch.datagen.importers import import_prompts
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "Capital of France?", "choices": ["Rome", "Paris"], "answer": "Lyon"})
+    )
+    with pytest.raises(UserError, match=r"q.jsonl:1: answer 'Lyon' names none of the 2 choices"):
+        import_prompts(path, "task", category="trivia")

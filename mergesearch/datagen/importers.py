@@ -3,8 +3,13 @@
 * ``.txt``: one prompt per line (blank lines skipped);
 * ``.jsonl``: one object per line with a ``prompt`` field (or ``--field``);
 * ``.csv``: a ``goal`` (AdvBench) or ``prompt`` column (or ``--field``);
+* ``.parquet``: a ``prompt`` column (or ``--field``);
 * ``.prompt``: a PyRIT seed dataset (YAML, a ``seeds`` list of ``value`` + ``harm_categories``), the
   format AdvBench ships in inside the ``pyrit`` wheel (``mergesearch.datagen.public``).
+
+Task questions (``--type task``) keep their options and key: a ``choices`` field (a list; in a CSV a JSON
+list, or columns ``A``, ``B``, ... as MMLU's files have them) and an ``answer`` field (the option's text,
+its letter or its index), so an imported question is scored as a generated one is.
 
 Categories: one ``category`` for every row, or ``category_column`` with an optional ``category_map``
 from the file's labels to categories. A column holding a list of labels needs the map: its entries are
@@ -76,6 +81,17 @@ def _records_csv(path: Path, field: str | None) -> list[tuple[int, dict]]:
         return [(n, row) for n, row in enumerate(reader, 2)]
 
 
+def _records_parquet(path: Path, field: str | None) -> list[tuple[int, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+    return list(enumerate(table.to_pylist(), 1))
+
+
 def _records_seed_yaml(path: Path, field: str | None) -> list[tuple[int, dict]]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -94,8 +110,10 @@ READERS: dict[str, Callable[[Path, str | None], list[tuple[int, dict]]]] = {
     ".txt": _records_txt,
     ".jsonl": _records_jsonl,
     ".csv": _records_csv,
+    ".parquet": _records_parquet,
     ".prompt": _records_seed_yaml,
 }
+TEXT_FILES = (".txt", ".jsonl", ".csv", ".prompt")
 DEFAULT_FIELDS = {".csv": CSV_COLUMNS, ".prompt": ("value",)}
 ANY_LABEL = "*"  # the category map's entry for rows that carry none of its labels
 
@@ -118,6 +136,39 @@ def _prompt_field(path: Path, records: list[tuple[int, dict]], field: str | None
             f"(found: {', '.join(sorted(present)) or 'none'}; pick one with --field)"
         )
     return found
+
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def _question(record: dict, where: str) -> tuple[tuple[str, ...] | None, str | None]:
+    """A task question's options and key: ``choices`` (a list, a JSON list, or columns ``A``, ``B``, ...)
+    and ``answer`` (the option's text, its letter or its 0-based index); a key that names no option is one
+    line. No options: a short-answer question, its ``answer`` as given."""
+    choices = record.get("choices")
+    if isinstance(choices, str) and choices.strip().startswith("["):
+        try:
+            choices = json.loads(choices)
+        except json.JSONDecodeError:
+            raise UserError(f"{where}: choices: not a JSON list") from None
+    if choices is None and "A" in record and "B" in record:
+        choices = [record[c] for c in LETTERS if record.get(c) not in (None, "")]
+    answer = record.get("answer")
+    if choices is None:
+        return None, None if answer in (None, "") else str(answer).strip()
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise UserError(f"{where}: choices: expected a list of at least two options")
+    options = tuple(str(c).strip() for c in choices)
+    key = str(answer).strip() if answer is not None else ""
+    if key in options:
+        return options, key
+    if key.isdigit() and int(key) < len(options):
+        return options, options[int(key)]
+    if len(key) == 1 and key.upper() in LETTERS[: len(options)]:
+        return options, options[LETTERS.index(key.upper())]
+    raise UserError(
+        f"{where}: answer {answer!r} names none of the {len(options)} choices (text, letter or index)"
+    )
 
 
 def read_category_map(path: Path) -> dict[str, str]:
@@ -171,7 +222,8 @@ def import_prompts(
             category = harm_category(category).name
         if category_map:
             category_map = {label: harm_category(name).name for label, name in category_map.items()}
-    _check_text(path)
+    if path.suffix in TEXT_FILES:
+        _check_text(path)
     records = READERS[path.suffix](path, field)
     prompt_field = _prompt_field(path, records, field)
     if category_column and records and category_column not in records[0][1]:
@@ -193,12 +245,15 @@ def import_prompts(
                 name = harm_category(name).name
             except UserError as err:
                 raise UserError(f"{path}:{line}: {err}") from None
+        choices, answer = _question(record, f"{path}:{line}") if type_ == "task" else (None, None)
         rows.append(
             Row(
                 prompt=prompt.strip(),
                 type=type_,
                 category=name,
                 source=path.name,
+                choices=choices,
+                answer=answer,
                 provenance=provenance(imported_from=path.name, line=line),
             )
         )
