@@ -115,3 +115,35 @@ def test_from_the_cli_a_layout_needing_gpus_the_cluster_lacks_fails_in_one_line_
     assert any("waiting up to 4 s for the autoscaler to add nodes" in line for line in progress)
     assert 4 <= took < 60, took  # the timeout, plus joining the cluster and preparing the search
     assert not (tmp_path / "run" / "trials.parquet").exists()
+
+
+@pytest.mark.slow  # three CLI runs with a promotion on a 3-node cluster, ~2-4 min on 2 cores: `make test-slow`
+def test_from_the_cli_on_a_multi_node_cluster_a_resume_extends_and_promote_redoes_nothing(
+    cpu_cluster, toy_dataset, tmp_path
+) -> None:
+    """The README's cluster commands in order on a simulated 3-node cluster: `search` (3 trials, promoted),
+    the same with 5 trials (2 more run), then `promote` (nothing redone)."""
+    from mergesearch.search.run_dir import RunDir
+
+    config = demo_config(resolved=False)
+    config["data"] = {"path": str(toy_dataset), "max_alignment_prompts": 12, "max_task_prompts": 12}
+    config["search"] = {"name": "cma", "num_trials": 3, "seed": 0}
+    config["promotion"] = {"top_k": 1}
+    path, run_dir = tmp_path / "c.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RAY_ADDRESS": cpu_cluster.address}
+    first = run("search", str(path), "--run-dir", str(run_dir), "--no-baseline", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = RunDir(run_dir).trials()
+    config["search"]["num_trials"] = 5
+    path.write_text(yaml.safe_dump(config))
+    more = run("search", str(path), "--run-dir", str(run_dir), "--no-baseline", env=env)
+    assert more.returncode == 0, more.stderr[-3000:]
+    trials = RunDir(run_dir).trials()
+    assert len(trials) == 5 and trials[:3] == before and len({t.trial_id for t in trials}) == 5
+    results = sorted(run_dir.glob("promotion/**/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    again = run("promote", str(run_dir), env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "promoted before with these settings, kept" in again.stderr
+    assert [p.stat().st_mtime_ns for p in results] == stamps
