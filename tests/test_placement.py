@@ -117,7 +117,7 @@ def test_from_the_cli_a_layout_needing_gpus_the_cluster_lacks_fails_in_one_line_
     assert not (tmp_path / "run" / "trials.parquet").exists()
 
 
-@pytest.mark.slow  # three CLI runs with a promotion on a 3-node cluster, ~2-4 min on 2 cores: `make test-slow`
+@pytest.mark.slow  # three CLI runs and a promotion on a 3-node cluster, 2-4 min: `make test-slow`
 def test_from_the_cli_on_a_multi_node_cluster_a_resume_extends_and_promote_redoes_nothing(
     cpu_cluster, toy_dataset, tmp_path
 ) -> None:
