@@ -69,9 +69,7 @@ def protocol_table(name: str) -> str:
     path = RESULTS / f"protocol_{name}.json"
     item = stamp(path)
     ran = (
-        f"ran at `{item.commit[:9]}`{_stale_note(item)}"
-        if item.commit
-        else "records no commit (older code)"
+        f"ran at `{item.commit[:9]}`{_stale_note(item)}" if item.commit else "records no commit (older code)"
     )
     table = table_markdown(json.loads(path.read_text()))
     return f"`{path.relative_to(RESULTS.parents[1])}`, {ran}:\n\n{table}\n"
