@@ -5,9 +5,9 @@ whether a further seed, not used to set them, falls inside it and meets the demo
     .venv/bin/python benchmarks/demo_across_zoos.py --out benchmarks/results/demo_across_zoos.json \
         --set-seeds 0,1,2 --check-seeds 3
 
-Training seed 0 is the shipped zoo (zoo/mergesearch_zoo/toy_zoo); another seed is trained on first use (about 10
-minutes on 2 cores) and cached. Each demo runs in ``--work``/zoo-seed-N and resumes cell by cell, so a run
-stopped half-way goes on where it stopped. The claims are the ones tests/test_demo.py asserts
+Training seed 0 is the shipped zoo (zoo/mergesearch_zoo/toy_zoo); another seed is trained on first use
+(about 10 minutes on 2 cores) and cached. Each demo runs in ``--work``/zoo-seed-N and resumes cell by
+cell, so a run stopped half-way goes on where it stopped. The claims are the ones tests/test_demo.py asserts
 (``demo_claims``): the same function, so the benchmark and the test cannot drift apart.
 """
 
