@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mergesearch.errors import ConfigError, UserError
 from mergesearch.registry import (
@@ -36,7 +44,15 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=NAME_
 # An expert's name as a researcher writes it (`OpenBioLLM-8B`, `Llama-3.1-8B`): a folder name, then, so no
 # path separator or control character; genes use its gene id.
 EXPERT_NAME_LENGTH = 64
-ExpertName = Annotated[str, Field(pattern=r"^[^/\\\x00-\x1f]+$", max_length=EXPERT_NAME_LENGTH)]
+
+
+def _expert_name(name: str) -> str:
+    if re.search(r"[/\\\x00-\x1f]", name):
+        raise ValueError("an expert's name may hold any character but `/`, `\\` and control characters")
+    return name
+
+
+ExpertName = Annotated[str, Field(min_length=1, max_length=EXPERT_NAME_LENGTH), AfterValidator(_expert_name)]
 
 
 def gene_id(expert: str) -> str:

@@ -320,7 +320,10 @@ def test_an_expert_goes_by_the_name_a_researcher_writes_and_genes_by_its_gene_id
             "[{name: a-b, path: p}, {name: a.b, path: q}]",
             "experts 'a-b' and 'a.b' both go by 'a_b' in gene names",
         ),
-        ("[{name: org/model, path: p}]", "models.experts.0.name: String should match pattern"),
+        (
+            "[{name: org/model, path: p}]",
+            "models.experts.0.name: an expert's name may hold any character but `/`",
+        ),
     ],
 )
 def test_expert_names_that_cannot_be_told_apart_or_be_a_folder_are_one_line(
