@@ -120,9 +120,11 @@ def config() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 def config_check(path: Path) -> None:
     from mergesearch.config import load_config
+    from mergesearch.merge.tokenizer import check_chat_template
     from mergesearch.objectives.lm_eval_tasks import check_task_datasets, check_tasks
 
     cfg = load_config(path)
+    check_chat_template(cfg.models.chat_template, f"{path}: models")
     check_tasks(cfg.promotion.tasks, f"{path}: promotion.tasks")
     check_task_datasets(cfg.promotion.tasks, f"{path}: promotion.tasks")
     experts = f"{len(cfg.models.experts)} experts" + (f" + pool {cfg.models.pool}" if cfg.models.pool else "")

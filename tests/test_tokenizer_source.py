@@ -100,3 +100,16 @@ def test_a_template_or_tokenizer_that_cannot_be_used_is_one_line_before_anything
 ) -> None:
     with pytest.raises(UserError, match=message):
         setup_for(zoo_dir, bare_base, **models)
+
+
+def test_config_check_names_a_chat_template_that_is_neither_mergekits_nor_a_file(tmp_path) -> None:
+    from cli_helpers import assert_one_line_error, run
+
+    config = demo_config(resolved=False)
+    config["models"]["chat_template"] = "llama4"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = run("config", "check", str(path))
+    assert_one_line_error(
+        done, "models.chat_template: 'llama4' is neither one of mergekit's templates", "llama3"
+    )

@@ -13,7 +13,7 @@ weights under the chosen tokenizer files), the saved model (``write_tokenizer_fi
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import os
 import shutil
@@ -35,11 +35,27 @@ TEMPLATE_FILE = "chat_template.jinja"
 
 
 def mergekit_templates() -> dict[str, Path]:
-    """The chat templates mergekit ships, by name (``llama3``, ``chatml``, ...)."""
-    from mergekit._data import chat_templates
+    """The chat templates mergekit ships, by name (``llama3``, ``chatml``, ...), found without importing
+    mergekit (seconds), so `config check` can name a wrong one."""
+    spec = importlib.util.find_spec("mergekit")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(next(iter(spec.submodule_search_locations))) / "_data" / "chat_templates"
+    return {path.stem: path for path in sorted(folder.glob("*.jinja"))}
 
-    folder = importlib.resources.files(chat_templates)
-    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".jinja")}
+
+def check_chat_template(template: str | None, field: str = "models") -> None:
+    """A template that is neither a file nor one of mergekit's is one line (before any model is read)."""
+    if (
+        template is not None
+        and template not in mergekit_templates()
+        and not Path(template).expanduser().is_file()
+    ):
+        known = ", ".join(sorted(mergekit_templates()))
+        raise UserError(
+            f"{field}.chat_template: {template!r} is neither one of mergekit's templates ({known}) "
+            "nor a Jinja file"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,17 +95,12 @@ class TokenizerChoice:
             )
         if template is None:
             return cls(folder, key)
+        check_chat_template(template, field)
         known = mergekit_templates()
         if template in known:
             return cls(folder, key, known[template].read_text(), template)
-        path = Path(template).expanduser()
-        if path.is_file():
-            text = path.read_text()
-            return cls(folder, key, text, text)
-        raise UserError(
-            f"{field}.chat_template: {template!r} is neither one of mergekit's templates "
-            f"({', '.join(sorted(known))}) nor a Jinja file"
-        )
+        text = Path(template).expanduser().read_text()
+        return cls(folder, key, text, text)
 
     def mergekit_keys(self) -> dict[str, Any]:
         """What ``best/recipe.yaml`` says for them (nothing when the base's tokenizer is kept as it is)."""
