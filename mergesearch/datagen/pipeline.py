@@ -207,8 +207,8 @@ def answer_rows(
     """Answered rows (dropped ones removed) and the drops: reason → type/category → count."""
     from mergesearch.datagen.answer import select, task_experts
 
-    answer = answering_spec(spec.model_dump_json()).answer
     spec_json = spec.model_dump_json()
+    answer = answering_spec(spec_json).answer  # the workers read the spec so: the same check here
     ordered = sorted(rows, key=lambda r: r.id)
     chunks = _chunks(to_table(ordered), answer.batch_size)
     by_domain = task_experts(answer, spec.tasks)
