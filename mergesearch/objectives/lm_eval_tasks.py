@@ -15,7 +15,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,15 +180,12 @@ def fetch_task_datasets(tasks: Sequence[str], log: Callable[[str], None]) -> lis
             if dataset_cached(path, name):
                 continue
             log(f"prefetch: {task}: {shown}")
-            offline = datasets.config.HF_HUB_OFFLINE
-            datasets.config.HF_HUB_OFFLINE = False
             try:
-                datasets.load_dataset(path, name)
+                with hub_offline(False):
+                    datasets.load_dataset(path, name)
             except Exception as err:  # the hub unreachable, a gated dataset, a wrong name: said as it is
                 first = (str(err).splitlines() or [type(err).__name__])[0][:200]
                 raise UserError(f"prefetch: {task}: cannot fetch {shown} ({first})") from None
-            finally:
-                datasets.config.HF_HUB_OFFLINE = offline
             fetched.append(shown)
     return fetched
 
@@ -199,18 +196,28 @@ def datasets_cache() -> str:
     )
 
 
+@contextlib.contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """``datasets`` with the hub off (a cache look-up) or on (a fetch) for the block, as it was after."""
+    import datasets
+
+    was = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = offline
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was
+
+
 def dataset_cached(path: str, name: str | None) -> bool:
     """Whether ``datasets`` finds the dataset without the hub (its own offline look-up)."""
     import datasets
 
-    offline = datasets.config.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = True
     try:
-        datasets.load_dataset_builder(path, name)
+        with hub_offline(True):
+            datasets.load_dataset_builder(path, name)
     except Exception:  # any failure to find it offline means: not there
         return False
-    finally:
-        datasets.config.HF_HUB_OFFLINE = offline
     return True
 
 

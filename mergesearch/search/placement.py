@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from mergesearch.errors import UserError
-from mergesearch.plan import NodeType, Placement, check_plan, plan_actors, ray_nodes, this_machine
+from mergesearch.plan import ActorPlan, NodeType, Placement, check_plan, plan_actors, ray_nodes, this_machine
 from mergesearch.setup import SearchSetup
 
 POLL_S = 5.0  # how often a waiting search looks at the cluster again
@@ -45,14 +45,16 @@ def place_search(
     """``setup`` with its evaluator count settled, and where each actor goes; or one UserError line
     naming the actor, what it asks and what the cluster has, at once on a local Ray or after
     ``placement_timeout_s`` on a joined cluster."""
+    actors = plan_actors(setup)  # read from the models' headers once: only the cluster changes while waiting
     timeout = setup.config.resources.placement_timeout_s if joined_cluster() else 0.0
     deadline = time.monotonic() + timeout
     waiting = False
     while True:
         found = nodes()
         try:
-            settled = with_evaluators_that_fit(setup, found)
-            return settled, check_plan(plan_actors(settled), found, SOURCE, together=True)
+            count = evaluators_that_fit(setup, actors, found)
+            placements = check_plan(with_count(actors, count), found, SOURCE, together=True)
+            return evaluators(setup, count), placements
         except UserError as err:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -68,21 +70,31 @@ def place_search(
 
 
 def with_evaluators_that_fit(setup: SearchSetup, nodes: list[NodeType]) -> SearchSetup:
-    """``setup`` itself when it names a number of evaluators; for ``auto``, the most (up to the trial
-    budget) that ``nodes`` hold all at once beside the judge, or one line when not even one fits."""
-    resources = setup.config.resources
-    if resources.num_evaluators != "auto":
-        return setup
+    """``setup`` with its evaluator count settled against ``nodes`` (``evaluators_that_fit``)."""
+    return evaluators(setup, evaluators_that_fit(setup, plan_actors(setup), nodes))
+
+
+def evaluators_that_fit(setup: SearchSetup, actors: list[ActorPlan], nodes: list[NodeType]) -> int:
+    """The config's number of evaluators; for ``auto``, the most (up to the trial budget) that ``nodes``
+    hold all at once beside the judge, or one line when not even one fits."""
+    wanted = setup.config.resources.num_evaluators
+    if wanted != "auto":
+        return wanted
     most = 0
     for count in range(1, setup.config.search.num_trials + 1):
         try:
-            check_plan(plan_actors(evaluators(setup, count)), nodes, SOURCE, together=True)
+            check_plan(with_count(actors, count), nodes, SOURCE, together=True)
         except UserError:
             if not most:
                 raise
             break
         most = count
-    return evaluators(setup, most)
+    return most
+
+
+def with_count(actors: list[ActorPlan], count: int) -> list[ActorPlan]:
+    """The plan with ``count`` evaluators (what each holds does not depend on how many there are)."""
+    return [dataclasses.replace(a, count=count) if a.role == "evaluator" else a for a in actors]
 
 
 def evaluators(setup: SearchSetup, count: int) -> SearchSetup:
