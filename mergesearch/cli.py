@@ -365,6 +365,64 @@ def plan(config_path: Path, cluster: Path | None) -> None:
 
 
 @cli.command(
+    help="Rehearse a job before paying for GPUs: check it against the real model folders (config.json and "
+    "tokenizer files only, no weights) and the cluster, naming in one line each what the real run would hit; "
+    "then run data generation, search, promotion and report on small stand-ins of those models."
+)
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option(
+    "--data-spec",
+    "spec_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The data spec the job generates its data from (its models get stand-ins too).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="[default: rehearsals/<config name>]"
+)
+@click.option(
+    "--cluster",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Ray cluster launcher file the plan is checked against [default: the Ray cluster at RAY_ADDRESS, "
+    "else this machine].",
+)
+@click.option(
+    "--trials", type=click.IntRange(min=1), default=4, show_default=True, help="The search's budget."
+)
+@click.option(
+    "--run/--no-run", "run_job", default=True, show_default=True, help="Run the job on the stand-ins."
+)
+@_ray_option
+def rehearse(
+    config_path: Path,
+    spec_path: Path | None,
+    out: Path | None,
+    cluster: Path | None,
+    trials: int,
+    run_job: bool,
+    use_ray: bool,
+) -> None:
+    from mergesearch.config import load_config
+    from mergesearch.rehearsal.rehearse import Budget, prepare, run
+
+    out = out or Path("rehearsals") / load_config(config_path).name
+    prepared = prepare(config_path, out, spec_path, cluster, Budget(trials=trials), progress)
+    for line in prepared.findings:
+        click.echo(f"would fail: {line}")
+    click.echo(f"stand-in job: {prepared.config}" + (f" and {prepared.spec}" if prepared.spec else ""))
+    if run_job and not any(line.startswith("stand-ins:") for line in prepared.findings):
+        run_dir = run(prepared, out, use_ray, progress)
+        from mergesearch.report import summary_table
+
+        click.echo(summary_table(run_dir))
+        click.echo(f"rehearsal run: {run_dir.root}")
+    if prepared.findings:
+        _fail(f"rehearsal: {len(prepared.findings)} problem(s) the real run would hit (above)")
+    click.echo("rehearsal: nothing found that the real run would hit")
+
+
+@cli.command(
     help="Fetch into the Hugging Face cache the datasets a config's promotion.tasks read, on a machine that "
     "reaches the hub (each node reads its cache: point HF_HOME at shared storage); `config check`, `plan` "
     "and `search` name a missing one in one line. Model folders are fetched as you fetch any model "

@@ -64,3 +64,31 @@ def model_config(folder: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def config_tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape as the architecture in config.json builds it (on PyTorch's meta device: no
+    memory, no weights), for a folder whose weights are not there yet (a rehearsal before a download)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(
+            f"{folder}: config.json does not build a causal LM ({str(err).splitlines()[0]})"
+        ) from None
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):  # one tensor on disk
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def shapes_of(folder: Path) -> dict[str, tuple[int, ...]]:
+    """From the safetensors headers where the folder has weights, else from config.json."""
+    has_weights = (Path(folder) / "model.safetensors").is_file() or (
+        Path(folder) / "model.safetensors.index.json"
+    ).is_file()
+    return tensor_shapes(folder) if has_weights else config_tensor_shapes(folder)

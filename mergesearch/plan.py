@@ -24,7 +24,7 @@ from mergesearch.errors import UserError
 from mergesearch.merge.compact import expansion_bytes, host_pool_merge_bytes, load_bytes
 from mergesearch.merge.compact import pool_bytes as compact_pool_bytes
 from mergesearch.merge.spec import get_method
-from mergesearch.model_files import model_config, tensor_shapes
+from mergesearch.model_files import model_config, shapes_of
 from mergesearch.setup import SearchSetup
 
 GIB = 2**30
@@ -66,7 +66,7 @@ class ModelShape:
         head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(heads, 1)
         return cls(
             folder,
-            tensor_shapes(folder),
+            shapes_of(folder),
             config.get("num_hidden_layers", 0),
             config.get("num_key_value_heads", heads) * head_dim,
             config.get("max_position_embeddings", 2048),

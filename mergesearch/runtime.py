@@ -57,7 +57,7 @@ def check_ray_address(address: str) -> None:
 NAMESPACE = "mergesearch"  # every named actor (evaluators, routers, judges) lives here
 
 
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> None:
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``) or start a local Ray, once per
     process, the same way for search, promotion and data generation.
 
@@ -76,6 +76,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> None
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     local = {
         "num_cpus": num_cpus,
+        "num_gpus": num_gpus,  # logical GPUs on a machine without any: a rehearsal of a GPU layout
         "include_dashboard": os.environ.get("MERGESEARCH_DASHBOARD") == "1",
         "dashboard_host": "127.0.0.1",  # this machine only; a cluster's head is set up by `ray start`
     }

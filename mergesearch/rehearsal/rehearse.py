@@ -1,0 +1,340 @@
+"""A rehearsal: the user's job checked against their real model folders and cluster, then run on stand-ins.
+
+Before any weights are downloaded or loaded, ``mergesearch rehearse CONFIG`` reads each model folder's
+config.json and tokenizer files and says, one line each, what the real run would hit: a folder that is
+not a model, a tokenizer that does not load, experts that do not share the base's architecture, a merged
+model without a chat template, an lm-eval dataset not in the cache, an actor the memory plan (computed
+from the config.json files alone) cannot place on the cluster. Then it writes stand-ins of every folder
+(``standins``) and the same job over them: the same actor layout and Ray resource requests, a tiny budget
+(``Budget``), and the transformers backend in vLLM's place where this machine has no CUDA (said in the
+log). No check is loosened for the stand-ins: they pass the job's checks because they say refusals,
+verdicts and JSON, not because a rehearsal mode skips anything. What the rehearsal changes is listed in
+``rehearsal.json`` beside the stand-in config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mergesearch.config import SearchConfig, load_config
+from mergesearch.datagen.spec import DataSpec
+from mergesearch.errors import UserError
+from mergesearch.model_files import model_config
+from mergesearch.rehearsal.scripts import Role
+from mergesearch.rehearsal.standins import StandIn, write_standins
+from mergesearch.search.run_dir import RunDir
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How small the rehearsal's job is: enough to run every step once over the real layout."""
+
+    trials: int = 4
+    prompts: int = 8  # harmful and task prompts per evaluation
+    per_category: int = 1  # generated harmful requests per harm category
+    benign: int = 8  # the held-out split gets some too (over-refusal is scored there)
+    task_questions: int = 4  # per task domain
+    new_tokens: int = 16  # answers; the generator writes up to GENERATOR_TOKENS
+    top_k: int = 2
+
+
+GENERATOR_TOKENS = 128
+
+
+@dataclass
+class Findings:
+    """What the real run would hit, one line each."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def check(self, what: str, action: Callable[[], Any]) -> Any:
+        """``action``'s result, or None with its one-line error recorded under ``what``."""
+        try:
+            return action()
+        except UserError as err:
+            self.lines.append(f"{what}: {err}")
+            return None
+
+
+# ------------------------------------------------------------------------------------ the real folders
+def _folder(path: str) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _has_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
+def check_search(config: SearchConfig, config_path: Path, cluster: Path | None, findings: Findings) -> None:
+    """The search config's folders, tokenizer, datasets and memory plan, from config.json and tokenizer
+    files alone."""
+    from mergesearch.merge.resident import check_compatible
+    from mergesearch.merge.tokenizer import TokenizerChoice
+    from mergesearch.objectives.lm_eval_tasks import check_task_datasets, check_tasks
+    from mergesearch.plan import cluster_nodes, place, plan_actors, this_machine, together_shortfall
+    from mergesearch.setup import SearchSetup, genome_space
+
+    models = config.models
+    base, experts = _folder(models.base), {e.name: _folder(e.path) for e in models.experts}
+    folders = {"models.base": base, **{f"models.experts.{n}": f for n, f in experts.items()}}
+    if config.judge.model:
+        folders["judge.model"] = _folder(config.judge.model)
+    readable = {what: f for what, f in folders.items() if findings.check(what, lambda f=f: model_config(f))}
+    if len(readable) < len(folders):
+        return  # the checks below read every folder
+    findings.check("models", lambda: check_compatible(base, experts))
+    choice = findings.check(
+        "models", lambda: TokenizerChoice.of(models.tokenizer_source, models.chat_template, base, experts)
+    )
+    if choice is not None and choice.template is None and not _has_template(choice.source):
+        findings.lines.append(
+            f"models: the merged model takes {choice.source}'s tokenizer, which has no chat template: set "
+            "models.tokenizer_source to an expert with one (or models.chat_template)"
+        )
+    tasks = config.promotion.tasks
+    findings.check("promotion.tasks", lambda: check_tasks(tasks, f"{config_path}: promotion.tasks"))
+    findings.check("promotion.tasks", lambda: check_task_datasets(tasks, f"{config_path}: promotion.tasks"))
+    resolved = config.model_copy(
+        update={
+            "models": models.model_copy(
+                update={
+                    "base": str(base),
+                    "experts": [e.model_copy(update={"path": str(experts[e.name])}) for e in models.experts],
+                }
+            )
+        }
+    )
+    setup = SearchSetup(resolved, genome_space(resolved, model_config(base)["num_hidden_layers"]))
+    actors = findings.check("plan", lambda: plan_actors(setup))
+    if actors is None:
+        return
+    if cluster is not None:
+        nodes, source = cluster_nodes(cluster), str(cluster)
+    elif os.environ.get("RAY_ADDRESS"):
+        from mergesearch.search.placement import SOURCE, live_nodes
+
+        nodes, source = live_nodes(), SOURCE
+    else:
+        nodes, source = [this_machine()], "this machine"
+    for placement in place(actors, nodes):
+        if placement.node is None:
+            findings.lines.append(f"plan ({source}): {placement.actor.role}: {placement.shortfall}")
+    together = together_shortfall(actors, nodes) if cluster is None else ""
+    if together:
+        findings.lines.append(f"plan ({source}): {together}")
+
+
+def check_spec(spec: DataSpec, findings: Findings) -> None:
+    """The data spec's folders: each a model whose tokenizer, for the experts, renders chats."""
+    if spec.generator.model:
+        findings.check("generator.model", lambda: model_config(_folder(spec.generator.model)))
+    if spec.answer is None:
+        return
+    for expert in spec.answer.experts:
+        folder = _folder(expert.path)
+        what = f"answer.experts.{expert.name}"
+        if findings.check(what, lambda f=folder: model_config(f)) and not _has_template(folder):
+            findings.lines.append(f"{what}: {folder} has no chat template; its replies would be to raw text")
+    if spec.answer.judge.model:
+        findings.check("answer.judge.model", lambda: model_config(_folder(spec.answer.judge.model)))
+
+
+# ------------------------------------------------------------------------------------ the stand-ins
+class StandIns:
+    """One stand-in per (folder, role), named after the folder (and the role where it is not the
+    folder's first); each folder's path maps to the stand-in playing each role."""
+
+    def __init__(self) -> None:
+        self.wanted: dict[tuple[Path, Role], StandIn] = {}
+
+    def of(self, path: str, role: Role) -> str:
+        folder = _folder(path)
+        key = (folder, role)
+        if key not in self.wanted:
+            taken = {s.name for s in self.wanted.values()}
+            name = folder.name if folder.name not in taken else f"{folder.name}.{role}"
+            self.wanted[key] = StandIn(folder, role, name)
+        return self.wanted[key].name
+
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _runner(section: dict, log: Log, what: str) -> dict:
+    """A runner section on this machine: vLLM becomes the transformers backend where there is no CUDA."""
+    backend = dict(section.get("backend") or {})
+    if _no_cuda() and (backend.get("kind") == "vllm" or backend.get("device") == "cuda"):
+        log(f"rehearsal: {what}: no CUDA here, the transformers backend on the CPU in vLLM's place")
+        backend.update(kind="hf", device="cpu")
+        backend.pop("sleep_mode", None)
+    return backend
+
+
+def standin_config(
+    config: SearchConfig, names: StandIns, models_dir: Path, budget: Budget, data: dict, log: Log
+) -> dict:
+    """The search config over the stand-ins: the same layout and resource requests, a tiny budget."""
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    models = raw["models"]
+    models["base"] = str(models_dir / names.of(config.models.base, "base"))
+    for expert in models.get("experts", []):
+        expert["path"] = str(models_dir / names.of(expert["path"], "expert"))
+    source = config.models.tokenizer_source
+    if source not in ("base", *(e.name for e in config.models.experts)):
+        models["tokenizer_source"] = str(models_dir / names.of(source, "base"))
+    raw["name"] = f"{config.name}_rehearsal"
+    raw["data"] = {**raw.get("data", {}), **data}
+    raw["data"]["max_alignment_prompts"] = raw["data"]["max_task_prompts"] = budget.prompts
+    backend = _runner({"backend": raw.get("backend")}, log, "backend")
+    backend["max_new_tokens"] = budget.new_tokens
+    raw["backend"] = backend
+    judge = dict(raw.get("judge") or {})
+    if config.judge.model:
+        judge["model"] = str(models_dir / names.of(config.judge.model, "guard"))
+    if _no_cuda() and judge.get("backend") == "vllm":
+        log("rehearsal: judge: no CUDA here, the transformers backend on the CPU in vLLM's place")
+        judge["backend"] = "hf"
+    raw["judge"] = judge
+    search = dict(raw.get("search") or {})
+    search["num_trials"] = budget.trials
+    raw["search"] = search
+    promotion = dict(raw.get("promotion") or {})
+    if promotion.get("tasks"):
+        log("rehearsal: promotion: lm-eval tasks checked against the cache above, not run on stand-ins")
+    promotion.update(tasks=[], top_k=min(config.promotion.top_k, budget.top_k), backend="hf")
+    raw["promotion"] = promotion
+    return raw
+
+
+def standin_spec(spec: DataSpec, names: StandIns, models_dir: Path, budget: Budget, log: Log) -> dict:
+    """The data spec over the stand-ins: every step of it, a few prompts each."""
+    raw = spec.model_dump(mode="json", exclude_unset=True)
+    generator = dict(raw.get("generator") or {})
+    if spec.generator.model:
+        generator["model"] = str(models_dir / names.of(spec.generator.model, "generator"))
+        generator["backend"] = _runner(generator, log, "generator")
+        generator.update(max_new_tokens=GENERATOR_TOKENS, requests_per_attempt=2)
+    raw["generator"] = generator
+    if spec.alignment is not None:
+        raw["alignment"] = {**raw.get("alignment", {}), "per_category": budget.per_category}
+    raw["benign"] = min(spec.benign, budget.benign)
+    for task in raw.get("tasks", []):
+        task["count"] = min(task.get("count", 20), budget.task_questions)
+    if spec.answer is not None:
+        answer = raw["answer"]
+        for expert in answer["experts"]:
+            expert["path"] = str(models_dir / names.of(expert["path"], "expert"))
+        if spec.answer.judge.model:
+            answer["judge"]["model"] = str(models_dir / names.of(spec.answer.judge.model, "guard"))
+            if _no_cuda() and answer["judge"].get("backend") == "vllm":
+                answer["judge"]["backend"] = "hf"
+        answer["backend"] = _runner(answer, log, "answer")
+        answer["max_new_tokens"] = budget.new_tokens
+    return raw
+
+
+# ------------------------------------------------------------------------------------ the rehearsal
+@dataclass(frozen=True)
+class Prepared:
+    """What a rehearsal wrote: the stand-in config (and data spec), and what the real run would hit."""
+
+    config: Path
+    spec: Path | None
+    findings: tuple[str, ...]
+
+
+def prepare(
+    config_path: Path,
+    out: Path,
+    spec_path: Path | None = None,
+    cluster: Path | None = None,
+    budget: Budget = Budget(),
+    log: Log = print,
+) -> Prepared:
+    """Check the real job and write its stand-in version under ``out`` (``models/``, ``config.yaml``,
+    ``data_spec.yaml``, ``rehearsal.json``)."""
+    config = load_config(config_path)
+    spec = load_config(spec_path, DataSpec) if spec_path else None
+    findings = Findings()
+    check_search(config, config_path, cluster, findings)
+    if spec is not None:
+        check_spec(spec, findings)
+    names = StandIns()
+    models_dir = (out / "models").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {}
+    if spec is not None:
+        data = {"path": str((out / "data").resolve()), "spec": None}
+    elif config.data.spec:
+        findings.lines.append("data.spec: pass it with --data-spec, so that its models get stand-ins too")
+    raw = standin_config(config, names, models_dir, budget, data, log)  # first: experts keep their names
+    config_out = out / "config.yaml"
+    config_out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec_out = None
+    if spec is not None:
+        spec_out = out / "data_spec.yaml"
+        spec_out.write_text(
+            yaml.safe_dump(standin_spec(spec, names, models_dir, budget, log), sort_keys=False)
+        )
+    readable = [s for s in names.wanted.values() if (s.source / "config.json").is_file()]
+    written = findings.check("stand-ins", lambda: write_standins(readable, models_dir, log))
+    record = {"config": str(config_path), "data_spec": str(spec_path) if spec_path else None}
+    record |= {"budget": budget.__dict__, "stand_ins": written, "findings": findings.lines}
+    (out / "rehearsal.json").write_text(json.dumps(record, indent=1))
+    return Prepared(config_out, spec_out, tuple(findings.lines))
+
+
+def run(prepared: Prepared, out: Path, use_ray: bool, log: Log = print) -> RunDir:
+    """The job on the stand-ins: data generation (Ray Data pools with ``use_ray``), then search,
+    promotion and report in ``out/run``. Without ``RAY_ADDRESS`` a local Ray is started with the CPUs and
+    GPUs the job asks for, as logical resources, so every actor's request is placed as on the cluster."""
+    from mergesearch.model_refs import resolve_model
+    from mergesearch.runtime import ray_session
+    from mergesearch.workflow import Steps, search_to_report
+    from mergesearch.workflow import prepare as prepare_search
+
+    config = load_config(prepared.config)
+    spec = load_config(prepared.spec, DataSpec) if prepared.spec else None
+    if not os.environ.get("RAY_ADDRESS"):
+        cpus, gpus = _asks(config, spec)
+        log(f"rehearsal: a local Ray with the {cpus} CPUs and {gpus} GPUs the job asks for (logical ones)")
+        ray_session(num_cpus=cpus, num_gpus=gpus)
+    if spec is not None:
+        from mergesearch.datagen.pipeline import build_dataset
+
+        spec = spec.with_models(lambda ref, at: resolve_model(ref, at, log))
+        card = build_dataset(spec, out / "data", use_ray, log=log)
+        log(f"rehearsal: data: {card['rows']} rows, dropped {card.get('dropped', {})}")
+    run_dir = RunDir(out / "run")
+    setup = prepare_search(config, prepared.config, run_dir, log, check_promotion=True)
+    search_to_report(setup, run_dir, log, Steps())
+    return run_dir
+
+
+def _asks(config: SearchConfig, spec: DataSpec | None) -> tuple[int, int]:
+    """The CPUs and GPUs the job's actors ask for together (the search's evaluators and judge at once;
+    promotion and data generation after them)."""
+    res = config.resources
+    evaluators = 1 if res.num_evaluators == "auto" else res.num_evaluators
+    cpus = evaluators * res.cpus_per_evaluator + 1
+    gpus = evaluators * res.gpus_per_evaluator + res.gpus_per_judge
+    gpus = max(
+        gpus, config.promotion.gpus, *(m.gpus for m in (spec.generator, spec.answer) if m) if spec else (0,)
+    )
+    return max(math.ceil(cpus), math.ceil(config.promotion.cpus), 2), math.ceil(gpus)
