@@ -73,3 +73,40 @@ def protocol_table(name: str) -> str:
     )
     table = table_markdown(json.loads(path.read_text()))
     return f"`{path.relative_to(RESULTS.parents[1])}`, {ran}:\n\n{table}\n"
+
+
+def rehearsal_cluster(path: Path = RESULTS / "rehearsal_cluster.json") -> str:
+    """The cluster rehearsal's record (``benchmarks/rehearsal_cluster.py``): phases, placements against
+    the plan, the drivers' memory, the trial budget and promotions, under the commit it ran at."""
+    data, item = json.loads(path.read_text()), stamp(path)
+    placed = data.get("placements", [])
+    planned = sum(1 for p in placed if p["as_planned"])
+    checked = sum(1 for p in placed if p["as_planned"] is not None)
+    on_head = sum(1 for p in placed if p["on_head"])
+    promotions = data.get("promotions", {})
+    lines = [
+        f"`benchmarks/results/rehearsal_cluster.json`, ran at `{item.commit[:9]}` on {data['machine']}, "
+        f"{data['date']}{_stale_note(item)}: a head with no CPUs for work and {data['workers']} workers of "
+        f"{data['gpus_per_worker']} (declared) GPU each.",
+        "",
+        "| what | measured |",
+        "|---|---|",
+        f"| actors placed as the plan asks (CPU and GPU per actor, on a worker) | {planned} of {checked}; "
+        f"{on_head} on the head |",
+        f"| the search's driver, peak RSS (both submissions) | {data['driver_peak_rss_mib']:.0f} MiB |",
+        f"| drivers killed mid-search, trials done then | {data['driver_processes_killed']}, "
+        f"{data['trials_before_kill']} |",
+        f"| trials after the re-submitted job: run / budget / distinct genomes | {data['trials_run']} / "
+        f"{data['trials_budget']} / {data['trials_unique']} |",
+        f"| promotions per candidate (search, then the promote job) | "
+        f"{', '.join(f'{k}: {v}' for k, v in sorted(promotions.items())) or 'none'} |",
+        f"| the report rebuilt from the copy brought back | {'yes' if data['report_back'] else 'no'} |",
+        f"| `mergesearch rehearse` findings on the real folders | {len(data['rehearse_findings'])} |",
+        "",
+        "Wall time per phase (s): "
+        + ", ".join(f"{name.replace('_', ' ')} {seconds:g}" for name, seconds in data["phases_s"].items())
+        + ".",
+    ]
+    lines += ["", "What `mergesearch rehearse` said the real run would hit:", ""]
+    lines += [f"- {line.removeprefix('would fail: ')}" for line in data["rehearse_findings"]] or ["- nothing"]
+    return "\n".join(lines)

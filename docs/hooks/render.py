@@ -3,8 +3,9 @@
 ``{{ config_reference }}``: every config field, from the schema (``mergesearch.config_reference``);
 ``{{ fresh_clone_timings }}`` and ``{{ benchmark_results }}``: figures from ``benchmarks/results/*.json``,
 each with its commit (``benchmarks/render.py``); ``{{ protocol_table:NAME }}``: a protocol run's table, with
-its commit; ``{{ demo_table }}``: the table ``make demo`` prints, as the
-README shows it (kept there, once). Nothing here is written twice, so none of it drifts.
+its commit; ``{{ rehearsal_cluster }}``: the cluster rehearsal's record; ``{{ demo_table }}``: the table
+``make demo`` prints, as the README shows it (kept there, once). Nothing here is written twice, so none
+of it drifts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ GENERATED = {
     "{{ config_reference }}": config_reference.render,
     "{{ fresh_clone_timings }}": render.fresh_clone_timings,
     "{{ benchmark_results }}": render.results_table,
+    "{{ rehearsal_cluster }}": render.rehearsal_cluster,
 }
 
 

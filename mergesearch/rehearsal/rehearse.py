@@ -41,9 +41,11 @@ class Budget:
 
     trials: int = 4
     prompts: int = 8  # harmful and task prompts per evaluation
-    per_category: int = 1  # generated harmful requests per harm category
-    benign: int = 8  # the held-out split gets some too (over-refusal is scored there)
-    task_questions: int = 4  # per task domain
+    # Enough rows that both splits hold every objective's after the answers' selection drops some
+    # (an expert stand-in refuses about half of all prompts, benign and task ones too).
+    per_category: int = 2  # generated harmful requests per harm category
+    benign: int = 16
+    task_questions: int = 16  # per task domain: the held-out split needs some for its task accuracy
     new_tokens: int = 16  # answers; the generator writes up to GENERATOR_TOKENS
     top_k: int = 2
 
@@ -124,8 +126,10 @@ def check_search(config: SearchConfig, config_path: Path, cluster: Path | None, 
     if cluster is not None:
         nodes, source = cluster_nodes(cluster), str(cluster)
     elif os.environ.get("RAY_ADDRESS"):
+        from mergesearch.runtime import ray_session
         from mergesearch.search.placement import SOURCE, live_nodes
 
+        ray_session()  # joins the cluster at RAY_ADDRESS
         nodes, source = live_nodes(), SOURCE
     else:
         nodes, source = [this_machine()], "this machine"
@@ -229,7 +233,7 @@ def standin_spec(spec: DataSpec, names: StandIns, models_dir: Path, budget: Budg
     if spec.generator.model:
         generator["model"] = str(models_dir / names.of(spec.generator.model, "generator"))
         generator["backend"] = _runner(generator, log, "generator")
-        generator.update(max_new_tokens=GENERATOR_TOKENS, requests_per_attempt=2)
+        generator.update(max_new_tokens=GENERATOR_TOKENS, requests_per_attempt=4)  # one question each
     raw["generator"] = generator
     if spec.alignment is not None:
         raw["alignment"] = {**raw.get("alignment", {}), "per_category": budget.per_category}
