@@ -110,3 +110,20 @@ def rehearsal_cluster(path: Path = RESULTS / "rehearsal_cluster.json") -> str:
     lines += ["", "What `mergesearch rehearse` said the real run would hit:", ""]
     lines += [f"- {line.removeprefix('would fail: ')}" for line in data["rehearse_findings"]] or ["- nothing"]
     return "\n".join(lines)
+
+
+def rehearse_shipped(path: Path = RESULTS / "rehearse_shipped.json") -> str:
+    """``mergesearch rehearse`` on each shipped GPU config (``benchmarks/rehearse_shipped.py``): what each
+    real run would hit, under the commit it ran at."""
+    data, item = json.loads(path.read_text()), stamp(path)
+    lines = [
+        f"`benchmarks/results/rehearse_shipped.json`, ran at `{item.commit[:9]}` on {data['machine']}, "
+        f"{data['date']}{_stale_note(item)}, against `cluster.yaml`:",
+        "",
+        "| config | data spec | exit | what the real run would hit |",
+        "|---|---|---|---|",
+    ]
+    for row in data["configs"]:
+        found = "<br>".join(row["findings"]) or "nothing"
+        lines.append(f"| `{row['config']}` | `{row['data_spec']}` | {row['exit_status']} | {found} |")
+    return "\n".join(lines)

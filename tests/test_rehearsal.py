@@ -288,3 +288,23 @@ def test_the_cluster_guide_runs_end_to_end_on_a_simulated_four_gpu_worker_cluste
     assert record["trials_run"] == record["trials_unique"] == record["trials_budget"]
     assert record["promotions"] and set(record["promotions"].values()) == {1}
     assert record["report_back"]
+
+
+@pytest.mark.slow  # ~1 min: five rehearsals, stand-ins written for each (`make test-slow`, CI)
+def test_every_shipped_gpu_config_rehearses_to_one_line_per_problem(tmp_path) -> None:
+    out = tmp_path / "rehearse_shipped.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rehearse_shipped.py"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    configs = json.loads(out.read_text())["configs"]
+    assert len(configs) == len(list((ROOT / "search_spaces").glob("*_gpu.yaml")))
+    for row in configs:
+        assert not row["traceback"], row
+        # without the hub, promotion's datasets are the one problem; anything else is a regression
+        assert row["exit_status"] == 2 and row["findings"], row
+        assert all(line.startswith("promotion.tasks:") for line in row["findings"]), row

@@ -3,9 +3,9 @@
 ``{{ config_reference }}``: every config field, from the schema (``mergesearch.config_reference``);
 ``{{ fresh_clone_timings }}`` and ``{{ benchmark_results }}``: figures from ``benchmarks/results/*.json``,
 each with its commit (``benchmarks/render.py``); ``{{ protocol_table:NAME }}``: a protocol run's table, with
-its commit; ``{{ rehearsal_cluster }}``: the cluster rehearsal's record; ``{{ demo_table }}``: the table
-``make demo`` prints, as the README shows it (kept there, once). Nothing here is written twice, so none
-of it drifts.
+its commit; ``{{ rehearsal_cluster }}``, ``{{ rehearse_shipped }}``: the rehearsals' records;
+``{{ demo_table }}``: the table ``make demo`` prints, as the README shows it (kept there, once). Nothing
+here is written twice, so none of it drifts.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ GENERATED = {
     "{{ fresh_clone_timings }}": render.fresh_clone_timings,
     "{{ benchmark_results }}": render.results_table,
     "{{ rehearsal_cluster }}": render.rehearsal_cluster,
+    "{{ rehearse_shipped }}": render.rehearse_shipped,
 }
 
 

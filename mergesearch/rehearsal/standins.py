@@ -126,9 +126,9 @@ class Segmenter:
     chain a branch): the tokenizer's own encoding where it has no repeat, else any tokens of the vocabulary
     that spell the text (decoding concatenates whatever tokens a model emits)."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, avoid: set[int]) -> None:
         self.tokenizer = tokenizer
-        self.used: set[int] = set()
+        self.used: set[int] = set(avoid)  # tokens a line may not use: where the prompts end
         self._by_text: dict[str, list[int]] | None = None
 
     def by_text(self) -> dict[str, list[int]]:
@@ -231,10 +231,10 @@ def _match(pattern: str, at: int, piece: str) -> int | None:
     return at
 
 
-def greedy_chain(tokenizer, lines: Sequence[tuple[str, float]], eos: int) -> Chain:
+def greedy_chain(tokenizer, lines: Sequence[tuple[str, float]], eos: int, avoid: set[int]) -> Chain:
     """The chain of greedy lines, each token used once (greedy decoding then neither loops nor crosses
     from one line into another)."""
-    chain, spell = Chain(), Segmenter(tokenizer)
+    chain, spell = Chain(), Segmenter(tokenizer, avoid)
     for text, share in lines:
         ids = spell.spell(text)
         chain.add([*ids, eos])
@@ -242,10 +242,10 @@ def greedy_chain(tokenizer, lines: Sequence[tuple[str, float]], eos: int) -> Cha
     return chain
 
 
-def generator_chain(tokenizer, eos: int) -> Chain:
+def generator_chain(tokenizer, eos: int, avoid: set[int]) -> Chain:
     """The generator's chain: a JSON question object whose question is a walk over ``WORDS``, spelt in
     tokens used once each (branching only where the words are)."""
-    spell = Segmenter(tokenizer)
+    spell = Segmenter(tokenizer, avoid)
     words = [spell.spell(" " + w) for w in WORDS]
     spelt = spell.spell(GENERATOR_FORM.replace(QUESTION_SLOT, GAP))
     gap = spelt.index(-1)
@@ -261,12 +261,16 @@ def generator_chain(tokenizer, eos: int) -> Chain:
     return chain
 
 
-def chain_for(role: Role, tokenizer, refusal_share: float, source: str) -> Chain:
+def chain_for(role: Role, tokenizer, refusal_share: float, source: str, avoid: set[int]) -> Chain:
+    """``role``'s lines as a chain of tokens, none of them one of ``avoid`` (the tokens the role's prompts
+    end on: a line starts after them)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError(f"{source}: its tokenizer has no eos_token; a stand-in's lines could not end")
     lines = lines_for(role, refusal_share)
-    return generator_chain(tokenizer, eos) if lines.sampled else greedy_chain(tokenizer, lines.greedy, eos)
+    if lines.sampled:
+        return generator_chain(tokenizer, eos, avoid)
+    return greedy_chain(tokenizer, lines.greedy, eos, avoid)
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -367,6 +371,10 @@ def _last_hidden(model, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def _ends(tokenizer, prompts: Sequence[str]) -> set[int]:
+    return {_ids(tokenizer, p)[-1] for p in prompts}
+
+
 def _has_bos(tokenizer, text: str) -> bool:
     bos = tokenizer.bos_token
     return bool(bos) and text.startswith(bos)
@@ -381,7 +389,7 @@ def script_head(
     head = model.get_output_embeddings().weight
     width = head.shape[1]
     index = {t: i for i, t in enumerate(family.tokens)}
-    ends = {_ids(tokenizer, p)[-1] for p in prompts} & chain.tokens()
+    ends = _ends(tokenizer, prompts) & chain.tokens()
     if ends:
         raise UserError(
             f"{tokenizer.name_or_path}: its prompts end on {tokenizer.decode(sorted(ends)[:1])!r}, a "
@@ -447,7 +455,22 @@ def write_standins(wanted: Sequence[StandIn], out: Path, log=print) -> dict[str,
 
     small = {s.name: shrink_config(model_config(s.source), str(s.source)) for s in wanted}
     tokenizers = {s.name: _tokenizer(s.source) for s in wanted}
-    chains = {s.name: chain_for(s.role, tokenizers[s.name], s.refusal_share, str(s.source)) for s in wanted}
+    prompts = {
+        s.name: render_prompts(
+            s.role, tokenizers[s.name], bool(getattr(tokenizers[s.name], "chat_template", None))
+        )
+        for s in wanted
+    }
+    chains = {
+        s.name: chain_for(
+            s.role,
+            tokenizers[s.name],
+            s.refusal_share,
+            str(s.source),
+            _ends(tokenizers[s.name], prompts[s.name]),
+        )
+        for s in wanted
+    }
     families: dict[str, set[int]] = {}
     for s in wanted:
         families.setdefault(family_of(small[s.name]), set()).update(chains[s.name].tokens())
@@ -459,8 +482,7 @@ def write_standins(wanted: Sequence[StandIn], out: Path, log=print) -> dict[str,
         if s.role in ("expert", "generator"):
             _perturb(model, s.name)
         tokenizer = tokenizers[s.name]
-        prompts = render_prompts(s.role, tokenizer, bool(getattr(tokenizer, "chat_template", None)))
-        measured = script_head(model, family, basis, chains[s.name], prompts, tokenizer)
+        measured = script_head(model, family, basis, chains[s.name], prompts[s.name], tokenizer)
         folder = out / s.name
         if folder.exists():
             shutil.rmtree(folder)
