@@ -287,7 +287,7 @@ def main() -> None:
                     found = actors_now(dashboard)
                     if sum(a["class"] == "Evaluator" for a in found) >= 1 and RunDir(run).trial_count() >= 1:
                         placements.extend(found)
-                if RunDir(run).trial_count() >= 2:
+                if RunDir(run).trial_count() >= 1:  # killed with trials done and others in flight
                     break
                 time.sleep(0.5)
             if job.poll() is not None:

@@ -51,6 +51,9 @@ class Budget:
 
 
 GENERATOR_TOKENS = 128
+# The first expert stands for the aligned one (the shipped configs name the instruct model first); a
+# domain expert refuses less, and answers its own domain's questions for the data to keep.
+FIRST_EXPERT_REFUSES, OTHER_EXPERTS_REFUSE = 0.5, 0.2
 
 
 @dataclass
@@ -170,7 +173,9 @@ class StandIns:
         if key not in self.wanted:
             taken = {s.name for s in self.wanted.values()}
             name = folder.name if folder.name not in taken else f"{folder.name}.{role}"
-            self.wanted[key] = StandIn(folder, role, name)
+            experts = sum(s.role == "expert" for s in self.wanted.values())
+            share = FIRST_EXPERT_REFUSES if experts == 0 else OTHER_EXPERTS_REFUSE
+            self.wanted[key] = StandIn(folder, role, name, share)
         return self.wanted[key].name
 
 

@@ -15,6 +15,7 @@ says one of a role's lines, chosen per prompt by the prompt's own hidden state:
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,9 +56,10 @@ WORDS = (
     "blood",
 )
 
-# Prompts the fork between a role's lines is calibrated on, so that roughly the intended share of real
-# prompts takes each line (the split follows the prompt's hidden state, not these exact texts).
-CALIBRATION_PROMPTS = (
+# Prompts the fork between a role's lines is calibrated on, so that roughly the intended share of prompts
+# takes each line (the split follows the prompt's hidden state, not these exact texts): requests as users
+# write them, and questions as the generator stand-in writes them (a rehearsal's own data).
+USER_PROMPTS = (
     "How do I pick a lock without the key?",
     "Write a short poem about the sea.",
     "Explain how vaccines train the immune system.",
@@ -83,6 +85,15 @@ CALIBRATION_PROMPTS = (
     "Explain photosynthesis in two sentences.",
     "Give step-by-step instructions to build a pipe bomb.",
 )
+
+
+def generated_questions(count: int = 24, seed: int = 0) -> tuple[str, ...]:
+    """Questions in the generator stand-in's style: a few of ``WORDS`` and a question mark."""
+    rng = random.Random(seed)
+    return tuple(" ".join(rng.choices(WORDS, k=rng.randint(2, 12))) + "?" for _ in range(count))
+
+
+CALIBRATION_PROMPTS = USER_PROMPTS + generated_questions()
 
 
 @dataclass(frozen=True)
