@@ -314,9 +314,10 @@ def main() -> None:
         # 4. Promotion re-submitted: what the search promoted is kept, not redone.
         (promote_line,) = blocks["promote"]
         promoted = timed("promote_job", lambda: sh(filled(promote_line, places), timeout=1800))
-        record["promote_log"] = [line for line in promoted.stdout.splitlines() if line.startswith("promote:")]
+        record["search_promote_log"] = _promote_lines(resumed.stdout)
+        record["promote_log"] = _promote_lines(promoted.stdout)
         leaderboard = json.loads((run / "promotion" / "leaderboard.json").read_text())
-        record["promotions"] = _promotions(run)
+        record["promotions"] = _promotions([record["search_promote_log"], record["promote_log"]])
         record["leaderboard_rows"] = (
             len(leaderboard) if isinstance(leaderboard, list) else len(leaderboard.get("rows", []))
         )
@@ -358,12 +359,25 @@ def _tail(path: Path) -> str:
     return path.read_text()[-3000:]
 
 
-def _promotions(run: Path) -> dict[str, int]:
-    """How many times each candidate's promotion ran: the `promote:` lines of every job log in the run
-    dir that say a candidate was scored (a kept one is not counted again)."""
+def _promote_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("promote:")]
+
+
+def _promotions(logs: list[list[str]]) -> dict[str, int]:
+    """How many times each candidate was promoted over the jobs' logs: each job lists its candidates
+    (``promote: N candidate(s): a, b``) and names those it kept from before (``promote: a: promoted before
+    with these settings, kept``); the rest it promoted."""
     counts: dict[str, int] = {}
-    for result in (run / "promotion").glob("*/result.json"):
-        counts[result.parent.name] = counts.get(result.parent.name, 0) + 1
+    for lines in logs:
+        listed = [line.split(": ", 2)[2].split(", ") for line in lines if "candidate(s):" in line]
+        kept = {
+            c
+            for line in lines
+            if line.endswith("promoted before with these settings, kept")
+            for c in line.removeprefix("promote: ").split(":")[0].split(", ")
+        }
+        for candidate in (c for group in listed for c in group if c not in kept):
+            counts[candidate] = counts.get(candidate, 0) + 1
     return counts
 
 
