@@ -393,7 +393,14 @@ def plan(config_path: Path, cluster: Path | None) -> None:
 @click.option(
     "--run/--no-run", "run_job", default=True, show_default=True, help="Run the job on the stand-ins."
 )
+@click.option(
+    "--keep-engines",
+    is_flag=True,
+    help="Keep the config's engines (vLLM) although this machine has no CUDA: a job submitted from a CPU "
+    "head to GPU workers [default: the transformers backend on the CPU where this machine has no CUDA].",
+)
 @_ray_option
+@_actors_option
 def rehearse(
     config_path: Path,
     spec_path: Path | None,
@@ -401,24 +408,32 @@ def rehearse(
     cluster: Path | None,
     trials: int,
     run_job: bool,
+    keep_engines: bool,
     use_ray: bool,
+    actors: int,
 ) -> None:
     from mergesearch.config import load_config
-    from mergesearch.rehearsal.rehearse import Budget, prepare, run
+    from mergesearch.rehearsal.rehearse import Budget, Engines, prepare, run
 
     out = out or Path("rehearsals") / load_config(config_path).name
-    prepared = prepare(config_path, out, spec_path, cluster, Budget(trials=trials), progress)
+    budget, engines = Budget(trials=trials), Engines(keep_engines)
+    prepared = prepare(config_path, out, spec_path, cluster, budget, progress, engines)
     for line in prepared.findings:
         click.echo(f"would fail: {line}")
+    for line in prepared.limits:
+        click.echo(f"cannot rehearse: {line}")
     click.echo(f"stand-in job: {prepared.config}" + (f" and {prepared.spec}" if prepared.spec else ""))
-    if run_job and not any(line.startswith("stand-ins:") for line in prepared.findings):
-        run_dir = run(prepared, out, use_ray, progress)
+    if run_job and not prepared.limits:
+        run_dir = run(prepared, out, use_ray, progress, actors)
         from mergesearch.report import summary_table
 
         click.echo(summary_table(run_dir))
         click.echo(f"rehearsal run: {run_dir.root}")
-    if prepared.findings:
-        _fail(f"rehearsal: {len(prepared.findings)} problem(s) the real run would hit (above)")
+    if prepared.findings or prepared.limits:
+        _fail(
+            f"rehearsal: {len(prepared.findings)} problem(s) the real run would hit, "
+            f"{len(prepared.limits)} that keep the stand-in job from running (above)"
+        )
     click.echo("rehearsal: nothing found that the real run would hit")
 
 

@@ -84,11 +84,3 @@ def config_tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     if getattr(config, "tie_word_embeddings", False):  # one tensor on disk
         shapes.pop("lm_head.weight", None)
     return shapes
-
-
-def shapes_of(folder: Path) -> dict[str, tuple[int, ...]]:
-    """From the safetensors headers where the folder has weights, else from config.json."""
-    has_weights = (Path(folder) / "model.safetensors").is_file() or (
-        Path(folder) / "model.safetensors.index.json"
-    ).is_file()
-    return tensor_shapes(folder) if has_weights else config_tensor_shapes(folder)

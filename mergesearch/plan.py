@@ -24,7 +24,7 @@ from mergesearch.errors import UserError
 from mergesearch.merge.compact import expansion_bytes, host_pool_merge_bytes, load_bytes
 from mergesearch.merge.compact import pool_bytes as compact_pool_bytes
 from mergesearch.merge.spec import get_method
-from mergesearch.model_files import model_config, shapes_of
+from mergesearch.model_files import config_tensor_shapes, model_config, tensor_shapes
 from mergesearch.setup import SearchSetup
 
 GIB = 2**30
@@ -58,7 +58,9 @@ class ModelShape:
     positions: int
 
     @classmethod
-    def of(cls, folder: str | Path) -> ModelShape:
+    def of(cls, folder: str | Path, from_config: bool = False) -> ModelShape:
+        """From the safetensors headers; ``from_config``: from config.json alone (a rehearsal, before the
+        weights are downloaded)."""
         folder = Path(folder)
         config = model_config(folder)
         config = config.get("text_config", config)
@@ -66,7 +68,7 @@ class ModelShape:
         head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(heads, 1)
         return cls(
             folder,
-            shapes_of(folder),
+            config_tensor_shapes(folder) if from_config else tensor_shapes(folder),
             config.get("num_hidden_layers", 0),
             config.get("num_key_value_heads", heads) * head_dim,
             config.get("max_position_embeddings", 2048),
@@ -157,11 +159,12 @@ def engine_holdings(
     return held
 
 
-def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
-    """Evaluators, the judge actor (with a guard model) and the promotion worker of ``setup``'s search."""
+def plan_actors(setup: SearchSetup, from_config: bool = False) -> list[ActorPlan]:
+    """Evaluators, the judge actor (with a guard model) and the promotion worker of ``setup``'s search;
+    ``from_config``: the models sized from their config.json files alone (``ModelShape.of``)."""
     config = setup.config
     res, backend, judge, promotion = config.resources, config.backend, config.judge, config.promotion
-    base = ModelShape.of(setup.base)
+    base = ModelShape.of(setup.base, from_config)
     pool_bytes = base.params * DTYPE_BYTES[config.models.dtype]
     n = len(setup.experts)
     method = get_method(config.merge.method)
@@ -203,7 +206,7 @@ def plan_actors(setup: SearchSetup) -> list[ActorPlan]:
             (*evaluator, overhead),
         )
     ]
-    guard = ModelShape.of(judge.model) if judge.model else None
+    guard = ModelShape.of(judge.model, from_config) if judge.model else None
     guard_tokens = ASSUMED["guard_prompt_tokens"] + 10
 
     def guard_holdings(kind: str, on_gpu: bool) -> list[Holding]:

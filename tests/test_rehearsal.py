@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,14 @@ def test_a_generator_stand_in_writes_distinct_questions_the_llm_generator_parses
     assert all(r.choices == ("yes", "no") and r.answer == "no" for r in task_rows)
 
 
+@pytest.fixture
+def rehearse(tmp_path):
+    """``mergesearch rehearse ARGS`` as on a machine without CUDA and with no lm-eval dataset cached,
+    whatever this one has (the findings below are about those two)."""
+    env = {"CUDA_VISIBLE_DEVICES": "", "HF_DATASETS_CACHE": str(tmp_path / "no_datasets")}
+    return lambda *args: run_cli("rehearse", *args, cwd=ROOT, env=env)
+
+
 def paper_job(paper: dict[str, Path], folder: Path) -> tuple[Path, Path]:
     """The shipped paper config and data spec, pointing at the fixture folders."""
     shared = str(paper["Meta-Llama-3-8B"].parent)
@@ -140,12 +149,11 @@ def paper_job(paper: dict[str, Path], folder: Path) -> tuple[Path, Path]:
 
 
 def test_rehearse_names_what_the_real_run_would_hit_and_writes_the_same_layout_over_stand_ins(
-    paper, tmp_path
+    paper, tmp_path, rehearse
 ) -> None:
     config, spec = paper_job(paper, tmp_path)
     out = tmp_path / "rehearsal"
-    done = run_cli(
-        "rehearse",
+    done = rehearse(
         str(config),
         "--data-spec",
         str(spec),
@@ -154,7 +162,6 @@ def test_rehearse_names_what_the_real_run_would_hit_and_writes_the_same_layout_o
         "--cluster",
         "cluster.yaml",
         "--no-run",
-        cwd=ROOT,
     )
     assert done.returncode == 2
     would = [line for line in done.stdout.splitlines() if line.startswith("would fail:")]
@@ -179,42 +186,69 @@ def test_rehearse_names_what_the_real_run_would_hit_and_writes_the_same_layout_o
     )
 
 
-def test_rehearse_names_an_expert_folder_that_is_not_a_model(paper, tmp_path) -> None:
+def test_rehearse_names_an_expert_folder_that_is_not_a_model(paper, tmp_path, rehearse) -> None:
     config, _ = paper_job(paper, tmp_path)
     text = config.read_text().replace(
         str(paper["Llama3-OpenBioLLM-8B"]), str(tmp_path / "OpenBio-not-downloaded")
     )
     config.write_text(text)
-    done = run_cli(
-        "rehearse",
+    done = rehearse(
         str(config),
         "--out",
         str(tmp_path / "r"),
         "--cluster",
         "cluster.yaml",
         "--no-run",
-        cwd=ROOT,
     )
     assert done.returncode == 2
     would = [line for line in done.stdout.splitlines() if line.startswith("would fail:")]
     assert any("models.experts.openbio" in line and "no config.json" in line for line in would), would
 
 
-def test_rehearse_names_a_base_whose_tokenizer_has_no_chat_template(paper, tmp_path) -> None:
+def test_rehearse_names_a_base_whose_tokenizer_has_no_chat_template(paper, tmp_path, rehearse) -> None:
     config, _ = paper_job(paper, tmp_path)
     config.write_text(config.read_text().replace("tokenizer_source: instruct", "tokenizer_source: base"))
-    done = run_cli(
-        "rehearse",
+    done = rehearse(
         str(config),
         "--out",
         str(tmp_path / "r"),
         "--cluster",
         "cluster.yaml",
         "--no-run",
-        cwd=ROOT,
     )
     would = [line for line in done.stdout.splitlines() if line.startswith("would fail:")]
     assert any("no chat template" in line and "tokenizer_source" in line for line in would), would
+
+
+def test_stand_ins_of_folders_with_one_name_get_names_of_their_own(tmp_path) -> None:
+    from mergesearch.rehearsal.rehearse import StandIns
+
+    names = StandIns()
+    made = [names.of(str(tmp_path / d / "final"), "expert") for d in ("math", "code", "bio")]
+    assert len(set(made)) == 3
+    assert names.of(str(tmp_path / "math" / "final"), "expert") == made[0]  # one stand-in per folder and role
+
+
+def test_a_model_rehearsal_cannot_stand_in_for_is_one_line_and_no_run(paper, tmp_path, rehearse) -> None:
+    """Tied input and output embeddings: the stand-in's scripted head needs them apart. The real run may
+    well work: the line says the rehearsal cannot, and the stand-in job does not start."""
+    tied = {}
+    for name in ("Meta-Llama-3-8B", "Meta-Llama-3-8B-Instruct", "Llama3-OpenBioLLM-8B"):
+        folder = tmp_path / "tied" / name
+        shutil.copytree(paper[name], folder)
+        config = json.loads((folder / "config.json").read_text()) | {"tie_word_embeddings": True}
+        (folder / "config.json").write_text(json.dumps(config))
+        tied[str(paper[name])] = str(folder)
+    config, _ = paper_job(paper, tmp_path)
+    text = config.read_text()
+    for real, copy in tied.items():
+        text = text.replace(real + "\n", copy + "\n").replace(real + "}", copy + "}")
+    config.write_text(text)
+    done = rehearse(str(config), "--out", str(tmp_path / "r"), "--cluster", "cluster.yaml")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    limits = [line for line in done.stdout.splitlines() if line.startswith("cannot rehearse:")]
+    assert len(limits) == 1 and "tie_word_embeddings" in limits[0], done.stdout
+    assert "rehearsal run:" not in done.stdout and not (tmp_path / "r" / "run").exists()
 
 
 def test_the_cluster_guide_holds_every_command_the_cluster_rehearsal_runs() -> None:
@@ -230,7 +264,7 @@ def test_the_cluster_guide_holds_every_command_the_cluster_rehearsal_runs() -> N
     assert [w.split()[0] for w in blocks["cluster"]][0].startswith("RAY_AUTH_MODE=token")
 
 
-def test_a_rehearsal_runs_the_whole_job_on_stand_ins_with_the_real_layout(paper, tmp_path) -> None:
+def test_a_rehearsal_runs_the_whole_job_on_stand_ins_with_the_real_layout(paper, tmp_path, rehearse) -> None:
     """The reduced version of benchmarks/rehearsal_cluster.py (`make test-slow` runs that one): data
     generation, search, baselines, promotion and report on this machine, Ray started with the job's CPU
     and GPU requests as logical resources (~85 s)."""
@@ -238,8 +272,7 @@ def test_a_rehearsal_runs_the_whole_job_on_stand_ins_with_the_real_layout(paper,
 
     config, spec = paper_job(paper, tmp_path)
     out = tmp_path / "rehearsal"
-    done = run_cli(
-        "rehearse",
+    done = rehearse(
         str(config),
         "--data-spec",
         str(spec),
@@ -249,7 +282,6 @@ def test_a_rehearsal_runs_the_whole_job_on_stand_ins_with_the_real_layout(paper,
         "cluster.yaml",
         "--trials",
         "2",
-        cwd=ROOT,
     )
     assert done.returncode == 2, done.stderr[-3000:]  # the one finding: no lm-eval datasets here
     assert "Traceback" not in done.stderr

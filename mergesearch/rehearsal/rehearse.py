@@ -8,8 +8,8 @@ from the config.json files alone) cannot place on the cluster. Then it writes st
 (``standins``) and the same job over them: the same actor layout and Ray resource requests, a tiny budget
 (``Budget``), and the transformers backend in vLLM's place where this machine has no CUDA (said in the
 log). No check is loosened for the stand-ins: they pass the job's checks because they say refusals,
-verdicts and JSON, not because a rehearsal mode skips anything. What the rehearsal changes is listed in
-``rehearsal.json`` beside the stand-in config.
+verdicts and JSON, not because a rehearsal mode skips anything. What the rehearsal changes beyond the
+budget is listed in ``rehearsal.json`` (``changes``) beside the stand-in config.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +59,11 @@ FIRST_EXPERT_REFUSES, OTHER_EXPERTS_REFUSE = 0.5, 0.2
 
 @dataclass
 class Findings:
-    """What the real run would hit, one line each."""
+    """What the real run would hit (``lines``), and what keeps this rehearsal from running its stand-in
+    job though the real run might not mind (``limits``: a stand-in it cannot build), one line each."""
 
     lines: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)
 
     def check(self, what: str, action: Callable[[], Any]) -> Any:
         """``action``'s result, or None with its one-line error recorded under ``what``."""
@@ -80,7 +83,10 @@ def _has_template(folder: Path) -> bool:
     if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
         return True
     config = folder / "tokenizer_config.json"
-    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+    try:
+        return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        raise UserError(f"{config}: not a JSON object") from None
 
 
 def check_search(config: SearchConfig, config_path: Path, cluster: Path | None, findings: Findings) -> None:
@@ -97,21 +103,27 @@ def check_search(config: SearchConfig, config_path: Path, cluster: Path | None, 
     folders = {"models.base": base, **{f"models.experts.{n}": f for n, f in experts.items()}}
     if config.judge.model:
         folders["judge.model"] = _folder(config.judge.model)
-    readable = {what: f for what, f in folders.items() if findings.check(what, lambda f=f: model_config(f))}
+    tasks = config.promotion.tasks
+    findings.check("promotion.tasks", lambda: check_tasks(tasks, f"{config_path}: promotion.tasks"))
+    findings.check("promotion.tasks", lambda: check_task_datasets(tasks, f"{config_path}: promotion.tasks"))
+    readable = {
+        w: f for w, f in folders.items() if findings.check(w, lambda f=f: model_config(f)) is not None
+    }
     if len(readable) < len(folders):
         return  # the checks below read every folder
     findings.check("models", lambda: check_compatible(base, experts))
     choice = findings.check(
         "models", lambda: TokenizerChoice.of(models.tokenizer_source, models.chat_template, base, experts)
     )
-    if choice is not None and choice.template is None and not _has_template(choice.source):
+    if (
+        choice is not None
+        and choice.template is None
+        and findings.check("models", lambda: not _has_template(choice.source))
+    ):
         findings.lines.append(
             f"models: the merged model takes {choice.source}'s tokenizer, which has no chat template: set "
             "models.tokenizer_source to an expert with one (or models.chat_template)"
         )
-    tasks = config.promotion.tasks
-    findings.check("promotion.tasks", lambda: check_tasks(tasks, f"{config_path}: promotion.tasks"))
-    findings.check("promotion.tasks", lambda: check_task_datasets(tasks, f"{config_path}: promotion.tasks"))
     resolved = config.model_copy(
         update={
             "models": models.model_copy(
@@ -122,8 +134,12 @@ def check_search(config: SearchConfig, config_path: Path, cluster: Path | None, 
             )
         }
     )
-    setup = SearchSetup(resolved, genome_space(resolved, model_config(base)["num_hidden_layers"]))
-    actors = findings.check("plan", lambda: plan_actors(setup))
+    layers = model_config(base).get("num_hidden_layers")
+    if not isinstance(layers, int):
+        findings.lines.append(f"models.base: {base}/config.json has no num_hidden_layers")
+        return
+    setup = findings.check("merge", lambda: SearchSetup(resolved, genome_space(resolved, layers)))
+    actors = setup and findings.check("plan", lambda: plan_actors(setup, from_config=True))
     if actors is None:
         return
     if cluster is not None:
@@ -136,25 +152,36 @@ def check_search(config: SearchConfig, config_path: Path, cluster: Path | None, 
         nodes, source = live_nodes(), SOURCE
     else:
         nodes, source = [this_machine()], "this machine"
+    waits = source == "the Ray cluster" and config.resources.placement_timeout_s > 0
+    autoscaler = (
+        f" (on the nodes up now; the search waits up to {config.resources.placement_timeout_s:g} s for an "
+        "autoscaler to add one)"
+        if waits
+        else ""
+    )
     for placement in place(actors, nodes):
         if placement.node is None:
-            findings.lines.append(f"plan ({source}): {placement.actor.role}: {placement.shortfall}")
+            findings.lines.append(
+                f"plan ({source}): {placement.actor.role}: {placement.shortfall}{autoscaler}"
+            )
     together = together_shortfall(actors, nodes) if cluster is None else ""
     if together:
         findings.lines.append(f"plan ({source}): {together}")
 
 
 def check_spec(spec: DataSpec, findings: Findings) -> None:
-    """The data spec's folders: each a model whose tokenizer, for the experts, renders chats."""
-    if spec.generator.model:
-        findings.check("generator.model", lambda: model_config(_folder(spec.generator.model)))
+    """The data spec's folders: each a model whose tokenizer renders chats (the backends require one)."""
+    chats = {"generator.model": spec.generator.model} if spec.generator.model else {}
+    if spec.answer is not None:
+        chats |= {f"answer.experts.{e.name}": e.path for e in spec.answer.experts}
+    for what, path in chats.items():
+        folder = _folder(path)
+        if findings.check(what, lambda f=folder: model_config(f)) is None:
+            continue
+        if findings.check(what, lambda f=folder: not _has_template(f)):
+            findings.lines.append(f"{what}: {folder} has no chat template, which the backends require")
     if spec.answer is None:
         return
-    for expert in spec.answer.experts:
-        folder = _folder(expert.path)
-        what = f"answer.experts.{expert.name}"
-        if findings.check(what, lambda f=folder: model_config(f)) and not _has_template(folder):
-            findings.lines.append(f"{what}: {folder} has no chat template; its replies would be to raw text")
     if spec.answer.judge.model:
         findings.check("answer.judge.model", lambda: model_config(_folder(spec.answer.judge.model)))
 
@@ -172,31 +199,56 @@ class StandIns:
         key = (folder, role)
         if key not in self.wanted:
             taken = {s.name for s in self.wanted.values()}
-            name = folder.name if folder.name not in taken else f"{folder.name}.{role}"
+            name = next(
+                n
+                for n in (
+                    folder.name,
+                    f"{folder.name}.{role}",
+                    *(f"{folder.name}.{role}{i}" for i in range(2, 999)),
+                )
+                if n not in taken
+            )
             experts = sum(s.role == "expert" for s in self.wanted.values())
             share = FIRST_EXPERT_REFUSES if experts == 0 else OTHER_EXPERTS_REFUSE
             self.wanted[key] = StandIn(folder, role, name, share)
         return self.wanted[key].name
 
 
-def _no_cuda() -> bool:
-    import torch
+@dataclass(frozen=True)
+class Engines:
+    """Whether the stand-in job keeps the config's engines: by default vLLM (and any CUDA device) gives way
+    to the transformers backend on the CPU where the machine running ``rehearse`` has no CUDA; ``keep``:
+    as configured (a job submitted from a CPU head to GPU workers)."""
 
-    return not torch.cuda.is_available()
+    keep: bool = False
+
+    @property
+    def swap(self) -> bool:
+        import torch
+
+        return not self.keep and not torch.cuda.is_available()
 
 
-def _runner(section: dict, log: Log, what: str) -> dict:
-    """A runner section on this machine: vLLM becomes the transformers backend where there is no CUDA."""
+def _runner(section: dict, log: Log, what: str, engines: Engines) -> dict:
+    """A runner section for the stand-in job (``Engines``)."""
     backend = dict(section.get("backend") or {})
-    if _no_cuda() and (backend.get("kind") == "vllm" or backend.get("device") == "cuda"):
-        log(f"rehearsal: {what}: no CUDA here, the transformers backend on the CPU in vLLM's place")
+    if engines.swap and (backend.get("kind") == "vllm" or backend.get("device") == "cuda"):
+        log(
+            f"rehearsal: {what}: no CUDA on this machine, the transformers backend on the CPU in vLLM's place"
+        )
         backend.update(kind="hf", device="cpu")
         backend.pop("sleep_mode", None)
     return backend
 
 
 def standin_config(
-    config: SearchConfig, names: StandIns, models_dir: Path, budget: Budget, data: dict, log: Log
+    config: SearchConfig,
+    names: StandIns,
+    models_dir: Path,
+    budget: Budget,
+    data: dict,
+    log: Log,
+    engines: Engines,
 ) -> dict:
     """The search config over the stand-ins: the same layout and resource requests, a tiny budget."""
     raw = config.model_dump(mode="json", exclude_unset=True)
@@ -205,19 +257,24 @@ def standin_config(
     for expert in models.get("experts", []):
         expert["path"] = str(models_dir / names.of(expert["path"], "expert"))
     source = config.models.tokenizer_source
-    if source not in ("base", *(e.name for e in config.models.experts)):
-        models["tokenizer_source"] = str(models_dir / names.of(source, "base"))
+    if (
+        source not in ("base", *(e.name for e in config.models.experts))
+        and (_folder(source) / "config.json").is_file()
+    ):
+        models["tokenizer_source"] = str(
+            models_dir / names.of(source, "base")
+        )  # else its tokenizer files, as they are
     raw["name"] = f"{config.name}_rehearsal"
     raw["data"] = {**raw.get("data", {}), **data}
     raw["data"]["max_alignment_prompts"] = raw["data"]["max_task_prompts"] = budget.prompts
-    backend = _runner({"backend": raw.get("backend")}, log, "backend")
+    backend = _runner({"backend": raw.get("backend")}, log, "backend", engines)
     backend["max_new_tokens"] = budget.new_tokens
     raw["backend"] = backend
     judge = dict(raw.get("judge") or {})
     if config.judge.model:
         judge["model"] = str(models_dir / names.of(config.judge.model, "guard"))
-    if _no_cuda() and judge.get("backend") == "vllm":
-        log("rehearsal: judge: no CUDA here, the transformers backend on the CPU in vLLM's place")
+    if engines.swap and judge.get("backend") == "vllm":
+        log("rehearsal: judge: no CUDA on this machine, the transformers backend on the CPU in vLLM's place")
         judge["backend"] = "hf"
     raw["judge"] = judge
     search = dict(raw.get("search") or {})
@@ -231,13 +288,15 @@ def standin_config(
     return raw
 
 
-def standin_spec(spec: DataSpec, names: StandIns, models_dir: Path, budget: Budget, log: Log) -> dict:
+def standin_spec(
+    spec: DataSpec, names: StandIns, models_dir: Path, budget: Budget, log: Log, engines: Engines
+) -> dict:
     """The data spec over the stand-ins: every step of it, a few prompts each."""
     raw = spec.model_dump(mode="json", exclude_unset=True)
     generator = dict(raw.get("generator") or {})
     if spec.generator.model:
         generator["model"] = str(models_dir / names.of(spec.generator.model, "generator"))
-        generator["backend"] = _runner(generator, log, "generator")
+        generator["backend"] = _runner(generator, log, "generator", engines)
         generator.update(max_new_tokens=GENERATOR_TOKENS, requests_per_attempt=4)  # one question each
     raw["generator"] = generator
     if spec.alignment is not None:
@@ -251,9 +310,9 @@ def standin_spec(spec: DataSpec, names: StandIns, models_dir: Path, budget: Budg
             expert["path"] = str(models_dir / names.of(expert["path"], "expert"))
         if spec.answer.judge.model:
             answer["judge"]["model"] = str(models_dir / names.of(spec.answer.judge.model, "guard"))
-            if _no_cuda() and answer["judge"].get("backend") == "vllm":
+            if engines.swap and answer["judge"].get("backend") == "vllm":
                 answer["judge"]["backend"] = "hf"
-        answer["backend"] = _runner(answer, log, "answer")
+        answer["backend"] = _runner(answer, log, "answer", engines)
         answer["max_new_tokens"] = budget.new_tokens
     return raw
 
@@ -266,6 +325,7 @@ class Prepared:
     config: Path
     spec: Path | None
     findings: tuple[str, ...]
+    limits: tuple[str, ...]  # why the stand-in job cannot run (it is not run then)
 
 
 def prepare(
@@ -275,6 +335,7 @@ def prepare(
     cluster: Path | None = None,
     budget: Budget = Budget(),
     log: Log = print,
+    engines: Engines = Engines(),
 ) -> Prepared:
     """Check the real job and write its stand-in version under ``out`` (``models/``, ``config.yaml``,
     ``data_spec.yaml``, ``rehearsal.json``)."""
@@ -287,29 +348,46 @@ def prepare(
     names = StandIns()
     models_dir = (out / "models").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(models_dir, ignore_errors=True)  # a rehearsal's own: none left from an earlier one
+    changes: list[str] = []
+
+    def said(line: str) -> None:
+        changes.append(line)
+        log(line)
+
     data: dict[str, Any] = {}
     if spec is not None:
         data = {"path": str((out / "data").resolve()), "spec": None}
     elif config.data.spec:
-        findings.lines.append("data.spec: pass it with --data-spec, so that its models get stand-ins too")
-    raw = standin_config(config, names, models_dir, budget, data, log)  # first: experts keep their names
+        findings.limits.append("data.spec: pass it with --data-spec, so that its models get stand-ins too")
+    raw = standin_config(
+        config, names, models_dir, budget, data, said, engines
+    )  # first: experts keep their names
     config_out = out / "config.yaml"
     config_out.write_text(yaml.safe_dump(raw, sort_keys=False))
     spec_out = None
     if spec is not None:
         spec_out = out / "data_spec.yaml"
         spec_out.write_text(
-            yaml.safe_dump(standin_spec(spec, names, models_dir, budget, log), sort_keys=False)
+            yaml.safe_dump(standin_spec(spec, names, models_dir, budget, said, engines), sort_keys=False)
         )
-    readable = [s for s in names.wanted.values() if (s.source / "config.json").is_file()]
-    written = findings.check("stand-ins", lambda: write_standins(readable, models_dir, log))
+    wanted = list(names.wanted.values())
+    readable = [s for s in wanted if (s.source / "config.json").is_file()]
+    if len(readable) < len(wanted):
+        findings.limits.append("stand-ins: not every model folder could be read (above)")
+    written = None
+    try:
+        written = write_standins(readable, models_dir, log)
+    except Exception as err:  # a stand-in this rehearsal cannot build: one line, not a traceback
+        findings.limits.append(f"stand-ins: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     record = {"config": str(config_path), "data_spec": str(spec_path) if spec_path else None}
-    record |= {"budget": budget.__dict__, "stand_ins": written, "findings": findings.lines}
+    record |= {"budget": budget.__dict__, "changes": changes, "stand_ins": written}
+    record |= {"findings": findings.lines, "limits": findings.limits}
     (out / "rehearsal.json").write_text(json.dumps(record, indent=1))
-    return Prepared(config_out, spec_out, tuple(findings.lines))
+    return Prepared(config_out, spec_out, tuple(findings.lines), tuple(findings.limits))
 
 
-def run(prepared: Prepared, out: Path, use_ray: bool, log: Log = print) -> RunDir:
+def run(prepared: Prepared, out: Path, use_ray: bool, log: Log = print, actors: int = 2) -> RunDir:
     """The job on the stand-ins: data generation (Ray Data pools with ``use_ray``), then search,
     promotion and report in ``out/run``. Without ``RAY_ADDRESS`` a local Ray is started with the CPUs and
     GPUs the job asks for, as logical resources, so every actor's request is placed as on the cluster."""
@@ -320,15 +398,17 @@ def run(prepared: Prepared, out: Path, use_ray: bool, log: Log = print) -> RunDi
 
     config = load_config(prepared.config)
     spec = load_config(prepared.spec, DataSpec) if prepared.spec else None
+    for made in (out / "data", out / "run"):  # a rehearsal starts afresh, never resumes the last one
+        shutil.rmtree(made, ignore_errors=True)
     if not os.environ.get("RAY_ADDRESS"):
-        cpus, gpus = _asks(config, spec)
+        cpus, gpus = _asks(config, spec, actors)
         log(f"rehearsal: a local Ray with the {cpus} CPUs and {gpus} GPUs the job asks for (logical ones)")
         ray_session(num_cpus=cpus, num_gpus=gpus)
     if spec is not None:
         from mergesearch.datagen.pipeline import build_dataset
 
         spec = spec.with_models(lambda ref, at: resolve_model(ref, at, log))
-        card = build_dataset(spec, out / "data", use_ray, log=log)
+        card = build_dataset(spec, out / "data", use_ray, actors, log=log)
         log(f"rehearsal: data: {card['rows']} rows, dropped {card.get('dropped', {})}")
     run_dir = RunDir(out / "run")
     setup = prepare_search(config, prepared.config, run_dir, log, check_promotion=True)
@@ -336,14 +416,16 @@ def run(prepared: Prepared, out: Path, use_ray: bool, log: Log = print) -> RunDi
     return run_dir
 
 
-def _asks(config: SearchConfig, spec: DataSpec | None) -> tuple[int, int]:
+def _asks(config: SearchConfig, spec: DataSpec | None, actors: int) -> tuple[int, int]:
     """The CPUs and GPUs the job's actors ask for together (the search's evaluators and judge at once;
-    promotion and data generation after them)."""
+    promotion, and data generation's pools of ``actors``, after them)."""
     res = config.resources
     evaluators = 1 if res.num_evaluators == "auto" else res.num_evaluators
     cpus = evaluators * res.cpus_per_evaluator + 1
     gpus = evaluators * res.gpus_per_evaluator + res.gpus_per_judge
     gpus = max(
-        gpus, config.promotion.gpus, *(m.gpus for m in (spec.generator, spec.answer) if m) if spec else (0,)
+        gpus,
+        config.promotion.gpus,
+        *(actors * m.gpus for m in (spec.generator, spec.answer) if m) if spec else (0,),
     )
     return max(math.ceil(cpus), math.ceil(config.promotion.cpus), 2), math.ceil(gpus)
