@@ -25,7 +25,7 @@ import hashlib
 import json
 import random
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -504,11 +504,3 @@ def write_standins(wanted: Sequence[StandIn], out: Path, log=print) -> dict[str,
         )
         log(f"stand-in {s.name}: {s.role} of {s.source}{shares}")
     return written
-
-
-def roles_of(folders: Iterable[tuple[Path, Role, str]]) -> list[StandIn]:
-    """Stand-ins for (folder, role, name) triples, one per name (a folder playing two roles gets two)."""
-    seen: dict[str, StandIn] = {}
-    for folder, role, name in folders:
-        seen.setdefault(name, StandIn(Path(folder), role, name))
-    return list(seen.values())
