@@ -44,9 +44,9 @@ class Budget:
     prompts: int = 8  # harmful and task prompts per evaluation
     # Enough rows that both splits hold every objective's after the answers' selection drops some
     # (an expert stand-in refuses about half of all prompts, benign and task ones too).
-    per_category: int = 2  # generated harmful requests per harm category
-    benign: int = 16
-    task_questions: int = 16  # per task domain: the held-out split needs some for its task accuracy
+    per_category: int = 1  # generated harmful requests per harm category
+    benign: int = 12
+    task_questions: int = 12  # per task domain: the held-out split needs some for its task accuracy
     new_tokens: int = 16  # answers; the generator writes up to GENERATOR_TOKENS
     top_k: int = 2
 
@@ -403,6 +403,12 @@ def run(prepared: Prepared, out: Path, use_ray: bool, log: Log = print, actors: 
     if not os.environ.get("RAY_ADDRESS"):
         cpus, gpus = _asks(config, spec, actors)
         log(f"rehearsal: a local Ray with the {cpus} CPUs and {gpus} GPUs the job asks for (logical ones)")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None and gpus > len([d for d in visible.split(",") if d.strip()]):
+            # Ray refuses more GPUs than CUDA_VISIBLE_DEVICES lists; these are logical, the engines chosen
+            # when the stand-in job was written (Engines) decide where the stand-ins compute.
+            log(f"rehearsal: CUDA_VISIBLE_DEVICES={visible!r} lists fewer: unset for the local Ray")
+            del os.environ["CUDA_VISIBLE_DEVICES"]
         ray_session(num_cpus=cpus, num_gpus=gpus)
     if spec is not None:
         from mergesearch.datagen.pipeline import build_dataset
