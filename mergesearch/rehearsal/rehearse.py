@@ -256,14 +256,11 @@ def standin_config(
     models["base"] = str(models_dir / names.of(config.models.base, "base"))
     for expert in models.get("experts", []):
         expert["path"] = str(models_dir / names.of(expert["path"], "expert"))
+    # a tokenizer_source folder that is a model gets a stand-in; one with tokenizer files only is kept
     source = config.models.tokenizer_source
-    if (
-        source not in ("base", *(e.name for e in config.models.experts))
-        and (_folder(source) / "config.json").is_file()
-    ):
-        models["tokenizer_source"] = str(
-            models_dir / names.of(source, "base")
-        )  # else its tokenizer files, as they are
+    named = ("base", *(e.name for e in config.models.experts))
+    if source not in named and (_folder(source) / "config.json").is_file():
+        models["tokenizer_source"] = str(models_dir / names.of(source, "base"))
     raw["name"] = f"{config.name}_rehearsal"
     raw["data"] = {**raw.get("data", {}), **data}
     raw["data"]["max_alignment_prompts"] = raw["data"]["max_task_prompts"] = budget.prompts
