@@ -26,7 +26,24 @@ PACKAGES = {"mergesearch": ROOT, "mergesearch_zoo": ROOT / "zoo"}
 # Results not written by a script of their own name: the module that writes them.
 WRITERS = {"protocol": "mergesearch/protocol/runner.py"}
 # Results that time the README's commands: they measure everything those commands run.
-WHOLE_TREE = {"fresh_clone": ("mergesearch", "zoo", "tests", "Makefile", "pyproject.toml", "constraints")}
+WHOLE_TREE = {
+    "fresh_clone": ("mergesearch", "zoo", "tests", "Makefile", "pyproject.toml", "constraints"),
+    # these run `mergesearch` and `ray job submit` as commands, so their imports do not show what they measure
+    "rehearsal_cluster": (
+        "mergesearch",
+        "entrypoints",
+        "benchmarks/rehearsal_cluster.py",
+        "benchmarks/paper_folders.py",
+        "docs/cluster.md",
+    ),
+    "rehearse_shipped": (
+        "mergesearch",
+        "benchmarks/rehearse_shipped.py",
+        "benchmarks/paper_folders.py",
+        "search_spaces",
+        "data_specs",
+    ),
+}
 
 
 @dataclass(frozen=True)
