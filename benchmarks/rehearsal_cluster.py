@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -190,6 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from paper_folders import write_paper_folders
+    from stamps import provenance
 
     blocks = guide_blocks(GUIDE.read_text())
     missing = [name for name in MARKED if name not in blocks]
@@ -342,14 +342,7 @@ def main() -> None:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     record["phases_s"] = phases
     record["work_dir"] = str(work)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    record = {
-        "commit": commit.strip(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, python {platform.python_version()}, {os.cpu_count()} cores",
-        "command": " ".join(["python", *sys.argv]),
-        **record,
-    }
+    record = {**provenance(sys.argv), **record}
     args.out.write_text(json.dumps(record, indent=1))
     print(json.dumps({k: v for k, v in record.items() if k not in ("nodes", "placements")}, indent=1))
     print(f"-> {args.out}")

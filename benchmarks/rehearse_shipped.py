@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -85,19 +83,13 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from paper_folders import write_folders
+    from stamps import provenance
 
     work = Path(tempfile.mkdtemp(prefix="rehearse-shipped-"))
     models = work / "models"
     write_folders(models)
     results = [rehearse(name, spec, models, work) for name, spec in SHIPPED.items()]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    record = {
-        "commit": commit.strip(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, python {platform.python_version()}, {os.cpu_count()} cores",
-        "command": " ".join(["python", *sys.argv]),
-        "configs": results,
-    }
+    record = {**provenance(sys.argv), "configs": results}
     args.out.write_text(json.dumps(record, indent=1))
     for result in results:
         print(f"{result['config']}: exit {result['exit_status']}, {len(result['findings'])} finding(s)")

@@ -66,6 +66,21 @@ class Stamp:
         return f"stale: {len(self.changed)} of its files changed" if self.changed else "current"
 
 
+def provenance(argv: list[str]) -> dict[str, str]:
+    """What a result file records of its run: the commit, the date, the machine and the exact command."""
+    import os
+    import platform
+    import time
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    return {
+        "commit": commit.strip(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, python {platform.python_version()}, {os.cpu_count()} cores",
+        "command": " ".join(["python", *argv]),
+    }
+
+
 def module_file(module: str) -> Path | None:
     """The source file of a module or package of ours (``PACKAGES``), if it is one."""
     parts = module.split(".")

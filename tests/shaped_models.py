@@ -4,21 +4,11 @@ sparse file: a Llama-3-8B-shaped checkpoint that takes no disk, for memory plans
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-LLAMA3_8B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from paper_folders import LLAMA3_8B
 
 
 def llama_tensors(config: dict) -> dict[str, list[int]]:

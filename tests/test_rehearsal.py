@@ -300,17 +300,22 @@ def test_a_rehearsal_runs_the_whole_job_on_stand_ins_with_the_real_layout(paper,
     assert "rehearsal run:" in done.stdout
 
 
-@pytest.mark.slow  # ~5 min: 5 `ray start` nodes, 4 jobs (`make test-slow`, CI)
-def test_the_cluster_guide_runs_end_to_end_on_a_simulated_four_gpu_worker_cluster(tmp_path) -> None:
-    out = tmp_path / "rehearsal_cluster.json"
+def run_benchmark(script: str, out: Path) -> None:
+    """``benchmarks/<script> --out OUT`` as CI runs it, green."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "rehearsal_cluster.py"), "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=1800,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+
+
+@pytest.mark.slow  # ~5 min: 5 `ray start` nodes, 4 jobs (`make test-slow`, CI)
+def test_the_cluster_guide_runs_end_to_end_on_a_simulated_four_gpu_worker_cluster(tmp_path) -> None:
+    out = tmp_path / "rehearsal_cluster.json"
+    run_benchmark("rehearsal_cluster.py", out)
     record = json.loads(out.read_text())
     planned = [p for p in record["placements"] if p["as_planned"] is not None]
     assert {p["class"] for p in planned} == {"Evaluator", "JudgeServer"}
@@ -325,14 +330,7 @@ def test_the_cluster_guide_runs_end_to_end_on_a_simulated_four_gpu_worker_cluste
 @pytest.mark.slow  # ~1 min: five rehearsals, stand-ins written for each (`make test-slow`, CI)
 def test_every_shipped_gpu_config_rehearses_to_one_line_per_problem(tmp_path) -> None:
     out = tmp_path / "rehearse_shipped.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "rehearse_shipped.py"), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    run_benchmark("rehearse_shipped.py", out)
     configs = json.loads(out.read_text())["configs"]
     assert len(configs) == len(list((ROOT / "search_spaces").glob("*_gpu.yaml")))
     for row in configs:
