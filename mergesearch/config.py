@@ -237,6 +237,15 @@ class MergeSpaceConfig(Frozen):
         return self
 
     @model_validator(mode="after")
+    def _something_to_search(self) -> MergeSpaceConfig:
+        if not MERGE_METHODS.get(self.method).scoped("expert", "group"):
+            raise ValueError(
+                f"method: {self.method} has no genes to search (no per-expert or per-group parameter); "
+                "merge and score it once with `mergesearch eval --from-recipe RECIPE`"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _gates_need_weights(self) -> MergeSpaceConfig:
         if self.gates is not None and "weight" not in (p.name for p in MERGE_METHODS.get(self.method).params):
             raise ValueError(f"gates: {self.method} has no per-expert weight for a gate to close")

@@ -182,8 +182,11 @@ def plan_actors(setup: SearchSetup, from_config: bool = False) -> list[ActorPlan
     load = load_bytes(base.shapes, n * pool_bytes if sorts else 0)
     if load:
         evaluator.append(Holding("load: an expert's tensor and the base's (float32)", pool, load))
+    merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"
+    if method.stacks_experts:  # every expert's copy of a tensor at once, besides the pool's
+        work = n * DTYPE_BYTES[dtype] * max(math.prod(shape) for shape in base.shapes.values())
+        evaluator.append(Holding(f"merge work: {n} stacked copies of the largest tensor", merging_on, work))
     if form.form != "dense":
-        merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"
         work = expansion_bytes(base.shapes, DTYPE_BYTES[dtype], n, form)
         evaluator.append(Holding(f"{n} expanded copies of the largest tensor", merging_on, work))
     elif pool == "host" and res.gpus_per_evaluator > 0:  # each tensor's slices go to the GPU to be merged

@@ -373,6 +373,13 @@ CASES = [
         ("promotion.tasks", "'mmlu_anatomyy' is not an lm-eval task", "did you mean mmlu_anatomy"),
     ),
     Case(
+        "config-method-without-genes",
+        "config",
+        "a merge method with nothing to search (model_stock: no per-expert or per-group parameter)",
+        lambda c: search(c.config(lambda config: config["merge"].update(method="model_stock", bounds={}))),
+        ("merge", "model_stock has no genes to search"),
+    ),
+    Case(
         "config-gates-without-weights",
         "config",
         "expert gates on a method with no per-expert weight (slerp)",

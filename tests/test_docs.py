@@ -58,6 +58,24 @@ def test_the_configuration_reference_describes_every_field_of_the_schema() -> No
         assert " ".join(description.split()) in by_heading[heading], f"{heading}.{name}'s description"
 
 
+def test_the_method_reference_has_a_row_per_registered_method_with_its_genes() -> None:
+    from mergesearch import method_reference
+    from mergesearch.merge.spec import get_method
+    from mergesearch.registry import MERGE_METHODS
+
+    rows = {
+        line.split("|")[1].strip(" `"): line
+        for line in method_reference.render().splitlines()[2:]
+        if line.startswith("| `")
+    }
+    assert set(rows) == set(MERGE_METHODS)
+    for name, row in rows.items():
+        for param in get_method(name).scoped("expert", "group"):
+            assert f"`{param.gene}` {param.name}" in row, (name, param.name)
+        for param in get_method(name).scoped("shared"):
+            assert f"`{param.name}`=" in row, (name, param.name)
+
+
 def test_the_readmes_timings_are_the_fresh_clone_benchmarks() -> None:
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert figures.fresh_clone_timings(say_if_stale=False) in readme, (

@@ -144,8 +144,9 @@ def test_the_plan_counts_compact_task_vectors_and_no_sorted_copy(models, tmp_pat
 def test_a_sparse_form_makes_a_pool_that_outgrows_host_ram_fit(models, tmp_path) -> None:
     sparse, bf16 = {"task_vectors": {"form": "sparse", "density": 0.05}}, {"dtype": "bfloat16"}
     # The engines stay bf16; the candidate's vLLM share leaves room for 3 float32 expansions of the largest
-    # tensor (the embeddings, 2 GiB each), which a compact pool merges on the GPU.
-    backend = bf16 | {"gpu_memory_utilization": 0.75}
+    # tensor (the embeddings, 2 GiB each), which a compact pool merges on the GPU, and for DARE's 3 stacked
+    # deltas of it: so host RAM is what a float32 pool outgrows.
+    backend = bf16 | {"gpu_memory_utilization": 0.65}
     pool_only = {"models": {"dtype": "float32"}, "backend": backend, "judge": bf16}
     dense = localized(GPU_CONFIGS[0], models, tmp_path, **pool_only)
     assert_one_line_error(run("plan", str(dense), "--cluster", str(ROOT / "cluster.yaml")), "host RAM")
@@ -165,7 +166,10 @@ def test_a_pool_on_the_gpu_next_to_vllm_is_refused_naming_actor_memory_and_short
 
 
 def test_a_float32_pool_that_outgrows_host_ram_is_refused(models, tmp_path) -> None:
-    config = localized(GPU_CONFIGS[0], models, tmp_path, models={"dtype": "float32"})
+    # a bf16 engine whose vLLM share leaves the GPU room for DARE's float32 merge work: host RAM is what
+    # the float32 pool outgrows
+    backend = {"dtype": "bfloat16", "gpu_memory_utilization": 0.65}
+    config = localized(GPU_CONFIGS[0], models, tmp_path, models={"dtype": "float32"}, backend=backend)
     done = run("plan", str(config), "--cluster", str(ROOT / "cluster.yaml"))
     assert_one_line_error(done, "evaluator does not fit", "host RAM", "bfloat16")
 

@@ -1,6 +1,7 @@
 """mkdocs hook: fills in the generated parts of the docs when the site is built.
 
 ``{{ config_reference }}``: every config field, from the schema (``mergesearch.config_reference``);
+``{{ method_reference }}``: every merge method, from the registry (``mergesearch.method_reference``);
 ``{{ fresh_clone_timings }}`` and ``{{ benchmark_results }}``: figures from ``benchmarks/results/*.json``,
 each with its commit (``benchmarks/render.py``); ``{{ protocol_table:NAME }}``: a protocol run's table, with
 its commit; ``{{ rehearsal_cluster }}``, ``{{ rehearse_shipped }}``: the rehearsals' records;
@@ -19,7 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import render  # noqa: E402  (benchmarks/render.py: a script folder, not a package)
 
-from mergesearch import config_reference  # noqa: E402
+from mergesearch import config_reference, method_reference  # noqa: E402
 
 
 def demo_table() -> str:
@@ -32,6 +33,7 @@ def demo_table() -> str:
 GENERATED = {
     "{{ demo_table }}": demo_table,
     "{{ config_reference }}": config_reference.render,
+    "{{ method_reference }}": method_reference.render,
     "{{ fresh_clone_timings }}": render.fresh_clone_timings,
     "{{ benchmark_results }}": render.results_table,
     "{{ rehearsal_cluster }}": render.rehearsal_cluster,

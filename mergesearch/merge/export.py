@@ -96,10 +96,9 @@ def recipe_to_mergekit(
     shared = {names[p]: v for p, v in recipe.shared.items() if p in names}
     shared |= {names[p]: _setting(recipe, values) for p, values in recipe.group_params.items()}
     config: dict = {"merge_method": method.mergekit, "models": models, "dtype": dtype}
-    if recipe.method == "slerp":  # interpolates from the first expert (t=0) to the second
-        config["base_model"] = str(experts[recipe.experts[0]])
-    elif recipe.method != "linear":
-        config["base_model"] = str(base)
+    base_model = {"base": base, "first_expert": experts[recipe.experts[0]], "none": None}
+    if base_model[method.mergekit_base] is not None:
+        config["base_model"] = str(base_model[method.mergekit_base])
     if shared:
         config["parameters"] = shared
     return config

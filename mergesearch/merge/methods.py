@@ -210,6 +210,16 @@ SPARSIFIERS: dict[str | None, Callable[..., torch.Tensor] | None] = {
 }
 
 
+# How each sparsifier reads in the method reference (docs: reference/methods.md).
+SPARSIFIER_NAMES = {
+    None: "τᵢ",
+    "magnitude": "the density share of τᵢ largest in magnitude",
+    "random": "τᵢ with entries dropped at random (1 − density), rescaled",
+    "magnitude_outliers": "τᵢ without its gamma share of largest entries and its smallest ones",
+    "della_magprune": "τᵢ with entries dropped at random, large ones less often (± epsilon), rescaled",
+}
+
+
 def sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
     """TIES' elect step: an entry is kept where its sign matches the sign of the summed deltas."""
     majority = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
@@ -292,7 +302,11 @@ def _family(
             base, task_vectors, sparsify=sparsify, consensus=consensus, **params
         )
 
-    fn.__doc__ = f"{name}: {generalized_task_arithmetic.__doc__}"
+    fn.__doc__ = (
+        f"{name}: task arithmetic, b + λ·Σ wᵢ·δᵢ with δᵢ = {SPARSIFIER_NAMES[sparsify]}"
+        f"{', kept where its sign agrees with the elected one (TIES)' if consensus else ''}"
+        f"{', divided by the kept weights' if normalize else ''}. {generalized_task_arithmetic.__doc__}"
+    )
     return register_method(
         MergeMethod(
             name,
@@ -311,6 +325,7 @@ def _family(
             into=into,
             compiled_per_expert_count=compiled_per_expert_count,
             weightless_absent=sparsify not in ("random", "della_magprune"),
+            stacks_experts=into is None,  # the general path stacks every expert's sparsified delta
         )
     )
 
@@ -502,6 +517,7 @@ register_method(
         linear,
         (WEIGHT, setting("normalize", True)),
         mergekit="linear",
+        mergekit_base="none",
         into=_linear_into,
         weightless_absent=True,
     )
@@ -530,13 +546,14 @@ def slerp(
     return merged.reshape(base.shape).to(base.dtype)
 
 
-# mergekit's slerp interpolates from its base model (t=0); the exporter names the first expert there.
+# mergekit's slerp interpolates from its base model (t=0): the recipe names the first expert there.
 register_method(
     MergeMethod(
         "slerp",
         slerp,
         (T, setting("dot_threshold", 0.9995, mergekit=False)),
         mergekit="slerp",
+        mergekit_base="first_expert",
         min_experts=2,
         max_experts=2,
     )

@@ -80,6 +80,12 @@ class MergeMethod:
     # ``into`` is compiled once per number of experts (a fused kernel): merging a varying number would
     # recompile it, so the engine always hands it every expert, weightless or not.
     compiled_per_expert_count: bool = False
+    # What the mergekit recipe names as ``base_model``: the base (task-vector methods), the first expert
+    # (slerp interpolates from it), or nothing (the method averages the listed models alone).
+    mergekit_base: Literal["base", "first_expert", "none"] = "base"
+    # The method holds every expert's copy of a tensor at once (stacked, or normalised together): work
+    # memory the plan counts on the merge's device, beyond the pool.
+    stacks_experts: bool = False
 
     def scoped(self, *scopes: Scope) -> tuple[ParamSpec, ...]:
         return tuple(p for p in self.params if p.scope in scopes)
@@ -103,8 +109,12 @@ class MergeMethod:
 
     def check_experts(self, count: int) -> None:
         if count < self.min_experts or (self.max_experts is not None and count > self.max_experts):
-            exact = self.min_experts == self.max_experts
-            wanted = f"exactly {self.min_experts}" if exact else f"at least {self.min_experts}"
+            if self.min_experts == self.max_experts:
+                wanted = f"exactly {self.min_experts}"
+            elif count < self.min_experts:
+                wanted = f"at least {self.min_experts}"
+            else:
+                wanted = f"at most {self.max_experts}"
             raise UserError(f"merge method {self.name!r} merges {wanted} experts, got {count}")
 
     def _arguments(
