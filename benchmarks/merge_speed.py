@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from stamps import provenance
 from transformers import AutoModelForCausalLM
 
 from mergesearch.io import atomic_dir, atomic_write_text
@@ -40,13 +41,17 @@ from mergesearch.merge.export import recipe_to_mergekit
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.resident import ResidentMerger, sorted_magnitudes
 from mergesearch.merge.spec import get_method
+from mergesearch.registry import MERGE_METHODS
 from mergesearch.runtime import cache_root, offline_and_quiet
 from mergesearch_zoo.build import build_zoo
 from mergesearch_zoo.layout import EXPERTS
 from mergesearch_zoo.recipe import ZooRecipe
 from mergesearch_zoo.smollm2 import import_smollm2
 
-METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "tsvm")
+
+def all_methods() -> list[str]:
+    """Every registered merge method (the default: each method's speed, and parity where mergekit has it)."""
+    return list(MERGE_METHODS)
 
 
 class RssGrowth:
@@ -187,12 +192,22 @@ def magnitude_sort(merger: ResidentMerger) -> dict:
     }
 
 
+def worst_relative_difference(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
+    """Largest |mine − theirs| over each tensor's largest |theirs| (0: the same tensors)."""
+    return max(
+        float((mine[k].float() - t.float()).abs().max() / t.float().abs().max().clamp_min(1e-12))
+        for k, t in theirs.items()
+    )
+
+
 def bench_pool(
     label: str, base: Path, experts: dict[str, Path], methods: list[str], genomes: int, mergekit_genomes: int
 ) -> dict:
     started = time.perf_counter()
     merger = ResidentMerger(base, experts, log=lambda m: print(m, file=sys.stderr), sort_magnitudes=True)
     load_seconds = time.perf_counter() - started
+    # methods that take fewer experts (nuslerp 2, nearswap 1...) get a pool of the first ones, loaded once
+    smaller: dict[int, ResidentMerger] = {}
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     model_bytes = sum(t.numel() * t.element_size() for t in merger.base.values())
     rss_after_load = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -209,18 +224,26 @@ def bench_pool(
         wanted = {"weight": (0.2, 1.0), "density": (0.3, 0.9)}
         declared = {p.name for p in get_method(method).params}  # linear, slerp, ... have no density
         bounds = {name: span for name, span in wanted.items() if name in declared}
-        space = GenomeSpace(method, list(experts), num_layers, "global", bounds=bounds)
+        taken = list(experts)[: get_method(method).max_experts or len(experts)]
+        pool = merger
+        if len(taken) < len(experts):
+            if len(taken) not in smaller:
+                picked = {name: experts[name] for name in taken}
+                smaller[len(taken)] = ResidentMerger(base, picked, log=lambda m: None, sort_magnitudes=True)
+            pool = smaller[len(taken)]
+        space = GenomeSpace(method, taken, num_layers, "global", bounds=bounds)
         recipes = [space.decode(g) for g in random_genomes(space, genomes + 1, seed=len(method))]
         started = time.perf_counter()
         with RssGrowth() as first_merge:  # the first merge of a method: kernel compilation, TSV-M's SVDs
-            merger.merge_into(model, recipes[0], seed=0)
+            pool.merge_into(model, recipes[0], seed=0)
         first_merge_s = time.perf_counter() - started
         started = time.perf_counter()
         for recipe in recipes[1:]:
-            merger.merge_into(model, recipe, seed=0)
+            pool.merge_into(model, recipe, seed=0)
         resident = (time.perf_counter() - started) / genomes
         print(f"{label} {method}: resident {resident * 1000:.1f} ms/genome", file=sys.stderr, flush=True)
         entry: dict = {
+            "experts": len(taken),
             "resident_ms": round(resident * 1000, 2),
             "resident_first_merge_ms": round(first_merge_s * 1000, 1),
             "rss_growth_mib": {"resident_first_merge": first_merge.growth_mib},
@@ -229,10 +252,19 @@ def bench_pool(
         if get_method(method).mergekit is None:  # nothing to compare with
             continue
         configs = [recipe_to_mergekit(r, base, experts) for r in recipes[1 : 1 + mergekit_genomes]]
-        with tempfile.TemporaryDirectory() as tmp, RssGrowth() as run_merge_rss:
-            run_merge_s = sum(
-                mergekit_run_merge(c, Path(tmp) / f"m{i}") for i, c in enumerate(configs)
-            ) / len(configs)
+        with tempfile.TemporaryDirectory() as tmp:
+            with RssGrowth() as run_merge_rss:
+                run_merge_s = sum(
+                    mergekit_run_merge(c, Path(tmp) / f"m{i}") for i, c in enumerate(configs)
+                ) / len(configs)
+            # parity: the first timed genome, as run_merge wrote it (random masks from seed 0 both ways)
+            theirs = {}
+            for file in sorted((Path(tmp) / "m0").glob("*.safetensors")):
+                theirs |= load_file(str(file))
+            mine = dict(pool.merged_tensors(recipes[1], seed=0))
+            entry["worst_relative_difference_vs_run_merge"] = float(
+                f"{worst_relative_difference(mine, theirs):.2e}"
+            )
         with RssGrowth() as in_memory_rss:
             in_memory_s = sum(mergekit_in_memory(c, model) for c in configs) / len(configs)
         print(
@@ -258,7 +290,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", default="toy,smollm2")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=None, help="comma-separated [default: every registered method]")
     parser.add_argument(
         "--genomes", type=int, default=5, help="timed genomes per method for the resident engine"
     )
@@ -268,7 +300,7 @@ def main() -> None:
     args = parser.parse_args()
     offline_and_quiet()
     torch.set_num_threads(os.cpu_count() or 1)
-    methods = args.methods.split(",")
+    methods = args.methods.split(",") if args.methods else all_methods()
     pools: dict[str, dict] = {}
     for label in args.models.split(","):
         if label == "toy":
@@ -285,6 +317,7 @@ def main() -> None:
             ta["share_of_copy_bandwidth"] = round(ta["effective_gbs"] / bandwidth, 2)
     result = {
         "benchmark": "merge_speed",
+        **provenance(sys.argv),
         "device": "cpu",
         "pools": pools,
         "targets": {"ties_speedup_vs_run_merge": 20, "task_arithmetic_share_of_copy_bandwidth": 0.5},
