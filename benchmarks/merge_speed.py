@@ -221,7 +221,8 @@ def bench_pool(
         "methods": {},
     }
     for method in methods:
-        wanted = {"weight": (0.2, 1.0), "density": (0.3, 0.9)}
+        # (DELLA needs density ± epsilon inside (0, 1))
+        wanted = {"weight": (0.2, 1.0), "density": (0.3, 0.9), "epsilon": (0.01, 0.05)}
         declared = {p.name for p in get_method(method).params}  # linear, slerp, ... have no density
         bounds = {name: span for name, span in wanted.items() if name in declared}
         taken = list(experts)[: get_method(method).max_experts or len(experts)]
