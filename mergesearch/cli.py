@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import sys
+import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import NoReturn
@@ -461,9 +462,30 @@ def prefetch(config_path: Path) -> None:
 @cli.command(
     "eval",
     help="Score one model (an expert, a promoted merge, a mergekit-yaml output, or zoo:NAME) on a dataset's "
-    "held-out split or on every prompt of a prompt set: safety, over-refusal, task accuracy per category.",
+    "held-out split or on every prompt of a prompt set: safety, over-refusal, task accuracy per category. "
+    "With --from-recipe, the model is the merge a mergekit recipe makes (the tensors mergekit-yaml makes).",
 )
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option(
+    "--from-recipe",
+    "recipe_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A mergekit recipe (YAML): merge it with the resident engine and score the merge (no MODEL).",
+)
+@click.option(
+    "--out",
+    "merged_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --from-recipe: keep the merged model in this folder [default: a temporary one].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="With --from-recipe: the random masks' seed (mergekit-yaml --random-seed).",
+)
 @click.option(
     "--data",
     "data_path",
@@ -483,7 +505,10 @@ def prefetch(config_path: Path) -> None:
     "--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write JSON here."
 )
 def eval_model(
-    model: str,
+    model: str | None,
+    recipe_path: Path | None,
+    merged_out: Path | None,
+    seed: int | None,
     data_path: Path,
     split: str | None,
     judge_kind: str,
@@ -497,8 +522,19 @@ def eval_model(
     from mergesearch.data.eval_split import load_categorised
     from mergesearch.model_refs import resolve_dataset, resolve_model
 
+    if (model is None) == (recipe_path is None):
+        _fail("eval: name a MODEL or a mergekit recipe with --from-recipe (one of the two)")
+    if merged_out is not None and recipe_path is None:
+        _fail("eval: --out keeps the merge of --from-recipe; a MODEL is scored where it is")
     data = load_categorised(resolve_dataset(str(data_path), "--data", progress), split, per_category)
-    folder = resolve_model(model, "MODEL", log=progress)
+    imported = None
+    if recipe_path is not None:
+        from mergesearch.merge.recipe_import import read_mergekit_recipe
+
+        imported = read_mergekit_recipe(recipe_path)
+        model = str(recipe_path)
+    else:
+        folder = resolve_model(model, "MODEL", log=progress)
     judge_fields = {
         "kind": judge_kind,
         "model": judge_model and str(resolve_model(judge_model, "--judge-model")),
@@ -512,8 +548,18 @@ def eval_model(
     from mergesearch.objectives.breakdown import evaluate_model, format_report
     from mergesearch.runtime import resolve_device
 
+    scratch = contextlib.ExitStack()
+    if imported is not None:
+        from mergesearch.merge.recipe_import import materialize_imported
+
+        if merged_out is None:
+            merged_out = (
+                Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="mergesearch-"))) / "merge"
+            )
+        folder = materialize_imported(imported, merged_out, seed, progress)
     # Owners close what they build: an engine (a vLLM one, say) may hold processes beyond this one.
     with (
+        scratch,
         contextlib.closing(make_backend(folder, engine, name=model)) as backend,
         contextlib.closing(make_judge(judge_config, str(resolve_device(device)), progress)) as judge,
     ):

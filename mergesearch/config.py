@@ -213,6 +213,12 @@ class MergeSpaceConfig(Frozen):
     """How the pool keeps each expert's task vector."""
     gates: GatesConfig | None = None
     """Per-expert gate genes for many-expert pools; unset: every expert takes part."""
+    from_recipe: str | None = None
+    """A mergekit recipe (YAML) the search starts from: its merge is the first proposal and each gene is
+    bounded to ± `recipe_radius` of its parameter's range around the recipe's value. Its models are matched
+    to `models.experts` by folder (or folder name); experts it leaves out start at weight 0."""
+    recipe_radius: float = Field(default=0.25, gt=0.0, le=1.0)
+    """With `from_recipe`: how far around the recipe the search looks, as a share of each range."""
 
     @field_validator("method")
     @classmethod
@@ -712,10 +718,10 @@ def validate_mapping(model: type[ModelT], data: Any, source: str) -> ModelT:
         raise ConfigError(f"{source}: {describe_validation_error(err, model)}") from None
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:

@@ -5,6 +5,7 @@ folder and checked, the genome space built. Actors and promotion receive it; not
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from mergesearch.config import DataConfig, MergeSpaceConfig, SearchConfig
 from mergesearch.data.eval_split import load_eval_data
 from mergesearch.errors import UserError
 from mergesearch.merge.genome import GenomeSpace
+from mergesearch.merge.recipe_import import fit_to_space, read_mergekit_recipe
 from mergesearch.merge.resident import check_compatible
 from mergesearch.merge.tokenizer import TokenizerChoice, engine_folder
 from mergesearch.model_files import model_config
@@ -112,9 +114,11 @@ class SearchSetup:
 
 
 def genome_space(config: SearchConfig, num_layers: int) -> GenomeSpace:
-    """The genome the config's merge space and experts define."""
+    """The genome the config's merge space and experts define; around a mergekit recipe's merge when
+    ``merge.from_recipe`` names one (``merge/recipe_import.py``)."""
     merge = config.merge
-    return GenomeSpace(
+    make = functools.partial(
+        GenomeSpace,
         merge.method,
         [e.name for e in config.models.experts],
         num_layers,
@@ -125,6 +129,13 @@ def genome_space(config: SearchConfig, num_layers: int) -> GenomeSpace:
         normalize_weights=merge.weights_sum_to_one,
         gates=merge.gates,
     )
+    if merge.from_recipe is None:
+        return make()
+    pool = {e.name: Path(e.path) for e in config.models.experts}
+    imported = read_mergekit_recipe(merge.from_recipe, pool, Path(config.models.base))
+    recipe = fit_to_space(imported, make(), merge.params, "merge.from_recipe")
+    start = make(head_group=recipe.head_group).encode(recipe)
+    return make(head_group=recipe.head_group, centre=start, radius=merge.recipe_radius)
 
 
 def _merge_input(folder: Path, field: str) -> Path:

@@ -129,6 +129,29 @@ def _truncated_eval(c: Ctx) -> list[str]:
     return ["eval", str(folder), "--data", str(c.dataset), "--json", str(c.tmp / "r.json")]
 
 
+def _recipe(c: Ctx, weight: object, method: str = "task_arithmetic") -> Path:
+    """A mergekit recipe over the zoo, math's weight as given."""
+    recipe = {
+        "merge_method": method,
+        "base_model": str(c.zoo / "base"),
+        "models": [{"model": str(c.zoo / "math"), "parameters": {"weight": weight}}],
+    }
+    path = c.tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _recipe_filter_within_a_layer(c: Ctx) -> list[str]:
+    weight = [{"filter": "self_attn", "value": 0.3}, {"value": 0.8}]
+    recipe = _recipe(c, weight)
+    return ["eval", "--from-recipe", str(recipe), "--out", str(c.tmp / "merged"), "--data", str(c.dataset)]
+
+
+def _recipe_of_another_method(c: Ctx) -> list[str]:
+    recipe = _recipe(c, 0.5, method="linear")
+    return search(c.config(lambda config: config["merge"].update(from_recipe=str(recipe))))
+
+
 def _garbage_weights_plan(c: Ctx) -> list[str]:
     folder = c.model_copy("math")
     (folder / "model.safetensors").write_bytes(b"\xff" * 8 + b"not a safetensors header")
@@ -484,6 +507,20 @@ CASES = [
         "`eval` of a model whose tokenizer has no chat template",
         _no_chat_template,
         ("chat template",),
+    ),
+    Case(
+        "recipe-filter-within-a-layer",
+        "models",
+        "`eval --from-recipe` of a mergekit recipe whose weight differs by tensor type inside a layer",
+        _recipe_filter_within_a_layer,
+        ("recipe.yaml: models[0].parameters.weight", "one value per layer"),
+    ),
+    Case(
+        "recipe-of-another-method",
+        "config",
+        "`merge.from_recipe`: a recipe whose method is not the search's",
+        _recipe_of_another_method,
+        ("merge.from_recipe (", "recipe.yaml): the recipe merges with linear, merge.method is"),
     ),
     Case(
         "model-unknown-zoo",

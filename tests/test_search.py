@@ -71,6 +71,29 @@ def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, kep
         assert any(all(math.isclose(t.genes[k], v, abs_tol=1e-6) for k, v in uniform.items()) for t in trials)
 
 
+def test_a_search_from_a_mergekit_recipe_proposes_it_first_and_stays_within_its_radius(
+    toy_dataset, kept_actors, tmp_path
+) -> None:
+    zoo = Path(demo_config()["models"]["base"]).parent
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(zoo / "base"),
+        "models": [
+            {"model": str(zoo / "math"), "parameters": {"weight": 0.8}},
+            {"model": str(zoo / "aligned"), "parameters": {"weight": 0.6}},
+        ],
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    merge = {"from_recipe": str(tmp_path / "recipe.yaml"), "recipe_radius": 0.2}
+    trials = search(config_for(toy_dataset, merge=merge), tmp_path / "run", kept=kept_actors).trials()
+    start = {"w.aligned.g0": 0.6, "w.math.g0": 0.8, "w.facts.g0": 0.0}  # facts is not in the recipe
+    assert trials[0].genes == pytest.approx(start)
+    for trial in trials:  # ± 0.2 of the weight's range (0-1.5) around the recipe, clipped to it
+        assert all(abs(trial.genes[gene] - value) <= 0.3 + 1e-9 for gene, value in start.items())
+        assert trial.genes["w.facts.g0"] >= 0
+    assert len({json.dumps(t.genes, sort_keys=True) for t in trials}) == len(trials) == 4
+
+
 def test_a_search_starts_its_own_actors_beside_those_another_keeps_for_a_run_of_the_same_name(
     toy_dataset, kept_actors, tmp_path
 ) -> None:

@@ -53,7 +53,8 @@ def _setting(recipe: MergeRecipe, per_group: Sequence[float]) -> float | list[di
         for layer in layers
     ]
     conditions += [{"filter": key, "value": float(per_group[0])} for key in INPUT_SIDE]
-    return conditions + [{"value": float(per_group[-1])}]
+    head = per_group[0] if recipe.head_group == "first" else per_group[-1]
+    return conditions + [{"value": float(head)}]
 
 
 # Files a merged model folder takes from the base model besides its tokenizer's (``merge/tokenizer.py``).

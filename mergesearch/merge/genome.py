@@ -45,10 +45,16 @@ class GenomeSpace:
         shared: Mapping[str, Any] | None = None,
         normalize_weights: bool = False,
         gates: GatesConfig | None = None,
+        head_group: Literal["last", "first"] = "last",
+        centre: Mapping[str, float] | None = None,
+        radius: float = 0.25,
     ) -> None:
         """``bounds`` override the declared ones by parameter name; ``shared`` sets shared parameters;
         ``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures);
-        ``gates``: one gate gene per expert, a closed expert merges at weight 0."""
+        ``gates``: one gate gene per expert, a closed expert merges at weight 0; ``head_group``: the
+        group the final norm and LM head follow (``MergeRecipe``); ``centre``: a genome (a recipe's) the
+        search explores around: each of its genes bounded to ± ``radius`` of its parameter's range
+        around it, clipped to that range."""
         spec = get_method(method)
         spec.check_experts(len(experts))
         for name in [*(bounds or {}), *(shared or {})]:
@@ -63,6 +69,7 @@ class GenomeSpace:
         self._by_prefix: dict[str, ParamSpec] = {str(p.gene): p for p in searched}
         self._prefix = {p.name: str(p.gene) for p in searched}
         self.shared = dict(shared or {})
+        self.head_group = head_group
         self.normalize_weights = normalize_weights
         self.gates = gates
         if gates is not None:
@@ -71,6 +78,16 @@ class GenomeSpace:
             if gates.k is not None and gates.k > len(self.experts):
                 pool = len(self.experts)
                 raise UserError(f"merge.gates.k: {gates.k} experts asked for, the pool has {pool}")
+        self.centre = dict(centre) if centre is not None else None
+        self._centred: dict[str, tuple[float, float]] = {}
+        if centre is not None:
+            for gene in self.gene_names():
+                if gene not in centre:
+                    raise UserError(f"the search's centre has no value for gene {gene!r}")
+                low, high = self._bounds_of(gene)
+                reach = radius * (high - low)
+                value = min(max(float(centre[gene]), low), high)
+                self._centred[gene] = (max(low, value - reach), min(high, value + reach))
 
     @property
     def num_layers(self) -> int:
@@ -127,13 +144,19 @@ class GenomeSpace:
                 p: tuple(float(genome[self._gene(p, None, g)]) for g in groups) for p in self.group_params
             },
             shared=self.shared,
+            head_group=self.head_group,
         )
 
     def encode(self, recipe: MergeRecipe) -> Genome:
         """The genome of ``recipe`` (with normalised weights, one of the genomes that decode to it)."""
-        if recipe.groups != self.groups or recipe.experts != self.experts or recipe.method != self.method:
+        if (recipe.groups, recipe.experts, recipe.method, recipe.head_group) != (
+            self.groups,
+            self.experts,
+            self.method,
+            self.head_group,
+        ):
             raise UserError(
-                "recipe was not made in this genome space (method, experts or layer groups differ)"
+                "recipe was not made in this genome space (method, experts, layer groups or head differ)"
             )
         groups = range(len(self.groups))
         genome = {
@@ -208,6 +231,8 @@ class GenomeSpace:
         return f"{GATE_PREFIX}.{gene_id(expert)}"
 
     def _bounds_of(self, gene: str) -> tuple[float, float]:
+        if gene in self._centred:
+            return self._centred[gene]
         return (0.0, 1.0) if gene.startswith(f"{GATE_PREFIX}.") else self.bounds[self.param_of(gene)]
 
     def gene(self, param: str, expert: str | None = None, group: int = 0) -> str:

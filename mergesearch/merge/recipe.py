@@ -3,13 +3,14 @@
 Layers are partitioned into groups; every per-expert parameter (weight, density, ...) has one value per
 group and expert, every per-group parameter (slerp's ``t``) one value per group. Tensors outside the
 layers follow the group at their end of the network: embeddings the first group, the final norm and
-the LM head the last.
+the LM head the last (``head_group: last``), or the first (``head_group: first``: what a mergekit
+gradient gives them, as mergekit reads every tensor outside the layers at the gradient's start).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -26,6 +27,7 @@ class MergeRecipe(Frozen):
     expert_params: dict[str, tuple[tuple[float, ...], ...]] = {}  # name -> [group][expert]
     group_params: dict[str, tuple[float, ...]] = {}  # name -> [group]
     shared: dict[str, Any] = {}
+    head_group: Literal["last", "first"] = "last"  # the group the final norm and the LM head follow
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> MergeRecipe:
@@ -52,7 +54,30 @@ class MergeRecipe(Frozen):
         if match:
             layer = int(match.group(1))
             return next(i for i, g in enumerate(self.groups) if layer in g)
-        return 0 if any(key in tensor_name for key in INPUT_SIDE) else len(self.groups) - 1
+        if any(key in tensor_name for key in INPUT_SIDE) or self.head_group == "first":
+            return 0
+        return len(self.groups) - 1
+
+    def regrouped(self, groups: tuple[tuple[int, ...], ...]) -> MergeRecipe:
+        """The same merge over other layer groups: each new group takes the value its layers share; a
+        group whose layers differ in a parameter is refused (ValueError naming it)."""
+        layer_group = {layer: g for g, layers in enumerate(self.groups) for layer in layers}
+
+        def value_of(values: tuple, layers: tuple[int, ...], name: str) -> Any:
+            found = {values[layer_group[layer]] for layer in layers}
+            if len(found) > 1:
+                raise ValueError(f"{name} differs between layers {layers[0]}-{layers[-1]}, one group there")
+            return found.pop()
+
+        def per_group(params: dict[str, tuple]) -> dict[str, tuple]:
+            return {p: tuple(value_of(v, layers, p) for layers in groups) for p, v in params.items()}
+
+        update = {
+            "groups": groups,
+            "expert_params": per_group(self.expert_params),
+            "group_params": per_group(self.group_params),
+        }
+        return self.model_copy(update=update)
 
     def params_for(self, tensor_name: str) -> dict[str, Any]:
         """Keyword arguments of the merge method for one tensor."""

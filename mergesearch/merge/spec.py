@@ -39,11 +39,12 @@ class ParamSpec:
             raise ValueError(f"parameter {self.name!r}: searched parameters take a gene prefix and bounds")
 
 
-# The parameters the built-in methods share, declared once (mergekit's names and meanings).
+# The parameters the built-in methods share, declared once (mergekit's names, meanings and defaults: the
+# value a mergekit recipe that leaves one out means; weight has none, a recipe must set it).
 WEIGHT = ParamSpec("weight", "expert", bounds=(0.0, 1.0), gene="w", mergekit="weight")
-DENSITY = ParamSpec("density", "expert", bounds=(0.1, 1.0), gene="d", mergekit="density")
-GAMMA = ParamSpec("gamma", "expert", bounds=(0.0, 0.1), gene="gamma", mergekit="gamma")
-EPSILON = ParamSpec("epsilon", "expert", bounds=(0.01, 0.2), gene="eps", mergekit="epsilon")
+DENSITY = ParamSpec("density", "expert", 1.0, bounds=(0.1, 1.0), gene="d", mergekit="density")
+GAMMA = ParamSpec("gamma", "expert", 0.01, bounds=(0.0, 0.1), gene="gamma", mergekit="gamma")
+EPSILON = ParamSpec("epsilon", "expert", 0.15, bounds=(0.01, 0.2), gene="eps", mergekit="epsilon")
 T = ParamSpec("t", "group", default=0.5, bounds=(0.0, 1.0), gene="t", mergekit="t")
 
 

@@ -94,7 +94,7 @@ def make_trainable(
 def warm_starts(space: GenomeSpace, kinds: Sequence[str], log: Log = print) -> list[dict[str, float]]:
     """The searcher's first points, clipped to the bounds. Bounds that exclude the starts (a weight range
     above 1, say) make them coincide: each distinct point is evaluated once, and the log says so."""
-    points = []
+    points = [dict(space.centre)] if space.centre is not None else []  # a recipe the search starts from
     for kind in kinds:
         points += [space.uniform()] if kind == "uniform" else [space.expert_alone(e) for e in space.experts]
     distinct = [p for i, p in enumerate(points) if p not in points[:i]]
