@@ -93,7 +93,7 @@ class Evaluator:
         self.space = setup.space
         self.data = setup.eval_data()
         self.backend = make_backend(setup.engine_model(), config.backend, name="candidate")
-        sort = get_method(config.merge.method).uses_magnitude_order
+        sort = any(get_method(m).uses_magnitude_order for m in config.merge.methods)
         self.merger = self.backend.resident_merger(
             setup.base,
             setup.experts,

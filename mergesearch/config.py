@@ -194,6 +194,10 @@ class MergeSpaceConfig(Frozen):
 
     method: str = "task_arithmetic"
     """The merge method (a registry name: `task_arithmetic`, `ties`, `dare_ties`, `slerp`, `tsvm`, ...)."""
+    choices: list[str] = []
+    """Other methods the search may choose instead of `method`: a categorical gene `method` picks one per
+    trial (needs a searcher that takes a categorical gene: `tpe`, `nsga2`, `random`, `grid`, `ngopt`,
+    `de`, `pso`). Genes the methods share (`weight`...) are one gene; `method` is the first proposal's."""
     granularity: Literal["global", "groups", "layer"] = "global"
     """`global`: one set of genes; `groups`: one per `group_size` layers; `layer`: one per decoder layer."""
     group_size: int = Field(default=1, ge=1)
@@ -225,26 +229,36 @@ class MergeSpaceConfig(Frozen):
     def _known_method(cls, method: str) -> str:
         return registered(MERGE_METHODS, method)
 
+    @field_validator("choices")
+    @classmethod
+    def _known_choices(cls, choices: list[str]) -> list[str]:
+        return [registered(MERGE_METHODS, method) for method in choices]
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Every method the search may merge with: ``method`` first, then the other ``choices``."""
+        return tuple(dict.fromkeys([self.method, *self.choices]))
+
     @model_validator(mode="after")
     def _declared_params(self) -> MergeSpaceConfig:
-        method = MERGE_METHODS.get(self.method)
+        methods = [MERGE_METHODS.get(m) for m in self.methods]
         for field, names, scopes in (
             ("bounds", self.bounds, ("expert", "group")),
             ("params", self.params, ("shared",)),
         ):
-            allowed = [p.name for p in method.scoped(*scopes)]
+            allowed = list(dict.fromkeys(p.name for method in methods for p in method.scoped(*scopes)))
             unknown = sorted(set(names) - set(allowed))
             if unknown:
                 raise ValueError(
-                    f"{field}: {self.method} has no {'searched' if field == 'bounds' else 'shared'} "
-                    f"parameter "
+                    f"{field}: {' / '.join(self.methods)} has no "
+                    f"{'searched' if field == 'bounds' else 'shared'} parameter "
                     f"{unknown[0]!r} (it has: {', '.join(allowed) or 'none'})"
                 )
         return self
 
     @model_validator(mode="after")
     def _something_to_search(self) -> MergeSpaceConfig:
-        if not MERGE_METHODS.get(self.method).scoped("expert", "group"):
+        if len(self.methods) == 1 and not MERGE_METHODS.get(self.method).scoped("expert", "group"):
             raise ValueError(
                 f"method: {self.method} has no genes to search (no per-expert or per-group parameter); "
                 "merge and score it once with `mergesearch eval --from-recipe RECIPE`"
@@ -253,8 +267,9 @@ class MergeSpaceConfig(Frozen):
 
     @model_validator(mode="after")
     def _gates_need_weights(self) -> MergeSpaceConfig:
-        if self.gates is not None and "weight" not in (p.name for p in MERGE_METHODS.get(self.method).params):
-            raise ValueError(f"gates: {self.method} has no per-expert weight for a gate to close")
+        for method in self.methods if self.gates is not None else ():
+            if "weight" not in (p.name for p in MERGE_METHODS.get(method).params):
+                raise ValueError(f"gates: {method} has no per-expert weight for a gate to close")
         return self
 
 
@@ -641,7 +656,7 @@ class SearchConfig(Frozen):
     @model_validator(mode="after")
     def _searcher_fits_space(self) -> SearchConfig:
         gates = self.merge.gates.kind if self.merge.gates else None
-        SEARCHERS.get(self.search.name).check(self.merge.granularity, gates)
+        SEARCHERS.get(self.search.name).check(self.merge.granularity, gates, len(self.merge.methods) > 1)
         return self
 
 

@@ -167,7 +167,7 @@ def plan_actors(setup: SearchSetup, from_config: bool = False) -> list[ActorPlan
     base = ModelShape.of(setup.base, from_config)
     pool_bytes = base.params * DTYPE_BYTES[config.models.dtype]
     n = len(setup.experts)
-    method = get_method(config.merge.method)
+    methods = [get_method(m) for m in config.merge.methods]  # with choices, what any of them holds
     pool: Memory = "gpu" if res.gpus_per_evaluator > 0 and config.merge.pool_device == "gpu" else "host"
     dtype, form = config.models.dtype, config.merge.task_vectors
     pinned = ", pinned" if pool == "host" and res.gpus_per_evaluator else ""
@@ -176,14 +176,14 @@ def plan_actors(setup: SearchSetup, from_config: bool = False) -> list[ActorPlan
         Holding(f"base ({dtype}{pinned})", pool, pool_bytes),
         Holding(f"{n} task vectors ({form.form}, {dtype}{pinned})", pool, n * tau_bytes),
     ]
-    sorts = method.uses_magnitude_order and form.form == "dense"
+    sorts = any(m.uses_magnitude_order for m in methods) and form.form == "dense"
     if sorts:
         evaluator.append(Holding(f"{n} sorted |task vector|s ({dtype})", pool, n * pool_bytes))
     load = load_bytes(base.shapes, n * pool_bytes if sorts else 0)
     if load:
         evaluator.append(Holding("load: an expert's tensor and the base's (float32)", pool, load))
     merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"
-    if method.stacks_experts:  # every expert's copy of a tensor at once, besides the pool's
+    if any(m.stacks_experts for m in methods):  # every expert's copy of a tensor at once, beside the pool
         work = n * DTYPE_BYTES[dtype] * max(math.prod(shape) for shape in base.shapes.values())
         evaluator.append(Holding(f"merge work: {n} stacked copies of the largest tensor", merging_on, work))
     if form.form != "dense":
@@ -193,7 +193,7 @@ def plan_actors(setup: SearchSetup, from_config: bool = False) -> list[ActorPlan
         work = host_pool_merge_bytes(base.shapes, DTYPE_BYTES[dtype], n, sorts)
         what = f"merge work: the largest tensor's base + {n} task vectors{' + sorted' if sorts else ''}"
         evaluator.append(Holding(f"{what} on the GPU ({dtype})", "gpu", work))
-    if method.factorize is not None:
+    if any(m.factorize is not None for m in methods):
         evaluator.append(Holding("factor cache (at most)", pool, factor_bytes(base.shapes)))
     tokens = ASSUMED["prompt_tokens"] + backend.max_new_tokens
     evaluator += engine_holdings(

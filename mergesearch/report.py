@@ -18,6 +18,7 @@ from typing import Any
 
 from mergesearch.config import gene_id
 from mergesearch.io import atomic_write_bytes, atomic_write_text
+from mergesearch.merge.genome import METHOD_GENE
 from mergesearch.search.promote import pareto_front
 from mergesearch.search.run_dir import RunDir, TrialResult
 
@@ -136,7 +137,7 @@ def genome_matrix(genes: dict[str, float], names: Mapping[str, str] | None = Non
     cells: dict[str, dict[int, float]] = {}  # in the genome's own order of rows
     for name, value in genes.items():
         match = GENE.match(name)
-        if match is None:
+        if match is None or name == METHOD_GENE:  # a category, not a value per group: named apart
             continue
         expert = match["expert"] and names.get(match["expert"], match["expert"])
         row = f"{match['param']} · {expert}" if expert else match["param"]
@@ -177,7 +178,8 @@ def _search_summary(config: Any, trials: list[TrialResult], ok: list[TrialResult
     return [
         Heading(config.name, 1),
         Text(
-            f"{config.merge.method} merge of {experts} (base {config.models.base}), searched with "
+            f"{' / '.join(config.merge.methods)} merge of {experts} (base {config.models.base}), "
+            "searched with "
             f"`{config.search.name}`: {len(trials)} trials ({len(failed)} failed"
             + (f", {stopped} stopped early by multi-fidelity rounds" if stopped else "")
             + f"), fitness = {weights} (weighted mean; over_refusal enters as 1 − rate)."
@@ -294,6 +296,9 @@ def report_blocks(run: RunDir) -> list[Block]:
         winner = board[0] if board else max(ok, key=lambda t: t.fitness).model_dump()
         plot_progress(trials, run.progress_file)
         plot_pareto(ok, run.pareto_file)
+        if METHOD_GENE in winner["genes"]:
+            chosen = config.merge.methods[int(round(winner["genes"][METHOD_GENE]))]
+            blocks += [Text(f"The {'winner' if board else 'best trial'} merges with `{chosen}`.")]
         matrix = genome_matrix(winner["genes"], {gene_id(e.name): e.name for e in config.models.experts})
         if matrix[0]:  # a genome of genes it can place (every searched one)
             plot_genome(matrix, f"genome of {winner['trial_id']}", run.genome_file)

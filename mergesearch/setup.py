@@ -128,6 +128,7 @@ def genome_space(config: SearchConfig, num_layers: int) -> GenomeSpace:
         shared=merge.params,
         normalize_weights=merge.weights_sum_to_one,
         gates=merge.gates,
+        choices=merge.choices,
     )
     if merge.from_recipe is None:
         return make()

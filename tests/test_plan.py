@@ -274,3 +274,20 @@ def test_nodes_that_share_a_host_address_are_each_considered(models, tmp_path) -
     worker = {**head, "Resources": {"CPU": 16.0, "GPU": 1.0, "memory": 100 * GIB}}
     (placed,) = check_plan([evaluator], ray_nodes([head, worker], local_gpu_bytes=80 * GIB), "t")
     assert placed.node is not None and placed.node.cpus == 16
+
+
+def test_a_method_that_holds_every_experts_tensor_at_once_is_counted_also_as_one_of_the_choices(
+    models, tmp_path
+) -> None:
+    """TIES merges in place; SCE stacks the experts' tensors: chosen among, the plan counts the stack."""
+    paper = ROOT / "search_spaces" / "paper_llama3_openbio_guard_gpu.yaml"
+
+    def holdings(merge: dict) -> list[str]:
+        config = localized(paper, models, tmp_path, merge=merge, search={"name": "tpe"})
+        evaluator = plan_actors(setup_of(config))[0]
+        return [h.what for h in evaluator.holdings]
+
+    assert not any("stacked copies" in h for h in holdings({}))
+    assert any(
+        "merge work: 2 stacked copies of the largest tensor" in h for h in holdings({"choices": ["sce"]})
+    )

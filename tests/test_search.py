@@ -94,6 +94,44 @@ def test_a_search_from_a_mergekit_recipe_proposes_it_first_and_stays_within_its_
     assert len({json.dumps(t.genes, sort_keys=True) for t in trials}) == len(trials) == 4
 
 
+def test_a_search_chooses_the_method_and_its_winner_rebuilds_with_mergekit_and_resumes(
+    toy_dataset, kept_actors, tmp_path
+) -> None:
+    from safetensors.torch import load_file
+
+    from mergesearch.merge.export import run_mergekit_yaml
+    from mergesearch.search.promote import promote
+
+    merge = {"choices": ["ties", "multislerp"]}
+    config = config_for(toy_dataset, merge=merge, search={"name": "tpe", "num_trials": 6})
+    run = search(config, tmp_path / "run", kept=kept_actors)
+    trials = run.trials()
+    assert len(trials) == 6 and all(t.ok for t in trials)
+    chosen = {("task_arithmetic", "ties", "multislerp")[int(t.genes["method"])] for t in trials}
+    assert len(chosen) >= 2  # it tried more than one method
+    promote(run, log=lambda _: None)
+    recipe = yaml.safe_load((run.best / "recipe.yaml").read_text())
+    winner = json.loads((run.best / "model" / "mergesearch_recipe.json").read_text())
+    assert recipe["merge_method"] == winner["method"] in chosen  # the recipe names the chosen method
+    rebuilt = load_file(str(run_mergekit_yaml(recipe, tmp_path / "mk") / "model.safetensors"))
+    saved = load_file(str(run.best / "model" / "model.safetensors"))
+    assert (
+        max(float((saved[k] - t).abs().max() / t.abs().max().clamp_min(1e-12)) for k, t in rebuilt.items())
+        <= 1e-5
+    )
+    # resumed with a larger budget: the ledger's categorical genes replay into the searcher
+    more = config_for(toy_dataset, merge=merge, search={"name": "tpe", "num_trials": 8})
+    resumed = search(more, tmp_path / "run", kept=kept_actors).trials()
+    assert len(resumed) == 8 and resumed[:6] == trials
+
+
+def test_cma_cannot_search_a_method_choice(toy_dataset) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="continuous genes only, not the categorical `method` gene"):
+        config_for(toy_dataset, merge={"choices": ["ties"]}, search={"name": "cma"})
+
+
 def test_a_search_starts_its_own_actors_beside_those_another_keeps_for_a_run_of_the_same_name(
     toy_dataset, kept_actors, tmp_path
 ) -> None:

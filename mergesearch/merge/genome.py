@@ -16,10 +16,13 @@ from typing import Any, Literal
 from mergesearch.config import GatesConfig, gene_id
 from mergesearch.errors import UserError
 from mergesearch.merge.recipe import MergeRecipe
-from mergesearch.merge.spec import ParamSpec, get_method
+from mergesearch.merge.spec import MergeMethod, ParamSpec, get_method
 
 Genome = dict[str, float]
 GATE_PREFIX = "gate"
+# With several methods to choose from, the chosen one's index: a categorical gene (stored as a float, so a
+# genome stays a dict of floats in the ledger; searchers see its values as unordered categories).
+METHOD_GENE = "method"
 GATE_OPEN = 0.5  # a threshold gate at or above this lets its expert take part
 Granularity = Literal["global", "groups", "layer"]
 
@@ -48,23 +51,32 @@ class GenomeSpace:
         head_group: Literal["last", "first"] = "last",
         centre: Mapping[str, float] | None = None,
         radius: float = 0.25,
+        choices: Sequence[str] = (),
     ) -> None:
         """``bounds`` override the declared ones by parameter name; ``shared`` sets shared parameters;
         ``normalize_weights``: decode each group's expert weights to sum to 1 (a search over mixtures);
         ``gates``: one gate gene per expert, a closed expert merges at weight 0; ``head_group``: the
         group the final norm and LM head follow (``MergeRecipe``); ``centre``: a genome (a recipe's) the
         search explores around: each of its genes bounded to ± ``radius`` of its parameter's range
-        around it, clipped to that range."""
-        spec = get_method(method)
-        spec.check_experts(len(experts))
-        for name in [*(bounds or {}), *(shared or {})]:
-            spec.param(name)
+        around it, clipped to that range; ``choices``: other methods a categorical gene (``method``)
+        picks among, genes of the same parameter shared between them."""
         self.method = method
+        self.methods = tuple(dict.fromkeys([method, *choices]))
+        specs = [get_method(m) for m in self.methods]
+        for spec in specs:
+            spec.check_experts(len(experts))
+        declared = {p.name for spec in specs for p in spec.params}
+        for name in [*(bounds or {}), *(shared or {})]:
+            if name not in declared:
+                specs[0].param(name)  # one line naming the method and its parameters
         self.experts = tuple(experts)
         self.groups = layer_groups(num_layers, granularity, group_size)
-        self.expert_params = tuple(p.name for p in spec.scoped("expert"))
-        self.group_params = tuple(p.name for p in spec.scoped("group"))
-        searched = spec.scoped("expert", "group")
+        searched = _union_of_searched(specs)
+        self.expert_params = tuple(p.name for p in searched if p.scope == "expert")
+        self.group_params = tuple(p.name for p in searched if p.scope == "group")
+        self._defaults = {k: v for spec in reversed(specs) for k, v in spec.defaults.items()}
+        self._searched_by = {m.name: {p.name for p in m.scoped("expert", "group")} for m in specs}
+        self._shared_by = {m.name: {p.name for p in m.scoped("shared")} for m in specs}
         self.bounds = {p.name: tuple((bounds or {}).get(p.name, p.bounds)) for p in searched}
         self._by_prefix: dict[str, ParamSpec] = {str(p.gene): p for p in searched}
         self._prefix = {p.name: str(p.gene) for p in searched}
@@ -73,15 +85,16 @@ class GenomeSpace:
         self.normalize_weights = normalize_weights
         self.gates = gates
         if gates is not None:
-            if "weight" not in self.expert_params:
-                raise UserError(f"merge.gates: {method} has no per-expert weight for a gate to close")
+            for name, params in self._searched_by.items():
+                if "weight" not in params:
+                    raise UserError(f"merge.gates: {name} has no per-expert weight for a gate to close")
             if gates.k is not None and gates.k > len(self.experts):
                 pool = len(self.experts)
                 raise UserError(f"merge.gates.k: {gates.k} experts asked for, the pool has {pool}")
         self.centre = dict(centre) if centre is not None else None
         self._centred: dict[str, tuple[float, float]] = {}
         if centre is not None:
-            for gene in self.gene_names():
+            for gene in self.gene_bounds():
                 if gene not in centre:
                     raise UserError(f"the search's centre has no value for gene {gene!r}")
                 low, high = self._bounds_of(gene)
@@ -97,10 +110,22 @@ class GenomeSpace:
         groups = range(len(self.groups))
         names = [self._gene(p, e, g) for p in self.expert_params for e in self.experts for g in groups]
         names += [self._gene(p, None, g) for p in self.group_params for g in groups]
-        return names + [self._gate(e) for e in self.experts] * (self.gates is not None)
+        names += [self._gate(e) for e in self.experts] * (self.gates is not None)
+        return names + [METHOD_GENE] * (len(self.methods) > 1)
 
     def gene_bounds(self) -> dict[str, tuple[float, float]]:
-        return {name: self._bounds_of(name) for name in self.gene_names()}
+        """The continuous genes and their bounds (every gene but ``method``)."""
+        return {name: self._bounds_of(name) for name in self.gene_names() if name != METHOD_GENE}
+
+    def categories(self) -> dict[str, tuple[float, ...]]:
+        """The categorical genes and their values: ``method``, the index of each method to choose from."""
+        return (
+            {METHOD_GENE: tuple(float(i) for i in range(len(self.methods)))} if len(self.methods) > 1 else {}
+        )
+
+    def method_of(self, genome: Mapping[str, float]) -> str:
+        """The method a genome merges with."""
+        return self.methods[int(round(float(genome[METHOD_GENE])))] if len(self.methods) > 1 else self.method
 
     def open_experts(self, genome: Mapping[str, float]) -> tuple[str, ...]:
         """The experts a genome's gates let take part (every expert without gates), in pool order."""
@@ -120,9 +145,12 @@ class GenomeSpace:
         if missing or unknown:
             raise UserError(f"genome does not fit the space: missing {missing[:3]}, unknown {unknown[:3]}")
         groups = range(len(self.groups))
+        method = self.method_of(genome)
+        searched = self._searched_by[method]  # the chosen method's genes (all of them with one method)
         expert_params = {
             p: tuple(tuple(float(genome[self._gene(p, e, g)]) for e in self.experts) for g in groups)
             for p in self.expert_params
+            if p in searched
         }
         if self.gates is not None:
             taking_part = [e in self.open_experts(genome) for e in self.experts]
@@ -136,30 +164,32 @@ class GenomeSpace:
                 _sum_to_one(per_group, taking_part) for per_group in expert_params["weight"]
             )
         return MergeRecipe(
-            method=self.method,
+            method=method,
             experts=self.experts,
             groups=self.groups,
             expert_params=expert_params,
             group_params={
-                p: tuple(float(genome[self._gene(p, None, g)]) for g in groups) for p in self.group_params
+                p: tuple(float(genome[self._gene(p, None, g)]) for g in groups)
+                for p in self.group_params
+                if p in searched
             },
-            shared=self.shared,
+            shared={k: v for k, v in self.shared.items() if k in self._shared_by[method]},
             head_group=self.head_group,
         )
 
     def encode(self, recipe: MergeRecipe) -> Genome:
         """The genome of ``recipe`` (with normalised weights, one of the genomes that decode to it)."""
-        if (recipe.groups, recipe.experts, recipe.method, recipe.head_group) != (
+        if (recipe.groups, recipe.experts, recipe.head_group) != (
             self.groups,
             self.experts,
-            self.method,
             self.head_group,
-        ):
+        ) or recipe.method not in self.methods:
             raise UserError(
                 "recipe was not made in this genome space (method, experts, layer groups or head differ)"
             )
         groups = range(len(self.groups))
-        genome = {
+        genome = self.uniform() if len(self.methods) > 1 else {}  # genes the recipe's method lacks
+        genome |= {
             self._gene(p, e, g): v[g][i]
             for p, v in recipe.expert_params.items()
             for g in groups
@@ -171,21 +201,23 @@ class GenomeSpace:
             genome |= {
                 self._gate(e): float(any(w[i] != 0 for w in weights)) for i, e in enumerate(self.experts)
             }
+        if len(self.methods) > 1:
+            genome[METHOD_GENE] = float(self.methods.index(recipe.method))
         return genome
 
     def uniform(self) -> Genome:
         """Every expert at weight 1/n, group parameters at their default (slerp's t halfway), other genes
         at their upper bound (keep all); clipped to the bounds."""
-        defaults = get_method(self.method).defaults
 
         def value(name: str) -> float:
             param = self.param_of(name)
             if param == "weight":
                 return 1 / len(self.experts)
-            return defaults[param] if param in self.group_params else self.bounds[param][1]
+            return self._defaults[param] if param in self.group_params else self.bounds[param][1]
 
-        genes = [name for name in self.gene_names() if name not in self._gates]
-        return {name: self._clip(name, value(name)) for name in genes} | dict.fromkeys(self._gates, 1.0)
+        genes = [name for name in self.gene_bounds() if name not in self._gates]
+        genome = {name: self._clip(name, value(name)) for name in genes} | dict.fromkeys(self._gates, 1.0)
+        return genome | dict.fromkeys(self.categories(), 0.0)  # the first method
 
     def expert_alone(self, expert: str) -> Genome:
         """Only ``expert`` merged (weight 1), others at weight 0."""
@@ -255,3 +287,18 @@ def _sum_to_one(weights: tuple[float, ...], taking_part: list[bool]) -> tuple[fl
         return tuple(w / total for w in weights)
     count = sum(taking_part)
     return tuple(float(part) / count if count else 0.0 for part in taking_part)
+
+
+def _union_of_searched(specs: Sequence[MergeMethod]) -> list[ParamSpec]:
+    """The searched parameters of several methods, each once: a parameter two methods declare alike is
+    one gene; declared differently (scope, gene prefix or bounds) it cannot be, and is refused."""
+    found: dict[str, ParamSpec] = {}
+    for spec in specs:
+        for param in spec.scoped("expert", "group"):
+            seen = found.setdefault(param.name, param)
+            if (seen.scope, seen.gene, seen.bounds) != (param.scope, param.gene, param.bounds):
+                raise UserError(
+                    f"merge.choices: {param.name!r} is a different gene in {spec.name} than in another "
+                    "method chosen among; choose among methods whose shared parameters agree"
+                )
+    return list(found.values())

@@ -4,7 +4,7 @@ pool, which genes are whose."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Bounds = Mapping[str, tuple[float, float]]
 
@@ -21,7 +21,8 @@ class ExpertGenes:
 @dataclass(frozen=True)
 class SearchProblem:
     """What every searcher needs: the genes and their bounds, the budget, the parallelism, the seed;
-    ``experts``: for a gated pool (``merge.gates``), which genes are whose."""
+    ``experts``: for a gated pool (``merge.gates``), which genes are whose; ``categories``: the
+    categorical genes (``merge.choices``)."""
 
     bounds: Bounds
     num_trials: int
@@ -29,3 +30,5 @@ class SearchProblem:
     seed: int
     warm_starts: tuple[dict[str, float], ...] = ()
     experts: ExpertGenes | None = None
+    # categorical genes (the method to merge with) and their values, which a searcher treats as unordered
+    categories: Mapping[str, tuple[float, ...]] = field(default_factory=dict)

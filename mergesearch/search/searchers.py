@@ -38,13 +38,21 @@ class SearcherSpec:
     budget: Callable[[SearchProblem], int] | None = None
     needs_gates: bool = False  # selects experts: the merge space must gate them (threshold ``merge.gates``)
     takes_warm_starts: bool = True  # False: it makes its own first proposals (the tuner says so, once)
+    takes_categories: bool = True  # a categorical gene (``merge.choices``) among its continuous ones
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def check(self, granularity: str, gates: str | None) -> None:
-        """``gates``: the merge space's gate kind (None: no gates)."""
+    def check(self, granularity: str, gates: str | None, chooses_method: bool = False) -> None:
+        """``gates``: the merge space's gate kind (None: no gates); ``chooses_method``: the space has a
+        categorical gene (``merge.choices``)."""
+        if chooses_method and not self.takes_categories:
+            takes = ", ".join(n for n in SEARCHERS if SEARCHERS.get(n).takes_categories)
+            raise ValueError(
+                "search.name: this searcher moves continuous genes only, not the categorical `method` "
+                f"gene merge.choices makes; choose one that takes it ({takes})"
+            )
         if self.granularities is not None and granularity not in self.granularities:
             allowed = ", ".join(sorted(self.granularities))
             raise ValueError(
@@ -77,7 +85,8 @@ def _nevergrad(optimizer_name: str) -> SearcherSpec:
         # arrive one `ask` at a time (asynchronous trials): expected here, so not shown.
         warnings.filterwarnings("ignore", message=".*orphanated injected solution.*")
         space = ng.p.Dict(
-            **{name: ng.p.Scalar(lower=low, upper=high) for name, (low, high) in problem.bounds.items()}
+            **{name: ng.p.Scalar(lower=low, upper=high) for name, (low, high) in problem.bounds.items()},
+            **{name: ng.p.Choice(list(values)) for name, values in problem.categories.items()},
         )
         space.random_state = np.random.RandomState(problem.seed)
         return NevergradWithPoints(
@@ -89,7 +98,8 @@ def _nevergrad(optimizer_name: str) -> SearcherSpec:
             points_to_evaluate=list(problem.warm_starts) or None,
         )
 
-    return SearcherSpec(factory)
+    # CMA-ES adapts a Gaussian over continuous genes: a categorical one has no place in it.
+    return SearcherSpec(factory, takes_categories=optimizer_name != "CMA")
 
 
 for _name, _optimizer in (("cma", "CMA"), ("ngopt", "NGOpt"), ("de", "TwoPointsDE"), ("pso", "PSO")):
@@ -102,7 +112,7 @@ def _select_then(stage_two: SearcherSpec) -> SearcherSpec:
 
         return SelectThenSearch(problem, stage_two.make)
 
-    return SearcherSpec(factory, needs_gates=True, takes_warm_starts=False)
+    return SearcherSpec(factory, needs_gates=True, takes_warm_starts=False, takes_categories=False)
 
 
 # Many-expert pools: greedy selection of the experts over their gates, then CMA over their genes.
@@ -114,10 +124,11 @@ def _optuna(sampler: str, objectives: tuple[str, ...] = ("fitness",), **spec: An
     """``sampler``: the name of a factory below, called with the problem."""
 
     def factory(problem: SearchProblem) -> Any:
-        from optuna.distributions import FloatDistribution
+        from optuna.distributions import CategoricalDistribution, FloatDistribution
         from ray.tune.search.optuna import OptunaSearch
 
         space = {name: FloatDistribution(low, high) for name, (low, high) in problem.bounds.items()}
+        space |= {name: CategoricalDistribution(values) for name, values in problem.categories.items()}
         return OptunaSearch(
             space=space,
             metric=list(objectives) if len(objectives) > 1 else objectives[0],
@@ -131,11 +142,12 @@ def _optuna(sampler: str, objectives: tuple[str, ...] = ("fitness",), **spec: An
 
 def _grid_values(problem: SearchProblem) -> dict[str, list[float]]:
     """Evenly spaced values per gene, as many as the trial budget allows (k^genes <= trials, k >= 2)."""
-    per_gene = max(2, int(math.floor(problem.num_trials ** (1 / len(problem.bounds)) + 1e-9)))
+    choices = math.prod(len(values) for values in problem.categories.values())
+    per_gene = max(2, int(math.floor((problem.num_trials / choices) ** (1 / len(problem.bounds)) + 1e-9)))
     return {
         name: [low + (high - low) * i / (per_gene - 1) for i in range(per_gene)]
         for name, (low, high) in problem.bounds.items()
-    }
+    } | {name: list(values) for name, values in problem.categories.items()}
 
 
 def _grid_size(problem: SearchProblem) -> int:
@@ -164,7 +176,8 @@ class _LazySamplers(dict):
 
 _SAMPLERS = _LazySamplers()
 
-SEARCHERS.add("optuna_cmaes", _optuna("cmaes"))
+# Optuna's CMA-ES samples a categorical gene independently, at random: it does not search it.
+SEARCHERS.add("optuna_cmaes", _optuna("cmaes", takes_categories=False))
 SEARCHERS.add("tpe", _optuna("tpe"))
 SEARCHERS.add("nsga2", _optuna("nsga2", MULTI_OBJECTIVE))
 SEARCHERS.add("random", _optuna("random"))

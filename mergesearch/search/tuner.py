@@ -148,7 +148,13 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
         else None
     )
     problem = SearchProblem(
-        space.gene_bounds(), config.search.num_trials, in_flight, config.search.seed, starts, experts
+        space.gene_bounds(),
+        config.search.num_trials,
+        in_flight,
+        config.search.seed,
+        starts,
+        experts,
+        space.categories(),
     )
     num_trials = spec.trials(problem)
     done = run.trials()
