@@ -104,3 +104,11 @@ def smoke_family(tmp_path_factory) -> Path:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tied_pool(tmp_path_factory) -> Path:
+    """A tiny pool whose task vectors tie in magnitude everywhere (``merge_helpers.write_tied_pool``)."""
+    from merge_helpers import write_tied_pool
+
+    return write_tied_pool(tmp_path_factory.mktemp("tied_pool"))

@@ -8,9 +8,11 @@ everywhere except at entries whose magnitude ties across a cut, and parity tests
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 MAGNITUDE_TRIMMED = frozenset({"ties"})
 OUTLIER_TRIMMED = frozenset({"breadcrumbs", "breadcrumbs_ties"})
@@ -77,3 +79,35 @@ def tie_rule_keep(tau: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     keep = torch.zeros(tau.numel(), dtype=torch.bool)
     keep[order[lo:hi]] = True
     return keep.reshape(tau.shape)
+
+
+TIED_EXPERTS = ("a", "b", "c")
+STEP = 2.0**-10  # tied task vectors are multiples of STEP in [-15, 15]·STEP: exact in float32, 16 magnitudes
+
+
+def quantised(shape: tuple[int, ...], generator: torch.Generator, levels: int = 15) -> torch.Tensor:
+    return torch.randint(-levels, levels + 1, shape, generator=generator).float() * STEP
+
+
+def write_tied_pool(root: Path) -> Path:
+    """A tiny Llama base and three experts whose task vectors are quantised (expert − base is exact), so
+    magnitudes, variances and thresholds tie everywhere."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=48,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config)
+    generator = torch.Generator().manual_seed(0)
+    weights = {k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in model.state_dict().items()}
+    base = {k: (v * 64).round() / 64 for k, v in weights.items()}  # coarse, so b + τ is exact
+    for name in ("base", *TIED_EXPERTS):
+        model.save_pretrained(root / name)
+        tensors = base if name == "base" else {k: b + quantised(b.shape, generator) for k, b in base.items()}
+        save_file(tensors, str(root / name / "model.safetensors"), metadata={"format": "pt"})
+    return root

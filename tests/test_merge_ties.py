@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from merge_helpers import ambiguous_entries, tie_rule_keep, trim_cuts, worst_relative_difference
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from merge_helpers import (
+    TIED_EXPERTS,
+    ambiguous_entries,
+    quantised,
+    tie_rule_keep,
+    trim_cuts,
+    worst_relative_difference,
+)
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from mergesearch.merge import methods
 from mergesearch.merge.export import mergekit_config, recipe_to_mergekit, run_mergekit_yaml
@@ -22,37 +29,9 @@ from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.resident import ResidentMerger
 from mergesearch.merge.spec import get_method
 
-EXPERTS = ("a", "b", "c")
+EXPERTS = TIED_EXPERTS
 WEIGHTS = (0.7, 1.1, 0.45)
 DENSITIES = (0.3, 0.5, 0.62)
-STEP = 2.0**-10  # task vectors are multiples of STEP in [-15, 15]·STEP: exact in float32, 16 magnitudes
-
-
-def quantised(shape: tuple[int, ...], generator: torch.Generator, levels: int = 15) -> torch.Tensor:
-    return torch.randint(-levels, levels + 1, shape, generator=generator).float() * STEP
-
-
-@pytest.fixture(scope="module")
-def tied_pool(tmp_path_factory) -> Path:
-    """A tiny Llama base and three experts whose task vectors are quantised: expert − base is exact."""
-    root = tmp_path_factory.mktemp("tied_pool")
-    config = LlamaConfig(
-        vocab_size=48,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    base = {k: (v * 64).round() / 64 for k, v in model.state_dict().items()}  # coarse, so b + τ is exact
-    generator = torch.Generator().manual_seed(1)
-    for name in ("base", *EXPERTS):
-        model.save_pretrained(root / name)
-        tensors = base if name == "base" else {k: b + quantised(b.shape, generator) for k, b in base.items()}
-        save_file(tensors, str(root / name / "model.safetensors"), metadata={"format": "pt"})
-    return root
 
 
 @pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 0.77, 0.99])

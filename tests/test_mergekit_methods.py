@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from merge_helpers import worst_relative_difference
+from merge_helpers import STEP, worst_relative_difference
+from merge_helpers import TIED_EXPERTS as TIED
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -172,3 +173,30 @@ def test_sce_weighs_experts_by_their_energy_and_selects_the_most_varied_entries(
 def test_each_method_takes_the_models_it_can_merge(method: str, count: int, message: str) -> None:
     with pytest.raises(UserError, match=message):
         GenomeSpace(method, [f"e{i}" for i in range(count)], 4)
+
+
+@pytest.mark.parametrize(
+    "method, genes",
+    [
+        ("sce", {"topk.g0": 0.5}),  # variances tie by the hundred: topk's pick among them, as mergekit's
+        ("ram", {"eps.g0": STEP}),  # magnitudes tie at the threshold itself
+        ("ramplus_tl", {"eps.g0": STEP, "r.g0": 0.5, "alpha.g0": 0.8}),
+        ("multislerp", {"w.a.g0": 0.6, "w.b.g0": -0.3, "w.c.g0": 0.9}),
+    ],
+)
+def test_quantised_task_vectors_with_tied_magnitudes_merge_like_mergekit(
+    method: str, genes: dict[str, float], tied_pool: Path, tmp_path: Path
+) -> None:
+    space = GenomeSpace(
+        method, TIED, 3, "global", bounds={"weight": (-0.5, 1.0)} if method == "multislerp" else {}
+    )
+    recipe = space.decode(genes)
+    experts = {e: tied_pool / e for e in TIED}
+    theirs = load_file(
+        str(
+            run_mergekit_yaml(recipe_to_mergekit(recipe, tied_pool / "base", experts), tmp_path / "mk")
+            / "model.safetensors"
+        )
+    )
+    mine = dict(ResidentMerger(tied_pool / "base", experts, log=lambda _: None).merged_tensors(recipe))
+    assert worst_relative_difference({k: mine[k] for k in theirs}, theirs) <= 1e-6

@@ -71,7 +71,7 @@ def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, kep
         assert any(all(math.isclose(t.genes[k], v, abs_tol=1e-6) for k, v in uniform.items()) for t in trials)
 
 
-def test_a_search_from_a_mergekit_recipe_proposes_it_first_and_stays_within_its_radius(
+def test_a_search_from_a_mergekit_recipe_starts_from_it_and_stays_within_its_radius(
     toy_dataset, kept_actors, tmp_path
 ) -> None:
     zoo = Path(demo_config()["models"]["base"]).parent
@@ -84,10 +84,17 @@ def test_a_search_from_a_mergekit_recipe_proposes_it_first_and_stays_within_its_
         ],
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    from mergesearch.search.tuner import warm_starts
+
     merge = {"from_recipe": str(tmp_path / "recipe.yaml"), "recipe_radius": 0.2}
-    trials = search(config_for(toy_dataset, merge=merge), tmp_path / "run", kept=kept_actors).trials()
+    config = config_for(toy_dataset, merge=merge)
     start = {"w.aligned.g0": 0.6, "w.math.g0": 0.8, "w.facts.g0": 0.0}  # facts is not in the recipe
-    assert trials[0].genes == pytest.approx(start)
+    first, uniform = warm_starts(SearchSetup.prepare(config).space, ["uniform"], log=lambda _: None)
+    assert first == pytest.approx(start) and uniform == pytest.approx(  # uniform, clipped to the radius
+        {"w.aligned.g0": 1 / 3, "w.math.g0": 0.5, "w.facts.g0": 0.3}
+    )
+    trials = search(config, tmp_path / "run", kept=kept_actors).trials()
+    assert any(t.genes == pytest.approx(start) for t in trials)  # evaluated (trials finish in any order)
     for trial in trials:  # ± 0.2 of the weight's range (0-1.5) around the recipe, clipped to it
         assert all(abs(trial.genes[gene] - value) <= 0.3 + 1e-9 for gene, value in start.items())
         assert trial.genes["w.facts.g0"] >= 0
