@@ -129,7 +129,8 @@ def config_check(path: Path) -> None:
     check_tasks(cfg.promotion.tasks, f"{path}: promotion.tasks")
     check_task_datasets(cfg.promotion.tasks, f"{path}: promotion.tasks")
     experts = f"{len(cfg.models.experts)} experts" + (f" + pool {cfg.models.pool}" if cfg.models.pool else "")
-    click.echo(f"{path}: ok ({cfg.name}: {experts}, {cfg.merge.method}, searcher {cfg.search.name})")
+    methods = " / ".join(cfg.merge.methods)
+    click.echo(f"{path}: ok ({cfg.name}: {experts}, {methods}, searcher {cfg.search.name})")
 
 
 @config.command(

@@ -239,7 +239,10 @@ def read_mergekit_recipe(
         engine_base = base
     else:
         engine_base = recipe_base if recipe_base is not None else entries[0][0]
-    if pool is None:
+    if pool is None:  # the recipe's own folders: each named by its key when it is not a model
+        for folder, _, where in entries:
+            if not (folder / "config.json").is_file():
+                raise UserError(f"{source}: {where}.model: {folder} is not a model folder (no config.json)")
         names = [folder.name for folder, _, _ in entries]
         if len(set(names)) < len(names):
             names = [f"{n}_{i}" for i, n in enumerate(names)]
