@@ -26,6 +26,13 @@ def _stale_note(item: Stamp) -> str:
     return f" (code measured has changed since: {len(item.changed)} files)" if item.changed else ""
 
 
+def _ran(item: Stamp) -> str:
+    """``ran at `abc123` `` (and whether its code changed since), or that the result records no commit."""
+    if not item.commit:
+        return "records no commit (older code)"
+    return f"ran at `{item.commit[:9]}`{_stale_note(item)}"
+
+
 def fresh_clone_timings(path: Path = RESULTS / "fresh_clone.json", say_if_stale: bool = True) -> str:
     """The timings of the README's own commands from a fresh clone (one paragraph; the README states it
     without the staleness note, which any later commit would make true)."""
@@ -68,9 +75,7 @@ def protocol_table(name: str) -> str:
 
     path = RESULTS / f"protocol_{name}.json"
     item = stamp(path)
-    ran = (
-        f"ran at `{item.commit[:9]}`{_stale_note(item)}" if item.commit else "records no commit (older code)"
-    )
+    ran = _ran(item)
     table = table_markdown(json.loads(path.read_text()))
     return f"`{path.relative_to(RESULTS.parents[1])}`, {ran}:\n\n{table}\n"
 
@@ -127,3 +132,42 @@ def rehearse_shipped(path: Path = RESULTS / "rehearse_shipped.json") -> str:
         found = "<br>".join(row["findings"]) or "nothing"
         lines.append(f"| `{row['config']}` | `{row['data_spec']}` | {row['exit_status']} | {found} |")
     return "\n".join(lines)
+
+
+def merge_speed(path: Path = RESULTS / "merge_speed.json") -> str:
+    """Per-genome merge time of every method, resident against mergekit's ``run_merge`` (and its in-memory
+    executor), with each method's worst relative difference from ``run_merge``'s tensors, per pool
+    (``benchmarks/merge_speed.py``), under the commit it ran at."""
+    data, item = json.loads(path.read_text()), stamp(path)
+    ran = _ran(item)
+    machine = data.get("machine", {})
+    if isinstance(machine, dict):
+        machine = f"{machine.get('cpus')} cores, torch {machine.get('torch')}"
+    lines = [f"`benchmarks/results/merge_speed.json`, {ran}, on {machine}:"]
+    for label, pool in data["pools"].items():
+        sort = pool.get("magnitude_sort", {})
+        lines += [
+            "",
+            f"**{label}** ({pool['model_mib']} MiB in float32, {pool['experts']} experts; pool loaded in "
+            f"{pool['load_seconds']} s; its magnitudes sorted in {sort.get('engine_s')} s, `torch.sort` "
+            f"{sort.get('torch_sort_s')} s):",
+            "",
+            "| method | experts | resident ms/genome | first merge ms | run_merge ms | in-memory ms | "
+            "× run_merge | worst rel. diff vs run_merge |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for method, m in pool["methods"].items():
+            cells = [
+                f"`{method}`",
+                str(m.get("experts", pool["experts"])),
+                f"{m['resident_ms']:g}",
+                f"{m['resident_first_merge_ms']:g}",
+                f"{m['run_merge_ms']:g}" if "run_merge_ms" in m else "no mergekit method",
+                f"{m['in_memory_ms']:g}" if "in_memory_ms" in m else "-",
+                f"{m['speedup_vs_run_merge']:g}" if "speedup_vs_run_merge" in m else "-",
+                f"{m['worst_relative_difference_vs_run_merge']:.1e}"
+                if "worst_relative_difference_vs_run_merge" in m
+                else "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

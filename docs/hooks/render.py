@@ -5,6 +5,7 @@
 ``{{ fresh_clone_timings }}`` and ``{{ benchmark_results }}``: figures from ``benchmarks/results/*.json``,
 each with its commit (``benchmarks/render.py``); ``{{ protocol_table:NAME }}``: a protocol run's table, with
 its commit; ``{{ rehearsal_cluster }}``, ``{{ rehearse_shipped }}``: the rehearsals' records;
+``{{ merge_speed }}``: every method's merge time against mergekit's, and its parity;
 ``{{ demo_table }}``: the table ``make demo`` prints, as the README shows it (kept there, once). Nothing
 here is written twice, so none of it drifts.
 """
@@ -38,6 +39,7 @@ GENERATED = {
     "{{ benchmark_results }}": render.results_table,
     "{{ rehearsal_cluster }}": render.rehearsal_cluster,
     "{{ rehearse_shipped }}": render.rehearse_shipped,
+    "{{ merge_speed }}": render.merge_speed,
 }
 
 
