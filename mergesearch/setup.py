@@ -136,7 +136,10 @@ def genome_space(config: SearchConfig, num_layers: int) -> GenomeSpace:
     imported = read_mergekit_recipe(merge.from_recipe, pool, Path(config.models.base))
     recipe = fit_to_space(imported, make(), merge.params, "merge.from_recipe")
     start = make(head_group=recipe.head_group).encode(recipe)
-    return make(head_group=recipe.head_group, centre=start, radius=merge.recipe_radius)
+    try:
+        return make(head_group=recipe.head_group, centre=start, radius=merge.recipe_radius)
+    except UserError as err:
+        raise UserError(f"merge.from_recipe ({merge.from_recipe}): {err}") from None
 
 
 def _merge_input(folder: Path, field: str) -> Path:

@@ -148,7 +148,7 @@ def _recipe_filter_within_a_layer(c: Ctx) -> list[str]:
 
 
 def _recipe_of_another_method(c: Ctx) -> list[str]:
-    recipe = _recipe(c, 0.5, method="linear")
+    recipe = _recipe(c, 0.5, method="ties")
     return search(c.config(lambda config: config["merge"].update(from_recipe=str(recipe))))
 
 
@@ -520,7 +520,7 @@ CASES = [
         "config",
         "`merge.from_recipe`: a recipe whose method is not the search's",
         _recipe_of_another_method,
-        ("merge.from_recipe (", "recipe.yaml): the recipe merges with linear, merge.method is"),
+        ("merge.from_recipe (", "recipe.yaml): the recipe merges with ties, merge.method is"),
     ),
     Case(
         "model-unknown-zoo",

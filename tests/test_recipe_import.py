@@ -66,6 +66,12 @@ def recipes(zoo: Path) -> dict[str, dict]:
             "merge_method": "model_stock",
             "base_model": z("base"),
         },
+        "linear_with_base": {  # a method without a base averages the base model in, weighed like the rest
+            "models": [{"model": z("math"), "parameters": {"weight": 0.7}}, {"model": z("aligned")}],
+            "merge_method": "linear",
+            "base_model": z("base"),
+            "parameters": {"weight": 0.3},
+        },
         "karcher": {
             "models": [{"model": z(e)} for e in ("aligned", "math", "facts")],
             "merge_method": "karcher",
@@ -274,3 +280,56 @@ def test_a_search_starts_from_the_recipe_within_its_radius(zoo_dir: Path, tmp_pa
             {},
             "merge.from_recipe",
         )
+
+
+def test_numbers_in_scientific_notation_are_numbers_as_mergekit_reads_them(
+    zoo_dir: Path, tmp_path: Path
+) -> None:
+    """YAML loads ``1e-5`` (no dot) as a string: a gradient of them still interpolates."""
+    text = (
+        f"merge_method: ram\nbase_model: {zoo_dir / 'base'}\n"
+        f"models:\n  - model: {zoo_dir / 'math'}\n  - model: {zoo_dir / 'facts'}\n"
+        "parameters:\n  epsilon: [1e-5, 7e-4]\n"
+    )
+    (tmp_path / "recipe.yaml").write_text(text)
+    imported = read_mergekit_recipe(tmp_path / "recipe.yaml")
+    assert imported.recipe.group_params["epsilon"] == pytest.approx((1e-5, 2.4e-4, 4.7e-4, 7e-4))
+    mine = load_file(
+        str(materialize_imported(imported, tmp_path / "ours", log=lambda _: None) / "model.safetensors")
+    )
+    theirs = load_file(str(run_mergekit_yaml(yaml.safe_load(text), tmp_path / "mk") / "model.safetensors"))
+    assert worst_relative_difference(mine, theirs) <= 1e-5
+
+
+def test_two_folders_here_with_one_name_are_two_models(zoo_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for stage, member in (("sft", "base"), ("dpo", "math")):
+        shutil.copytree(zoo_dir / member, tmp_path / stage / "final")
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(tmp_path / "sft" / "final"),
+        "models": [{"model": str(tmp_path / "dpo" / "final"), "parameters": {"weight": 0.5}}],
+    }
+    imported = read_mergekit_recipe(write(recipe, tmp_path / "r"))
+    assert list(imported.experts.values()) == [tmp_path / "dpo" / "final"]
+
+
+def test_a_search_refuses_a_start_it_cannot_take_as_it_is(zoo_dir: Path, tmp_path: Path) -> None:
+    experts = ("aligned", "math", "facts")
+    pool = {e: zoo_dir / e for e in experts}
+    ties = recipes(zoo_dir)["ties_gradients"]
+    imported = read_mergekit_recipe(write(ties, tmp_path), pool, zoo_dir / "base")
+    layered = GenomeSpace("ties", experts, 4, "layer")
+    with pytest.raises(UserError, match="the recipe's normalize is True, merge.params' False"):
+        fit_to_space(imported, layered, {"normalize": False}, "merge.from_recipe")
+    mixtures = GenomeSpace("ties", experts, 4, "layer", normalize_weights=True)
+    with pytest.raises(UserError, match="its weights sum to 1.5 in layer group 0; merge.weights_sum_to_one"):
+        fit_to_space(imported, mixtures, {}, "merge.from_recipe")
+    heavy = recipes(zoo_dir)["task_arithmetic_global_weight"]
+    heavy["parameters"]["weight"] = 1.2
+    start = read_mergekit_recipe(write(heavy, tmp_path / "h"), pool, zoo_dir / "base")
+    space = GenomeSpace("task_arithmetic", experts, 4, "global")
+    genome = space.encode(fit_to_space(start, space, {}, "merge.from_recipe"))
+    with pytest.raises(UserError, match="w.math.g0 starts at 1.2, outside merge.bounds.weight .0 to 1."):
+        GenomeSpace("task_arithmetic", experts, 4, "global", centre=genome)

@@ -93,14 +93,20 @@ class GenomeSpace:
                 raise UserError(f"merge.gates.k: {gates.k} experts asked for, the pool has {pool}")
         self.centre = dict(centre) if centre is not None else None
         self._centred: dict[str, tuple[float, float]] = {}
-        if centre is not None:
-            for gene in self.gene_bounds():
-                if gene not in centre:
-                    raise UserError(f"the search's centre has no value for gene {gene!r}")
-                low, high = self._bounds_of(gene)
-                reach = radius * (high - low)
-                value = min(max(float(centre[gene]), low), high)
-                self._centred[gene] = (max(low, value - reach), min(high, value + reach))
+        for gene in self.gene_bounds() if centre is not None else ():
+            if gene.startswith(f"{GATE_PREFIX}."):
+                continue  # a gate stays free to open or close
+            if gene not in centre:
+                raise UserError(f"the search's centre has no value for gene {gene!r}")
+            low, high = self._bounds_of(gene)
+            value = float(centre[gene])
+            if not low - 1e-12 <= value <= high + 1e-12:
+                raise UserError(
+                    f"{gene} starts at {value:g}, outside merge.bounds.{self.param_of(gene)} "
+                    f"({low:g} to {high:g}); widen the bounds to search around it"
+                )
+            reach = radius * (high - low)
+            self._centred[gene] = (max(low, value - reach), min(high, value + reach))
 
     @property
     def num_layers(self) -> int:

@@ -68,12 +68,25 @@ def mergekit_method(name: object, where: str) -> MergeMethod:
     return by_mergekit[str(name)]
 
 
+def _number(value: Any) -> Any:
+    """A YAML string that is a number (``1e-5`` without a dot loads as a string) as that number, as
+    mergekit's validation reads it; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def setting_at(setting: Any, tensor: str, t: float, where: str) -> Any:
     """A mergekit parameter setting's value for ``tensor`` at gradient position ``t`` (module docstring)."""
     if isinstance(setting, (bool, int, float, str)):
-        return setting
+        return _number(setting)
     if isinstance(setting, Mapping):
         setting = [setting]
+    if isinstance(setting, list):
+        setting = [_number(v) for v in setting]
     if not isinstance(setting, list) or not setting:
         raise UserError(f"{where}: expected a number, a gradient (a list of numbers) or filter conditions")
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
@@ -137,6 +150,12 @@ class _Resolver:
                     f"{value}, at {tensor!r}); mergesearch's parameters are one value per layer"
                 )
             by_layer[layer] = value
+        missing = [i for i in range(self.num_layers) if i not in by_layer]
+        if missing:
+            raise UserError(
+                f"{self.source}: the base has no tensors named `layers.{missing[0]}.` "
+                f"(of its {self.num_layers} layers); mergesearch merges decoder layers by that name"
+            )
         layers = [by_layer[i] for i in range(self.num_layers)]
         heads = {"last", "first"}
         for tensor, value in outside.items():
@@ -166,20 +185,24 @@ def _folder(reference: object, where: str, relative_to: Path) -> Path:
 
 
 def _pool_name(folder: Path, pool: Mapping[str, Path], where: str) -> str:
-    """The pool expert a recipe's model is: the same folder, or the same folder name (a recipe written on
-    another machine names the hub id or another path)."""
+    """The pool expert a recipe's model is: the same folder, or, for a reference that is no folder here (a
+    recipe written on another machine names a hub id or another path), the same folder name."""
     for name, path in pool.items():
         if Path(path).resolve() == folder.resolve():
             return name
     for name, path in pool.items():
-        if folder.name in (Path(path).name, name):
+        if not folder.exists() and folder.name in (Path(path).name, name):
             return name
     known = ", ".join(f"{n} ({Path(p).name})" for n, p in pool.items())
     raise UserError(f"{where}: {str(folder)!r} is none of the pool's experts by folder or name ({known})")
 
 
 def _same_model(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or a.name == b.name
+    """The same folder; or, where one of them is no folder here (a recipe written elsewhere), the same
+    folder name (``runs/sft/final`` and ``runs/dpo/final``, both here, are two models)."""
+    if a.resolve() == b.resolve():
+        return True
+    return (not a.exists() or not b.exists()) and a.name == b.name
 
 
 def read_mergekit_recipe(
@@ -202,7 +225,7 @@ def read_mergekit_recipe(
             f"{source}: {unknown[0]}: not a key mergesearch reads (it reads: {', '.join(KNOWN_KEYS)})"
         )
     method = mergekit_method(raw.get("merge_method"), source)
-    dtype = raw.get("dtype", "float32")
+    dtype = raw.get("dtype", "float32")  # unset: the base's own, once its config is read
     if dtype not in DTYPES:
         raise UserError(f"{source}: dtype: {dtype!r} is not one the engine merges in ({', '.join(DTYPES)})")
     models = raw.get("models")
@@ -231,6 +254,11 @@ def read_mergekit_recipe(
         if first is None or not any(_same_model(folder, first) for folder, _, _ in entries):
             raise UserError(f"{source}: base_model: slerp interpolates from one of its two models; name it")
         entries.sort(key=lambda e: not _same_model(e[0], first))
+    elif recipe_base is not None and method.mergekit_base == "none":
+        # mergekit feeds the base model in as one more input of a method that takes no base (linear,
+        # karcher), weighed like the others (its entry's parameters, else the global ones)
+        if not any(_same_model(folder, recipe_base) for folder, _, _ in entries):
+            entries.insert(0, (recipe_base, {}, "base_model"))
     elif recipe_base is not None:  # the base itself listed among the models takes no part of its own
         entries = [e for e in entries if not _same_model(e[0], recipe_base)]
     if pool is not None and base is not None:  # a search: its own base model
@@ -249,11 +277,23 @@ def read_mergekit_recipe(
         experts = {n: folder for n, (folder, _, _) in zip(names, entries)}
     else:
         names = [_pool_name(folder, pool, f"{source}: {where}.model") for folder, _, where in entries]
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise UserError(f"{source}: models: two entries are the pool's expert {twice!r}")
         experts = {n: Path(pool[n]) for n in names}
     method.check_experts(len(experts))
     if not (engine_base / "config.json").is_file():
         raise UserError(f"{source}: base_model: {engine_base} is not a model folder (no config.json)")
-    num_layers = int(model_config(engine_base)["num_hidden_layers"])
+    config = model_config(engine_base)
+    if "num_hidden_layers" not in config:
+        raise UserError(
+            f"{source}: {engine_base}: config.json has no num_hidden_layers (mergesearch merges decoder "
+            "models with numbered layers)"
+        )
+    num_layers = int(config["num_hidden_layers"])
+    if "dtype" not in raw:  # mergekit merges and writes in the checkpoint's own dtype
+        stored = config.get("torch_dtype") or config.get("dtype")
+        dtype = stored if stored in DTYPES else "float32"
     resolver = _Resolver(sorted(tensor_shapes(engine_base)), num_layers, source)
     recipe = _recipe(raw, method, entries, tuple(experts), resolver, source)
     return ImportedRecipe(
@@ -355,9 +395,13 @@ def fit_to_space(
     field = f"{field} ({imported.source})"
     if recipe.method != space.method:
         raise UserError(f"{field}: the recipe merges with {recipe.method}, merge.method is {space.method}")
-    for name, value in recipe.shared.items():
-        if shared.get(name, method.param(name).default) != value:
-            raise UserError(f"{field}: the recipe sets {name}: {value!r}; set the same in merge.params")
+    for param in method.scoped("shared"):  # set or left at mergekit's default, on both sides
+        theirs = recipe.shared.get(param.name, param.default)
+        if shared.get(param.name, param.default) != theirs:
+            raise UserError(
+                f"{field}: the recipe's {param.name} is {theirs!r}, merge.params' "
+                f"{shared.get(param.name, param.default)!r}; set the same"
+            )
     missing = [e for e in space.experts if e not in recipe.experts]
     if missing and "weight" not in {p.name for p in method.scoped("expert")}:
         raise UserError(
@@ -379,9 +423,16 @@ def fit_to_space(
         }
     )
     try:
-        return widened.regrouped(space.groups)
+        fitted = widened.regrouped(space.groups)
     except ValueError as err:
         raise UserError(f"{field}: {err}; merge.granularity: layer takes it as it is") from None
+    for g, weights in enumerate(fitted.expert_params.get("weight", ()) if space.normalize_weights else ()):
+        if abs(sum(weights) - 1) > 1e-9:
+            raise UserError(
+                f"{field}: its weights sum to {sum(weights):g} in layer group {g}; merge.weights_sum_to_one "
+                "would start elsewhere (unset it, or give weights that sum to 1)"
+            )
+    return fitted
 
 
 def materialize_imported(

@@ -102,8 +102,9 @@ def ramplus_tl(
     return (base + merged.reshape(base.shape)).to(base.dtype)
 
 
-# RAM's threshold of a change: a gene (per layer group), from none to a thousandth.
-RAM_EPSILON = ParamSpec("epsilon", "group", 1e-5, (0.0, 1e-3), gene="eps", mergekit="epsilon")
+# RAM's threshold of a change: a gene (per layer group), up to a thousandth; above zero, as RAM+ divides by
+# it where an expert changes nothing of a tensor on its own (mergekit's clamp: 0/0 there at zero).
+RAM_EPSILON = ParamSpec("epsilon", "group", 1e-5, (1e-8, 1e-3), gene="eps", mergekit="epsilon")
 register_method(MergeMethod("ram", ram, (RAM_EPSILON,), mergekit="ram", stacks_experts=True))
 register_method(
     MergeMethod(

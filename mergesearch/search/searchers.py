@@ -143,7 +143,8 @@ def _optuna(sampler: str, objectives: tuple[str, ...] = ("fitness",), **spec: An
 def _grid_values(problem: SearchProblem) -> dict[str, list[float]]:
     """Evenly spaced values per gene, as many as the trial budget allows (k^genes <= trials, k >= 2)."""
     choices = math.prod(len(values) for values in problem.categories.values())
-    per_gene = max(2, int(math.floor((problem.num_trials / choices) ** (1 / len(problem.bounds)) + 1e-9)))
+    genes = max(1, len(problem.bounds))  # methods with no genes of their own, chosen among: the choice alone
+    per_gene = max(2, int(math.floor((problem.num_trials / choices) ** (1 / genes) + 1e-9)))
     return {
         name: [low + (high - low) * i / (per_gene - 1) for i in range(per_gene)]
         for name, (low, high) in problem.bounds.items()
