@@ -11,6 +11,7 @@ import difflib
 import math
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -188,6 +189,12 @@ class GatesConfig(Frozen):
         return self
 
 
+def method_options(method: str, choices: Sequence[str]) -> tuple[str, ...]:
+    """The methods a search may merge with, in the order the ``method`` gene indexes them: ``method``
+    first, then the other ``choices``."""
+    return tuple(dict.fromkeys([method, *choices]))
+
+
 class MergeSpaceConfig(Frozen):
     """What the searcher varies: the method, how layers are grouped, each searched parameter's bounds
     (default: the method's declared bounds) and the method's shared settings."""
@@ -236,8 +243,8 @@ class MergeSpaceConfig(Frozen):
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """Every method the search may merge with: ``method`` first, then the other ``choices``."""
-        return tuple(dict.fromkeys([self.method, *self.choices]))
+        """Every method the search may merge with (``method_options``)."""
+        return method_options(self.method, self.choices)
 
     @model_validator(mode="after")
     def _declared_params(self) -> MergeSpaceConfig:

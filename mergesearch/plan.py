@@ -21,7 +21,12 @@ from typing import Any, Literal
 
 from mergesearch.config import DTYPE_BYTES, EngineConfig, read_yaml
 from mergesearch.errors import UserError
-from mergesearch.merge.compact import expansion_bytes, host_pool_merge_bytes, load_bytes
+from mergesearch.merge.compact import (
+    expansion_bytes,
+    host_pool_merge_bytes,
+    largest_tensor_bytes,
+    load_bytes,
+)
 from mergesearch.merge.compact import pool_bytes as compact_pool_bytes
 from mergesearch.merge.spec import get_method
 from mergesearch.model_files import config_tensor_shapes, model_config, tensor_shapes
@@ -184,7 +189,7 @@ def plan_actors(setup: SearchSetup, from_config: bool = False) -> list[ActorPlan
         evaluator.append(Holding("load: an expert's tensor and the base's (float32)", pool, load))
     merging_on: Memory = "gpu" if res.gpus_per_evaluator > 0 else "host"
     if any(m.stacks_experts for m in methods):  # every expert's copy of a tensor at once, beside the pool
-        work = n * DTYPE_BYTES[dtype] * max(math.prod(shape) for shape in base.shapes.values())
+        work = n * largest_tensor_bytes(base.shapes, DTYPE_BYTES[dtype])
         evaluator.append(Holding(f"merge work: {n} stacked copies of the largest tensor", merging_on, work))
     if form.form != "dense":
         work = expansion_bytes(base.shapes, DTYPE_BYTES[dtype], n, form)

@@ -18,7 +18,7 @@ from typing import Any
 
 from mergesearch.config import gene_id
 from mergesearch.io import atomic_write_bytes, atomic_write_text
-from mergesearch.merge.genome import METHOD_GENE
+from mergesearch.merge.genome import METHOD_GENE, chosen_method
 from mergesearch.search.promote import pareto_front
 from mergesearch.search.run_dir import RunDir, TrialResult
 
@@ -297,7 +297,7 @@ def report_blocks(run: RunDir) -> list[Block]:
         plot_progress(trials, run.progress_file)
         plot_pareto(ok, run.pareto_file)
         if METHOD_GENE in winner["genes"]:
-            chosen = config.merge.methods[int(round(winner["genes"][METHOD_GENE]))]
+            chosen = chosen_method(config.merge.methods, winner["genes"])
             blocks += [Text(f"The {'winner' if board else 'best trial'} merges with `{chosen}`.")]
         matrix = genome_matrix(winner["genes"], {gene_id(e.name): e.name for e in config.models.experts})
         if matrix[0]:  # a genome of genes it can place (every searched one)

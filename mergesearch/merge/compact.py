@@ -71,6 +71,11 @@ def pool_bytes(shapes: Mapping[str, Shape], element: int, settings: TaskVectorsC
     return sum(form.stored_bytes(shape, element, settings) for shape in shapes.values())
 
 
+def largest_tensor_bytes(shapes: Mapping[str, Shape], element: int) -> int:
+    """One copy of the largest tensor: the unit of a merge's work memory, which goes tensor by tensor."""
+    return element * max(math.prod(shape) for shape in shapes.values())
+
+
 def expansion_bytes(
     shapes: Mapping[str, Shape], element: int, experts: int, settings: TaskVectorsConfig
 ) -> int:
@@ -78,7 +83,7 @@ def expansion_bytes(
     tensor at once, on the merge's device (nothing for dense ones, which are read in place)."""
     if settings.form == "dense":
         return 0
-    return experts * element * max(math.prod(shape) for shape in shapes.values())
+    return experts * largest_tensor_bytes(shapes, element)
 
 
 def host_pool_merge_bytes(shapes: Mapping[str, Shape], element: int, experts: int, sorts: bool) -> int:
@@ -86,14 +91,14 @@ def host_pool_merge_bytes(shapes: Mapping[str, Shape], element: int, experts: in
     every expert's task vector (and sorted magnitudes, for methods that rank by them) copied to the GPU
     at once, in the pool's dtype."""
     copies = 1 + experts * (2 if sorts else 1)
-    return copies * element * max(math.prod(shape) for shape in shapes.values())
+    return copies * largest_tensor_bytes(shapes, element)
 
 
 def load_bytes(shapes: Mapping[str, Shape], sorted_bytes: int = 0) -> int:
     """Work memory the pool's load needs where the pool is kept: an expert's tensor and the base's in
     float32 (the task vector is their difference, taken in float32), one tensor at a time; beyond the
     ``sorted_bytes`` of sorted magnitudes, which are made after the load, in memory it gave back."""
-    return max(0, 2 * 4 * max(math.prod(shape) for shape in shapes.values()) - sorted_bytes)
+    return max(0, 2 * largest_tensor_bytes(shapes, 4) - sorted_bytes)
 
 
 class CompactTaskVectors(Mapping[str, torch.Tensor]):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from mergesearch.config import GatesConfig, gene_id
+from mergesearch.config import GatesConfig, gene_id, method_options
 from mergesearch.errors import UserError
 from mergesearch.merge.recipe import MergeRecipe
 from mergesearch.merge.spec import MergeMethod, ParamSpec, get_method
@@ -25,6 +25,12 @@ GATE_PREFIX = "gate"
 METHOD_GENE = "method"
 GATE_OPEN = 0.5  # a threshold gate at or above this lets its expert take part
 Granularity = Literal["global", "groups", "layer"]
+
+
+def chosen_method(methods: Sequence[str], genome: Mapping[str, float]) -> str:
+    """The method a genome merges with, of ``methods`` (``method_options``): the one its ``method`` gene
+    indexes, or the only one."""
+    return methods[int(round(float(genome[METHOD_GENE])))] if len(methods) > 1 else methods[0]
 
 
 def layer_groups(
@@ -61,7 +67,7 @@ class GenomeSpace:
         around it, clipped to that range; ``choices``: other methods a categorical gene (``method``)
         picks among, genes of the same parameter shared between them."""
         self.method = method
-        self.methods = tuple(dict.fromkeys([method, *choices]))
+        self.methods = method_options(method, choices)
         specs = [get_method(m) for m in self.methods]
         for spec in specs:
             spec.check_experts(len(experts))
@@ -131,7 +137,7 @@ class GenomeSpace:
 
     def method_of(self, genome: Mapping[str, float]) -> str:
         """The method a genome merges with."""
-        return self.methods[int(round(float(genome[METHOD_GENE])))] if len(self.methods) > 1 else self.method
+        return chosen_method(self.methods, genome)
 
     def open_experts(self, genome: Mapping[str, float]) -> tuple[str, ...]:
         """The experts a genome's gates let take part (every expert without gates), in pool order."""

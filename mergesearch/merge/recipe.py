@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from mergesearch.config import Frozen
 
-_LAYER = re.compile(r"\blayers\.(\d+)\.")
+LAYER = re.compile(r"\blayers\.(\d+)\.")  # a decoder layer's tensors, and which layer
 INPUT_SIDE = ("embed_tokens", "wte", "word_embeddings")  # tensors merged with the first group
 
 
@@ -50,7 +50,7 @@ class MergeRecipe(Frozen):
 
     def group_of(self, tensor_name: str) -> int:
         """The group whose parameters merge ``tensor_name``."""
-        match = _LAYER.search(tensor_name)
+        match = LAYER.search(tensor_name)
         if match:
             layer = int(match.group(1))
             return next(i for i, g in enumerate(self.groups) if layer in g)

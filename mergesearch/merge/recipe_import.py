@@ -11,7 +11,6 @@ their layer group, ``slices``, LoRA references, a method it lacks) is refused in
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from mergesearch.config import read_yaml
 from mergesearch.errors import UserError
 from mergesearch.merge.export import materialize
 from mergesearch.merge.genome import GenomeSpace, layer_groups
-from mergesearch.merge.recipe import INPUT_SIDE, MergeRecipe
+from mergesearch.merge.recipe import INPUT_SIDE, LAYER, MergeRecipe
 from mergesearch.merge.resident import DTYPES, ResidentMerger
 from mergesearch.merge.spec import MergeMethod, ParamSpec, get_method
 from mergesearch.merge.tokenizer import TokenizerChoice
@@ -40,7 +39,6 @@ KNOWN_KEYS = (
 )
 # Settings mergekit takes that change how it computes, not what: accepted and left out.
 IGNORED_SETTINGS = {"int8_mask": "a memory-saving mask dtype in mergekit; the same merge"}
-_LAYER = re.compile(r"\blayers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ def setting_at(setting: Any, tensor: str, t: float, where: str) -> Any:
 
 def _position(tensor: str, num_layers: int) -> float:
     """Where mergekit reads a gradient for ``tensor``: its layer's share of depth, 0 outside the layers."""
-    match = _LAYER.search(tensor)
+    match = LAYER.search(tensor)
     if not match:
         return 0.0
     return int(match.group(1)) / (num_layers - 1) if num_layers > 1 else 1.0
@@ -139,7 +137,7 @@ class _Resolver:
                     at = settings[-1][0] if settings else f"{self.source}: parameters.{param.mergekit}"
                     raise UserError(f"{at}: {param.mergekit} is not set for tensor {tensor!r}")
                 value = param.default
-            match = _LAYER.search(tensor)
+            match = LAYER.search(tensor)
             if match is None:
                 outside[tensor] = value
                 continue
