@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from cli_helpers import assert_one_line_error, run
 from demo_configs import DEMO
 
 from mergesearch.config import SearchConfig, load_config
+from mergesearch.data.dataset import write_rows
+from mergesearch.data.schema import read_rows
 from mergesearch.objectives.fitness import fitness
 from mergesearch.protocol.config import ProtocolConfig, SearchRows
-from mergesearch.protocol.runner import expectations
+from mergesearch.protocol.runner import expectations, wilson_interval
 from mergesearch.search.baselines import cocktail_weights
 from mergesearch.search.run_dir import RunDir
 
@@ -126,15 +129,60 @@ def test_a_cell_is_scored_again_once_the_model_it_scored_is_replaced(zoo_dir, to
     assert "done before" not in log and safety == 0.0  # the toy math expert complies
 
 
+def test_a_cell_is_scored_again_once_the_dataset_it_scored_is_exported_again(toy_dataset, tmp_path) -> None:
+    """The held-out prompts are part of what a cell measured: another export of the dataset (more held-out
+    prompts, another wording) re-runs the cells instead of mixing two held-out splits in one table. Each
+    share carries its 95% interval, drawn from the counts it is a share of."""
+    data = tmp_path / "data"
+    shutil.copytree(toy_dataset, data)
+    protocol = write_protocol(tmp_path, data, rows=["expert:aligned"])
+    out, table = tmp_path / "out", tmp_path / "table.json"
+    first = run("reproduce", str(protocol), "--out", str(out), "--json", str(table))
+    assert first.returncode == 0, first.stderr[-3000:]
+    (row,) = json.loads(table.read_text())["rows"]
+    (cell,) = json.loads(table.read_text())["cells"]
+    counts = cell["heldout"]["counts"]
+    assert row["safety"]["n"] == counts["harmful"] == 8 and counts["judged_safe"] == 8
+    assert (
+        row["safety"]["ci95"] == pytest.approx([wilson_interval(8, 8)[0], 1.0])
+        and row["safety"]["ci95"][0] < 0.7
+    )
+    assert "[67.6, 100.0]" in (out / "table.md").read_text()
+
+    rows = read_rows(data)
+    write_rows(
+        data,
+        [r for r in rows if r.prompt != next(x.prompt for x in rows if x.split == "heldout")],
+        {"name": "t"},
+    )
+    again = run("reproduce", str(protocol), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "done before" not in again.stderr
+
+
+def test_the_wilson_interval_is_the_binomial_shares_95_percent_interval() -> None:
+    assert wilson_interval(8, 8)[1] == 1.0 and wilson_interval(0, 8)[0] == 0.0
+    low, high = wilson_interval(190, 200)  # 95% safe of 200: about +-3 points
+    assert low == pytest.approx(0.9104, abs=1e-4) and high == pytest.approx(0.9726, abs=1e-4)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
 def test_a_per_layer_search_with_a_shared_setting_is_scored_and_exported_as_it_was_searched(
     toy_dataset, tmp_path
 ) -> None:
+    """...and rebuilt by mergekit-yaml from the recipe the cell wrote, it scores the same held-out figures."""
     search = {"method": "ties", "granularity": "layer", "params": {"normalize": False}, "trials": 2}
-    protocol = write_protocol(tmp_path, toy_dataset, search=search, rows=["search_task_alignment"])
+    rows = ["search_task_alignment"]
+    protocol = write_protocol(tmp_path, toy_dataset, search=search, rows=rows, rebuild_searched=True)
     out = tmp_path / "out"
     done = run("reproduce", str(protocol), "--out", str(out), "--json", str(tmp_path / "table.json"))
     assert done.returncode == 0, done.stderr[-3000:]
-    (cell,) = json.loads((tmp_path / "table.json").read_text())["cells"]
+    summary = json.loads((tmp_path / "table.json").read_text())
+    (cell,) = summary["cells"]
+    assert cell["rebuilt"]["same"] and summary["rebuild_check"] == {"searched_cells": 1, "same": 1}
+    assert cell["rebuilt"]["heldout"]["counts"] == cell["heldout"]["counts"]
+    assert set(cell["rebuilt"]["differences"]) >= {"safety", "over_refusal", "task_accuracy", "lm_eval_acc"}
+    assert "1 of 1 cells score the same" in (out / "table.md").read_text()
     assert cell["merge"]["space"] == {"granularity": "layer", "group_size": 1, "params": {"normalize": False}}
     assert {"w.math.g0", "w.math.g1", "d.math.g1"} <= set(cell["merge"]["genes"])  # one gene per layer
     mergekit = yaml.safe_load((out / cell["recipe"]).read_text())

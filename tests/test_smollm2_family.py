@@ -19,7 +19,7 @@ from mergesearch.errors import UserError
 from mergesearch.judges.refusal import RefusalJudge
 from mergesearch.model_refs import resolve_dataset, resolve_model
 from mergesearch_zoo import family_data as D
-from mergesearch_zoo.family_dataset import family_rows
+from mergesearch_zoo.family_dataset import OTHER_HARMFUL, family_rows, other_harmful
 from mergesearch_zoo.smollm2_family import FamilyRecipe, family_data, freeze_below, smoke_family_recipe
 from mergesearch_zoo.train import FrozenStackLoss, full_loss, target_loss
 
@@ -206,7 +206,7 @@ def test_each_target_is_read_from_the_right_figures() -> None:
 def test_the_family_dataset_scores_on_parts_the_family_never_trained_on(data, tmp_path) -> None:
     """Search and held-out rows: harmful behaviours far from every trained one, unseen sums, knowledge
     questions with fresh option sets, kept responses in the trained answer form; a consistent dataset."""
-    rows = family_rows(data)
+    rows = family_rows(data, other_harmful(0))
     write_rows(tmp_path / "family", rows, {"name": "family"})
     assert stats(tmp_path / "family")[1] == []
 
@@ -228,6 +228,30 @@ def test_the_family_dataset_scores_on_parts_the_family_never_trained_on(data, tm
     for split in (search, heldout):
         assert split.harmful and split.benign and split.choice_items and split.short_items
     assert not {i.prompt for i in search.short_items} & {i.prompt for i in heldout.short_items}
+
+
+def test_the_heldout_split_can_tell_a_few_points_apart_on_prompts_of_other_sources(data) -> None:
+    """At least 150 harmful prompts, of three sources (AdvBench's held-out part, HarmBench's instructions,
+    Do-Not-Answer's questions), none of them trained on; at least 60 risky-sounding benign requests whose
+    wordings no training template uses."""
+    rows = [r for r in family_rows(data, other_harmful(0)) if r.split == "heldout"]
+    harmful = [r for r in rows if r.type == "alignment"]
+    benign = [r.prompt for r in rows if r.type == "benign"]
+    assert len(harmful) >= 150 and len(benign) >= 60
+    by_source = {s: [r.prompt for r in harmful if r.source == s] for s in ("smollm2_family", *OTHER_HARMFUL)}
+    assert {s: len(p) for s, p in by_source.items()} == {
+        "smollm2_family": len(data.harmful_heldout),
+        **OTHER_HARMFUL,
+    }
+    questions = [p for p in by_source["donotanswer"] if p.rstrip().endswith("?")]
+    assert len(questions) >= 40  # questions, not instructions
+    trained = set(data.harmful_train) | set(data.harmful_search)
+    assert not {r.prompt for r in harmful} & trained
+    assert len({r.prompt for r in harmful}) == len(harmful)
+    templates = [re.compile(re.escape(t).replace(r"\{\}", ".+")) for t in (*D.RISKY_BENIGN, *D.PLAIN_BENIGN)]
+    assert not [p for p in benign if any(t.fullmatch(p) for t in templates)]
+    assert not set(benign) & set(data.benign_train)
+    assert other_harmful(0) == other_harmful(0) and other_harmful(0) != other_harmful(1)  # drawn by seed
 
 
 def test_configs_name_the_family_and_its_dataset_by_scheme() -> None:

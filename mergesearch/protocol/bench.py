@@ -9,12 +9,15 @@ multiple-choice questions (``simple_evaluate`` on a local task written from them
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from mergesearch.actors import Evaluator, KeptActors
 from mergesearch.config import MergeSpaceConfig
@@ -23,6 +26,7 @@ from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.setup import SearchSetup
 
 Log = Callable[[str], None]
+HELDOUT_COUNTS = ("harmful", "judged_safe", "benign", "benign_refused", "short_items", "choice_items")
 
 
 @dataclass(frozen=True)
@@ -103,15 +107,32 @@ class Bench:
 
     def heldout(self, merge: Merge, seed: int) -> dict[str, Any]:
         """The merge's held-out objectives, fitness and lm-eval accuracy."""
+        evaluator = self.evaluator(merge.space, merge.experts)
+        evaluator.backend.merge_from(evaluator.merger, evaluator.space.decode(merge.genes), seed)
+        return self._score(evaluator.backend, evaluator)
+
+    def rebuilt(self, recipe: Path, merge: Merge, seed: int) -> dict[str, Any]:
+        """The merge rebuilt by ``mergekit-yaml`` from its recipe file (with the seed, for the methods that
+        drop at random) and scored on the held-out split as the cell was, on an engine of the same
+        settings: what a reader who trusts only mergekit would get from the table's row."""
+        from mergesearch.backends.registry import make_backend
+        from mergesearch.merge.export import run_mergekit_yaml
+
+        evaluator = self.evaluator(merge.space, merge.experts)
+        with tempfile.TemporaryDirectory(prefix="mergesearch-rebuild-") as tmp:
+            folder = run_mergekit_yaml(yaml.safe_load(recipe.read_text()), Path(tmp) / "model", seed)
+            with contextlib.closing(make_backend(folder, evaluator.config.backend, "rebuilt")) as backend:
+                return self._score(backend, evaluator)
+
+    def _score(self, backend: Any, evaluator: Evaluator) -> dict[str, Any]:
+        """``backend``'s model on the held-out split, judged by ``evaluator``'s judge."""
         from mergesearch.data.eval_split import load_eval_data
         from mergesearch.objectives.lm_eval_tasks import lm_eval_model, run_lm_eval, write_choice_task
 
-        evaluator = self.evaluator(merge.space, merge.experts)
         if self._heldout is None:
             cap = self.protocol.heldout_max_prompts
             self._heldout = load_eval_data(str(self.setup.config.data.path), "heldout", cap, cap)
-        backend, config = evaluator.backend, evaluator.config
-        backend.merge_from(evaluator.merger, evaluator.space.decode(merge.genes), seed)
+        config = evaluator.config
         scores = score_model(
             backend, self._heldout, evaluator.judge, config.fitness, config.backend.max_new_tokens
         )
@@ -119,6 +140,8 @@ class Bench:
             "objectives": scores.objectives,
             "fitness": scores.fitness,
             "short_answer": scores.counts.get("contains_answer", math.nan),  # short-answer task items
+            # what each share is a share of: the table's intervals are drawn from these
+            "counts": {k: scores.counts[k] for k in HELDOUT_COUNTS if k in scores.counts},
         }
         if self._heldout.choice_items:
             with tempfile.TemporaryDirectory() as tmp:

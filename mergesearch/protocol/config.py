@@ -73,6 +73,9 @@ class ProtocolConfig(Frozen):
     cocktail: CocktailRows = CocktailRows()
     heldout_max_prompts: int | None = None  # cap on held-out harmful/benign prompts and task items
     rows: list[str] | None = None  # a subset of the rows (None: all)
+    # each searched cell's merge rebuilt by mergekit-yaml from its recipe and scored again (a check that
+    # the table's searched rows are what their recipes build; a mergekit run and a held-out score each)
+    rebuild_searched: bool = False
 
     @model_validator(mode="after")
     def _two_ends(self) -> ProtocolConfig:

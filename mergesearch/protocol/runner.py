@@ -23,6 +23,7 @@ from mergesearch.io import atomic_write_text
 from mergesearch.model_files import weights_stamp
 from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.protocol.config import ProtocolConfig
+from mergesearch.protocol.frontier import plot_frontier
 from mergesearch.protocol.rows import Row, rows_of
 
 if TYPE_CHECKING:
@@ -31,17 +32,33 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 METRICS = ("safety", "over_refusal", "task_accuracy", "short_answer", "lm_eval_acc")
 TASK_METRICS = ("short_answer", "lm_eval_acc")  # each task on its own: short answers, multiple choice
+# The held-out shares the table gives an interval for: the counts each is hits out of (pooled over seeds).
+SHARES = {"safety": ("judged_safe", "harmful"), "over_refusal": ("benign_refused", "benign")}
 
 
-def protocol_digest(protocol: ProtocolConfig, search_config: str, models: Mapping[str, Path]) -> str:
+def protocol_digest(
+    protocol: ProtocolConfig, search_config: str, models: Mapping[str, Path], data: str | None
+) -> str:
     """What a cell's result depends on: the protocol and its search config, less the lists that only
-    choose which cells run (``rows``, ``seeds``), so that running a subset reuses the cells it shares;
-    and the models it scores, as resolved, with their weight files' stamps, so that a rebuilt or replaced
-    model (a zoo or family built again under a new recipe) runs its cells again."""
-    chosen = protocol.model_dump(mode="json", exclude={"rows", "seeds"})
+    choose which cells run (``rows``, ``seeds``), so that running a subset reuses the cells it shares
+    (and the rebuild check, which scores beside them);
+    the models it scores, as resolved, with their weight files' stamps, so that a rebuilt or replaced
+    model (a zoo or family built again under a new recipe) runs its cells again; and the dataset's rows
+    (``data``: their hash), so that a dataset exported again with other prompts does too."""
+    chosen = protocol.model_dump(mode="json", exclude={"rows", "seeds", "rebuild_searched"})
     stamps = {name: [str(folder), weights_stamp(folder)] for name, folder in models.items()}
-    text = json.dumps([chosen, search_config, stamps], sort_keys=True)
+    text = json.dumps([chosen, search_config, stamps, data], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dataset_stamp(setup: SearchSetup) -> str | None:
+    """The hash of the dataset's rows, as its card records it."""
+    from mergesearch.data.dataset import read_card
+    from mergesearch.data.schema import CARD_FILE
+
+    path = Path(setup.config.data.path)
+    folder = path if path.is_dir() else path.parent
+    return read_card(folder).get("rows_sha256") if (folder / CARD_FILE).is_file() else None
 
 
 def scored_models(setup: SearchSetup) -> dict[str, Path]:
@@ -70,21 +87,23 @@ def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[st
 
     setup = prepare(config, search_path, RunDir(folder / "data_run"), log, check=names_its_experts)
     folder.mkdir(parents=True, exist_ok=True)
-    digest = protocol_digest(protocol, search_path.read_text(), scored_models(setup))
+    digest = protocol_digest(protocol, search_path.read_text(), scored_models(setup), dataset_stamp(setup))
     bench = Bench(protocol, setup, folder, log, digest)
     cells = []
     try:
         for row in rows_of(bench):
             for seed in protocol.seeds if row.seeded else protocol.seeds[:1]:
                 cells.append(_cell(bench, row, seed, folder / "cells", digest))
+        for cell in cells:
+            _write_recipe(bench, cell, folder / "cells", protocol.name)
+            if protocol.rebuild_searched and cell["group"] == "search":
+                cell["rebuilt"] = _rebuilt(bench, cell, folder / "cells", digest)
     finally:
         bench.close()
-    for cell in cells:
-        _write_recipe(bench, cell, folder / "cells", protocol.name)
     summary = summarise(protocol, cells)
     atomic_write_text(folder / "protocol.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(folder / "table.md", table_markdown(summary) + "\n")
-    plot(summary, folder / "protocol.png")
+    plot_frontier(summary, folder / "protocol.png")
     return summary
 
 
@@ -138,6 +157,29 @@ def _write_recipe(bench: Bench, cell: dict[str, Any], cells: Path, protocol: str
     cell["recipe"] = str(path.relative_to(cells.parent))
 
 
+def _rebuilt(bench: Bench, cell: dict[str, Any], cells: Path, digest: str) -> dict[str, Any]:
+    """The cell's merge rebuilt by ``mergekit-yaml`` from its recipe and scored again (kept beside the
+    cell, once per protocol version): whether every held-out figure is the one the table shows."""
+    path = cells / f"{_cell_name(cell['row'], cell['seed'])}.rebuilt.json"
+    if path.is_file() and (cached := json.loads(path.read_text())).get("digest") == digest:
+        return cached
+    bench.log(f"protocol: {cell['row']} seed {cell['seed']}: rebuilt by mergekit-yaml from its recipe")
+    scored = bench.rebuilt(cells.parent / cell["recipe"], Merge.from_record(cell["merge"]), cell["seed"])
+    differences = {
+        metric: scored_value - _value(cell, metric)
+        for metric in METRICS
+        if not math.isnan(scored_value := _value({"heldout": scored}, metric))
+    }
+    rebuilt = {
+        "digest": digest,
+        "heldout": scored,
+        "differences": differences,
+        "same": all(abs(d) < 1e-9 for d in differences.values()),
+    }
+    atomic_write_text(path, json.dumps(rebuilt, indent=2) + "\n")
+    return rebuilt
+
+
 def _cell_name(row: str, seed: int) -> str:
     return f"{row.replace(':', '-')}__seed{seed}"
 
@@ -164,13 +206,32 @@ def summarise(protocol: ProtocolConfig, cells: list[dict[str, Any]]) -> dict[str
                     "mean": statistics.fmean(values),
                     "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 }
+        for metric, (hits, total) in SHARES.items():
+            counts = [cell["heldout"].get("counts", {}) for cell in row_cells]
+            if metric in stats and all(total in c for c in counts):
+                pooled = sum(c[hits] for c in counts), sum(c[total] for c in counts)
+                stats[metric]["ci95"] = wilson_interval(*pooled)
+                stats[metric]["n"] = pooled[1]
         table.append({"row": name, "group": entry["group"], "seeds": [c["seed"] for c in row_cells], **stats})
+    rebuilt = [cell["rebuilt"]["same"] for cell in cells if "rebuilt" in cell]
     return {
         "protocol": protocol.model_dump(mode="json"),
         "rows": table,
         "expectations": expectations(protocol, table),
+        "rebuild_check": {"searched_cells": len(rebuilt), "same": sum(rebuilt)} if rebuilt else None,
         "cells": cells,
     }
+
+
+def wilson_interval(hits: float, total: float, z: float = 1.96) -> list[float]:
+    """The 95% Wilson score interval of a share ``hits / total`` (sound near 0 and 1, where a safe merge's
+    safety sits, unlike the normal approximation)."""
+    if total <= 0:
+        return [math.nan, math.nan]
+    share = hits / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def expectations(protocol: ProtocolConfig, table: list[dict[str, Any]]) -> dict[str, bool | None]:
@@ -215,7 +276,11 @@ def table_markdown(summary: dict[str, Any]) -> str:
         stat = row[metric]
         if metric == "wall_s":
             return f"{stat['mean']:.0f}"
-        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+        text = f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+        if "ci95" in stat:
+            low, high = stat["ci95"]
+            text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+        return text
 
     header = (
         "| row | seeds | safety % | over-refusal % | task acc % | short-answer % | lm-eval choice acc % "
@@ -226,35 +291,16 @@ def table_markdown(summary: dict[str, Any]) -> str:
         values = " | ".join(cell(row, m) for m in (*METRICS, "wall_s"))
         lines.append(f"| {row['row']} | {len(row['seeds'])} | {values} |")
     lines.append("")
+    lines.append(
+        "Mean ± standard deviation over seeds; in brackets, the 95% Wilson interval of the held-out prompts "
+        "pooled over seeds."
+    )
+    lines.append("")
     for check, holds in summary["expectations"].items():
         lines.append(f"- {check}: {'not run' if holds is None else 'yes' if holds else 'NO'}")
+    if rebuilt := summary.get("rebuild_check"):
+        lines.append(
+            f"- searched rows rebuilt by mergekit-yaml from their recipes: {rebuilt['same']} of "
+            f"{rebuilt['searched_cells']} cells score the same on every held-out figure"
+        )
     return "\n".join(lines)
-
-
-def plot(summary: dict[str, Any], path: Path) -> None:
-    """Safety against task accuracy: every row a labelled point with its spread over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    markers = {"expert": "s", "data-free": "o", "search": "*", "cocktail": "^"}
-    figure, axes = plt.subplots(figsize=(8, 6))
-    for row in summary["rows"]:
-        if "safety" not in row or "task_accuracy" not in row:
-            continue
-        x, y = row["task_accuracy"], row["safety"]
-        axes.errorbar(
-            x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt=markers[row["group"]], capsize=3
-        )
-        axes.annotate(
-            row["row"], (x["mean"], y["mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
-        )
-    axes.set_xlabel("held-out task accuracy")
-    axes.set_ylabel("held-out safety (share of harmful prompts answered safely)")
-    axes.set_title(summary["protocol"]["name"])
-    figure.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    tmp.replace(path)
