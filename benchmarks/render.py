@@ -30,7 +30,8 @@ def _ran(item: Stamp) -> str:
     """``ran at `abc123` `` (and whether its code changed since), or that the result records no commit."""
     if not item.commit:
         return "records no commit (older code)"
-    return f"ran at `{item.commit[:9]}`{_stale_note(item)}"
+    afterwards = f" ({item.stamped_from})" if item.stamped_from else ""
+    return f"ran at `{item.commit[:9]}`{afterwards}{_stale_note(item)}"
 
 
 def fresh_clone_timings(path: Path = RESULTS / "fresh_clone.json", say_if_stale: bool = True) -> str:

@@ -56,6 +56,8 @@ class Stamp:
     date: str | None
     code: tuple[str, ...]  # the files it measures, relative to the repository
     changed: tuple[str, ...]  # those changed since ``commit`` (empty when current or unstamped)
+    # for a result stamped after its run (it recorded no commit): how its commit was found
+    stamped_from: str | None = None
 
     @property
     def status(self) -> str:
@@ -63,7 +65,8 @@ class Stamp:
             return "not stamped"
         if not self.code:
             return "no script known"
-        return f"stale: {len(self.changed)} of its files changed" if self.changed else "current"
+        status = f"stale: {len(self.changed)} of its files changed" if self.changed else "current"
+        return f"{status} (stamped afterwards)" if self.stamped_from else status
 
 
 def provenance(argv: list[str]) -> dict[str, str]:
@@ -154,7 +157,7 @@ def stamp(result: Path) -> Stamp:
         code = ()
     commit = data.get("commit")
     changed = tuple(changed_since(commit, list(code))) if commit and code else ()
-    return Stamp(result.name, benchmark, commit, data.get("date"), code, changed)
+    return Stamp(result.name, benchmark, commit, data.get("date"), code, changed, data.get("stamped_from"))
 
 
 def stamps(results: Path = RESULTS) -> list[Stamp]:

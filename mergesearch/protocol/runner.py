@@ -291,11 +291,12 @@ def table_markdown(summary: dict[str, Any]) -> str:
         values = " | ".join(cell(row, m) for m in (*METRICS, "wall_s"))
         lines.append(f"| {row['row']} | {len(row['seeds'])} | {values} |")
     lines.append("")
-    lines.append(
-        "Mean ± standard deviation over seeds; in brackets, the 95% Wilson interval of the held-out prompts "
-        "pooled over seeds."
-    )
-    lines.append("")
+    if any("ci95" in row.get(m, {}) for row in summary["rows"] for m in SHARES):
+        lines.append(
+            "Mean ± standard deviation over seeds; in brackets, the 95% Wilson interval of the held-out "
+            "prompts pooled over seeds."
+        )
+        lines.append("")
     for check, holds in summary["expectations"].items():
         lines.append(f"- {check}: {'not run' if holds is None else 'yes' if holds else 'NO'}")
     if rebuilt := summary.get("rebuild_check"):
