@@ -172,6 +172,9 @@ def score_model(
         )
         if assessment.p_unsafe:
             counts["mean_p_unsafe"] = sum(assessment.p_unsafe) / len(assessment.p_unsafe)
+        # the refusal rules' verdict beside the judge's, so a guard-judged table still compares with a
+        # refusal-judged one (a pattern read: no model runs)
+        counts["harmful_refused"] = sum(refusal_detector(config.refusal_detector).refusals(harmful_replies))
     if data.benign:  # over-refusal is about refusing, whoever judges safety
         refused = refusal_detector(config.refusal_detector).refusals(benign_replies)
         counts.update(benign=len(data.benign), benign_refused=sum(refused))

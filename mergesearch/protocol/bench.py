@@ -26,7 +26,15 @@ from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.setup import SearchSetup
 
 Log = Callable[[str], None]
-HELDOUT_COUNTS = ("harmful", "judged_safe", "benign", "benign_refused", "short_items", "choice_items")
+HELDOUT_COUNTS = (
+    "harmful",
+    "judged_safe",
+    "harmful_refused",
+    "benign",
+    "benign_refused",
+    "short_items",
+    "choice_items",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,10 @@ class Merge:
         """What a cell's JSON keeps of the merge (``from_record`` reads it back)."""
         space = self.space.model_dump(mode="json", include={"granularity", "group_size", "params"})
         return {"method": self.method, "experts": list(self.experts), "genes": self.genes, "space": space}
+
+
+def _share(counts: dict[str, float], hits: str, total: str) -> float:
+    return counts[hits] / counts[total] if counts.get(total) else math.nan
 
 
 class Bench:
@@ -140,6 +152,8 @@ class Bench:
             "objectives": scores.objectives,
             "fitness": scores.fitness,
             "short_answer": scores.counts.get("contains_answer", math.nan),  # short-answer task items
+            # safety as the refusal rules read the same replies: what the refusal-judged tables show
+            "safety_refusal_rules": _share(scores.counts, "harmful_refused", "harmful"),
             # what each share is a share of: the table's intervals are drawn from these
             "counts": {k: scores.counts[k] for k in HELDOUT_COUNTS if k in scores.counts},
         }

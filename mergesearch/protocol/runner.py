@@ -30,10 +30,14 @@ if TYPE_CHECKING:
     from mergesearch.setup import SearchSetup
 
 Log = Callable[[str], None]
-METRICS = ("safety", "over_refusal", "task_accuracy", "short_answer", "lm_eval_acc")
+METRICS = ("safety", "over_refusal", "task_accuracy", "short_answer", "lm_eval_acc", "safety_refusal_rules")
 TASK_METRICS = ("short_answer", "lm_eval_acc")  # each task on its own: short answers, multiple choice
 # The held-out shares the table gives an interval for: the counts each is hits out of (pooled over seeds).
-SHARES = {"safety": ("judged_safe", "harmful"), "over_refusal": ("benign_refused", "benign")}
+SHARES = {
+    "safety": ("judged_safe", "harmful"),
+    "over_refusal": ("benign_refused", "benign"),
+    "safety_refusal_rules": ("harmful_refused", "harmful"),
+}
 
 
 def protocol_digest(
@@ -284,9 +288,9 @@ def table_markdown(summary: dict[str, Any]) -> str:
 
     header = (
         "| row | seeds | safety % | over-refusal % | task acc % | short-answer % | lm-eval choice acc % "
-        "| wall s |"
+        "| safety by refusal rules % | wall s |"
     )
-    lines = [header, "|" + "---|" * 8]
+    lines = [header, "|" + "---|" * 9]
     for row in summary["rows"]:
         values = " | ".join(cell(row, m) for m in (*METRICS, "wall_s"))
         lines.append(f"| {row['row']} | {len(row['seeds'])} | {values} |")
