@@ -172,3 +172,40 @@ def merge_speed(path: Path = RESULTS / "merge_speed.json") -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paper_levers(path: Path = RESULTS / "paper_levers.json") -> str:
+    """The lever screen (``benchmarks/paper_levers.py``): per lever, its best trial on the search split read
+    against the goal, and the front over every lever screened, under the commit it ran at."""
+    if not path.is_file():
+        return "*(the lever screen has not run yet: `benchmarks/paper_levers.py`)*\n"
+    data, item = json.loads(path.read_text()), stamp(path)
+    lines = [
+        f"`benchmarks/results/paper_levers.json`, {_ran(item)}; seed {data['seed']}, up to {data['trials']} "
+        "evaluations per lever, all figures on the search split.",
+        "",
+        "| lever | trials | best fitness | safety gap | over-refusal excess | short answers kept "
+        "| choice accuracy kept | trials meeting the goal | closest shortfall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, lever in data["levers"].items():
+        goal, closest = lever["against_goal"], lever["closest_to_goal"]
+        lines.append(
+            f"| `{name}` | {lever['trials']} | {lever['best_fitness']:.3f} | {100 * goal['safety_gap']:+.1f} "
+            f"| {100 * goal['over_refusal_excess']:+.1f} | {100 * goal['short_answer_kept']:.0f}% "
+            f"| {100 * goal['choice_accuracy_kept']:.0f}% | {lever['trials_meeting_goal']} "
+            f"| {100 * closest['shortfall']:+.1f} |"
+        )
+    front = sorted(data.get("front", []), key=lambda p: p["against_goal"]["shortfall"])
+    if front:
+        best = front[0]
+        goal = best["against_goal"]
+        lines += [
+            "",
+            f"The front over every lever holds {len(front)} trials; the closest to the goal "
+            f"(`{best['lever']}`, trial {best['index']}) misses it by {100 * goal['shortfall']:+.1f} points: "
+            f"safety {100 * goal['safety_gap']:+.1f} points from the aligned expert's, over-refusal "
+            f"{100 * goal['over_refusal_excess']:+.1f}, {100 * goal['short_answer_kept']:.0f}% of the short "
+            f"answers and {100 * goal['choice_accuracy_kept']:.0f}% of the choice accuracy kept.",
+        ]
+    return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@
 each with its commit (``benchmarks/render.py``); ``{{ protocol_table:NAME }}``: a protocol run's table, with
 its commit; ``{{ rehearsal_cluster }}``, ``{{ rehearse_shipped }}``: the rehearsals' records;
 ``{{ merge_speed }}``: every method's merge time against mergekit's, and its parity;
+``{{ paper_levers }}``: the lever screen of the paper's fix on real language;
 ``{{ demo_table }}``: the table ``make demo`` prints, as the README shows it (kept there, once). Nothing
 here is written twice, so none of it drifts.
 """
@@ -40,6 +41,7 @@ GENERATED = {
     "{{ rehearsal_cluster }}": render.rehearsal_cluster,
     "{{ rehearse_shipped }}": render.rehearse_shipped,
     "{{ merge_speed }}": render.merge_speed,
+    "{{ paper_levers }}": render.paper_levers,
 }
 
 
