@@ -617,11 +617,26 @@ def report(run_dir: Path) -> None:
     "--out", type=click.Path(path_type=Path), default=None, help="Folder [default: runs/protocol-NAME]."
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Copy the JSON here.")
-def reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> None:
-    _reproduce(protocol_path, out, json_out)
+@click.option(
+    "--rows",
+    default=None,
+    help="Run only these rows, comma-separated (instead of the protocol's `rows`): a long table is built "
+    "over several runs, and a run of all rows reuses every cell done.",
+)
+@click.option("--seeds", default=None, help="Run only these seeds, comma-separated (instead of `seeds`).")
+def reproduce(
+    protocol_path: Path, out: Path | None, json_out: Path | None, rows: str | None, seeds: str | None
+) -> None:
+    _reproduce(protocol_path, out, json_out, rows, seeds)
 
 
-def _reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> None:
+def _reproduce(
+    protocol_path: Path,
+    out: Path | None,
+    json_out: Path | None,
+    rows: str | None = None,
+    seeds: str | None = None,
+) -> None:
     from mergesearch.config import load_config
     from mergesearch.io import atomic_write_text
     from mergesearch.protocol.config import ProtocolConfig
@@ -629,11 +644,22 @@ def _reproduce(protocol_path: Path, out: Path | None, json_out: Path | None) -> 
 
     name = load_config(protocol_path, ProtocolConfig).name
     folder = out or Path("runs") / f"protocol-{name}"
-    summary = run_protocol(protocol_path, folder, log=progress)
+    chosen = {
+        "rows": [r.strip() for r in rows.split(",") if r.strip()] if rows else None,
+        "seeds": _integers(seeds, "--seeds") if seeds else None,
+    }
+    summary = run_protocol(protocol_path, folder, log=progress, **chosen)
     click.echo(table_markdown(summary))
     click.echo(f"table: {folder / 'table.md'}, plot: {folder / 'protocol.png'}")
     if json_out:
         atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
+
+
+def _integers(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option}: {text!r} is not a comma-separated list of integers") from None
 
 
 def progress(message: str) -> None:

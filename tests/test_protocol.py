@@ -135,9 +135,11 @@ def test_a_cell_is_scored_again_once_the_dataset_it_scored_is_exported_again(toy
     share carries its 95% interval, drawn from the counts it is a share of."""
     data = tmp_path / "data"
     shutil.copytree(toy_dataset, data)
-    protocol = write_protocol(tmp_path, data, rows=["expert:aligned"])
+    protocol = write_protocol(tmp_path, data)  # every row of ROWS, of which --rows runs one
     out, table = tmp_path / "out", tmp_path / "table.json"
-    first = run("reproduce", str(protocol), "--out", str(out), "--json", str(table))
+    first = run(
+        "reproduce", str(protocol), "--out", str(out), "--json", str(table), "--rows", "expert:aligned"
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     (row,) = json.loads(table.read_text())["rows"]
     (cell,) = json.loads(table.read_text())["cells"]
@@ -159,9 +161,20 @@ def test_a_cell_is_scored_again_once_the_dataset_it_scored_is_exported_again(toy
         [r for r in rows if r.prompt != next(x.prompt for x in rows if x.split == "heldout")],
         {"name": "t"},
     )
-    again = run("reproduce", str(protocol), "--out", str(out))
+    again = run("reproduce", str(protocol), "--out", str(out), "--rows", "expert:aligned", "--seeds", "0")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "done before" not in again.stderr
+    assert "done before" not in again.stderr and "expert:aligned seed 0" in again.stderr
+
+
+def test_rows_and_seeds_not_in_the_protocol_are_one_line_before_anything_runs(toy_dataset, tmp_path) -> None:
+    protocol = write_protocol(tmp_path, toy_dataset)
+    done = run(
+        "reproduce", str(protocol), "--out", str(tmp_path / "out"), "--rows", "expert:aligned,search_ties"
+    )
+    assert_one_line_error(done, "rows", "'search_ties'", "expert:aligned", "search_task_alignment")
+    seeds = run("reproduce", str(protocol), "--out", str(tmp_path / "out"), "--seeds", "0,one")
+    assert_one_line_error(seeds, "--seeds", "'0,one'")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_wilson_interval_is_the_binomial_shares_95_percent_interval() -> None:

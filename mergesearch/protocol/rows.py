@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergesearch.config import MergeSpaceConfig, gene_id
+from mergesearch.errors import UserError
 from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.registry import Registry
 from mergesearch.search.baselines import cocktail_weights, expert_losses
@@ -58,6 +59,16 @@ def rows_of(bench: Bench) -> list[Row]:
     everything = [*expert_rows(bench), *(ROWS.get(name) for name in ROWS_ORDER)]
     wanted = bench.protocol.rows
     return [r for r in everything if wanted is None or r.name in wanted]
+
+
+def check_rows(wanted: list[str] | None, experts: list[str]) -> None:
+    """Every row asked for is one of the protocol's (its experts', then ``ROWS_ORDER``)."""
+    known = [f"expert:{name}" for name in ("base", *experts)] + list(ROWS_ORDER)
+    unknown = [name for name in wanted or () if name not in known]
+    if unknown:
+        raise UserError(
+            f"rows: no row {', '.join(map(repr, unknown))} in this protocol (rows: {', '.join(known)})"
+        )
 
 
 def _ties_genes(experts: tuple[str, ...], weights: tuple[float, ...], density: float) -> dict[str, float]:

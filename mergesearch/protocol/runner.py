@@ -24,7 +24,7 @@ from mergesearch.model_files import weights_stamp
 from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.frontier import plot_frontier
-from mergesearch.protocol.rows import Row, rows_of
+from mergesearch.protocol.rows import Row, check_rows, rows_of
 
 if TYPE_CHECKING:
     from mergesearch.setup import SearchSetup
@@ -71,14 +71,26 @@ def scored_models(setup: SearchSetup) -> dict[str, Path]:
     return {"base": setup.base, **setup.experts, **({"judge": Path(judge)} if judge else {})}
 
 
-def run_protocol(protocol_path: Path, folder: Path, log: Log = print) -> dict[str, Any]:
-    """Every cell of the protocol at ``protocol_path``, resumed in ``folder``; returns the summary."""
+def run_protocol(
+    protocol_path: Path,
+    folder: Path,
+    log: Log = print,
+    rows: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> dict[str, Any]:
+    """Every cell of the protocol at ``protocol_path``, resumed in ``folder``; returns the summary.
+    ``rows``/``seeds``: only these cells (instead of the protocol's own lists)."""
     from mergesearch.search.run_dir import RunDir
     from mergesearch.workflow import prepare
 
     protocol = load_config(protocol_path, ProtocolConfig)
+    chosen = {"rows": rows, "seeds": seeds}
+    protocol = ProtocolConfig.model_validate(
+        protocol.model_dump() | {k: v for k, v in chosen.items() if v is not None}
+    )
     search_path = _beside(protocol_path, protocol.search_config)
     config = load_config(search_path)
+    check_rows(protocol.rows, [expert.name for expert in config.models.experts])
 
     def names_its_experts(setup: SearchSetup) -> None:
         for field in ("aligned", "misaligned"):
