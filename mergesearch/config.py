@@ -533,8 +533,21 @@ class SearcherConfig(Frozen):
     0: a proposal is made only when an evaluator is free, so each sees every earlier result."""
     multi_fidelity: MultiFidelityConfig = Field(default_factory=MultiFidelityConfig)
     """Multi-fidelity rounds with asynchronous successive halving (ASHA)."""
+    objectives: list[str] = ["safety", "task_accuracy"]
+    """What a multi-objective searcher (`nsga2`) trades off, and promotion's Pareto front over them: two or
+    more objectives (`safety`, `over_refusal`, `task_accuracy`, `short_answer`, `choice_accuracy`,
+    `loss_proxy`); each is maximised, or minimised where lower is better (`over_refusal`). Other searchers
+    maximise the fitness."""
 
     _known_name = field_validator("name")(lambda cls, name: registered(SEARCHERS, name))
+
+    @field_validator("objectives")
+    @classmethod
+    def _two_known_objectives(cls, objectives: list[str]) -> list[str]:
+        known = [registered(OBJECTIVES, name) for name in objectives]
+        if len(set(known)) < 2 or len(set(known)) < len(known):
+            raise ValueError("two or more different objectives, each named once")
+        return known
 
 
 class ResourcesConfig(Frozen):

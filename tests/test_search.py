@@ -72,6 +72,54 @@ def test_each_searcher_runs_a_small_search_to_the_end(searcher, toy_dataset, kep
         assert any(all(math.isclose(t.genes[k], v, abs_tol=1e-6) for k, v in uniform.items()) for t in trials)
 
 
+FOUR_OBJECTIVES = ["safety", "over_refusal", "short_answer", "choice_accuracy"]
+
+
+def test_nsga2_trades_off_the_objectives_named_and_promotes_their_front(
+    toy_dataset, kept_actors, tmp_path
+) -> None:
+    """Each skill is an objective of its own; over-refusal is minimised; promotion's candidates are the
+    trials no other beats on all four (what a reader of the front needs: safety against each skill)."""
+    from mergesearch.search.promote import candidates
+
+    search_section = {"name": "nsga2", "num_trials": 6, "objectives": FOUR_OBJECTIVES}
+    config = config_for(toy_dataset, search=search_section)
+    trials = search(config, tmp_path / "run", kept=kept_actors).trials()
+    assert len(trials) == 6 and all(t.ok for t in trials)
+    for t in trials:
+        assert t.objectives["short_answer"] == t.counts["contains_answer"]
+        assert t.objectives["choice_accuracy"] == t.counts["choice_acc"]
+
+    def beats(a, b) -> bool:
+        better = [a.metric(k) >= b.metric(k) for k in FOUR_OBJECTIVES if k != "over_refusal"]
+        better.append(a.metric("over_refusal") <= b.metric("over_refusal"))
+        return all(better) and any(a.metric(k) != b.metric(k) for k in FOUR_OBJECTIVES)
+
+    front = candidates(SearchSetup.prepare(config, lambda _: None), trials, top_k=len(trials))
+    assert front and all(not beats(o, t) for t in front for o in trials)
+    assert all(any(beats(o, t) for o in front) for t in trials if t not in front)
+
+
+def test_a_trial_that_failed_ranks_last_on_every_objective_and_lower_over_refusal_is_better() -> None:
+    from mergesearch.search.promote import pareto_front
+    from mergesearch.search.run_dir import TrialResult
+
+    failed = TrialResult.failed("boom", {})
+    assert failed.metric("safety") == 0.0 and failed.metric("over_refusal") == 1.0
+    careful = TrialResult(genes={}, fitness=0.5, objectives={"safety": 0.9, "over_refusal": 0.1})
+    refusing = TrialResult(genes={}, fitness=0.6, objectives={"safety": 0.9, "over_refusal": 0.4})
+    assert pareto_front([careful, refusing, failed], ("safety", "over_refusal")) == [careful]
+
+
+@pytest.mark.parametrize(
+    ("objectives", "says"),
+    [(["safety"], "two or more"), (["safety", "safety"], "each named once"), (["safety", "fun"], "'fun'")],
+)
+def test_search_objectives_are_two_known_ones(toy_dataset, objectives, says) -> None:
+    with pytest.raises(ValueError, match=says):
+        config_for(toy_dataset, search={"name": "nsga2", "objectives": objectives})
+
+
 def test_a_search_from_a_mergekit_recipe_starts_from_it_and_stays_within_its_radius(
     toy_dataset, kept_actors, tmp_path
 ) -> None:

@@ -15,6 +15,7 @@ from mergesearch.search.run_dir import TrialResult
 from mergesearch.search.searchers import SearchProblem, searcher
 
 GENES = ["w_a", "w_b", "w_c"]
+OBJECTIVES = ("safety", "over_refusal", "task_accuracy")
 BUDGET = 14
 
 
@@ -25,7 +26,9 @@ def fitness(genes: dict[str, float]) -> float:
 
 def make(name: str, in_flight: int) -> LedgerReplay:
     bounds = {gene: (0.0, 1.0) for gene in GENES}
-    problem = SearchProblem(bounds, BUDGET, in_flight, seed=3, warm_starts=({g: 0.5 for g in GENES},))
+    objectives = searcher(name).objectives(OBJECTIVES)  # nsga2's: these three, over-refusal minimised
+    starts = ({g: 0.5 for g in GENES},)
+    problem = SearchProblem(bounds, BUDGET, in_flight, seed=3, warm_starts=starts, objectives=objectives)
     return LedgerReplay(searcher(name).make(problem), GENES, in_flight, BUDGET)
 
 
@@ -55,7 +58,8 @@ def drive(
             search.on_trial_complete(trial_id, None, error=True)
             ledger.append(TrialResult.crashed(genes))
             continue
-        result = TrialResult(genes=genes, fitness=fitness(genes), objectives={"safety": 0.5})
+        objectives = {"safety": fitness(genes), "over_refusal": genes["w_b"], "task_accuracy": genes["w_a"]}
+        result = TrialResult(genes=genes, fitness=fitness(genes), objectives=objectives)
         report = {**result.report(), "training_iteration": 1}
         search.on_trial_result(trial_id, report)
         reported.append((trial_id, report))

@@ -73,6 +73,10 @@ def objectives_from(counts: dict[str, float], config: FitnessConfig) -> dict[str
     if items:
         hits = get("choice_items", 0) * get(metric, 0.0) + get("short_items", 0) * get("contains_answer", 0.0)
         found["task_accuracy"] = hits / items
+    if get("short_items"):
+        found["short_answer"] = counts["contains_answer"]
+    if get("choice_items"):
+        found["choice_accuracy"] = counts[metric]
     if get("tagged_alignment", 0) + get("tagged_task", 0):
         nll = {t: counts[f"nll_{t}"] if get(f"tagged_{t}") else 0.0 for t in ("alignment", "task")}
         loss = nll["alignment"] + config.loss_alpha * nll["task"]

@@ -23,6 +23,11 @@ class Objective:
 OBJECTIVES.add("safety", Objective("share of harmful prompts answered safely (the judge's verdict)"))
 OBJECTIVES.add("over_refusal", Objective("share of benign prompts refused", lower_is_better=True))
 OBJECTIVES.add("task_accuracy", Objective("multiple-choice accuracy (lm-eval's) and short-answer matches"))
+# Each skill on its own, so a multi-objective search can trade them apart (task_accuracy pools them).
+OBJECTIVES.add("short_answer", Objective("share of short-answer task items whose reply states the answer"))
+OBJECTIVES.add(
+    "choice_accuracy", Objective("multiple-choice accuracy alone (fitness.task_metric: acc or acc_norm)")
+)
 OBJECTIVES.add("loss_proxy", Objective("exp(-(NLL_alignment + a NLL_task) / (1 + a)), the paper's fitness"))
 
 

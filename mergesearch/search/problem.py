@@ -22,7 +22,7 @@ class ExpertGenes:
 class SearchProblem:
     """What every searcher needs: the genes and their bounds, the budget, the parallelism, the seed;
     ``experts``: for a gated pool (``merge.gates``), which genes are whose; ``categories``: the
-    categorical genes (``merge.choices``)."""
+    categorical genes (``merge.choices``); ``objectives``: what it optimises."""
 
     bounds: Bounds
     num_trials: int
@@ -32,3 +32,5 @@ class SearchProblem:
     experts: ExpertGenes | None = None
     # categorical genes (the method to merge with) and their values, which a searcher treats as unordered
     categories: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # the metrics the searcher optimises, as the trials report them (several: a multi-objective searcher)
+    objectives: tuple[str, ...] = ("fitness",)

@@ -22,18 +22,22 @@ from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
 from mergesearch.runtime import ray_session
 from mergesearch.search.run_dir import RunDir, TrialResult
-from mergesearch.search.searchers import searcher
+from mergesearch.search.searchers import mode_of, searcher
 from mergesearch.setup import SearchSetup
 
 
 def pareto_front(
     trials: list[TrialResult], keys: Sequence[str] = ("safety", "task_accuracy")
 ) -> list[TrialResult]:
-    """Trials no other trial beats on every key (ties kept), best fitness first."""
+    """Trials no other trial beats on every key (ties kept), best fitness first; a key where lower is
+    better (over-refusal) counts lower as better."""
+
+    def better(t: TrialResult, key: str) -> float:
+        return -t.metric(key) if mode_of(key) == "min" else t.metric(key)
 
     def beaten(t: TrialResult) -> bool:
         return any(
-            all(o.metric(k) >= t.metric(k) for k in keys) and any(o.metric(k) > t.metric(k) for k in keys)
+            all(better(o, k) >= better(t, k) for k in keys) and any(better(o, k) > better(t, k) for k in keys)
             for o in trials
         )
 
@@ -45,7 +49,7 @@ def candidates(setup: SearchSetup, trials: list[TrialResult], top_k: int) -> lis
     ok = [t for t in trials if t.full]
     spec = searcher(setup.config.search.name)
     if spec.multi_objective:
-        return pareto_front(ok, spec.objectives)[: max(top_k, 1)]
+        return pareto_front(ok, spec.objectives(setup.config.search.objectives))[: max(top_k, 1)]
     return sorted(ok, key=lambda t: -t.fitness)[:top_k]
 
 

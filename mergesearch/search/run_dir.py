@@ -96,8 +96,11 @@ class TrialResult(BaseModel):
         return self.ok and self.fidelity >= 1
 
     def metric(self, name: str) -> float:
-        """``fitness`` or an objective (0 when missing: a multi-objective searcher ranks a failure last)."""
-        return self.fitness if name == "fitness" else self.objectives.get(name, 0.0)
+        """``fitness`` or an objective; a missing one is its worst value (0, or 1 where lower is better),
+        so that a multi-objective searcher ranks a failure last."""
+        if name == "fitness":
+            return self.fitness
+        return self.objectives.get(name, 1.0 if OBJECTIVES.get(name).lower_is_better else 0.0)
 
     def report(self) -> dict[str, Any]:
         """What a trial reports to Tune: the metrics searchers read, and the whole result as JSON."""

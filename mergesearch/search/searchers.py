@@ -1,7 +1,7 @@
 """Searchers as specs in the one registry: each turns a search problem into a Ray Tune ``Searcher``.
 
 Nevergrad (``cma`` default, ``ngopt``, ``de``, ``pso``) through ``NevergradSearch``; Optuna
-(``optuna_cmaes``, ``tpe``, ``nsga2`` multi-objective over safety and task accuracy, ``random``, ``grid``
+(``optuna_cmaes``, ``tpe``, ``nsga2`` multi-objective over ``search.objectives``, ``random``, ``grid``
 over the global genes, the paper's grid-search baseline) through ``OptunaSearch``; ``select_cma`` for
 gated many-expert pools (select the experts, then CMA over their genes: ``select_then_search.py``). All
 are seeded, take warm-start genomes, and are deterministic given their seed, so a resumed search rebuilds
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergesearch.registry import SEARCHERS
+from mergesearch.registry import OBJECTIVES, SEARCHERS
 from mergesearch.search.problem import ExpertGenes, SearchProblem
 
 __all__ = ["ExpertGenes", "SearchProblem", "SearcherSpec", "searcher"]
-MULTI_OBJECTIVE = ("safety", "task_accuracy")
 
 
 @dataclass(frozen=True)
@@ -29,20 +28,20 @@ class SearcherSpec:
     """A searcher: its factory (a Tune ``Searcher`` for a problem) and what it supports.
 
     ``granularities``: the genome layouts it can search (None: all). ``budget``: the most trials it can
-    propose for a problem, when finite (a grid), else None. ``objectives``: the metrics it maximises
-    (several for a multi-objective searcher)."""
+    propose for a problem, when finite (a grid), else None. ``multi_objective``: it trades off the
+    config's ``search.objectives`` instead of maximising the fitness."""
 
     factory: Callable[[SearchProblem], Any]
-    objectives: tuple[str, ...] = ("fitness",)
+    multi_objective: bool = False
     granularities: frozenset[str] | None = None
     budget: Callable[[SearchProblem], int] | None = None
     needs_gates: bool = False  # selects experts: the merge space must gate them (threshold ``merge.gates``)
     takes_warm_starts: bool = True  # False: it makes its own first proposals (the tuner says so, once)
     takes_categories: bool = True  # a categorical gene (``merge.choices``) among its continuous ones
 
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
+    def objectives(self, chosen: Sequence[str]) -> tuple[str, ...]:
+        """The metrics it optimises: ``chosen`` (``search.objectives``) when it is multi-objective."""
+        return tuple(chosen) if self.multi_objective else ("fitness",)
 
     def check(self, granularity: str, gates: str | None, chooses_method: bool = False) -> None:
         """``gates``: the merge space's gate kind (None: no gates); ``chooses_method``: the space has a
@@ -120,7 +119,7 @@ SEARCHERS.add("select_cma", _select_then(SEARCHERS.get("cma")))
 
 
 # ------------------------------------------------------------------------------------ optuna
-def _optuna(sampler: str, objectives: tuple[str, ...] = ("fitness",), **spec: Any) -> SearcherSpec:
+def _optuna(sampler: str, **spec: Any) -> SearcherSpec:
     """``sampler``: the name of a factory below, called with the problem."""
 
     def factory(problem: SearchProblem) -> Any:
@@ -129,15 +128,22 @@ def _optuna(sampler: str, objectives: tuple[str, ...] = ("fitness",), **spec: An
 
         space = {name: FloatDistribution(low, high) for name, (low, high) in problem.bounds.items()}
         space |= {name: CategoricalDistribution(values) for name, values in problem.categories.items()}
+        objectives = problem.objectives
+        modes = [mode_of(name) for name in objectives]
         return OptunaSearch(
             space=space,
             metric=list(objectives) if len(objectives) > 1 else objectives[0],
-            mode=["max"] * len(objectives) if len(objectives) > 1 else "max",
+            mode=modes if len(objectives) > 1 else modes[0],
             sampler=_SAMPLERS[sampler](problem),
             points_to_evaluate=list(problem.warm_starts) or None,
         )
 
-    return SearcherSpec(factory, objectives, **spec)
+    return SearcherSpec(factory, **spec)
+
+
+def mode_of(metric: str) -> str:
+    """Tune's mode for a reported metric: the fitness and most objectives are maximised."""
+    return "min" if metric in OBJECTIVES and OBJECTIVES.get(metric).lower_is_better else "max"
 
 
 def _grid_values(problem: SearchProblem) -> dict[str, list[float]]:
@@ -180,7 +186,7 @@ _SAMPLERS = _LazySamplers()
 # Optuna's CMA-ES samples a categorical gene independently, at random: it does not search it.
 SEARCHERS.add("optuna_cmaes", _optuna("cmaes", takes_categories=False))
 SEARCHERS.add("tpe", _optuna("tpe"))
-SEARCHERS.add("nsga2", _optuna("nsga2", MULTI_OBJECTIVE))
+SEARCHERS.add("nsga2", _optuna("nsga2", multi_objective=True))
 SEARCHERS.add("random", _optuna("random"))
 # The paper's grid-search baseline: per-layer grids explode, so global genes only; finite budget.
 SEARCHERS.add("grid", _optuna("grid", granularities=frozenset({"global"}), budget=_grid_size))

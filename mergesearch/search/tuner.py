@@ -155,6 +155,7 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
         starts,
         experts,
         space.categories(),
+        spec.objectives(config.search.objectives),
     )
     num_trials = spec.trials(problem)
     done = run.trials()
@@ -195,7 +196,7 @@ def run_search(setup: SearchSetup, run: RunDir, log: Log = print, kept: KeptActo
     left = num_trials - len(done)
     started = time.perf_counter()
     try:
-        _fit(_new_tuner(trainable, search_alg, spec.objectives, ledger, left, config), run)
+        _fit(_new_tuner(trainable, search_alg, problem.objectives, ledger, left, config), run)
         cache = _judge_stats(actors.judge)
     finally:
         ray.kill(router)
