@@ -74,6 +74,19 @@ LEVERS: dict[str, dict[str, Any]] = {
         "merge": {"method": "task_arithmetic", "bounds": TASK_ONLY_BOUNDS},
         "data": {"max_alignment_prompts": 48},
     },
+    # a multi-objective search of the per-layer genes: NSGA-II over safety, over-refusal and each skill
+    "ta_layer_groups_nsga2": {
+        "merge": {
+            "method": "task_arithmetic",
+            "granularity": "groups",
+            "group_size": 6,
+            "bounds": TASK_ONLY_BOUNDS,
+        },
+        "search": {
+            "name": "nsga2",
+            "objectives": ["safety", "over_refusal", "short_answer", "choice_accuracy"],
+        },
+    },
     # the method as a searched choice (TPE: CMA takes no categorical gene)
     "method_choice_tpe": {
         "merge": {"method": "task_arithmetic", "choices": ["dare_ties", "della", "breadcrumbs", "ties"]},
