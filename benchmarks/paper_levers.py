@@ -112,6 +112,22 @@ def lever_config(raw: dict[str, Any], lever: str, seed: int, trials: int) -> Sea
     return validate_mapping(SearchConfig, merged({**raw, "merge": {}}, change), f"{CONFIG} (lever {lever})")
 
 
+def on_resolved(setup: Any, lever: SearchConfig) -> Any:
+    """``setup`` (its models and dataset resolved, its data made) searching as ``lever`` says: the lever's
+    merge space, fitness, searcher and prompt counts; everything else as resolved."""
+    spaced = setup.with_merge(lever.merge)
+    counts = lever.data.model_dump(include={"max_alignment_prompts", "max_task_prompts"})
+    config = spaced.config.model_copy(
+        update={
+            "name": lever.name,
+            "fitness": lever.fitness,
+            "search": lever.search,
+            "data": spaced.config.data.model_copy(update=counts),
+        }
+    )
+    return dataclasses.replace(spaced, config=config)
+
+
 def expert_scores(setup: Any) -> dict[str, dict[str, float]]:
     """Each expert alone on the search split (a task-arithmetic merge with its weight at 1), as a trial is
     scored: the references the goal is read against."""
@@ -196,7 +212,7 @@ def main() -> None:
         config = lever_config(raw, lever, args.seed, args.trials)
         run = RunDir(args.work / f"{lever}_seed{args.seed}")
         started = time.perf_counter()
-        lever_setup = dataclasses.replace(setup.with_merge(config.merge), config=config)
+        lever_setup = on_resolved(setup, config)
         search_to_report(lever_setup, run, log, SEARCH_ONLY)
         trials = [t for t in run.trials() if t.status == "ok" and t.full]
         best = max(trials, key=lambda t: t.fitness)
