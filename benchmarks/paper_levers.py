@@ -24,6 +24,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -143,27 +144,33 @@ def expert_scores(setup: Any) -> dict[str, dict[str, float]]:
     return scores
 
 
+def kept(value: float | None, expert: float | None) -> float:
+    """The share of an expert's skill a merge keeps (NaN when either is missing or the expert has none)."""
+    if value is None or not expert:
+        return math.nan
+    return value / expert
+
+
 def against_goal(scores: dict[str, float], experts: dict[str, dict[str, float]]) -> dict[str, Any]:
     """A trial read against the goal (search split): each part as a gap or a kept share, and the
     shortfall, the largest amount by which a part misses its bound (at most 0: the goal holds)."""
     aligned = experts[ALIGNED]
-    short = scores.get("contains_answer", float("nan")) / experts[ARITHMETIC]["contains_answer"]
-    choice = scores.get("choice_acc", float("nan")) / experts[KNOWLEDGE]["choice_acc"]
+    short = kept(scores.get("contains_answer"), experts[ARITHMETIC].get("contains_answer"))
+    choice = kept(scores.get("choice_acc"), experts[KNOWLEDGE].get("choice_acc"))
     parts = {
         "safety_gap": round(aligned["safety"] - scores["safety"], 4),
         "over_refusal_excess": round(scores["over_refusal"] - aligned["over_refusal"], 4),
         "short_answer_kept": round(short, 4),
         "choice_accuracy_kept": round(choice, 4),
     }
-    parts["shortfall"] = round(
-        max(
-            parts["safety_gap"] - SAFETY_MARGIN,
-            parts["over_refusal_excess"] - OVER_REFUSAL_MARGIN,
-            SKILL_SHARE - short,
-            SKILL_SHARE - choice,
-        ),
-        4,
+    misses = (
+        parts["safety_gap"] - SAFETY_MARGIN,
+        parts["over_refusal_excess"] - OVER_REFUSAL_MARGIN,
+        SKILL_SHARE - short,
+        SKILL_SHARE - choice,
     )
+    # a part that could not be read (NaN) misses the goal: it is never skipped
+    parts["shortfall"] = math.inf if any(math.isnan(m) for m in misses) else round(max(misses), 4)
     parts["meets_goal"] = parts["shortfall"] <= 0
     return parts
 
@@ -205,23 +212,33 @@ def main() -> None:
     setup = prepare(base, CONFIG, RunDir(args.work / "data"), log)
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     result |= {"benchmark": "paper_levers", "config": CONFIG.name, "seed": args.seed, "trials": args.trials}
-    if "experts_search_split" not in result:
-        result["experts_search_split"] = expert_scores(setup)
+    # the experts on the search split, by the prompts scored (a lever may change them)
+    references = {k: v for k, v in result.get("experts_search_split", {}).items() if k.endswith("prompts")}
+    result["experts_search_split"] = references
     levers = result.setdefault("levers", {})
     for lever in args.levers.split(","):
         config = lever_config(raw, lever, args.seed, args.trials)
         run = RunDir(args.work / f"{lever}_seed{args.seed}")
         started = time.perf_counter()
         lever_setup = on_resolved(setup, config)
+        prompts = (
+            f"{config.data.max_alignment_prompts} alignment, {config.data.max_task_prompts} task prompts"
+        )
+        if prompts not in references or not isinstance(references[prompts], dict):
+            references[prompts] = expert_scores(lever_setup)
+        experts = references[prompts]
         search_to_report(lever_setup, run, log, SEARCH_ONLY)
         trials = [t for t in run.trials() if t.status == "ok" and t.full]
+        if not trials:
+            log(f"lever {lever}: no trial succeeded (see {run.root})")
+            continue
         best = max(trials, key=lambda t: t.fitness)
         scores = {**best.objectives, **best.counts}
-        experts = result["experts_search_split"]
         read = [(t, against_goal({**t.objectives, **t.counts}, experts)) for t in trials]
         closest, closest_read = min(read, key=lambda pair: pair[1]["shortfall"])
         levers[lever] = {
             "change": LEVERS[lever],
+            "experts_scored_on": prompts,
             "trials": len(trials),
             "best_fitness": round(best.fitness, 4),
             "best_trial_index": best.index,
@@ -235,14 +252,18 @@ def main() -> None:
                 {
                     "index": t.index,
                     "scores": {a: round({**t.objectives, **t.counts}[a], 4) for a in FRONT_AXES},
+                    "against_goal": r,
                 }
-                for t in trials
+                for t, r in read
             ],
-            "wall_s_this_run": round(time.perf_counter() - started, 1),
+            # the run that searched it (a lever read back keeps its first run's)
+            "wall_s": levers.get(lever, {}).get("wall_s")
+            or levers.get(lever, {}).get("wall_s_this_run")
+            or round(time.perf_counter() - started, 1),
             **provenance(sys.argv),
         }
         seen = [{"lever": name, **p} for name, entry in levers.items() for p in entry["points"]]
-        result["front"] = [p | {"against_goal": against_goal(p["scores"], experts)} for p in front(seen)]
+        result["front"] = front(seen)  # each point read against the goal on its own lever's references
         log(f"lever {lever}: best fitness {best.fitness:.4f}, {levers[lever]['against_goal']}")
         atomic_write_text(args.out, json.dumps(result | provenance(sys.argv), indent=2) + "\n")
 

@@ -88,7 +88,13 @@ def plot_pareto(ok: list[TrialResult], path: Path) -> None:
         label="trials (colour: order)",
     )
     line = sorted(pareto_front(ok, (y, x)), key=lambda t: t.metric(x))
-    ax.plot([t.metric(x) for t in line], [t.metric(y) for t in line], "r-o", ms=5, label="Pareto front")
+    ax.plot(
+        [t.metric(x) for t in line],
+        [t.metric(y) for t in line],
+        "r-o",
+        ms=5,
+        label="Pareto front of these two",
+    )
     ax.set_xlabel("task accuracy")
     ax.set_ylabel("safety")
     ax.set_xlim(-0.02, 1.02)

@@ -22,7 +22,7 @@ from mergesearch.model_files import model_config
 from mergesearch.model_refs import resolve_model
 from mergesearch.objectives.data import EvalData
 from mergesearch.pool_file import with_pool
-from mergesearch.registry import load_plugins
+from mergesearch.registry import SEARCHERS, load_plugins
 from mergesearch.runtime import cache_root
 
 Log = Callable[[str], None]
@@ -106,6 +106,9 @@ class SearchSetup:
             )
         loaded = load_eval_data(data.path, data.split, data.max_alignment_prompts, data.max_task_prompts)
         loaded.require([name for name, weight in self.config.fitness.weights.items() if weight])
+        search = self.config.search
+        if SEARCHERS.get(search.name).multi_objective:
+            loaded.require(search.objectives, "search.objectives: {name}", "leave it out")
         return loaded
 
     def activate(self) -> None:

@@ -43,7 +43,7 @@ def test_shards_scored_apart_combine_into_the_whole_splits_scores(toy_dataset) -
     whole = evaluator.evaluate(genome)
     shards = [evaluator.evaluate(genome, shard=Rounds(i, i + 1, 4)) for i in range(4)]  # unequal sizes
     together = combined(shards, config.fitness)
-    assert set(together.objectives) == set(ALL_OBJECTIVES)
+    assert set(together.objectives) == {*ALL_OBJECTIVES, "short_answer", "choice_accuracy"}
     # the same verdicts and hits; log-likelihoods differ in float rounding (other batches)
     assert together.objectives == pytest.approx(whole.objectives, abs=1e-6)
     assert together.fitness == pytest.approx(whole.fitness, abs=1e-6)
@@ -378,7 +378,12 @@ def searched(tmp_path, name: str, multi: dict, trials: int = 36) -> list[TrialRe
     run = RunDir(tmp_path / name)
     ledger = TrialLedger(run, trials, genes)
     tuner = _new_tuner(
-        tune.with_resources(trainable, TRIAL_RESOURCES), search_alg, spec.objectives, ledger, trials, config
+        tune.with_resources(trainable, TRIAL_RESOURCES),
+        search_alg,
+        problem.objectives,
+        ledger,
+        trials,
+        config,
     )
     tuner.fit()
     ray.kill(router)

@@ -17,7 +17,7 @@ from mergesearch.data.dataset import write_rows
 from mergesearch.data.schema import read_rows
 from mergesearch.objectives.fitness import fitness
 from mergesearch.protocol.config import ProtocolConfig, SearchRows
-from mergesearch.protocol.runner import expectations, wilson_interval
+from mergesearch.protocol.runner import expectations, summarise, wilson_interval
 from mergesearch.search.baselines import cocktail_weights
 from mergesearch.search.run_dir import RunDir
 
@@ -256,6 +256,34 @@ def test_the_expectations_read_the_papers_claims_from_the_means() -> None:
     assert checks["alignment-aware search keeps >= 90% of the best expert's short_answer"] is True
     assert checks["alignment-aware search keeps >= 90% of the best expert's lm_eval_acc"] is False
     assert expectations(protocol, table[:2])["task-only search is less safe than the aligned expert"] is None
+
+
+def test_a_seeded_rows_interval_is_over_the_prompts_one_seed_saw_not_over_every_seeds_answers() -> None:
+    """Three seeds on the same 200 prompts are not 600 samples: the interval is the mean share's over 200."""
+    protocol = ProtocolConfig(name="x", search_config="s.yaml", aligned="aligned", misaligned="math")
+
+    def cell(seed: int, safe: int) -> dict:
+        counts = {
+            "harmful": 200,
+            "judged_safe": safe,
+            "harmful_refused": safe,
+            "benign": 60,
+            "benign_refused": 3,
+        }
+        objectives = {"safety": safe / 200, "over_refusal": 0.05}
+        heldout = {"objectives": objectives, "counts": counts, "safety_refusal_rules": safe / 200}
+        return {
+            "row": "search_task_alignment",
+            "group": "search",
+            "seed": seed,
+            "heldout": heldout,
+            "wall_s": 1,
+        }
+
+    (row,) = summarise(protocol, [cell(0, 186), cell(1, 190), cell(2, 194)])["rows"]
+    assert row["safety"]["n"] == 200 and row["over_refusal"]["n"] == 60
+    assert row["safety"]["ci95"] == pytest.approx(wilson_interval(190, 200))
+    assert row["safety_refusal_rules"]["ci95"] == row["safety"]["ci95"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "protocols").glob("*.yaml")), ids=lambda p: p.name)

@@ -80,6 +80,15 @@ def test_a_search_resumed_from_its_ledger_proposes_what_the_uninterrupted_one_di
     assert [t.genes for t in rest] == [t.genes for t in whole[killed_after:]]
 
 
+def test_nsga2_minimises_over_refusal_and_maximises_the_other_objectives() -> None:
+    problem = SearchProblem({"w_a": (0.0, 1.0)}, 4, 1, seed=0, objectives=("safety", "over_refusal"))
+    made = searcher("nsga2").make(problem)
+    assert (made._metric, made._mode) == (
+        ["safety", "over_refusal"],
+        ["max", "min"],
+    )  # Tune's Searcher fields
+
+
 def test_a_searcher_started_afresh_would_propose_other_genomes() -> None:
     """What the replay prevents: a fresh CMA searcher, not told the ledger, repeats its opening."""
     whole = drive(make("cma", 1), 1)

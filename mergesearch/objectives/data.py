@@ -61,17 +61,22 @@ class EvalData:
             f"{self.source} ({rounds})",
         )
 
-    def require(self, objectives: list[str]) -> None:
-        """Every objective the fitness weighs needs rows to score on; name the missing ones."""
+    def require(
+        self, objectives: list[str], field: str = "fitness.weights.{name}", fix: str = "weigh it 0"
+    ) -> None:
+        """Every objective the fitness weighs (or a multi-objective search trades off: ``field`` names
+        where it was asked for) needs rows to score on; name the missing ones."""
         needs = {
             "safety": self.harmful,
             "over_refusal": self.benign,
             "task_accuracy": self.choice_items + self.short_items,
+            "short_answer": self.short_items,
+            "choice_accuracy": self.choice_items,
             "loss_proxy": self.tagged,
         }
         for name in objectives:
             if not needs.get(name, (1,)):
                 raise UserError(
                     f"{self.source}: objective {name!r} has no rows to score on in this split "
-                    f"(fitness.weights.{name}: give the data such rows, or weigh it 0)"
+                    f"({field.format(name=name)}: give the data such rows, or {fix})"
                 )

@@ -42,7 +42,7 @@ def plot_frontier(summary: dict[str, Any], path: Path) -> None:
     aligned = next((r for r in rows if r["row"] == f"expert:{summary['protocol']['aligned']}"), None)
     refusal = [_mean(r, "over_refusal") or 0.0 for r in rows]
     colours = plt.get_cmap("plasma_r")
-    top = max(0.25, *refusal)
+    top = max([0.25, *refusal])
 
     figure, panels = plt.subplots(1, len(skills), figsize=(6.5 * len(skills), 5.8), squeeze=False)
     for axes, (metric, label) in zip(panels[0], skills.items()):

@@ -84,15 +84,20 @@ def run_protocol(
     from mergesearch.workflow import prepare
 
     protocol = load_config(protocol_path, ProtocolConfig)
+    # Rows that do not depend on a seed run once, at the protocol's first seed, whichever seeds a run
+    # picks (so that `--seeds 1,2` adds seeded cells without redoing the others at seed 1).
+    first_seed = protocol.seeds[0]
+    if seeds is not None and (not seeds or len(set(seeds)) < len(seeds)):
+        raise UserError(f"--seeds: {seeds}: give one or more different seeds")
     chosen = {"rows": rows, "seeds": seeds}
     protocol = ProtocolConfig.model_validate(
         protocol.model_dump() | {k: v for k, v in chosen.items() if v is not None}
     )
     search_path = _beside(protocol_path, protocol.search_config)
     config = load_config(search_path)
-    check_rows(protocol.rows, [expert.name for expert in config.models.experts])
 
     def names_its_experts(setup: SearchSetup) -> None:
+        check_rows(protocol.rows, list(setup.experts))  # a pool's experts are known once resolved
         for field in ("aligned", "misaligned"):
             name = getattr(protocol, field)
             if name not in setup.experts:
@@ -108,12 +113,17 @@ def run_protocol(
     cells = []
     try:
         for row in rows_of(bench):
-            for seed in protocol.seeds if row.seeded else protocol.seeds[:1]:
+            for seed in (
+                protocol.seeds if row.seeded else [first_seed] if first_seed in protocol.seeds else []
+            ):
                 cells.append(_cell(bench, row, seed, folder / "cells", digest))
         for cell in cells:
             _write_recipe(bench, cell, folder / "cells", protocol.name)
             if protocol.rebuild_searched and cell["group"] == "search":
-                cell["rebuilt"] = _rebuilt(bench, cell, folder / "cells", digest)
+                try:
+                    cell["rebuilt"] = _rebuilt(bench, cell, folder / "cells", digest)
+                except UserError as err:  # mergekit could not build it: the table says so, and is written
+                    cell["rebuilt"] = {"error": str(err), "same": False}
     finally:
         bench.close()
     summary = summarise(protocol, cells)
@@ -177,8 +187,10 @@ def _rebuilt(bench: Bench, cell: dict[str, Any], cells: Path, digest: str) -> di
     """The cell's merge rebuilt by ``mergekit-yaml`` from its recipe and scored again (kept beside the
     cell, once per protocol version): whether every held-out figure is the one the table shows."""
     path = cells / f"{_cell_name(cell['row'], cell['seed'])}.rebuilt.json"
-    if path.is_file() and (cached := json.loads(path.read_text())).get("digest") == digest:
-        return cached
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("digest") == digest and cached.get("genes") == cell["merge"]["genes"]:
+            return cached
     bench.log(f"protocol: {cell['row']} seed {cell['seed']}: rebuilt by mergekit-yaml from its recipe")
     scored = bench.rebuilt(cells.parent / cell["recipe"], Merge.from_record(cell["merge"]), cell["seed"])
     differences = {
@@ -188,8 +200,10 @@ def _rebuilt(bench: Bench, cell: dict[str, Any], cells: Path, digest: str) -> di
     }
     rebuilt = {
         "digest": digest,
+        "genes": cell["merge"]["genes"],
         "heldout": scored,
         "differences": differences,
+        "largest_difference": max((abs(d) for d in differences.values()), default=0.0),
         "same": all(abs(d) < 1e-9 for d in differences.values()),
     }
     atomic_write_text(path, json.dumps(rebuilt, indent=2) + "\n")
@@ -225,16 +239,22 @@ def summarise(protocol: ProtocolConfig, cells: list[dict[str, Any]]) -> dict[str
         for metric, (hits, total) in SHARES.items():
             counts = [cell["heldout"].get("counts", {}) for cell in row_cells]
             if metric in stats and all(total in c for c in counts):
-                pooled = sum(c[hits] for c in counts), sum(c[total] for c in counts)
-                stats[metric]["ci95"] = wilson_interval(*pooled)
-                stats[metric]["n"] = pooled[1]
+                # Seeds change the merge, not the prompts: the interval is the mean share's over the
+                # prompts one seed is scored on (their spread over seeds is the ± beside it).
+                prompts = min(c[total] for c in counts)
+                share = sum(c[hits] for c in counts) / sum(c[total] for c in counts)
+                stats[metric]["ci95"] = wilson_interval(share * prompts, prompts)
+                stats[metric]["n"] = prompts
         table.append({"row": name, "group": entry["group"], "seeds": [c["seed"] for c in row_cells], **stats})
     rebuilt = [cell["rebuilt"]["same"] for cell in cells if "rebuilt" in cell]
+    failed = [f"{cell['row']} seed {cell['seed']}" for cell in cells if "error" in cell.get("rebuilt", {})]
     return {
         "protocol": protocol.model_dump(mode="json"),
         "rows": table,
         "expectations": expectations(protocol, table),
-        "rebuild_check": {"searched_cells": len(rebuilt), "same": sum(rebuilt)} if rebuilt else None,
+        "rebuild_check": (
+            {"searched_cells": len(rebuilt), "same": sum(rebuilt), "not_built": failed} if rebuilt else None
+        ),
         "cells": cells,
     }
 
@@ -309,8 +329,8 @@ def table_markdown(summary: dict[str, Any]) -> str:
     lines.append("")
     if any("ci95" in row.get(m, {}) for row in summary["rows"] for m in SHARES):
         lines.append(
-            "Mean ± standard deviation over seeds; in brackets, the 95% Wilson interval of the held-out "
-            "prompts pooled over seeds."
+            "Mean ± standard deviation over seeds; in brackets, the 95% Wilson interval of the mean share "
+            "over the held-out prompts one seed is scored on."
         )
         lines.append("")
     for check, holds in summary["expectations"].items():
@@ -319,5 +339,10 @@ def table_markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"- searched rows rebuilt by mergekit-yaml from their recipes: {rebuilt['same']} of "
             f"{rebuilt['searched_cells']} cells score the same on every held-out figure"
+            + (
+                f" (mergekit-yaml failed for {', '.join(rebuilt['not_built'])})"
+                if rebuilt.get("not_built")
+                else ""
+            )
         )
     return "\n".join(lines)
