@@ -204,6 +204,7 @@ def main() -> None:
     unknown = [lever for lever in args.levers.split(",") if lever not in LEVERS]
     if unknown:
         parser.error(f"unknown lever(s) {', '.join(unknown)}; known: {', '.join(LEVERS)}")
+    stamp = provenance(sys.argv)  # at the start: the code this run loaded
     offline_and_quiet()
     ray_session(num_cpus=os.cpu_count())
     raw = read_yaml(CONFIG)
@@ -227,6 +228,7 @@ def main() -> None:
         if prompts not in references or not isinstance(references[prompts], dict):
             references[prompts] = expert_scores(lever_setup)
         experts = references[prompts]
+        searched_before = lever in levers and run.trial_count() >= args.trials
         search_to_report(lever_setup, run, log, SEARCH_ONLY)
         trials = [t for t in run.trials() if t.status == "ok" and t.full]
         if not trials:
@@ -260,12 +262,13 @@ def main() -> None:
             "wall_s": levers.get(lever, {}).get("wall_s")
             or levers.get(lever, {}).get("wall_s_this_run")
             or round(time.perf_counter() - started, 1),
-            **provenance(sys.argv),
+            # the commit a lever's search ran at: this run's start, or, read back, the run that searched it
+            **({k: levers[lever][k] for k in stamp} if searched_before else stamp),
         }
         seen = [{"lever": name, **p} for name, entry in levers.items() for p in entry["points"]]
         result["front"] = front(seen)  # each point read against the goal on its own lever's references
         log(f"lever {lever}: best fitness {best.fitness:.4f}, {levers[lever]['against_goal']}")
-        atomic_write_text(args.out, json.dumps(result | provenance(sys.argv), indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(result | stamp, indent=2) + "\n")
 
 
 if __name__ == "__main__":
