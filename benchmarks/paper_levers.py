@@ -61,6 +61,24 @@ LEVERS: dict[str, dict[str, Any]] = {
             "bounds": TASK_ONLY_BOUNDS,
         }
     },
+    # finer per-layer genes: one weight per expert per 3 layers (10 groups; the top four move)
+    "ta_layer_groups_3": {
+        "merge": {
+            "method": "task_arithmetic",
+            "granularity": "groups",
+            "group_size": 3,
+            "bounds": TASK_ONLY_BOUNDS,
+        }
+    },
+    # DARE-TIES with per-layer genes
+    "dare_ties_layer_groups": {
+        "merge": {
+            "method": "dare_ties",
+            "granularity": "groups",
+            "group_size": 6,
+            "bounds": {**TASK_ONLY_BOUNDS, "density": {"low": 0.1, "high": 1.0}},
+        }
+    },
     # DARE-TIES: sparsified task vectors interfere less
     "dare_ties_global": {
         "merge": {"method": "dare_ties", "bounds": {**TASK_ONLY_BOUNDS, "density": {"low": 0.1, "high": 1.0}}}
