@@ -181,11 +181,13 @@ def paper_levers(path: Path = RESULTS / "paper_levers.json") -> str:
         return "*(the lever screen has not run yet: `benchmarks/paper_levers.py`)*\n"
     data, item = json.loads(path.read_text()), stamp(path)
     lines = [
-        f"`benchmarks/results/paper_levers.json`, {_ran(item)}; seed {data['seed']}, up to {data['trials']} "
-        "evaluations per lever, all figures on the search split.",
+        f"`benchmarks/results/paper_levers.json`, {_ran(item)} (each lever records its own); seed "
+        f"{data['seed']}, up to {data['trials']} evaluations per lever, all figures on the search split. The "
+        "gaps and kept shares are the best trial's by fitness; the shortfall is the most any part of the "
+        "goal misses its bound by, for the trial closest to it, in points.",
         "",
-        "| lever | trials | best fitness | safety gap | over-refusal excess | short answers kept "
-        "| choice accuracy kept | trials meeting the goal | closest shortfall |",
+        "| lever | trials | best fitness | its safety gap | its over-refusal excess | its short answers kept "
+        "| its choice accuracy kept | trials meeting the goal | the closest trial's shortfall |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, lever in data["levers"].items():
