@@ -131,7 +131,7 @@ def test_the_cli_prints_the_same_reference() -> None:
 def test_the_paper_page_renders_each_protocols_table_from_its_json_and_copies_no_figure() -> None:
     page = (ROOT / "docs" / "paper.md").read_text()
     names = re.findall(r"\{\{ protocol_table:([a-z0-9_]+) \}\}", page)
-    assert names == ["toy", "toy_ties", "smollm2", "smollm2_ta"]
+    assert names == ["toy", "toy_ties", "smollm2", "smollm2_ta", "smollm2_paper"]
     for name in names:
         rendered = figures.protocol_table(name)
         data = json.loads((ROOT / "benchmarks" / "results" / f"protocol_{name}.json").read_text())
