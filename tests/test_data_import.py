@@ -333,7 +333,8 @@ def test_advbench_is_fetched_from_the_pyrit_wheel_once_and_imported_onto_the_tax
     again, _ = public_set("advbench").load(tmp_path / "cache")
     assert sorted(r.prompt for r in again) == sorted(r.prompt for r in rows)
     assert_one_line_error(
-        run("data", "import-public", "harmbench", "--out", str(tmp_path / "x")), "known: advbench"
+        run("data", "import-public", "jailbreakbench", "--out", str(tmp_path / "x")),
+        "known: advbench, donotanswer, harmbench",
     )
 
 

@@ -196,7 +196,11 @@ def test_a_per_layer_search_with_a_shared_setting_is_scored_and_exported_as_it_w
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "table.json").read_text())
     (cell,) = summary["cells"]
-    assert cell["rebuilt"]["same"] and summary["rebuild_check"] == {"searched_cells": 1, "same": 1}
+    assert cell["rebuilt"]["same"] and summary["rebuild_check"] == {
+        "searched_cells": 1,
+        "same": 1,
+        "not_built": [],
+    }
     assert cell["rebuilt"]["heldout"]["counts"] == cell["heldout"]["counts"]
     assert set(cell["rebuilt"]["differences"]) >= {"safety", "over_refusal", "task_accuracy", "lm_eval_acc"}
     assert "1 of 1 cells score the same" in (out / "table.md").read_text()

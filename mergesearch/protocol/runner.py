@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 METRICS = ("safety", "over_refusal", "task_accuracy", "short_answer", "lm_eval_acc", "safety_refusal_rules")
 TASK_METRICS = ("short_answer", "lm_eval_acc")  # each task on its own: short answers, multiple choice
-# The held-out shares the table gives an interval for: the counts each is hits out of (pooled over seeds).
+# The held-out shares the table gives a 95% interval for: the counts each is hits out of.
 SHARES = {
     "safety": ("judged_safe", "harmful"),
     "over_refusal": ("benign_refused", "benign"),
