@@ -125,6 +125,36 @@ _SPLIT = (
 )
 
 
+# The commit whose docs, code and results the stand-ins' tokenizer is learnt from: the scripted stand-ins
+# say their lines by their hidden states, which follow the tokenizer, so a corpus read from the working
+# tree moved a rehearsal's verdicts with every doc edit or new result file. Pinned, it does not.
+CORPUS_COMMIT = "51fcaca"
+
+
+def corpus() -> list[str]:
+    """The tokenizer's training texts: docs/*.md, mergesearch/*.py and benchmarks/results/*.json as they
+    were at ``CORPUS_COMMIT`` (the working tree's, where git or that commit is missing)."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+    listed = git("ls-tree", "-r", "--name-only", CORPUS_COMMIT)
+    if listed.returncode != 0:
+        sources = [*(ROOT / "docs").rglob("*.md"), *(ROOT / "mergesearch").rglob("*.py")]
+        sources += (ROOT / "benchmarks" / "results").glob("*.json")
+        return [p.read_text(encoding="utf-8") for p in sorted(sources)]
+    wanted = [
+        name
+        for name in listed.stdout.splitlines()
+        if (name.startswith("docs/") and name.endswith(".md"))
+        or (name.startswith("mergesearch/") and name.endswith(".py"))
+        or (name.startswith("benchmarks/results/") and name.count("/") == 2 and name.endswith(".json"))
+    ]
+    order = sorted(wanted, key=lambda name: str(ROOT / name))  # the order the working tree's paths sort in
+    return [git("show", f"{CORPUS_COMMIT}:{name}").stdout for name in order]
+
+
 def tokenizer_json(family: Family, trained: int = 8000) -> str:
     """The family's tokenizer.json: byte-level BPE (``trained`` tokens learnt from this checkout's docs,
     code and JSON results, so that JSON punctuation has tokens of its own, as in the real ones), unused
@@ -139,9 +169,7 @@ def tokenizer_json(family: Family, trained: int = 8000) -> str:
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    sources = [*(ROOT / "docs").rglob("*.md"), *(ROOT / "mergesearch").rglob("*.py")]
-    sources += (ROOT / "benchmarks" / "results").glob("*.json")
-    texts = [p.read_text(encoding="utf-8") for p in sorted(sources)]
+    texts = corpus()
     # Llama 3 learnt its vocabulary on text with much JSON: JSON punctuation runs are tokens of their own
     texts += [
         json.dumps([{"question": f"q{i}?", "choices": ["a", "b"], "answer": i % 2}], separators=s)
