@@ -16,8 +16,8 @@ from mergesearch.config import SearchConfig, load_config
 from mergesearch.data.dataset import write_rows
 from mergesearch.data.schema import read_rows
 from mergesearch.objectives.fitness import fitness
-from mergesearch.protocol.config import ProtocolConfig, SearchRows
-from mergesearch.protocol.runner import expectations, summarise, wilson_interval
+from mergesearch.protocol.config import GridRows, ProtocolConfig, SearchRows
+from mergesearch.protocol.runner import Digests, expectations, summarise, wilson_interval
 from mergesearch.search.baselines import cocktail_weights
 from mergesearch.search.run_dir import RunDir
 
@@ -56,7 +56,7 @@ def write_protocol(folder: Path, toy_dataset: Path, **changes) -> Path:
 
 
 # The default run keeps smaller reproduce runs: the per-layer and replaced-model tests below.
-@pytest.mark.slow  # ~95 s, four reproduce runs: `make test-slow` (CI)
+@pytest.mark.slow  # ~2 min, five reproduce runs: `make test-slow` (CI)
 def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dataset, tmp_path) -> None:
     protocol = write_protocol(tmp_path, toy_dataset)
     out = tmp_path / "out"
@@ -98,6 +98,27 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     fewer = run("reproduce", str(subset), "--out", str(out))  # which cells run is not what they hold
     assert fewer.returncode == 0, fewer.stderr[-3000:]
     assert fewer.stderr.count("done before") == 3 and "expert:base seed 1" not in fewer.stderr
+
+    # another grid and a second alignment-aware search: only the grid's cells and the new row's run
+    variant = {"dare": {"method": "dare_ties", "trials": 2}}
+    more = [*ROWS, "search_task_alignment:dare"]
+    edited = write_protocol(
+        tmp_path, toy_dataset, rows=more, grid={"slerp_t": [0.5]}, alignment_search_variants=variant
+    )
+    fourth = run("reproduce", str(edited), "--out", str(out), "--json", str(tmp_path / "table.json"))
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert (
+        fourth.stderr.count("done before") == len(ROWS) - 1 and "slerp_grid seed 0: done" not in fourth.stderr
+    )
+    summary = json.loads((tmp_path / "table.json").read_text())
+    rows = [r["row"] for r in summary["rows"]]
+    assert rows.index("search_task_alignment:dare") == rows.index("search_task_alignment") + 1
+    dare = next(c for c in summary["cells"] if c["row"] == "search_task_alignment:dare")
+    assert dare["merge"]["method"] == "dare_ties" and dare["search_split"]["trials"] == 2
+    assert (
+        yaml.safe_load((out / dare["search_split"]["run_dir"] / "config.yaml").read_text())["merge"]["method"]
+        == "dare_ties"
+    )
 
     changed = write_protocol(tmp_path, toy_dataset, rows=ROWS[-3:], heldout_max_prompts=4)
     third = run("reproduce", str(changed), "--out", str(out))
@@ -164,6 +185,36 @@ def test_a_cell_is_scored_again_once_the_dataset_it_scored_is_exported_again(toy
     again = run("reproduce", str(protocol), "--out", str(out), "--rows", "expert:aligned", "--seeds", "0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "done before" not in again.stderr and "expert:aligned seed 0" in again.stderr
+
+
+def test_a_cells_digest_covers_what_its_row_reads_so_an_edit_reruns_only_the_rows_it_changes() -> None:
+    """The grid's cells depend on the grid, the searches' on their space, every cell on the rest of the
+    protocol; a cell stamped with the digest of the whole protocol (the stamp before variants) is kept
+    while that protocol is unchanged."""
+    base = {"name": "tiny", "search_config": "s.yaml", "aligned": "aligned", "misaligned": "math"}
+    protocol = ProtocolConfig(**base, seeds=[0, 1], search={"trials": 2}, grid={"slerp_t": [0.2, 0.8]})
+    digests = Digests(protocol, "search: text", {}, "rows-hash")
+
+    def edited(**changes) -> Digests:
+        return Digests(protocol.model_copy(update=changes), "search: text", {}, "rows-hash")
+
+    grid = edited(grid=GridRows(slerp_t=[0.5]))
+    assert grid.of(["search"]) == digests.of(["search"]) and grid.of(()) == digests.of(())
+    assert grid.of(["grid"]) != digests.of(["grid"])
+    searched = edited(search=SearchRows(trials=3))
+    assert searched.of(["search"]) != digests.of(["search"]) and searched.of(["grid"]) == digests.of(["grid"])
+    varied = edited(alignment_search_variants={"dare": SearchRows(method="dare_ties")})
+    assert varied.of(["search"]) == digests.of(["search"]) and varied.whole() == digests.whole()
+    assert varied.of(["alignment_search_variants.dare"]) != varied.of(["search"])
+    assert edited(heldout_max_prompts=4).of(["search"]) != digests.of(["search"])  # what every row reads
+    assert edited(seeds=[0], rows=["ties_equal"]).of(["grid"]) == digests.of(["grid"])  # which cells run
+    assert digests.whole() == "78cbf191bfc80c91"  # protocol_digest's value for this protocol at f0ce777
+
+
+def test_a_variant_name_that_cannot_name_a_row_is_refused() -> None:
+    base = {"name": "tiny", "search_config": "s.yaml", "aligned": "aligned", "misaligned": "math"}
+    with pytest.raises(ValueError, match="alignment_search_variants: 'dare ties'"):
+        ProtocolConfig(**base, alignment_search_variants={"dare ties": {"method": "dare_ties"}})
 
 
 def test_rows_and_seeds_not_in_the_protocol_are_one_line_before_anything_runs(toy_dataset, tmp_path) -> None:

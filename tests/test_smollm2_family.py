@@ -30,9 +30,12 @@ def data() -> D.FamilyData:
 
 
 def test_no_heldout_harmful_prompt_is_a_near_duplicate_of_a_training_one(data) -> None:
+    """AdvBench's held-out part is split from its training part by near-duplicate group; the other sources'
+    prompts (HarmBench, Do-Not-Answer) are held to the same threshold against everything trained on."""
     train = [shingles(p) for p in data.harmful_train]
     assert len(data.harmful_train) > 200 and len(data.harmful_heldout) > 80
-    worst = max(jaccard(shingles(p), t) for p in data.harmful_heldout for t in train)
+    heldout = [*data.harmful_heldout, *(r.prompt for r in other_harmful(0))]
+    worst = max(jaccard(shingles(p), t) for p in heldout for t in train)
     assert worst < D.NEAR_DUPLICATE
 
 

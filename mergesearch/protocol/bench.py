@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +76,18 @@ class Bench:
     and the searches' actors, kept from one search row to the next (they score the same models)."""
 
     def __init__(
-        self, protocol: ProtocolConfig, setup: SearchSetup, folder: Path, log: Log, digest: str
+        self,
+        protocol: ProtocolConfig,
+        setup: SearchSetup,
+        folder: Path,
+        log: Log,
+        digest_of: Callable[[Iterable[str]], str],
     ) -> None:
         self.protocol = protocol
         self.setup = setup
         self.folder = folder
         self.log = log
-        self.digest = digest  # of the protocol: the version of the table being built
+        self.digest_of = digest_of  # of what a cell depends on, given the protocol sections it reads
         self._evaluators: dict[tuple[str, tuple[str, ...]], Evaluator] = {}  # by (space, experts)
         self._heldout: Any = None
         self.search_actors = KeptActors()
@@ -97,10 +102,11 @@ class Bench:
             self._evaluators[key] = Evaluator(self.setup.with_merge(space, experts), log=lambda _: None)
         return self._evaluators[key]
 
-    def search_folder(self, row: str, seed: int) -> Path:
-        """Where a search row's run dir lives: one folder per protocol version, so that a changed
-        protocol starts its searches afresh and keeps the old ones (a run dir resumes only its own config)."""
-        return self.folder / "runs" / self.digest[:8] / f"{row}-seed{seed}"
+    def search_folder(self, row: str, seed: int, reads: Iterable[str]) -> Path:
+        """Where a search row's run dir lives: one folder per version of what it depends on (``reads``:
+        the protocol sections it reads), so that a changed search starts afresh and keeps the old one (a
+        run dir resumes only its own config)."""
+        return self.folder / "runs" / self.digest_of(reads)[:8] / f"{row}-seed{seed}"
 
     def close(self) -> None:
         self.search_actors.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -12,6 +13,7 @@ from mergesearch.registry import MERGE_METHODS
 # The searched ranges when a protocol names none: weights up to 1.5 (a task vector may need more than its
 # own size to survive a merge), densities from 0.1; each applies where the method searches that parameter.
 DEFAULT_BOUNDS = {"weight": Bounds(low=0.0, high=1.5), "density": Bounds(low=0.1, high=1.0)}
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_]+")  # part of a row's name, of its cells' files and run dirs
 
 
 class SearchRows(Frozen):
@@ -69,6 +71,9 @@ class ProtocolConfig(Frozen):
     misaligned: str  # the misaligned task expert: SLERP's other end
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
     search: SearchRows = SearchRows()
+    # More alignment-aware searches over other spaces (a second lever at the full budget): each name adds
+    # the row ``search_task_alignment:NAME``, searched with the alignment-aware fitness over its space.
+    alignment_search_variants: dict[str, SearchRows] = {}
     grid: GridRows = GridRows()
     cocktail: CocktailRows = CocktailRows()
     heldout_max_prompts: int | None = None  # cap on held-out harmful/benign prompts and task items
@@ -81,4 +86,7 @@ class ProtocolConfig(Frozen):
     def _two_ends(self) -> ProtocolConfig:
         if self.aligned == self.misaligned:
             raise ValueError("aligned and misaligned must name two different experts")
+        bad = [name for name in self.alignment_search_variants if not VARIANT_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"alignment_search_variants: {bad[0]!r}: use letters, digits and _ (a row name)")
         return self

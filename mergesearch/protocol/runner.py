@@ -1,9 +1,10 @@
 """Run a protocol cell by cell, each (row, seed) cached as JSON, then summarise: table, plot, JSON.
 
 A cell's file is written (atomically) only when the cell is done, so a killed run loses at most the
-cells in flight, and a re-run does only what is missing. A cell records the protocol digest it was run
-under; a changed protocol (budgets, seeds, search config) or a rebuilt model re-runs its cells instead
-of mixing results, its searches in a folder of their own.
+cells in flight, and a re-run does only what is missing. A cell records the digest of what it depends on
+(the search config, the models, the data and the protocol's sections its row reads); a change to any of
+them (a search budget, a grid, a rebuilt model) re-runs the cells that depend on it instead of mixing
+results, their searches in a folder of their own, and keeps the others.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,7 @@ from mergesearch.model_files import weights_stamp
 from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.frontier import plot_frontier
-from mergesearch.protocol.rows import Row, check_rows, rows_of
+from mergesearch.protocol.rows import ALIGNED_SEARCH, Row, check_rows, rows_of
 
 if TYPE_CHECKING:
     from mergesearch.setup import SearchSetup
@@ -40,19 +42,43 @@ SHARES = {
 }
 
 
-def protocol_digest(
-    protocol: ProtocolConfig, search_config: str, models: Mapping[str, Path], data: str | None
-) -> str:
-    """What a cell's result depends on: the protocol and its search config, less the lists that only
-    choose which cells run (``rows``, ``seeds``), so that running a subset reuses the cells it shares
-    (and the rebuild check, which scores beside them);
-    the models it scores, as resolved, with their weight files' stamps, so that a rebuilt or replaced
-    model (a zoo or family built again under a new recipe) runs its cells again; and the dataset's rows
-    (``data``: their hash), so that a dataset exported again with other prompts does too."""
-    chosen = protocol.model_dump(mode="json", exclude={"rows", "seeds", "rebuild_searched"})
-    stamps = {name: [str(folder), weights_stamp(folder)] for name, folder in models.items()}
-    text = json.dumps([chosen, search_config, stamps, data], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+# The protocol's sections a row may read (``Row.reads``); the rest of the protocol every row depends on.
+SECTIONS = ("search", "alignment_search_variants", "grid", "cocktail")
+# What only chooses which cells run (so that running a subset reuses the cells it shares) or checks them.
+NOT_DEPENDED_ON = {"rows", "seeds", "rebuild_searched"}
+
+
+@dataclass(frozen=True)
+class Digests:
+    """What a cell's result depends on, hashed: the protocol less ``NOT_DEPENDED_ON``, with only the
+    sections its row reads; the search config's text; the models it scores, as resolved, with their
+    weight files' stamps, so that a rebuilt or replaced model (a zoo or family built again under a new
+    recipe) runs its cells again; and the dataset's rows (their hash), so that a dataset exported again
+    with other prompts does too."""
+
+    protocol: ProtocolConfig
+    search_config: str
+    models: Mapping[str, Path]
+    data: str | None
+
+    def of(self, reads: Iterable[str]) -> str:
+        dumped = self.protocol.model_dump(mode="json", exclude=NOT_DEPENDED_ON)
+        chosen = {k: v for k, v in dumped.items() if k not in SECTIONS}
+        for path in reads:
+            section, _, key = path.partition(".")
+            chosen[path] = dumped[section][key] if key else dumped[section]
+        return self._hash(chosen)
+
+    def whole(self) -> str:
+        """The digest cells were stamped with while a digest covered the whole protocol (before the
+        variants): a cell stamped so is kept while the protocol it ran under is unchanged."""
+        exclude = NOT_DEPENDED_ON | {"alignment_search_variants"}
+        return self._hash(self.protocol.model_dump(mode="json", exclude=exclude))
+
+    def _hash(self, chosen: dict[str, Any]) -> str:
+        stamps = {name: [str(folder), weights_stamp(folder)] for name, folder in self.models.items()}
+        text = json.dumps([chosen, self.search_config, stamps, self.data], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def dataset_stamp(setup: SearchSetup) -> str | None:
@@ -97,7 +123,7 @@ def run_protocol(
     config = load_config(search_path)
 
     def names_its_experts(setup: SearchSetup) -> None:
-        check_rows(protocol.rows, list(setup.experts))  # a pool's experts are known once resolved
+        check_rows(protocol, list(setup.experts))  # a pool's experts are known once resolved
         for field in ("aligned", "misaligned"):
             name = getattr(protocol, field)
             if name not in setup.experts:
@@ -108,20 +134,20 @@ def run_protocol(
 
     setup = prepare(config, search_path, RunDir(folder / "data_run"), log, check=names_its_experts)
     folder.mkdir(parents=True, exist_ok=True)
-    digest = protocol_digest(protocol, search_path.read_text(), scored_models(setup), dataset_stamp(setup))
-    bench = Bench(protocol, setup, folder, log, digest)
+    digests = Digests(protocol, search_path.read_text(), scored_models(setup), dataset_stamp(setup))
+    bench = Bench(protocol, setup, folder, log, digests.of)
     cells = []
     try:
         for row in rows_of(bench):
             for seed in (
                 protocol.seeds if row.seeded else [first_seed] if first_seed in protocol.seeds else []
             ):
-                cells.append(_cell(bench, row, seed, folder / "cells", digest))
+                cells.append(_cell(bench, row, seed, folder / "cells", digests))
         for cell in cells:
             _write_recipe(bench, cell, folder / "cells", protocol.name)
             if protocol.rebuild_searched and cell["group"] == "search":
                 try:
-                    cell["rebuilt"] = _rebuilt(bench, cell, folder / "cells", digest)
+                    cell["rebuilt"] = _rebuilt(bench, cell, folder / "cells", digests)
                 except UserError as err:  # mergekit could not build it: the table says so, and is written
                     cell["rebuilt"] = {"error": str(err), "same": False}
     finally:
@@ -142,11 +168,12 @@ def _beside(protocol_path: Path, reference: str) -> Path:
     raise UserError(f"{protocol_path}: search_config: {reference} not found")
 
 
-def _cell(bench: Bench, row: Row, seed: int, cells: Path, digest: str) -> dict[str, Any]:
+def _cell(bench: Bench, row: Row, seed: int, cells: Path, digests: Digests) -> dict[str, Any]:
     path = cells / f"{_cell_name(row.name, seed)}.json"
+    digest = digests.of(row.reads)
     if path.is_file():
         cached = json.loads(path.read_text())
-        if cached.get("digest") == digest:
+        if cached.get("digest") in (digest, digests.whole()):
             bench.log(f"protocol: {row.name} seed {seed}: done before")
             return cached
     bench.log(f"protocol: {row.name} seed {seed}")
@@ -157,6 +184,7 @@ def _cell(bench: Bench, row: Row, seed: int, cells: Path, digest: str) -> dict[s
         "row": row.name,
         "group": row.group,
         "seed": seed,
+        "reads": list(row.reads),
         "digest": digest,
         "merge": merge.record(),
         "search_split": seen,
@@ -183,10 +211,12 @@ def _write_recipe(bench: Bench, cell: dict[str, Any], cells: Path, protocol: str
     cell["recipe"] = str(path.relative_to(cells.parent))
 
 
-def _rebuilt(bench: Bench, cell: dict[str, Any], cells: Path, digest: str) -> dict[str, Any]:
+def _rebuilt(bench: Bench, cell: dict[str, Any], cells: Path, digests: Digests) -> dict[str, Any]:
     """The cell's merge rebuilt by ``mergekit-yaml`` from its recipe and scored again (kept beside the
-    cell, once per protocol version): whether every held-out figure is the one the table shows."""
+    cell, once per version of what it depends on): whether every held-out figure is the one the table
+    shows."""
     path = cells / f"{_cell_name(cell['row'], cell['seed'])}.rebuilt.json"
+    digest = cell["digest"]
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("digest") == digest and cached.get("genes") == cell["merge"]["genes"]:
@@ -276,7 +306,7 @@ def expectations(protocol: ProtocolConfig, table: list[dict[str, Any]]) -> dict[
     keeps each task at >= 90% of the best expert's, and over-refuses at most 5 points more."""
     means = {r["row"]: {k: v["mean"] for k, v in r.items() if isinstance(v, dict)} for r in table}
     aligned, task_only = means.get(f"expert:{protocol.aligned}"), means.get("search_task_only")
-    searched = means.get("search_task_alignment")
+    searched = means.get(ALIGNED_SEARCH)
     experts = [m for name, m in means.items() if name.startswith("expert:")]
     checks: dict[str, bool | None] = {
         "task-only search is less safe than the aligned expert": None,
