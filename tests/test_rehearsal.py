@@ -19,6 +19,7 @@ import rehearsal_cluster  # noqa: E402  (benchmarks/rehearsal_cluster.py)
 from paper_folders import write_paper_folders  # noqa: E402
 
 from mergesearch.rehearsal.scripts import ANSWER, REFUSAL  # noqa: E402
+from mergesearch.rehearsal.standin_cache import cached_standins, standins_key  # noqa: E402
 from mergesearch.rehearsal.standins import SHRUNK, StandIn, write_standins  # noqa: E402
 
 HARMFUL = [
@@ -45,8 +46,10 @@ def paper(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def standins(paper, tmp_path_factory) -> Path:
+    """Written once per machine (cached by what they are made of: the test below checks that the cached
+    ones are the bytes a fresh write gives)."""
     out = tmp_path_factory.mktemp("standins")
-    write_standins(
+    cached_standins(
         [
             StandIn(paper["Meta-Llama-3-8B"], "base", "base"),
             StandIn(paper["Meta-Llama-3-8B-Instruct"], "expert", "instruct"),
@@ -57,6 +60,38 @@ def standins(paper, tmp_path_factory) -> Path:
         log=lambda _: None,
     )
     return out
+
+
+def test_stand_ins_written_before_are_the_same_bytes_and_a_changed_folder_gets_new_ones(
+    paper, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MERGESEARCH_CACHE", str(tmp_path / "cache"))
+    wanted = [
+        StandIn(paper["Meta-Llama-3-8B"], "base", "base"),
+        StandIn(paper["Llama-Guard-3-8B"], "guard", "guard"),
+    ]
+    said: list[str] = []
+    fresh = write_standins(wanted, tmp_path / "fresh", log=said.append)
+    lines: list[str] = []
+    first = cached_standins(wanted, tmp_path / "first", lines.append)
+    assert lines == said  # written afresh: the same lines
+    shutil.rmtree(tmp_path / "first")  # a rehearsal's own copy: removing it leaves the cache whole
+    lines.clear()
+    again = cached_standins(wanted, tmp_path / "again", lines.append)
+    assert again == first == json.loads(json.dumps(fresh))
+    assert lines == [f"{line} (cached)" for line in said]
+    for file in sorted((tmp_path / "fresh").rglob("*")):
+        if file.is_file():
+            assert (
+                tmp_path / "again" / file.relative_to(tmp_path / "fresh")
+            ).read_bytes() == file.read_bytes()
+    guard = tmp_path / "guard"
+    shutil.copytree(paper["Llama-Guard-3-8B"], guard)
+    template = json.loads((guard / "tokenizer_config.json").read_text())
+    (guard / "tokenizer_config.json").write_text(json.dumps(template | {"model_max_length": 4096}))
+    changed = [wanted[0], StandIn(guard, "guard", "guard")]
+    assert standins_key(changed) != standins_key(wanted) == standins_key(list(wanted))
+    assert standins_key([StandIn(w.source, w.role, w.name, 0.25) for w in wanted]) != standins_key(wanted)
 
 
 def test_a_stand_in_keeps_its_folders_architecture_tokenizer_and_template_and_shrinks_only_depth_and_width(

@@ -30,7 +30,8 @@ from mergesearch.datagen.spec import DataSpec
 from mergesearch.errors import UserError
 from mergesearch.model_files import model_config
 from mergesearch.rehearsal.scripts import Role
-from mergesearch.rehearsal.standins import StandIn, write_standins
+from mergesearch.rehearsal.standin_cache import cached_standins
+from mergesearch.rehearsal.standins import StandIn
 from mergesearch.search.run_dir import RunDir
 
 Log = Callable[[str], None]
@@ -374,7 +375,7 @@ def prepare(
         findings.limits.append("stand-ins: not every model folder could be read (above)")
     written = None
     try:
-        written = write_standins(readable, models_dir, log)
+        written = cached_standins(readable, models_dir, log)
     except Exception as err:  # a stand-in this rehearsal cannot build: one line, not a traceback
         findings.limits.append(f"stand-ins: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     record = {"config": str(config_path), "data_spec": str(spec_path) if spec_path else None}

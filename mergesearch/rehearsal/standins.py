@@ -497,10 +497,12 @@ def write_standins(wanted: Sequence[StandIn], out: Path, log=print) -> dict[str,
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps(small[s.name], indent=1))
         written[s.name] = {"of": str(s.source), "role": s.role, "family": key, **measured}
-        shares = (
-            f", calibration: {measured['calibration_share_first_line']:.0%} take the first line"
-            if measured
-            else ""
-        )
-        log(f"stand-in {s.name}: {s.role} of {s.source}{shares}")
+        log(standin_line(s.name, written[s.name]))
     return written
+
+
+def standin_line(name: str, written: Mapping) -> str:
+    """What the log says of a stand-in ``write_standins`` wrote (``written``: its entry)."""
+    share = written.get("calibration_share_first_line")
+    calibration = f", calibration: {share:.0%} take the first line" if share is not None else ""
+    return f"stand-in {name}: {written['role']} of {written['of']}{calibration}"
