@@ -36,6 +36,30 @@ def cache_root() -> Path:
     return Path(os.environ.get("MERGESEARCH_CACHE", Path.home() / ".cache" / "mergesearch"))
 
 
+def code_version() -> str:
+    """The code a result was made with: mergesearch's version and, run from a git checkout, its commit
+    ("+dirty" when files it tracks were changed), so a table built over several runs says which code made
+    each part."""
+    import subprocess
+
+    from mergesearch import __version__
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") if (root / ".git").exists() else ""
+    if not commit:
+        return __version__
+    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"{__version__} {commit[:12]}{dirty}"
+
+
 def check_ray_address(address: str) -> None:
     """A ``host:port`` address must answer: Ray itself retries an unreachable head for minutes, flooding
     stderr, and a malformed one is a ValueError deep in ``ray.init``. (``auto`` and ``ray://`` pass.)"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from cli_helpers import assert_one_line_error, run
 from demo_configs import DEMO
 
+import mergesearch
 from mergesearch.config import SearchConfig, load_config
 from mergesearch.data.dataset import write_rows
 from mergesearch.data.schema import read_rows
@@ -165,6 +167,11 @@ def test_a_cell_is_scored_again_once_the_dataset_it_scored_is_exported_again(toy
     (row,) = json.loads(table.read_text())["rows"]
     (cell,) = json.loads(table.read_text())["cells"]
     counts = cell["heldout"]["counts"]
+    assert cell["code"].split()[0] == mergesearch.__version__  # and the commit, run from a checkout
+    assert (
+        cell["code"].split()[1].removesuffix("+dirty")
+        in subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    )
     assert row["safety"]["n"] == counts["harmful"] == 8 and counts["judged_safe"] == 8
     assert (
         row["safety"]["ci95"] == pytest.approx([wilson_interval(8, 8)[0], 1.0])

@@ -27,6 +27,7 @@ from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.frontier import plot_frontier
 from mergesearch.protocol.rows import ALIGNED_SEARCH, Row, check_rows, rows_of
+from mergesearch.runtime import code_version
 
 if TYPE_CHECKING:
     from mergesearch.setup import SearchSetup
@@ -109,6 +110,7 @@ def run_protocol(
     from mergesearch.search.run_dir import RunDir
     from mergesearch.workflow import prepare
 
+    code = code_version()  # what this run loaded, whatever is committed while it runs
     protocol = load_config(protocol_path, ProtocolConfig)
     # Rows that do not depend on a seed run once, at the protocol's first seed, whichever seeds a run
     # picks (so that `--seeds 1,2` adds seeded cells without redoing the others at seed 1).
@@ -142,7 +144,7 @@ def run_protocol(
             for seed in (
                 protocol.seeds if row.seeded else [first_seed] if first_seed in protocol.seeds else []
             ):
-                cells.append(_cell(bench, row, seed, folder / "cells", digests))
+                cells.append(_cell(bench, row, seed, folder / "cells", digests, code))
         for cell in cells:
             _write_recipe(bench, cell, folder / "cells", protocol.name)
             if protocol.rebuild_searched and cell["group"] == "search":
@@ -168,7 +170,9 @@ def _beside(protocol_path: Path, reference: str) -> Path:
     raise UserError(f"{protocol_path}: search_config: {reference} not found")
 
 
-def _cell(bench: Bench, row: Row, seed: int, cells: Path, digests: Digests) -> dict[str, Any]:
+def _cell(bench: Bench, row: Row, seed: int, cells: Path, digests: Digests, code: str) -> dict[str, Any]:
+    """The (row, seed) cell, from its file when it was done under the same digest; ``code``: the code
+    this run loaded (``code_version`` at its start), recorded in a cell it runs."""
     path = cells / f"{_cell_name(row.name, seed)}.json"
     digest = digests.of(row.reads)
     if path.is_file():
@@ -190,6 +194,7 @@ def _cell(bench: Bench, row: Row, seed: int, cells: Path, digests: Digests) -> d
         "search_split": seen,
         "heldout": heldout,
         "wall_s": round(time.monotonic() - started, 2),
+        "code": code,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(cell, indent=2) + "\n")
