@@ -178,6 +178,7 @@ def test_a_cell_is_scored_again_once_the_dataset_it_scored_is_exported_again(toy
         and row["safety"]["ci95"][0] < 0.7
     )
     assert "[67.6, 100.0]" in (out / "table.md").read_text()
+    assert f"- made by: {cell['code']} (expert:aligned)" in (out / "table.md").read_text()
     # the refusal rules' column reads the same replies: here they are the judge, so it agrees to the prompt
     assert (
         counts["harmful_refused"] == counts["judged_safe"] and cell["heldout"]["safety_refusal_rules"] == 1.0

@@ -43,6 +43,7 @@ SHARES = {
 }
 
 
+NOT_RECORDED = "code not recorded"  # a cell from before cells recorded their code
 # The protocol's sections a row may read (``Row.reads``); the rest of the protocol every row depends on.
 SECTIONS = ("search", "alignment_search_variants", "grid", "cocktail")
 # What only chooses which cells run (so that running a subset reuses the cells it shares) or checks them.
@@ -280,7 +281,16 @@ def summarise(protocol: ProtocolConfig, cells: list[dict[str, Any]]) -> dict[str
                 share = sum(c[hits] for c in counts) / sum(c[total] for c in counts)
                 stats[metric]["ci95"] = wilson_interval(share * prompts, prompts)
                 stats[metric]["n"] = prompts
-        table.append({"row": name, "group": entry["group"], "seeds": [c["seed"] for c in row_cells], **stats})
+        code = sorted({c.get("code", NOT_RECORDED) for c in row_cells})
+        table.append(
+            {
+                "row": name,
+                "group": entry["group"],
+                "seeds": [c["seed"] for c in row_cells],
+                "code": code,
+                **stats,
+            }
+        )
     rebuilt = [cell["rebuilt"]["same"] for cell in cells if "rebuilt" in cell]
     failed = [f"{cell['row']} seed {cell['seed']}" for cell in cells if "error" in cell.get("rebuilt", {})]
     return {
@@ -370,6 +380,14 @@ def table_markdown(summary: dict[str, Any]) -> str:
         lines.append("")
     for check, holds in summary["expectations"].items():
         lines.append(f"- {check}: {'not run' if holds is None else 'yes' if holds else 'NO'}")
+    made_by: dict[str, list[str]] = {}
+    for row in summary["rows"]:
+        for code in row.get("code", [NOT_RECORDED]):
+            made_by.setdefault(code, []).append(row["row"])
+    if set(made_by) != {NOT_RECORDED}:
+        lines.append(
+            "- made by: " + "; ".join(f"{code} ({', '.join(rows)})" for code, rows in sorted(made_by.items()))
+        )
     if rebuilt := summary.get("rebuild_check"):
         lines.append(
             f"- searched rows rebuilt by mergekit-yaml from their recipes: {rebuilt['same']} of "
