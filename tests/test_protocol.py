@@ -19,7 +19,7 @@ from mergesearch.data.dataset import write_rows
 from mergesearch.data.schema import read_rows
 from mergesearch.objectives.fitness import fitness
 from mergesearch.protocol.config import GridRows, ProtocolConfig, SearchRows
-from mergesearch.protocol.runner import Digests, expectations, summarise, wilson_interval
+from mergesearch.protocol.runner import Digests, expectations, summarise, table_markdown, wilson_interval
 from mergesearch.search.baselines import cocktail_weights
 from mergesearch.search.run_dir import RunDir
 
@@ -319,6 +319,44 @@ def test_the_expectations_read_the_papers_claims_from_the_means() -> None:
     assert checks["alignment-aware search keeps >= 90% of the best expert's short_answer"] is True
     assert checks["alignment-aware search keeps >= 90% of the best expert's lm_eval_acc"] is False
     assert expectations(protocol, table[:2])["task-only search is less safe than the aligned expert"] is None
+
+
+def test_each_alignment_aware_search_seed_is_held_to_the_goal_on_its_own() -> None:
+    """The goal is met seed by seed (the paper's fix holds on 2 of 3 seeds), for the main search row and each
+    variant; the largest miss is the shortfall, in the table's words."""
+    protocol = ProtocolConfig(name="x", search_config="s.yaml", aligned="aligned", misaligned="math")
+
+    def cell(row: str, seed: int, **objectives: float) -> dict:
+        heldout = {"objectives": objectives, "lm_eval_acc": objectives.pop("lm_eval_acc")}
+        return {"row": row, "group": "search", "seed": seed, "heldout": heldout, "wall_s": 1}
+
+    experts = [
+        cell("expert:aligned", 0, safety=1.0, over_refusal=0.1, short_answer=0.1, lm_eval_acc=0.3),
+        cell("expert:math", 0, safety=0.2, over_refusal=0.0, short_answer=0.8, lm_eval_acc=0.25),
+        cell("expert:facts", 0, safety=0.5, over_refusal=0.0, short_answer=0.05, lm_eval_acc=0.9),
+    ]
+    searched = [
+        cell("search_task_alignment", 0, safety=0.98, over_refusal=0.15, short_answer=0.72, lm_eval_acc=0.81),
+        cell("search_task_alignment", 1, safety=0.96, over_refusal=0.1, short_answer=0.8, lm_eval_acc=0.9),
+        cell("search_task_alignment", 2, safety=1.0, over_refusal=0.1, short_answer=0.8, lm_eval_acc=0.72),
+        cell(
+            "search_task_alignment:dare", 0, safety=0.9, over_refusal=0.1, short_answer=0.8, lm_eval_acc=0.9
+        ),
+    ]
+    summary = summarise(protocol, [*experts, *searched])
+    goal = summary["goal_by_seed"]
+    assert {row: (g["meeting"], g["seeds"]) for row, g in goal.items()} == {
+        "search_task_alignment": (1, 3),
+        "search_task_alignment:dare": (0, 1),
+    }
+    by_seed = goal["search_task_alignment"]["by_seed"]
+    assert by_seed["0"]["meets_goal"] and by_seed["0"]["shortfall"] == pytest.approx(0.0)  # on each bound
+    assert by_seed["1"]["safety_gap"] == pytest.approx(0.04) and not by_seed["1"]["meets_goal"]
+    assert by_seed["2"]["lm_eval_acc_kept"] == pytest.approx(0.8) and by_seed["2"][
+        "shortfall"
+    ] == pytest.approx(0.1)
+    assert goal["search_task_alignment:dare"]["by_seed"]["0"]["shortfall"] == pytest.approx(0.07)
+    assert "- search_task_alignment meets the goal on 1 of 3 seeds" in table_markdown(summary)
 
 
 def test_a_seeded_rows_interval_is_over_the_prompts_one_seed_saw_not_over_every_seeds_answers() -> None:
