@@ -38,8 +38,8 @@ def cache_root() -> Path:
 
 def code_version() -> str:
     """The code a result was made with: mergesearch's version and, run from a git checkout, its commit
-    ("+dirty" when files it tracks were changed), so a table built over several runs says which code made
-    each part."""
+    ("+dirty" when the package's own tracked files were changed: a result file or doc being written is
+    not the code), so a table built over several runs says which code made each part."""
     import subprocess
 
     from mergesearch import __version__
@@ -48,7 +48,10 @@ def code_version() -> str:
 
     def git(*args: str) -> str:
         try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+            # no optional locks: a status taking the index lock could fail a commit made meanwhile
+            done = subprocess.run(
+                ["git", "--no-optional-locks", *args], cwd=root, capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):
             return ""
         return done.stdout.strip() if done.returncode == 0 else ""
@@ -56,7 +59,7 @@ def code_version() -> str:
     commit = git("rev-parse", "HEAD") if (root / ".git").exists() else ""
     if not commit:
         return __version__
-    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "mergesearch") else ""
     return f"{__version__} {commit[:12]}{dirty}"
 
 

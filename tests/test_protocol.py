@@ -213,10 +213,44 @@ def test_a_cells_digest_covers_what_its_row_reads_so_an_edit_reruns_only_the_row
     assert searched.of(["search"]) != digests.of(["search"]) and searched.of(["grid"]) == digests.of(["grid"])
     varied = edited(alignment_search_variants={"dare": SearchRows(method="dare_ties")})
     assert varied.of(["search"]) == digests.of(["search"]) and varied.whole() == digests.whole()
-    assert varied.of(["alignment_search_variants.dare"]) != varied.of(["search"])
+    dare = varied.of(["alignment_search_variants.dare"])
+    assert dare != varied.of(["search"])
+    denser = edited(alignment_search_variants={"dare": SearchRows(method="dare_ties", trials=3)})
+    assert denser.of(["alignment_search_variants.dare"]) != dare  # the variant's own space
+    two = edited(
+        alignment_search_variants={"dare": SearchRows(method="dare_ties"), "ties": SearchRows(method="ties")}
+    )
+    assert two.of(["alignment_search_variants.dare"]) == dare  # another variant added leaves it
     assert edited(heldout_max_prompts=4).of(["search"]) != digests.of(["search"])  # what every row reads
     assert edited(seeds=[0], rows=["ties_equal"]).of(["grid"]) == digests.of(["grid"])  # which cells run
     assert digests.whole() == "78cbf191bfc80c91"  # protocol_digest's value for this protocol at f0ce777
+
+
+def test_a_cell_kept_under_the_whole_protocols_digest_is_stamped_with_its_rows(tmp_path) -> None:
+    """Cells (and their rebuild checks) from before per-row digests are kept while the protocol is
+    unchanged, and stamped anew, so that a later edit to a section they do not read keeps them too."""
+    from types import SimpleNamespace
+
+    from mergesearch.protocol.rows import ROWS
+    from mergesearch.protocol.runner import _cell
+
+    base = {"name": "tiny", "search_config": "s.yaml", "aligned": "aligned", "misaligned": "math"}
+    digests = Digests(ProtocolConfig(**base), "search: text", {}, "rows-hash")
+    row = ROWS.get("ties_grid")
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    old = {"row": row.name, "seed": 0, "digest": digests.whole(), "heldout": {"objectives": {"safety": 1.0}}}
+    (cells / "ties_grid__seed0.json").write_text(json.dumps(old))
+    rebuilt = {"digest": digests.whole(), "same": True}
+    (cells / "ties_grid__seed0.rebuilt.json").write_text(json.dumps(rebuilt))
+    said: list[str] = []
+    bench = SimpleNamespace(log=said.append)  # all a kept cell asks of the bench
+    kept = _cell(bench, row, 0, cells, digests, "code")
+    assert said == ["protocol: ties_grid seed 0: done before"] and kept["heldout"] == old["heldout"]
+    for name in ("ties_grid__seed0.json", "ties_grid__seed0.rebuilt.json"):
+        assert json.loads((cells / name).read_text())["digest"] == digests.of(["grid"])
+    another = Digests(ProtocolConfig(**base, cocktail={"examples": 4}), "search: text", {}, "rows-hash")
+    assert _cell(bench, row, 0, cells, another, "code")["heldout"] == old["heldout"]  # not a section it reads
 
 
 def test_a_variant_name_that_cannot_name_a_row_is_refused() -> None:
@@ -319,6 +353,11 @@ def test_the_expectations_read_the_papers_claims_from_the_means() -> None:
     assert checks["alignment-aware search keeps >= 90% of the best expert's short_answer"] is True
     assert checks["alignment-aware search keeps >= 90% of the best expert's lm_eval_acc"] is False
     assert expectations(protocol, table[:2])["task-only search is less safe than the aligned expert"] is None
+    bound = _row("search_task_alignment", safety=0.92, over_refusal=0.07, short_answer=0.72)
+    checks = expectations(protocol, [*table[:3], bound])  # 0.72 is 90% of 0.8, though 0.9 * 0.8 > 0.72
+    assert checks["alignment-aware search keeps >= 90% of the best expert's short_answer"] is True
+    assert checks["alignment-aware search within 3 points of the aligned expert's safety"] is True
+    assert checks["alignment-aware search keeps >= 90% of the best expert's lm_eval_acc"] is None  # unscored
 
 
 def test_each_alignment_aware_search_seed_is_held_to_the_goal_on_its_own() -> None:

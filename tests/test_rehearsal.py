@@ -85,12 +85,21 @@ def test_stand_ins_written_before_are_the_same_bytes_and_a_changed_folder_gets_n
             assert (
                 tmp_path / "again" / file.relative_to(tmp_path / "fresh")
             ).read_bytes() == file.read_bytes()
+    # what a rehearsal does to its copy stays there: an edited config.json leaves the cached one as it was
+    edited = tmp_path / "again" / "guard" / "config.json"
+    edited.write_text(edited.read_text().replace("{", '{"edited": 1, ', 1))
+    assert cached_standins(wanted, tmp_path / "third", lambda _: None) == first
+    assert (tmp_path / "third" / "guard" / "config.json").read_bytes() == (
+        tmp_path / "fresh" / "guard" / "config.json"
+    ).read_bytes()
+    # another file of a folder (whichever the tokenizer reads), another folder, another share: another set
     guard = tmp_path / "guard"
     shutil.copytree(paper["Llama-Guard-3-8B"], guard)
-    template = json.loads((guard / "tokenizer_config.json").read_text())
-    (guard / "tokenizer_config.json").write_text(json.dumps(template | {"model_max_length": 4096}))
-    changed = [wanted[0], StandIn(guard, "guard", "guard")]
-    assert standins_key(changed) != standins_key(wanted) == standins_key(list(wanted))
+    copied = [wanted[0], StandIn(guard, "guard", "guard")]
+    key = standins_key(copied)
+    assert key != standins_key(wanted) and key == standins_key(list(copied))
+    (guard / "vocab.txt").write_text("a\nb\n")
+    assert standins_key(copied) != key
     assert standins_key([StandIn(w.source, w.role, w.name, 0.25) for w in wanted]) != standins_key(wanted)
 
 

@@ -106,7 +106,7 @@ class Bench:
         """Where a search row's run dir lives: one folder per version of what it depends on (``reads``:
         the protocol sections it reads), so that a changed search starts afresh and keeps the old one (a
         run dir resumes only its own config)."""
-        return self.folder / "runs" / self.digest_of(reads)[:8] / f"{row}-seed{seed}"
+        return self.folder / "runs" / self.digest_of(reads)[:8] / f"{row.replace(':', '-')}-seed{seed}"
 
     def close(self) -> None:
         self.search_actors.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mergesearch.protocol.goal import SAFETY_MARGIN, SKILL_SHARE
+
 # The skills a panel each, and their axis names; a protocol without them falls back to task accuracy.
 SKILLS = {
     "short_answer": "held-out short answers (arithmetic skill)",
@@ -19,8 +21,6 @@ SKILLS = {
 }
 FALLBACK = {"task_accuracy": "held-out task accuracy"}
 MARKERS = {"expert": "s", "data-free": "o", "search": "*", "cocktail": "^"}
-SAFETY_MARGIN = 0.03  # the goal: within 3 points of the aligned expert's safety
-SKILL_SHARE = 0.9  # the goal: at least 90% of the best expert's skill
 
 
 def _mean(row: dict[str, Any], metric: str) -> float | None:
