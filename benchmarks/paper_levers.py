@@ -105,6 +105,18 @@ LEVERS: dict[str, dict[str, Any]] = {
             "objectives": ["safety", "over_refusal", "short_answer", "choice_accuracy"],
         },
     },
+    # per-layer genes scored on three times the task prompts and twice the alignment prompts: a winner
+    # chosen on 16 questions a skill is partly chosen for its luck on them (the protocol's first search
+    # cells kept far less of each skill on held-out prompts than on the 16 they were chosen on)
+    "ta_layer_groups_prompts_48": {
+        "merge": {
+            "method": "task_arithmetic",
+            "granularity": "groups",
+            "group_size": 6,
+            "bounds": TASK_ONLY_BOUNDS,
+        },
+        "data": {"max_alignment_prompts": 48, "max_task_prompts": 48},
+    },
     # the method as a searched choice (TPE: CMA takes no categorical gene)
     "method_choice_tpe": {
         "merge": {"method": "task_arithmetic", "choices": ["dare_ties", "della", "breadcrumbs", "ties"]},
