@@ -211,3 +211,34 @@ def paper_levers(path: Path = RESULTS / "paper_levers.json") -> str:
             f"answers and {100 * goal['choice_accuracy_kept']:.0f}% of the choice accuracy kept.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def paper_validation(path: Path = RESULTS / "paper_validation.json") -> str:
+    """Each searched merge and expert on the rows its search's fitness read, the rest of the search split
+    and the held-out split (``benchmarks/paper_validation.py``), under the commit it ran at."""
+    if not path.is_file():
+        return "*(not run yet: `benchmarks/paper_validation.py`)*\n"
+    data, item = json.loads(path.read_text()), stamp(path)
+    sizes = data["sizes"]
+
+    def read(merge: dict, metric: str) -> str:
+        values = [merge[part].get(metric) for part in ("fitness_rows", "validation", "heldout")]
+        return " / ".join("—" if v is None else f"{100 * v:.0f}" for v in values)
+
+    lines = [
+        f"`benchmarks/results/paper_validation.json`, {_ran(item)}. Each figure reads: the rows the fitness "
+        f"read ({sizes['fitness_rows']['short_items']} sums, {sizes['fitness_rows']['choice_items']} choice "
+        f"questions, {sizes['fitness_rows']['harmful']} harmful and {sizes['fitness_rows']['benign']} benign "
+        f"prompts) / the rest of the search split ({sizes['validation']['short_items']}, "
+        f"{sizes['validation']['choice_items']}, {sizes['validation']['harmful']} and "
+        f"{sizes['validation']['benign']}) / the held-out split, in %.",
+        "",
+        "| merge | seed | safety | over-refusal | short answers | choice accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for merge in data["merges"]:
+        cells = " | ".join(
+            read(merge, m) for m in ("safety", "over_refusal", "short_answer", "choice_accuracy")
+        )
+        lines.append(f"| {merge['row']} | {merge['seed']} | {cells} |")
+    return "\n".join(lines) + "\n"
