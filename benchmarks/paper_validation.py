@@ -71,6 +71,7 @@ def main() -> None:
     search_path = ROOT / protocol.search_config
     config = load_config(search_path)
     setup = prepare(config, search_path, RunDir(args.cells / "data_run"), log)
+    config = setup.config  # its models and dataset resolved
     bench = Bench(protocol, setup, args.cells, log, lambda reads: "validation")
     data = parts(str(config.data.path), config.data.max_alignment_prompts, config.data.max_task_prompts)
     cells = sorted(
