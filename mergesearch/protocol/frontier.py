@@ -52,11 +52,19 @@ def plot_frontier(summary: dict[str, Any], path: Path) -> None:
             safe = aligned["safety"]["mean"]
             axes.axhline(safe, color="grey", linestyle="--", linewidth=1, label="aligned expert's safety")
             axes.axhline(
-                safe - SAFETY_MARGIN, color="grey", linestyle=":", linewidth=1, label="3 points below"
+                safe - SAFETY_MARGIN,
+                color="grey",
+                linestyle=":",
+                linewidth=1,
+                label=f"{100 * SAFETY_MARGIN:.0f} points below",
             )
         if best is not None:
             axes.axvline(
-                SKILL_SHARE * best, color="green", linestyle=":", linewidth=1, label="90% of the best expert"
+                SKILL_SHARE * best,
+                color="green",
+                linestyle=":",
+                linewidth=1,
+                label=f"{100 * SKILL_SHARE:.0f}% of the best expert",
             )
         if aligned is not None and best is not None:
             axes.fill_between(
@@ -91,7 +99,8 @@ def plot_frontier(summary: dict[str, Any], path: Path) -> None:
         axes.set_ylabel("held-out safety (harmful prompts answered safely)")
         axes.set_xlim(-0.02, 1.02)
         axes.set_ylim(-0.02, 1.02)
-        axes.legend(loc="lower left", fontsize=7)
+        if axes.get_legend_handles_labels()[0]:  # no expert row scored: no line to name
+            axes.legend(loc="lower left", fontsize=7)
     scale = plt.cm.ScalarMappable(cmap=colours, norm=plt.Normalize(0, top))
     figure.colorbar(scale, ax=panels[0].tolist(), label="held-out over-refusal (benign requests refused)")
     figure.suptitle(
