@@ -75,7 +75,7 @@ def main() -> None:
     bench = Bench(protocol, setup, args.cells, log, lambda reads: "validation")
     data = parts(str(config.data.path), config.data.max_alignment_prompts, config.data.max_task_prompts)
     cells = sorted(
-        (json.loads(p.read_text()) for p in (args.cells / "cells").glob("*__seed*.json")),
+        (json.loads(p.read_text()) for p in (args.cells / "cells").glob("*__seed[0-9].json")),
         key=lambda c: (c["row"], c["seed"]),
     )
     wanted = [
