@@ -67,6 +67,11 @@ class Merge:
         return {"method": self.method, "experts": list(self.experts), "genes": self.genes, "space": space}
 
 
+def file_stem(row: str) -> str:
+    """A row's name as part of a file or folder name (a variant's ``:`` is no character for one)."""
+    return row.replace(":", "-")
+
+
 def _share(counts: dict[str, float], hits: str, total: str) -> float:
     return counts[hits] / counts[total] if counts.get(total) else math.nan
 
@@ -106,7 +111,7 @@ class Bench:
         """Where a search row's run dir lives: one folder per version of what it depends on (``reads``:
         the protocol sections it reads), so that a changed search starts afresh and keeps the old one (a
         run dir resumes only its own config)."""
-        return self.folder / "runs" / self.digest_of(reads)[:8] / f"{row.replace(':', '-')}-seed{seed}"
+        return self.folder / "runs" / self.digest_of(reads)[:8] / f"{file_stem(row)}-seed{seed}"
 
     def close(self) -> None:
         self.search_actors.close()

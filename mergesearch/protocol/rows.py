@@ -31,9 +31,10 @@ class Row:
     group: str  # "expert", "data-free", "search" or "cocktail": how the table groups and plots it
     seeded: bool
     choose: Callable[[Bench, int], RowResult]
-    # The protocol's sections the row's merge depends on (dotted into a mapping: "variants.NAME"), beside
-    # what every row does (search config, models, data): its cells' digest covers only these, so that
-    # editing the grid keeps every search cell and adding a search variant keeps every other row's.
+    # The protocol's sections the row's merge depends on (dotted into a mapping:
+    # "alignment_search_variants.NAME"), beside what every row does (search config, models, data): its
+    # cells' digest covers only these, so that editing the grid keeps every search cell and adding a
+    # search variant keeps every other row's.
     reads: tuple[str, ...] = ()
 
 

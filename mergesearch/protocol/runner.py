@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from mergesearch.config import load_config
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_write_text
 from mergesearch.model_files import weights_stamp
-from mergesearch.protocol.bench import Bench, Merge
+from mergesearch.protocol.bench import Bench, Merge, file_stem
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.protocol.frontier import plot_frontier
 from mergesearch.protocol.goal import OVER_REFUSAL_MARGIN, SAFETY_MARGIN, SKILL_SHARE, against_goal
@@ -78,9 +79,13 @@ class Digests:
         exclude = NOT_DEPENDED_ON | {"alignment_search_variants"}
         return self._hash(self.protocol.model_dump(mode="json", exclude=exclude))
 
+    @cached_property
+    def _stamps(self) -> dict[str, list]:
+        """The models' weight files as the run found them at its start (read once, not per cell)."""
+        return {name: [str(folder), weights_stamp(folder)] for name, folder in self.models.items()}
+
     def _hash(self, chosen: dict[str, Any]) -> str:
-        stamps = {name: [str(folder), weights_stamp(folder)] for name, folder in self.models.items()}
-        text = json.dumps([chosen, self.search_config, stamps, self.data], sort_keys=True)
+        text = json.dumps([chosen, self.search_config, self._stamps, self.data], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -184,8 +189,9 @@ def _cell(bench: Bench, row: Row, seed: int, cells: Path, digests: Digests, code
             if cached["digest"] != digest:  # stamped with the whole protocol's: now with what it reads
                 _restamp(path, cached, digest)
                 rebuilt = cells / f"{_cell_name(row.name, seed)}.rebuilt.json"
-                if rebuilt.is_file() and json.loads(rebuilt.read_text()).get("digest") == digests.whole():
-                    _restamp(rebuilt, json.loads(rebuilt.read_text()), digest)
+                check = json.loads(rebuilt.read_text()) if rebuilt.is_file() else {}
+                if check.get("digest") == digests.whole():
+                    _restamp(rebuilt, check, digest)
             return cached
     bench.log(f"protocol: {row.name} seed {seed}")
     started = time.monotonic()
@@ -260,7 +266,7 @@ def _rebuilt(bench: Bench, cell: dict[str, Any], cells: Path, digests: Digests) 
 
 
 def _cell_name(row: str, seed: int) -> str:
-    return f"{row.replace(':', '-')}__seed{seed}"
+    return f"{file_stem(row)}__seed{seed}"
 
 
 def _value(cell: dict[str, Any], metric: str) -> float:
