@@ -72,7 +72,7 @@ def main() -> None:
     config = load_config(search_path)
     setup = prepare(config, search_path, RunDir(args.cells / "data_run"), log)
     config = setup.config  # its models and dataset resolved
-    bench = Bench(protocol, setup, args.cells, log, lambda reads: "validation")
+    bench = Bench(protocol, setup, args.cells, log, lambda reads: ("validation",))  # it runs no search
     data = parts(str(config.data.path), config.data.max_alignment_prompts, config.data.max_task_prompts)
     cells = sorted(
         (json.loads(p.read_text()) for p in (args.cells / "cells").glob("*__seed[0-9].json")),

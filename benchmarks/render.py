@@ -213,6 +213,41 @@ def paper_levers(path: Path = RESULTS / "paper_levers.json") -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper_front(path: Path = RESULTS / "paper_front.json") -> str:
+    """The alignment-aware search's best trials on the whole search split, against the goal
+    (``benchmarks/paper_front.py``): each seed's chosen trial and the one closest to the goal."""
+    if not path.is_file():
+        return "*(not run yet: `benchmarks/paper_front.py`)*\n"
+    data, item = json.loads(path.read_text()), stamp(path)
+    experts = data["experts_whole_split"]
+    lines = [
+        f"`benchmarks/results/paper_front.json`, {_ran(item)}: {len(data['trials'])} trials validated, "
+        f"{data['meets_goal']} meeting the goal on the whole search split. The experts there: aligned "
+        f"{100 * experts['aligned']['safety']:.1f}% safe, {100 * experts['aligned']['over_refusal']:.1f}% "
+        f"over-refusal; arithmetic {100 * experts['arithmetic']['short_answer']:.1f}% short answers; "
+        f"knowledge {100 * experts['knowledge']['choice_accuracy']:.1f}% choice accuracy.",
+        "",
+        "| row | seed | trial | search fitness | whole-split fitness | safety | over-refusal "
+        "| short answers kept | choice kept | largest miss (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_cell: dict[tuple[str, int], list[dict]] = {}
+    for trial in data["trials"]:
+        by_cell.setdefault((trial["row"], trial["seed"]), []).append(trial)
+    for (row, seed), trials in by_cell.items():
+        chosen = next(t for t in trials if t["chosen"])
+        closest = min(trials, key=lambda t: t["goal"]["shortfall"])
+        for label, t in (("chosen", chosen), ("closest", closest))[: 1 if chosen is closest else 2]:
+            o, goal = t["objectives"], t["goal"]
+            lines.append(
+                f"| {row} | {seed} | {t['trial_id']} ({label}) | {t['search_fitness']:.3f} "
+                f"| {t['whole_split_fitness']:.3f} | {100 * o['safety']:.1f} | {100 * o['over_refusal']:.1f} "
+                f"| {100 * goal['short_answer_kept']:.0f}% | {100 * goal['choice_accuracy_kept']:.0f}% "
+                f"| {100 * goal['shortfall']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def paper_validation(path: Path = RESULTS / "paper_validation.json") -> str:
     """Each searched merge and expert on the rows its search's fitness read, the rest of the search split
     and the held-out split (``benchmarks/paper_validation.py``), under the commit it ran at."""

@@ -18,14 +18,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mergesearch.config import FitnessConfig
 from mergesearch.file_reads import reading_weights
 from mergesearch.judges.base import Assessment, Judge
-from mergesearch.objectives.data import Rounds
+from mergesearch.objectives.data import EvalData, Rounds
 from mergesearch.objectives.evaluate import Scores
 from mergesearch.runtime import NAMESPACE
 from mergesearch.setup import SearchSetup
@@ -133,9 +133,11 @@ class Evaluator:
         seed: int = 0,
         shard: Rounds | None = None,
         fitness: FitnessConfig | None = None,
+        data: EvalData | None = None,
     ) -> Scores:
         """Merge ``genome`` into the live model, then score it (on the ``shard`` rounds of the data: a
-        multi-fidelity trial's call) with ``fitness`` (the config's when not given); timings include
+        multi-fidelity trial's call; on ``data`` instead of the fitness's rows: a validation's call) with
+        ``fitness`` (the config's when not given); timings include
         the merge, and the load of the resident models on the first call (0 after). The live model that
         holds this genome's merge already is not merged again (the next round of the same trial, when it
         comes back here)."""
@@ -151,9 +153,10 @@ class Evaluator:
                 self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
                 self.merged = merged
             merge_seconds = time.perf_counter() - started
+            rows = self.data if data is None else data
             scores = score_model(
                 self.backend,
-                self.data if shard is None else self.data.shard(shard),
+                rows if shard is None else rows.shard(shard),
                 self.judge,
                 fitness or self.config.fitness,
                 self.config.backend.max_new_tokens,
@@ -360,7 +363,18 @@ class EvaluatorPool:
 
     def evaluate_all(self, genomes: list[Mapping[str, float]], seed: int = 0) -> list[Scores]:
         """Results in input order; each genome ran on whichever evaluator was free first."""
-        return list(self.pool.map(lambda actor, genome: actor.evaluate.remote(genome, seed), genomes))
+        return list(self.evaluate_each(genomes, seed))
+
+    def evaluate_each(
+        self, genomes: list[Mapping[str, float]], seed: int = 0, data: EvalData | None = None
+    ) -> Iterator[Scores]:
+        """Each genome's scores (on ``data``, else the fitness's rows) as it comes, in input order."""
+        import ray
+
+        data_ref = None if data is None else ray.put(data)  # sent once, not once per genome
+        return self.pool.map(
+            lambda actor, genome: actor.evaluate.remote(genome, seed, None, None, data_ref), genomes
+        )
 
     def shutdown(self) -> None:
         self.actors.kill()

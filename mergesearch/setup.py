@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mergesearch.backends.base import only_pickle_weights
 from mergesearch.config import DataConfig, MergeSpaceConfig, SearchConfig
-from mergesearch.data.eval_split import load_eval_data
+from mergesearch.data.eval_split import load_eval_data, load_whole_split
 from mergesearch.errors import UserError
 from mergesearch.merge.genome import GenomeSpace
 from mergesearch.merge.recipe_import import fit_to_space, read_mergekit_recipe
@@ -105,11 +105,24 @@ class SearchSetup:
                 f"{self.config.name}: data.path is not set (make one: `mergesearch data generate`)"
             )
         loaded = load_eval_data(data.path, data.split, data.max_alignment_prompts, data.max_task_prompts)
+        if self.config.promotion.validate_top:  # rows to validate on, named before the search, not after
+            self.validation_data()
         loaded.require([name for name, weight in self.config.fitness.weights.items() if weight])
         search = self.config.search
         if SEARCHERS.get(search.name).multi_objective:
             loaded.require(search.objectives, "search.objectives: {name}", "leave it out")
         return loaded
+
+    def validation_data(self) -> EvalData:
+        """The whole search split, which ``promotion.validate_top`` scores the best trials on again."""
+        data = self.config.data
+        return load_whole_split(
+            data.path,
+            data.split,
+            data.max_alignment_prompts,
+            data.max_task_prompts,
+            "promotion.validate_top",
+        )
 
     def activate(self) -> None:
         """In a fresh process (a Ray worker): import the config's plug-ins before using the space."""

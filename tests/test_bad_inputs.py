@@ -396,6 +396,20 @@ CASES = [
         ("promotion.tasks", "'mmlu_anatomyy' is not an lm-eval task", "did you mean mmlu_anatomy"),
     ),
     Case(
+        "config-validate-without-rows",
+        "config",
+        "`promotion.validate_top` where the fitness already reads the whole search split",
+        lambda c: search(
+            c.config(
+                lambda config: (
+                    config["data"].update(max_alignment_prompts=10_000, max_task_prompts=10_000),
+                    config["promotion"].update(top_k=1, validate_top=2),
+                )
+            )
+        ),
+        ("promotion.validate_top", "holds no row past those the fitness reads"),
+    ),
+    Case(
         "config-method-without-genes",
         "config",
         "a merge method with nothing to search (model_stock: no per-expert or per-group parameter)",

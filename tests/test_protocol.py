@@ -102,7 +102,7 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert fewer.stderr.count("done before") == 3 and "expert:base seed 1" not in fewer.stderr
 
     # another grid and a second alignment-aware search: only the grid's cells and the new row's run
-    variant = {"dare": {"method": "dare_ties", "trials": 2}}
+    variant = {"dare": {"method": "dare_ties", "trials": 2, "validate_top": 2}}
     more = [*ROWS, "search_task_alignment:dare"]
     edited = write_protocol(
         tmp_path, toy_dataset, rows=more, grid={"slerp_t": [0.5]}, alignment_search_variants=variant
@@ -117,6 +117,13 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert rows.index("search_task_alignment:dare") == rows.index("search_task_alignment") + 1
     dare = next(c for c in summary["cells"] if c["row"] == "search_task_alignment:dare")
     assert dare["merge"]["method"] == "dare_ties" and dare["search_split"]["trials"] == 2
+    dare_run = RunDir(out / dare["search_split"]["run_dir"])
+    validated = json.loads(dare_run.validation_file.read_text())["trials"]  # both, on the whole split
+    assert dare["search_split"]["validated"] == {
+        tid: [t["counts"]["search_fitness"], t["fitness"]] for tid, t in validated.items()
+    }
+    best = max(validated.values(), key=lambda t: t["fitness"])
+    assert dare["merge"]["genes"] == best["genes"] and len(validated) == 2
     assert (
         yaml.safe_load((out / dare["search_split"]["run_dir"] / "config.yaml").read_text())["merge"]["method"]
         == "dare_ties"
@@ -221,6 +228,12 @@ def test_a_cells_digest_covers_what_its_row_reads_so_an_edit_reruns_only_the_row
         alignment_search_variants={"dare": SearchRows(method="dare_ties"), "ties": SearchRows(method="ties")}
     )
     assert two.of(["alignment_search_variants.dare"]) == dare  # another variant added leaves it
+    validated = edited(search=SearchRows(trials=2, validate_top=2))
+    assert validated.of(["search"]) != digests.of(["search"])  # another merge is chosen: the cells re-run
+    assert validated.of_trials(["search"]) == digests.of_trials(["search"])  # from the same trials
+    made, earlier = digests.of_trials(["search"])
+    assert made == digests.of(["search"])  # run dirs kept where they were
+    assert earlier == digests.whole() == validated.of_trials(["search"])[1]  # and those made before
     assert edited(heldout_max_prompts=4).of(["search"]) != digests.of(["search"])  # what every row reads
     assert edited(seeds=[0], rows=["ties_equal"]).of(["grid"]) == digests.of(["grid"])  # which cells run
     assert digests.whole() == "78cbf191bfc80c91"  # protocol_digest's value for this protocol at f0ce777
@@ -251,6 +264,20 @@ def test_a_cell_kept_under_the_whole_protocols_digest_is_stamped_with_its_rows(t
         assert json.loads((cells / name).read_text())["digest"] == digests.of(["grid"])
     another = Digests(ProtocolConfig(**base, cocktail={"examples": 4}), "search: text", {}, "rows-hash")
     assert _cell(bench, row, 0, cells, another, "code")["heldout"] == old["heldout"]  # not a section it reads
+
+
+def test_a_search_resumes_the_run_dir_made_under_the_whole_protocols_digest_until_it_has_its_own(
+    tmp_path,
+) -> None:
+    from mergesearch.protocol.bench import Bench
+
+    bench = Bench(None, None, tmp_path, print, lambda reads: ("made", "earlier"))
+    made, earlier = (tmp_path / "runs" / key / "search_task_alignment-seed0" for key in ("made", "earlier"))
+    assert bench.search_folder("search_task_alignment", 0, ["search"]) == made  # none yet: its own
+    earlier.mkdir(parents=True)
+    assert bench.search_folder("search_task_alignment", 0, ["search"]) == earlier
+    made.mkdir(parents=True)
+    assert bench.search_folder("search_task_alignment", 0, ["search"]) == made
 
 
 def test_a_variant_name_that_cannot_name_a_row_is_refused() -> None:

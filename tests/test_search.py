@@ -260,6 +260,60 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, k
     assert [(p, p.stat().st_mtime_ns) for p, _ in stamps] == stamps
 
 
+def test_promotion_scores_the_best_trials_again_on_the_whole_search_split_and_promotes_the_best_there(
+    toy_dataset, kept_actors, tmp_path
+) -> None:
+    from mergesearch.actors import Evaluator
+    from mergesearch.search.promote import promote
+
+    # 3 prompts of each kind a trial: a fitness this noisy ranks trials by luck
+    config = config_for(
+        toy_dataset,
+        data={"max_alignment_prompts": 3, "max_task_prompts": 3},
+        search={"num_trials": 5},
+        promotion={"top_k": 1, "validate_top": 3},
+    )
+    run = search(config, tmp_path / "run", kept=kept_actors)
+    said: list[str] = []
+    board = promote(run, log=said.append)
+    best_by_search = sorted(run.trials(), key=lambda t: -t.fitness)[:3]
+    recorded = json.loads(run.validation_file.read_text())["trials"]
+    assert set(recorded) == {t.trial_id for t in best_by_search}
+    assert any("validate: 3 of the best 3 trial(s) scored on the whole 'search' split" in s for s in said)
+
+    # each is the score of a search whose fitness reads the whole split
+    whole_split = {"max_alignment_prompts": 10_000, "max_task_prompts": 10_000}
+    whole = config.model_copy(
+        update={
+            "data": config.data.model_copy(update=whole_split),
+            "promotion": config.promotion.model_copy(update={"validate_top": 0}),
+        }
+    )
+    evaluator = Evaluator(SearchSetup.prepare(whole, lambda _: None))
+    on_whole = {t.trial_id: evaluator.evaluate(t.genes, config.search.seed) for t in best_by_search}
+    for trial in best_by_search:
+        validated = recorded[trial.trial_id]
+        assert validated["fitness"] == pytest.approx(on_whole[trial.trial_id].fitness, abs=1e-9)
+        assert validated["objectives"] == pytest.approx(on_whole[trial.trial_id].objectives, abs=1e-9)
+        assert validated["counts"]["search_fitness"] == trial.fitness
+    assert board[0]["trial_id"] == max(on_whole, key=lambda tid: on_whole[tid].fitness)
+    winner = recorded[board[0]["trial_id"]]
+    assert board[0]["validated_fitness"] == winner["fitness"]
+    assert board[0]["search_fitness"] == winner["counts"]["search_fitness"]
+
+    # promoted again: nothing is scored again
+    stamp = run.validation_file.stat().st_mtime_ns
+    said.clear()
+    assert promote(run, log=said.append) == board
+    assert run.validation_file.stat().st_mtime_ns == stamp
+    assert not any(line.startswith("validate:") for line in said), said
+
+
+def test_promotion_takes_its_candidates_from_the_validated_trials(toy_dataset) -> None:
+    with pytest.raises(ValueError, match=r"top_k \(3\) is more than validate_top \(2\)"):
+        config_for(toy_dataset, promotion={"top_k": 3, "validate_top": 2})
+
+
 def test_a_promotion_result_is_kept_only_for_the_settings_it_was_made_with(toy_dataset) -> None:
     from mergesearch.search.promote import result_settings
 

@@ -62,6 +62,23 @@ def load_eval_data(
     )
 
 
+def load_whole_split(
+    path: str | Path, split: str, max_alignment: int | None, max_task: int | None, asked_by: str
+) -> EvalData:
+    """Every row of ``split``, for a check on more of it than the fitness reads (its first
+    ``max_alignment`` / ``max_task`` rows); a split with no row past those is one line naming
+    ``asked_by`` (the setting that asked: the check would only repeat the fitness)."""
+    whole = load_eval_data(path, split)
+    read = load_eval_data(path, split, max_alignment, max_task)
+    parts = ("harmful", "benign", "choice_items", "short_items")
+    if all(len(getattr(whole, p)) == len(getattr(read, p)) for p in parts):
+        raise UserError(
+            f"{asked_by}: the {split!r} split of {path} holds no row past those the fitness reads "
+            "(data.max_alignment_prompts, data.max_task_prompts): lower those caps or leave it at 0"
+        )
+    return whole
+
+
 def load_categorised(
     path: str | Path, split: str | None = None, per_category: int | None = None
 ) -> CategorisedData:

@@ -86,13 +86,15 @@ class Bench:
         setup: SearchSetup,
         folder: Path,
         log: Log,
-        digest_of: Callable[[Iterable[str]], str],
+        trials_digests_of: Callable[[Iterable[str]], tuple[str, ...]],
     ) -> None:
         self.protocol = protocol
         self.setup = setup
         self.folder = folder
         self.log = log
-        self.digest_of = digest_of  # of what a cell depends on, given the protocol sections it reads
+        # of what a search's trials depend on, given the protocol sections its row reads: the digest a
+        # run dir is made under, then those earlier code made it under
+        self.trials_digests_of = trials_digests_of
         self._evaluators: dict[tuple[str, tuple[str, ...]], Evaluator] = {}  # by (space, experts)
         self._heldout: Any = None
         self.search_actors = KeptActors()
@@ -108,10 +110,16 @@ class Bench:
         return self._evaluators[key]
 
     def search_folder(self, row: str, seed: int, reads: Iterable[str]) -> Path:
-        """Where a search row's run dir lives: one folder per version of what it depends on (``reads``:
-        the protocol sections it reads), so that a changed search starts afresh and keeps the old one (a
-        run dir resumes only its own config)."""
-        return self.folder / "runs" / self.digest_of(reads)[:8] / f"{file_stem(row)}-seed{seed}"
+        """Where a search row's run dir lives: one folder per version of what its trials depend on
+        (``reads``: the protocol sections it reads), so that a changed search starts afresh and keeps the
+        old one (a run dir resumes only its own config), while a change to how the winner is chosen among
+        the trials (``validate_top``) reuses them. A run dir made under an earlier digest of the same
+        trials is resumed where it is."""
+        made, *earlier = (
+            self.folder / "runs" / digest[:8] / f"{file_stem(row)}-seed{seed}"
+            for digest in self.trials_digests_of(reads)
+        )
+        return made if made.exists() else next((f for f in earlier if f.is_dir()), made)
 
     def close(self) -> None:
         self.search_actors.close()

@@ -33,6 +33,9 @@ class SearchRows(Frozen):
     # reproduction table reproduces); 1 keeps the evaluator busy while the searcher turns around, and the
     # order results reach it then depends on timing.
     queued_per_evaluator: int = Field(default=0, ge=0)
+    # The best this many trials by search fitness are scored again on the whole search split and the best
+    # there is the row's merge (as ``promotion.validate_top``); 0: the best by search fitness.
+    validate_top: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _a_valid_space(self) -> SearchRows:

@@ -50,6 +50,10 @@ NOT_RECORDED = "code not recorded"  # a cell from before cells recorded their co
 SECTIONS = ("search", "alignment_search_variants", "grid", "cocktail")
 # What only chooses which cells run (so that running a subset reuses the cells it shares) or checks them.
 NOT_DEPENDED_ON = {"rows", "seeds", "rebuild_searched"}
+# A search row's settings that choose among its trials without changing them: its run dir is kept when
+# only these change. Added after cells were stamped, each is left out of a digest while it is 0, so that
+# the cells stamped before it keep their digest.
+CHOICE_ONLY = ("validate_top",)
 
 
 @dataclass(frozen=True)
@@ -65,19 +69,34 @@ class Digests:
     models: Mapping[str, Path]
     data: str | None
 
-    def of(self, reads: Iterable[str]) -> str:
-        dumped = self.protocol.model_dump(mode="json", exclude=NOT_DEPENDED_ON)
+    def of(self, reads: Iterable[str], trials_only: bool = False) -> str:
+        """The digest of a cell whose row reads the sections ``reads``; ``trials_only``: of what its
+        search's trials depend on (its run dir's), leaving out ``CHOICE_ONLY``."""
+        dumped = self._dumped(NOT_DEPENDED_ON, trials_only)
         chosen = {k: v for k, v in dumped.items() if k not in SECTIONS}
         for path in reads:
             section, _, key = path.partition(".")
             chosen[path] = dumped[section][key] if key else dumped[section]
         return self._hash(chosen)
 
-    def whole(self) -> str:
+    def of_trials(self, reads: Iterable[str]) -> tuple[str, str]:
+        """What a search row's trials depend on: its own digest, then the one its run dir was made under
+        while a digest covered the whole protocol (``Bench.search_folder`` resumes such a run dir)."""
+        return self.of(reads, trials_only=True), self.whole(trials_only=True)
+
+    def whole(self, trials_only: bool = False) -> str:
         """The digest cells were stamped with while a digest covered the whole protocol (before the
         variants): a cell stamped so is kept while the protocol it ran under is unchanged."""
-        exclude = NOT_DEPENDED_ON | {"alignment_search_variants"}
-        return self._hash(self.protocol.model_dump(mode="json", exclude=exclude))
+        return self._hash(self._dumped(NOT_DEPENDED_ON | {"alignment_search_variants"}, trials_only))
+
+    def _dumped(self, exclude: set[str], trials_only: bool = False) -> dict[str, Any]:
+        dumped = self.protocol.model_dump(mode="json", exclude=exclude)
+        searches = [dumped["search"], *dumped.get("alignment_search_variants", {}).values()]
+        for rows in searches:
+            for key in CHOICE_ONLY:
+                if trials_only or not rows[key]:
+                    del rows[key]
+        return dumped
 
     @cached_property
     def _stamps(self) -> dict[str, list]:
@@ -144,7 +163,7 @@ def run_protocol(
     setup = prepare(config, search_path, RunDir(folder / "data_run"), log, check=names_its_experts)
     folder.mkdir(parents=True, exist_ok=True)
     digests = Digests(protocol, search_path.read_text(), scored_models(setup), dataset_stamp(setup))
-    bench = Bench(protocol, setup, folder, log, digests.of)
+    bench = Bench(protocol, setup, folder, log, digests.of_trials)
     cells = []
     try:
         for row in rows_of(bench):

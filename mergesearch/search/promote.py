@@ -1,8 +1,9 @@
 """Promotion: the best candidates of a search, materialised and evaluated in full.
 
-The top-k trials by fitness (the Pareto front over the searcher's objectives for multi-objective runs)
-are merged into model folders, run through lm-eval (``simple_evaluate``: a local YAML task built from the
-held-out split's questions, plus any configured lm-eval task) and through the held-out safety
+The top-k trials by fitness (the Pareto front over the searcher's objectives for multi-objective runs;
+with ``promotion.validate_top``, by their fitness on the whole search split: ``validate.py``) are merged
+into model folders, run through lm-eval (``simple_evaluate``: a local YAML task built from the held-out
+split's questions, plus any configured lm-eval task) and through the held-out safety
 evaluation. Each candidate runs as a Ray task with the promotion's own resources. The winner (best
 held-out fitness) becomes ``best/model`` and ``best/recipe.yaml``, a mergekit config anyone can run with
 ``mergekit-yaml`` (or, where mergekit cannot rebuild it, our recipe and a note saying so).
@@ -14,15 +15,18 @@ import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mergesearch.errors import UserError
 from mergesearch.io import atomic_dir, atomic_write_text
+from mergesearch.objectives.data import EvalData
+from mergesearch.objectives.evaluate import Scores
 from mergesearch.runtime import ray_session
 from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.search.searchers import mode_of, searcher
+from mergesearch.search.validate import Score, validated
 from mergesearch.setup import SearchSetup
 
 
@@ -79,6 +83,22 @@ def recorded_result(folder: Path, settings: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) and result.get("settings") == settings else None
+
+
+def pool_score(setup: SearchSetup) -> Score:
+    """Scores genomes on the search's own evaluators (a pool started for them, stopped after)."""
+
+    def score(genomes: list[Mapping[str, float]], data: EvalData) -> Iterator[Scores]:
+        from mergesearch.actors import EvaluatorPool
+
+        ray_session()
+        pool = EvaluatorPool(setup)
+        try:
+            yield from pool.evaluate_each(genomes, setup.config.search.seed, data)
+        finally:
+            pool.shutdown()
+
+    return score
 
 
 def promoted_before(run: RunDir, trial: TrialResult, config: Any, seed: int) -> dict[str, Any] | None:
@@ -212,7 +232,12 @@ def promote(
 
     setup = setup or SearchSetup.prepare(run.read_config(), log)
     config = setup.config
-    chosen = candidates(setup, run.trials(), config.promotion.top_k if top_k is None else top_k)
+    trials = run.trials()
+    if config.promotion.validate_top:
+        trials = validated(
+            run, config, config.promotion.validate_top, setup.validation_data(), pool_score(setup), log
+        )
+    chosen = candidates(setup, trials, config.promotion.top_k if top_k is None else top_k)
     if not chosen:
         raise UserError(f"{run.root}: no successful trial to promote")
     log(f"promote: {len(chosen)} candidate(s): {', '.join(t.trial_id for t in chosen)}")
@@ -248,7 +273,9 @@ def promote(
         board.append(
             {
                 "trial_id": trial.trial_id,
-                "search_fitness": trial.fitness,
+                # a validated trial's fitness is on the whole search split; its count keeps the search's
+                "search_fitness": trial.counts.get("search_fitness", trial.fitness),
+                **({"validated_fitness": trial.fitness} if config.promotion.validate_top else {}),
                 "heldout_fitness": heldout["fitness"],
                 **{f"heldout_{k}": v for k, v in heldout["objectives"].items()},
                 **lm_eval,

@@ -212,6 +212,8 @@ class RunDir:
     tensorboard = property(lambda self: self.root / "tensorboard")
     promotion = property(lambda self: self.root / "promotion")
     leaderboard_file = property(lambda self: self.root / "promotion" / "leaderboard.json")
+    # the best trials scored again on the whole search split (promotion.validate_top)
+    validation_file = property(lambda self: self.root / "promotion" / "validation.json")
     best = property(lambda self: self.root / "best")
     baselines_file = property(lambda self: self.root / "baselines.json")
     efficiency_file = property(lambda self: self.root / "efficiency.json")
