@@ -209,7 +209,10 @@ def test_a_failing_merge_is_a_recorded_penalty_and_the_search_finishes(
     assert all(t.fitness == PENALTY and "epsilon" in t.error for t in failed)
 
 
-def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, kept_actors, tmp_path) -> None:
+def test_search_validation_promotion_report_and_a_recipe_mergekit_reproduces(
+    toy_dataset, kept_actors, tmp_path
+) -> None:
+    from mergesearch.actors import Evaluator
     from mergesearch.backends.hf import HFBackend
     from mergesearch.data.eval_split import load_eval_data
     from mergesearch.judges.base import make_judge
@@ -218,9 +221,11 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, k
     from mergesearch.report import write_report
     from mergesearch.search.promote import promote
 
-    config = config_for(toy_dataset, search={"num_trials": 5})
+    # the fitness reads 12 rows of each kind; the 3 best trials are scored again on the whole split
+    config = config_for(toy_dataset, search={"num_trials": 5}, promotion={"top_k": 1, "validate_top": 3})
     run = search(config, tmp_path / "run", kept=kept_actors)
-    board = promote(run, log=lambda _: None)
+    said: list[str] = []
+    board = promote(run, log=said.append)
     write_report(run)
     for path in (
         run.trials_file,
@@ -233,8 +238,29 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, k
         run.leaderboard_file,
     ):
         assert path.exists(), path
-    best = max(run.trials(), key=lambda t: t.fitness)
-    assert board[0]["trial_id"] == best.trial_id and "mergesearch_heldout_choice/acc" in board[0]
+    best_by_search = sorted(run.trials(), key=lambda t: -t.fitness)[:3]
+    validated = json.loads(run.validation_file.read_text())["trials"]
+    assert set(validated) == {t.trial_id for t in best_by_search}
+    assert any("validate: 3 of the best 3 trial(s) scored on the whole 'search' split" in s for s in said)
+    # each is the score of a search whose fitness reads the whole split
+    whole = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"max_alignment_prompts": 999, "max_task_prompts": 999}),
+            "promotion": config.promotion.model_copy(update={"validate_top": 0}),
+        }
+    )
+    evaluator = Evaluator(SearchSetup.prepare(whole, lambda _: None))
+    on_whole = {t.trial_id: evaluator.evaluate(t.genes, config.search.seed) for t in best_by_search}
+    for trial in best_by_search:
+        again, scored = validated[trial.trial_id], on_whole[trial.trial_id]
+        assert again["fitness"] == pytest.approx(scored.fitness, abs=1e-9)
+        assert again["objectives"] == pytest.approx(scored.objectives)
+        assert again["counts"]["search_fitness"] == trial.fitness
+    winner = board[0]["trial_id"]
+    assert winner == max(on_whole, key=lambda tid: on_whole[tid].fitness)  # first of equals, as ranked
+    assert board[0]["validated_fitness"] == validated[winner]["fitness"]
+    assert board[0]["search_fitness"] == validated[winner]["counts"]["search_fitness"]
+    assert "mergesearch_heldout_choice/acc" in board[0]
     alone = {e: r["heldout"]["objectives"] for e, r in run.references().items()}  # each expert alone
     assert set(alone) == {"aligned", "math", "facts"} and alone["aligned"]["safety"] > alone["math"]["safety"]
     assert (
@@ -253,60 +279,12 @@ def test_search_promotion_report_and_a_recipe_mergekit_reproduces(toy_dataset, k
 
     # `promote` after it (the README's cluster commands) redoes nothing: the same board from the results kept
     results = sorted(run.promotion.rglob("result.json"))
-    stamps = [(p, p.stat().st_mtime_ns) for p in results + [run.best / "recipe.yaml"]]
-    said: list[str] = []
-    assert promote(run, log=said.append) == board
-    assert any("promoted before with these settings, kept" in line for line in said), said
-    assert [(p, p.stat().st_mtime_ns) for p, _ in stamps] == stamps
-
-
-def test_promotion_scores_the_best_trials_again_on_the_whole_search_split_and_promotes_the_best_there(
-    toy_dataset, kept_actors, tmp_path
-) -> None:
-    from mergesearch.actors import Evaluator
-    from mergesearch.search.promote import promote
-
-    # 3 prompts of each kind a trial: a fitness this noisy ranks trials by luck
-    config = config_for(
-        toy_dataset,
-        data={"max_alignment_prompts": 3, "max_task_prompts": 3},
-        search={"num_trials": 5},
-        promotion={"top_k": 1, "validate_top": 3},
-    )
-    run = search(config, tmp_path / "run", kept=kept_actors)
-    said: list[str] = []
-    board = promote(run, log=said.append)
-    best_by_search = sorted(run.trials(), key=lambda t: -t.fitness)[:3]
-    recorded = json.loads(run.validation_file.read_text())["trials"]
-    assert set(recorded) == {t.trial_id for t in best_by_search}
-    assert any("validate: 3 of the best 3 trial(s) scored on the whole 'search' split" in s for s in said)
-
-    # each is the score of a search whose fitness reads the whole split
-    whole_split = {"max_alignment_prompts": 10_000, "max_task_prompts": 10_000}
-    whole = config.model_copy(
-        update={
-            "data": config.data.model_copy(update=whole_split),
-            "promotion": config.promotion.model_copy(update={"validate_top": 0}),
-        }
-    )
-    evaluator = Evaluator(SearchSetup.prepare(whole, lambda _: None))
-    on_whole = {t.trial_id: evaluator.evaluate(t.genes, config.search.seed) for t in best_by_search}
-    for trial in best_by_search:
-        validated = recorded[trial.trial_id]
-        assert validated["fitness"] == pytest.approx(on_whole[trial.trial_id].fitness, abs=1e-9)
-        assert validated["objectives"] == pytest.approx(on_whole[trial.trial_id].objectives, abs=1e-9)
-        assert validated["counts"]["search_fitness"] == trial.fitness
-    assert board[0]["trial_id"] == max(on_whole, key=lambda tid: on_whole[tid].fitness)
-    winner = recorded[board[0]["trial_id"]]
-    assert board[0]["validated_fitness"] == winner["fitness"]
-    assert board[0]["search_fitness"] == winner["counts"]["search_fitness"]
-
-    # promoted again: nothing is scored again
-    stamp = run.validation_file.stat().st_mtime_ns
+    stamps = [(p, p.stat().st_mtime_ns) for p in results + [run.best / "recipe.yaml", run.validation_file]]
     said.clear()
     assert promote(run, log=said.append) == board
-    assert run.validation_file.stat().st_mtime_ns == stamp
+    assert any("promoted before with these settings, kept" in line for line in said), said
     assert not any(line.startswith("validate:") for line in said), said
+    assert [(p, p.stat().st_mtime_ns) for p, _ in stamps] == stamps
 
 
 def test_promotion_takes_its_candidates_from_the_validated_trials(toy_dataset) -> None:

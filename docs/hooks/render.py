@@ -7,7 +7,8 @@ each with its commit (``benchmarks/render.py``); ``{{ protocol_table:NAME }}``: 
 its commit; ``{{ rehearsal_cluster }}``, ``{{ rehearse_shipped }}``: the rehearsals' records;
 ``{{ merge_speed }}``: every method's merge time against mergekit's, and its parity;
 ``{{ paper_levers }}``: the lever screen of the paper's fix on real language; ``{{ paper_front }}``: its
-search's best trials on the whole search split; ``{{ paper_validation }}``: its searched merges on the rows
+search's best trials on the whole search split; ``{{ paper_choice }}``: its merges chosen by search fitness
+and on the whole split; ``{{ paper_validation }}``: its searched merges on the rows
 their fitness read, the rest of the search split and the held-out split;
 ``{{ demo_table }}``: the table ``make demo`` prints, as the README shows it (kept there, once). Nothing
 here is written twice, so none of it drifts.
@@ -46,6 +47,7 @@ GENERATED = {
     "{{ paper_levers }}": render.paper_levers,
     "{{ paper_validation }}": render.paper_validation,
     "{{ paper_front }}": render.paper_front,
+    "{{ paper_choice }}": render.paper_choice,
 }
 
 
