@@ -624,10 +624,20 @@ def report(run_dir: Path) -> None:
     "over several runs, and a run of all rows reuses every cell done.",
 )
 @click.option("--seeds", default=None, help="Run only these seeds, comma-separated (instead of `seeds`).")
+@click.option(
+    "--done-only",
+    is_flag=True,
+    help="Run nothing: the table of the cells done before (those still to run are left out and named).",
+)
 def reproduce(
-    protocol_path: Path, out: Path | None, json_out: Path | None, rows: str | None, seeds: str | None
+    protocol_path: Path,
+    out: Path | None,
+    json_out: Path | None,
+    rows: str | None,
+    seeds: str | None,
+    done_only: bool,
 ) -> None:
-    _reproduce(protocol_path, out, json_out, rows, seeds)
+    _reproduce(protocol_path, out, json_out, rows, seeds, done_only)
 
 
 def _reproduce(
@@ -636,6 +646,7 @@ def _reproduce(
     json_out: Path | None,
     rows: str | None = None,
     seeds: str | None = None,
+    done_only: bool = False,
 ) -> None:
     from mergesearch.config import load_config
     from mergesearch.io import atomic_write_text
@@ -648,7 +659,7 @@ def _reproduce(
         "rows": [r.strip() for r in rows.split(",") if r.strip()] if rows else None,
         "seeds": _integers(seeds, "--seeds") if seeds else None,
     }
-    summary = run_protocol(protocol_path, folder, log=progress, **chosen)
+    summary = run_protocol(protocol_path, folder, log=progress, done_only=done_only, **chosen)
     click.echo(table_markdown(summary))
     click.echo(f"table: {folder / 'table.md'}, plot: {folder / 'protocol.png'}")
     if json_out:

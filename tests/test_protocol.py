@@ -96,6 +96,17 @@ def test_the_table_has_every_row_and_a_rerun_resumes_without_recomputing(toy_dat
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done before") == len(ROWS)
     assert "| search_task_only | 1 |" in again.stdout
+    # the table so far: seed 1's cells are named as left out, and nothing runs
+    before = sorted((out / "cells").iterdir())
+    args = ("--seeds", "0,1", "--done-only", "--json", str(tmp_path / "so_far.json"))
+    so_far = run("reproduce", str(protocol), "--out", str(out), *args)
+    assert so_far.returncode == 0, so_far.stderr[-3000:]
+    left_out = [line for line in so_far.stderr.splitlines() if "not done yet, left out" in line]
+    assert left_out and all(" seed 1: " in line for line in left_out)
+    assert sorted((out / "cells").iterdir()) == before
+    assert {(c["row"], c["seed"]) for c in json.loads((tmp_path / "so_far.json").read_text())["cells"]} == {
+        (row, 0) for row in ROWS
+    }
     subset = write_protocol(tmp_path, toy_dataset, rows=ROWS[:3], seeds=[0, 1])
     fewer = run("reproduce", str(subset), "--out", str(out))  # which cells run is not what they hold
     assert fewer.returncode == 0, fewer.stderr[-3000:]

@@ -130,9 +130,11 @@ def run_protocol(
     log: Log = print,
     rows: list[str] | None = None,
     seeds: list[int] | None = None,
+    done_only: bool = False,
 ) -> dict[str, Any]:
     """Every cell of the protocol at ``protocol_path``, resumed in ``folder``; returns the summary.
-    ``rows``/``seeds``: only these cells (instead of the protocol's own lists)."""
+    ``rows``/``seeds``: only these cells (instead of the protocol's own lists); ``done_only``: run
+    nothing, summarise the cells done before (the table so far, while cells are still to run)."""
     from mergesearch.search.run_dir import RunDir
     from mergesearch.workflow import prepare
 
@@ -170,14 +172,20 @@ def run_protocol(
             for seed in (
                 protocol.seeds if row.seeded else [first_seed] if first_seed in protocol.seeds else []
             ):
-                cells.append(_cell(bench, row, seed, folder / "cells", digests, code))
+                cell = _cell(bench, row, seed, folder / "cells", digests, code, run=not done_only)
+                if cell is None:
+                    log(f"protocol: {row.name} seed {seed}: not done yet, left out (--done-only)")
+                    continue
+                cells.append(cell)
         for cell in cells:
             _write_recipe(bench, cell, folder / "cells", protocol.name)
             if protocol.rebuild_searched and cell["group"] == "search":
                 try:
-                    cell["rebuilt"] = _rebuilt(bench, cell, folder / "cells", digests)
+                    rebuilt = _rebuilt(bench, cell, folder / "cells", digests, run=not done_only)
                 except UserError as err:  # mergekit could not build it: the table says so, and is written
-                    cell["rebuilt"] = {"error": str(err), "same": False}
+                    rebuilt = {"error": str(err), "same": False}
+                if rebuilt is not None:
+                    cell["rebuilt"] = rebuilt
     finally:
         bench.close()
     summary = summarise(protocol, cells)
@@ -196,9 +204,12 @@ def _beside(protocol_path: Path, reference: str) -> Path:
     raise UserError(f"{protocol_path}: search_config: {reference} not found")
 
 
-def _cell(bench: Bench, row: Row, seed: int, cells: Path, digests: Digests, code: str) -> dict[str, Any]:
-    """The (row, seed) cell, from its file when it was done under the same digest; ``code``: the code
-    this run loaded (``code_version`` at its start), recorded in a cell it runs."""
+def _cell(
+    bench: Bench, row: Row, seed: int, cells: Path, digests: Digests, code: str, run: bool = True
+) -> dict[str, Any] | None:
+    """The (row, seed) cell, from its file when it was done under the same digest, else run (None when
+    ``run`` is off); ``code``: the code this run loaded (``code_version`` at its start), recorded in a
+    cell it runs."""
     path = cells / f"{_cell_name(row.name, seed)}.json"
     digest = digests.of(row.reads)
     if path.is_file():
@@ -212,6 +223,8 @@ def _cell(bench: Bench, row: Row, seed: int, cells: Path, digests: Digests, code
                 if check.get("digest") == digests.whole():
                     _restamp(rebuilt, check, digest)
             return cached
+    if not run:
+        return None
     bench.log(f"protocol: {row.name} seed {seed}")
     started = time.monotonic()
     merge, seen = row.choose(bench, seed)
@@ -255,16 +268,20 @@ def _write_recipe(bench: Bench, cell: dict[str, Any], cells: Path, protocol: str
     cell["recipe"] = str(path.relative_to(cells.parent))
 
 
-def _rebuilt(bench: Bench, cell: dict[str, Any], cells: Path, digests: Digests) -> dict[str, Any]:
+def _rebuilt(
+    bench: Bench, cell: dict[str, Any], cells: Path, digests: Digests, run: bool = True
+) -> dict[str, Any] | None:
     """The cell's merge rebuilt by ``mergekit-yaml`` from its recipe and scored again (kept beside the
     cell, once per version of what it depends on): whether every held-out figure is the one the table
-    shows."""
+    shows (None when it was not done before and ``run`` is off)."""
     path = cells / f"{_cell_name(cell['row'], cell['seed'])}.rebuilt.json"
     digest = cell["digest"]
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("digest") == digest and cached.get("genes") == cell["merge"]["genes"]:
             return cached
+    if not run:
+        return None
     bench.log(f"protocol: {cell['row']} seed {cell['seed']}: rebuilt by mergekit-yaml from its recipe")
     scored = bench.rebuilt(cells.parent / cell["recipe"], Merge.from_record(cell["merge"]), cell["seed"])
     differences = {
