@@ -184,7 +184,9 @@ def run_protocol(
                     rebuilt = _rebuilt(bench, cell, folder / "cells", digests, run=not done_only)
                 except UserError as err:  # mergekit could not build it: the table says so, and is written
                     rebuilt = {"error": str(err), "same": False}
-                if rebuilt is not None:
+                if rebuilt is None:
+                    log(f"protocol: {cell['row']} seed {cell['seed']}: its rebuild check is not done yet")
+                else:
                     cell["rebuilt"] = rebuilt
     finally:
         bench.close()
