@@ -83,8 +83,9 @@ def main() -> None:
         if "validated" not in cell["search_split"]:
             continue
         run = RunDir(args.cells / cell["search_split"]["run_dir"])
-        trials = json.loads(run.validation_file.read_text())["trials"]
-        for trial_id, trial in trials.items():
+        recorded = json.loads(run.validation_file.read_text())["trials"]
+        for trial_id in cell["search_split"]["validated"]:  # the cell's own, scored in full
+            trial = recorded[trial_id]
             objectives = {a: trial["objectives"][a] for a in AXES}
             goal = against_goal(
                 objectives,

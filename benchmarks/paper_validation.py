@@ -96,7 +96,7 @@ def main() -> None:
         started = time.perf_counter()
         merge = Merge.from_record(cell["merge"])
         evaluator = bench.evaluator(merge.space, merge.experts)
-        evaluator.backend.merge_from(evaluator.merger, evaluator.space.decode(merge.genes), cell["seed"])
+        evaluator.merge(merge.genes, cell["seed"])
         scored = {}
         for name, part in data.items():
             scores = score_model(

@@ -235,9 +235,11 @@ def paper_front(path: Path = RESULTS / "paper_front.json") -> str:
     for trial in data["trials"]:
         by_cell.setdefault((trial["row"], trial["seed"]), []).append(trial)
     for (row, seed), trials in by_cell.items():
-        chosen = next(t for t in trials if t["chosen"])
+        chosen = next((t for t in trials if t["chosen"]), None)
         closest = min(trials, key=lambda t: t["goal"]["shortfall"])
-        for label, t in (("chosen", chosen), ("closest", closest))[: 1 if chosen is closest else 2]:
+        for label, t in (("chosen", chosen), ("closest", closest)):
+            if t is None or (label == "closest" and t is chosen):
+                continue
             o, goal = t["objectives"], t["goal"]
             lines.append(
                 f"| {row} | {seed} | {t['trial_id']} ({label}) | {t['search_fitness']:.3f} "

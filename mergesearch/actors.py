@@ -127,6 +127,17 @@ class Evaluator:
         self.judge.close()
         self.backend.close()
 
+    def merge(self, genome: Mapping[str, float], seed: int = 0) -> bool:
+        """Merge ``genome`` into the live model unless it holds that merge already; whether it merged.
+        Every merge into the live model goes through here, so that what it holds is always known."""
+        merged = (tuple(sorted(genome.items())), seed)
+        if merged == self.merged:
+            return False
+        self.merged = None  # a merge that fails half-way leaves no genome in the model
+        self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
+        self.merged = merged
+        return True
+
     def evaluate(
         self,
         genome: Mapping[str, float],
@@ -143,15 +154,10 @@ class Evaluator:
         comes back here)."""
         from mergesearch.objectives.evaluate import score_model
 
-        merged = (tuple(sorted(genome.items())), seed)
         tracing = reading_weights(*self.weight_roots) if self.weight_roots else contextlib.nullcontext()
         with tracing as reads:
             started = time.perf_counter()
-            merging = merged != self.merged
-            if merging:
-                self.merged = None  # a merge that fails half-way leaves no genome in the model
-                self.backend.merge_from(self.merger, self.space.decode(dict(genome)), seed)
-                self.merged = merged
+            merging = self.merge(genome, seed)
             merge_seconds = time.perf_counter() - started
             rows = self.data if data is None else data
             scores = score_model(
@@ -373,7 +379,7 @@ class EvaluatorPool:
 
         data_ref = None if data is None else ray.put(data)  # sent once, not once per genome
         return self.pool.map(
-            lambda actor, genome: actor.evaluate.remote(genome, seed, None, None, data_ref), genomes
+            lambda actor, genome: actor.evaluate.remote(genome, seed, data=data_ref), genomes
         )
 
     def shutdown(self) -> None:

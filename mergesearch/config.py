@@ -575,9 +575,10 @@ class PromotionConfig(Frozen):
     top_k: int = Field(default=3, ge=0)
     """How many of the best trials are promoted (the Pareto front for `nsga2`)."""
     validate_top: int = Field(default=0, ge=0)
-    """Score this many of the best trials by fitness again on the whole search split (the rows past
-    `data.max_*_prompts` too, never the held-out split) and promote the best of them there: a fitness read
-    on a few questions per skill favours the trial luckiest on them. 0: promote by search fitness."""
+    """Score this many (at least `top_k`) of the best trials by fitness (of the Pareto front for `nsga2`)
+    again on the whole search split (the rows past `data.max_*_prompts` too, never the held-out split), and
+    take the `top_k` promoted from them by that score: a fitness read on a few questions per skill favours
+    the trial luckiest on them. 0: promote by search fitness."""
     tasks: list[str] = []
     """lm-eval task names (`mmlu_*`, `arc_challenge`, ...) run on each promoted model; the held-out split's
     questions always run."""
@@ -591,15 +592,6 @@ class PromotionConfig(Frozen):
     """CPU cores per promotion worker."""
     gpus: Unit = 0.0
     """GPU share per promotion worker (0-1)."""
-
-    @model_validator(mode="after")
-    def _promotes_from_the_validated(self) -> PromotionConfig:
-        if self.validate_top and self.top_k > self.validate_top:
-            raise ValueError(
-                f"top_k ({self.top_k}) is more than validate_top ({self.validate_top}): promotion takes "
-                "its candidates from the validated trials"
-            )
-        return self
 
 
 class SearchConfig(Frozen):

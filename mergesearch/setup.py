@@ -105,23 +105,18 @@ class SearchSetup:
                 f"{self.config.name}: data.path is not set (make one: `mergesearch data generate`)"
             )
         loaded = load_eval_data(data.path, data.split, data.max_alignment_prompts, data.max_task_prompts)
-        if self.config.promotion.validate_top:  # rows to validate on, named before the search, not after
-            self.validation_data()
         loaded.require([name for name, weight in self.config.fitness.weights.items() if weight])
         search = self.config.search
         if SEARCHERS.get(search.name).multi_objective:
             loaded.require(search.objectives, "search.objectives: {name}", "leave it out")
         return loaded
 
-    def validation_data(self) -> EvalData:
-        """The whole search split, which ``promotion.validate_top`` scores the best trials on again."""
+    def validation_data(self, asked_by: str = "promotion.validate_top") -> EvalData:
+        """The whole search split, which ``asked_by`` (a ``validate_top`` setting) scores the best trials
+        on again; one line naming it when the split holds no row past the fitness's."""
         data = self.config.data
         return load_whole_split(
-            data.path,
-            data.split,
-            data.max_alignment_prompts,
-            data.max_task_prompts,
-            "promotion.validate_top",
+            data.path, data.split, data.max_alignment_prompts, data.max_task_prompts, asked_by
         )
 
     def activate(self) -> None:

@@ -55,6 +55,8 @@ def prepare(
         check_plan(plan_actors(setup), [this_machine()], "this machine", together=True)
     setup = setup.with_data(prepare_data(config, config_path, data_run, log=log))
     setup.eval_data()  # the split read and checked before Tune is imported
+    if config.promotion.validate_top:  # and the rows to validate on, before the search, not after it
+        setup.validation_data()
     return setup
 
 

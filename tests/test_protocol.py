@@ -248,6 +248,9 @@ def test_a_cells_digest_covers_what_its_row_reads_so_an_edit_reruns_only_the_row
     assert edited(heldout_max_prompts=4).of(["search"]) != digests.of(["search"])  # what every row reads
     assert edited(seeds=[0], rows=["ties_equal"]).of(["grid"]) == digests.of(["grid"])  # which cells run
     assert digests.whole() == "78cbf191bfc80c91"  # protocol_digest's value for this protocol at f0ce777
+    # the per-row digests at a7cdb78, before validate_top: the cells they stamped are kept
+    assert digests.of(["search"]) == "6d18463b7af47a6b"
+    assert varied.of(["alignment_search_variants.dare"]) == "3bf0a1efb0c5a6f1"
 
 
 def test_a_cell_kept_under_the_whole_protocols_digest_is_stamped_with_its_rows(tmp_path) -> None:
@@ -277,18 +280,21 @@ def test_a_cell_kept_under_the_whole_protocols_digest_is_stamped_with_its_rows(t
     assert _cell(bench, row, 0, cells, another, "code")["heldout"] == old["heldout"]  # not a section it reads
 
 
-def test_a_search_resumes_the_run_dir_made_under_the_whole_protocols_digest_until_it_has_its_own(
+def test_a_search_resumes_the_run_dir_made_under_the_whole_protocols_digest_from_its_own_path(
     tmp_path,
 ) -> None:
     from mergesearch.protocol.bench import Bench
 
     bench = Bench(None, None, tmp_path, print, lambda reads: ("made", "earlier"))
     made, earlier = (tmp_path / "runs" / key / "search_task_alignment-seed0" for key in ("made", "earlier"))
-    assert bench.search_folder("search_task_alignment", 0, ["search"]) == made  # none yet: its own
-    earlier.mkdir(parents=True)
-    assert bench.search_folder("search_task_alignment", 0, ["search"]) == earlier
-    made.mkdir(parents=True)
     assert bench.search_folder("search_task_alignment", 0, ["search"]) == made
+    assert not made.exists()  # none made before: its own, made by the search
+    (earlier / "trials.parquet").parent.mkdir(parents=True)
+    (earlier / "trials.parquet").write_text("the trials")
+    assert bench.search_folder("search_task_alignment", 0, ["search"]) == made
+    assert (made / "trials.parquet").read_text() == "the trials"  # the earlier one, linked from its path
+    later = Bench(None, None, tmp_path, print, lambda reads: ("made", "edited elsewhere since"))
+    assert (later.search_folder("search_task_alignment", 0, ["search"]) / "trials.parquet").is_file()
 
 
 def test_a_variant_name_that_cannot_name_a_row_is_refused() -> None:

@@ -287,11 +287,6 @@ def test_search_validation_promotion_report_and_a_recipe_mergekit_reproduces(
     assert [(p, p.stat().st_mtime_ns) for p, _ in stamps] == stamps
 
 
-def test_promotion_takes_its_candidates_from_the_validated_trials(toy_dataset) -> None:
-    with pytest.raises(ValueError, match=r"top_k \(3\) is more than validate_top \(2\)"):
-        config_for(toy_dataset, promotion={"top_k": 3, "validate_top": 2})
-
-
 def test_a_promotion_result_is_kept_only_for_the_settings_it_was_made_with(toy_dataset) -> None:
     from mergesearch.search.promote import result_settings
 

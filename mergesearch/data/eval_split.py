@@ -70,7 +70,7 @@ def load_whole_split(
     ``asked_by`` (the setting that asked: the check would only repeat the fitness)."""
     whole = load_eval_data(path, split)
     read = load_eval_data(path, split, max_alignment, max_task)
-    parts = ("harmful", "benign", "choice_items", "short_items")
+    parts = ("harmful", "benign", "choice_items", "short_items", "tagged")
     if all(len(getattr(whole, p)) == len(getattr(read, p)) for p in parts):
         raise UserError(
             f"{asked_by}: the {split!r} split of {path} holds no row past those the fitness reads "

@@ -114,12 +114,17 @@ class Bench:
         (``reads``: the protocol sections it reads), so that a changed search starts afresh and keeps the
         old one (a run dir resumes only its own config), while a change to how the winner is chosen among
         the trials (``validate_top``) reuses them. A run dir made under an earlier digest of the same
-        trials is resumed where it is."""
+        trials is linked to from its own path, so that it stays found once that digest no longer
+        matches (the earlier digest covered the whole protocol: a later edit elsewhere changes it)."""
         made, *earlier = (
             self.folder / "runs" / digest[:8] / f"{file_stem(row)}-seed{seed}"
             for digest in self.trials_digests_of(reads)
         )
-        return made if made.exists() else next((f for f in earlier if f.is_dir()), made)
+        found = next((f for f in earlier if f.is_dir()), None)
+        if not made.exists() and found is not None:
+            made.parent.mkdir(parents=True, exist_ok=True)
+            made.symlink_to(found.resolve(), target_is_directory=True)
+        return made
 
     def close(self) -> None:
         self.search_actors.close()
@@ -139,7 +144,7 @@ class Bench:
     def heldout(self, merge: Merge, seed: int) -> dict[str, Any]:
         """The merge's held-out objectives, fitness and lm-eval accuracy."""
         evaluator = self.evaluator(merge.space, merge.experts)
-        evaluator.backend.merge_from(evaluator.merger, evaluator.space.decode(merge.genes), seed)
+        evaluator.merge(merge.genes, seed)
         return self._score(evaluator.backend, evaluator)
 
     def rebuilt(self, recipe: Path, merge: Merge, seed: int) -> dict[str, Any]:

@@ -81,9 +81,15 @@ class ProtocolConfig(Frozen):
     cocktail: CocktailRows = CocktailRows()
     heldout_max_prompts: int | None = None  # cap on held-out harmful/benign prompts and task items
     rows: list[str] | None = None  # a subset of the rows (None: all)
+
     # each searched cell's merge rebuilt by mergekit-yaml from its recipe and scored again (a check that
     # the table's searched rows are what their recipes build; a mergekit run and a held-out score each)
     rebuild_searched: bool = False
+
+    def searches(self) -> dict[str, SearchRows]:
+        """Each search space by the section that holds it: ``search``, ``alignment_search_variants.NAME``."""
+        variants = self.alignment_search_variants.items()
+        return {"search": self.search, **{f"alignment_search_variants.{k}": v for k, v in variants}}
 
     @model_validator(mode="after")
     def _two_ends(self) -> ProtocolConfig:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergesearch.config import MergeSpaceConfig, gene_id
-from mergesearch.data.eval_split import load_whole_split
 from mergesearch.errors import UserError
 from mergesearch.objectives.data import EvalData
 from mergesearch.objectives.evaluate import Scores
@@ -23,7 +22,6 @@ from mergesearch.protocol.bench import Bench, Merge
 from mergesearch.protocol.config import ProtocolConfig
 from mergesearch.registry import Registry
 from mergesearch.search.baselines import cocktail_weights, expert_losses
-from mergesearch.search.validate import best_by_fitness, validated
 
 RowResult = tuple[Merge, dict[str, Any]]
 ALIGNED_SEARCH = "search_task_alignment"  # the row the paper's fix is judged on; its variants follow it
@@ -169,7 +167,7 @@ SEARCH_FITNESS: dict[str, Callable[[Bench], dict[str, float]]] = {
 
 
 def _search_reads(variant: str | None) -> tuple[str, ...]:
-    """The protocol section a search row reads: its search space."""
+    """The protocol section a search row reads: its search space (``ProtocolConfig.searches``' key)."""
     return ("search",) if variant is None else (f"alignment_search_variants.{variant}",)
 
 
@@ -179,10 +177,11 @@ def _search(name: str, variant: str | None = None) -> Callable[[Bench, int], Row
 
     def choose(bench: Bench, seed: int) -> RowResult:
         from mergesearch.search.run_dir import RunDir
+        from mergesearch.search.validate import best_by_fitness, validated
         from mergesearch.workflow import SEARCH_ONLY, search_to_report
 
-        protocol = bench.protocol
-        rows = protocol.search if variant is None else protocol.alignment_search_variants[variant]
+        (section,) = _search_reads(variant)
+        rows = bench.protocol.searches()[section]
         space = rows.space()
         setup = bench.setup.with_merge(space)
         config = setup.config
@@ -207,13 +206,13 @@ def _search(name: str, variant: str | None = None) -> Callable[[Bench, int], Row
         folder = bench.search_folder(row_name, seed, _search_reads(variant))
         run = RunDir(folder)
         # the search alone: the cell scores its best genome on the held-out split itself
-        search_to_report(
-            dataclasses.replace(setup, config=config), run, bench.log, SEARCH_ONLY, bench.search_actors
-        )
+        searched = dataclasses.replace(setup, config=config)
+        search_to_report(searched, run, bench.log, SEARCH_ONLY, bench.search_actors)
         extras: dict[str, Any] = {
             "trials": run.trial_count(),
             "run_dir": str(folder.relative_to(bench.folder)),
         }
+        ranked = best_by_fitness(run.trials(), max(rows.validate_top, 1))
         if rows.validate_top:
             evaluator = bench.evaluator(space, bench.experts)
 
@@ -221,24 +220,13 @@ def _search(name: str, variant: str | None = None) -> Callable[[Bench, int], Row
                 for genes in genomes:
                     yield evaluator.evaluate(genes, seed, fitness=config.fitness, data=data)
 
-            data = config.data
-            (section,) = _search_reads(variant)
-            whole = load_whole_split(
-                data.path,
-                data.split,
-                data.max_alignment_prompts,
-                data.max_task_prompts,
-                f"{section}.validate_top",
-            )
-            ranked = validated(run, config, rows.validate_top, whole, score, bench.log)
-            best = ranked[0]
-            extras |= {
-                "search_fitness": best.counts["search_fitness"],
-                "validated": {t.trial_id: [t.counts["search_fitness"], t.fitness] for t in ranked},
-            }
-        else:
-            best = best_by_fitness(run.trials(), 1)[0]
-            extras["search_fitness"] = best.fitness
+            whole = searched.validation_data(f"{section}.validate_top")
+            ranked = [t for t in validated(run, config, ranked, whole, score, bench.log) if t.full]
+            extras["validated"] = {t.trial_id: [t.counts["search_fitness"], t.fitness] for t in ranked}
+        if not ranked:
+            raise UserError(f"{run.root}: no trial of {row_name} seed {seed} was scored in full")
+        best = ranked[0]
+        extras["search_fitness"] = best.counts.get("search_fitness", best.fitness)
         return Merge(space, bench.experts, dict(best.genes)), extras
 
     return choose

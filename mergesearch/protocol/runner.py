@@ -163,6 +163,9 @@ def run_protocol(
                 )
 
     setup = prepare(config, search_path, RunDir(folder / "data_run"), log, check=names_its_experts)
+    for section, searched in protocol.searches().items():
+        if searched.validate_top:  # rows to validate on, named before any search, not after one
+            setup.validation_data(f"{section}.validate_top")
     folder.mkdir(parents=True, exist_ok=True)
     digests = Digests(protocol, search_path.read_text(), scored_models(setup), dataset_stamp(setup))
     bench = Bench(protocol, setup, folder, log, digests.of_trials)

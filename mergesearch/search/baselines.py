@@ -31,7 +31,7 @@ def expert_losses(evaluator: Any, rows: Sequence[tuple[str, str, str]]) -> dict[
     tokens = max(1, sum(token_counts(backend, requests)))
     losses = {}
     for expert in space.experts:
-        backend.merge_from(evaluator.merger, space.decode(space.expert_alone(expert)))
+        evaluator.merge(space.expert_alone(expert))
         losses[expert] = -sum(ll for ll, _ in backend.loglikelihood(requests)) / tokens
     return losses
 

@@ -26,7 +26,7 @@ from mergesearch.objectives.evaluate import Scores
 from mergesearch.runtime import ray_session
 from mergesearch.search.run_dir import RunDir, TrialResult
 from mergesearch.search.searchers import mode_of, searcher
-from mergesearch.search.validate import Score, validated
+from mergesearch.search.validate import Score, best_by_fitness, validated
 from mergesearch.setup import SearchSetup
 
 
@@ -50,11 +50,11 @@ def pareto_front(
 
 def candidates(setup: SearchSetup, trials: list[TrialResult], top_k: int) -> list[TrialResult]:
     """The trials to promote: scored in full (a multi-fidelity trial stopped early is not a candidate)."""
-    ok = [t for t in trials if t.full]
     spec = searcher(setup.config.search.name)
     if spec.multi_objective:
+        ok = [t for t in trials if t.full]
         return pareto_front(ok, spec.objectives(setup.config.search.objectives))[: max(top_k, 1)]
-    return sorted(ok, key=lambda t: -t.fitness)[:top_k]
+    return best_by_fitness(trials, top_k)
 
 
 # What a promoted result depends on besides its genome: the models, the merge, the data, the engines, the
@@ -94,7 +94,7 @@ def pool_score(setup: SearchSetup) -> Score:
         ray_session()
         pool = EvaluatorPool(setup)
         try:
-            yield from pool.evaluate_each(genomes, setup.config.search.seed, data)
+            yield from pool.evaluate_each(genomes, setup.config.search.seed, data=data)
         finally:
             pool.shutdown()
 
@@ -232,12 +232,12 @@ def promote(
 
     setup = setup or SearchSetup.prepare(run.read_config(), log)
     config = setup.config
+    top_k = config.promotion.top_k if top_k is None else top_k
     trials = run.trials()
-    if config.promotion.validate_top:
-        trials = validated(
-            run, config, config.promotion.validate_top, setup.validation_data(), pool_score(setup), log
-        )
-    chosen = candidates(setup, trials, config.promotion.top_k if top_k is None else top_k)
+    if config.promotion.validate_top:  # the candidates come from the validated (all of them, for a front)
+        best = candidates(setup, trials, max(config.promotion.validate_top, top_k))
+        trials = validated(run, config, best, setup.validation_data(), pool_score(setup), log)
+    chosen = candidates(setup, trials, top_k)
     if not chosen:
         raise UserError(f"{run.root}: no successful trial to promote")
     log(f"promote: {len(chosen)} candidate(s): {', '.join(t.trial_id for t in chosen)}")

@@ -14,11 +14,14 @@ was made under), so a resumed or repeated promotion scores only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from mergesearch.io import atomic_write_text
 from mergesearch.objectives.data import EvalData
@@ -29,7 +32,8 @@ from mergesearch.search.run_dir import RunDir, TrialResult
 # search's budget, nor its resources, nor how many trials are validated.
 SCORED_SECTIONS = ("models", "merge", "data", "backend", "judge", "early_exit", "fitness")
 
-# One call per genome, in the order given: the search's evaluators (promotion) or a protocol's own.
+# Scores each genome on the data, yielding its scores as each is done, in the order given: on the search's
+# evaluators (promotion) or a protocol's own.
 Score = Callable[[list[Mapping[str, float]], EvalData], Iterator[Scores]]
 
 
@@ -49,38 +53,41 @@ def best_by_fitness(trials: Iterable[TrialResult], top: int) -> list[TrialResult
 def validated(
     run: RunDir,
     config: Any,
-    top: int,
+    chosen: list[TrialResult],
     data: EvalData,
     score: Score,
     log: Callable[[str], None] = print,
 ) -> list[TrialResult]:
-    """The ``top`` trials by search fitness, each with its fitness and objectives on ``data`` (the whole
-    search split; its ``search_fitness`` count keeps the search's), best fitness on ``data`` first."""
+    """The ``chosen`` trials (the best by search fitness, or a front), each with its fitness and
+    objectives on ``data`` (the whole search split; its ``search_fitness`` count keeps the search's),
+    best fitness on ``data`` first; a trial whose score failed is last, as failed."""
     path = run.validation_file
     settings = scored_settings(config)
     recorded = _recorded(path, settings)
-    chosen = best_by_fitness(run.trials(), top)
-    missing = [t for t in chosen if t.trial_id not in recorded]
+    # a score is the trial's when it scored the same genome (a run dir searched again reuses trial ids)
+    missing = [t for t in chosen if t.trial_id not in recorded or recorded[t.trial_id].genes != t.genes]
     if missing:
         log(
             f"validate: {len(missing)} of the best {len(chosen)} trial(s) scored on the whole "
             f"{config.data.split!r} split ({len(data.harmful)} harmful, {len(data.benign)} benign, "
             f"{len(data.short_items)} short-answer, {len(data.choice_items)} choice rows)"
         )
-        for trial, scores in zip(missing, score([t.genes for t in missing], data)):
-            result = TrialResult.from_scores(scores, dict(trial.genes))
-            recorded[trial.trial_id] = result.model_copy(
-                update={
-                    "trial_id": trial.trial_id,
-                    "index": trial.index,
-                    "counts": {**result.counts, "search_fitness": trial.fitness},
-                }
-            )
-            log(
-                f"validate: {trial.trial_id}: fitness {trial.fitness:.4f} on the rows the search read, "
-                f"{result.fitness:.4f} on the whole split"
-            )
-            _record(path, settings, recorded)  # each score kept as it finishes
+        # closed when done or failed, so that whatever the scorer holds (a pool of actors) stops now
+        with contextlib.closing(score([t.genes for t in missing], data)) as scores:
+            for trial, scored in zip(missing, scores):
+                result = TrialResult.from_scores(scored, dict(trial.genes))
+                recorded[trial.trial_id] = result.model_copy(
+                    update={
+                        "trial_id": trial.trial_id,
+                        "index": trial.index,
+                        "counts": {**result.counts, "search_fitness": trial.fitness},
+                    }
+                )
+                log(
+                    f"validate: {trial.trial_id}: fitness {trial.fitness:.4f} on the rows the search "
+                    f"read, {result.fitness:.4f} on the whole split"
+                )
+                _record(path, settings, recorded)  # each score kept as it finishes
     return sorted((recorded[t.trial_id] for t in chosen), key=lambda t: -t.fitness)
 
 
@@ -92,7 +99,10 @@ def _recorded(path: Path, settings: str) -> dict[str, TrialResult]:
         return {}
     if not isinstance(held, dict) or held.get("settings") != settings:
         return {}
-    return {tid: TrialResult.model_validate(row) for tid, row in held.get("trials", {}).items()}
+    try:
+        return {tid: TrialResult.model_validate(row) for tid, row in held.get("trials", {}).items()}
+    except (ValidationError, AttributeError):  # a file of another version: scored again
+        return {}
 
 
 def _record(path: Path, settings: str, recorded: Mapping[str, TrialResult]) -> None:
