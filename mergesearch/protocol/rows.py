@@ -207,10 +207,13 @@ def _search(name: str, variant: str | None = None) -> Callable[[Bench, int], Row
         run = RunDir(folder)
         # the search alone: the cell scores its best genome on the held-out split itself
         searched = dataclasses.replace(setup, config=config)
+        # a search resumed from sessions of earlier runs: their time is the cell's too
+        earlier_s = sum(session["wall_s"] for session in run.efficiency())
         search_to_report(searched, run, bench.log, SEARCH_ONLY, bench.search_actors)
         extras: dict[str, Any] = {
             "trials": run.trial_count(),
             "run_dir": str(folder.relative_to(bench.folder)),
+            "earlier_sessions_wall_s": round(earlier_s, 2),
         }
         ranked = best_by_fitness(run.trials(), max(rows.validate_top, 1))
         if rows.validate_top:

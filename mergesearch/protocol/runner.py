@@ -243,7 +243,8 @@ def _cell(
         "merge": merge.record(),
         "search_split": seen,
         "heldout": heldout,
-        "wall_s": round(time.monotonic() - started, 2),
+        # this run's time, and a resumed search's sessions in earlier runs
+        "wall_s": round(time.monotonic() - started + seen.get("earlier_sessions_wall_s", 0.0), 2),
         "code": code,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
