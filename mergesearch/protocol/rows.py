@@ -10,7 +10,7 @@ import dataclasses
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,7 +219,7 @@ def _search(name: str, variant: str | None = None) -> Callable[[Bench, int], Row
         if rows.validate_top:
             evaluator = bench.evaluator(space, bench.experts)
 
-            def score(genomes: list[Mapping[str, float]], data: EvalData) -> Iterator[Scores]:
+            def score(genomes: list[Mapping[str, float]], data: EvalData) -> Generator[Scores, None, None]:
                 for genes in genomes:
                     yield evaluator.evaluate(genes, seed, fitness=config.fitness, data=data)
 

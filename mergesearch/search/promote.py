@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def recorded_result(folder: Path, settings: str) -> dict[str, Any] | None:
 def pool_score(setup: SearchSetup) -> Score:
     """Scores genomes on the search's own evaluators (a pool started for them, stopped after)."""
 
-    def score(genomes: list[Mapping[str, float]], data: EvalData) -> Iterator[Scores]:
+    def score(genomes: list[Mapping[str, float]], data: EvalData) -> Generator[Scores, None, None]:
         from mergesearch.actors import EvaluatorPool
 
         ray_session()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,9 @@ from mergesearch.search.run_dir import RunDir, TrialResult
 SCORED_SECTIONS = ("models", "merge", "data", "backend", "judge", "early_exit", "fitness")
 
 # Scores each genome on the data, yielding its scores as each is done, in the order given: on the search's
-# evaluators (promotion) or a protocol's own.
-Score = Callable[[list[Mapping[str, float]], EvalData], Iterator[Scores]]
+# evaluators (promotion) or a protocol's own. A generator, so that it can be closed when validation ends
+# early (what it holds, a pool of actors, then stops).
+Score = Callable[[list[Mapping[str, float]], EvalData], Generator[Scores, None, None]]
 
 
 def scored_settings(config: Any) -> str:
