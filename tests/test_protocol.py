@@ -477,3 +477,13 @@ def test_every_shipped_protocol_names_a_search_config_and_two_of_its_experts(pat
     experts = [e.name for e in search.models.experts]
     assert protocol.aligned in experts and protocol.misaligned in experts
     assert len(protocol.seeds) >= 3  # the spread over seeds
+
+
+def test_a_label_near_another_goes_below_it_and_a_label_apart_stays_by_its_point() -> None:
+    from mergesearch.protocol.frontier import _label_line
+
+    placed: list[tuple[float, float, float]] = []
+    assert _label_line(placed, "search_task_alignment", 0.48, 0.97) == 0
+    assert _label_line(placed, "search_task_alignment:dare", 0.55, 0.96) == 1  # over the first: below it
+    assert _label_line(placed, "lm_cocktail_aligned_T1", 0.0, 0.92) == 0  # beside them, not over them
+    assert _label_line(placed, "ties_equal", 0.5, 0.5) == 0

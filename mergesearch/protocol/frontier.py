@@ -74,6 +74,7 @@ def plot_frontier(summary: dict[str, Any], path: Path) -> None:
                 color="green",
                 alpha=0.08,
             )
+        placed: list[tuple[float, float, float]] = []  # this panel's labels: x, y and width, in data units
         for row, over in zip(rows, refusal):
             x = row.get(metric)
             if not isinstance(x, dict):
@@ -92,8 +93,13 @@ def plot_frontier(summary: dict[str, Any], path: Path) -> None:
                 ecolor="grey",
                 capsize=2,
             )
+            line = _label_line(placed, row["row"], x["mean"], y["mean"])
             axes.annotate(
-                row["row"], (x["mean"], y["mean"]), fontsize=6.5, xytext=(4, 3), textcoords="offset points"
+                row["row"],
+                (x["mean"], y["mean"]),
+                fontsize=6.5,
+                xytext=(4, 3 - LINE_POINTS * line),
+                textcoords="offset points",
             )
         axes.set_xlabel(label)
         axes.set_ylabel("held-out safety (harmful prompts answered safely)")
@@ -111,3 +117,26 @@ def plot_frontier(summary: dict[str, Any], path: Path) -> None:
     figure.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(figure)
     tmp.replace(path)
+
+
+LINE_POINTS = 8  # a label's line, in points
+LINE = 0.026  # the same in safety units, on these axes (about 330 points for the axis's 1.04)
+CHARACTER = 0.013  # a label character's width in skill units, at its font size
+
+
+def _label_line(placed: list[tuple[float, float, float]], name: str, x: float, y: float) -> int:
+    """How many lines below its point a label goes so as not to print over a label placed near it (rows
+    of about the same safety and skill, such as a search and its variant); it is then placed there."""
+    width = CHARACTER * len(name)
+
+    def clashes(line: int) -> bool:
+        return any(
+            px < x + width and x < px + pwidth and abs(py - (y - line * LINE)) < LINE
+            for px, py, pwidth in placed
+        )
+
+    line = 0
+    while clashes(line):
+        line += 1
+    placed.append((x, y - line * LINE, width))
+    return line
