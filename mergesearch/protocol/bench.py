@@ -123,6 +123,7 @@ class Bench:
         found = next((f for f in earlier if f.is_dir()), None)
         if not made.exists() and found is not None:
             made.parent.mkdir(parents=True, exist_ok=True)
+            made.unlink(missing_ok=True)  # a link to a run dir since removed
             made.symlink_to(found.resolve(), target_is_directory=True)
         return made
 
