@@ -295,6 +295,8 @@ def test_a_search_resumes_the_run_dir_made_under_the_whole_protocols_digest_from
     assert (made / "trials.parquet").read_text() == "the trials"  # the earlier one, linked from its path
     later = Bench(None, None, tmp_path, print, lambda reads: ("made", "edited elsewhere since"))
     assert (later.search_folder("search_task_alignment", 0, ["search"]) / "trials.parquet").is_file()
+    shutil.rmtree(earlier)  # the earlier run dir removed: its link goes, and the search starts afresh
+    assert later.search_folder("search_task_alignment", 0, ["search"]) == made and not made.is_symlink()
 
 
 def test_a_variant_name_that_cannot_name_a_row_is_refused() -> None:

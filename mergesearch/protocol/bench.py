@@ -121,9 +121,10 @@ class Bench:
             for digest in self.trials_digests_of(reads)
         )
         found = next((f for f in earlier if f.is_dir()), None)
+        if made.is_symlink() and not made.exists():
+            made.unlink()  # a link to a run dir since removed: searched afresh, or linked anew
         if not made.exists() and found is not None:
             made.parent.mkdir(parents=True, exist_ok=True)
-            made.unlink(missing_ok=True)  # a link to a run dir since removed
             made.symlink_to(found.resolve(), target_is_directory=True)
         return made
 
