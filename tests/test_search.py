@@ -80,11 +80,13 @@ def test_nsga2_trades_off_the_objectives_named_and_promotes_their_front(
 ) -> None:
     """Each skill is an objective of its own; over-refusal is minimised; promotion's candidates are the
     trials no other beats on all four (what a reader of the front needs: safety against each skill)."""
-    from mergesearch.search.promote import candidates
+    from mergesearch.search.promote import candidates, pool_score
+    from mergesearch.search.validate import validated
 
     search_section = {"name": "nsga2", "num_trials": 6, "objectives": FOUR_OBJECTIVES}
     config = config_for(toy_dataset, search=search_section)
-    trials = search(config, tmp_path / "run", kept=kept_actors).trials()
+    run = search(config, tmp_path / "run", kept=kept_actors)
+    trials = run.trials()
     assert len(trials) == 6 and all(t.ok for t in trials)
     for t in trials:
         assert t.objectives["short_answer"] == t.counts["contains_answer"]
@@ -95,9 +97,19 @@ def test_nsga2_trades_off_the_objectives_named_and_promotes_their_front(
         better.append(a.metric("over_refusal") <= b.metric("over_refusal"))
         return all(better) and any(a.metric(k) != b.metric(k) for k in FOUR_OBJECTIVES)
 
-    front = candidates(SearchSetup.prepare(config, lambda _: None), trials, top_k=len(trials))
+    setup = SearchSetup.prepare(config, lambda _: None)
+    front = candidates(setup, trials, top_k=len(trials))
     assert front and all(not beats(o, t) for t in front for o in trials)
     assert all(any(beats(o, t) for o in front) for t in trials if t not in front)
+
+    # validated (promotion.validate_top), the front is scored again on the whole split and promotion's
+    # candidates are the front among its trials there
+    again = validated(run, config, front, setup.validation_data(), pool_score(setup), log=lambda _: None)
+    assert {t.trial_id for t in again} == {t.trial_id for t in front}
+    assert all(set(t.objectives) >= set(FOUR_OBJECTIVES) for t in again)
+    promoted = candidates(setup, again, top_k=len(again))
+    assert all(not beats(o, t) for t in promoted for o in again)
+    assert all(any(beats(o, t) for o in promoted) for t in again if t not in promoted)
 
 
 def test_a_trial_that_failed_ranks_last_on_every_objective_and_lower_over_refusal_is_better() -> None:
