@@ -148,10 +148,9 @@ class Evaluator:
     ) -> Scores:
         """Merge ``genome`` into the live model, then score it (on the ``shard`` rounds of the data: a
         multi-fidelity trial's call; on ``data`` instead of the fitness's rows: a validation's call) with
-        ``fitness`` (the config's when not given); timings include
-        the merge, and the load of the resident models on the first call (0 after). The live model that
-        holds this genome's merge already is not merged again (the next round of the same trial, when it
-        comes back here)."""
+        ``fitness`` (the config's when not given); timings include the merge, and the load of the
+        resident models on the first call (0 after). The live model that holds this genome's merge
+        already is not merged again (the next round of the same trial, when it comes back here)."""
         from mergesearch.objectives.evaluate import score_model
 
         tracing = reading_weights(*self.weight_roots) if self.weight_roots else contextlib.nullcontext()

@@ -203,7 +203,7 @@ def _search(name: str, variant: str | None = None) -> Callable[[Bench, int], Row
                 ),
             }
         )
-        folder = bench.search_folder(row_name, seed, _search_reads(variant))
+        folder = bench.search_folder(row_name, seed, (section,))
         run = RunDir(folder)
         # the search alone: the cell scores its best genome on the held-out split itself
         searched = dataclasses.replace(setup, config=config)
